@@ -1,0 +1,169 @@
+//! The CPU backend: the reference implementation of every op, and the fallback everywhere.
+//! Kernels live beside their ops in `ops/`; this file only unpacks buffers and calls them.
+
+use super::{Arg, Backend, OutArg};
+use crate::error::{Error, Result};
+use crate::ops::{self, Op, OpKind};
+use crate::tensor::{DType, HostTensor, TensorData};
+use half::f16;
+
+/// A CPU buffer: 4-byte words, so f32 and u32 views are always aligned.
+#[derive(Debug, Default)]
+pub struct CpuBuffer(Vec<u32>);
+
+impl CpuBuffer {
+    fn f32(&self, n: usize) -> &[f32] {
+        &bytemuck::cast_slice(&self.0)[..n]
+    }
+    fn f32_mut(&mut self, n: usize) -> &mut [f32] {
+        &mut bytemuck::cast_slice_mut(&mut self.0)[..n]
+    }
+    fn u32(&self, n: usize) -> &[u32] {
+        &self.0[..n]
+    }
+    fn f16(&self, n: usize) -> &[f16] {
+        &bytemuck::cast_slice(&self.0)[..n]
+    }
+    fn bytes(&self, n: usize) -> &[u8] {
+        &bytemuck::cast_slice(&self.0)[..n]
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+fn count(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Backend for CpuBackend {
+    type Buffer = CpuBuffer;
+    type Recording = ();
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device_description(&self) -> String {
+        format!("CPU, {} threads", rayon::current_num_threads())
+    }
+
+    fn supports(&self, _op: OpKind) -> bool {
+        true
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<CpuBuffer> {
+        let words = bytes.div_ceil(4);
+        let mut v = Vec::new();
+        v.try_reserve_exact(words).map_err(|_| Error::backend("cpu", format!("cannot allocate {bytes} bytes")))?;
+        v.resize(words, 0);
+        Ok(CpuBuffer(v))
+    }
+
+    fn upload(&self, tensor: &HostTensor) -> Result<CpuBuffer> {
+        let mut buf = self.alloc(tensor.data.as_bytes().len())?;
+        self.write(&mut (), &mut buf, tensor)?;
+        Ok(buf)
+    }
+
+    fn begin(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, _rec: &mut (), buf: &mut CpuBuffer, tensor: &HostTensor) -> Result<()> {
+        let bytes = tensor.data.as_bytes();
+        bytemuck::cast_slice_mut::<u32, u8>(&mut buf.0)[..bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn dispatch(
+        &self,
+        _rec: &mut (),
+        op: &Op,
+        inputs: &[Arg<'_, CpuBuffer>],
+        outputs: &mut [OutArg<'_, CpuBuffer>],
+    ) -> Result<()> {
+        let n_out = count(outputs[0].shape);
+        let f = |i: usize| inputs[i].buf.f32(count(inputs[i].shape));
+        let u = |i: usize| inputs[i].buf.u32(count(inputs[i].shape));
+        let out_shape = outputs[0].shape;
+        let out = &mut outputs[0];
+        match op {
+            Op::MatMul(m) => {
+                let p = m.params(inputs[0].shape, inputs[1].shape, inputs.len() > 2);
+                let bias = (inputs.len() > 2).then(|| f(2));
+                ops::matmul::cpu(&p, f(0), f(1), bias, out.buf.f32_mut(n_out));
+            }
+            Op::Unary(kind) => ops::elementwise::unary_cpu(*kind, f(0), out.buf.f32_mut(n_out)),
+            Op::Binary(kind) => {
+                let p = ops::elementwise::binary_params(*kind, inputs[0].shape, inputs[1].shape, out_shape);
+                ops::elementwise::binary_cpu(&p, f(0), f(1), out.buf.f32_mut(n_out));
+            }
+            Op::Cast(to) => cast(&inputs[0], *to, out.buf, n_out),
+            Op::LayerNorm { eps } => {
+                let p = ops::norm::NormParams::new(inputs[0].shape, *eps);
+                ops::norm::layer_norm_cpu(&p, f(0), f(1), f(2), out.buf.f32_mut(n_out));
+            }
+            Op::Softmax => {
+                let p = ops::norm::NormParams::new(inputs[0].shape, 0.0);
+                ops::norm::softmax_cpu(&p, f(0), out.buf.f32_mut(n_out));
+            }
+            Op::L2Normalize { eps } => {
+                let p = ops::norm::NormParams::new(inputs[0].shape, *eps);
+                ops::norm::l2_normalize_cpu(&p, f(0), out.buf.f32_mut(n_out));
+            }
+            Op::Attention(a) => {
+                let p = a.params(inputs[0].shape, inputs[3].shape);
+                ops::attention::cpu(&p, f(0), f(1), f(2), u(3), out.buf.f32_mut(n_out));
+            }
+            Op::Gather => {
+                let p = ops::gather::GatherParams::new(inputs[0].shape, inputs[1].shape);
+                ops::gather::cpu(&p, f(0), u(1), out.buf.f32_mut(n_out));
+            }
+            Op::Pool(kind) => {
+                let p = ops::pool::PoolParams::new(*kind, inputs[0].shape, inputs[1].shape);
+                ops::pool::cpu(&p, f(0), u(1), out.buf.f32_mut(n_out));
+            }
+            Op::Reshape(_) => return Err(Error::backend("cpu", "reshape is a view and is never dispatched")),
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, _rec: (), reads: &[Arg<'_, CpuBuffer>]) -> Result<Vec<HostTensor>> {
+        reads
+            .iter()
+            .map(|r| {
+                let n = count(r.shape) * r.dtype.size();
+                HostTensor::new(r.shape.to_vec(), TensorData::from_bytes(r.dtype, r.buf.bytes(n))?)
+            })
+            .collect()
+    }
+}
+
+fn cast(input: &Arg<'_, CpuBuffer>, to: DType, out: &mut CpuBuffer, n: usize) {
+    match (input.dtype, to) {
+        (DType::F32, DType::F16) => {
+            let src: Vec<f16> = input.buf.f32(n).iter().map(|&x| f16::from_f32(x)).collect();
+            bytemuck::cast_slice_mut::<u32, f16>(&mut out.0)[..n].copy_from_slice(&src);
+        }
+        (DType::F16, DType::F32) => {
+            let src: Vec<f32> = input.buf.f16(n).iter().map(|x| x.to_f32()).collect();
+            out.f32_mut(n).copy_from_slice(&src);
+        }
+        (DType::U32, DType::F32) => {
+            let src: Vec<f32> = input.buf.u32(n).iter().map(|&x| x as f32).collect();
+            out.f32_mut(n).copy_from_slice(&src);
+        }
+        _ => {
+            let bytes = n * to.size();
+            let src = input.buf.bytes(bytes).to_vec();
+            bytemuck::cast_slice_mut::<u32, u8>(&mut out.0)[..bytes].copy_from_slice(&src);
+        }
+    }
+}

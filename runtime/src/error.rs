@@ -1,0 +1,40 @@
+//! One error type for the runtime. Every variant carries enough context (file, node, tensor,
+//! field) for a one-line message that says what is wrong and where.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid graph: {0}")]
+    Graph(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("{backend} backend: {message}")]
+    Backend { backend: &'static str, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::File { path: path.into(), message: message.into() }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub fn graph(message: impl Into<String>) -> Self {
+        Error::Graph(message.into())
+    }
+    pub fn input(message: impl Into<String>) -> Self {
+        Error::Input(message.into())
+    }
+    pub fn backend(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::Backend { backend, message: message.into() }
+    }
+}

@@ -1,0 +1,298 @@
+//! The graph file format and weight files.
+//!
+//! A graph file is `MAGIC (8 bytes) | version (u32 LE) | payload length (u64 LE) | payload`,
+//! the payload being bincode 2 of [`DiskGraph`]. Nodes are stored with their op's *name* next
+//! to its encoded params, so that a file from a newer build fails with "unknown op 'x' at node
+//! 'y'" rather than a decoding error. Weights live beside the graph in a safetensors file.
+
+use super::{Graph, Node, TensorType, Value, ValueId};
+use crate::error::{Error, Result};
+use crate::ops::{Op, OpKind};
+use crate::tensor::{DType, HostTensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const GRAPH_MAGIC: &[u8; 8] = b"TNDMGRPH";
+pub const GRAPH_FILE_VERSION: u32 = 1;
+/// Graph files hold structure only (weights are elsewhere), so this is generous.
+const MAX_GRAPH_FILE_BYTES: u64 = 64 << 20;
+const HEADER_BYTES: usize = 8 + 4 + 8;
+
+#[derive(Serialize, Deserialize)]
+struct DiskGraph {
+    name: String,
+    values: Vec<Value>,
+    nodes: Vec<DiskNode>,
+    inputs: Vec<ValueId>,
+    outputs: Vec<ValueId>,
+    weights: Vec<ValueId>,
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DiskNode {
+    name: String,
+    op: String,
+    params: Vec<u8>,
+    inputs: Vec<ValueId>,
+    outputs: Vec<ValueId>,
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ MAX_GRAPH_FILE_BYTES as usize }>()
+}
+
+pub fn write_graph_file(graph: &Graph, path: &Path) -> Result<()> {
+    let nodes = graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let params = bincode::serde::encode_to_vec(&n.op, bincode_config())
+                .map_err(|e| Error::file(path, format!("cannot encode node '{}': {e}", n.name)))?;
+            Ok(DiskNode {
+                name: n.name.clone(),
+                op: n.op.kind().name().to_string(),
+                params,
+                inputs: n.inputs.clone(),
+                outputs: n.outputs.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let disk = DiskGraph {
+        name: graph.name.clone(),
+        values: graph.values.clone(),
+        nodes,
+        inputs: graph.inputs.clone(),
+        outputs: graph.outputs.clone(),
+        weights: graph.weights.clone(),
+        metadata: graph.metadata.clone(),
+    };
+    let payload = bincode::serde::encode_to_vec(&disk, bincode_config())
+        .map_err(|e| Error::file(path, format!("cannot encode graph: {e}")))?;
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
+    bytes.extend_from_slice(GRAPH_MAGIC);
+    bytes.extend_from_slice(&GRAPH_FILE_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Reads and validates a graph file. Every failure names the file and the fault.
+pub fn read_graph_file(path: &Path) -> Result<Graph> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > MAX_GRAPH_FILE_BYTES {
+        return Err(Error::file(
+            path,
+            format!("{} bytes is over the graph file limit of {MAX_GRAPH_FILE_BYTES}", meta.len()),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_graph(&bytes).map_err(|message| Error::file(path, message))
+}
+
+fn decode_graph(bytes: &[u8]) -> std::result::Result<Graph, String> {
+    if bytes.len() < HEADER_BYTES || &bytes[..8] != GRAPH_MAGIC {
+        return Err("not a tandem graph file (bad magic bytes)".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    if version != GRAPH_FILE_VERSION {
+        return Err(format!("graph file version {version}; this build reads version {GRAPH_FILE_VERSION}"));
+    }
+    let declared = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
+    let payload = &bytes[HEADER_BYTES..];
+    if declared != payload.len() as u64 {
+        return Err(format!(
+            "header says the payload is {declared} bytes but {} follow (truncated or corrupt)",
+            payload.len()
+        ));
+    }
+    let (disk, used): (DiskGraph, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
+        .map_err(|e| format!("corrupt graph payload: {e}"))?;
+    if used != payload.len() {
+        return Err(format!("corrupt graph payload: {} trailing bytes", payload.len() - used));
+    }
+    let nodes = disk
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let kind = OpKind::from_name(&n.op).ok_or_else(|| format!("node '{}': unknown op '{}'", n.name, n.op))?;
+            let (op, _): (Op, usize) = bincode::serde::decode_from_slice(&n.params, bincode_config())
+                .map_err(|e| format!("node '{}': corrupt params for op '{}': {e}", n.name, n.op))?;
+            if op.kind() != kind {
+                return Err(format!("node '{}': params are for op '{}', not '{}'", n.name, op.kind().name(), n.op));
+            }
+            Ok(Node { name: n.name, op, inputs: n.inputs, outputs: n.outputs })
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let graph = Graph {
+        name: disk.name,
+        values: disk.values,
+        nodes,
+        inputs: disk.inputs,
+        outputs: disk.outputs,
+        weights: disk.weights,
+        metadata: disk.metadata,
+    };
+    graph.validate().map_err(|e| e.to_string())?;
+    Ok(graph)
+}
+
+/// Bytes of a weights file: memory-mapped from disk, or owned (downloaded, in a browser).
+enum WeightBytes {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for WeightBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            WeightBytes::Mapped(m) => m,
+            WeightBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A safetensors file, checked on open (header bounds, offsets, sizes) by the safetensors
+/// crate, which refuses headers over 100 MB and offsets outside the file.
+pub struct Weights {
+    path: std::path::PathBuf,
+    bytes: WeightBytes,
+    names: Vec<String>,
+}
+
+impl Weights {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and lives as long as `Weights`; a file truncated
+        // underneath us is the one case mmap cannot guard, as for every mmap reader.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::from_parts(path, WeightBytes::Mapped(bytes))
+    }
+
+    /// Weights from bytes in memory; `path` only names them in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        Self::from_parts(path, WeightBytes::Owned(bytes))
+    }
+
+    fn from_parts(path: &Path, bytes: WeightBytes) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        names.sort();
+        Ok(Weights { path: path.to_path_buf(), bytes, names })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn view(&self) -> safetensors::SafeTensors<'_> {
+        // Checked in `from_parts`; the bytes are immutable since.
+        safetensors::SafeTensors::deserialize(&self.bytes).expect("validated on open")
+    }
+
+    /// Shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.view().tensor(name).ok().map(|t| t.shape().to_vec())
+    }
+
+    /// Reads a tensor converted to `dtype` (f32, f16 and bf16 files convert to f32 or f16).
+    pub fn tensor(&self, name: &str, dtype: DType) -> Result<HostTensor> {
+        let st = self.view();
+        let t = st.tensor(name).map_err(|_| Error::file(&self.path, format!("tensor '{name}' is missing")))?;
+        let shape = t.shape().to_vec();
+        let raw = t.data();
+        let as_f32 = |raw: &[u8]| -> Result<Vec<f32>> {
+            Ok(match t.dtype() {
+                safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(raw),
+                safetensors::Dtype::F16 => {
+                    raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                }
+                safetensors::Dtype::BF16 => {
+                    raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                }
+                other => {
+                    return Err(Error::file(
+                        &self.path,
+                        format!("tensor '{name}' has dtype {other:?}, expected a float type"),
+                    ));
+                }
+            })
+        };
+        let data = match dtype {
+            DType::F32 => TensorData::F32(as_f32(raw)?),
+            DType::F16 => match t.dtype() {
+                safetensors::Dtype::F16 => TensorData::F16(bytemuck::pod_collect_to_vec(raw)),
+                _ => TensorData::F16(as_f32(raw)?.into_iter().map(half::f16::from_f32).collect()),
+            },
+            DType::U32 => match t.dtype() {
+                safetensors::Dtype::U32 => TensorData::U32(bytemuck::pod_collect_to_vec(raw)),
+                other => {
+                    return Err(Error::file(&self.path, format!("tensor '{name}' has dtype {other:?}, expected U32")));
+                }
+            },
+        };
+        HostTensor::new(shape, data).map_err(|e| Error::file(&self.path, format!("tensor '{name}': {e}")))
+    }
+
+    /// Writes named tensors as a safetensors file.
+    pub fn write(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
+        let views = tensors
+            .iter()
+            .map(|(name, t)| {
+                let dtype = match t.dtype() {
+                    DType::F32 => safetensors::Dtype::F32,
+                    DType::F16 => safetensors::Dtype::F16,
+                    DType::U32 => safetensors::Dtype::U32,
+                };
+                let view = safetensors::tensor::TensorView::new(dtype, t.shape.clone(), t.data.as_bytes())
+                    .map_err(|e| Error::file(path, format!("tensor '{name}': {e}")))?;
+                Ok((name.clone(), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, None, path).map_err(|e| Error::file(path, format!("cannot write: {e}")))
+    }
+}
+
+/// Loads the weights a graph declares from `file`, checking presence, dtype and shape of each.
+/// Returns them in the order of `graph.weights`.
+pub fn load_weights(graph: &Graph, file: &Weights) -> Result<Vec<HostTensor>> {
+    graph
+        .weights
+        .iter()
+        .map(|&id| {
+            let value = graph.value(id);
+            let expected = value
+                .ty
+                .concrete()
+                .ok_or_else(|| Error::graph(format!("weight '{}' has symbolic shape {}", value.name, value.ty)))?;
+            let shape = file
+                .shape(&value.name)
+                .ok_or_else(|| Error::file(file.path(), format!("weight '{}' is missing", value.name)))?;
+            if shape != expected {
+                return Err(Error::file(
+                    file.path(),
+                    format!("weight '{}' has shape {shape:?} but the graph expects {expected:?}", value.name),
+                ));
+            }
+            file.tensor(&value.name, value.ty.dtype)
+        })
+        .collect()
+}
+
+impl TensorType {
+    /// Whether a tensor of this concrete shape fits the type.
+    pub fn matches(&self, shape: &[usize]) -> bool {
+        self.shape.len() == shape.len()
+            && self.shape.iter().zip(shape).all(|(d, &s)| d.fixed().is_none_or(|n| n as usize == s))
+    }
+}

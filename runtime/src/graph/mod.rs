@@ -1,0 +1,172 @@
+//! The IR: a graph is data. Values are SSA (each produced once: by a graph input, a named
+//! weight or one node output) and carry a dtype and a shape whose dims are fixed or symbolic
+//! (`tokens`, `seqs`, ...). Nodes name an op with its params. Builders emit a `Graph`;
+//! executing it never needs the builder.
+
+mod file;
+mod validate;
+
+pub use file::{GRAPH_FILE_VERSION, GRAPH_MAGIC, Weights, load_weights, read_graph_file, write_graph_file};
+pub use validate::{Bindings, bind_symbols};
+
+use crate::ops::Op;
+use crate::tensor::DType;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One dimension of a value's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Dim {
+    Fixed(u64),
+    /// A size known only when inputs arrive, named so that equal names are equal sizes.
+    Sym(String),
+}
+
+impl Dim {
+    pub fn sym(name: &str) -> Dim {
+        Dim::Sym(name.to_string())
+    }
+    pub fn fixed(&self) -> Option<u64> {
+        match self {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Sym(_) => None,
+        }
+    }
+}
+
+impl From<usize> for Dim {
+    fn from(n: usize) -> Dim {
+        Dim::Fixed(n as u64)
+    }
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Sym(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Dtype and shape of a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorType {
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+}
+
+impl TensorType {
+    pub fn new(dtype: DType, shape: Vec<Dim>) -> Self {
+        TensorType { dtype, shape }
+    }
+    /// A type whose dims are all fixed.
+    pub fn fixed(dtype: DType, shape: &[usize]) -> Self {
+        TensorType { dtype, shape: shape.iter().map(|&d| Dim::from(d)).collect() }
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// The concrete shape, when every dim is fixed.
+    pub fn concrete(&self) -> Option<Vec<usize>> {
+        self.shape.iter().map(|d| d.fixed().map(|n| n as usize)).collect()
+    }
+}
+
+impl std::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
+        write!(f, "{}[{}]", self.dtype, dims.join(", "))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Value {
+    /// Graph inputs and outputs are addressed by name; a weight's name is its tensor name in
+    /// the weights file.
+    pub name: String,
+    pub ty: TensorType,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<ValueId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Graph {
+    pub name: String,
+    pub values: Vec<Value>,
+    pub nodes: Vec<Node>,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<ValueId>,
+    pub weights: Vec<ValueId>,
+    /// Free-form facts a pipeline needs to use the graph (pooling, max tokens, ...).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Graph {
+    pub fn new(name: &str) -> Self {
+        Graph { name: name.to_string(), ..Default::default() }
+    }
+
+    pub fn value(&self, id: ValueId) -> &Value {
+        &self.values[id.index()]
+    }
+
+    fn add_value(&mut self, name: String, ty: TensorType) -> ValueId {
+        let id = ValueId(self.values.len() as u32);
+        self.values.push(Value { name, ty });
+        id
+    }
+
+    pub fn input(&mut self, name: &str, ty: TensorType) -> ValueId {
+        let id = self.add_value(name.to_string(), ty);
+        self.inputs.push(id);
+        id
+    }
+
+    pub fn weight(&mut self, name: &str, ty: TensorType) -> ValueId {
+        let id = self.add_value(name.to_string(), ty);
+        self.weights.push(id);
+        id
+    }
+
+    /// Appends a node, inferring its output types from the op's shape rules.
+    pub fn node(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> crate::Result<Vec<ValueId>> {
+        let in_types: Vec<TensorType> = inputs.iter().map(|&i| self.value(i).ty.clone()).collect();
+        let out_types = op
+            .infer(&in_types)
+            .map_err(|e| crate::Error::graph(format!("node '{name}' ({}): {e}", op.kind().name())))?;
+        let outputs: Vec<ValueId> =
+            out_types.into_iter().enumerate().map(|(i, ty)| self.add_value(format!("{name}:{i}"), ty)).collect();
+        self.nodes.push(Node { name: name.to_string(), op, inputs: inputs.to_vec(), outputs: outputs.clone() });
+        Ok(outputs)
+    }
+
+    /// `node` for ops with one output.
+    pub fn node1(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> crate::Result<ValueId> {
+        Ok(self.node(name, op, inputs)?[0])
+    }
+
+    pub fn output(&mut self, id: ValueId, name: &str) {
+        self.values[id.index()].name = name.to_string();
+        self.outputs.push(id);
+    }
+
+    pub fn input_named(&self, name: &str) -> Option<ValueId> {
+        self.inputs.iter().copied().find(|&i| self.value(i).name == name)
+    }
+}

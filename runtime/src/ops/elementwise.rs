@@ -1,0 +1,224 @@
+//! Elementwise ops: unary activations, broadcasting binary arithmetic and casts.
+
+use super::{arity, float};
+use crate::graph::{Dim, TensorType};
+use crate::tensor::DType;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnaryKind {
+    Gelu,
+    Relu,
+    Tanh,
+    Sigmoid,
+}
+
+impl UnaryKind {
+    pub const ALL: &'static [UnaryKind] = &[UnaryKind::Gelu, UnaryKind::Relu, UnaryKind::Tanh, UnaryKind::Sigmoid];
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            UnaryKind::Gelu => gelu(x),
+            UnaryKind::Relu => x.max(0.0),
+            UnaryKind::Tanh => x.tanh(),
+            UnaryKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BinaryKind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl BinaryKind {
+    pub const ALL: &'static [BinaryKind] = &[BinaryKind::Add, BinaryKind::Sub, BinaryKind::Mul, BinaryKind::Div];
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinaryKind::Add => a + b,
+            BinaryKind::Sub => a - b,
+            BinaryKind::Mul => a * b,
+            BinaryKind::Div => a / b,
+        }
+    }
+}
+
+/// erf, as a rational approximation on [-4, 4] (|error| < 1e-6; erf is ±1 to f32 precision
+/// beyond). WGSL has no erf, so every backend uses this same formula and agrees with the CPU.
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10_f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_6e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let mut q = -1.456_607_2e-5_f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_474e-2;
+    x * p / q
+}
+
+/// GELU in its exact (erf) form, as BERT uses: `x/2 · (1 + erf(x/√2))`.
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Below this many elements, threads cost more than they save.
+const PAR_MIN: usize = 1 << 14;
+
+pub(crate) fn par_map_inplace(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    if x.len() < PAR_MIN {
+        x.iter_mut().for_each(|v| *v = f(*v));
+    } else {
+        x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+    }
+}
+
+/// Kernel params for `unary` and `cast`, mirrored in `shaders/elementwise.wgsl` and
+/// `cuda/elementwise.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct UnaryParams {
+    pub len: u32,
+    /// [`UnaryKind::code`] for `unary`; for `cast`, the source [`DType::code`].
+    pub op: u32,
+    /// For `cast`, the target [`DType::code`].
+    pub to: u32,
+    pub _pad: u32,
+}
+
+/// Max rank the binary kernels broadcast over (the IR's limit).
+pub const MAX_RANK: usize = 8;
+
+/// Kernel params for `binary`: output shape and per-input element strides, 0 where an input
+/// broadcasts along that axis.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BinaryParams {
+    pub len: u32,
+    pub op: u32,
+    pub rank: u32,
+    pub _pad: u32,
+    pub out_shape: [u32; MAX_RANK],
+    pub a_strides: [u32; MAX_RANK],
+    pub b_strides: [u32; MAX_RANK],
+}
+
+fn broadcast_dim(a: &Dim, b: &Dim) -> Option<Dim> {
+    match (a, b) {
+        _ if a == b => Some(a.clone()),
+        (Dim::Fixed(1), other) | (other, Dim::Fixed(1)) => Some(other.clone()),
+        _ => None,
+    }
+}
+
+pub(crate) fn infer_binary(inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+    arity(inputs, 2, 2)?;
+    let (a, b) = (&inputs[0], &inputs[1]);
+    float(a, "a")?;
+    float(b, "b")?;
+    let rank = a.rank().max(b.rank());
+    let pad = |t: &TensorType| -> Vec<Dim> {
+        let mut s = vec![Dim::Fixed(1); rank - t.rank()];
+        s.extend(t.shape.iter().cloned());
+        s
+    };
+    let (sa, sb) = (pad(a), pad(b));
+    let shape = sa
+        .iter()
+        .zip(&sb)
+        .map(|(x, y)| broadcast_dim(x, y).ok_or_else(|| format!("shapes {a} and {b} do not broadcast")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(vec![TensorType::new(DType::F32, shape)])
+}
+
+pub(crate) fn infer_cast(inputs: &[TensorType], to: DType) -> Result<Vec<TensorType>, String> {
+    arity(inputs, 1, 1)?;
+    let from = inputs[0].dtype;
+    let allowed = matches!((from, to), (DType::F32, DType::F16) | (DType::F16, DType::F32) | (DType::U32, DType::F32))
+        || from == to;
+    if !allowed {
+        return Err(format!("cannot cast {from} to {to}"));
+    }
+    Ok(vec![TensorType::new(to, inputs[0].shape.clone())])
+}
+
+/// Row-major element strides of `shape` aligned to the right of a rank-`rank` output, with 0
+/// for broadcast axes.
+fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let rank = out.len();
+    let mut strides = vec![0; rank];
+    let mut stride = 1;
+    for i in (0..shape.len()).rev() {
+        let axis = rank - shape.len() + i;
+        strides[axis] = if shape[i] == 1 && out[axis] != 1 { 0 } else { stride };
+        stride *= shape[i];
+    }
+    strides
+}
+
+pub fn binary_params(kind: BinaryKind, a: &[usize], b: &[usize], out: &[usize]) -> BinaryParams {
+    let mut p = BinaryParams {
+        len: out.iter().product::<usize>() as u32,
+        op: kind.code(),
+        rank: out.len() as u32,
+        _pad: 0,
+        out_shape: [1; MAX_RANK],
+        a_strides: [0; MAX_RANK],
+        b_strides: [0; MAX_RANK],
+    };
+    let (sa, sb) = (broadcast_strides(a, out), broadcast_strides(b, out));
+    for i in 0..out.len() {
+        p.out_shape[i] = out[i] as u32;
+        p.a_strides[i] = sa[i] as u32;
+        p.b_strides[i] = sb[i] as u32;
+    }
+    p
+}
+
+pub fn unary_cpu(kind: UnaryKind, x: &[f32], out: &mut [f32]) {
+    out.copy_from_slice(x);
+    par_map_inplace(out, |v| kind.apply(v));
+}
+
+pub fn binary_cpu(p: &BinaryParams, a: &[f32], b: &[f32], out: &mut [f32]) {
+    let kind = BinaryKind::ALL[p.op as usize];
+    let rank = p.rank as usize;
+    let same = |s: &[u32; MAX_RANK]| {
+        let mut expect = 1u32;
+        (0..rank).rev().all(|i| {
+            let ok = s[i] == expect;
+            expect *= p.out_shape[i];
+            ok
+        })
+    };
+    if same(&p.a_strides) && same(&p.b_strides) {
+        out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = kind.apply(x, y));
+        return;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let (mut rem, mut ia, mut ib) = (i, 0usize, 0usize);
+        for axis in (0..rank).rev() {
+            let d = p.out_shape[axis] as usize;
+            let idx = rem % d;
+            rem /= d;
+            ia += idx * p.a_strides[axis] as usize;
+            ib += idx * p.b_strides[axis] as usize;
+        }
+        *o = kind.apply(a[ia], b[ib]);
+    }
+}

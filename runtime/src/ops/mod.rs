@@ -1,0 +1,262 @@
+//! The op set. One module per op family: its params, its shape rules and its CPU
+//! implementation, which is the reference every other backend is tested against.
+//!
+//! Kernels pair up by name across backends: an op's [`OpKind::kernel`] names the shader file
+//! stem (`shaders/<stem>.wgsl`, `cuda/<stem>.cu`) and the entry point, and the `#[repr(C)]`
+//! params struct declared here is mirrored field for field by both kernel languages.
+//!
+//! Sequences in a batch are *packed*: activations are `[tokens, features]` with no padding,
+//! and a `segments` input `[seqs, 2]` (u32 start, length) says which rows belong to which
+//! sequence. Attention and pooling read it; everything else is per token. This is the padding
+//! mask in a form that computes no padded positions at all.
+
+pub mod attention;
+pub mod elementwise;
+pub mod gather;
+pub mod matmul;
+pub mod norm;
+pub mod pool;
+
+pub use attention::Attention;
+pub use elementwise::{BinaryKind, UnaryKind};
+pub use matmul::{Activation, MatMul};
+pub use pool::PoolKind;
+
+use crate::graph::{Bindings, Dim, TensorType};
+use crate::tensor::DType;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// `act(a · b + bias)`; inputs a `[..., M, K]`, b `[K, N]` (or `[N, K]` with `trans_b`,
+    /// or batched like a), optional bias `[N]`.
+    MatMul(MatMul),
+    Unary(UnaryKind),
+    /// Numpy-broadcasting elementwise op of two inputs.
+    Binary(BinaryKind),
+    /// Converts between f32 and f16, or u32 to f32.
+    Cast(DType),
+    /// Over the last axis; inputs x, gamma, beta.
+    LayerNorm {
+        eps: f32,
+    },
+    /// Over the last axis.
+    Softmax,
+    /// `x / max(‖x‖₂, eps)` over the last axis (torch's `F.normalize`).
+    L2Normalize {
+        eps: f32,
+    },
+    /// Fused multi-head scaled dot-product attention over packed sequences; inputs q, k, v,
+    /// segments.
+    Attention(Attention),
+    /// Row gather (embedding lookup); inputs table `[V, D]`, ids (u32, any shape). Ids outside
+    /// the table give a zero row on every backend.
+    Gather,
+    /// Per-sequence pooling of packed rows; inputs x `[tokens, D]`, segments `[seqs, 2]`.
+    Pool(PoolKind),
+    /// Same data, another shape (symbolic dims resolve from the run's bindings). A view: no
+    /// kernel runs.
+    Reshape(Vec<Dim>),
+}
+
+/// The op set, without params: what the coverage tests enumerate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OpKind {
+    MatMul,
+    Unary,
+    Binary,
+    Cast,
+    LayerNorm,
+    Softmax,
+    L2Normalize,
+    Attention,
+    Gather,
+    Pool,
+    Reshape,
+}
+
+impl OpKind {
+    pub const ALL: &'static [OpKind] = &[
+        OpKind::MatMul,
+        OpKind::Unary,
+        OpKind::Binary,
+        OpKind::Cast,
+        OpKind::LayerNorm,
+        OpKind::Softmax,
+        OpKind::L2Normalize,
+        OpKind::Attention,
+        OpKind::Gather,
+        OpKind::Pool,
+        OpKind::Reshape,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::MatMul => "matmul",
+            OpKind::Unary => "unary",
+            OpKind::Binary => "binary",
+            OpKind::Cast => "cast",
+            OpKind::LayerNorm => "layer_norm",
+            OpKind::Softmax => "softmax",
+            OpKind::L2Normalize => "l2_normalize",
+            OpKind::Attention => "attention",
+            OpKind::Gather => "gather",
+            OpKind::Pool => "pool",
+            OpKind::Reshape => "reshape",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<OpKind> {
+        OpKind::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// The kernel that implements the op on GPU backends: (file stem, entry point). `None`
+    /// for views, which move no data.
+    pub fn kernel(self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            OpKind::MatMul => ("matmul", "matmul"),
+            OpKind::Unary => ("elementwise", "unary"),
+            OpKind::Binary => ("elementwise", "binary"),
+            OpKind::Cast => ("elementwise", "cast"),
+            OpKind::LayerNorm => ("norm", "layer_norm"),
+            OpKind::Softmax => ("norm", "softmax"),
+            OpKind::L2Normalize => ("norm", "l2_normalize"),
+            OpKind::Attention => ("attention", "attention"),
+            OpKind::Gather => ("gather", "gather"),
+            OpKind::Pool => ("pool", "pool"),
+            OpKind::Reshape => return None,
+        })
+    }
+}
+
+impl Op {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::MatMul(_) => OpKind::MatMul,
+            Op::Unary(_) => OpKind::Unary,
+            Op::Binary(_) => OpKind::Binary,
+            Op::Cast(_) => OpKind::Cast,
+            Op::LayerNorm { .. } => OpKind::LayerNorm,
+            Op::Softmax => OpKind::Softmax,
+            Op::L2Normalize { .. } => OpKind::L2Normalize,
+            Op::Attention(_) => OpKind::Attention,
+            Op::Gather => OpKind::Gather,
+            Op::Pool(_) => OpKind::Pool,
+            Op::Reshape(_) => OpKind::Reshape,
+        }
+    }
+
+    /// Output types from input types, symbolic dims included. The error says which input and
+    /// which rule is violated.
+    pub fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        match self {
+            Op::MatMul(m) => m.infer(inputs),
+            Op::Unary(_) => {
+                arity(inputs, 1, 1)?;
+                float(&inputs[0], "input")?;
+                Ok(vec![inputs[0].clone()])
+            }
+            Op::Binary(_) => elementwise::infer_binary(inputs),
+            Op::Cast(to) => elementwise::infer_cast(inputs, *to),
+            Op::LayerNorm { .. } => norm::infer_layer_norm(inputs),
+            Op::Softmax | Op::L2Normalize { .. } => {
+                arity(inputs, 1, 1)?;
+                float(&inputs[0], "input")?;
+                if inputs[0].rank() == 0 {
+                    return Err("input must have at least one axis".into());
+                }
+                Ok(vec![inputs[0].clone()])
+            }
+            Op::Attention(a) => a.infer(inputs),
+            Op::Gather => gather::infer(inputs),
+            Op::Pool(_) => pool::infer(inputs),
+            Op::Reshape(shape) => {
+                arity(inputs, 1, 1)?;
+                let from = &inputs[0];
+                if let (Some(a), Some(b)) = (from.concrete(), TensorType::new(from.dtype, shape.clone()).concrete())
+                    && a.iter().product::<usize>() != b.iter().product::<usize>()
+                {
+                    return Err(format!("cannot reshape {a:?} to {b:?}: element counts differ"));
+                }
+                Ok(vec![TensorType::new(from.dtype, shape.clone())])
+            }
+        }
+    }
+
+    /// Concrete output shapes for concrete input shapes; symbolic dims in op params (reshape)
+    /// resolve from `bindings`.
+    pub fn output_shapes(
+        &self,
+        inputs: &[(DType, &[usize])],
+        bindings: &Bindings,
+    ) -> Result<Vec<(DType, Vec<usize>)>, String> {
+        let types: Vec<TensorType> = inputs.iter().map(|(d, s)| TensorType::fixed(*d, s)).collect();
+        let op = match self {
+            Op::Reshape(shape) => {
+                let resolved = shape
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => Ok(Dim::Fixed(*n)),
+                        Dim::Sym(s) => bindings
+                            .get(s)
+                            .map(|&n| Dim::from(n))
+                            .ok_or_else(|| format!("reshape dim '{s}' is not bound by any input")),
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Op::Reshape(resolved)
+            }
+            other => other.clone(),
+        };
+        let out = op.infer(&types)?;
+        out.into_iter()
+            .map(|t| {
+                let shape = t.concrete().ok_or_else(|| format!("output shape {t} is not concrete"))?;
+                Ok((t.dtype, shape))
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn arity(inputs: &[TensorType], min: usize, max: usize) -> Result<(), String> {
+    if inputs.len() < min || inputs.len() > max {
+        let want = if min == max { format!("{min}") } else { format!("{min} to {max}") };
+        return Err(format!("takes {want} inputs, got {}", inputs.len()));
+    }
+    Ok(())
+}
+
+pub(crate) fn float(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype != DType::F32 {
+        return Err(format!("{what} must be f32, is {t}"));
+    }
+    Ok(())
+}
+
+pub(crate) fn dtype_is(t: &TensorType, dtype: DType, what: &str) -> Result<(), String> {
+    if t.dtype != dtype {
+        return Err(format!("{what} must be {dtype}, is {t}"));
+    }
+    Ok(())
+}
+
+pub(crate) fn rank_is(t: &TensorType, rank: usize, what: &str) -> Result<(), String> {
+    if t.rank() != rank {
+        return Err(format!("{what} must have rank {rank}, is {t}"));
+    }
+    Ok(())
+}
+
+/// Two dims that must be the same size.
+pub(crate) fn same_dim(a: &Dim, b: &Dim, what: &str) -> Result<(), String> {
+    if a != b {
+        return Err(format!("{what}: {a} vs {b}"));
+    }
+    Ok(())
+}
+
+/// The row count and row length of a tensor reduced over its last axis.
+pub fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    let cols = shape.last().copied().unwrap_or(1);
+    let rows = if cols == 0 { 0 } else { shape.iter().product::<usize>() / cols };
+    (rows, cols)
+}

@@ -1,0 +1,86 @@
+//! Reductions over the last axis: layer norm, softmax, L2 normalize.
+
+use super::{arity, float, same_dim};
+use crate::graph::TensorType;
+use rayon::prelude::*;
+
+/// Kernel params for `layer_norm`, `softmax` and `l2_normalize`, mirrored in
+/// `shaders/norm.wgsl` and `cuda/norm.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NormParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub eps: f32,
+    pub _pad: u32,
+}
+
+impl NormParams {
+    pub fn new(shape: &[usize], eps: f32) -> Self {
+        let (rows, cols) = super::rows_cols(shape);
+        NormParams { rows: rows as u32, cols: cols as u32, eps, _pad: 0 }
+    }
+}
+
+pub(crate) fn infer_layer_norm(inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+    arity(inputs, 3, 3)?;
+    let x = &inputs[0];
+    float(x, "x")?;
+    if x.rank() == 0 {
+        return Err("x must have at least one axis".into());
+    }
+    let d = &x.shape[x.rank() - 1];
+    for (t, what) in [(&inputs[1], "gamma"), (&inputs[2], "beta")] {
+        float(t, what)?;
+        if t.rank() != 1 {
+            return Err(format!("{what} must have rank 1, is {t}"));
+        }
+        same_dim(&t.shape[0], d, &format!("{what} length and the last axis of x differ"))?;
+    }
+    Ok(vec![x.clone()])
+}
+
+/// Splits `cols`-long rows across threads when the tensor is large enough to pay for it.
+fn for_rows(x: &[f32], out: &mut [f32], cols: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    if cols == 0 {
+        return;
+    }
+    if x.len() >= 1 << 14 {
+        out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(o, r)| f(r, o));
+    } else {
+        out.chunks_mut(cols).zip(x.chunks(cols)).for_each(|(o, r)| f(r, o));
+    }
+}
+
+pub fn layer_norm_cpu(p: &NormParams, x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
+    let n = p.cols as f32;
+    for_rows(x, out, p.cols as usize, |row, o| {
+        let mean = row.iter().sum::<f32>() / n;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + p.eps).sqrt();
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = (row[i] - mean) * inv * gamma[i] + beta[i];
+        }
+    });
+}
+
+pub fn softmax_cpu(p: &NormParams, x: &[f32], out: &mut [f32]) {
+    for_rows(x, out, p.cols as usize, |row, o| {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for (v, &r) in o.iter_mut().zip(row) {
+            *v = (r - max).exp();
+            sum += *v;
+        }
+        o.iter_mut().for_each(|v| *v /= sum);
+    });
+}
+
+pub fn l2_normalize_cpu(p: &NormParams, x: &[f32], out: &mut [f32]) {
+    for_rows(x, out, p.cols as usize, |row, o| {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(p.eps);
+        for (v, &r) in o.iter_mut().zip(row) {
+            *v = r / norm;
+        }
+    });
+}
