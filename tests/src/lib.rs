@@ -1,0 +1,265 @@
+//! Op conformance: every op, on random inputs of awkward shapes (1, 7, 129, not only tile
+//! multiples), run on a backend and compared with the CPU reference within the op's stated
+//! tolerance. Backend test files call [`check_backend`]; [`cases`] covers every [`OpKind`].
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tandem_runtime::backend::Backend;
+use tandem_runtime::backend::cpu::CpuBackend;
+use tandem_runtime::ops::{Activation, Attention, BinaryKind, MatMul, PoolKind, UnaryKind};
+use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, OpKind, Session, TensorData, TensorType};
+
+/// How close a backend's output must be to the CPU's: |got − want| ≤ abs + rel·|want|.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerance {
+    pub abs: f32,
+    pub rel: f32,
+}
+
+impl Tolerance {
+    pub const EXACT: Tolerance = Tolerance { abs: 0.0, rel: 0.0 };
+    pub const fn new(abs: f32, rel: f32) -> Self {
+        Tolerance { abs, rel }
+    }
+}
+
+/// Stated per op: float reductions reorder sums on GPUs, so they get more room than maps.
+pub fn tolerance(kind: OpKind) -> Tolerance {
+    match kind {
+        OpKind::MatMul => Tolerance::new(2e-4, 1e-3),
+        OpKind::Attention => Tolerance::new(1e-4, 1e-3),
+        OpKind::LayerNorm => Tolerance::new(1e-4, 1e-4),
+        OpKind::Softmax | OpKind::L2Normalize | OpKind::Pool => Tolerance::new(1e-5, 1e-4),
+        OpKind::Unary | OpKind::Binary => Tolerance::new(1e-5, 1e-5),
+        OpKind::Cast | OpKind::Gather | OpKind::Reshape => Tolerance::EXACT,
+    }
+}
+
+pub struct Case {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<HostTensor>,
+}
+
+impl Case {
+    /// A one-node graph of this op with every operand a graph input.
+    pub fn graph(&self) -> Graph {
+        let mut g = Graph::new(&self.name);
+        let ids: Vec<_> = self
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| g.input(&format!("in{i}"), TensorType::fixed(t.dtype(), &t.shape)))
+            .collect();
+        let outs = g.node(&self.name, self.op.clone(), &ids).expect("case is well formed");
+        for (i, o) in outs.into_iter().enumerate() {
+            g.output(o, &format!("out{i}"));
+        }
+        g
+    }
+}
+
+fn uniform(rng: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> HostTensor {
+    let n = shape.iter().product();
+    HostTensor::f32(shape.to_vec(), (0..n).map(|_| rng.random_range(lo..hi)).collect()).unwrap()
+}
+
+fn segments(spans: &[(u32, u32)]) -> HostTensor {
+    HostTensor::u32(vec![spans.len(), 2], spans.iter().flat_map(|&(s, l)| [s, l]).collect()).unwrap()
+}
+
+/// The conformance cases for every op, with inputs drawn from `seed`.
+pub fn cases(seed: u64) -> Vec<Case> {
+    let rng = &mut StdRng::seed_from_u64(seed);
+    let mut cases = Vec::new();
+    let mut add = |name: String, op: Op, inputs: Vec<HostTensor>| cases.push(Case { name, op, inputs });
+
+    // matmul: plain, transposed, bias, activations, batched with shared and batched b.
+    for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (129, 65, 33), (64, 64, 64), (3, 129, 257), (33, 384, 7)] {
+        for trans_b in [false, true] {
+            for (bias, activation) in [
+                (false, Activation::None),
+                (true, Activation::None),
+                (true, Activation::Gelu),
+                (false, Activation::Relu),
+            ] {
+                let a = uniform(rng, &[m, k], -1.0, 1.0);
+                let b = uniform(rng, &if trans_b { [n, k] } else { [k, n] }, -1.0, 1.0);
+                let mut inputs = vec![a, b];
+                if bias {
+                    inputs.push(uniform(rng, &[n], -1.0, 1.0));
+                }
+                add(
+                    format!("matmul_{m}x{k}x{n}_t{trans_b}_bias{bias}_{activation:?}"),
+                    Op::MatMul(MatMul { trans_b, activation }),
+                    inputs,
+                );
+            }
+        }
+    }
+    for shared_b in [true, false] {
+        let (batch, m, k, n) = (3, 7, 17, 9);
+        let a = uniform(rng, &[batch, m, k], -1.0, 1.0);
+        let b = if shared_b { uniform(rng, &[n, k], -1.0, 1.0) } else { uniform(rng, &[batch, n, k], -1.0, 1.0) };
+        add(
+            format!("matmul_batched_shared{shared_b}"),
+            Op::MatMul(MatMul { trans_b: true, activation: Activation::None }),
+            vec![a, b],
+        );
+    }
+    // unary
+    for &kind in UnaryKind::ALL {
+        for shape in [&[1][..], &[7, 129]] {
+            add(format!("unary_{kind:?}_{shape:?}"), Op::Unary(kind), vec![uniform(rng, shape, -5.0, 5.0)]);
+        }
+    }
+    // binary with broadcasting
+    let shapes: &[(&[usize], &[usize])] =
+        &[(&[129], &[129]), (&[7, 129], &[129]), (&[1], &[7, 3]), (&[2, 1, 5], &[3, 1]), (&[7, 1], &[1, 129])];
+    for &kind in BinaryKind::ALL {
+        for &(sa, sb) in shapes {
+            let a = uniform(rng, sa, -2.0, 2.0);
+            // Keep divisors away from zero so the comparison measures the kernel, not 1/ε.
+            let mut b = uniform(rng, sb, 0.5, 2.0);
+            if let TensorData::F32(v) = &mut b.data {
+                v.iter_mut().enumerate().for_each(|(i, x)| {
+                    if i % 2 == 1 {
+                        *x = -*x
+                    }
+                });
+            }
+            add(format!("binary_{kind:?}_{sa:?}_{sb:?}"), Op::Binary(kind), vec![a, b]);
+        }
+    }
+    // cast
+    add("cast_f32_f16".into(), Op::Cast(DType::F16), vec![uniform(rng, &[129], -70000.0, 70000.0)]);
+    let h: Vec<half::f16> = (0..7).map(|_| half::f16::from_f32(rng.random_range(-100.0..100.0))).collect();
+    add("cast_f16_f32".into(), Op::Cast(DType::F32), vec![HostTensor::new(vec![7], TensorData::F16(h)).unwrap()]);
+    add(
+        "cast_u32_f32".into(),
+        Op::Cast(DType::F32),
+        vec![HostTensor::u32(vec![129], (0..129).map(|_| rng.random::<u32>() >> 8).collect()).unwrap()],
+    );
+    // reductions over the last axis
+    for shape in [&[1, 1][..], &[7, 129], &[129, 384], &[3, 1000]] {
+        let d = shape[1];
+        let x = uniform(rng, shape, -3.0, 3.0);
+        add(
+            format!("layer_norm_{shape:?}"),
+            Op::LayerNorm { eps: 1e-12 },
+            vec![x.clone(), uniform(rng, &[d], 0.5, 1.5), uniform(rng, &[d], -0.5, 0.5)],
+        );
+        add(format!("softmax_{shape:?}"), Op::Softmax, vec![uniform(rng, shape, -10.0, 10.0)]);
+        add(format!("l2_normalize_{shape:?}"), Op::L2Normalize { eps: 1e-12 }, vec![x]);
+    }
+    // attention over packed sequences: one token, awkward lengths, a gap, GQA, causal
+    let attn: &[(&[(u32, u32)], u32, u32, u32, bool)] = &[
+        (&[(0, 1)], 1, 1, 1, false),
+        (&[(0, 7), (7, 129)], 12, 12, 32, false),
+        (&[(0, 5), (9, 3)], 4, 2, 8, true),
+        (&[(0, 65), (65, 1), (66, 33)], 3, 1, 7, false),
+        (&[(0, 130)], 2, 2, 64, true),
+    ];
+    for &(spans, heads, kv_heads, d, causal) in attn {
+        let tokens = spans.iter().map(|&(s, l)| s + l).max().unwrap() as usize + 1; // +1: a row in no segment
+        let (qw, kw) = ((heads * d) as usize, (kv_heads * d) as usize);
+        let op = Op::Attention(Attention {
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            scale: 1.0 / (d as f32).sqrt(),
+            causal,
+        });
+        let inputs = vec![
+            uniform(rng, &[tokens, qw], -2.0, 2.0),
+            uniform(rng, &[tokens, kw], -2.0, 2.0),
+            uniform(rng, &[tokens, kw], -1.0, 1.0),
+            segments(spans),
+        ];
+        add(format!("attention_{spans:?}_h{heads}_kv{kv_heads}_d{d}_causal{causal}"), op, inputs);
+    }
+    // gather, with ids out of range
+    for &(vocab, dim, n) in &[(1, 1, 1), (30, 7, 129), (1000, 384, 33)] {
+        let ids: Vec<u32> = (0..n)
+            .map(|i| if i % 11 == 5 { vocab as u32 + i as u32 } else { rng.random_range(0..vocab as u32) })
+            .collect();
+        add(
+            format!("gather_{vocab}x{dim}_{n}"),
+            Op::Gather,
+            vec![uniform(rng, &[vocab, dim], -1.0, 1.0), HostTensor::u32(vec![n], ids).unwrap()],
+        );
+    }
+    // pooling, with an empty segment
+    for &kind in PoolKind::ALL {
+        for spans in [&[(0u32, 1u32)][..], &[(0, 7), (7, 0), (7, 122)]] {
+            let tokens = spans.iter().map(|&(s, l)| s + l).max().unwrap() as usize;
+            add(
+                format!("pool_{kind:?}_{spans:?}"),
+                Op::Pool(kind),
+                vec![uniform(rng, &[tokens, 129], -1.0, 1.0), segments(spans)],
+            );
+        }
+    }
+    add("reshape".into(), Op::Reshape(vec![Dim::Fixed(129), Dim::Fixed(7)]), vec![uniform(rng, &[7, 129], -1.0, 1.0)]);
+    cases
+}
+
+/// Runs a case on a backend.
+pub fn run_case<B: Backend>(backend: B, case: &Case) -> tandem_runtime::Result<Vec<HostTensor>> {
+    let session = Session::new(backend, case.graph(), &[])?;
+    session.run_blocking(&case.inputs)
+}
+
+/// The largest violation of a tolerance, as (index, got, want), or None when all fit.
+pub fn compare(got: &HostTensor, want: &HostTensor, tol: Tolerance) -> Result<(), String> {
+    if got.shape != want.shape || got.dtype() != want.dtype() {
+        return Err(format!("got {} {:?}, want {} {:?}", got.dtype(), got.shape, want.dtype(), want.shape));
+    }
+    let (g, w) = (got.to_f32(), want.to_f32());
+    let mut worst: Option<(usize, f32, f32, f32)> = None;
+    for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+        let excess = (a - b).abs() - (tol.abs + tol.rel * b.abs());
+        let bad = excess > 0.0 || a.is_nan() != b.is_nan();
+        if bad && worst.is_none_or(|(_, _, _, e)| excess > e) {
+            worst = Some((i, a, b, excess));
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, a, b, _)) => {
+            Err(format!("element {i}: got {a}, want {b} (tolerance abs {} rel {})", tol.abs, tol.rel))
+        }
+    }
+}
+
+/// Runs every case on `make()`'s backend and on the CPU; returns one line per failure.
+pub fn check_backend<B: Backend>(make: impl Fn() -> B, seed: u64) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in cases(seed) {
+        let tol = tolerance(case.op.kind());
+        let want = run_case(CpuBackend::new(), &case).expect("the CPU reference runs every case");
+        match run_case(make(), &case) {
+            Err(e) => failures.push(format!("{}: {e}", case.name)),
+            Ok(got) => {
+                for (g, w) in got.iter().zip(&want) {
+                    if let Err(e) = compare(g, w, tol) {
+                        failures.push(format!("{}: {e}", case.name));
+                    }
+                }
+            }
+        }
+    }
+    failures
+}
+
+/// Ops the backend lacks (for the op × backend coverage test).
+pub fn missing_ops<B: Backend>(backend: &B) -> Vec<&'static str> {
+    OpKind::ALL.iter().filter(|k| !backend.supports(**k)).map(|k| k.name()).collect()
+}
+
+/// A fresh seed per run (printed by the tests so a failure can be replayed with
+/// `TANDEM_TEST_SEED`).
+pub fn seed() -> u64 {
+    std::env::var("TANDEM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    })
+}
