@@ -173,8 +173,10 @@ pub fn cpu(p: &MatMulParams, a: &[f32], b: &[f32], bias: Option<&[f32]>, out: &m
                 );
             }
         }
-        if act != Activation::None {
-            super::elementwise::par_map_inplace(c, |x| act.apply(x));
+        match act {
+            Activation::None => {}
+            Activation::Gelu => super::elementwise::par_map_inplace(c, super::elementwise::gelu),
+            Activation::Relu => super::elementwise::par_map_inplace(c, |x| x.max(0.0)),
         }
     }
 }
