@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The io error is part of the message, not a `source`, so that error chains say it once.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("invalid graph: {0}")]
@@ -25,8 +26,8 @@ impl Error {
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::File { path: path.into(), message: message.into() }
     }
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Error::Io { path: path.into(), error }
     }
     pub fn graph(message: impl Into<String>) -> Self {
         Error::Graph(message.into())
