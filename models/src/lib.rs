@@ -1,1 +1,20 @@
+//! tandem-models: what turns model files into tandem graphs and runs them for a task.
+//!
+//! - [`registry`]: the models tandem can obtain, pinned; [`fetch`] obtains them (native only).
+//! - [`tokenizer`]: texts to packed token batches (HF `tokenizers`).
+//! - [`bert`]: sentence-transformers BERT folders to graphs.
+//! - [`export`]: a model folder to a graph file that runs without its builder.
+//! - [`embed`]: the embedding pipeline; [`session`] picks its backend.
 
+pub mod bert;
+pub mod embed;
+pub mod export;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fetch;
+pub mod registry;
+pub mod session;
+pub mod testing;
+pub mod tokenizer;
+
+pub use embed::{Embedder, Embedding};
+pub use session::{AnySession, BackendChoice};

@@ -1,0 +1,369 @@
+//! BERT encoders (sentence-transformers layout) as a tandem graph.
+//!
+//! Reads a model folder: `config.json` (HF `BertModel`), `model.safetensors` (names with or
+//! without a `bert.` prefix), and the sentence-transformers files that say how to turn token
+//! states into one embedding: `modules.json`, the pooling config it points to and
+//! `sentence_bert_config.json`. Every config size is checked against the weights before a
+//! byte of weights is read.
+//!
+//! The graph takes packed sequences (see `tandem_runtime::ops`):
+//! inputs `input_ids`, `token_type_ids`, `position_ids` u32 `[tokens]` and `segments` u32
+//! `[seqs, 2]`; output `embeddings` f32 `[seqs, hidden]`.
+//! Metadata (what a pipeline needs, see the `META_*` keys): architecture, model name,
+//! max_seq_length, pooling, normalize, hidden size.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tandem_runtime::graph::Weights;
+use tandem_runtime::ops::{Attention, BinaryKind, MatMul, PoolKind};
+use tandem_runtime::{DType, Dim, Graph, Op, TensorType, ValueId};
+
+pub const META_ARCHITECTURE: &str = "architecture";
+pub const META_MODEL: &str = "model";
+/// Most tokens of one text, special tokens included; longer texts are truncated.
+pub const META_MAX_SEQ_LENGTH: &str = "max_seq_length";
+pub const META_POOLING: &str = "pooling";
+pub const META_NORMALIZE: &str = "normalize";
+pub const META_HIDDEN_SIZE: &str = "hidden_size";
+
+/// JSON config files are small; bound them anyway.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Sizes past these are not a BERT we can mean (and keep shape arithmetic far from overflow).
+const MAX_DIM: usize = 1 << 20;
+const MAX_LAYERS: usize = 1024;
+
+/// The fields of HF's `config.json` a `BertModel` graph needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_type_vocab_size() -> usize {
+    2
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_hidden_act() -> String {
+    "gelu".into()
+}
+
+impl BertConfig {
+    fn check(&self, path: &Path) -> Result<()> {
+        let at = path.display();
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if value == 0 || value > MAX_DIM {
+                bail!("{at}: {field} is {value}, expected 1 to {MAX_DIM}");
+            }
+        }
+        if self.num_hidden_layers == 0 || self.num_hidden_layers > MAX_LAYERS {
+            bail!("{at}: num_hidden_layers is {}, expected 1 to {MAX_LAYERS}", self.num_hidden_layers);
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            bail!(
+                "{at}: hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if self.hidden_act != "gelu" {
+            bail!("{at}: hidden_act '{}' is not supported (only \"gelu\", the erf form)", self.hidden_act);
+        }
+        if let Some(kind) = &self.position_embedding_type
+            && kind != "absolute"
+        {
+            bail!("{at}: position_embedding_type '{kind}' is not supported (only \"absolute\")");
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
+            bail!("{at}: layer_norm_eps {} is not a non-negative number", self.layer_norm_eps);
+        }
+        Ok(())
+    }
+}
+
+/// How token states become one embedding (sentence-transformers' modules after the encoder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentenceHead {
+    pub pooling: PoolKind,
+    pub normalize: bool,
+    /// Most tokens per text (special tokens included), at most `max_position_embeddings`.
+    pub max_seq_length: usize,
+}
+
+pub fn pooling_name(kind: PoolKind) -> &'static str {
+    match kind {
+        PoolKind::Mean => "mean",
+        PoolKind::First => "cls",
+        PoolKind::Max => "max",
+    }
+}
+
+/// A BERT model folder turned into a graph, with the weights file it reads.
+pub struct BertModel {
+    pub graph: Graph,
+    pub weights: Weights,
+    pub config: BertConfig,
+    pub head: SentenceHead,
+    pub tokenizer_path: PathBuf,
+}
+
+/// Builds the embedding graph of the sentence-transformers BERT model in `dir`.
+pub fn load_dir(dir: &Path) -> Result<BertModel> {
+    if !dir.is_dir() {
+        bail!("{}: no such model directory", dir.display());
+    }
+    let config_path = dir.join("config.json");
+    let config: BertConfig = read_json(&config_path)?;
+    config.check(&config_path)?;
+    let head = read_sentence_head(dir, &config)?;
+    let weights_path = dir.join("model.safetensors");
+    let weights = Weights::open(&weights_path)?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bert".into());
+    let graph = build_graph(&name, &config, &head, &weights, &config_path)?;
+    Ok(BertModel { graph, weights, config, head, tokenizer_path: dir.join("tokenizer.json") })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    if len > MAX_CONFIG_BYTES {
+        bail!("{}: {len} bytes is over the limit of {MAX_CONFIG_BYTES} for a config file", path.display());
+    }
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+/// Reads modules.json, the pooling config and sentence_bert_config.json. A folder without
+/// modules.json is a plain HF model: mean pooling, no normalization (sentence-transformers'
+/// own default for such folders).
+fn read_sentence_head(dir: &Path, config: &BertConfig) -> Result<SentenceHead> {
+    let mut head = SentenceHead { pooling: PoolKind::Mean, normalize: false, max_seq_length: 0 };
+    let modules_path = dir.join("modules.json");
+    if modules_path.exists() {
+        let modules: Vec<ModuleEntry> = read_json(&modules_path)?;
+        for module in &modules {
+            match module.kind.rsplit('.').next().unwrap_or_default() {
+                "Transformer" => {}
+                "Pooling" => head.pooling = read_pooling(dir, &module.path, &modules_path)?,
+                "Normalize" => head.normalize = true,
+                _ => bail!("{}: module '{}' is not supported", modules_path.display(), module.kind),
+            }
+        }
+    }
+    let st_config_path = dir.join("sentence_bert_config.json");
+    let max_seq_length =
+        if st_config_path.exists() { read_json::<SentenceBertConfig>(&st_config_path)?.max_seq_length } else { None };
+    // sentence-transformers caps the tokenizer at the position table, as we must.
+    head.max_seq_length = max_seq_length.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings);
+    if head.max_seq_length < 3 {
+        bail!("{}: max_seq_length {} leaves no room for text", st_config_path.display(), head.max_seq_length);
+    }
+    Ok(head)
+}
+
+/// The pooling mode from a sentence-transformers Pooling config: `pooling_mode` (6.x), else
+/// the `pooling_mode_*_token(s)` flags of older versions (as 6.x reads them).
+fn read_pooling(dir: &Path, folder: &str, modules_path: &Path) -> Result<PoolKind> {
+    if folder.split('/').any(|p| p == ".." || p.is_empty()) || folder.starts_with('/') || folder.contains('\\') {
+        bail!("{}: pooling path '{folder}' is not a folder inside the model", modules_path.display());
+    }
+    let path = dir.join(folder).join("config.json");
+    let config: serde_json::Map<String, serde_json::Value> = read_json(&path)?;
+    let mut modes: Vec<String> = match config.get("pooling_mode") {
+        Some(serde_json::Value::String(mode)) => vec![mode.clone()],
+        Some(serde_json::Value::Array(list)) => list.iter().map(|m| m.as_str().unwrap_or("?").to_string()).collect(),
+        Some(other) => bail!("{}: pooling_mode {other} is not a mode name", path.display()),
+        None => Vec::new(),
+    };
+    if !config.contains_key("pooling_mode") {
+        for (key, value) in &config {
+            if let Some(flag) = key.strip_prefix("pooling_mode_")
+                && value.as_bool() == Some(true)
+            {
+                modes.push(flag.trim_end_matches("_tokens").trim_end_matches("_token").to_string());
+            }
+        }
+    }
+    match modes.as_slice() {
+        [mode] => match mode.as_str() {
+            "mean" => Ok(PoolKind::Mean),
+            "cls" => Ok(PoolKind::First),
+            "max" => Ok(PoolKind::Max),
+            other => bail!("{}: pooling mode '{other}' is not supported (mean, cls or max)", path.display()),
+        },
+        [] => bail!("{}: no pooling mode is set", path.display()),
+        many => bail!("{}: several pooling modes ({}) are not supported", path.display(), many.join(", ")),
+    }
+}
+
+/// Declares weights after checking each against the file: present, and of the shape the
+/// config implies. Errors name both files and the tensor.
+struct WeightChecker<'a> {
+    weights: &'a Weights,
+    prefix: &'static str,
+    config_path: &'a Path,
+}
+
+impl WeightChecker<'_> {
+    fn declare(&self, g: &mut Graph, name: &str, shape: &[usize]) -> Result<ValueId> {
+        let full = format!("{}{name}", self.prefix);
+        let file = self.weights.path().display();
+        let actual =
+            self.weights.shape(&full).ok_or_else(|| anyhow!("{file}: tensor '{full}' is missing (a BERT needs it)"))?;
+        if actual != shape {
+            bail!(
+                "{} disagrees with {file}: tensor '{full}' is {actual:?} but the config implies {shape:?}",
+                self.config_path.display()
+            );
+        }
+        Ok(g.weight(&full, TensorType::fixed(DType::F32, shape)))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.weights.shape(&format!("{}{name}", self.prefix)).is_some()
+    }
+
+    /// LayerNorm (gamma, beta) under `at`: `weight`/`bias`, or old checkpoints' `gamma`/`beta`.
+    fn layer_norm(&self, g: &mut Graph, at: &str, width: usize) -> Result<(ValueId, ValueId)> {
+        let (scale, shift) = if self.has(&format!("{at}.gamma")) { ("gamma", "beta") } else { ("weight", "bias") };
+        Ok((self.declare(g, &format!("{at}.{scale}"), &[width])?, self.declare(g, &format!("{at}.{shift}"), &[width])?))
+    }
+
+    /// A `Linear` layer (`weight` `[out, in]`, `bias` `[out]`) under `at`.
+    fn linear(&self, g: &mut Graph, at: &str, inputs: usize, outputs: usize) -> Result<(ValueId, ValueId)> {
+        Ok((
+            self.declare(g, &format!("{at}.weight"), &[outputs, inputs])?,
+            self.declare(g, &format!("{at}.bias"), &[outputs])?,
+        ))
+    }
+}
+
+/// Emits the graph: embeddings, `num_hidden_layers` post-norm encoder layers, pooling and the
+/// optional normalization.
+pub fn build_graph(
+    name: &str,
+    config: &BertConfig,
+    head: &SentenceHead,
+    weights: &Weights,
+    config_path: &Path,
+) -> Result<Graph> {
+    let prefix = if weights.shape("bert.embeddings.word_embeddings.weight").is_some() {
+        "bert."
+    } else if weights.shape("embeddings.word_embeddings.weight").is_some() {
+        ""
+    } else {
+        bail!("{}: no tensor 'embeddings.word_embeddings.weight': not a BERT checkpoint", weights.path().display());
+    };
+    let w = WeightChecker { weights, prefix, config_path };
+    let h = config.hidden_size;
+    let eps = config.layer_norm_eps as f32;
+    let linear = |activation| Op::MatMul(MatMul { trans_b: true, activation });
+    let plain = tandem_runtime::ops::Activation::None;
+    let add = Op::Binary(BinaryKind::Add);
+
+    let mut g = Graph::new(name);
+    let tokens = || TensorType::new(DType::U32, vec![Dim::sym("tokens")]);
+    let input_ids = g.input("input_ids", tokens());
+    let token_type_ids = g.input("token_type_ids", tokens());
+    let position_ids = g.input("position_ids", tokens());
+    let segments = g.input("segments", TensorType::new(DType::U32, vec![Dim::sym("seqs"), Dim::Fixed(2)]));
+
+    let word_table = w.declare(&mut g, "embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
+    let position_table =
+        w.declare(&mut g, "embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
+    let type_table = w.declare(&mut g, "embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?;
+    let words = g.node1("embeddings.word", Op::Gather, &[word_table, input_ids])?;
+    let positions = g.node1("embeddings.position", Op::Gather, &[position_table, position_ids])?;
+    let types = g.node1("embeddings.token_type", Op::Gather, &[type_table, token_type_ids])?;
+    let sum = g.node1("embeddings.add_position", add.clone(), &[words, positions])?;
+    let sum = g.node1("embeddings.add_token_type", add.clone(), &[sum, types])?;
+    let (gamma, beta) = w.layer_norm(&mut g, "embeddings.LayerNorm", h)?;
+    let mut x = g.node1("embeddings.norm", Op::LayerNorm { eps }, &[sum, gamma, beta])?;
+
+    let heads = config.num_attention_heads as u32;
+    let attention = Op::Attention(Attention {
+        num_heads: heads,
+        num_kv_heads: heads,
+        scale: 1.0 / ((h / config.num_attention_heads) as f32).sqrt(),
+        causal: false,
+    });
+    for layer in 0..config.num_hidden_layers {
+        let at = format!("encoder.layer.{layer}");
+        let node = |part: &str| format!("layer.{layer}.{part}");
+        let project = |g: &mut Graph, part: &str| -> Result<ValueId> {
+            let (weight, bias) = w.linear(g, &format!("{at}.attention.self.{part}"), h, h)?;
+            Ok(g.node1(&node(part), linear(plain), &[x, weight, bias])?)
+        };
+        let q = project(&mut g, "query")?;
+        let k = project(&mut g, "key")?;
+        let v = project(&mut g, "value")?;
+        let context = g.node1(&node("attention"), attention.clone(), &[q, k, v, segments])?;
+        let (weight, bias) = w.linear(&mut g, &format!("{at}.attention.output.dense"), h, h)?;
+        let attended = g.node1(&node("attention_out"), linear(plain), &[context, weight, bias])?;
+        let residual = g.node1(&node("attention_residual"), add.clone(), &[attended, x])?;
+        let (gamma, beta) = w.layer_norm(&mut g, &format!("{at}.attention.output.LayerNorm"), h)?;
+        let attention_out = g.node1(&node("attention_norm"), Op::LayerNorm { eps }, &[residual, gamma, beta])?;
+
+        let (weight, bias) = w.linear(&mut g, &format!("{at}.intermediate.dense"), h, config.intermediate_size)?;
+        let gelu = linear(tandem_runtime::ops::Activation::Gelu);
+        let intermediate = g.node1(&node("intermediate"), gelu, &[attention_out, weight, bias])?;
+        let (weight, bias) = w.linear(&mut g, &format!("{at}.output.dense"), config.intermediate_size, h)?;
+        let out = g.node1(&node("output"), linear(plain), &[intermediate, weight, bias])?;
+        let residual = g.node1(&node("output_residual"), add.clone(), &[out, attention_out])?;
+        let (gamma, beta) = w.layer_norm(&mut g, &format!("{at}.output.LayerNorm"), h)?;
+        x = g.node1(&node("output_norm"), Op::LayerNorm { eps }, &[residual, gamma, beta])?;
+    }
+
+    let mut embeddings = g.node1("pool", Op::Pool(head.pooling), &[x, segments])?;
+    if head.normalize {
+        // sentence-transformers' Normalize is F.normalize: eps 1e-12.
+        embeddings = g.node1("normalize", Op::L2Normalize { eps: 1e-12 }, &[embeddings])?;
+    }
+    g.output(embeddings, "embeddings");
+
+    for (key, value) in [
+        (META_ARCHITECTURE, "bert".to_string()),
+        (META_MODEL, name.to_string()),
+        (META_MAX_SEQ_LENGTH, head.max_seq_length.to_string()),
+        (META_POOLING, pooling_name(head.pooling).to_string()),
+        (META_NORMALIZE, head.normalize.to_string()),
+        (META_HIDDEN_SIZE, h.to_string()),
+    ] {
+        g.metadata.insert(key.to_string(), value);
+    }
+    g.validate().map_err(|e| anyhow!("building the graph of {}: {e}", config_path.display()))?;
+    Ok(g)
+}

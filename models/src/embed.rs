@@ -1,0 +1,208 @@
+//! The embedding pipeline: texts → tokenizer → packed batch → graph → one vector per text.
+
+use crate::bert::{self, META_MAX_SEQ_LENGTH};
+use crate::export::{META_TOKENIZER_FILE, META_WEIGHTS_FILE, sibling_file};
+use crate::session::{AnySession, BackendChoice};
+use crate::tokenizer::{PACKED_INPUT_NAMES, PackedBatch, TextTokenizer, TokenizedText};
+use anyhow::{Result, anyhow, bail};
+use std::path::Path;
+use tandem_runtime::graph::{Weights, read_graph_file};
+use tandem_runtime::{Dim, Graph};
+
+/// Most tokens in one run of the graph: long batches are split into runs of about this size,
+/// which bounds the activations (tokens × intermediate size floats) whatever the batch.
+const MAX_TOKENS_PER_RUN: usize = 8192;
+
+/// One text's embedding and how many tokens the model saw for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub vector: Vec<f32>,
+    /// Tokens embedded, special tokens included (after truncation).
+    pub tokens: usize,
+}
+
+pub struct Embedder {
+    tokenizer: TextTokenizer,
+    session: AnySession,
+    dim: usize,
+}
+
+impl Embedder {
+    /// Builds the graph from a sentence-transformers model folder.
+    pub fn load(model_dir: &Path, backend: BackendChoice) -> Result<Embedder> {
+        let model = bert::load_dir(model_dir)?;
+        let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.head.max_seq_length)?;
+        Self::from_parts(model.graph, &model.weights, tokenizer, backend)
+    }
+
+    /// Loads a graph file written by `tandem export`, with the weights and tokenizer beside
+    /// it; the builder is not involved.
+    pub fn from_graph_file(graph_path: &Path, backend: BackendChoice) -> Result<Embedder> {
+        let graph = read_graph_file(graph_path)?;
+        let at = graph_path.display();
+        let max_tokens: usize = graph
+            .metadata
+            .get(META_MAX_SEQ_LENGTH)
+            .ok_or_else(|| anyhow!("{at}: no '{META_MAX_SEQ_LENGTH}' in the graph metadata (not an embedding graph)"))?
+            .parse()
+            .map_err(|_| anyhow!("{at}: '{META_MAX_SEQ_LENGTH}' in the graph metadata is not a number"))?;
+        let weights = Weights::open(&sibling_file(graph_path, &graph, META_WEIGHTS_FILE, "safetensors")?)?;
+        let tokenizer = TextTokenizer::from_file(
+            &sibling_file(graph_path, &graph, META_TOKENIZER_FILE, "tokenizer.json")?,
+            max_tokens,
+        )?;
+        Self::from_parts(graph, &weights, tokenizer, backend).map_err(|e| anyhow!("{at}: {e}"))
+    }
+
+    /// An embedder from parts already in memory (a graph and weights from bytes, as in a
+    /// browser). The graph must take packed inputs and output `[seqs, dim]` first.
+    pub fn from_parts(
+        graph: Graph,
+        weights: &Weights,
+        tokenizer: TextTokenizer,
+        backend: BackendChoice,
+    ) -> Result<Embedder> {
+        let dim = check_embedding_graph(&graph)?;
+        let session = AnySession::new(backend, graph, weights)?;
+        Ok(Embedder { tokenizer, session, dim })
+    }
+
+    /// One L2-normalized (when the model says so) vector per text, in order.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed_with_counts(texts)?.into_iter().map(|e| e.vector).collect())
+    }
+
+    /// `embed`, with the number of tokens the model saw for each text.
+    pub fn embed_with_counts(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
+        let tokenized = self.tokenizer.tokenize(texts)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for run in split_runs(&tokenized, MAX_TOKENS_PER_RUN) {
+            let vectors = self.run(&PackedBatch::pack(run))?;
+            out.extend(run.iter().zip(vectors).map(|(t, vector)| Embedding { vector, tokens: t.len() }));
+        }
+        Ok(out)
+    }
+
+    fn run(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
+        let graph = self.session.graph();
+        let inputs = graph
+            .inputs
+            .iter()
+            .map(|&id| batch.input(&graph.value(id).name).expect("inputs checked on load"))
+            .collect::<Vec<_>>();
+        let outputs = self.session.run_blocking(&inputs)?;
+        let embeddings = outputs.first().ok_or_else(|| anyhow!("the graph produced no output"))?;
+        let values = embeddings.as_f32().ok_or_else(|| anyhow!("the embeddings are not f32"))?;
+        if embeddings.shape != [batch.len(), self.dim] {
+            bail!(
+                "the graph produced embeddings of shape {:?}, expected [{}, {}]",
+                embeddings.shape,
+                batch.len(),
+                self.dim
+            );
+        }
+        Ok(values.chunks_exact(self.dim.max(1)).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Tokens `text` has before truncation, special tokens included (0 if the tokenizer
+    /// cannot encode it, which `embed` then reports as an error).
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer.count_tokens(text).unwrap_or(0)
+    }
+
+    /// Most tokens of one text; longer texts are truncated to this.
+    pub fn max_tokens(&self) -> usize {
+        self.tokenizer.max_tokens()
+    }
+
+    /// Length of each embedding.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn backend_name(&self) -> &str {
+        self.session.backend_name()
+    }
+
+    pub fn graph(&self) -> &Graph {
+        self.session.graph()
+    }
+}
+
+/// Checks that `graph` takes only inputs a packed batch provides and outputs `[seqs, dim]`
+/// f32 first; returns dim.
+fn check_embedding_graph(graph: &Graph) -> Result<usize> {
+    for &id in &graph.inputs {
+        let name = &graph.value(id).name;
+        if !PACKED_INPUT_NAMES.contains(&name.as_str()) {
+            bail!(
+                "graph '{}' takes input '{name}', which the embed pipeline does not provide (it provides {})",
+                graph.name,
+                PACKED_INPUT_NAMES.join(", ")
+            );
+        }
+    }
+    let out = graph.outputs.first().map(|&id| graph.value(id)).ok_or_else(|| anyhow!("the graph has no output"))?;
+    match out.ty.shape.as_slice() {
+        [_, Dim::Fixed(dim)] if *dim > 0 => Ok(*dim as usize),
+        _ => bail!(
+            "graph '{}': output '{}' is {}, expected an embedding per text [seqs, dim]",
+            graph.name,
+            out.name,
+            out.ty
+        ),
+    }
+}
+
+/// Splits texts into consecutive runs of at most `max_tokens` tokens (a longer text gets a
+/// run of its own).
+fn split_runs(texts: &[TokenizedText], max_tokens: usize) -> Vec<&[TokenizedText]> {
+    let mut runs = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, text) in texts.iter().enumerate() {
+        if i > start && tokens + text.len() > max_tokens {
+            runs.push(&texts[start..i]);
+            (start, tokens) = (i, 0);
+        }
+        tokens += text.len();
+    }
+    if start < texts.len() {
+        runs.push(&texts[start..]);
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(len: usize) -> TokenizedText {
+        TokenizedText { ids: vec![1; len], type_ids: vec![0; len] }
+    }
+
+    #[test]
+    fn runs_respect_the_token_budget() {
+        let texts: Vec<TokenizedText> = [3, 4, 2, 9, 1, 1].into_iter().map(text).collect();
+        let lens: Vec<Vec<usize>> =
+            split_runs(&texts, 8).iter().map(|r| r.iter().map(TokenizedText::len).collect()).collect();
+        assert_eq!(lens, vec![vec![3, 4], vec![2], vec![9], vec![1, 1]]);
+        assert!(split_runs(&[], 8).is_empty());
+    }
+
+    #[test]
+    fn an_embedder_can_be_shared_by_server_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Embedder>();
+    }
+
+    #[test]
+    fn packing_lays_texts_back_to_back() {
+        let a = TokenizedText { ids: vec![101, 7, 102], type_ids: vec![0, 0, 0] };
+        let b = TokenizedText { ids: vec![101, 102], type_ids: vec![0, 0] };
+        let batch = PackedBatch::pack([&a, &b]);
+        assert_eq!(batch.input_ids, [101, 7, 102, 101, 102]);
+        assert_eq!(batch.position_ids, [0, 1, 2, 0, 1]);
+        assert_eq!(batch.segments, [0, 3, 3, 2]);
+        assert_eq!(batch.input("segments").unwrap().shape, [2, 2]);
+    }
+}

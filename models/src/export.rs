@@ -1,0 +1,80 @@
+//! `tandem export`: a model folder → a graph file that runs without its builder.
+//!
+//! `-o NAME.tgraph` writes three files side by side: the graph `NAME.tgraph`, the weights it
+//! declares `NAME.safetensors` and the tokenizer `NAME.tokenizer.json`. The graph's metadata
+//! names the two others (plain file names, looked up beside the graph).
+
+use crate::bert;
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::{Path, PathBuf};
+use tandem_runtime::Graph;
+use tandem_runtime::graph::{Weights, load_weights, write_graph_file};
+
+/// Graph metadata: the weights file beside the graph.
+pub const META_WEIGHTS_FILE: &str = "weights_file";
+/// Graph metadata: the tokenizer.json beside the graph.
+pub const META_TOKENIZER_FILE: &str = "tokenizer_file";
+
+/// The files `export` wrote.
+#[derive(Debug)]
+pub struct Exported {
+    pub graph: PathBuf,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+/// Exports the sentence-transformers BERT model in `model_dir` to `graph_path` and its
+/// siblings.
+pub fn export(model_dir: &Path, graph_path: &Path) -> Result<Exported> {
+    let stem = graph_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow!("{}: not a usable file name for a graph", graph_path.display()))?;
+    if matches!(graph_path.extension().and_then(|e| e.to_str()), Some("safetensors" | "json")) {
+        bail!(
+            "{}: the graph file needs another extension (its weights go to {stem}.safetensors)",
+            graph_path.display()
+        );
+    }
+    let mut model = bert::load_dir(model_dir)?;
+    let weights_name = format!("{stem}.safetensors");
+    let tokenizer_name = format!("{stem}.tokenizer.json");
+    let dir = graph_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let exported = Exported {
+        graph: graph_path.to_path_buf(),
+        weights: dir.join(&weights_name),
+        tokenizer: dir.join(&tokenizer_name),
+    };
+
+    let tensors = load_weights(&model.graph, &model.weights)?;
+    let named: Vec<(String, _)> =
+        model.graph.weights.iter().map(|&id| model.graph.value(id).name.clone()).zip(tensors).collect();
+    Weights::write(&exported.weights, &named)?;
+    std::fs::copy(&model.tokenizer_path, &exported.tokenizer).with_context(|| {
+        format!("cannot copy {} to {}", model.tokenizer_path.display(), exported.tokenizer.display())
+    })?;
+    model.graph.metadata.insert(META_WEIGHTS_FILE.into(), weights_name);
+    model.graph.metadata.insert(META_TOKENIZER_FILE.into(), tokenizer_name);
+    write_graph_file(&model.graph, graph_path)?;
+    Ok(exported)
+}
+
+/// The file named by metadata `key` of a graph read from `graph_path` (default
+/// `<stem>.<default_suffix>`), which must be a plain name: a graph file must not point
+/// outside its folder.
+pub fn sibling_file(graph_path: &Path, graph: &Graph, key: &str, default_suffix: &str) -> Result<PathBuf> {
+    let name = match graph.metadata.get(key) {
+        Some(name) => name.clone(),
+        None => {
+            let stem = graph_path.file_stem().and_then(|s| s.to_str()).unwrap_or("graph");
+            format!("{stem}.{default_suffix}")
+        }
+    };
+    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', ':', '\0']);
+    if !plain {
+        bail!("{}: metadata '{key}' = '{name}' is not a plain file name", graph_path.display());
+    }
+    let dir = graph_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok(dir.join(name))
+}

@@ -1,0 +1,126 @@
+//! A tiny synthetic sentence-transformers BERT folder, for tests that must run without the
+//! real model (CI before a fetch, other crates' backend tests). Its weights are deterministic
+//! pseudo-random numbers: the numbers mean nothing, the structure is the real one.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use tandem_runtime::HostTensor;
+use tandem_runtime::graph::Weights;
+
+pub const TINY_HIDDEN: usize = 8;
+pub const TINY_MAX_SEQ_LENGTH: usize = 12;
+
+const VOCAB: &[&str] = &[
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "red", "blue", "running", "shoe", "##s", "phone", "case", "32", "##gb", "the",
+    "a", "for",
+];
+
+/// Writes config.json, model.safetensors, tokenizer.json, modules.json,
+/// sentence_bert_config.json and 1_Pooling/config.json into `dir` (created if needed):
+/// 2 layers, hidden 8, 2 heads, intermediate 16, 16 positions, mean pooling, normalized,
+/// truncation at 12 tokens. `prefix` is prepended to every tensor name (`""` or `"bert."`).
+pub fn write_tiny_bert(dir: &Path, prefix: &str) -> Result<()> {
+    let (h, layers, inter, positions) = (TINY_HIDDEN, 2, 16, 16);
+    std::fs::create_dir_all(dir.join("1_Pooling")).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, text: String| -> Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(
+        "config.json",
+        format!(
+            r#"{{"architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu", "hidden_size": {h},
+  "intermediate_size": {inter}, "layer_norm_eps": 1e-12, "max_position_embeddings": {positions},
+  "num_attention_heads": 2, "num_hidden_layers": {layers}, "type_vocab_size": 2, "vocab_size": {}}}"#,
+            VOCAB.len()
+        ),
+    )?;
+    write("sentence_bert_config.json", format!(r#"{{"max_seq_length": {TINY_MAX_SEQ_LENGTH}}}"#))?;
+    write(
+        "modules.json",
+        r#"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+ {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+ {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]"#
+            .into(),
+    )?;
+    write(
+        "1_Pooling/config.json",
+        format!(r#"{{"word_embedding_dimension": {h}, "pooling_mode_mean_tokens": true}}"#),
+    )?;
+    write("tokenizer.json", tokenizer_json())?;
+
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut tensor = |shape: &[usize], scale: f32, offset: f32| -> HostTensor {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                // xorshift: deterministic across platforms and runs
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                offset + scale * ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            })
+            .collect();
+        HostTensor::f32(shape.to_vec(), data).expect("shape matches data")
+    };
+    let mut tensors: Vec<(String, HostTensor)> = Vec::new();
+    let mut add = |name: &str, t: HostTensor| tensors.push((format!("{prefix}{name}"), t));
+    add("embeddings.word_embeddings.weight", tensor(&[VOCAB.len(), h], 2.0, 0.0));
+    add("embeddings.position_embeddings.weight", tensor(&[positions, h], 0.5, 0.0));
+    add("embeddings.token_type_embeddings.weight", tensor(&[2, h], 0.5, 0.0));
+    add("embeddings.LayerNorm.weight", tensor(&[h], 0.2, 1.0));
+    add("embeddings.LayerNorm.bias", tensor(&[h], 0.2, 0.0));
+    for l in 0..layers {
+        let at = format!("encoder.layer.{l}");
+        for part in ["query", "key", "value"] {
+            add(&format!("{at}.attention.self.{part}.weight"), tensor(&[h, h], 1.0, 0.0));
+            add(&format!("{at}.attention.self.{part}.bias"), tensor(&[h], 0.2, 0.0));
+        }
+        add(&format!("{at}.attention.output.dense.weight"), tensor(&[h, h], 1.0, 0.0));
+        add(&format!("{at}.attention.output.dense.bias"), tensor(&[h], 0.2, 0.0));
+        add(&format!("{at}.attention.output.LayerNorm.weight"), tensor(&[h], 0.2, 1.0));
+        add(&format!("{at}.attention.output.LayerNorm.bias"), tensor(&[h], 0.2, 0.0));
+        add(&format!("{at}.intermediate.dense.weight"), tensor(&[inter, h], 1.0, 0.0));
+        add(&format!("{at}.intermediate.dense.bias"), tensor(&[inter], 0.2, 0.0));
+        add(&format!("{at}.output.dense.weight"), tensor(&[h, inter], 0.5, 0.0));
+        add(&format!("{at}.output.dense.bias"), tensor(&[h], 0.2, 0.0));
+        add(&format!("{at}.output.LayerNorm.weight"), tensor(&[h], 0.2, 1.0));
+        add(&format!("{at}.output.LayerNorm.bias"), tensor(&[h], 0.2, 0.0));
+    }
+    Weights::write(&dir.join("model.safetensors"), &tensors)?;
+    Ok(())
+}
+
+/// A WordPiece tokenizer.json in the shape of BERT's (normalizer, pre-tokenizer, [CLS] … [SEP]
+/// template), over the tiny vocabulary, with the padding and truncation to 128 that real
+/// exports carry (the pipeline must override both).
+fn tokenizer_json() -> String {
+    let vocab: Vec<String> = VOCAB.iter().enumerate().map(|(i, t)| format!("{t:?}: {i}")).collect();
+    let added: Vec<String> = VOCAB[..4]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(
+                r#"{{"id": {i}, "content": {t:?}, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}}"#
+            )
+        })
+        .collect();
+    format!(
+        r###"{{
+  "version": "1.0",
+  "truncation": {{"max_length": 128, "strategy": "LongestFirst", "stride": 0}},
+  "padding": {{"strategy": {{"Fixed": 128}}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"}},
+  "added_tokens": [{added}],
+  "normalizer": {{"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true}},
+  "pre_tokenizer": {{"type": "BertPreTokenizer"}},
+  "post_processor": {{"type": "TemplateProcessing",
+    "single": [{{"SpecialToken": {{"id": "[CLS]", "type_id": 0}}}}, {{"Sequence": {{"id": "A", "type_id": 0}}}}, {{"SpecialToken": {{"id": "[SEP]", "type_id": 0}}}}],
+    "pair": [{{"SpecialToken": {{"id": "[CLS]", "type_id": 0}}}}, {{"Sequence": {{"id": "A", "type_id": 0}}}}, {{"SpecialToken": {{"id": "[SEP]", "type_id": 0}}}}, {{"Sequence": {{"id": "B", "type_id": 1}}}}, {{"SpecialToken": {{"id": "[SEP]", "type_id": 1}}}}],
+    "special_tokens": {{"[CLS]": {{"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]}}, "[SEP]": {{"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}}}}},
+  "decoder": {{"type": "WordPiece", "prefix": "##", "cleanup": true}},
+  "model": {{"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": {{{vocab}}}}}
+}}"###,
+        added = added.join(", "),
+        vocab = vocab.join(", ")
+    )
+}

@@ -1,0 +1,148 @@
+//! Texts to packed token batches, with the model's own `tokenizer.json` (HF `tokenizers`).
+//!
+//! Matches sentence-transformers (6.2, the parity reference):
+//! - truncation at the model's `max_seq_length` (sentence_bert_config.json: 256 for MiniLM),
+//!   special tokens included, *not* at the 128 that MiniLM's tokenizer.json carries;
+//! - no padding: the runtime packs sequences, so `tokenizer.json`'s padding is switched off;
+//! - inputs are not stripped. Older sentence-transformers called `.strip()` on each text;
+//!   6.2 does not, and for WordPiece it makes no difference either way (whitespace never
+//!   becomes a token), which the parity inputs with surrounding whitespace check.
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::Path;
+use tandem_runtime::HostTensor;
+use tokenizers::utils::truncation::{TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{PostProcessor, Tokenizer};
+
+/// tokenizer.json files are a few MB at most (large vocabularies included).
+const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+/// One text, tokenized and truncated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedText {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+impl TokenizedText {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// N texts packed back to back with no padding, the way the runtime takes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackedBatch {
+    /// `[tokens]`: every text's ids, one after the other.
+    pub input_ids: Vec<u32>,
+    pub token_type_ids: Vec<u32>,
+    /// `0..len` for each text.
+    pub position_ids: Vec<u32>,
+    /// `[N, 2]`, flattened: (first row, length) of each text.
+    pub segments: Vec<u32>,
+}
+
+impl PackedBatch {
+    pub fn pack<'a>(texts: impl IntoIterator<Item = &'a TokenizedText>) -> Self {
+        let mut batch = PackedBatch::default();
+        for text in texts {
+            let start = batch.input_ids.len() as u32;
+            batch.segments.extend([start, text.len() as u32]);
+            batch.input_ids.extend_from_slice(&text.ids);
+            batch.token_type_ids.extend_from_slice(&text.type_ids);
+            batch.position_ids.extend(0..text.len() as u32);
+        }
+        batch
+    }
+
+    /// Number of texts.
+    pub fn len(&self) -> usize {
+        self.segments.len() / 2
+    }
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+    pub fn tokens(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    /// The graph input of this name (`input_ids`, `token_type_ids`, `position_ids`,
+    /// `segments`), if the batch has one.
+    pub fn input(&self, name: &str) -> Option<HostTensor> {
+        let (shape, data) = match name {
+            "input_ids" => (vec![self.tokens()], &self.input_ids),
+            "token_type_ids" => (vec![self.tokens()], &self.token_type_ids),
+            "position_ids" => (vec![self.tokens()], &self.position_ids),
+            "segments" => (vec![self.len(), 2], &self.segments),
+            _ => return None,
+        };
+        Some(HostTensor::u32(shape, data.clone()).expect("shapes are built from the data"))
+    }
+}
+
+pub const PACKED_INPUT_NAMES: &[&str] = &["input_ids", "token_type_ids", "position_ids", "segments"];
+
+/// A model's tokenizer set up for embedding: truncating at `max_tokens`, never padding.
+pub struct TextTokenizer {
+    truncating: Tokenizer,
+    /// The same tokenizer without truncation, to count what a text would need.
+    counting: Tokenizer,
+    max_tokens: usize,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path, max_tokens: usize) -> Result<Self> {
+        let len = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+        if len > MAX_TOKENIZER_BYTES {
+            bail!("{}: {len} bytes is over the tokenizer size limit of {MAX_TOKENIZER_BYTES}", path.display());
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_bytes(&bytes, max_tokens).with_context(|| path.display().to_string())
+    }
+
+    pub fn from_bytes(bytes: &[u8], max_tokens: usize) -> Result<Self> {
+        let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
+        // The special tokens the post-processor adds count against the limit; the library
+        // subtracts them without checking, so check first.
+        let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if max_tokens <= added {
+            bail!("a limit of {max_tokens} tokens leaves no room beside the {added} special tokens");
+        }
+        tokenizer.with_padding(None);
+        let mut counting = tokenizer.clone();
+        counting.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(TextTokenizer { truncating: tokenizer, counting, max_tokens })
+    }
+
+    /// Most tokens of one text (special tokens included); longer texts are truncated.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Tokens `text` has before truncation, special tokens included.
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        let encoding = self.counting.encode_fast(text, true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        Ok(encoding.len())
+    }
+
+    /// Tokenizes and truncates each text.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<TokenizedText>> {
+        let encodings =
+            self.truncating.encode_batch_fast(texts.to_vec(), true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
+            .collect())
+    }
+}

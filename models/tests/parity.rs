@@ -1,0 +1,107 @@
+//! Parity with sentence-transformers on the real all-MiniLM-L6-v2, CPU backend.
+//!
+//! The reference (`tests/reference/minilm_embeddings.json`) is made by
+//! `tests/reference/make_minilm_reference.py`; this test needs only the model in the cache
+//! (`tandem fetch minilm`) and skips, saying so, when it is not there.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tandem_models::registry::known_model;
+use tandem_models::{BackendChoice, Embedder, fetch};
+
+#[derive(Deserialize)]
+struct Reference {
+    max_seq_length: usize,
+    dim: usize,
+    inputs: Vec<ReferenceInput>,
+}
+
+#[derive(Deserialize)]
+struct ReferenceInput {
+    text: String,
+    tokens: usize,
+    untruncated_tokens: usize,
+    embedding: Vec<f32>,
+}
+
+/// Per-input floor, in float64 cosine.
+const MIN_COSINE: f64 = 0.9999;
+
+fn cached_minilm() -> Option<PathBuf> {
+    let model = known_model("minilm").unwrap();
+    let dir = fetch::model_dir(model).ok()?;
+    if fetch::is_complete(&dir, model) {
+        Some(dir)
+    } else {
+        eprintln!("skipped: minilm is not in the cache at {} (run `tandem fetch minilm`)", dir.display());
+        None
+    }
+}
+
+fn reference() -> Reference {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/minilm_embeddings.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn minilm_matches_sentence_transformers_on_cpu() {
+    let Some(dir) = cached_minilm() else { return };
+    let reference = reference();
+    assert!(reference.inputs.len() >= 48);
+    let embedder = Embedder::load(&dir, BackendChoice::Cpu).unwrap();
+    assert_eq!(embedder.max_tokens(), reference.max_seq_length, "truncation limit (sentence_bert_config.json)");
+    assert_eq!(embedder.dim(), reference.dim);
+
+    // All inputs in one packed batch, long and short together.
+    let texts: Vec<&str> = reference.inputs.iter().map(|r| r.text.as_str()).collect();
+    let got = embedder.embed_with_counts(&texts).unwrap();
+    let mut worst = (f64::INFINITY, "");
+    let mut max_abs_diff = 0.0f32;
+    let mut failures = Vec::new();
+    for (r, g) in reference.inputs.iter().zip(&got) {
+        assert_eq!(g.tokens, r.tokens, "tokens of {:?}", r.text);
+        assert_eq!(embedder.count_tokens(&r.text), r.untruncated_tokens, "untruncated tokens of {:?}", r.text);
+        let c = cosine(&g.vector, &r.embedding);
+        max_abs_diff = g.vector.iter().zip(&r.embedding).map(|(a, b)| (a - b).abs()).fold(max_abs_diff, f32::max);
+        if c < worst.0 {
+            worst = (c, &r.text);
+        }
+        if c < MIN_COSINE {
+            failures.push(format!("{:?}: cosine {c:.7}", r.text));
+        }
+    }
+    let shown: String = worst.1.chars().take(60).collect();
+    println!(
+        "min cosine vs sentence-transformers over {} inputs: {:.9} (1 - min = {:.1e}, at {shown:?}); \
+         max |difference| of a component: {max_abs_diff:.1e}",
+        got.len(),
+        worst.0,
+        1.0 - worst.0
+    );
+    assert!(failures.is_empty(), "below {MIN_COSINE}: {failures:#?}");
+
+    // Packing must not leak between texts: each alone gives what it gave in the batch.
+    for (i, text) in texts.iter().enumerate().step_by(7) {
+        let alone = embedder.embed(&[text]).unwrap().remove(0);
+        let c = cosine(&alone, &got[i].vector);
+        assert!(c > 0.999_999, "{text:?} alone vs in a batch: cosine {c}");
+    }
+}
+
+/// The truncation finding: tokenizer.json says 128, sentence-transformers uses 256.
+#[test]
+fn minilm_truncates_at_sentence_transformers_max_seq_length() {
+    let Some(dir) = cached_minilm() else { return };
+    let tokenizer_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    assert_eq!(tokenizer_json["truncation"]["max_length"], 128);
+    let reference = reference();
+    assert!(reference.inputs.iter().any(|r| r.tokens > 128 && r.tokens < 256), "an input between the two limits");
+    assert!(reference.inputs.iter().any(|r| r.untruncated_tokens > 256 && r.tokens == 256));
+}
