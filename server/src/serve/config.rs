@@ -1,0 +1,221 @@
+//! `tandem serve` settings: defaults that need no file, a TOML file (`--config`) that
+//! overrides them, and command-line flags that override both.
+//!
+//! ```toml
+//! [server]
+//! host = "127.0.0.1"
+//! port = 8080
+//!
+//! [models.embed]
+//! name = "minilm"          # a model `tandem fetch` knows, fetched on first use
+//! # path = "/models/minilm" # or a local model folder
+//! backend = "auto"         # auto | cpu | wgpu | cuda
+//!
+//! [batching]
+//! max_batch_tokens = 4096
+//! max_wait_ms = 2
+//! ```
+//!
+//! Unknown keys are errors, so a typo never silently leaves a default in place.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub models: ModelsConfig,
+    pub batching: BatchingConfig,
+    /// Rule plugins for `/relevance`; this build cannot load them (see `validate`).
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port (printed at startup).
+    pub port: u16,
+    /// Largest request body read; bigger bodies get 413 without being buffered.
+    pub max_body_bytes: usize,
+    /// Most inputs one request may carry (TEI's `max_client_batch_size`).
+    pub max_client_batch_size: usize,
+    /// A client that takes longer than this to send its body gets 408.
+    pub body_timeout_secs: u64,
+    /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
+    pub drain_timeout_secs: u64,
+    /// Status of shed requests: 503 (default) or 429 (what TEI answers).
+    pub overload_status: u16,
+    /// Retry-After on shed requests.
+    pub retry_after_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_body_bytes: 2_000_000,
+            max_client_batch_size: 32,
+            body_timeout_secs: 10,
+            drain_timeout_secs: 30,
+            overload_status: 503,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// The text encoder behind `/embed`, `/v1/embeddings` and `/rerank`.
+    pub embed: EmbedModelConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedModelConfig {
+    /// A model the registry knows (`tandem fetch NAME`); fetched into the cache on first use.
+    pub name: String,
+    /// A local model folder; wins over `name`.
+    pub path: Option<PathBuf>,
+    /// auto | cpu | wgpu | cuda.
+    pub backend: String,
+}
+
+impl Default for EmbedModelConfig {
+    fn default() -> Self {
+        EmbedModelConfig { name: "minilm".into(), path: None, backend: "auto".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Most tokens in one forward pass. The runtime packs sequences (no padding), so this
+    /// counts real tokens.
+    pub max_batch_tokens: usize,
+    /// Most requests in one forward pass; 1 turns batching off (the bench's baseline).
+    pub max_batch_requests: usize,
+    /// How long the first request of a batch may wait for company when the model is idle.
+    pub max_wait_ms: u64,
+    /// Requests admitted at once (being validated, queued or in the forward pass); the rest
+    /// are shed at once.
+    pub max_queue_requests: usize,
+    /// Tokens waiting in the queue; a request that would pass this is shed.
+    pub max_queue_tokens: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_batch_tokens: 4096,
+            max_batch_requests: 64,
+            max_wait_ms: 2,
+            max_queue_requests: 256,
+            max_queue_tokens: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text)?;
+        Ok(config)
+    }
+
+    /// Rejects settings that cannot work, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.server;
+        let b = &self.batching;
+        let positive = [
+            ("server.max_body_bytes", s.max_body_bytes),
+            ("server.max_client_batch_size", s.max_client_batch_size),
+            ("server.body_timeout_secs", s.body_timeout_secs as usize),
+            ("batching.max_batch_tokens", b.max_batch_tokens),
+            ("batching.max_batch_requests", b.max_batch_requests),
+            ("batching.max_queue_requests", b.max_queue_requests),
+            ("batching.max_queue_tokens", b.max_queue_tokens),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            bail!("{key} must be at least 1");
+        }
+        if s.overload_status != 503 && s.overload_status != 429 {
+            bail!("server.overload_status must be 503 or 429, not {}", s.overload_status);
+        }
+        if b.max_wait_ms > 1000 {
+            bail!(
+                "batching.max_wait_ms is {} ms; more than 1000 ms of added latency is surely a mistake",
+                b.max_wait_ms
+            );
+        }
+        if self.models.embed.path.is_none() && self.models.embed.name.is_empty() {
+            bail!("models.embed needs a name or a path");
+        }
+        // Plugins run inside /relevance, which needs the EBRM pipeline; silently ignoring
+        // configured business rules would be worse than refusing to start.
+        if let Some(p) = self.plugins.first() {
+            bail!(
+                "plugins: rule plugin '{}' is configured, but this build has no /relevance pipeline to run it",
+                p.name
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn overrides_and_keeps_the_rest() {
+        let c = Config::from_toml(
+            "[server]\nport = 9000\n[models.embed]\nbackend = \"cpu\"\n[batching]\nmax_batch_requests = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.port, 9000);
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.models.embed.backend, "cpu");
+        assert_eq!(c.models.embed.name, "minilm");
+        assert_eq!(c.batching.max_batch_requests, 1);
+        assert_eq!(c.batching.max_batch_tokens, BatchingConfig::default().max_batch_tokens);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let err = Config::from_toml("[batching]\nmax_batch_token = 10\n").unwrap_err();
+        assert!(format!("{err:#}").contains("max_batch_token"), "{err:#}");
+        let err = Config::from_toml("[server]\nport = \"x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("port"), "{err:#}");
+
+        let mut c = Config::default();
+        c.batching.max_queue_requests = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("batching.max_queue_requests"));
+        let mut c = Config::default();
+        c.server.overload_status = 500;
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[[plugins]]\nname = \"brand\"\npath = \"brand.wasm\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("brand"));
+    }
+}

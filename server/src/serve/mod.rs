@@ -1,0 +1,214 @@
+//! `tandem serve`: the HTTP server (axum on tokio).
+//!
+//! With no configuration it serves MiniLM (fetched into the cache on first use) on the best
+//! backend found, at 127.0.0.1:8080. A TOML file (`--config`) and flags change that; see
+//! [`config`]. The model runs on its own thread fed by the [`batcher`]; the tokio workers
+//! only parse, validate and wait. SIGTERM (or Ctrl-C) stops accepting connections, lets
+//! in-flight requests finish (at most `server.drain_timeout_secs`), then exits 0.
+
+mod api;
+mod batcher;
+pub mod config;
+mod errors;
+mod metrics;
+mod routes;
+
+use anyhow::{Context, Result};
+use config::Config;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tandem_models::bert::{META_MODEL, META_NORMALIZE, META_POOLING};
+use tandem_models::registry::known_model;
+use tandem_models::{BackendChoice, Embedder, fetch};
+use tokio::sync::{Semaphore, watch};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A TOML config file; flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 8080].
+    #[arg(long)]
+    port: Option<u16>,
+    /// cpu, wgpu or auto [default: auto, the best backend found].
+    #[arg(long)]
+    backend: Option<String>,
+    /// A sentence-transformers model folder [default: minilm, fetched on first use].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Most tokens in one forward pass.
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
+    /// Most requests in one forward pass; 1 turns batching off.
+    #[arg(long)]
+    max_batch_requests: Option<usize>,
+    /// How long a request may wait for others to batch with, in ms.
+    #[arg(long)]
+    max_wait_ms: Option<u64>,
+    /// Requests admitted at once; more are answered 503 at once.
+    #[arg(long)]
+    max_queue_requests: Option<usize>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl Args {
+    fn config(&self) -> Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        // Flags win over the file.
+        let (s, b, m) = (&mut c.server, &mut c.batching, &mut c.models.embed);
+        if let Some(v) = &self.host {
+            s.host = v.clone();
+        }
+        if let Some(v) = self.port {
+            s.port = v;
+        }
+        if let Some(v) = &self.backend {
+            m.backend = v.clone();
+        }
+        if let Some(v) = &self.model {
+            m.path = Some(v.clone());
+        }
+        if let Some(v) = self.max_batch_tokens {
+            b.max_batch_tokens = v;
+        }
+        if let Some(v) = self.max_batch_requests {
+            b.max_batch_requests = v;
+        }
+        if let Some(v) = self.max_wait_ms {
+            b.max_wait_ms = v;
+        }
+        if let Some(v) = self.max_queue_requests {
+            b.max_queue_requests = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let config = args.config()?;
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    // Parsed before the (possibly long) fetch, so a typo fails at once.
+    let backend: BackendChoice = config.models.embed.backend.parse().context("models.embed.backend")?;
+    let dir = match &config.models.embed.path {
+        Some(dir) => dir.clone(),
+        None => fetch::ensure(known_model(&config.models.embed.name)?)?,
+    };
+    let embedder =
+        Arc::new(Embedder::load(&dir, backend).with_context(|| format!("cannot load the model in {}", dir.display()))?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(config, embedder, dir))
+}
+
+fn model_info(embedder: &Embedder, dir: &std::path::Path) -> routes::ModelInfo {
+    let graph = embedder.graph();
+    let meta = |key: &str| graph.metadata.get(key).cloned();
+    let dtype = graph.weights.first().map_or("float32".to_string(), |&id| match graph.value(id).ty.dtype.name() {
+        "f32" => "float32".to_string(),
+        "f16" => "float16".to_string(),
+        other => other.to_string(),
+    });
+    routes::ModelInfo {
+        id: meta(META_MODEL).unwrap_or_else(|| dir.display().to_string()),
+        dim: embedder.dim(),
+        max_tokens: embedder.max_tokens(),
+        normalizes: meta(META_NORMALIZE).as_deref() == Some("true"),
+        pooling: meta(META_POOLING).unwrap_or_else(|| "mean".into()),
+        dtype,
+        backend: embedder.backend_name().to_string(),
+    }
+}
+
+async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf) -> Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let b = &config.batching;
+    let policy = batcher::Policy {
+        max_batch_tokens: b.max_batch_tokens,
+        max_batch_requests: b.max_batch_requests,
+        max_wait: Duration::from_millis(b.max_wait_ms),
+        max_queue_tokens: b.max_queue_tokens,
+    };
+    let model = embedder.clone();
+    let (batcher, model_thread) =
+        batcher::Batcher::start(policy, metrics.clone(), Box::new(move |texts: &[&str]| model.embed(texts)))?;
+    let state = Arc::new(routes::AppState {
+        model: model_info(&embedder, &dir),
+        admission: Arc::new(Semaphore::new(b.max_queue_requests)),
+        config: config.clone(),
+        embedder,
+        batcher: batcher.clone(),
+        metrics,
+        draining: AtomicBool::new(false),
+    });
+
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let shutdown = shutdown_signal()?;
+    let (draining_tx, mut draining_rx) = watch::channel(false);
+    let on_signal = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.draining.store(true, Ordering::Relaxed);
+            eprintln!("tandem serve: shutting down; finishing in-flight requests");
+            let _ = draining_tx.send(true);
+        }
+    };
+    let m = &state.model;
+    eprintln!(
+        "tandem serve: {} ({}-d, up to {} tokens) on {}; listening on http://{}",
+        m.id,
+        m.dim,
+        m.max_tokens,
+        m.backend,
+        listener.local_addr()?
+    );
+    let server = axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(on_signal);
+    let drain_timeout = Duration::from_secs(config.server.drain_timeout_secs);
+    let deadline = async move {
+        let _ = draining_rx.wait_for(|&d| d).await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        served = server => served.context("the server failed")?,
+        () = deadline => eprintln!("tandem serve: drain timeout ({drain_timeout:?}) passed; exiting with requests in flight"),
+    }
+    // Every connection is closed: no handler waits on the queue any more. Let the model
+    // thread finish what is left and exit.
+    batcher.close();
+    tokio::task::spawn_blocking(move || model_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
+    eprintln!("tandem serve: stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C. Installed before serving so that a failure to install
+/// is a startup error, not a server that cannot be stopped cleanly.
+fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}

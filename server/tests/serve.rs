@@ -1,0 +1,467 @@
+//! Starts the real `tandem serve` binary on a free port with the real model and exercises
+//! every endpoint and error path over HTTP, overload, client disconnects and SIGTERM.
+//!
+//! The model comes from the cache (`tandem fetch minilm`; the server fetches it on first
+//! use otherwise). The HTTP client is a few lines over `TcpStream` on purpose: it can send
+//! what a well-behaved client library refuses to (bad UTF-8, lying Content-Length).
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+    /// Everything the server wrote to stderr so far.
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start tandem serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        // Keeps draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                log2.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        // Loading (or fetching, the first time) the model takes a while.
+        let addr = match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        let server = Server { child, addr, log };
+        assert_eq!(server.get("/health").status, 200);
+        server
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        send(&self.addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// JSON body, no content-type header: what `curl -d` sends (as form data).
+    fn post(&self, path: &str, body: &Value) -> Response {
+        self.request("POST", path, &[], body.to_string().as_bytes())
+    }
+
+    fn metric(&self, line_prefix: &str) -> f64 {
+        let text = self.get("/metrics").text();
+        text.lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    elapsed: Duration,
+}
+
+impl Response {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    /// A TEI error: the status and a JSON body whose message contains `needle`.
+    fn assert_error(&self, status: u16, error_type: &str, needle: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert!(self.header("content-type").unwrap_or("").starts_with("application/json"), "{:?}", self.headers);
+        let body = self.json();
+        assert_eq!(body["error_type"], error_type, "{body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (closed after the response).
+fn send(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+        head += &format!("content-length: {}\r\n", body.len());
+    }
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    stream.write_all(head.as_bytes())?;
+    // The server may answer (413) and close before reading a large body: not our error.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw, start.elapsed())
+}
+
+fn parse_response(raw: &[u8], elapsed: Duration) -> std::io::Result<Response> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("headers not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status =
+        lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).ok_or_else(|| bad("status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(Response { status, headers, body, elapsed })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+fn vectors(r: &Response) -> Vec<Vec<f32>> {
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+fn decode_base64(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut nbits = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|&c| c != b'=') {
+        bits = bits << 6 | ALPHABET.iter().position(|&a| a == c).expect("base64 alphabet") as u32;
+        nbits += 6;
+        if nbits >= 8 {
+            nbits -= 8;
+            out.push((bits >> nbits) as u8);
+        }
+    }
+    out
+}
+
+/// A product title of `words` words (469 word pieces for 400 words, special tokens included).
+fn long_text(words: usize) -> String {
+    (0..words).map(|i| ["trail", "running", "shoe", "waterproof", "men", "size"][i % 6]).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn endpoints_answer_like_tei() {
+    let s = Server::start(&[]);
+
+    // The README's check: curl -d '{"inputs":"red running shoes"}' localhost:8080/embed
+    let one = vectors(&s.post("/embed", &json!({"inputs": "red running shoes"})));
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].len(), 384);
+    assert!((norm(&one[0]) - 1.0).abs() < 1e-4);
+
+    // A list; the same text gives the same vector whatever it is batched with.
+    let many = vectors(&s.post("/embed", &json!({"inputs": ["blue denim jacket", "red running shoes", ""]})));
+    assert_eq!(many.len(), 3);
+    let diff = one[0].iter().zip(&many[1]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-4, "batched and alone differ by {diff}");
+    assert!(many[0] != many[1]);
+
+    // Content-type application/json works too, and normalize: true is the default.
+    let r = s.request(
+        "POST",
+        "/embed",
+        &[("content-type", "application/json")],
+        br#"{"inputs": ["red running shoes"], "normalize": true, "truncate": false}"#,
+    );
+    assert_eq!(vectors(&r), one);
+
+    // OpenAI-compatible embeddings, floats and base64.
+    let r = s.post("/v1/embeddings", &json!({"input": ["red running shoes", "blue denim jacket"], "model": "minilm"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "minilm");
+    assert_eq!(body["data"][1]["index"], 1);
+    assert_eq!(body["data"][0]["object"], "embedding");
+    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() >= 10);
+    let r = s.post("/v1/embeddings", &json!({"input": "red running shoes", "encoding_format": "base64"}));
+    let b64 = r.json()["data"][0]["embedding"].as_str().unwrap().to_string();
+    let floats: Vec<f32> =
+        decode_base64(&b64).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(floats, one[0]);
+
+    // Rerank with the bi-encoder: best first, scores (1 + cos) / 2 unless raw.
+    let texts = ["chocolate cake recipe", "nike men's running shoe", "running socks"];
+    let r = s.post("/rerank", &json!({"query": "running shoes", "texts": texts, "return_text": true}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ranks = r.json();
+    let ranks = ranks.as_array().unwrap();
+    assert_eq!(ranks.len(), 3);
+    assert_eq!(ranks[0]["index"], 1);
+    assert_eq!(ranks[0]["text"], texts[1]);
+    assert_eq!(ranks[2]["index"], 0);
+    let raw = s.post("/rerank", &json!({"query": "running shoes", "texts": texts, "raw_scores": true})).json();
+    for (scaled, raw) in ranks.iter().zip(raw.as_array().unwrap()) {
+        assert_eq!(scaled["index"], raw["index"]);
+        assert!(raw.get("text").is_none());
+        let (scaled, raw) = (scaled["score"].as_f64().unwrap(), raw["score"].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&scaled) && (-1.0..=1.0).contains(&raw));
+        assert!((scaled - (1.0 + raw) / 2.0).abs() < 1e-5);
+    }
+
+    // /relevance is honest about not being there.
+    s.post("/relevance", &json!({"query": "x", "items": []})).assert_error(501, "NotImplemented", "EBRM");
+
+    let r = s.get("/health");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    let info = s.get("/info").json();
+    assert_eq!(info["max_input_length"], 256);
+    assert_eq!(info["dim"], 384);
+    assert_eq!(info["model_type"]["embedding"]["pooling"], "mean");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["max_client_batch_size"], 32);
+
+    let metrics = s.get("/metrics");
+    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
+    let text = metrics.text();
+    for needle in [
+        "tandem_requests_total{route=\"/embed\",status=\"200\"} 3",
+        "tandem_request_duration_seconds_bucket{route=\"/embed\",le=\"+Inf\"} 3",
+        "tandem_batch_requests_count",
+        "tandem_batch_tokens_bucket",
+        "tandem_queue_depth 0",
+        "tandem_shed_total{reason=\"queue_requests\"} 0",
+        "tandem_info{",
+    ] {
+        assert!(text.contains(needle), "{needle} not in\n{text}");
+    }
+}
+
+#[test]
+fn bad_requests_get_json_4xx_naming_the_field() {
+    let s = Server::start(&[]);
+    let post = |path: &str, body: &[u8]| s.request("POST", path, &[], body);
+
+    post("/embed", br#"{"inputs": "#).assert_error(400, "Validation", "invalid JSON");
+    post("/embed", b"not json").assert_error(400, "Validation", "invalid JSON");
+    post("/embed", b"").assert_error(400, "Validation", "empty");
+    post("/embed", b"{\"inputs\": \"caf\xe9\"}").assert_error(400, "Validation", "UTF-8");
+    post("/embed", br#"{"inputs": 5}"#).assert_error(422, "Validation", "`inputs`: invalid type: integer `5`");
+    post("/embed", br#"{"inputs": ["a", null]}"#).assert_error(422, "Validation", "`inputs[1]`");
+    post("/embed", br#"{"inputs": "a", "truncate": "yes"}"#).assert_error(422, "Validation", "`truncate`");
+    post("/embed", br#"{"texts": ["a"]}"#).assert_error(422, "Validation", "missing field `inputs`");
+    post("/embed", br#"["a"]"#).assert_error(422, "Validation", "must be a JSON object");
+    post("/embed", br#"{"inputs": []}"#).assert_error(400, "Empty", "`inputs` cannot be empty");
+    let too_many = json!({"inputs": vec!["a"; 33]}).to_string();
+    post("/embed", too_many.as_bytes()).assert_error(413, "Validation", "`inputs` has 33 items");
+    post("/embed", br#"{"inputs": "a", "normalize": false}"#).assert_error(422, "Validation", "`normalize`");
+    post("/embed", br#"{"inputs": "a", "truncation_direction": "Left"}"#).assert_error(
+        422,
+        "Validation",
+        "`truncation_direction`",
+    );
+
+    // Over the token limit: 413 unless truncation is asked for.
+    let long = long_text(400);
+    let r = post("/embed", json!({"inputs": ["short", long]}).to_string().as_bytes());
+    r.assert_error(413, "Validation", "`inputs[1]` has 469 tokens, more than the model's limit of 256");
+    let r = post("/embed", json!({"inputs": long}).to_string().as_bytes());
+    r.assert_error(413, "Validation", "`inputs` has 469 tokens");
+    let truncated = vectors(&post("/embed", json!({"inputs": [long], "truncate": true}).to_string().as_bytes()));
+    assert_eq!(truncated[0].len(), 384);
+    let r = post("/v1/embeddings", json!({"input": long}).to_string().as_bytes());
+    assert_eq!(r.status, 413);
+
+    // Bodies over the limit: by Content-Length (refused before reading) and chunked.
+    let r = s.request("POST", "/embed", &[("content-length", "3000000")], br#"{"inputs": "#);
+    r.assert_error(413, "Validation", "larger than the limit of 2000000 bytes");
+    let chunk = format!("{:x}\r\n{}\r\n", 1 << 20, "a".repeat(1 << 20));
+    let chunked = format!("{}{}", chunk.repeat(3), "0\r\n\r\n");
+    let r = s.request("POST", "/embed", &[("transfer-encoding", "chunked")], chunked.as_bytes());
+    r.assert_error(413, "Validation", "larger than the limit");
+
+    // Routes and methods.
+    s.get("/nope").assert_error(404, "NotFound", "no route for GET /nope");
+    s.get("/embed").assert_error(405, "MethodNotAllowed", "/embed does not accept GET");
+    post("/health", b"").assert_error(405, "MethodNotAllowed", "/health");
+
+    // /v1/embeddings errors come in TEI's OpenAI shape.
+    let r = post("/v1/embeddings", br#"{"input": []}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json(), json!({"message": "`input` cannot be empty", "code": 400, "type": "Empty"}));
+    let r = post("/v1/embeddings", br#"{"input": "a", "encoding_format": "hex"}"#);
+    assert_eq!((r.status, r.json()["type"].as_str()), (422, Some("Validation")));
+
+    // Rerank validation.
+    post("/rerank", br#"{"query": "a", "texts": []}"#).assert_error(400, "Empty", "`texts`");
+    post("/rerank", br#"{"texts": ["a"]}"#).assert_error(422, "Validation", "missing field `query`");
+    post("/rerank", json!({"query": long, "texts": ["a"]}).to_string().as_bytes()).assert_error(
+        413,
+        "Validation",
+        "`query` has 469 tokens",
+    );
+
+    // None of that hurt the server.
+    assert_eq!(vectors(&post("/embed", br#"{"inputs": "still here"}"#)).len(), 1);
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+    let text = s.get("/metrics").text();
+    assert!(text.contains("tandem_requests_total{route=\"/embed\",status=\"422\"}"), "{text}");
+    assert!(text.contains("tandem_requests_total{route=\"other\",status=\"404\"} 1"), "{text}");
+}
+
+/// Many concurrent clients against a queue of 4: the excess is refused at once with 503
+/// and Retry-After, every request gets an answer, and the server goes on serving.
+#[test]
+fn overload_is_shed_fast_and_the_server_keeps_serving() {
+    let s = Server::start(&["--max-queue-requests", "4", "--max-batch-requests", "1"]);
+    let body = json!({"inputs": vec![long_text(60); 16]}).to_string();
+    let addr = s.addr.clone();
+    let clients: Vec<_> = (0..120)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.clone());
+            std::thread::spawn(move || send(&addr, "POST", "/embed", &[], body.as_bytes()))
+        })
+        .collect();
+    let responses: Vec<Response> = clients.into_iter().map(|c| c.join().unwrap().expect("a request failed")).collect();
+    let ok = responses.iter().filter(|r| r.status == 200).count();
+    let shed: Vec<&Response> = responses.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok + shed.len(), responses.len(), "only 200 and 503 expected");
+    assert!(ok >= 4 && shed.len() >= 50, "{ok} ok, {} shed", shed.len());
+    for r in &shed {
+        assert_eq!(r.header("retry-after"), Some("1"));
+        r.assert_error(503, "Overloaded", "retry later");
+        // Refused at once, not after waiting in a queue.
+        assert!(r.elapsed < Duration::from_secs(2), "a 503 took {:?}", r.elapsed);
+    }
+    assert_eq!(vectors(&s.post("/embed", &json!({"inputs": "after the burst"}))).len(), 1);
+    assert!(s.metric("tandem_shed_total{reason=\"queue_requests\"}") >= shed.len() as f64);
+    assert_eq!(s.metric("tandem_admitted_requests"), 0.0);
+}
+
+/// A client that disconnects while its request waits in the queue costs no forward pass.
+#[test]
+fn client_disconnect_cancels_queued_work() {
+    let s = Server::start(&["--max-batch-requests", "1"]);
+    let slow = json!({"inputs": vec![long_text(60); 16]}).to_string();
+    // Keep the model busy for a while.
+    let addr = s.addr.clone();
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, slow) = (addr.clone(), slow.clone());
+            std::thread::spawn(move || send(&addr, "POST", "/embed", &[], slow.as_bytes()).unwrap())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // Queue requests and hang up before they are answered.
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(&s.addr).unwrap();
+        let head = format!("POST /embed HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", slow.len());
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(slow.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stream.shutdown(Shutdown::Both).unwrap();
+    }
+    for b in busy {
+        assert_eq!(b.join().unwrap().status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.metric("tandem_cancelled_total") < 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(s.metric("tandem_cancelled_total") >= 1.0, "{}", s.get("/metrics").text());
+    assert!(s.metric("tandem_requests_total{route=\"/embed\",status=\"499\"}") >= 1.0);
+}
+
+/// SIGTERM: requests already in flight finish with 200, then the process exits 0.
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let mut s = Server::start(&["--max-batch-requests", "1"]);
+    let body = json!({"inputs": vec![long_text(60); 16]}).to_string();
+    let addr = s.addr.clone();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.clone());
+            std::thread::spawn(move || send(&addr, "POST", "/embed", &[], body.as_bytes()))
+        })
+        .collect();
+    // Wait until all six are admitted, then ask the server to stop.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.metric("tandem_admitted_requests") < 6.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.sigterm();
+    for c in clients {
+        let r = c.join().unwrap().expect("an in-flight request was dropped");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json().as_array().unwrap().len(), 16);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    assert!(s.log().contains("shutting down"), "{}", s.log());
+    assert!(TcpStream::connect(&s.addr).is_err(), "still accepting after exit");
+}
