@@ -1,0 +1,14 @@
+//! Hostile guest: targets tandem:rules@0.2.0, which a 0.1 host does not speak.
+wit_bindgen::generate!({ path: "wit", world: "tandem:rules/rule-plugin@0.2.0" });
+
+use exports::tandem::rules::rule::Guest;
+
+struct Future;
+
+impl Guest for Future {
+    fn check(query: String, title: String) -> u8 {
+        (query.len() + title.len()) as u8
+    }
+}
+
+export!(Future);
