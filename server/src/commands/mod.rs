@@ -3,6 +3,7 @@
 pub mod embed;
 pub mod export;
 pub mod fetch;
+pub mod rules;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
