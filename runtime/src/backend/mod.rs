@@ -3,6 +3,8 @@
 //! recording that it submits at the end.
 
 pub mod cpu;
+#[cfg(all(feature = "cuda", not(target_arch = "wasm32")))]
+pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

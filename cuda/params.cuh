@@ -1,0 +1,89 @@
+// Kernel params, mirrored field for field from the #[repr(C)] structs in runtime/src/ops/.
+// The Rust declaration is the single source: tests/tests/cuda_kernels.rs parses this file and
+// fails when a struct, a field name, its order, its type or the struct size drifts.
+//
+// Kernels receive these by value (kernel parameter space), so no uniform buffer is needed.
+#pragma once
+
+#include "common.cuh"
+
+// ops::elementwise::MAX_RANK
+#define TANDEM_MAX_RANK 8
+
+// ops::matmul::MatMulParams
+struct MatMulParams {
+    u32 batch;
+    u32 m;
+    u32 n;
+    u32 k;
+    u32 stride_a;
+    u32 stride_b;
+    u32 trans_b;
+    u32 activation;
+    u32 has_bias;
+    u32 _pad0;
+    u32 _pad1;
+    u32 _pad2;
+};
+static_assert(sizeof(MatMulParams) == 48, "MatMulParams size");
+
+// ops::elementwise::UnaryParams (unary and cast)
+struct UnaryParams {
+    u32 len;
+    u32 op;
+    u32 to;
+    u32 _pad;
+};
+static_assert(sizeof(UnaryParams) == 16, "UnaryParams size");
+
+// ops::elementwise::BinaryParams
+struct BinaryParams {
+    u32 len;
+    u32 op;
+    u32 rank;
+    u32 _pad;
+    u32 out_shape[TANDEM_MAX_RANK];
+    u32 a_strides[TANDEM_MAX_RANK];
+    u32 b_strides[TANDEM_MAX_RANK];
+};
+static_assert(sizeof(BinaryParams) == 112, "BinaryParams size");
+
+// ops::norm::NormParams (layer_norm, softmax, l2_normalize)
+struct NormParams {
+    u32 rows;
+    u32 cols;
+    f32 eps;
+    u32 _pad;
+};
+static_assert(sizeof(NormParams) == 16, "NormParams size");
+
+// ops::attention::AttentionParams
+struct AttentionParams {
+    u32 num_seqs;
+    u32 tokens;
+    u32 num_heads;
+    u32 num_kv_heads;
+    u32 head_dim;
+    u32 causal;
+    f32 scale;
+    u32 _pad;
+};
+static_assert(sizeof(AttentionParams) == 32, "AttentionParams size");
+
+// ops::gather::GatherParams
+struct GatherParams {
+    u32 num_ids;
+    u32 dim;
+    u32 vocab;
+    u32 _pad;
+};
+static_assert(sizeof(GatherParams) == 16, "GatherParams size");
+
+// ops::pool::PoolParams
+struct PoolParams {
+    u32 num_seqs;
+    u32 dim;
+    u32 tokens;
+    u32 kind;
+};
+static_assert(sizeof(PoolParams) == 16, "PoolParams size");

@@ -1,0 +1,97 @@
+//! The CUDA kernel sources (cuda/*.cu and their headers), embedded in the binary so that a
+//! deployed program needs no source tree, and the options NVRTC compiles them with.
+
+use super::launch::Variant;
+use super::nvrtc::ImageKind;
+
+/// One kernel file: cuda/<stem>.cu.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelFile {
+    pub stem: &'static str,
+    pub source: &'static str,
+    /// The element-type builds this file has (see [`Variant`]).
+    pub variants: &'static [Variant],
+}
+
+/// Headers the kernel files include, by the name they include them with.
+pub const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../../../cuda/common.cuh")),
+    ("params.cuh", include_str!("../../../../cuda/params.cuh")),
+];
+
+const F32: &[Variant] = &[Variant::F32];
+const BOTH: &[Variant] = &[Variant::F32, Variant::F16];
+
+/// Every kernel file, one per WGSL file of the same stem.
+pub const FILES: &[KernelFile] = &[
+    KernelFile { stem: "attention", source: include_str!("../../../../cuda/attention.cu"), variants: BOTH },
+    KernelFile { stem: "elementwise", source: include_str!("../../../../cuda/elementwise.cu"), variants: F32 },
+    KernelFile { stem: "gather", source: include_str!("../../../../cuda/gather.cu"), variants: F32 },
+    KernelFile { stem: "matmul", source: include_str!("../../../../cuda/matmul.cu"), variants: BOTH },
+    KernelFile { stem: "norm", source: include_str!("../../../../cuda/norm.cu"), variants: F32 },
+    KernelFile { stem: "pool", source: include_str!("../../../../cuda/pool.cu"), variants: F32 },
+];
+
+pub fn file(stem: &str) -> Option<&'static KernelFile> {
+    FILES.iter().find(|f| f.stem == stem)
+}
+
+/// Smallest compute capability each variant needs: the f16 matmul uses mma.sync m16n8k16.
+pub fn min_arch(stem: &str, variant: Variant) -> u32 {
+    if stem == "matmul" && variant == Variant::F16 { 80 } else { 50 }
+}
+
+/// NVRTC options for one build. No fast-math: the kernels must agree with the CPU reference
+/// within the conformance tolerances (IEEE division and square root, exact expf).
+pub fn compile_options(variant: Variant, kind: ImageKind, arch: u32) -> Vec<String> {
+    let mut options = vec![kind.arch_option(arch), "--std=c++17".to_string(), "--generate-line-info".to_string()];
+    options.extend(variant.defines().iter().map(|d| format!("--define-macro={d}")));
+    options
+}
+
+/// The `extern "C" __global__` entry points of a CUDA source, in order of appearance.
+pub fn entry_points(source: &str) -> Vec<String> {
+    const MARK: &str = "extern \"C\" __global__";
+    let mut names = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find(MARK) {
+        rest = &rest[at + MARK.len()..];
+        // `void`, maybe `__launch_bounds__(...)`, then the name and its parameter list.
+        let Some(open) = rest.find('(') else { break };
+        let mut head = rest[..open].trim();
+        if head.ends_with("__launch_bounds__") {
+            // the '(' found was the launch bounds': the name follows their ')'
+            let Some(close) = rest[open..].find(')') else { break };
+            let after = &rest[open + close + 1..];
+            let Some(open2) = after.find('(') else { break };
+            head = after[..open2].trim();
+        }
+        if let Some(name) =
+            head.split_whitespace().last().filter(|n| n.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::OpKind;
+
+    #[test]
+    fn every_op_kernel_is_an_entry_point_of_its_file() {
+        for kind in OpKind::ALL {
+            let Some((stem, entry)) = kind.kernel() else { continue };
+            let file = file(stem).unwrap_or_else(|| panic!("no cuda/{stem}.cu for op {}", kind.name()));
+            assert!(entry_points(file.source).iter().any(|e| e == entry), "cuda/{stem}.cu has no entry point {entry}");
+        }
+    }
+
+    #[test]
+    fn entry_points_are_found_with_and_without_launch_bounds() {
+        let src = "extern \"C\" __global__ void a(int x) {}\nextern \"C\" __global__ void __launch_bounds__(256)\n    b_2(const P p) {}";
+        assert_eq!(entry_points(src), ["a", "b_2"]);
+    }
+}

@@ -1,0 +1,441 @@
+//! Launch planning: for one op and its operands, which kernel runs (file, element-type
+//! variant, entry point), on which grid, with which params and buffers in which order.
+//!
+//! Pure Rust with no CUDA in it, so that the CUDA backend and the emulated conformance test
+//! (tests/tests/cuda_emulated.rs, which runs the same kernel sources on the CPU) share it and
+//! the emulator exercises exactly the launch configurations a GPU gets. The block sizes and
+//! tile sizes below are the kernels' `#define`s; a unit test below checks that they agree
+//! with the `.cu` files.
+
+use crate::ops::attention::AttentionParams;
+use crate::ops::elementwise::{BinaryParams, UnaryParams, binary_params};
+use crate::ops::gather::GatherParams;
+use crate::ops::matmul::MatMulParams;
+use crate::ops::norm::NormParams;
+use crate::ops::pool::PoolParams;
+use crate::ops::{Op, OpKind};
+use crate::tensor::DType;
+
+/// Kernel constants shared with the `.cu` files: (file stem, macro, value).
+pub const KERNEL_CONSTANTS: &[(&str, &str, u32)] = &[
+    ("elementwise", "ELEMENTWISE_THREADS", ELEMENTWISE_THREADS),
+    ("norm", "NORM_THREADS", NORM_THREADS),
+    ("norm", "NORM_WARP_COLS", NORM_WARP_COLS),
+    ("gather", "GATHER_THREADS", GATHER_THREADS),
+    ("pool", "POOL_THREADS", POOL_THREADS),
+    ("matmul", "MM_BM", MM_BM),
+    ("matmul", "MM_BN", MM_BN),
+    ("matmul", "MM_THREADS", MM_THREADS),
+    ("matmul", "MMH_THREADS", MMH_THREADS),
+    ("attention", "ATT_THREADS", ATT_THREADS),
+    ("attention", "ATT_BQ", ATT_BQ),
+    ("attention", "ATT_MAX_D", MAX_HEAD_DIM),
+];
+
+const ELEMENTWISE_THREADS: u32 = 256;
+const NORM_THREADS: u32 = 256;
+const NORM_WARP_COLS: u32 = 1024;
+const GATHER_THREADS: u32 = 256;
+const GATHER_ROWS_PER_BLOCK: u32 = GATHER_THREADS / 32;
+const POOL_THREADS: u32 = 128;
+const MM_BM: u32 = 128;
+const MM_BN: u32 = 64;
+const MM_THREADS: u32 = 256;
+const MMH_THREADS: u32 = 128;
+const ATT_THREADS: u32 = 128;
+const ATT_BQ: u32 = 16;
+/// The largest attention head dim the CUDA kernel takes (its shared-memory tiles are sized
+/// for it); larger heads are refused with an error.
+pub const MAX_HEAD_DIM: u32 = 128;
+
+/// Grid-stride kernels need no more blocks than this to fill any current GPU.
+const MAX_STRIDE_BLOCKS: u32 = 65_535;
+/// CUDA's limit on grid.y and grid.z.
+const MAX_GRID_YZ: u32 = 65_535;
+/// Kernels index elements with 32-bit integers.
+const MAX_ELEMENTS: usize = i32::MAX as usize;
+
+/// The element type a kernel file is compiled for (matmul and attention only; every other
+/// file has one f32 build). Chosen when NVRTC compiles the file, so both variants keep the
+/// WGSL twin's entry-point name and params layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Variant {
+    F32,
+    /// f16 storage, f32 arithmetic (`-DTANDEM_F16`).
+    F16,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::F32 => "f32",
+            Variant::F16 => "f16",
+        }
+    }
+    /// Preprocessor definitions that select the variant.
+    pub fn defines(self) -> &'static [&'static str] {
+        match self {
+            Variant::F32 => &[],
+            Variant::F16 => &["TANDEM_F16"],
+        }
+    }
+}
+
+/// The params struct of one launch, passed by value as the kernel's first argument.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelParams {
+    MatMul(MatMulParams),
+    Unary(UnaryParams),
+    Binary(BinaryParams),
+    Norm(NormParams),
+    Attention(AttentionParams),
+    Gather(GatherParams),
+    Pool(PoolParams),
+}
+
+impl KernelParams {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            KernelParams::MatMul(p) => bytemuck::bytes_of(p),
+            KernelParams::Unary(p) => bytemuck::bytes_of(p),
+            KernelParams::Binary(p) => bytemuck::bytes_of(p),
+            KernelParams::Norm(p) => bytemuck::bytes_of(p),
+            KernelParams::Attention(p) => bytemuck::bytes_of(p),
+            KernelParams::Gather(p) => bytemuck::bytes_of(p),
+            KernelParams::Pool(p) => bytemuck::bytes_of(p),
+        }
+    }
+}
+
+/// A buffer argument of a kernel, after the params.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    Input(usize),
+    Output(usize),
+    /// A null pointer, for an optional operand that is absent (matmul without bias); the
+    /// params say the kernel never reads it.
+    Null,
+}
+
+/// A tensor operand as the planner sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Operand<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+}
+
+impl Operand<'_> {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn bytes(&self) -> usize {
+        self.len() * self.dtype.size()
+    }
+}
+
+/// What to run for one op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub stem: &'static str,
+    pub entry: &'static str,
+    pub variant: Variant,
+    /// (x, y, z) blocks; a zero anywhere means the output is empty and no kernel runs.
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub params: KernelParams,
+    pub args: Vec<Binding>,
+    /// Zero the outputs before the kernel (attention: rows in no segment are never written).
+    pub zero_outputs: bool,
+}
+
+impl Launch {
+    pub fn runs_kernel(&self) -> bool {
+        self.grid.iter().all(|&g| g > 0)
+    }
+}
+
+fn blocks(items: usize, per_block: u32) -> u32 {
+    u32::try_from(items.div_ceil(per_block as usize)).unwrap_or(u32::MAX)
+}
+
+fn dtypes_are(ops: &[Operand<'_>], want: DType) -> bool {
+    ops.iter().all(|o| o.dtype == want)
+}
+
+/// Plans `op` on `inputs` -> `outputs` (shapes already checked by the executor's shape
+/// inference). The error says what the CUDA kernels cannot do.
+pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<Launch, String> {
+    let kind = op.kind();
+    let (stem, entry) = kind.kernel().ok_or_else(|| format!("{} is a view and is never dispatched", kind.name()))?;
+    let (Some(out), Some(first)) = (outputs.first(), inputs.first()) else {
+        return Err(format!("{} needs at least one input and one output", kind.name()));
+    };
+    if let Some(big) = inputs.iter().chain(outputs).find(|o| o.len() > MAX_ELEMENTS) {
+        return Err(format!(
+            "a tensor of shape {:?} is too large for the CUDA kernels (32-bit indexing: at most {MAX_ELEMENTS} elements)",
+            big.shape
+        ));
+    }
+    let all_f32 = |what: &str| -> Result<(), String> {
+        if dtypes_are(inputs, DType::F32) && dtypes_are(outputs, DType::F32) {
+            Ok(())
+        } else {
+            Err(format!("{what} takes f32 operands on CUDA"))
+        }
+    };
+    let mut launch = Launch {
+        stem,
+        entry,
+        variant: Variant::F32,
+        grid: [1, 1, 1],
+        block: [ELEMENTWISE_THREADS, 1, 1],
+        params: KernelParams::Unary(UnaryParams { len: 0, op: 0, to: 0, _pad: 0 }),
+        args: vec![Binding::Input(0), Binding::Output(0)],
+        zero_outputs: false,
+    };
+    let stride_grid = |len: usize| [blocks(len.div_ceil(4), ELEMENTWISE_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
+    match op {
+        Op::MatMul(m) => {
+            let has_bias = inputs.len() > 2;
+            let operands: Vec<Operand<'_>> = inputs.iter().chain(outputs).copied().collect();
+            launch.variant = if dtypes_are(&operands, DType::F32) {
+                Variant::F32
+            } else if dtypes_are(&operands, DType::F16) {
+                Variant::F16
+            } else {
+                return Err("matmul takes all-f32 or all-f16 operands on CUDA".into());
+            };
+            let (Some(a), Some(b)) = (inputs.first(), inputs.get(1)) else {
+                return Err("matmul takes a and b".into());
+            };
+            if a.shape.len() < 2 || b.shape.len() < 2 {
+                return Err("matmul operands must have rank 2 or more".into());
+            }
+            let p = m.params(a.shape, b.shape, has_bias);
+            let rows = blocks(p.m as usize, MM_BM);
+            if rows > MAX_GRID_YZ {
+                return Err(format!("matmul with {} rows is too tall for one CUDA grid", p.m));
+            }
+            launch.grid = [blocks(p.n as usize, MM_BN), rows, p.batch.min(MAX_GRID_YZ)];
+            launch.block = [if launch.variant == Variant::F16 { MMH_THREADS } else { MM_THREADS }, 1, 1];
+            launch.params = KernelParams::MatMul(p);
+            let bias = if has_bias { Binding::Input(2) } else { Binding::Null };
+            launch.args = vec![Binding::Input(0), Binding::Input(1), bias, Binding::Output(0)];
+        }
+        Op::Unary(kind) => {
+            all_f32("unary")?;
+            let len = out.len();
+            launch.grid = stride_grid(len);
+            launch.params = KernelParams::Unary(UnaryParams { len: len as u32, op: kind.code(), to: 0, _pad: 0 });
+        }
+        Op::Binary(kind) => {
+            all_f32("binary")?;
+            let (Some(a), Some(b)) = (inputs.first(), inputs.get(1)) else {
+                return Err("binary takes two inputs".into());
+            };
+            if out.shape.len() > crate::ops::elementwise::MAX_RANK {
+                return Err(format!("binary broadcasts over at most {} axes", crate::ops::elementwise::MAX_RANK));
+            }
+            launch.grid = stride_grid(out.len());
+            launch.params = KernelParams::Binary(binary_params(*kind, a.shape, b.shape, out.shape));
+            launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Output(0)];
+        }
+        Op::Cast(to) => {
+            let from = first.dtype;
+            let allowed =
+                matches!((from, *to), (DType::F32, DType::F16) | (DType::F16, DType::F32) | (DType::U32, DType::F32))
+                    || from == *to;
+            if !allowed || out.dtype != *to {
+                return Err(format!("cannot cast {from} to {to}"));
+            }
+            let len = out.len();
+            launch.grid = stride_grid(len);
+            launch.params =
+                KernelParams::Unary(UnaryParams { len: len as u32, op: from.code(), to: to.code(), _pad: 0 });
+        }
+        Op::LayerNorm { eps } | Op::L2Normalize { eps } => {
+            all_f32(kind.name())?;
+            let p = NormParams::new(first.shape, *eps);
+            launch.grid = [norm_blocks(&p), 1, 1];
+            launch.block = [NORM_THREADS, 1, 1];
+            launch.params = KernelParams::Norm(p);
+            if kind == OpKind::LayerNorm {
+                launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Input(2), Binding::Output(0)];
+            }
+        }
+        Op::Softmax => {
+            all_f32("softmax")?;
+            let p = NormParams::new(first.shape, 0.0);
+            launch.grid = [norm_blocks(&p), 1, 1];
+            launch.block = [NORM_THREADS, 1, 1];
+            launch.params = KernelParams::Norm(p);
+        }
+        Op::Attention(a) => {
+            let (Some(q), Some(segments)) = (inputs.first(), inputs.get(3)) else {
+                return Err("attention takes q, k, v and segments".into());
+            };
+            let floats: Vec<Operand<'_>> = inputs[..3].iter().chain(outputs).copied().collect();
+            launch.variant = if dtypes_are(&floats, DType::F32) {
+                Variant::F32
+            } else if dtypes_are(&floats, DType::F16) {
+                Variant::F16
+            } else {
+                return Err("attention takes all-f32 or all-f16 q, k, v on CUDA".into());
+            };
+            if segments.dtype != DType::U32 || segments.shape.len() != 2 || q.shape.len() != 2 {
+                return Err("attention takes q [tokens, width] and u32 segments [seqs, 2]".into());
+            }
+            let p = a.params(q.shape, segments.shape);
+            if p.head_dim > MAX_HEAD_DIM {
+                return Err(format!(
+                    "attention head dim {} is larger than the CUDA kernel's {MAX_HEAD_DIM}",
+                    p.head_dim
+                ));
+            }
+            if p.num_heads > MAX_GRID_YZ {
+                return Err(format!("attention with {} heads is more than one CUDA grid holds", p.num_heads));
+            }
+            // Tiles of 16 query rows: non-overlapping segments have at most tokens/16 + seqs of
+            // them; blocks stride on when segments overlap.
+            let tiles = (p.tokens as usize).div_ceil(ATT_BQ as usize) + p.num_seqs as usize;
+            let tiles = if p.tokens == 0 || p.num_seqs == 0 || p.head_dim == 0 { 0 } else { tiles };
+            launch.grid = [u32::try_from(tiles).unwrap_or(u32::MAX).min(1 << 20), p.num_heads, 1];
+            launch.block = [ATT_THREADS, 1, 1];
+            launch.params = KernelParams::Attention(p);
+            launch.args =
+                vec![Binding::Input(0), Binding::Input(1), Binding::Input(2), Binding::Input(3), Binding::Output(0)];
+            launch.zero_outputs = true;
+        }
+        Op::Gather => {
+            let (Some(table), Some(ids)) = (inputs.first(), inputs.get(1)) else {
+                return Err("gather takes a table and ids".into());
+            };
+            if table.dtype != DType::F32 || ids.dtype != DType::U32 || out.dtype != DType::F32 || table.shape.len() != 2
+            {
+                return Err("gather takes an f32 table [vocab, dim] and u32 ids on CUDA".into());
+            }
+            let p = GatherParams::new(table.shape, ids.shape);
+            let grid = if p.dim == 0 { 0 } else { blocks(p.num_ids as usize, GATHER_ROWS_PER_BLOCK) };
+            launch.grid = [grid.min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [GATHER_THREADS, 1, 1];
+            launch.params = KernelParams::Gather(p);
+            launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Output(0)];
+        }
+        Op::Pool(kind) => {
+            let (Some(x), Some(segments)) = (inputs.first(), inputs.get(1)) else {
+                return Err("pool takes x and segments".into());
+            };
+            if x.dtype != DType::F32 || segments.dtype != DType::U32 || out.dtype != DType::F32 || x.shape.len() != 2 {
+                return Err("pool takes f32 x [tokens, dim] and u32 segments on CUDA".into());
+            }
+            let p = PoolParams::new(*kind, x.shape, segments.shape);
+            let cols = blocks(p.dim as usize, POOL_THREADS);
+            if cols > MAX_GRID_YZ {
+                return Err(format!("pool over {} columns is more than one CUDA grid holds", p.dim));
+            }
+            launch.grid = [p.num_seqs.min(MAX_GRID_YZ), cols, 1];
+            launch.block = [POOL_THREADS, 1, 1];
+            launch.params = KernelParams::Pool(p);
+            launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Output(0)];
+        }
+        Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
+    }
+    if out.is_empty() {
+        launch.grid = [0, 0, 0];
+        launch.zero_outputs = false;
+    }
+    Ok(launch)
+}
+
+/// Blocks for a norm kernel: a warp per row up to NORM_WARP_COLS columns (8 rows a block),
+/// else a block per row (cuda/norm.cu, norm_team).
+fn norm_blocks(p: &NormParams) -> u32 {
+    if p.cols == 0 {
+        return 0;
+    }
+    let rows_per_block = if p.cols <= NORM_WARP_COLS { NORM_THREADS / 32 } else { 1 };
+    blocks(p.rows as usize, rows_per_block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{Activation, Attention, MatMul};
+
+    fn operand(dtype: DType, shape: &[usize]) -> Operand<'_> {
+        Operand { dtype, shape }
+    }
+
+    #[test]
+    fn constants_agree_with_the_kernel_files() {
+        for &(stem, name, value) in KERNEL_CONSTANTS {
+            let source = crate::backend::cuda::kernels::file(stem).expect("kernel file").source;
+            let defined: Vec<&str> = source
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("#define ")?.strip_prefix(name))
+                .filter(|rest| rest.starts_with(char::is_whitespace))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .collect();
+            assert_eq!(defined, [value.to_string()], "cuda/{stem}.cu: #define {name} must be {value} (launch.rs)");
+        }
+    }
+
+    #[test]
+    fn matmul_picks_the_variant_from_the_operands() {
+        let op = Op::MatMul(MatMul { trans_b: true, activation: Activation::Gelu });
+        for (dtype, variant, threads) in
+            [(DType::F32, Variant::F32, MM_THREADS), (DType::F16, Variant::F16, MMH_THREADS)]
+        {
+            let (a, b, c) = ([300, 384], [1536, 384], [300, 1536]);
+            let l = plan(&op, &[operand(dtype, &a), operand(dtype, &b)], &[operand(dtype, &c)]).unwrap();
+            assert_eq!(l.variant, variant);
+            assert_eq!(l.grid, [24, 3, 1]);
+            assert_eq!(l.block, [threads, 1, 1]);
+            assert_eq!(l.args, vec![Binding::Input(0), Binding::Input(1), Binding::Null, Binding::Output(0)]);
+        }
+        let mixed =
+            plan(&op, &[operand(DType::F16, &[2, 2]), operand(DType::F32, &[2, 2])], &[operand(DType::F32, &[2, 2])]);
+        assert!(mixed.unwrap_err().contains("all-f32 or all-f16"));
+    }
+
+    #[test]
+    fn attention_zeroes_its_output_and_refuses_wide_heads() {
+        let op = Op::Attention(Attention { num_heads: 2, num_kv_heads: 1, scale: 0.1, causal: false });
+        let seg = [3, 2];
+        let l = plan(
+            &op,
+            &[
+                operand(DType::F32, &[40, 128]),
+                operand(DType::F32, &[40, 64]),
+                operand(DType::F32, &[40, 64]),
+                operand(DType::U32, &seg),
+            ],
+            &[operand(DType::F32, &[40, 128])],
+        )
+        .unwrap();
+        assert!(l.zero_outputs);
+        assert_eq!(l.grid, [3 + 3, 2, 1]);
+        let wide = Op::Attention(Attention { num_heads: 1, num_kv_heads: 1, scale: 0.1, causal: false });
+        let q = [4, 256];
+        let err = plan(
+            &wide,
+            &[operand(DType::F32, &q), operand(DType::F32, &q), operand(DType::F32, &q), operand(DType::U32, &seg)],
+            &[operand(DType::F32, &q)],
+        )
+        .unwrap_err();
+        assert!(err.contains("head dim 256"), "{err}");
+    }
+
+    #[test]
+    fn empty_outputs_run_no_kernel() {
+        let l = plan(&Op::Softmax, &[operand(DType::F32, &[0, 5])], &[operand(DType::F32, &[0, 5])]).unwrap();
+        assert!(!l.runs_kernel());
+        let l = plan(&Op::Softmax, &[operand(DType::F32, &[9, 2048])], &[operand(DType::F32, &[9, 2048])]).unwrap();
+        assert_eq!(l.grid, [9, 1, 1], "a block per row beyond 1024 columns");
+        let l = plan(&Op::Softmax, &[operand(DType::F32, &[9, 384])], &[operand(DType::F32, &[9, 384])]).unwrap();
+        assert_eq!(l.grid, [2, 1, 1], "8 rows a block up to 1024 columns");
+    }
+}
