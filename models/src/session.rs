@@ -12,14 +12,17 @@ use tandem_runtime::{Graph, HostTensor, Session};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
     Cpu,
+    /// wgpu on the best adapter there is, a software one (Mesa's lavapipe) included.
     Wgpu,
-    /// A real GPU through wgpu when there is one, else the CPU.
+    /// An NVIDIA GPU through CUDA (needs the driver and NVRTC at run time).
+    Cuda,
+    /// CUDA when a GPU and NVRTC are there, else a real GPU through wgpu, else the CPU.
     #[default]
     Auto,
 }
 
 impl BackendChoice {
-    pub const NAMES: &'static [&'static str] = &["cpu", "wgpu", "auto"];
+    pub const NAMES: &'static [&'static str] = &["cpu", "wgpu", "cuda", "auto"];
 }
 
 impl FromStr for BackendChoice {
@@ -28,6 +31,7 @@ impl FromStr for BackendChoice {
         match name {
             "cpu" => Ok(BackendChoice::Cpu),
             "wgpu" => Ok(BackendChoice::Wgpu),
+            "cuda" => Ok(BackendChoice::Cuda),
             "auto" => Ok(BackendChoice::Auto),
             _ => bail!("unknown backend '{name}' (valid: {})", BackendChoice::NAMES.join(", ")),
         }
@@ -37,52 +41,120 @@ impl FromStr for BackendChoice {
 /// A session on whichever backend was picked.
 pub enum AnySession {
     Cpu(Session<CpuBackend>),
-    // WGPU: add `Wgpu(Session<tandem_runtime::backend::wgpu::WgpuBackend>)` here and in the
-    // matches below once the wgpu backend lands (`WgpuBackend::new_blocking()`), and pick it
-    // in `AnySession::new`.
+    #[cfg(feature = "wgpu")]
+    Wgpu(Session<WgpuBackend>),
+    #[cfg(feature = "cuda")]
+    Cuda(Session<CudaBackend>),
+}
+
+/// Calls the same method on whichever session is inside.
+macro_rules! each_session {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            AnySession::Cpu($s) => $body,
+            #[cfg(feature = "wgpu")]
+            AnySession::Wgpu($s) => $body,
+            #[cfg(feature = "cuda")]
+            AnySession::Cuda($s) => $body,
+        }
+    };
+}
+
+fn wgpu_backend(preference: AdapterPreference) -> Result<WgpuBackend> {
+    #[cfg(feature = "wgpu")]
+    {
+        WgpuBackend::new_with_blocking(preference).map_err(|e| anyhow!(e))
+    }
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let _ = preference;
+        bail!("this build has no wgpu backend (built without the 'wgpu' feature)")
+    }
+}
+
+fn cuda_backend() -> Result<CudaBackend> {
+    #[cfg(feature = "cuda")]
+    {
+        tandem_runtime::backend::cuda::cuda_available().map_err(|e| anyhow!(e))?;
+        CudaBackend::new(0).map_err(|e| anyhow!(e))
+    }
+    #[cfg(not(feature = "cuda"))]
+    bail!("this build has no CUDA backend (built without the 'cuda' feature)")
 }
 
 impl AnySession {
     /// Loads `graph` with the weights it declares from `weights` onto the chosen backend, and
-    /// says on stderr which backend that is.
+    /// says on stderr which backend that is (and, for auto, why).
     pub fn new(choice: BackendChoice, graph: Graph, weights: &Weights) -> Result<Self> {
-        let session = match choice {
-            BackendChoice::Cpu => AnySession::Cpu(Session::from_weights_file(CpuBackend::new(), graph, weights)?),
-            // WGPU: try `WgpuBackend::new_blocking()`; on failure fall back to the CPU for Auto
-            // (saying why), and fail for an explicit Wgpu.
-            BackendChoice::Wgpu => bail!("the wgpu backend is not available in this build yet (use --backend cpu)"),
-            BackendChoice::Auto => AnySession::Cpu(Session::from_weights_file(CpuBackend::new(), graph, weights)?),
+        let (session, why) = match choice {
+            BackendChoice::Cpu => (Self::cpu(graph, weights)?, String::new()),
+            BackendChoice::Wgpu => (Self::wgpu(wgpu_backend(AdapterPreference::Any)?, graph, weights)?, String::new()),
+            BackendChoice::Cuda => (Self::cuda(cuda_backend()?, graph, weights)?, String::new()),
+            BackendChoice::Auto => match cuda_backend() {
+                Ok(cuda) => (Self::cuda(cuda, graph, weights)?, " (auto: CUDA device found)".into()),
+                Err(no_cuda) => match wgpu_backend(AdapterPreference::HardwareOnly) {
+                    Ok(gpu) => (Self::wgpu(gpu, graph, weights)?, format!(" (auto: no CUDA: {no_cuda})")),
+                    Err(no_gpu) => {
+                        (Self::cpu(graph, weights)?, format!(" (auto: no CUDA: {no_cuda}; no GPU adapter: {no_gpu})"))
+                    }
+                },
+            },
         };
-        let why = match choice {
-            BackendChoice::Auto => " (auto: no GPU backend available)",
-            _ => "",
-        };
-        eprintln!("backend: {}{why}: {}", session.backend_name(), session.device_description());
+        eprintln!("backend: {}: {}{why}", session.backend_name(), session.device_description());
         Ok(session)
     }
 
+    fn cpu(graph: Graph, weights: &Weights) -> Result<Self> {
+        Ok(AnySession::Cpu(Session::from_weights_file(CpuBackend::new(), graph, weights)?))
+    }
+
+    #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
+    fn wgpu(backend: WgpuBackend, graph: Graph, weights: &Weights) -> Result<Self> {
+        #[cfg(feature = "wgpu")]
+        return Ok(AnySession::Wgpu(Session::from_weights_file(backend, graph, weights)?));
+        #[cfg(not(feature = "wgpu"))]
+        match backend {}
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    fn cuda(backend: CudaBackend, graph: Graph, weights: &Weights) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        return Ok(AnySession::Cuda(Session::from_weights_file(backend, graph, weights)?));
+        #[cfg(not(feature = "cuda"))]
+        match backend {}
+    }
+
     pub fn backend_name(&self) -> &'static str {
-        match self {
-            AnySession::Cpu(s) => s.backend().name(),
-        }
+        each_session!(self, s => s.backend().name())
     }
 
     pub fn device_description(&self) -> String {
-        match self {
-            AnySession::Cpu(s) => s.backend().device_description(),
-        }
+        each_session!(self, s => s.backend().device_description())
     }
 
     pub fn graph(&self) -> &Graph {
-        match self {
-            AnySession::Cpu(s) => s.graph(),
-        }
+        each_session!(self, s => s.graph())
     }
 
     /// Runs the graph to completion (inputs in the order of `graph().inputs`).
     pub fn run_blocking(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
-        match self {
-            AnySession::Cpu(s) => s.run_blocking(inputs).map_err(|e| anyhow!(e)),
-        }
+        each_session!(self, s => s.run_blocking(inputs).map_err(|e| anyhow!(e)))
     }
 }
+
+#[cfg(feature = "cuda")]
+use tandem_runtime::backend::cuda::CudaBackend;
+#[cfg(feature = "wgpu")]
+use tandem_runtime::backend::wgpu::{AdapterPreference, WgpuBackend};
+
+/// Stand-ins for builds without a backend: it can never be made, so no session holds one.
+#[cfg(not(feature = "wgpu"))]
+#[derive(Clone, Copy)]
+enum AdapterPreference {
+    Any,
+    HardwareOnly,
+}
+#[cfg(not(feature = "wgpu"))]
+enum WgpuBackend {}
+#[cfg(not(feature = "cuda"))]
+enum CudaBackend {}
