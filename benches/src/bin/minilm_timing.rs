@@ -1,0 +1,35 @@
+//! Times MiniLM's forward pass on given token ids, for `benches/ort_compare.py`, which feeds
+//! ONNX Runtime the very same ids. Tokenization is left out on both sides.
+//!
+//! Usage: minilm_timing MODEL_DIR BATCH.json RUNS [BACKEND]
+//! BATCH.json is a list of token-id lists. Prints {"median_ms": .., "tokens": ..} on stdout.
+
+use anyhow::{Context, Result};
+use std::time::Instant;
+use tandem_models::session::{AnySession, BackendChoice};
+use tandem_models::tokenizer::{PackedBatch, TokenizedText};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(args.len() >= 4, "usage: minilm_timing MODEL_DIR BATCH.json RUNS [cpu|wgpu]");
+    let model = tandem_models::bert::load_dir(args[1].as_ref())?;
+    let batch: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&args[2]).context("batch file")?)?;
+    let runs: usize = args[3].parse().context("RUNS")?;
+    let backend: BackendChoice = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(BackendChoice::Cpu);
+    let texts: Vec<TokenizedText> =
+        batch.into_iter().map(|ids| TokenizedText { type_ids: vec![0; ids.len()], ids }).collect();
+    let packed = PackedBatch::pack(&texts);
+    let session = AnySession::new(backend, model.graph, &model.weights)?;
+    let inputs: Vec<_> =
+        session.graph().inputs.iter().map(|&id| packed.input(&session.graph().value(id).name).unwrap()).collect();
+    session.run_blocking(&inputs)?; // warm-up: plans, buffers, pipelines
+    let mut times: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            session.run_blocking(&inputs).map(|_| t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_>>()?;
+    times.sort_by(f64::total_cmp);
+    println!("{}", serde_json::json!({ "median_ms": times[times.len() / 2], "tokens": packed.tokens() }));
+    Ok(())
+}

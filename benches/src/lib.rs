@@ -1,0 +1,23 @@
+//! Shared helpers for the benches: nothing here is timed.
+
+use tandem_runtime::backend::Backend;
+use tandem_runtime::ops::{Activation, MatMul};
+use tandem_runtime::{DType, Graph, HostTensor, Op, Session, TensorType};
+
+/// A one-node `act(a · bᵀ + bias)` session with b and bias as weights, as in a model.
+pub fn matmul_session<B: Backend>(backend: B, m: usize, k: usize, n: usize) -> tandem_runtime::Result<Session<B>> {
+    let mut g = Graph::new("matmul");
+    let a = g.input("a", TensorType::fixed(DType::F32, &[m, k]));
+    let b = g.weight("b", TensorType::fixed(DType::F32, &[n, k]));
+    let bias = g.weight("bias", TensorType::fixed(DType::F32, &[n]));
+    let c = g.node1("mm", Op::MatMul(MatMul { trans_b: true, activation: Activation::Gelu }), &[a, b, bias])?;
+    g.output(c, "c");
+    let weights = [ramp(&[n, k]), ramp(&[n])];
+    Session::new(backend, g, &weights)
+}
+
+/// Deterministic non-trivial data.
+pub fn ramp(shape: &[usize]) -> HostTensor {
+    let len: usize = shape.iter().product();
+    HostTensor::f32(shape.to_vec(), (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()).unwrap()
+}

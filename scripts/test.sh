@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need when it is missing, then runs
+# every test of the workspace. Safe to run again; each step skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n== %s\n' "$*"; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "installing ${missing[*]}"
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# Vulkan on the CPU (Mesa lavapipe) so the wgpu backend is tested without a GPU.
+apt_install mesa-vulkan-drivers
+
+step "fetching the default model (MiniLM) into the cache"
+cargo run -q -p tandem -- fetch minilm
+
+step "fetching NVRTC (pinned PyPI wheels) so every CUDA kernel is compiled to PTX without a GPU"
+eval "$(cuda/fetch_nvrtc.sh)"
+
+step "building the rule plugin guests (wasm components) the plugin tests run"
+bash bindings/rules/build.sh
+
+step "running the tests"
+# The cuda feature builds the CUDA backend (no toolkit needed) and its tests: kernel twins,
+# NVRTC compilation for sm_80/sm_90, the emulated kernels; on a machine without a GPU the
+# on-device tests say so and skip.
+cargo test --workspace --features tandem-tests/cuda "$@"
