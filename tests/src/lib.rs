@@ -2,6 +2,11 @@
 //! multiples), run on a backend and compared with the CPU reference within the op's stated
 //! tolerance. Backend test files call [`check_backend`]; [`cases`] covers every [`OpKind`].
 
+pub mod gpu;
+#[cfg(feature = "cuda")]
+pub mod minilm;
+pub mod ops_table;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tandem_runtime::backend::Backend;

@@ -117,7 +117,8 @@ impl OpKind {
             OpKind::MatMul => ("matmul", "matmul"),
             OpKind::Unary => ("elementwise", "unary"),
             OpKind::Binary => ("elementwise", "binary"),
-            OpKind::Cast => ("elementwise", "cast"),
+            // Not "cast": WGSL reserves that word, so no WGSL function can be named it.
+            OpKind::Cast => ("elementwise", "convert"),
             OpKind::LayerNorm => ("norm", "layer_norm"),
             OpKind::Softmax => ("norm", "softmax"),
             OpKind::L2Normalize => ("norm", "l2_normalize"),

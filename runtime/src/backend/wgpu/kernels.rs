@@ -1,0 +1,226 @@
+//! The host side of the WGSL kernels: the embedded sources, each kernel's bind group shape,
+//! and per dispatch the params bytes and the workgroup grid. Pure functions, no device.
+//!
+//! Binding convention (every kernel): 0 = the op's `#[repr(C)]` params as a uniform, 1..=n =
+//! the op's inputs in op order (read-only storage), n + 1 = the output (read-write storage).
+
+use crate::ops::{self, Op, OpKind};
+use crate::tensor::DType;
+
+/// `shaders/<stem>.wgsl`, embedded so that a binary (or a wasm module) is self-contained.
+const SHADERS: &[(&str, &str)] = &[
+    ("matmul", include_str!("../../../../shaders/matmul.wgsl")),
+    ("elementwise", include_str!("../../../../shaders/elementwise.wgsl")),
+    ("norm", include_str!("../../../../shaders/norm.wgsl")),
+    ("attention", include_str!("../../../../shaders/attention.wgsl")),
+    ("gather", include_str!("../../../../shaders/gather.wgsl")),
+    ("pool", include_str!("../../../../shaders/pool.wgsl")),
+];
+
+/// WebGPU's limit on workgroups per grid dimension.
+pub(super) const MAX_GROUPS: usize = 65535;
+
+/// The largest head dim the attention kernel holds in registers (`MAX_D4` × 4 in
+/// attention.wgsl).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Output tile side of matmul.wgsl (`TILE`).
+const MATMUL_TILE: usize = 64;
+/// Query tokens per attention workgroup (`BQ` in attention.wgsl).
+const ATTENTION_BLOCK: usize = 64;
+
+pub(super) fn source(stem: &str) -> Option<&'static str> {
+    SHADERS.iter().find(|(s, _)| *s == stem).map(|(_, src)| *src)
+}
+
+/// Whether the embedded WGSL defines the op's kernel entry point (a view needs none). This
+/// is what the wgpu backend reports as supported, so a missing kernel shows up in the
+/// coverage test and in docs/ops.md without a device.
+pub fn has_kernel(kind: OpKind) -> bool {
+    match kind.kernel() {
+        None => true,
+        Some((stem, entry)) => source(stem).is_some_and(|src| defines_entry_point(src, entry)),
+    }
+}
+
+/// A `@compute` function named `entry` (attributes may span lines).
+fn defines_entry_point(src: &str, entry: &str) -> bool {
+    let decl = format!("fn {entry}(");
+    src.match_indices(&decl).any(|(at, _)| {
+        let before = &src[..at];
+        let attrs_start = before.rfind(['}', ';']).map_or(0, |i| i + 1);
+        before[attrs_start..].contains("@compute")
+    })
+}
+
+/// How many read-only inputs a kernel binds and the byte size of its params.
+pub(super) fn signature(kind: OpKind) -> (usize, u64) {
+    use std::mem::size_of;
+    let (inputs, params) = match kind {
+        // a, b, bias (bound to a when absent).
+        OpKind::MatMul => (3, size_of::<ops::matmul::MatMulParams>()),
+        OpKind::Unary | OpKind::Cast => (1, size_of::<ops::elementwise::UnaryParams>()),
+        OpKind::Binary => (2, size_of::<ops::elementwise::BinaryParams>()),
+        OpKind::LayerNorm => (3, size_of::<ops::norm::NormParams>()),
+        OpKind::Softmax | OpKind::L2Normalize => (1, size_of::<ops::norm::NormParams>()),
+        OpKind::Attention => (4, size_of::<ops::attention::AttentionParams>()),
+        OpKind::Gather => (2, size_of::<ops::gather::GatherParams>()),
+        OpKind::Pool => (2, size_of::<ops::pool::PoolParams>()),
+        OpKind::Reshape => (0, 0),
+    };
+    (inputs, params as u64)
+}
+
+/// One dispatch: its params and its grid.
+#[derive(Debug, PartialEq)]
+pub(super) struct Launch {
+    pub params: Vec<u8>,
+    pub groups: [u32; 3],
+}
+
+/// `n` independent workgroups as a 2-D grid of rows of at most 65535; kernels recover the
+/// flat index as `wid.y * num_workgroups.x + wid.x`.
+fn grid(n: usize) -> Result<[u32; 3], String> {
+    let x = n.clamp(1, MAX_GROUPS);
+    let y = n.div_ceil(x);
+    if y > MAX_GROUPS {
+        return Err(format!("{n} workgroups exceed the {MAX_GROUPS}² grid"));
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+/// Workgroups of 256 invocations, one invocation per item.
+fn grid_256(items: usize) -> Result<[u32; 3], String> {
+    grid(items.div_ceil(256))
+}
+
+fn dim(n: usize, what: &str) -> Result<u32, String> {
+    if n > MAX_GROUPS {
+        return Err(format!("{what} needs {n} workgroups along one axis, more than {MAX_GROUPS}"));
+    }
+    Ok(n as u32)
+}
+
+fn count(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Params and grid of `op` for these input and output shapes. Kernels index with u32, so
+/// every tensor must have fewer than 2³² elements.
+pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Result<Launch, String> {
+    for shape in inputs.iter().map(|(_, s)| *s).chain([out]) {
+        if count(shape) > u32::MAX as usize {
+            return Err(format!("a tensor of shape {shape:?} has 2³² elements or more"));
+        }
+    }
+    let shape = |i: usize| inputs[i].1;
+    let n = count(out);
+    Ok(match op {
+        Op::MatMul(m) => {
+            let p = m.params(shape(0), shape(1), inputs.len() > 2);
+            let groups = [
+                dim((p.n as usize).div_ceil(MATMUL_TILE), "matmul N")?,
+                dim((p.m as usize).div_ceil(MATMUL_TILE), "matmul M")?,
+                dim(p.batch as usize, "matmul batch")?,
+            ];
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups }
+        }
+        Op::Unary(kind) => {
+            let p = ops::elementwise::UnaryParams { len: n as u32, op: kind.code(), to: 0, _pad: 0 };
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+        }
+        Op::Binary(kind) => {
+            let p = ops::elementwise::binary_params(*kind, shape(0), shape(1), out);
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+        }
+        Op::Cast(to) => {
+            let from = inputs[0].0;
+            let p = ops::elementwise::UnaryParams { len: n as u32, op: from.code(), to: to.code(), _pad: 0 };
+            // One invocation per output word: f16 packs two elements in each.
+            let words = if *to == DType::F16 { n.div_ceil(2) } else { n };
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(words)? }
+        }
+        Op::LayerNorm { eps } | Op::L2Normalize { eps } => {
+            let p = ops::norm::NormParams::new(shape(0), *eps);
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.rows as usize)? }
+        }
+        Op::Softmax => {
+            let p = ops::norm::NormParams::new(shape(0), 0.0);
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.rows as usize)? }
+        }
+        Op::Attention(a) => {
+            let p = a.params(shape(0), shape(3));
+            if p.head_dim as usize > MAX_HEAD_DIM {
+                return Err(format!("head dim {} is larger than {MAX_HEAD_DIM}", p.head_dim));
+            }
+            let groups = [
+                dim((p.tokens as usize).div_ceil(ATTENTION_BLOCK), "attention tokens")?,
+                dim(p.num_heads as usize, "heads")?,
+                1,
+            ];
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups }
+        }
+        Op::Gather => {
+            let p = ops::gather::GatherParams::new(shape(0), shape(1));
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+        }
+        Op::Pool(kind) => {
+            let p = ops::pool::PoolParams::new(*kind, shape(0), shape(1));
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+        }
+        Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{Activation, MatMul, UnaryKind};
+
+    #[test]
+    fn every_shader_defines_its_entry_points() {
+        for &kind in OpKind::ALL {
+            assert!(has_kernel(kind), "{} has no WGSL entry point", kind.name());
+        }
+        assert!(!defines_entry_point("fn erf(x: f32) -> f32 {}", "erf"));
+        assert!(defines_entry_point("}\n@compute @workgroup_size(8)\nfn go(\n", "go"));
+    }
+
+    /// The value of `const NAME: u32 = <n>u;` in a shader.
+    fn wgsl_const(stem: &str, name: &str) -> usize {
+        let src = source(stem).unwrap();
+        let decl = format!("const {name}: u32 = ");
+        let at = src.find(&decl).unwrap_or_else(|| panic!("{stem}.wgsl declares no {name}")) + decl.len();
+        src[at..].split('u').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn host_constants_match_the_shaders() {
+        assert_eq!(wgsl_const("matmul", "TILE"), MATMUL_TILE);
+        assert_eq!(wgsl_const("attention", "BQ"), ATTENTION_BLOCK);
+        assert_eq!(wgsl_const("attention", "MAX_D4") * 4, MAX_HEAD_DIM);
+        for stem in ["elementwise", "gather", "pool"] {
+            assert_eq!(wgsl_const(stem, "WG"), 256, "grid_256 assumes 256 invocations in {stem}.wgsl");
+        }
+    }
+
+    #[test]
+    fn large_grids_fold_into_two_dimensions() {
+        assert_eq!(grid(1).unwrap(), [1, 1, 1]);
+        assert_eq!(grid(65535).unwrap(), [65535, 1, 1]);
+        assert_eq!(grid(65536).unwrap(), [65535, 2, 1]);
+        assert_eq!(grid(0).unwrap(), [1, 0, 1]);
+        assert!(grid(65535 * 65535 + 1).is_err());
+    }
+
+    #[test]
+    fn launches_match_the_kernels_tiling() {
+        let mm = Op::MatMul(MatMul { trans_b: true, activation: Activation::Gelu });
+        let l = launch(&mm, &[(DType::F32, &[2, 129, 384]), (DType::F32, &[1536, 384])], &[2, 129, 1536]).unwrap();
+        assert_eq!(l.groups, [24, 3, 2]);
+        assert_eq!(l.params.len() as u64, signature(OpKind::MatMul).1);
+        let u = launch(&Op::Unary(UnaryKind::Relu), &[(DType::F32, &[257])], &[257]).unwrap();
+        assert_eq!(u.groups, [2, 1, 1]);
+        let c = launch(&Op::Cast(DType::F16), &[(DType::F32, &[513])], &[513]).unwrap();
+        assert_eq!(c.groups, [2, 1, 1], "513 halves are 257 words");
+    }
+}

@@ -1,0 +1,246 @@
+// Elementwise ops: `unary` activations, broadcasting `binary` arithmetic, and `convert` for
+// the Cast op (WGSL reserves the word `cast`).
+//
+// One invocation per output element (per output word for casts), 256 per workgroup. Large
+// tensors need more than the 65535 workgroups WebGPU allows in one dimension, so the host
+// lays the workgroups out as a 2-D grid and kernels flatten it back (`flat_index`).
+//
+// Mirrors runtime/src/ops/elementwise.rs (UnaryParams, BinaryParams) and cuda/elementwise.cu.
+
+struct UnaryParams {
+    len: u32,
+    // UnaryKind::code for `unary`; the source DType::code for `convert`.
+    op: u32,
+    // The target DType::code for `convert`.
+    to: u32,
+    _pad: u32,
+}
+
+// The [u32; 8] arrays of the Rust struct, as two vec4s: uniform arrays need a 16-byte stride.
+struct BinaryParams {
+    len: u32,
+    op: u32,
+    rank: u32,
+    _pad: u32,
+    out_shape: array<vec4<u32>, 2>,
+    a_strides: array<vec4<u32>, 2>,
+    b_strides: array<vec4<u32>, 2>,
+}
+
+const WG: u32 = 256u;
+
+// Each entry point uses its own set of bindings; WGSL allows bindings to repeat across
+// entry points of one module.
+@group(0) @binding(0) var<uniform> up: UnaryParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+@group(0) @binding(0) var<uniform> bp: BinaryParams;
+@group(0) @binding(1) var<storage, read> lhs: array<f32>;
+@group(0) @binding(2) var<storage, read> rhs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> res: array<f32>;
+
+// Casts move raw 32-bit words: f16 data packs two elements per word.
+@group(0) @binding(1) var<storage, read> src_words: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dst_words: array<u32>;
+
+fn flat_index(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * groups.x + wid.x) * WG + lid;
+}
+
+// erf as a rational approximation on [-4, 4]: the same formula and coefficients as
+// runtime/src/ops/elementwise.rs, so that GELU agrees with the CPU reference.
+fn erf(x_in: f32) -> f32 {
+    let x = clamp(x_in, -4.0, 4.0);
+    let x2 = x * x;
+    var p = -2.7261423e-10;
+    p = p * x2 + 2.7706814e-8;
+    p = p * x2 - 2.101024e-6;
+    p = p * x2 - 5.6925064e-5;
+    p = p * x2 - 7.3499063e-4;
+    p = p * x2 - 2.9546e-3;
+    p = p * x2 - 1.6096033e-2;
+    var q = -1.4566072e-5;
+    q = q * x2 - 2.1337406e-4;
+    q = q * x2 - 1.682827e-3;
+    q = q * x2 - 7.373329e-3;
+    q = q * x2 - 1.426474e-2;
+    return x * p / q;
+}
+
+@compute @workgroup_size(256)
+fn unary(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wid, groups, lid);
+    if i >= up.len {
+        return;
+    }
+    let v = x[i];
+    var r: f32;
+    switch up.op {
+        // GELU, erf form.
+        case 0u: {
+            r = 0.5 * v * (1.0 + erf(v * 0.70710678118654752));
+        }
+        case 1u: {
+            r = max(v, 0.0);
+        }
+        case 2u: {
+            r = tanh(v);
+        }
+        default: {
+            r = 1.0 / (1.0 + exp(-v));
+        }
+    }
+    y[i] = r;
+}
+
+@compute @workgroup_size(256)
+fn binary(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wid, groups, lid);
+    if i >= bp.len {
+        return;
+    }
+    // Peel output coordinates off from the last axis; broadcast axes have stride 0.
+    var rem = i;
+    var ia = 0u;
+    var ib = 0u;
+    for (var axis = bp.rank; axis > 0u; axis--) {
+        let v = (axis - 1u) / 4u;
+        let c = (axis - 1u) % 4u;
+        let d = bp.out_shape[v][c];
+        let idx = rem % d;
+        rem = rem / d;
+        ia += idx * bp.a_strides[v][c];
+        ib += idx * bp.b_strides[v][c];
+    }
+    let a = lhs[ia];
+    let b = rhs[ib];
+    var r: f32;
+    switch bp.op {
+        case 0u: {
+            r = a + b;
+        }
+        case 1u: {
+            r = a - b;
+        }
+        case 2u: {
+            r = a * b;
+        }
+        default: {
+            r = a / b;
+        }
+    }
+    res[i] = r;
+}
+
+const F32: u32 = 0u;
+const F16: u32 = 1u;
+const U32: u32 = 2u;
+
+// f32 bits to f16 bits with round-to-nearest-even, overflow to infinity and NaNs kept quiet:
+// the software path of the `half` crate, step for step, so results are bit-exact with the
+// CPU. (pack2x16float leaves rounding and overflow to the implementation.)
+fn f32_to_f16_bits(bits: u32) -> u32 {
+    let sign = (bits >> 16u) & 0x8000u;
+    let exp = bits & 0x7f800000u;
+    let man = bits & 0x007fffffu;
+    if exp == 0x7f800000u {
+        var nan_bit = 0u;
+        if man != 0u {
+            nan_bit = 0x0200u;
+        }
+        return sign | 0x7c00u | nan_bit | (man >> 13u);
+    }
+    let half_exp = i32(exp >> 23u) - 127 + 15;
+    if half_exp >= 0x1f {
+        return sign | 0x7c00u;
+    }
+    if half_exp <= 0 {
+        // Subnormal in f16 (or zero).
+        if 14 - half_exp > 24 {
+            return sign;
+        }
+        let m = man | 0x00800000u;
+        let shift = u32(14 - half_exp);
+        var half_man = m >> shift;
+        let round_bit = 1u << (shift - 1u);
+        if (m & round_bit) != 0u && (m & (3u * round_bit - 1u)) != 0u {
+            half_man += 1u;
+        }
+        return sign | half_man;
+    }
+    let h = sign | (u32(half_exp) << 10u) | (man >> 13u);
+    let round_bit = 0x1000u;
+    if (man & round_bit) != 0u && (man & (3u * round_bit - 1u)) != 0u {
+        return h + 1u;
+    }
+    return h;
+}
+
+// f16 bits to f32 bits (exact; subnormals normalised rather than flushed).
+fn f16_to_f32_bits(h: u32) -> u32 {
+    let sign = (h & 0x8000u) << 16u;
+    let exp = h & 0x7c00u;
+    let man = h & 0x03ffu;
+    if (h & 0x7fffu) == 0u {
+        return sign;
+    }
+    if exp == 0x7c00u {
+        if man == 0u {
+            return sign | 0x7f800000u;
+        }
+        return sign | 0x7fc00000u | (man << 13u);
+    }
+    if exp == 0u {
+        // Leading zeros of the 10-bit mantissa within 16 bits, less the 6 sign/exponent bits.
+        let e = countLeadingZeros(man) - 22u;
+        return sign | ((112u - e) << 23u) | ((man << (14u + e)) & 0x7fffffu);
+    }
+    return sign | (((exp >> 10u) + 112u) << 23u) | (man << 13u);
+}
+
+// One invocation per output word, so two f16 outputs sharing a word never race.
+@compute @workgroup_size(256)
+fn convert(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = flat_index(wid, groups, lid);
+    let src_type = up.op;
+    if up.to == F16 {
+        if w >= (up.len + 1u) / 2u {
+            return;
+        }
+        if src_type == F16 {
+            dst_words[w] = src_words[w];
+            return;
+        }
+        let lo = f32_to_f16_bits(src_words[2u * w]);
+        var hi = 0u;
+        if 2u * w + 1u < up.len {
+            hi = f32_to_f16_bits(src_words[2u * w + 1u]);
+        }
+        dst_words[w] = lo | (hi << 16u);
+        return;
+    }
+    if w >= up.len {
+        return;
+    }
+    if src_type == F16 {
+        dst_words[w] = f16_to_f32_bits((src_words[w / 2u] >> (16u * (w % 2u))) & 0xffffu);
+    } else if src_type == U32 && up.to == F32 {
+        dst_words[w] = bitcast<u32>(f32(src_words[w]));
+    } else {
+        // Same 4-byte type on both sides: a copy.
+        dst_words[w] = src_words[w];
+    }
+}

@@ -1,0 +1,59 @@
+// Per-sequence pooling of packed rows: out[s, c] = mean / first / max of x[r, c] over the
+// rows r of segment s (segments: u32 [seqs, 2] of start, length). An empty segment gives
+// zeros; segments reaching past the last row are clamped to it, as on the CPU.
+//
+// One invocation per output element, summing its column in row order exactly like the CPU
+// reference (so results match to the last bit but for the division).
+//
+// Mirrors runtime/src/ops/pool.rs (PoolParams) and cuda/pool.cu.
+
+struct PoolParams {
+    num_seqs: u32,
+    dim: u32,
+    tokens: u32,
+    // PoolKind::code: 0 mean, 1 first, 2 max.
+    kind: u32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: PoolParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> segments: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn pool(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wid.y * groups.x + wid.x) * WG + lid;
+    if i >= p.num_seqs * p.dim {
+        return;
+    }
+    let s = i / p.dim;
+    let c = i % p.dim;
+    let start = min(segments[2u * s], p.tokens);
+    let end = start + min(segments[2u * s + 1u], p.tokens - start);
+    if start >= end {
+        out[i] = 0.0;
+        return;
+    }
+    var acc = x[start * p.dim + c];
+    switch p.kind {
+        case 0u: {
+            for (var r = start + 1u; r < end; r++) {
+                acc += x[r * p.dim + c];
+            }
+            acc = acc / f32(end - start);
+        }
+        case 2u: {
+            for (var r = start + 1u; r < end; r++) {
+                acc = max(acc, x[r * p.dim + c]);
+            }
+        }
+        default: {}
+    }
+    out[i] = acc;
+}

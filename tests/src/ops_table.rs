@@ -1,0 +1,73 @@
+//! docs/ops.md: which backend implements which op, generated from the code so that it cannot
+//! drift. cpu and wgpu come from the backends themselves (the wgpu column reads the embedded
+//! WGSL, so no device is needed); cuda reads `cuda/<stem>.cu` for a
+//! `extern "C" __global__ void <entry>(` definition, so the table needs no CUDA toolkit.
+
+use std::path::Path;
+use tandem_runtime::OpKind;
+use tandem_runtime::backend::Backend;
+use tandem_runtime::backend::cpu::CpuBackend;
+
+/// Where the generated table lives, relative to the repository root.
+pub const OPS_MD: &str = "docs/ops.md";
+
+/// Whether `source` (CUDA C) defines the kernel `entry`, allowing `__launch_bounds__(..)`
+/// and line breaks between `void` and the name.
+pub fn cuda_defines(source: &str, entry: &str) -> bool {
+    source.match_indices("extern \"C\" __global__ void").any(|(at, decl)| {
+        let mut rest = source[at + decl.len()..].trim_start();
+        if let Some(bounds) = rest.strip_prefix("__launch_bounds__") {
+            let Some(close) = bounds.find(')') else { return false };
+            rest = bounds[close + 1..].trim_start();
+        }
+        rest.strip_prefix(entry).is_some_and(|after| after.trim_start().starts_with('('))
+    })
+}
+
+fn cuda_has(root: &Path, kind: OpKind) -> bool {
+    match kind.kernel() {
+        None => true,
+        Some((stem, entry)) => std::fs::read_to_string(root.join("cuda").join(format!("{stem}.cu")))
+            .is_ok_and(|src| cuda_defines(&src, entry)),
+    }
+}
+
+/// The table for the repository at `root`.
+pub fn render(root: &Path) -> String {
+    let mark = |yes: bool| if yes { "✅" } else { "❌" };
+    let cpu = CpuBackend::new();
+    let mut out = String::from(
+        "# Ops × backends\n\n\
+         Generated from the code by `tests/tests/ops_table.rs`; do not edit. Regenerate with\n\
+         `TANDEM_BLESS=1 cargo test -p tandem-tests --test ops_table`.\n\n\
+         Kernels pair up across GPU backends by file stem and entry point: `shaders/<stem>.wgsl`\n\
+         and `cuda/<stem>.cu` both define `<entry>`. A view (reshape) moves no data and needs no\n\
+         kernel.\n\n\
+         | op | kernel (stem: entry) | cpu | wgpu | cuda |\n\
+         |---|---|---|---|---|\n",
+    );
+    for &kind in OpKind::ALL {
+        let kernel = kind.kernel().map_or("view".to_string(), |(stem, entry)| format!("`{stem}`: `{entry}`"));
+        out += &format!(
+            "| {} | {kernel} | {} | {} | {} |\n",
+            kind.name(),
+            mark(cpu.supports(kind)),
+            mark(tandem_runtime::backend::wgpu::has_kernel(kind)),
+            mark(cuda_has(root, kind)),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cuda_defines;
+
+    #[test]
+    fn finds_cuda_kernels_in_their_usual_spellings() {
+        assert!(cuda_defines("extern \"C\" __global__ void gather(const P p)", "gather"));
+        assert!(cuda_defines("extern \"C\" __global__ void __launch_bounds__(256)\n    pool (P p)", "pool"));
+        assert!(!cuda_defines("extern \"C\" __global__ void pooling(P p)", "pool"));
+        assert!(!cuda_defines("__device__ void pool(P p)", "pool"));
+    }
+}
