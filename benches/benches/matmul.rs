@@ -19,7 +19,6 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, make: impl Fn() -> B
 
 fn matmul(c: &mut Criterion) {
     bench_backend(c, "cpu", CpuBackend::new, &[(4096, 384, 1536), (4096, 1536, 384), (16, 384, 384)]);
-    #[cfg(feature = "wgpu")]
     if let Ok(b) = tandem_runtime::backend::wgpu::WgpuBackend::new_blocking() {
         drop(b);
         bench_backend(

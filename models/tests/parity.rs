@@ -1,4 +1,4 @@
-//! Parity with sentence-transformers on the real all-MiniLM-L6-v2, CPU backend.
+//! Parity with sentence-transformers on the real all-MiniLM-L6-v2, on the CPU and wgpu.
 //!
 //! The reference (`tests/reference/minilm_embeddings.json`) is made by
 //! `tests/reference/make_minilm_reference.py`; this test needs only the model in the cache
@@ -51,10 +51,21 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn minilm_matches_sentence_transformers_on_cpu() {
+    check_parity(BackendChoice::Cpu);
+}
+
+/// On lavapipe (CI's Vulkan on the CPU) this takes tens of seconds: it is the same graph and
+/// the same WGSL a real GPU or a browser runs.
+#[test]
+fn minilm_matches_sentence_transformers_on_wgpu() {
+    check_parity(BackendChoice::Wgpu);
+}
+
+fn check_parity(backend: BackendChoice) {
     let Some(dir) = cached_minilm() else { return };
     let reference = reference();
     assert!(reference.inputs.len() >= 48);
-    let embedder = Embedder::load(&dir, BackendChoice::Cpu).unwrap();
+    let embedder = Embedder::load(&dir, backend).unwrap();
     assert_eq!(embedder.max_tokens(), reference.max_seq_length, "truncation limit (sentence_bert_config.json)");
     assert_eq!(embedder.dim(), reference.dim);
 
@@ -78,7 +89,7 @@ fn minilm_matches_sentence_transformers_on_cpu() {
     }
     let shown: String = worst.1.chars().take(60).collect();
     println!(
-        "min cosine vs sentence-transformers over {} inputs: {:.9} (1 - min = {:.1e}, at {shown:?}); \
+        "{backend:?}: min cosine vs sentence-transformers over {} inputs: {:.9} (1 - min = {:.1e}, at {shown:?}); \
          max |difference| of a component: {max_abs_diff:.1e}",
         got.len(),
         worst.0,
