@@ -1,0 +1,96 @@
+//! Evaluates EBRM (each logic family) against plain query-title cosine on the generated set.
+//!
+//! `cargo run --release -p tandem-ebrm --bin ebrm_eval -- [--set FILE] [--encoder minilm|ngram]
+//! [--model-dir DIR] [--json FILE]`. The MiniLM model and the brand list are fetched into
+//! tandem's cache when missing. Calibration is fitted on the even query ids and the figures
+//! that count are those of the odd (held-out) ones.
+
+use anyhow::Result;
+use clap::Parser;
+use std::path::PathBuf;
+use tandem_ebrm::encoder::ModelEncoder;
+use tandem_ebrm::eval::{Report, eval_cache, evaluate, group, read_pairs};
+use tandem_ebrm::vocab::{BrandList, fetch_brands};
+use tandem_ebrm::{CategorySearch, Ebrm, Extractor, NgramEncoder, TextEncoder};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/eval/esci-generated.jsonl"))]
+    set: PathBuf,
+    /// minilm or ngram (model-free, for a quick check).
+    #[arg(long, default_value = "minilm")]
+    encoder: String,
+    /// A sentence-transformers folder; default: the fetched MiniLM.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// cpu, wgpu or auto.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cache = tandem_models::fetch::cache_root()?;
+    let brands = BrandList::load(&fetch_brands(&cache)?)?;
+    let queries = group(read_pairs(&args.set)?);
+    let report = match args.encoder.as_str() {
+        "ngram" => run(NgramEncoder::default(), &brands, &cache, &queries)?,
+        "minilm" => {
+            let dir = match &args.model_dir {
+                Some(d) => d.clone(),
+                None => tandem_models::fetch::ensure(tandem_models::registry::known_model("minilm")?)?,
+            };
+            let encoder = ModelEncoder::load(&dir, args.backend.parse()?, "minilm")?;
+            run(encoder, &brands, &cache, &queries)?
+        }
+        other => anyhow::bail!("unknown encoder '{other}' (minilm, ngram)"),
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+fn run<E: TextEncoder>(
+    encoder: E,
+    brands: &BrandList,
+    cache: &std::path::Path,
+    queries: &[tandem_ebrm::eval::Query],
+) -> Result<Report> {
+    let engine =
+        Ebrm::new(encoder, Extractor::new(brands)?, CategorySearch::Embedding { cache_dir: Some(cache.to_path_buf()) })
+            .with_cache(eval_cache());
+    evaluate(&engine, queries)
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "encoder {}: {} train / {} test queries ({} test pairs)",
+        r.encoder, r.train_queries, r.test_queries, r.test_pairs
+    );
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "scorer", "test nDCG", "test pair", "train nDCG", "train pair", "grades"
+    );
+    for (name, m) in &r.test {
+        let t = &r.train[name];
+        let g = r.grade_accuracy.get(name).map_or("-".to_string(), |g| format!("{g:.3}"));
+        println!("{name:<14} {:>10.4} {:>10.4} {:>10.4} {:>10.4} {g:>8}", m.ndcg, m.pairwise, t.ndcg, t.pairwise);
+    }
+    println!(
+        "calibration (a, b) per kind, constrained: {:?}",
+        r.calibration.constrained.iter().map(|l| (l.a, l.b)).collect::<Vec<_>>()
+    );
+    println!(
+        "calibration (a, b) per kind, free:        {:?}",
+        r.calibration.free.iter().map(|l| (l.a, l.b)).collect::<Vec<_>>()
+    );
+    for (logic, c) in &r.grade_confusion {
+        println!("grades {logic} {:?}: {c:?}", r.grade_thresholds[logic]);
+    }
+    println!("QE cache: {:?}", r.cache);
+}

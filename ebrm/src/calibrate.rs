@@ -1,0 +1,194 @@
+//! Calibration: from an encoder's raw cosine to a QE score in [0, 1].
+//!
+//! `qe = σ(a·cos + b)` with one (a, b) per entity kind and mode. The mode is *constrained*
+//! when the query names an entity of the same kind (the cosine is then between the two
+//! entity texts, "brand: nike" vs "brand: adidas") and *free* otherwise (the cosine is
+//! between the whole query and the entity text). Cosines of the two modes live on different
+//! scales, and so do kinds (two category paths share words even when unrelated; two brand
+//! names rarely do), hence separate constants.
+//!
+//! The constants are fitted by L2-regularised logistic regression (Newton's method) on
+//! labelled QE pairs: constrained pairs are labelled by whether the item's entity agrees with
+//! the query's (from the structure of the generated evaluation set, see `eval`), free pairs by
+//! whether the item is an exact match. `ebrm-eval` fits on the training queries and reports
+//! on held-out ones; [`Calibration::minilm`] holds the constants it fitted for all-MiniLM-L6-v2.
+//! A fit with a negative slope (similarity carrying no usable signal) is replaced by a flat
+//! score at the group's base rate, so QE never falls as similarity rises.
+
+use crate::entities::EntityKind;
+use serde::{Deserialize, Serialize};
+
+/// `σ(a·x + b)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Logistic {
+    pub a: f32,
+    pub b: f32,
+}
+
+impl Logistic {
+    pub fn apply(&self, x: f32) -> f32 {
+        let z = self.a * x + self.b;
+        if z.is_nan() { 0.0 } else { 1.0 / (1.0 + (-z).exp()) }
+    }
+}
+
+/// A prior for encoders without fitted constants: cosine 0.5 maps to 0.5, 0.8 to about 0.95.
+const GENERIC: Logistic = Logistic { a: 10.0, b: -5.0 };
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Per [`EntityKind`] index, constrained mode.
+    pub constrained: [Logistic; 7],
+    /// Per [`EntityKind`] index, free mode.
+    pub free: [Logistic; 7],
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration::generic()
+    }
+}
+
+/// One labelled raw score for fitting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub kind: EntityKind,
+    pub constrained: bool,
+    pub cosine: f32,
+    pub label: bool,
+}
+
+impl Calibration {
+    pub fn generic() -> Calibration {
+        Calibration { constrained: [GENERIC; 7], free: [GENERIC; 7] }
+    }
+
+    /// Constants fitted for sentence-transformers all-MiniLM-L6-v2 by `ebrm_eval` on the
+    /// training half of the generated set (see the crate README for the figures). Groups the
+    /// set has too few samples of keep a prior: constrained material and size borrow color's
+    /// constants (short attribute words, alike in cosine); free brand, category and other
+    /// keep a generic `σ(8·cos − 4)`.
+    pub fn minilm() -> Calibration {
+        let l = |a: f32, b: f32| Logistic { a, b };
+        let color = l(14.11, -11.75);
+        let free_prior = l(8.0, -4.0);
+        Calibration {
+            // brand, category, model, color, material, size, other
+            constrained: [l(11.45, -8.39), l(6.76, -3.99), l(10.43, -9.37), color, color, color, GENERIC],
+            free: [free_prior, free_prior, l(0.71, -1.25), l(0.0, -1.06), l(1.91, -1.27), l(1.32, -0.71), free_prior],
+        }
+    }
+
+    /// The fitted constants for a known encoder id, else the generic prior.
+    pub fn for_model(model_id: &str) -> Calibration {
+        if model_id.contains("minilm") { Calibration::minilm() } else { Calibration::generic() }
+    }
+
+    pub fn apply(&self, kind: EntityKind, constrained: bool, cosine: f32) -> f32 {
+        let table = if constrained { &self.constrained } else { &self.free };
+        table[kind.index()].apply(cosine)
+    }
+
+    /// Fits each (kind, mode) that has at least `MIN_SAMPLES` samples of both labels; the
+    /// others keep `prior`'s constants.
+    pub fn fit(samples: &[Sample], prior: &Calibration) -> Calibration {
+        const MIN_SAMPLES: usize = 8;
+        let mut out = prior.clone();
+        for kind in EntityKind::ALL {
+            for constrained in [true, false] {
+                let group: Vec<(f32, bool)> = samples
+                    .iter()
+                    .filter(|s| s.kind == kind && s.constrained == constrained && s.cosine.is_finite())
+                    .map(|s| (s.cosine, s.label))
+                    .collect();
+                let positives = group.iter().filter(|s| s.1).count();
+                if positives < MIN_SAMPLES || group.len() - positives < MIN_SAMPLES {
+                    continue;
+                }
+                let table = if constrained { &mut out.constrained } else { &mut out.free };
+                let mut fit = fit_logistic(&group, 1e-3);
+                if fit.a < 0.0 {
+                    // A QE score must not fall as similarity rises; where the data say
+                    // otherwise, similarity carries no signal: a flat score at the base rate.
+                    let rate = (positives as f32 / group.len() as f32).clamp(1e-3, 1.0 - 1e-3);
+                    fit = Logistic { a: 0.0, b: (rate / (1.0 - rate)).ln() };
+                }
+                table[kind.index()] = fit;
+            }
+        }
+        out
+    }
+}
+
+/// L2-regularised (on the slope only) logistic regression by Newton's method. The penalty
+/// keeps the slope finite when the classes separate, which they often do for exact names.
+pub fn fit_logistic(samples: &[(f32, bool)], l2: f64) -> Logistic {
+    let (mut a, mut b) = (1.0f64, 0.0f64);
+    let n = samples.len().max(1) as f64;
+    for _ in 0..100 {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (l2 * a, 0.0, l2, 0.0, 1e-9);
+        for &(x, y) in samples {
+            let x = f64::from(x);
+            let p = 1.0 / (1.0 + (-(a * x + b)).exp());
+            let r = (p - f64::from(u8::from(y))) / n;
+            let w = (p * (1.0 - p)).max(1e-12) / n;
+            ga += r * x;
+            gb += r;
+            haa += w * x * x;
+            hab += w * x;
+            hbb += w;
+        }
+        let det = haa * hbb - hab * hab;
+        if det.abs() < 1e-18 {
+            break;
+        }
+        let da = (hbb * ga - hab * gb) / det;
+        let db = (haa * gb - hab * ga) / det;
+        // Damped steps: Newton can overshoot while the classes are nearly separable.
+        let scale = 1.0f64.min(20.0 / (da.abs() + db.abs()).max(1e-12));
+        a -= da * scale;
+        b -= db * scale;
+        if (da.abs() + db.abs()) * scale < 1e-7 {
+            break;
+        }
+    }
+    Logistic { a: a as f32, b: b as f32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logistic_is_bounded_and_nan_safe() {
+        let l = Logistic { a: 10.0, b: -5.0 };
+        assert!((l.apply(0.5) - 0.5).abs() < 1e-6);
+        assert!(l.apply(100.0) <= 1.0 && l.apply(-100.0) >= 0.0);
+        assert_eq!(l.apply(f32::NAN), 0.0);
+    }
+
+    #[test]
+    fn fits_a_threshold_between_the_classes() {
+        let mut samples = Vec::new();
+        for i in 0..50 {
+            let x = i as f32 / 50.0;
+            samples.push((x * 0.5 + 0.1, false));
+            samples.push((x * 0.3 + 0.55, true));
+        }
+        // Overlap so the fit is finite without the penalty doing all the work.
+        samples.push((0.7, false));
+        samples.push((0.4, true));
+        let l = fit_logistic(&samples, 1e-3);
+        assert!(l.a > 5.0, "{l:?}");
+        let boundary = -l.b / l.a;
+        assert!((0.5..0.65).contains(&boundary), "{l:?}: boundary {boundary}");
+    }
+
+    #[test]
+    fn groups_without_both_labels_keep_the_prior() {
+        let samples: Vec<Sample> = (0..20)
+            .map(|i| Sample { kind: EntityKind::Brand, constrained: true, cosine: i as f32 / 20.0, label: true })
+            .collect();
+        assert_eq!(Calibration::fit(&samples, &Calibration::generic()), Calibration::generic());
+    }
+}

@@ -1,0 +1,872 @@
+//! The relevance pipeline: query and items → entities → QE scores (cached) → soft-logic
+//! aggregate → score, grade and the entities that decided.
+//!
+//! # QE scores
+//!
+//! For an item entity `e` of kind `k` (text "brand: adidas"):
+//! - *constrained* (the query has entities of kind `k`, e.g. brand Nike): the raw score is the
+//!   highest cosine between `e`'s text and the query's kind-`k` entity texts;
+//! - *free* (the query says nothing of kind `k`): the cosine between the whole query and `e`.
+//!
+//! `qe = σ(a·cos + b)` with constants per kind and mode ([`Calibration`]). Raw cosines are
+//! cached under (model, normalised query, kind, normalised value); only misses are encoded, in
+//! one batch per request.
+//!
+//! # From QE scores to the item score
+//!
+//! Each entity gets a kind id for the aggregate ([`crate::logic`]): constrained entities use
+//! their kind's weight and essential flag from [`Config::kinds`]; free entities are optional
+//! with [`Config::free_weight`]. A kind the query constrains, marks essential, and the item
+//! lacks gets a stand-in entity (source `missing`) with QE [`Config::missing_qe`]: an unbranded
+//! item is neither a match nor a conflict for "nike running shoes".
+//!
+//! # Grades (ESCI-like)
+//!
+//! - Exact: score ≥ `grades.exact`.
+//! - Otherwise, by the category entity's QE `c` (1 when the query has no category):
+//!   Substitute when `c ≥ grades.same_category` (same kind of product, something else
+//!   differs); Complement when `c ≥ grades.related_category` (a neighbouring category, as an
+//!   accessory's is) or a constrained model entity has QE ≥ `grades.support` (a product made
+//!   for the queried model); Irrelevant otherwise. `ebrm_eval` fits the thresholds on its
+//!   training queries.
+//!
+//! # Item-side work
+//!
+//! An item's entities do not depend on the query. Titles whose category must be found in the
+//! taxonomy are encoded once and the result kept in a bounded map keyed by the normalised
+//! title, as an index would store them; so is each query's analysis.
+
+use crate::cache::{CacheStats, LruQeCache, QeCache, QeKey};
+use crate::calibrate::Calibration;
+use crate::encoder::{TextEncoder, cosine, encode_checked};
+use crate::entities::taxonomy::{self, EmbeddedTaxonomy, KeywordTaxonomy};
+use crate::entities::{Entity, EntityKind, Extractor, Item, Source};
+use crate::logic::{AggregateInputs, AggregateParams, Logic, aggregate_cpu};
+use crate::text::{MAX_QUERY_BYTES, normalize, truncate};
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Most items one call ranks.
+pub const MAX_ITEMS: usize = 10_000;
+/// Entries of the query-analysis and title-category maps; they are emptied when full.
+const SIDE_CACHE_ENTRIES: usize = 50_000;
+
+/// Weight and essential flag of one entity kind, used when the query constrains the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KindConfig {
+    pub weight: f32,
+    pub essential: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GradeThresholds {
+    pub exact: f32,
+    pub same_category: f32,
+    /// Category QE from which a non-substitute is a related product (an accessory).
+    pub related_category: f32,
+    pub support: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub logic: Logic,
+    /// λ of the aggregate.
+    pub optional_weight: f32,
+    /// Per [`EntityKind`] index.
+    pub kinds: [KindConfig; 7],
+    pub free_weight: f32,
+    pub missing_qe: f32,
+    /// Least cosine between the query and its nearest taxonomy path for the query to get a
+    /// category (embedding search; the keyword fallback needs one shared leaf word).
+    pub query_category_min: f32,
+    pub grades: GradeThresholds,
+    pub calibration: Calibration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let k = |weight, essential| KindConfig { weight, essential };
+        Config {
+            logic: Logic::Product,
+            optional_weight: 0.2,
+            // brand, category, model, color, material, size, other
+            kinds: [k(1.0, true), k(0.9, true), k(1.0, true), k(0.5, true), k(0.5, true), k(0.5, true), k(0.5, false)],
+            free_weight: 0.5,
+            missing_qe: 0.5,
+            query_category_min: 0.35,
+            grades: GradeThresholds { exact: 0.5, same_category: 0.35, related_category: 0.35, support: 0.5 },
+            calibration: Calibration::generic(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults with the calibration fitted for `model_id` where one is known.
+    pub fn for_model(model_id: &str) -> Config {
+        Config { calibration: Calibration::for_model(model_id), ..Config::default() }
+    }
+
+    /// (weight, essential) table of the aggregate: kind id `2·kind + constrained`.
+    fn kind_table(&self) -> (Vec<f32>, Vec<u32>) {
+        let mut weight = Vec::with_capacity(14);
+        let mut essential = Vec::with_capacity(14);
+        for k in &self.kinds {
+            weight.extend([self.free_weight, k.weight]);
+            essential.extend([0, u32::from(k.essential)]);
+        }
+        (weight, essential)
+    }
+}
+
+/// How categories are found for titles and queries.
+pub enum CategorySearch {
+    /// Nearest taxonomy path in the encoder's embedding space, the embeddings built on first
+    /// use and cached under the folder, if given.
+    Embedding { cache_dir: Option<PathBuf> },
+    /// Shared words, no model involved.
+    Keywords,
+}
+
+/// The query as the pipeline understood it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryAnalysis {
+    pub text: String,
+    pub normalized: String,
+    pub entities: Vec<Entity>,
+    /// Similarity of the query to its category (cosine, or keyword score).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category_similarity: Option<f32>,
+    #[serde(skip)]
+    embedding: Vec<f32>,
+}
+
+impl QueryAnalysis {
+    fn constrains(&self, kind: EntityKind) -> bool {
+        self.entities.iter().any(|e| e.kind == kind)
+    }
+}
+
+/// One entity of a ranked item, with everything the explanation needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredEntity {
+    #[serde(flatten)]
+    pub entity: Entity,
+    /// The query names this kind.
+    pub constrained: bool,
+    pub essential: bool,
+    /// The encoder's raw cosine (absent for stand-ins of missing kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cosine: Option<f32>,
+    pub qe: f32,
+    /// Score with this entity minus score without it.
+    pub contribution: f32,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub overridden: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Grade {
+    Exact,
+    Substitute,
+    Complement,
+    Irrelevant,
+}
+
+impl Grade {
+    /// ESCI gain for nDCG.
+    pub fn gain(self) -> f64 {
+        match self {
+            Grade::Exact => 1.0,
+            Grade::Substitute => 0.1,
+            Grade::Complement => 0.01,
+            Grade::Irrelevant => 0.0,
+        }
+    }
+
+    pub fn letter(self) -> char {
+        match self {
+            Grade::Exact => 'E',
+            Grade::Substitute => 'S',
+            Grade::Complement => 'C',
+            Grade::Irrelevant => 'I',
+        }
+    }
+
+    pub fn from_letter(s: &str) -> Option<Grade> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "E" | "EXACT" => Some(Grade::Exact),
+            "S" | "SUBSTITUTE" => Some(Grade::Substitute),
+            "C" | "COMPLEMENT" => Some(Grade::Complement),
+            "I" | "IRRELEVANT" => Some(Grade::Irrelevant),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredItem {
+    /// Position in the input.
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub title: String,
+    pub score: f32,
+    pub grade: Grade,
+    pub entities: Vec<ScoredEntity>,
+    /// Indices into `entities` of those that decided, most decisive first.
+    pub deciding: Vec<usize>,
+}
+
+impl ScoredItem {
+    /// One line per deciding entity: "brand 'Adidas': qe 0.03, vetoed (−0.71)".
+    pub fn explanation(&self) -> Vec<String> {
+        self.deciding
+            .iter()
+            .map(|&i| {
+                let e = &self.entities[i];
+                // Below a hundredth of the score range an effect is noise, not a decision.
+                let effect = if e.contribution < -0.01 {
+                    if e.essential && e.qe < 0.2 { "vetoed" } else { "held back" }
+                } else if e.contribution > 0.01 {
+                    "added"
+                } else {
+                    "matched"
+                };
+                let source = if e.entity.source == Source::Missing { " (item lacks it)" } else { "" };
+                format!(
+                    "{} '{}'{source}: qe {:.2}, {effect} ({:+.3})",
+                    e.entity.kind.name(),
+                    e.entity.value,
+                    e.qe,
+                    e.contribution
+                )
+            })
+            .collect()
+    }
+}
+
+/// A change to QE scores, applied by [`Ranking::intervene`] without encoding anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Intervention {
+    /// Sets the QE score of entities of `kind` whose value normalises to `value`, in item
+    /// `item` (all items when absent).
+    SetQe { item: Option<usize>, kind: EntityKind, value: String, qe: f32 },
+    /// Removes entities of `kind` (only those whose value normalises to `value`, if given).
+    Drop { item: Option<usize>, kind: EntityKind, value: Option<String> },
+}
+
+/// The result of one request: every item scored, in input order, plus what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ranking {
+    pub query: QueryAnalysis,
+    pub items: Vec<ScoredItem>,
+    #[serde(skip)]
+    pub config: Config,
+    /// Texts this request encoded (0 when every QE score, title category and the query's
+    /// analysis were cached).
+    pub encoded_texts: usize,
+}
+
+impl Ranking {
+    /// Item indices from the highest score down (ties keep input order).
+    pub fn order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        order.sort_by(|&a, &b| self.items[b].score.total_cmp(&self.items[a].score));
+        order
+    }
+
+    pub fn scores(&self) -> Vec<f32> {
+        self.items.iter().map(|i| i.score).collect()
+    }
+
+    /// The same QE scores aggregated with another logic family.
+    pub fn with_logic(&self, logic: Logic) -> Ranking {
+        let mut r = self.clone();
+        r.config.logic = logic;
+        aggregate(&mut r.items, &r.config);
+        r
+    }
+
+    /// The same raw cosines under another configuration: calibrated again (overridden QE
+    /// scores stay), stand-ins of missing kinds set to its `missing_qe`, and re-aggregated.
+    /// Which kinds get stand-ins was decided when ranking and does not change.
+    pub fn with_config(&self, config: &Config) -> Ranking {
+        let mut r = self.clone();
+        r.config = config.clone();
+        for e in r.items.iter_mut().flat_map(|i| &mut i.entities).filter(|e| !e.overridden) {
+            match e.cosine {
+                Some(c) => e.qe = config.calibration.apply(e.entity.kind, e.constrained, c),
+                None if e.entity.source == Source::Missing => e.qe = config.missing_qe,
+                None => {}
+            }
+        }
+        aggregate(&mut r.items, &r.config);
+        r
+    }
+
+    pub fn with_calibration(&self, calibration: &Calibration) -> Ranking {
+        self.with_config(&Config { calibration: calibration.clone(), ..self.config.clone() })
+    }
+
+    /// Applies the interventions in order and re-aggregates; nothing is re-encoded.
+    pub fn intervene(&self, interventions: &[Intervention]) -> Ranking {
+        let mut r = self.clone();
+        for iv in interventions {
+            for item in &mut r.items {
+                let applies = |target: &Option<usize>| target.is_none_or(|t| t == item.index);
+                match iv {
+                    Intervention::SetQe { item: target, kind, value, qe } if applies(target) => {
+                        let value = normalize(value);
+                        for e in item
+                            .entities
+                            .iter_mut()
+                            .filter(|e| e.entity.kind == *kind && normalize(&e.entity.value) == value)
+                        {
+                            e.qe = crate::logic::clamp01(*qe);
+                            e.overridden = true;
+                        }
+                    }
+                    Intervention::Drop { item: target, kind, value } if applies(target) => {
+                        let value = value.as_deref().map(normalize);
+                        item.entities.retain(|e| {
+                            e.entity.kind != *kind || value.as_ref().is_some_and(|v| *v != normalize(&e.entity.value))
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        aggregate(&mut r.items, &r.config);
+        r
+    }
+}
+
+/// Scores, contributions, grades and deciding entities from the items' QE scores.
+fn aggregate(items: &mut [ScoredItem], config: &Config) {
+    let (weight, essential) = config.kind_table();
+    let width = items.iter().map(|i| i.entities.len()).max().unwrap_or(0);
+    let n = items.len() * width;
+    let (mut qe, mut mask, mut kind) = (vec![0.0f32; n], vec![0u32; n], vec![0u32; n]);
+    for (i, item) in items.iter().enumerate() {
+        for (j, e) in item.entities.iter().enumerate() {
+            let at = i * width + j;
+            qe[at] = e.qe;
+            mask[at] = 1;
+            kind[at] = 2 * e.entity.kind.index() as u32 + u32::from(e.constrained);
+        }
+    }
+    let params = AggregateParams::new(items.len(), width, weight.len(), config.logic, config.optional_weight);
+    let mut score = vec![0.0f32; items.len()];
+    let mut contribution = vec![0.0f32; n];
+    let inputs = AggregateInputs { qe: &qe, mask: &mask, kind: &kind, weight: &weight, essential: &essential };
+    aggregate_cpu(&params, inputs, &mut score, &mut contribution);
+    for (i, item) in items.iter_mut().enumerate() {
+        item.score = score[i];
+        for (j, e) in item.entities.iter_mut().enumerate() {
+            e.contribution = contribution[i * width + j];
+            e.essential = essential[kind[i * width + j] as usize] != 0;
+        }
+        item.grade = grade(item, config);
+        item.deciding = deciding(item);
+    }
+}
+
+pub(crate) fn grade(item: &ScoredItem, config: &Config) -> Grade {
+    let g = &config.grades;
+    if item.score >= g.exact {
+        return Grade::Exact;
+    }
+    let category = item
+        .entities
+        .iter()
+        .filter(|e| e.entity.kind == EntityKind::Category && e.constrained)
+        .map(|e| e.qe)
+        .fold(None, |m: Option<f32>, q| Some(m.map_or(q, |m| m.max(q))))
+        .unwrap_or(1.0);
+    if category >= g.same_category {
+        return Grade::Substitute;
+    }
+    let for_the_model = item.entities.iter().any(|e| {
+        e.constrained && e.entity.source != Source::Missing && e.entity.kind == EntityKind::Model && e.qe >= g.support
+    });
+    if category >= g.related_category || for_the_model { Grade::Complement } else { Grade::Irrelevant }
+}
+
+/// Up to three entities with the largest effect; when nothing moved the score (every
+/// essential entity matched perfectly), the constrained entities that matched.
+fn deciding(item: &ScoredItem) -> Vec<usize> {
+    let mut idx: Vec<usize> =
+        (0..item.entities.len()).filter(|&i| item.entities[i].contribution.abs() > 1e-4).collect();
+    idx.sort_by(|&a, &b| item.entities[b].contribution.abs().total_cmp(&item.entities[a].contribution.abs()));
+    if idx.is_empty() {
+        idx =
+            (0..item.entities.len()).filter(|&i| item.entities[i].constrained && item.entities[i].qe >= 0.5).collect();
+    }
+    idx.truncate(3);
+    idx
+}
+
+/// A bounded map emptied when full: enough for side caches whose misses only cost time.
+struct BoundedMap<V> {
+    map: Mutex<HashMap<String, V>>,
+    cap: usize,
+}
+
+impl<V: Clone> BoundedMap<V> {
+    fn new(cap: usize) -> Self {
+        BoundedMap { map: Mutex::new(HashMap::new()), cap }
+    }
+    fn get(&self, key: &str) -> Option<V> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+    fn clear(&self) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+    fn put(&self, key: String, value: V) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.cap {
+            map.clear();
+        }
+        map.insert(key, value);
+    }
+}
+
+/// The EBRM engine: an encoder, the extractors and the caches. Cheap to share behind an
+/// `Arc`; every method takes `&self`.
+pub struct Ebrm<E> {
+    encoder: E,
+    extractor: Extractor,
+    search: CategorySearch,
+    embedded: OnceLock<EmbeddedTaxonomy>,
+    keywords: OnceLock<KeywordTaxonomy>,
+    cache: Arc<dyn QeCache>,
+    queries: BoundedMap<Arc<QueryAnalysis>>,
+    title_categories: BoundedMap<Option<(String, f32)>>,
+    encoded: AtomicU64,
+    config: Config,
+}
+
+impl<E: TextEncoder> Ebrm<E> {
+    /// An engine with a default in-process QE cache and the defaults of [`Config::for_model`].
+    pub fn new(encoder: E, extractor: Extractor, search: CategorySearch) -> Ebrm<E> {
+        let config = Config::for_model(encoder.id());
+        Ebrm {
+            encoder,
+            extractor,
+            search,
+            embedded: OnceLock::new(),
+            keywords: OnceLock::new(),
+            cache: Arc::new(LruQeCache::default()),
+            queries: BoundedMap::new(SIDE_CACHE_ENTRIES),
+            title_categories: BoundedMap::new(SIDE_CACHE_ENTRIES),
+            encoded: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    pub fn with_cache(mut self, cache: Arc<dyn QeCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    pub fn with_config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn encoder(&self) -> &E {
+        &self.encoder
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Empties the QE cache, and the query-analysis and title-category maps as asked
+    /// (benches: all three make a first-ever request).
+    pub fn clear_caches(&self, queries: bool, title_categories: bool) {
+        self.cache.clear();
+        if queries {
+            self.queries.clear();
+        }
+        if title_categories {
+            self.title_categories.clear();
+        }
+    }
+
+    /// Texts encoded since the engine was made.
+    pub fn encoded_texts(&self) -> u64 {
+        self.encoded.load(Ordering::Relaxed)
+    }
+
+    fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encoded.fetch_add(texts.len() as u64, Ordering::Relaxed);
+        encode_checked(&self.encoder, texts)
+    }
+
+    fn embedded_taxonomy(&self, cache_dir: &Option<PathBuf>) -> Result<&EmbeddedTaxonomy> {
+        if let Some(t) = self.embedded.get() {
+            return Ok(t);
+        }
+        let t = EmbeddedTaxonomy::load_or_build(&self.encoder, cache_dir.as_deref())?;
+        Ok(self.embedded.get_or_init(|| t))
+    }
+
+    /// Category of each text: (path, similarity), or None when the search finds nothing.
+    /// `embeddings` are the texts' vectors when the search is by embedding.
+    fn categories_of(&self, texts: &[&str], embeddings: &[Vec<f32>]) -> Result<Vec<Option<(String, f32)>>> {
+        Ok(match &self.search {
+            CategorySearch::Embedding { cache_dir } => {
+                let t = self.embedded_taxonomy(cache_dir)?;
+                embeddings.iter().map(|v| t.nearest(v).map(|(c, s)| (c.path.to_string(), s))).collect()
+            }
+            CategorySearch::Keywords => {
+                let k = self.keywords.get_or_init(KeywordTaxonomy::new);
+                texts.iter().map(|t| k.nearest(t).map(|(c, s)| (c.path.to_string(), s))).collect()
+            }
+        })
+    }
+
+    fn embeds_for_categories(&self) -> bool {
+        matches!(self.search, CategorySearch::Embedding { .. })
+    }
+
+    /// The query's entities (cached by normalised query).
+    pub fn analyze_query(&self, query: &str) -> Result<Arc<QueryAnalysis>> {
+        let text = truncate(query.trim(), MAX_QUERY_BYTES);
+        let normalized = normalize(text);
+        if normalized.is_empty() {
+            bail!("the query is empty");
+        }
+        if let Some(a) = self.queries.get(&normalized) {
+            return Ok(a);
+        }
+        let embedding = self.encode(&[text])?.remove(0);
+        let mut entities = self.extractor.from_text(text, Source::Query, false);
+        let mut category_similarity = None;
+        if let Some(Some((path, sim))) = self.categories_of(&[text], std::slice::from_ref(&embedding))?.pop() {
+            let enough = !self.embeds_for_categories() || sim >= self.config.query_category_min;
+            if enough {
+                entities.push(Entity::new(EntityKind::Category, path, Source::Query));
+                category_similarity = Some(sim);
+            }
+        }
+        let a = Arc::new(QueryAnalysis {
+            text: text.to_string(),
+            normalized: normalized.clone(),
+            entities,
+            category_similarity,
+            embedding,
+        });
+        self.queries.put(normalized, a.clone());
+        Ok(a)
+    }
+
+    /// Entities of each item, the category included (explicit, else found from the title).
+    pub fn item_entities(&self, items: &[Item]) -> Result<Vec<Vec<Entity>>> {
+        let mut out: Vec<Vec<Entity>> = items.iter().map(|i| self.extractor.item_entities(i)).collect();
+        let mut todo: Vec<(usize, String)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.category() {
+                Some(c) => {
+                    // A valid taxonomy path keeps its canonical spelling; anything else is
+                    // the item's own word and is kept as given (explicit wins).
+                    let path = taxonomy::find_path(c).map_or_else(|| c.to_string(), |t| t.path.to_string());
+                    out[i].push(Entity::new(EntityKind::Category, path, Source::Explicit));
+                }
+                None => match self.title_categories.get(&normalize(&item.title)) {
+                    Some(found) => {
+                        out[i].extend(found.map(|(p, _)| Entity::new(EntityKind::Category, p, Source::Title)))
+                    }
+                    None => todo.push((i, item.title.clone())),
+                },
+            }
+        }
+        if !todo.is_empty() {
+            let mut unique: Vec<&str> = todo.iter().map(|(_, t)| t.as_str()).collect();
+            unique.sort_unstable();
+            unique.dedup();
+            let embeddings = if self.embeds_for_categories() { self.encode(&unique)? } else { Vec::new() };
+            let found = self.categories_of(&unique, &embeddings)?;
+            let by_title: HashMap<&str, Option<(String, f32)>> = unique.iter().copied().zip(found).collect();
+            for (i, title) in &todo {
+                let found = by_title.get(title.as_str()).cloned().flatten();
+                self.title_categories.put(normalize(title), found.clone());
+                out[*i].extend(found.map(|(p, _)| Entity::new(EntityKind::Category, p, Source::Title)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Scores every item against the query.
+    pub fn rank(&self, query: &str, items: &[Item]) -> Result<Ranking> {
+        if items.len() > MAX_ITEMS {
+            bail!("{} items in one request, at most {MAX_ITEMS}", items.len());
+        }
+        let before = self.encoded_texts();
+        let q = self.analyze_query(query)?;
+        let entities = self.item_entities(items)?;
+        let config = &self.config;
+
+        // Lay out every item's entities, with stand-ins for essential kinds it lacks.
+        let mut scored: Vec<ScoredItem> = Vec::with_capacity(items.len());
+        for (index, (item, es)) in items.iter().zip(entities).enumerate() {
+            let mut list: Vec<ScoredEntity> = es
+                .into_iter()
+                .map(|entity| ScoredEntity {
+                    constrained: q.constrains(entity.kind),
+                    entity,
+                    essential: false,
+                    cosine: None,
+                    qe: 0.0,
+                    contribution: 0.0,
+                    overridden: false,
+                })
+                .collect();
+            for kind in EntityKind::ALL {
+                if q.constrains(kind)
+                    && config.kinds[kind.index()].essential
+                    && !list.iter().any(|e| e.entity.kind == kind)
+                {
+                    list.push(ScoredEntity {
+                        entity: Entity::new(kind, "", Source::Missing),
+                        constrained: true,
+                        essential: true,
+                        cosine: None,
+                        qe: config.missing_qe,
+                        contribution: 0.0,
+                        overridden: false,
+                    });
+                }
+            }
+            scored.push(ScoredItem {
+                index,
+                id: item.id.clone(),
+                title: item.title.clone(),
+                score: 0.0,
+                grade: Grade::Irrelevant,
+                entities: list,
+                deciding: Vec::new(),
+            });
+        }
+
+        // QE: look every pair up, encode the misses in one batch.
+        let model = self.encoder.id();
+        let mut keys: Vec<QeKey> = Vec::new();
+        let mut key_index: HashMap<QeKey, usize> = HashMap::new();
+        let mut slots: Vec<(usize, usize, usize)> = Vec::new(); // (item, entity, key)
+        for (i, item) in scored.iter().enumerate() {
+            for (j, e) in item.entities.iter().enumerate() {
+                if e.entity.source == Source::Missing {
+                    continue;
+                }
+                let key = QeKey::new(model, &q.normalized, e.entity.kind, &e.entity.value);
+                let k = *key_index.entry(key.clone()).or_insert_with(|| {
+                    keys.push(key);
+                    keys.len() - 1
+                });
+                slots.push((i, j, k));
+            }
+        }
+        let mut raw: Vec<Option<f32>> = self.cache.get_many(&keys);
+        let misses: Vec<usize> = (0..keys.len()).filter(|&k| raw[k].is_none()).collect();
+        if !misses.is_empty() {
+            // Texts of the missed entities, then the query's entity texts of the kinds they
+            // need, all in one batch. Values were normalised in the key, and so is the text.
+            let miss_text = |k: usize| format!("{}: {}", keys[k].kind.name(), keys[k].value);
+            let entity_text =
+                |k: usize| if keys[k].kind == EntityKind::Other { keys[k].value.clone() } else { miss_text(k) };
+            let mut texts: Vec<String> = misses.iter().map(|&k| entity_text(k)).collect();
+            let mut query_texts: HashMap<EntityKind, Vec<usize>> = HashMap::new();
+            for &k in &misses {
+                let kind = keys[k].kind;
+                if q.constrains(kind) && !query_texts.contains_key(&kind) {
+                    let at: Vec<usize> = q
+                        .entities
+                        .iter()
+                        .filter(|e| e.kind == kind)
+                        .map(|e| {
+                            texts.push(normalize(&e.text()));
+                            texts.len() - 1
+                        })
+                        .collect();
+                    query_texts.insert(kind, at);
+                }
+            }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectors = self.encode(&refs)?;
+            let mut fresh = Vec::with_capacity(misses.len());
+            for (n, &k) in misses.iter().enumerate() {
+                let v = &vectors[n];
+                let score = match query_texts.get(&keys[k].kind) {
+                    Some(at) => at.iter().map(|&t| cosine(&vectors[t], v)).fold(f32::MIN, f32::max),
+                    None => cosine(&q.embedding, v),
+                };
+                raw[k] = Some(score);
+                fresh.push((keys[k].clone(), score));
+            }
+            self.cache.put_many(fresh);
+        }
+        for (i, j, k) in slots {
+            let e = &mut scored[i].entities[j];
+            let c = raw[k].unwrap_or(0.0);
+            e.cosine = Some(c);
+            e.qe = config.calibration.apply(e.entity.kind, e.constrained, c);
+        }
+        aggregate(&mut scored, config);
+        Ok(Ranking {
+            query: (*q).clone(),
+            items: scored,
+            config: config.clone(),
+            encoded_texts: (self.encoded_texts() - before) as usize,
+        })
+    }
+
+    /// Plain query-title cosine, the baseline EBRM is measured against.
+    pub fn cosine_baseline(&self, query: &str, items: &[Item]) -> Result<Vec<f32>> {
+        let mut texts: Vec<&str> = vec![query];
+        texts.extend(items.iter().map(|i| i.title.as_str()));
+        let v = self.encode(&texts)?;
+        Ok(v[1..].iter().map(|t| cosine(&v[0], t)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::NgramEncoder;
+    use crate::vocab::{Brand, BrandList};
+
+    fn engine() -> Ebrm<NgramEncoder> {
+        let brands = ["Nike", "Adidas", "Puma", "Sony", "Spigen"]
+            .iter()
+            .map(|n| Brand { name: n.to_string(), aliases: vec![], nsi: vec![] })
+            .collect();
+        let x = Extractor::new(&BrandList { version: "t".into(), brands }).unwrap();
+        // The n-gram encoder gives identical names cosine 1 and unrelated ones about 0.1-0.4.
+        let mut config = Config::default();
+        config.calibration.constrained = [crate::calibrate::Logistic { a: 20.0, b: -15.0 }; 7];
+        Ebrm::new(NgramEncoder::default(), x, CategorySearch::Keywords).with_config(config)
+    }
+
+    fn items() -> Vec<Item> {
+        vec![
+            Item::new("Nike Pegasus 40 running shoes red").with_id("exact"),
+            Item::new("Adidas Ultraboost 22 running shoes red").with_id("brand-conflict"),
+            Item::new("Nike Pegasus 40 running shoes blue").with_id("color"),
+            Item::new("Spigen shoe laces for Nike Pegasus 40")
+                .with_attribute("category", "Apparel & Accessories > Shoe Accessories > Shoelaces"),
+        ]
+    }
+
+    #[test]
+    fn ranks_the_exact_item_first_and_explains() {
+        let e = engine();
+        let r = e.rank("nike pegasus 40 running shoes red", &items()).unwrap();
+        let order = r.order();
+        assert_eq!(order[0], 0, "{:#?}", r.items);
+        let conflict = &r.items[1];
+        assert!(conflict.score < 0.2, "brand conflict vetoes: {}", conflict.score);
+        // Brand and model both conflict, and both are named as deciding.
+        let decided: Vec<(EntityKind, &str)> = conflict
+            .deciding
+            .iter()
+            .map(|&i| (conflict.entities[i].entity.kind, conflict.entities[i].entity.value.as_str()))
+            .collect();
+        assert!(decided.contains(&(EntityKind::Brand, "Adidas")), "{decided:?}");
+        assert!(decided.contains(&(EntityKind::Model, "Ultraboost 22")), "{decided:?}");
+        assert!(
+            conflict.explanation().iter().any(|l| l.starts_with("brand 'Adidas': qe 0.0") && l.contains("vetoed")),
+            "{:?}",
+            conflict.explanation()
+        );
+        assert!(r.items[0].score > r.items[2].score, "color mismatch ranks below exact");
+        assert_eq!(r.items[0].grade, Grade::Exact);
+    }
+
+    #[test]
+    fn the_second_request_is_served_from_the_cache() {
+        let e = engine();
+        let first = e.rank("nike running shoes", &items()).unwrap();
+        assert!(first.encoded_texts > 0);
+        let misses = e.cache_stats().misses;
+        let second = e.rank("Nike  RUNNING shoes", &items()).unwrap();
+        assert_eq!(second.encoded_texts, 0);
+        assert_eq!(e.cache_stats().misses, misses, "no new misses");
+        assert_eq!(first.scores(), second.scores());
+    }
+
+    #[test]
+    fn interventions_reaggregate_without_encoding() {
+        let e = engine();
+        let r = e.rank("nike running shoes", &items()).unwrap();
+        let before = e.encoded_texts();
+        let fixed = r.intervene(&[Intervention::SetQe {
+            item: Some(1),
+            kind: EntityKind::Brand,
+            value: "adidas".into(),
+            qe: 1.0,
+        }]);
+        assert!(fixed.items[1].score > r.items[1].score * 2.0);
+        assert!(fixed.items[1].entities.iter().any(|e| e.overridden));
+        let dropped = r.intervene(&[Intervention::Drop { item: None, kind: EntityKind::Brand, value: None }]);
+        assert!(dropped.items.iter().all(|i| {
+            i.entities.iter().all(|e| e.entity.kind != EntityKind::Brand || e.entity.source == Source::Missing)
+        }));
+        assert_eq!(e.encoded_texts(), before);
+        for &l in Logic::ALL {
+            let other = r.with_logic(l);
+            assert_eq!(other.items.len(), r.items.len());
+            assert!(other.items[1].score <= other.items[0].score);
+        }
+    }
+
+    #[test]
+    fn an_unbranded_item_gets_the_missing_stand_in() {
+        let e = engine();
+        let r = e.rank("nike shoes", &[Item::new("running shoes")]).unwrap();
+        let missing = r.items[0].entities.iter().find(|e| e.entity.source == Source::Missing).unwrap();
+        assert_eq!((missing.entity.kind, missing.qe), (EntityKind::Brand, 0.5));
+    }
+
+    #[test]
+    fn bad_requests() {
+        let e = engine();
+        assert!(e.rank("   ", &items()).unwrap_err().to_string().contains("empty"));
+        assert!(e.rank("x", &vec![Item::new("t"); MAX_ITEMS + 1]).is_err());
+        let r = e.rank("shoes", &[]).unwrap();
+        assert!(r.items.is_empty());
+        let huge = "nike ".repeat(10_000);
+        assert!(e.rank(&huge, &items()).is_ok());
+    }
+
+    #[test]
+    fn grades_follow_the_documented_rules() {
+        let e = engine();
+        let r = e.rank("nike pegasus 40 running shoes", &items()).unwrap();
+        assert_eq!(r.items[0].grade, Grade::Exact);
+        // Brand conflict, same category: a substitute.
+        assert_eq!(r.items[1].grade, Grade::Substitute, "{:#?}", r.items[1]);
+        // The n-gram encoder cannot tell shoes from shoelaces; say it, as a better model would.
+        let cat = "Apparel & Accessories > Shoe Accessories > Shoelaces";
+        let set = Intervention::SetQe { item: Some(3), kind: EntityKind::Category, value: cat.into(), qe: 0.05 };
+        let r = r.intervene(&[set]);
+        assert_eq!(r.items[3].grade, Grade::Complement, "{:#?}", r.items[3]);
+        let unrelated = r.intervene(&[Intervention::SetQe {
+            item: Some(3),
+            kind: EntityKind::Model,
+            value: "pegasus 40".into(),
+            qe: 0.0,
+        }]);
+        assert_eq!(unrelated.items[3].grade, Grade::Irrelevant);
+    }
+}
