@@ -23,6 +23,7 @@ apt_install mesa-vulkan-drivers
 
 step "fetching the default model (MiniLM) into the cache"
 cargo run -q -p tandem -- fetch minilm
+cargo run -q -p tandem -- fetch brands
 
 step "fetching NVRTC (pinned PyPI wheels) so every CUDA kernel is compiled to PTX without a GPU"
 eval "$(cuda/fetch_nvrtc.sh)"

@@ -25,6 +25,8 @@ enum Command {
     Export(commands::export::Args),
     /// Serve the models over HTTP (TEI-compatible /embed, /rerank, /v1/embeddings).
     Serve(serve::Args),
+    /// Entity-based relevance of items to a query (EBRM), with the deciding entities.
+    Relevance(commands::relevance::Args),
     /// Business-rule plugins: check a plugin against test cases.
     Rules(commands::rules::Args),
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Command::Embed(args) => commands::embed::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Relevance(args) => commands::relevance::run(args),
         Command::Rules(args) => commands::rules::run(args),
     };
     match result {

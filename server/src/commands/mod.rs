@@ -3,6 +3,7 @@
 pub mod embed;
 pub mod export;
 pub mod fetch;
+pub mod relevance;
 pub mod rules;
 
 use anyhow::Result;
