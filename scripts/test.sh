@@ -35,4 +35,4 @@ step "running the tests"
 # The cuda feature builds the CUDA backend (no toolkit needed) and its tests: kernel twins,
 # NVRTC compilation for sm_80/sm_90, the emulated kernels; on a machine without a GPU the
 # on-device tests say so and skip.
-cargo test --workspace --features tandem-tests/cuda "$@"
+cargo test --workspace --no-fail-fast --features tandem-tests/cuda "$@"

@@ -125,7 +125,7 @@ fn a_missing_model_dir() {
 fn an_unknown_backend_lists_the_valid_ones() {
     let t = tiny();
     let out = tandem(&["embed", "--backend", "tpu", "--model", path(&t.model), "x"], "", &t.cache);
-    assert_error(&out, &["unknown backend 'tpu' (valid: cpu, wgpu, auto)"]);
+    assert_error(&out, &["unknown backend 'tpu' (valid: cpu, wgpu, cuda, auto)"]);
 }
 
 #[test]
