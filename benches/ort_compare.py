@@ -10,10 +10,11 @@ does; tandem runs its packed graph, which computes only real tokens. Two workloa
   realistic-mix  32 inputs, half search queries and half product titles (4 to ~60 tokens);
                  ORT pads to the longest in the batch, tandem computes real tokens only
 
-Usage: ort_compare.py MODEL_DIR [--threads 2] [--runs 10]
+Usage: ort_compare.py MODEL_DIR [--threads 2] [--runs 3] [--rounds 5]
 Needs: torch, transformers, onnxruntime (pip), and `cargo` to build tandem's timing binary.
-Prints median ms per batch for each and the ratio; only a ratio from one run on one quiet
-machine means anything.
+The two runtimes take turns for several rounds (each round: `runs` timed batches of each),
+so that load from elsewhere on a shared machine hits both alike; it prints each side's
+median and the median of the per-round time ratios.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -115,7 +116,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     import onnxruntime as ort
 
@@ -133,12 +135,18 @@ def main():
     assert all(len(s) == 128 for s in full)
     mix = tokenize(args.model_dir, QUERIES + TITLES, 256)
     print(f"onnxruntime {ort.__version__}, {args.threads} threads; tandem via RAYON_NUM_THREADS={args.threads}")
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "tandem-benches", "--bin", "minilm_timing"],
+                   cwd=REPO, check=True)
     for name, batch in [("padded-32x128", full), ("realistic-mix", mix)]:
         real = sum(len(s) for s in batch)
-        ort_ms = time_ort(sess, batch, args.runs)
-        tandem_ms = time_tandem(args.model_dir, batch, args.runs, args.threads)
-        print(f"{name:14s} real tokens {real:5d}  ORT {ort_ms:8.1f} ms  tandem {tandem_ms:8.1f} ms  "
-              f"tandem/ORT time ratio {tandem_ms / ort_ms:5.2f}")
+        ort_times, tandem_times = [], []
+        for _ in range(args.rounds):
+            ort_times.append(time_ort(sess, batch, args.runs))
+            tandem_times.append(time_tandem(args.model_dir, batch, args.runs, args.threads))
+        ratio = statistics.median(t / o for t, o in zip(tandem_times, ort_times))
+        print(f"{name:14s} real tokens {real:5d}  ORT {statistics.median(ort_times):8.1f} ms  "
+              f"tandem {statistics.median(tandem_times):8.1f} ms  tandem/ORT time ratio {ratio:5.2f} "
+              f"(per round: {', '.join(f'{t / o:.2f}' for t, o in zip(tandem_times, ort_times))})")
 
 
 if __name__ == "__main__":

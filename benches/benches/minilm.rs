@@ -10,7 +10,8 @@ use tandem_runtime::HostTensor;
 
 fn batch(seqs: usize, len: usize) -> PackedBatch {
     // Real token ids of a product title, cycled: [CLS] ... [SEP].
-    let title = [2047u32, 2770, 6007, 1010, 3756, 3114, 1011, 2185, 2946, 2184, 1012, 1019, 2149, 1010, 2417, 1013, 2317];
+    let title =
+        [2047u32, 2770, 6007, 1010, 3756, 3114, 1011, 2185, 2946, 2184, 1012, 1019, 2149, 1010, 2417, 1013, 2317];
     let texts: Vec<TokenizedText> = (0..seqs)
         .map(|s| {
             let mut ids = vec![101u32];

@@ -76,7 +76,7 @@ impl TensorData {
     }
     /// Builds typed data from little-endian bytes (copying, so alignment never matters).
     pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Result<Self> {
-        if bytes.len() % dtype.size() != 0 {
+        if !bytes.len().is_multiple_of(dtype.size()) {
             return Err(Error::Other(format!("{} bytes is not a whole number of {dtype} elements", bytes.len())));
         }
         Ok(match dtype {

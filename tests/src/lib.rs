@@ -158,7 +158,9 @@ pub fn cases(seed: u64) -> Vec<Case> {
         add(format!("l2_normalize_{shape:?}"), Op::L2Normalize { eps: 1e-12 }, vec![x]);
     }
     // attention over packed sequences: one token, awkward lengths, a gap, GQA, causal
-    let attn: &[(&[(u32, u32)], u32, u32, u32, bool)] = &[
+    // (segments as (start, length), heads, kv heads, head dim, causal)
+    type AttentionCase = (&'static [(u32, u32)], u32, u32, u32, bool);
+    let attn: &[AttentionCase] = &[
         (&[(0, 1)], 1, 1, 1, false),
         (&[(0, 7), (7, 129)], 12, 12, 32, false),
         (&[(0, 5), (9, 3)], 4, 2, 8, true),

@@ -48,7 +48,7 @@ impl Attention {
         same_dim(&q.shape[0], &k.shape[0], "q and k token counts differ")?;
         same_dim(&q.shape[0], &v.shape[0], "q and v token counts differ")?;
         same_dim(&k.shape[1], &v.shape[1], "k and v widths differ")?;
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_heads ({}) must be a positive multiple of num_kv_heads ({})",
                 self.num_heads, self.num_kv_heads

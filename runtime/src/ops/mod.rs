@@ -258,6 +258,6 @@ pub(crate) fn same_dim(a: &Dim, b: &Dim, what: &str) -> Result<(), String> {
 /// The row count and row length of a tensor reduced over its last axis.
 pub fn rows_cols(shape: &[usize]) -> (usize, usize) {
     let cols = shape.last().copied().unwrap_or(1);
-    let rows = if cols == 0 { 0 } else { shape.iter().product::<usize>() / cols };
+    let rows = shape.iter().product::<usize>().checked_div(cols).unwrap_or(0);
     (rows, cols)
 }
