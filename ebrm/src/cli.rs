@@ -75,6 +75,12 @@ pub fn load_extractor(cache_dir: &Path) -> Result<Extractor> {
 
 /// The whole command: builds the engine around `encoder`, ranks and prints.
 pub fn relevance_cli<E: TextEncoder>(encoder: E, args: &RelevanceArgs, out: &mut dyn Write) -> Result<()> {
+    let (_, ranking) = rank_cli(encoder, args)?;
+    write_ranking(&ranking, args.all_entities, out)
+}
+
+/// The command without the printing: the items read and their ranking.
+pub fn rank_cli<E: TextEncoder>(encoder: E, args: &RelevanceArgs) -> Result<(Vec<Item>, Ranking)> {
     let items = if args.items.as_os_str() == "-" {
         read_items(std::io::stdin().lock(), "stdin")?
     } else {
@@ -84,16 +90,26 @@ pub fn relevance_cli<E: TextEncoder>(encoder: E, args: &RelevanceArgs, out: &mut
     let extractor = load_extractor(&args.cache_dir)?;
     let engine = Ebrm::new(encoder, extractor, CategorySearch::Embedding { cache_dir: Some(args.cache_dir.clone()) });
     let ranking = engine.rank(&args.query, &items)?.with_logic(args.logic);
-    write_ranking(&ranking, args.all_entities, out)
+    Ok((items, ranking))
 }
 
 /// One JSON line per item, input order.
 pub fn write_ranking(ranking: &Ranking, all_entities: bool, out: &mut dyn Write) -> Result<()> {
+    for line in ranking_lines(ranking, all_entities)? {
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The JSON object [`write_ranking`] prints for each item, input order.
+pub fn ranking_lines(ranking: &Ranking, all_entities: bool) -> Result<Vec<serde_json::Value>> {
     let order = ranking.order();
     let mut rank = vec![0; order.len()];
     for (r, &i) in order.iter().enumerate() {
         rank[i] = r + 1;
     }
+    let mut lines = Vec::with_capacity(ranking.items.len());
     for item in &ranking.items {
         let deciding: Vec<_> = item.deciding.iter().map(|&i| &item.entities[i]).collect();
         let mut line = json!({
@@ -110,10 +126,9 @@ pub fn write_ranking(ranking: &Ranking, all_entities: bool, out: &mut dyn Write)
         if all_entities {
             line["entities"] = serde_json::to_value(&item.entities)?;
         }
-        serde_json::to_writer(&mut *out, &line)?;
-        out.write_all(b"\n")?;
+        lines.push(line);
     }
-    Ok(())
+    Ok(lines)
 }
 
 #[cfg(test)]

@@ -111,6 +111,63 @@ fn an_exported_graph_embeds_like_the_model_folder() {
     assert_eq!(embed_lines(&from_graph), embed_lines(&from_model));
 }
 
+/// The example brand-conflict rule, built by bindings/rules/build.sh.
+fn brand_conflict_wasm() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bindings/rules/out/rules/brand-conflict.wasm");
+    assert!(
+        path.is_file(),
+        "test fixture {} is missing: run bindings/rules/build.sh first (it builds the rule plugins)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn relevance_applies_rule_plugins_after_the_model() {
+    let t = tiny();
+    // A brand list in the private cache, so "nike" in the query is a brand entity.
+    let list = tandem_ebrm::vocab::BrandList {
+        version: tandem_ebrm::vocab::NSI_VERSION.into(),
+        brands: ["Nike", "Adidas"]
+            .iter()
+            .map(|n| tandem_ebrm::vocab::Brand { name: n.to_string(), aliases: vec![], nsi: vec![] })
+            .collect(),
+    };
+    let brands = tandem_ebrm::vocab::brands_path(&t.cache);
+    std::fs::create_dir_all(brands.parent().unwrap()).unwrap();
+    std::fs::write(&brands, serde_json::to_vec(&list).unwrap()).unwrap();
+    let items = concat!(
+        r#"{"id": "n1", "title": "Nike running shoes", "brand": "Nike", "category": "Apparel & Accessories > Shoes"}"#,
+        "\n",
+        r#"{"id": "a1", "title": "Adidas running shoes", "brand": "Adidas", "category": "Apparel & Accessories > Shoes"}"#,
+        "\n",
+    );
+    let rules = brand_conflict_wasm();
+    let args = ["relevance", "--backend", "cpu", "--model", path(&t.model), "--query", "nike running shoes"];
+    let out = tandem(&[&args[..], &["--items", "-", "--rules", path(&rules)]].concat(), items, &t.cache);
+    let lines = embed_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let rule = |i: usize| &lines[i]["rules"][0];
+    assert_eq!(rule(0)["plugin"], "brand-conflict");
+    assert_eq!(rule(0)["verdict"], "keep", "{lines:#?}");
+    assert_eq!(lines[0]["final_score"], lines[0]["score"]);
+    assert_eq!(lines[1]["id"], "a1");
+    assert_eq!(rule(1)["verdict"], "veto", "{lines:#?}");
+    assert!(rule(1)["reason"].as_str().unwrap().contains("brand conflict"), "{lines:#?}");
+    assert_eq!(rule(1)["tags"][0], "brand-conflict");
+    assert!(rule(1)["error"].is_null());
+    assert_eq!(lines[1]["final_score"], 0.0);
+
+    // Without --rules the lines are the model's alone.
+    let plain = embed_lines(&tandem(&[&args[..], &["--items", "-"]].concat(), items, &t.cache));
+    assert!(plain[1].get("rules").is_none() && plain[1].get("final_score").is_none());
+    assert_eq!(plain[1]["score"], lines[1]["score"]);
+
+    let missing = t.root.join("no-such-rule.wasm");
+    let out = tandem(&[&args[..], &["--items", "-", "--rules", path(&missing)]].concat(), items, &t.cache);
+    assert_error(&out, &["no-such-rule.wasm"]);
+}
+
 // ---- bad input ---------------------------------------------------------------------------
 
 #[test]

@@ -5,6 +5,7 @@ pub mod export;
 pub mod fetch;
 pub mod relevance;
 pub mod rules;
+pub mod rules_apply;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};

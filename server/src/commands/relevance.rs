@@ -1,11 +1,13 @@
 //! `tandem relevance --query "..." --items items.jsonl [--logic ...]`: entity-based relevance
 //! of items to a query, one JSON line per item with its score, grade and deciding entities.
+//! `--rules a.wasm,b.wasm` then runs business-rule plugins on each item (see `rules_apply`).
 
 use super::model_dir_or_default;
 use anyhow::{Result, anyhow};
+use std::io::Write;
 use std::path::PathBuf;
 use tandem_ebrm::Logic;
-use tandem_ebrm::cli::{RelevanceArgs, relevance_cli};
+use tandem_ebrm::cli::{RelevanceArgs, rank_cli, ranking_lines, relevance_cli};
 use tandem_ebrm::encoder::ModelEncoder;
 use tandem_models::BackendChoice;
 
@@ -28,6 +30,10 @@ pub struct Args {
     model: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
+    /// Rule plugins (WebAssembly components, comma-separated) applied after the model, fail-open:
+    /// each line gains `rules` (every plugin's verdict) and `final_score`.
+    #[arg(long, value_delimiter = ',')]
+    rules: Vec<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -41,5 +47,18 @@ pub fn run(args: Args) -> Result<()> {
         cache_dir: tandem_models::fetch::cache_root()?,
         all_entities: args.all_entities,
     };
-    relevance_cli(encoder, &cli_args, &mut std::io::stdout().lock())
+    let out = &mut std::io::stdout().lock();
+    if args.rules.is_empty() {
+        return relevance_cli(encoder, &cli_args, out);
+    }
+    // Load the plugins before ranking, so a bad plugin fails fast.
+    let rules = super::rules_apply::Rules::load(&args.rules)?;
+    let (items, ranking) = rank_cli(encoder, &cli_args)?;
+    let mut lines = ranking_lines(&ranking, cli_args.all_entities)?;
+    rules.annotate(&ranking, &items, &mut lines);
+    for line in &lines {
+        serde_json::to_writer(&mut *out, line)?;
+        writeln!(out)?;
+    }
+    Ok(())
 }
