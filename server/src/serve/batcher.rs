@@ -25,7 +25,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
 /// The model's forward pass: texts in, one L2-normalised vector per text out.
 pub type Forward = Box<dyn FnMut(&[&str]) -> anyhow::Result<Vec<Vec<f32>>> + Send>;
@@ -54,15 +54,10 @@ struct Job {
     tokens: usize,
     reply: oneshot::Sender<Reply>,
     enqueued: Instant,
-    /// The admission slot, held until the job is answered or dropped.
-    permit: OwnedSemaphorePermit,
 }
 
 impl Job {
     fn finish(self, outcome: Reply) {
-        // Free the slot first: a client that sends its next request as soon as it has this
-        // answer must find it free.
-        drop(self.permit);
         // The client may have left during the forward pass; nothing to do then.
         let _ = self.reply.send(outcome);
     }
@@ -110,23 +105,27 @@ impl Batcher {
 
     /// Queues one request's texts; the reply arrives on the returned receiver. Dropping the
     /// receiver cancels the job if its forward pass has not started.
-    pub fn submit(
-        &self,
-        texts: Vec<String>,
-        tokens: usize,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<oneshot::Receiver<Reply>, Refused> {
+    ///
+    /// The caller holds its admission slot while it waits, so a client that leaves frees
+    /// its slot at once; its job, dead in the queue until the model thread prunes it, still
+    /// counts against `max_queue_tokens`, which bounds the queue either way.
+    pub fn submit(&self, texts: Vec<String>, tokens: usize) -> Result<oneshot::Receiver<Reply>, Refused> {
         let (reply, rx) = oneshot::channel();
         let mut q = self.shared.lock();
         if q.closed {
             return Err(Refused::Closed);
         }
         // An empty queue takes any job, so one request larger than the bound still runs.
-        if !q.jobs.is_empty() && q.tokens + tokens > self.shared.policy.max_queue_tokens {
-            return Err(Refused::Full);
+        let max = self.shared.policy.max_queue_tokens;
+        if !q.jobs.is_empty() && q.tokens + tokens > max {
+            // Dead jobs may be what fills it.
+            drop_cancelled(&mut q, &self.shared.metrics);
+            if !q.jobs.is_empty() && q.tokens + tokens > max {
+                return Err(Refused::Full);
+            }
         }
         q.tokens += tokens;
-        q.jobs.push_back(Job { texts, tokens, reply, enqueued: Instant::now(), permit });
+        q.jobs.push_back(Job { texts, tokens, reply, enqueued: Instant::now() });
         drop(q);
         self.shared.wake.notify_one();
         Ok(rx)
@@ -261,47 +260,63 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::Semaphore;
+    use std::sync::mpsc;
 
     fn policy(max_batch_tokens: usize, max_batch_requests: usize) -> Policy {
         Policy { max_batch_tokens, max_batch_requests, max_wait: Duration::from_millis(5), max_queue_tokens: 1000 }
     }
 
-    /// A stand-in model: one vector [len] per text, recording each batch's texts; it
-    /// fails on "bad", panics on "panic" and sleeps a little like a real forward pass.
-    fn fake(batches: Arc<Mutex<Vec<Vec<String>>>>) -> Forward {
-        Box::new(move |texts: &[&str]| {
-            batches.lock().unwrap().push(texts.iter().map(|t| t.to_string()).collect());
-            std::thread::sleep(Duration::from_millis(20));
-            if texts.contains(&"panic") {
-                panic!("boom");
-            }
-            if texts.contains(&"bad") {
-                anyhow::bail!("cannot embed 'bad'");
-            }
-            Ok(texts.iter().map(|t| vec![t.len() as f32]).collect())
-        })
-    }
-
+    /// A stand-in model with a vector [len] per text that records each batch's texts. It
+    /// fails on "bad" and panics on "panic"; on "busy" it says so and waits for a release,
+    /// so a test can queue work behind a running pass without guessing at timing.
     struct Harness {
         batcher: Batcher,
         thread: Option<JoinHandle<()>>,
         batches: Arc<Mutex<Vec<Vec<String>>>>,
-        permits: Arc<Semaphore>,
         metrics: Arc<Metrics>,
+        started: mpsc::Receiver<()>,
+        release: mpsc::Sender<()>,
     }
 
     impl Harness {
         fn new(p: Policy) -> Self {
             let batches = Arc::new(Mutex::new(Vec::new()));
             let metrics = Arc::new(Metrics::default());
-            let (batcher, thread) = Batcher::start(p, metrics.clone(), fake(batches.clone())).unwrap();
-            Harness { batcher, thread: Some(thread), batches, permits: Arc::new(Semaphore::new(100)), metrics }
+            let (started_tx, started) = mpsc::channel();
+            let (release, release_rx) = mpsc::channel::<()>();
+            let seen = batches.clone();
+            let forward: Forward = Box::new(move |texts: &[&str]| {
+                seen.lock().unwrap().push(texts.iter().map(|t| t.to_string()).collect());
+                if texts.contains(&"busy") {
+                    started_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                }
+                if texts.contains(&"panic") {
+                    panic!("boom");
+                }
+                if texts.contains(&"bad") {
+                    anyhow::bail!("cannot embed 'bad'");
+                }
+                Ok(texts.iter().map(|t| vec![t.len() as f32]).collect())
+            });
+            let (batcher, thread) = Batcher::start(p, metrics.clone(), forward).unwrap();
+            Harness { batcher, thread: Some(thread), batches, metrics, started, release }
         }
 
         fn submit(&self, texts: &[&str], tokens: usize) -> Result<oneshot::Receiver<Reply>, Refused> {
-            let permit = self.permits.clone().try_acquire_owned().unwrap();
-            self.batcher.submit(texts.iter().map(|t| t.to_string()).collect(), tokens, permit)
+            self.batcher.submit(texts.iter().map(|t| t.to_string()).collect(), tokens)
+        }
+
+        /// Starts a forward pass that runs until `release`.
+        fn hold(&self) -> oneshot::Receiver<Reply> {
+            let rx = self.submit(&["busy"], 1).unwrap();
+            self.started.recv().unwrap();
+            rx
+        }
+
+        fn release(&self, held: oneshot::Receiver<Reply>) {
+            self.release.send(()).unwrap();
+            held.blocking_recv().unwrap().unwrap();
         }
 
         fn batch_sizes(&self) -> Vec<usize> {
@@ -316,82 +331,91 @@ mod tests {
         }
     }
 
+    fn wait(rx: oneshot::Receiver<Reply>) -> Reply {
+        rx.blocking_recv().unwrap()
+    }
+
     #[test]
     fn requests_waiting_during_a_forward_pass_share_the_next_one() {
         let h = Harness::new(policy(1000, 64));
-        let first = h.submit(&["a"], 3).unwrap();
-        std::thread::sleep(Duration::from_millis(10)); // the first pass is running now
+        let held = h.hold();
         let rest: Vec<_> = (0..9).map(|i| h.submit(&[&"x".repeat(i + 1), "y"], 4).unwrap()).collect();
-        assert_eq!(first.blocking_recv().unwrap().unwrap(), vec![vec![1.0]]);
+        h.release(held);
         for (i, rx) in rest.into_iter().enumerate() {
             // Each request gets its own texts' vectors back, in order.
-            assert_eq!(rx.blocking_recv().unwrap().unwrap(), vec![vec![(i + 1) as f32], vec![1.0]]);
+            assert_eq!(wait(rx).unwrap(), vec![vec![(i + 1) as f32], vec![1.0]]);
         }
         assert_eq!(h.batch_sizes(), vec![1, 18]);
     }
 
     #[test]
-    fn limits_split_batches_and_one_request_per_batch_turns_batching_off() {
-        let h = Harness::new(policy(10, 64));
-        let rxs: Vec<_> = [6, 6, 3, 6].iter().map(|&t| h.submit(&["t"], t).unwrap()).collect();
-        rxs.into_iter().for_each(|rx| drop(rx.blocking_recv().unwrap().unwrap()));
-        // 6 then 6+3 (first fit, passing over nothing), then 6; or 6+3 first if all queued
-        // before the first pass: either way no batch is over 10 tokens.
-        let sizes = h.batch_sizes();
-        assert_eq!(sizes.iter().sum::<usize>(), 4);
-        assert!(sizes.iter().all(|&s| s <= 2), "{sizes:?}");
+    fn budgets_split_batches_first_fit_and_oldest_first() {
+        let h = Harness::new(policy(10, 3));
+        let held = h.hold();
+        let rxs: Vec<_> = [("a", 6), ("b", 6), ("c", 3), ("d", 1), ("e", 1), ("f", 1)]
+            .map(|(t, n)| h.submit(&[t], n).unwrap())
+            .into();
+        h.release(held);
+        rxs.into_iter().for_each(|rx| drop(wait(rx).unwrap()));
+        let batches = h.batches.lock().unwrap().clone();
+        // a(6) + c(3) + d(1) fill 10 tokens, passing over b; b goes first next time.
+        assert_eq!(batches[1..], [vec!["a", "c", "d"], vec!["b", "e", "f"]]);
+    }
 
+    #[test]
+    fn one_request_per_batch_turns_batching_off() {
         let h = Harness::new(policy(1000, 1));
+        let held = h.hold();
         let rxs: Vec<_> = (0..5).map(|_| h.submit(&["t", "u"], 2).unwrap()).collect();
-        rxs.into_iter().for_each(|rx| drop(rx.blocking_recv().unwrap().unwrap()));
-        assert_eq!(h.batch_sizes(), vec![2; 5]);
+        h.release(held);
+        rxs.into_iter().for_each(|rx| drop(wait(rx).unwrap()));
+        assert_eq!(h.batch_sizes(), vec![1, 2, 2, 2, 2, 2]);
     }
 
     #[test]
     fn a_job_whose_client_left_is_skipped() {
         let h = Harness::new(policy(1000, 64));
-        let busy = h.submit(&["busy"], 1).unwrap();
-        std::thread::sleep(Duration::from_millis(10));
+        let held = h.hold();
         drop(h.submit(&["gone"], 1).unwrap());
         let kept = h.submit(&["kept"], 1).unwrap();
-        busy.blocking_recv().unwrap().unwrap();
-        kept.blocking_recv().unwrap().unwrap();
-        assert!(!h.batches.lock().unwrap().iter().flatten().any(|t| t == "gone"));
+        h.release(held);
+        wait(kept).unwrap();
+        assert_eq!(h.batches.lock().unwrap()[1], vec!["kept"]);
         assert!(h.metrics.render(Default::default(), &[]).contains("tandem_cancelled_total 1"));
-        // Its admission permit came back with it.
-        assert_eq!(h.permits.available_permits(), 100);
     }
 
     #[test]
     fn a_failing_or_panicking_request_does_not_fail_its_batchmates() {
         let h = Harness::new(policy(1000, 64));
-        let busy = h.submit(&["busy"], 1).unwrap();
-        std::thread::sleep(Duration::from_millis(10));
+        let held = h.hold();
         let good = h.submit(&["good"], 1).unwrap();
         let bad = h.submit(&["bad"], 1).unwrap();
         let panics = h.submit(&["panic"], 1).unwrap();
-        busy.blocking_recv().unwrap().unwrap();
-        assert_eq!(good.blocking_recv().unwrap().unwrap(), vec![vec![4.0]]);
-        let err = bad.blocking_recv().unwrap().unwrap_err();
+        h.release(held);
+        assert_eq!(wait(good).unwrap(), vec![vec![4.0]]);
+        let err = wait(bad).unwrap_err();
         assert_eq!(err.status.as_u16(), 424);
         assert!(err.message.contains("cannot embed 'bad'"), "{err}");
-        let panicked = panics.blocking_recv().unwrap().unwrap_err();
+        let panicked = wait(panics).unwrap_err();
         assert!(panicked.message.contains("the model panicked: boom"), "{panicked}");
         // And the model thread is still serving.
-        assert_eq!(h.submit(&["ok"], 1).unwrap().blocking_recv().unwrap().unwrap(), vec![vec![2.0]]);
+        assert_eq!(wait(h.submit(&["ok"], 1).unwrap()).unwrap(), vec![vec![2.0]]);
     }
 
     #[test]
     fn the_queue_is_bounded_in_tokens_and_closes() {
         let h = Harness::new(policy(1000, 64));
-        let busy = h.submit(&["busy"], 1).unwrap();
-        std::thread::sleep(Duration::from_millis(10));
+        let held = h.hold();
         let a = h.submit(&["a"], 900).unwrap();
         assert_eq!(h.submit(&["b"], 200).unwrap_err(), Refused::Full);
         assert_eq!(h.batcher.depth(), (1, 900));
-        busy.blocking_recv().unwrap().unwrap();
-        a.blocking_recv().unwrap().unwrap();
+        // A job whose client left no longer takes room.
+        drop(a);
+        let c = h.submit(&["c"], 200).unwrap();
+        assert_eq!(h.batcher.depth(), (1, 200));
+        h.release(held);
+        wait(c).unwrap();
         h.batcher.close();
-        assert_eq!(h.submit(&["c"], 1).unwrap_err(), Refused::Closed);
+        assert_eq!(h.submit(&["d"], 1).unwrap_err(), Refused::Closed);
     }
 }

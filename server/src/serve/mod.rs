@@ -10,6 +10,7 @@ mod api;
 mod batcher;
 pub mod config;
 mod errors;
+mod listener;
 mod metrics;
 mod routes;
 
@@ -35,7 +36,7 @@ pub struct Args {
     /// Port to listen on; 0 picks a free one [default: 8080].
     #[arg(long)]
     port: Option<u16>,
-    /// cpu, wgpu or auto [default: auto, the best backend found].
+    /// cpu, wgpu, cuda or auto [default: auto, the best backend found].
     #[arg(long)]
     backend: Option<String>,
     /// A sentence-transformers model folder [default: minilm, fetched on first use].
@@ -109,7 +110,12 @@ pub fn run(args: Args) -> Result<()> {
     };
     let embedder =
         Arc::new(Embedder::load(&dir, backend).with_context(|| format!("cannot load the model in {}", dir.display()))?);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Token counting runs on the blocking pool; one thread per core is all it can use, and
+    // the default (512) would let a burst start hundreds of threads that fight for the cores
+    // the model needs.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().max_blocking_threads(cores.max(2)).enable_all().build()?;
     runtime.block_on(serve(config, embedder, dir))
 }
 
@@ -176,6 +182,7 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf) -> Result<
         m.backend,
         listener.local_addr()?
     );
+    let listener = listener::CappedListener::new(listener, config.server.max_connections);
     let server = axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(on_signal);
     let drain_timeout = Duration::from_secs(config.server.drain_timeout_secs);
     let deadline = async move {

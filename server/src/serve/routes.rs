@@ -66,9 +66,10 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read by the handlers (after admission) through this limit.
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
         // Last line of defence: a panicking handler answers 500 and the server goes on.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        // Outermost, so that it counts the 500 of a panic too.
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -87,7 +88,7 @@ impl AppState {
             self.overloaded(
                 ShedReason::QueueRequests,
                 &format!(
-                    "overloaded: {} requests are already queued; retry later",
+                    "overloaded: {} requests are already in progress; retry later",
                     self.config.batching.max_queue_requests
                 ),
             )
@@ -162,15 +163,16 @@ impl AppState {
         Ok((texts, counts.into_iter().map(|n| n.min(max)).collect()))
     }
 
-    /// Queues the texts for a forward pass and waits for their vectors. Dropping this future
-    /// (the client went away) cancels the work if it has not started.
+    /// Queues the texts for a forward pass and waits for their vectors, holding the
+    /// admission slot until then. Dropping this future (the client went away) frees the slot
+    /// at once and cancels the work if it has not started.
     async fn infer(
         &self,
         texts: Vec<String>,
         tokens: usize,
         permit: OwnedSemaphorePermit,
     ) -> Result<Vec<Vec<f32>>, ApiError> {
-        let rx = self.batcher.submit(texts, tokens, permit).map_err(|refused| match refused {
+        let rx = self.batcher.submit(texts, tokens).map_err(|refused| match refused {
             Refused::Full => self.overloaded(
                 ShedReason::QueueTokens,
                 &format!(
@@ -180,7 +182,9 @@ impl AppState {
             ),
             Refused::Closed => ApiError::shutting_down(),
         })?;
-        rx.await.map_err(|_| ApiError::backend("the model thread stopped before answering"))?
+        let reply = rx.await;
+        drop(permit);
+        reply.map_err(|_| ApiError::backend("the model thread stopped before answering"))?
     }
 
     /// Options TEI has that this build does not: refused rather than silently ignored.
@@ -393,6 +397,7 @@ async fn info(State(s): AppRef) -> Response {
         "dim": m.dim,
         "normalized": m.normalizes,
         "limits": {
+            "max_connections": c.server.max_connections,
             "max_body_bytes": c.server.max_body_bytes,
             "max_wait_ms": b.max_wait_ms,
             "max_queue_requests": b.max_queue_requests,
