@@ -6,8 +6,9 @@
 #   TANDEM_BIN=target/release/tandem benches/load_test.sh   # skip the build
 #
 # Measures, each run bounded in time (DURATION seconds, wrk --timeout 10s):
-#   1. throughput and p50/p99 latency at concurrency 1, 8 and 64 for /embed and /rerank
-#      (/relevance answers 501 in this build: there is nothing to measure);
+#   1. throughput and p50/p99 latency at concurrency 1, 8 and 64 for /embed, /rerank and
+#      /relevance (20 items; warm: the same query each time, so QE scores come from the cache;
+#      cold: a new query each request, so every QE score is encoded);
 #   2. dynamic batching: /embed at concurrency 32 with the default batcher against a second
 #      server with max_batch_requests = 1 (a forward pass per request), three turns each;
 #   3. overload: 1024 connections against a queue of 256 requests: counts of 200 and 503,
@@ -77,7 +78,15 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("BODY")
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {} end
+function init(args) statuses = {}; counter = 0 end
+-- "__N__" in the body becomes a number unique to this request (a cold QE cache each time).
+if string.find(wrk.body, "__N__", 1, true) then
+  request = function()
+    counter = counter + 1
+    local n = tostring(counter) .. "x" .. tostring(math.random(1, 1000000000))
+    return wrk.format(nil, nil, nil, (string.gsub(wrk.body, "__N__", n)))
+  end
+end
 function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
 function done(summary, latency, requests)
   local total = {}
@@ -114,6 +123,19 @@ run() {
 
 EMBED='{"inputs":"nike air zoom pegasus 40 mens road running shoes black white size 10"}'
 RERANK='{"query":"red running shoes","texts":["nike air zoom pegasus mens running shoe red","adidas ultraboost light womens running shoes","red leather handbag with gold chain","trail running socks 3 pack","puma red suede classic sneakers","stainless steel water bottle 1l","asics gel kayano 30 red","kids rain boots red"]}'
+# One query, 20 items whose brands, categories and colors overlap, as a search page's do.
+RELEVANCE=$(python3 - <<'PY'
+import json
+brands = ["Nike", "Adidas", "Asics", "Puma", "Brooks"]
+colors = ["red", "black", "white", "blue"]
+items = []
+for i in range(20):
+    brand, color = brands[i % 5], colors[i % 4]
+    kind = ["running shoes", "trail running shoes", "running socks", "sports bag"][i % 4]
+    items.append({"id": str(i), "title": f"{brand} {kind} {color} size {8 + i % 5}", "brand": brand, "color": color})
+print(json.dumps({"query": "nike running shoes", "items": items}))
+PY
+)
 
 : >"$OUT/summary.txt"
 echo "== $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg) before; $DURATION s per run; $("$TANDEM_BIN" --version)" | tee -a "$OUT/summary.txt"
@@ -122,6 +144,8 @@ start_server default
 BODY=$EMBED run warmup /embed 8 2 >/dev/null
 for c in 1 8 64; do BODY=$EMBED run "embed c=$c" /embed "$c" "$DURATION"; done
 for c in 1 8 64; do BODY=$RERANK run "rerank(8 texts) c=$c" /rerank "$c" "$DURATION"; done
+for c in 1 8 64; do BODY=$RELEVANCE run "relevance(20) warm c=$c" /relevance "$c" "$DURATION"; done
+for c in 1 8 64; do BODY=${RELEVANCE/running shoes/running shoes __N__} run "relevance(20) cold c=$c" /relevance "$c" "$DURATION"; done
 # batched NAME ARGS...: run ARGS, then print the mean requests per forward pass during it.
 batch_totals() { curl -s "$URL/metrics" | awk '/^tandem_batch_requests_(sum|count)/ {printf "%s ", $2}'; }
 batched() {

@@ -503,6 +503,19 @@ impl<E: TextEncoder> Ebrm<E> {
         }
     }
 
+    /// Loads what the first request would otherwise load: the taxonomy embeddings (built with
+    /// the encoder and cached on disk the first time, which takes a while). A server calls
+    /// this before it starts listening.
+    pub fn prepare(&self) -> Result<()> {
+        match &self.search {
+            CategorySearch::Embedding { cache_dir } => self.embedded_taxonomy(cache_dir).map(|_| ()),
+            CategorySearch::Keywords => {
+                self.keywords.get_or_init(KeywordTaxonomy::new);
+                Ok(())
+            }
+        }
+    }
+
     /// Texts encoded since the engine was made.
     pub fn encoded_texts(&self) -> u64 {
         self.encoded.load(Ordering::Relaxed)

@@ -267,9 +267,6 @@ fn endpoints_answer_like_tei() {
         assert!((scaled - (1.0 + raw) / 2.0).abs() < 1e-5);
     }
 
-    // /relevance is honest about not being there.
-    s.post("/relevance", &json!({"query": "x", "items": []})).assert_error(501, "NotImplemented", "EBRM");
-
     let r = s.get("/health");
     assert_eq!((r.status, r.body.len()), (200, 0));
     let info = s.get("/info").json();
@@ -367,11 +364,118 @@ fn bad_requests_get_json_4xx_naming_the_field() {
     assert!(text.contains("tandem_requests_total{route=\"other\",status=\"404\"} 1"), "{text}");
 }
 
+/// A rule plugin built by bindings/rules/build.sh.
+fn rule_wasm(kind: &str, name: &str) -> std::path::PathBuf {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../bindings/rules/out/{kind}/{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run bindings/rules/build.sh first", path.display());
+    path
+}
+
+/// `/relevance` with the real model, brand list and taxonomy, and two rule plugins: the
+/// brand-conflict example and a guest that loops forever (fail-open).
+#[test]
+fn relevance_ranks_explains_and_applies_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    let config = format!(
+        "[[plugin]]\nname = \"brand-conflict\"\npath = {:?}\n\n\
+         [[plugin]]\nname = \"loop\"\npath = {:?}\nfuel = 100000\ndeadline_ms = 20\nfailure = \"open\"\n",
+        rule_wasm("rules", "brand-conflict"),
+        rule_wasm("hostile", "loop"),
+    );
+    std::fs::write(&rules, config).unwrap();
+    let s = Server::start(&["--rules", rules.to_str().unwrap()]);
+    let items = json!([
+        {"id": "knife", "title": "Stainless steel chef knife, 8 inch"},
+        {"id": "adidas", "title": "Adidas Ultraboost running shoes", "brand": "Adidas",
+         "category": "Apparel & Accessories > Shoes"},
+        {"id": "nike", "title": "Nike Pegasus 40 men's running shoes", "brand": "Nike",
+         "category": "Apparel & Accessories > Shoes"},
+    ]);
+    let request = json!({"query": "nike running shoes", "items": items});
+    let r = s.post("/relevance", &request);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let entities = body["query"]["entities"].as_array().unwrap();
+    assert!(entities.iter().any(|e| e["kind"] == "brand" && e["value"].as_str().unwrap().eq_ignore_ascii_case("nike")));
+    assert_eq!(body["logic"], "product");
+    let results = body["results"].as_array().unwrap();
+    let ids: Vec<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids[0], "nike", "{body:#}");
+    let by_id = |id: &str| results.iter().find(|r| r["id"] == id).unwrap();
+    let (nike, adidas) = (by_id("nike"), by_id("adidas"));
+    assert_eq!(nike["rank"], 1);
+    assert_eq!(nike["grade"], "Exact", "{nike:#}");
+    // The brand conflict: the model holds the item back and names the brand; the rule vetoes.
+    assert!(adidas["score"].as_f64().unwrap() < nike["score"].as_f64().unwrap());
+    let explanation = adidas["explanation"].as_array().unwrap();
+    assert!(explanation.iter().any(|l| l.as_str().unwrap().contains("brand")), "{adidas:#}");
+    let verdict = |item: &Value, plugin: &str| -> Value {
+        item["rules"].as_array().unwrap().iter().find(|v| v["plugin"] == plugin).unwrap().clone()
+    };
+    assert_eq!(verdict(adidas, "brand-conflict")["verdict"], "veto", "{adidas:#}");
+    assert_eq!(adidas["final_score"], 0.0);
+    assert_eq!(verdict(nike, "brand-conflict")["verdict"], "keep");
+    assert_eq!(nike["final_score"], nike["score"]);
+    // The looping plugin fails on every item; fail-open keeps the verdict and says why.
+    let looped = verdict(nike, "loop");
+    assert_eq!(looped["verdict"], "keep");
+    assert!(looped["error"].as_str().unwrap().len() > 3, "{looped:#}");
+
+    // The same request again: every QE score comes from the cache.
+    let again = s.post("/relevance", &request).json();
+    assert_eq!(again["encoded_texts"], 0, "{again:#}");
+    assert!(s.metric("tandem_qe_cache_hits_total") > 0.0);
+    assert!(s.metric("tandem_qe_cache_misses_total") > 0.0);
+    assert!(s.metric("tandem_rule_failures_total{plugin=\"loop\"}") >= 6.0);
+    assert!(s.metric("tandem_rule_calls_total{plugin=\"brand-conflict\",outcome=\"ok\"}") >= 6.0);
+
+    // Options: another logic, no explanations, no rules, an intervention.
+    let quiet = s
+        .post(
+            "/relevance",
+            &json!({"query": "nike running shoes", "items": items, "logic": "goedel", "explain": false, "rules": false}),
+        )
+        .json();
+    assert_eq!(quiet["logic"], "goedel");
+    let first = &quiet["results"][0];
+    assert!(first.get("explanation").is_none() && first.get("rules").is_none(), "{first:#}");
+    assert_eq!(first["final_score"], first["score"]);
+    let forgiven = s
+        .post(
+            "/relevance",
+            &json!({"query": "nike running shoes", "items": items, "rules": false,
+                    "interventions": [{"op": "set_qe", "kind": "brand", "value": "adidas", "qe": 1.0}]}),
+        )
+        .json();
+    let adidas_after = forgiven["results"].as_array().unwrap().iter().find(|r| r["id"] == "adidas").unwrap();
+    assert!(adidas_after["score"].as_f64().unwrap() > adidas["score"].as_f64().unwrap(), "{forgiven:#}");
+
+    // Bad requests name the field.
+    let post = |body: &str| s.request("POST", "/relevance", &[], body.as_bytes());
+    post(r#"{"query": " ", "items": [{"title": "a"}]}"#).assert_error(400, "Empty", "`query`");
+    post(r#"{"query": "a", "items": []}"#).assert_error(400, "Empty", "`items`");
+    post(r#"{"query": "a", "items": [{"title": "a"}, {"brand": "x"}]}"#).assert_error(422, "Validation", "`items[1]`");
+    post(r#"{"query": "a", "items": [{"title": "a", "price": -1}]}"#).assert_error(422, "Validation", "price");
+    post(r#"{"query": "a", "items": [{"title": "a"}], "logic": "fuzzy"}"#).assert_error(422, "Validation", "`logic`");
+    post(r#"{"query": "a", "items": [{"title": "a"}], "top": 3}"#).assert_error(422, "Validation", "`top`");
+    post(r#"{"query": "a", "items": "x"}"#).assert_error(422, "Validation", "`items`");
+    let many = json!({"query": "a", "items": vec![json!({"title": "a"}); 1001]}).to_string();
+    post(&many).assert_error(413, "Validation", "relevance.max_items");
+
+    let info = s.get("/info").json();
+    assert_eq!(info["relevance"]["rules"].as_array().unwrap().len(), 2, "{info:#}");
+    assert!(!s.log().contains("panicked"), "{}", s.log());
+}
+
 /// Many concurrent clients against a queue of 4: the excess is refused at once with 503
 /// and Retry-After, every request gets an answer, and the server goes on serving.
 #[test]
 fn overload_is_shed_fast_and_the_server_keeps_serving() {
-    let s = Server::start(&["--max-queue-requests", "4", "--max-batch-requests", "1"]);
+    let s = Server::start(&["--max-queue-requests", "4", "--max-batch-requests", "1", "--no-relevance"]);
+    let r = s.post("/relevance", &json!({"query": "x", "items": [{"title": "y"}]}));
+    r.assert_error(404, "NotFound", "relevance.enabled = false");
     let body = json!({"inputs": vec![long_text(60); 16]}).to_string();
     let addr = s.addr.clone();
     let clients: Vec<_> = (0..120)

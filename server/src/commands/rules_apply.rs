@@ -3,12 +3,17 @@
 //! score and per-entity QE scores), every plugin gives its verdict, and the output line gains
 //! `rules` (one entry per plugin) and `final_score` (the model score times the demotion
 //! factors; 0 when any plugin vetoes). Plugins run fail-open with default limits.
+//!
+//! `tandem serve`'s `/relevance` builds the same plugin input and output with
+//! [`plugin_input`] and [`rules_json`].
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tandem_ebrm::Item as EbrmItem;
 use tandem_ebrm::pipeline::{Ranking, ScoredItem};
-use tandem_plugins::{Attribute, Entity, EntityScore, Host, Input, Item, ModelView, Plugin, PluginSpec, Price, Query};
+use tandem_plugins::{
+    Attribute, Entity, EntityScore, Host, Input, Item, ModelView, Plugin, PluginSpec, Price, Query, RuleReport,
+};
 
 /// The plugins named on the command line, loaded once.
 pub struct Rules {
@@ -32,28 +37,33 @@ impl Rules {
     /// Adds `rules` and `final_score` to each of `lines` (`ranking_lines`' output, input order).
     pub fn annotate(&self, ranking: &Ranking, items: &[EbrmItem], lines: &mut [serde_json::Value]) {
         for (scored, line) in ranking.items.iter().zip(lines.iter_mut()) {
-            let input = input(ranking, &items[scored.index], scored);
+            let input = plugin_input(ranking, &items[scored.index], scored);
             let reports: Vec<_> = self.plugins.iter().map(|p| p.check(&input)).collect();
-            let combined = tandem_plugins::combine(&reports);
-            line["rules"] = reports
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "plugin": &*r.plugin,
-                        "verdict": r.verdict.kind(),
-                        "reason": r.verdict.reason(),
-                        "factor": match r.verdict {
-                            tandem_plugins::Verdict::Demote { factor, .. } => Some(factor),
-                            _ => None,
-                        },
-                        "tags": r.tags,
-                        "error": r.error.as_ref().map(|e| e.to_string()),
-                    })
-                })
-                .collect();
-            line["final_score"] = serde_json::json!(scored.score * combined.factor);
+            line["rules"] = rules_json(&reports);
+            line["final_score"] = serde_json::json!(scored.score * tandem_plugins::combine(&reports).factor);
         }
     }
+}
+
+/// Each plugin's verdict on one item: plugin, verdict, reason, demotion factor, tags and the
+/// error when the plugin failed (its failure policy's verdict then applies).
+pub fn rules_json(reports: &[RuleReport]) -> serde_json::Value {
+    reports
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "plugin": &*r.plugin,
+                "verdict": r.verdict.kind(),
+                "reason": r.verdict.reason(),
+                "factor": match r.verdict {
+                    tandem_plugins::Verdict::Demote { factor, .. } => Some(factor),
+                    _ => None,
+                },
+                "tags": r.tags,
+                "error": r.error.as_ref().map(|e| e.to_string()),
+            })
+        })
+        .collect()
 }
 
 fn plugin_name(path: &Path) -> String {
@@ -62,7 +72,7 @@ fn plugin_name(path: &Path) -> String {
 
 /// The plugin's view of one ranked item. The item's `category` attribute becomes its
 /// category path; the price has no currency in EBRM's items, so it goes with an empty one.
-fn input(ranking: &Ranking, item: &EbrmItem, scored: &ScoredItem) -> Input {
+pub fn plugin_input(ranking: &Ranking, item: &EbrmItem, scored: &ScoredItem) -> Input {
     let query = &ranking.query;
     Input {
         query: Query {

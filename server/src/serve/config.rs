@@ -14,6 +14,12 @@
 //! [batching]
 //! max_batch_tokens = 2048
 //! max_wait_ms = 2
+//!
+//! [relevance]
+//! logic = "product"            # product | goedel | lukasiewicz; a request may pick another
+//! qe_cache_entries = 200000
+//! qe_cache_bytes = 67108864
+//! rules = "rules.toml"         # rule plugins (tandem-plugins config), relative to this file
 //! ```
 //!
 //! Unknown keys are errors, so a typo never silently leaves a default in place.
@@ -28,8 +34,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub models: ModelsConfig,
     pub batching: BatchingConfig,
-    /// Rule plugins for `/relevance`; this build cannot load them (see `validate`).
-    pub plugins: Vec<PluginConfig>,
+    pub relevance: RelevanceConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -125,22 +130,62 @@ impl Default for BatchingConfig {
     }
 }
 
+/// `/relevance`: the EBRM pipeline over the embedding model, and the rule plugins after it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginConfig {
-    pub name: String,
-    pub path: PathBuf,
+#[serde(default, deny_unknown_fields)]
+pub struct RelevanceConfig {
+    /// false: `/relevance` answers 404 and start-up skips the brand list and the taxonomy.
+    pub enabled: bool,
+    /// How QE scores combine when a request does not say: product, goedel or lukasiewicz.
+    pub logic: String,
+    /// Most items one request may rank.
+    pub max_items: usize,
+    /// Query-entity scores kept, bounded by count and by estimated bytes.
+    pub qe_cache_entries: usize,
+    pub qe_cache_bytes: usize,
+    /// A rule-plugin config (tandem-plugins' TOML: plugins, limits, failure policies, tables),
+    /// hot-reloaded. A relative path is relative to the server's config file.
+    pub rules: Option<PathBuf>,
+}
+
+impl Default for RelevanceConfig {
+    fn default() -> Self {
+        RelevanceConfig {
+            enabled: true,
+            logic: "product".into(),
+            max_items: 1000,
+            qe_cache_entries: 200_000,
+            qe_cache_bytes: 64 << 20,
+            rules: None,
+        }
+    }
 }
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+        let mut config = Self::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Self> {
         let config: Config = toml::from_str(text)?;
         Ok(config)
+    }
+
+    /// Paths in the file are relative to the file's folder.
+    fn resolve_paths(&mut self, base: &Path) {
+        if let Some(rules) = &mut self.relevance.rules
+            && rules.is_relative()
+        {
+            *rules = base.join(&*rules);
+        }
+        if let Some(model) = &mut self.models.embed.path
+            && model.is_relative()
+        {
+            *model = base.join(&*model);
+        }
     }
 
     /// Rejects settings that cannot work, naming the key.
@@ -156,6 +201,9 @@ impl Config {
             ("batching.max_batch_requests", b.max_batch_requests),
             ("batching.max_queue_requests", b.max_queue_requests),
             ("batching.max_queue_tokens", b.max_queue_tokens),
+            ("relevance.max_items", self.relevance.max_items),
+            ("relevance.qe_cache_entries", self.relevance.qe_cache_entries),
+            ("relevance.qe_cache_bytes", self.relevance.qe_cache_bytes),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             bail!("{key} must be at least 1");
@@ -172,13 +220,15 @@ impl Config {
         if self.models.embed.path.is_none() && self.models.embed.name.is_empty() {
             bail!("models.embed needs a name or a path");
         }
-        // Plugins run inside /relevance, which needs the EBRM pipeline; silently ignoring
-        // configured business rules would be worse than refusing to start.
-        if let Some(p) = self.plugins.first() {
-            bail!(
-                "plugins: rule plugin '{}' is configured, but this build has no /relevance pipeline to run it",
-                p.name
-            );
+        let r = &self.relevance;
+        if tandem_ebrm::Logic::from_name(&r.logic).is_none() {
+            bail!("relevance.logic must be product, goedel or lukasiewicz, not {:?}", r.logic);
+        }
+        if r.max_items > tandem_ebrm::pipeline::MAX_ITEMS {
+            bail!("relevance.max_items is {}; at most {}", r.max_items, tandem_ebrm::pipeline::MAX_ITEMS);
+        }
+        if r.rules.is_some() && !r.enabled {
+            bail!("relevance.rules is set but relevance.enabled is false: the rules would never run");
         }
         Ok(())
     }
@@ -209,6 +259,17 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tandem.toml");
+        std::fs::write(&file, "[relevance]\nrules = \"rules/r.toml\"\n[models.embed]\npath = \"/abs/model\"\n")
+            .unwrap();
+        let c = Config::from_file(&file).unwrap();
+        assert_eq!(c.relevance.rules.unwrap(), dir.path().join("rules/r.toml"));
+        assert_eq!(c.models.embed.path.unwrap(), PathBuf::from("/abs/model"));
+    }
+
+    #[test]
     fn typos_and_bad_values_are_errors() {
         let err = Config::from_toml("[batching]\nmax_batch_token = 10\n").unwrap_err();
         assert!(format!("{err:#}").contains("max_batch_token"), "{err:#}");
@@ -221,7 +282,9 @@ mod tests {
         let mut c = Config::default();
         c.server.overload_status = 500;
         assert!(c.validate().is_err());
-        let c = Config::from_toml("[[plugins]]\nname = \"brand\"\npath = \"brand.wasm\"\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("brand"));
+        let c = Config::from_toml("[relevance]\nlogic = \"fuzzy\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("relevance.logic"));
+        let c = Config::from_toml("[relevance]\nenabled = false\nrules = \"r.toml\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("relevance.rules"));
     }
 }

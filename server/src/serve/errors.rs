@@ -27,8 +27,6 @@ pub enum ErrorKind {
     Unhealthy,
     NotFound,
     MethodNotAllowed,
-    /// The endpoint exists in tandem's API but not in this build.
-    NotImplemented,
     /// A bug: a handler panicked. The process keeps serving.
     Internal,
 }

@@ -84,6 +84,8 @@ pub struct Gauges {
     pub queue_tokens: usize,
     pub admitted: usize,
     pub draining: bool,
+    /// `/relevance`'s QE cache, when it is enabled.
+    pub qe_cache: Option<tandem_ebrm::CacheStats>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +99,9 @@ struct Inner {
     batch_tokens: Option<Histogram>,
     forward_seconds: Option<Histogram>,
     queue_wait_seconds: Option<Histogram>,
+    /// (plugin, outcome) -> calls; outcome is "ok" or the failure kind. Plugin names come
+    /// from the operator's config, so the set is bounded.
+    rule_calls: BTreeMap<(String, &'static str), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +154,15 @@ impl Metrics {
         self.cancelled_jobs.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// One rule-plugin call; `failure` is the error kind when the plugin failed (its failure
+    /// policy's verdict applied).
+    pub fn observe_rule(&self, plugin: &str, failure: Option<&'static str>) {
+        self.with(|m| {
+            let key = (plugin.to_string(), failure.unwrap_or("ok"));
+            *m.rule_calls.entry(key).or_default() += 1;
+        });
+    }
+
     pub fn observe_backend_error(&self) {
         self.backend_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -199,6 +213,30 @@ impl Metrics {
                 header(&mut out, name, "histogram", help);
                 h.clone().unwrap_or_else(|| Histogram::new(bounds)).render(&mut out, name, "");
             }
+            header(
+                &mut out,
+                "tandem_rule_calls_total",
+                "counter",
+                "Rule-plugin calls by plugin and outcome (ok, or why the plugin failed).",
+            );
+            let mut failures: BTreeMap<&str, u64> = BTreeMap::new();
+            for ((plugin, outcome), n) in &m.rule_calls {
+                let _ =
+                    writeln!(out, "tandem_rule_calls_total{{plugin=\"{}\",outcome=\"{outcome}\"}} {n}", escape(plugin));
+                let f = failures.entry(plugin).or_default();
+                if *outcome != "ok" {
+                    *f += n;
+                }
+            }
+            header(
+                &mut out,
+                "tandem_rule_failures_total",
+                "counter",
+                "Rule-plugin calls that failed (the plugin's failure policy decided).",
+            );
+            for (plugin, n) in failures {
+                let _ = writeln!(out, "tandem_rule_failures_total{{plugin=\"{}\"}} {n}", escape(plugin));
+            }
         });
 
         let counters = [
@@ -222,6 +260,24 @@ impl Metrics {
         for (name, help, v) in gauges {
             header(&mut out, name, "gauge", help);
             let _ = writeln!(out, "{name} {v}");
+        }
+        if let Some(c) = g.qe_cache {
+            let series = [
+                ("tandem_qe_cache_hits_total", "counter", "QE scores found in the cache.", c.hits as usize),
+                ("tandem_qe_cache_misses_total", "counter", "QE scores the model had to compute.", c.misses as usize),
+                (
+                    "tandem_qe_cache_evictions_total",
+                    "counter",
+                    "QE scores evicted to stay in bounds.",
+                    c.evictions as usize,
+                ),
+                ("tandem_qe_cache_entries", "gauge", "QE scores cached.", c.entries),
+                ("tandem_qe_cache_bytes", "gauge", "Estimated bytes of the QE cache.", c.bytes),
+            ];
+            for (name, kind, help, v) in series {
+                header(&mut out, name, kind, help);
+                let _ = writeln!(out, "{name} {v}");
+            }
         }
         out
     }
@@ -261,7 +317,13 @@ mod tests {
         m.observe_request("/embed", 200, Duration::from_millis(3));
         m.observe_shed(ShedReason::QueueRequests);
         m.observe_batch(BatchStats { requests: 3, inputs: 5, tokens: 40, forward: Duration::from_millis(4) });
-        let out = m.render(Gauges { queue_requests: 2, ..Default::default() }, &[("model", "mini\"lm")]);
+        m.observe_rule("brand", None);
+        m.observe_rule("brand", Some("fuel"));
+        let qe_cache = Some(tandem_ebrm::CacheStats { hits: 7, ..Default::default() });
+        let out = m.render(Gauges { queue_requests: 2, qe_cache, ..Default::default() }, &[("model", "mini\"lm")]);
+        assert!(out.contains("tandem_rule_calls_total{plugin=\"brand\",outcome=\"fuel\"} 1"), "{out}");
+        assert!(out.contains("tandem_rule_failures_total{plugin=\"brand\"} 1"), "{out}");
+        assert!(out.contains("tandem_qe_cache_hits_total 7"), "{out}");
         assert!(out.contains("tandem_info{model=\"mini\\\"lm\"} 1"), "{out}");
         assert!(out.contains("tandem_requests_total{route=\"/embed\",status=\"200\"} 1"), "{out}");
         assert!(out.contains("tandem_shed_total{reason=\"queue_requests\"} 1"), "{out}");

@@ -12,6 +12,7 @@ pub mod config;
 mod errors;
 mod listener;
 mod metrics;
+mod relevance;
 mod routes;
 
 use anyhow::{Context, Result};
@@ -54,6 +55,12 @@ pub struct Args {
     /// Requests admitted at once; more are answered 503 at once.
     #[arg(long)]
     max_queue_requests: Option<usize>,
+    /// Rule plugins for /relevance: a tandem-plugins config file (TOML), hot-reloaded.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// Do not serve /relevance (skips loading the brand list and taxonomy at start-up).
+    #[arg(long)]
+    no_relevance: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -91,6 +98,12 @@ impl Args {
         if let Some(v) = self.max_queue_requests {
             b.max_queue_requests = v;
         }
+        if let Some(v) = &self.rules {
+            c.relevance.rules = Some(v.clone());
+        }
+        if self.no_relevance {
+            c.relevance.enabled = false;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -110,12 +123,12 @@ pub fn run(args: Args) -> Result<()> {
     };
     let embedder =
         Arc::new(Embedder::load(&dir, backend).with_context(|| format!("cannot load the model in {}", dir.display()))?);
-    // Token counting runs on the blocking pool; one thread per core is all it can use, and
-    // the default (512) would let a burst start hundreds of threads that fight for the cores
-    // the model needs.
+    // Token counting and /relevance run on the blocking pool. The default (512) would let a
+    // burst start hundreds of threads that fight for the cores the model needs; a few per core
+    // leave room for /relevance requests that wait there for the model thread.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime =
-        tokio::runtime::Builder::new_multi_thread().max_blocking_threads(cores.max(2)).enable_all().build()?;
+        tokio::runtime::Builder::new_multi_thread().max_blocking_threads((4 * cores).max(8)).enable_all().build()?;
     runtime.block_on(serve(config, embedder, dir))
 }
 
@@ -150,8 +163,24 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf) -> Result<
     let model = embedder.clone();
     let (batcher, model_thread) =
         batcher::Batcher::start(policy, metrics.clone(), Box::new(move |texts: &[&str]| model.embed(texts)))?;
+    let model = model_info(&embedder, &dir);
+    let relevance = if config.relevance.enabled {
+        let encoder = relevance::BatchedEncoder::new(
+            batcher.clone(),
+            embedder.clone(),
+            tokio::runtime::Handle::current(),
+            config.models.embed.name.clone(),
+            b.max_batch_tokens,
+        );
+        let relevance_config = config.relevance.clone();
+        let started = tokio::task::spawn_blocking(move || relevance::Relevance::start(&relevance_config, encoder));
+        Some(Arc::new(started.await?.context("cannot start /relevance (relevance.enabled = false turns it off)")?))
+    } else {
+        None
+    };
     let state = Arc::new(routes::AppState {
-        model: model_info(&embedder, &dir),
+        model,
+        relevance,
         admission: Arc::new(Semaphore::new(b.max_queue_requests)),
         config: config.clone(),
         embedder,

@@ -11,6 +11,7 @@ use super::batcher::{Batcher, Refused};
 use super::config::Config;
 use super::errors::{ApiError, ErrorKind};
 use super::metrics::{CLIENT_CLOSED, Gauges, Metrics, ShedReason};
+use super::relevance::{EncodeRefused, Relevance, RelevanceRequest};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -18,7 +19,7 @@ use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ pub struct ModelInfo {
 pub struct AppState {
     pub config: Config,
     pub model: ModelInfo,
+    /// None when `relevance.enabled` is false.
+    pub relevance: Option<Arc<Relevance>>,
     /// For token counts only; forward passes run on the batcher's thread.
     pub embedder: Arc<Embedder>,
     pub batcher: Batcher,
@@ -353,15 +356,44 @@ async fn rerank_inner(s: &AppState, req: Request) -> Result<Vec<Rank>, ApiError>
     Ok(ranks)
 }
 
-/// `POST /relevance`: needs the EBRM pipeline (entity decomposition, QE model, soft-logic
-/// aggregation) and rule plugins, which this build does not have. Says so rather than
-/// answering with made-up scores.
-async fn relevance() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        ErrorKind::NotImplemented,
-        "/relevance is not available in this build: it needs the EBRM relevance pipeline, which has not landed yet",
-    )
+/// `POST /relevance`: entity-based relevance with explanations and rule verdicts (see
+/// [`super::relevance`]). Admission and shedding as for the other inference routes; the QE
+/// misses go through the same batcher.
+async fn relevance(State(s): AppRef, req: Request) -> Response {
+    respond(relevance_inner(&s, req).await)
+}
+
+async fn relevance_inner(s: &AppState, req: Request) -> Result<Value, ApiError> {
+    let Some(engine) = s.relevance.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
+            "/relevance is turned off on this server (relevance.enabled = false)",
+        ));
+    };
+    let permit = s.admit()?;
+    let body: RelevanceRequest = s.read_json(req).await?;
+    let job = engine.parse(body)?;
+    let metrics = s.metrics.clone();
+    let outcome = tokio::task::spawn_blocking(move || engine.run(&job, &metrics)).await;
+    drop(permit);
+    let outcome = outcome.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, format!("relevance task: {e}"))
+    })?;
+    outcome.map_err(|e| match e.downcast_ref::<EncodeRefused>() {
+        Some(EncodeRefused(Refused::Full)) => s.overloaded(
+            ShedReason::QueueTokens,
+            &format!(
+                "overloaded: the queue holds close to its limit of {} tokens; retry later",
+                s.config.batching.max_queue_tokens
+            ),
+        ),
+        Some(EncodeRefused(Refused::Closed)) => ApiError::shutting_down(),
+        None => {
+            s.metrics.observe_backend_error();
+            ApiError::backend(format!("{e:#}"))
+        }
+    })
 }
 
 /// `GET /health` (TEI): 200 with an empty body while serving, 503 while shutting down.
@@ -410,8 +442,9 @@ async fn info(State(s): AppRef) -> Response {
             "/embed": "available",
             "/v1/embeddings": "available",
             "/rerank": "available (bi-encoder cosine)",
-            "/relevance": "not available in this build (needs the EBRM pipeline)",
+            "/relevance": if s.relevance.is_some() { "available (EBRM)" } else { "turned off" },
         },
+        "relevance": s.relevance.as_ref().map(|r| r.info()),
     }))
     .into_response()
 }
@@ -424,6 +457,7 @@ async fn metrics(State(s): AppRef) -> Response {
         queue_tokens,
         admitted: s.config.batching.max_queue_requests - s.admission.available_permits(),
         draining: s.draining.load(Ordering::Relaxed),
+        qe_cache: s.relevance.as_ref().map(|r| r.cache_stats()),
     };
     let info =
         [("version", env!("CARGO_PKG_VERSION")), ("model", s.model.id.as_str()), ("backend", s.model.backend.as_str())];

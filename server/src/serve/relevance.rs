@@ -1,0 +1,309 @@
+//! `POST /relevance`: entity-based relevance (EBRM) of items to a query, then the rule
+//! plugins, with explanations.
+//!
+//! The EBRM engine encodes through the same [`Batcher`] as `/embed`, so its QE misses share
+//! forward passes with embedding requests and obey the same queue bounds. The engine is
+//! synchronous, so a request runs on the blocking pool and waits there for its vectors; all
+//! the rest (entity extraction, cache lookups, aggregation, rules) is CPU work that belongs
+//! there anyway.
+//!
+//! Request: `{"query", "items": [{"id", "title", "price", "brand", "category", "attributes",
+//! ...}], "logic", "explain", "rules", "all_entities", "interventions"}`. Response: the query
+//! as understood (its entities), and one result per item, best final score first.
+
+use super::batcher::{Batcher, Refused};
+use super::config::RelevanceConfig;
+use super::errors::ApiError;
+use super::metrics::Metrics;
+use crate::commands::rules_apply::{plugin_input, rules_json};
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_ebrm::cli::{load_extractor, ranking_lines};
+use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, Ranking, TextEncoder};
+use tandem_models::Embedder;
+use tandem_plugins::{Host, RuleSet, Watcher};
+
+/// Why an encode through the batcher failed, kept typed through `anyhow` so the handler can
+/// answer 503 for a full queue rather than 500.
+#[derive(Debug)]
+pub struct EncodeRefused(pub Refused);
+
+impl std::fmt::Display for EncodeRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Refused::Full => f.write_str("the model's queue is full"),
+            Refused::Closed => f.write_str("the server is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for EncodeRefused {}
+
+/// A [`TextEncoder`] that queues its texts on the model thread's batcher and blocks until
+/// the vectors come back. Call only from a blocking-pool thread (or any thread outside the
+/// tokio workers): it blocks.
+pub struct BatchedEncoder {
+    batcher: Batcher,
+    /// For token counts; forward passes run on the batcher's thread.
+    embedder: Arc<Embedder>,
+    runtime: tokio::runtime::Handle,
+    id: String,
+    max_batch_tokens: usize,
+}
+
+impl BatchedEncoder {
+    pub fn new(
+        batcher: Batcher,
+        embedder: Arc<Embedder>,
+        runtime: tokio::runtime::Handle,
+        id: String,
+        max_batch_tokens: usize,
+    ) -> Self {
+        BatchedEncoder { batcher, embedder, runtime, id, max_batch_tokens }
+    }
+}
+
+impl TextEncoder for BatchedEncoder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Entity texts and titles are truncated to the model's limit silently: EBRM scores what
+    /// fits, as the CLI does. Large calls (the taxonomy at start-up) go as several jobs of at
+    /// most `max_batch_tokens`, all queued before the first is awaited.
+    fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let max_tokens = self.embedder.max_tokens();
+        let mut jobs = Vec::new();
+        let (mut chunk, mut chunk_tokens) = (Vec::new(), 0);
+        for text in texts {
+            let tokens = self.embedder.count_tokens(text).min(max_tokens);
+            if !chunk.is_empty() && chunk_tokens + tokens > self.max_batch_tokens {
+                jobs.push((std::mem::take(&mut chunk), chunk_tokens));
+                chunk_tokens = 0;
+            }
+            chunk.push(text.to_string());
+            chunk_tokens += tokens;
+        }
+        if !chunk.is_empty() {
+            jobs.push((chunk, chunk_tokens));
+        }
+        let receivers = jobs
+            .into_iter()
+            .map(|(texts, tokens)| self.batcher.submit(texts, tokens).map_err(EncodeRefused))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut vectors = Vec::with_capacity(texts.len());
+        for rx in receivers {
+            let reply = self.runtime.block_on(rx).context("the model thread stopped before answering")?;
+            vectors.extend(reply.map_err(|e| anyhow::anyhow!("{}", e.message))?);
+        }
+        Ok(vectors)
+    }
+}
+
+/// The `/relevance` pipeline: the engine, its defaults and the rule plugins.
+pub struct Relevance {
+    engine: Ebrm<BatchedEncoder>,
+    config: RelevanceConfig,
+    logic: Logic,
+    rules: Option<Arc<RuleSet>>,
+    /// Keeps the hot-reload thread alive.
+    _watcher: Option<Watcher>,
+}
+
+impl Relevance {
+    /// Builds the engine and loads everything its first request would: the brand list
+    /// (fetched into the cache on first use; without it brands come from item attributes
+    /// only), the taxonomy embeddings and the rule plugins. Blocks: call off the tokio workers.
+    pub fn start(config: &RelevanceConfig, encoder: BatchedEncoder) -> Result<Relevance> {
+        let cache_dir = tandem_models::fetch::cache_root()?;
+        if let Err(e) = tandem_ebrm::vocab::fetch_brands(&cache_dir) {
+            eprintln!("tandem serve: warning: cannot fetch the brand list ({e:#})");
+        }
+        let extractor = load_extractor(&cache_dir)?;
+        let cache = Arc::new(LruQeCache::new(config.qe_cache_entries, config.qe_cache_bytes));
+        let engine =
+            Ebrm::new(encoder, extractor, CategorySearch::Embedding { cache_dir: Some(cache_dir) }).with_cache(cache);
+        let started = Instant::now();
+        engine.prepare().context("cannot prepare the taxonomy index for /relevance")?;
+        if started.elapsed() > Duration::from_secs(1) {
+            eprintln!("tandem serve: taxonomy embeddings ready in {:.1?} (cached for next time)", started.elapsed());
+        }
+        let (rules, watcher) = match &config.rules {
+            None => (None, None),
+            Some(path) => {
+                let plugins = tandem_plugins::Config::from_file(path)?;
+                let host = Host::new().map_err(|e| anyhow::anyhow!("cannot start the plugin host: {e}"))?;
+                let set = Arc::new(RuleSet::new(host, &plugins).context("cannot load the rule plugins")?);
+                let watcher = set.watch(Duration::from_millis(plugins.poll_ms), |event| {
+                    eprintln!("tandem serve: rules: {event:?}");
+                })?;
+                (Some(set), Some(watcher))
+            }
+        };
+        let logic = Logic::from_name(&config.logic).context("relevance.logic")?;
+        Ok(Relevance { engine, config: config.clone(), logic, rules, _watcher: watcher })
+    }
+
+    pub fn info(&self) -> Value {
+        let cache = self.engine.cache_stats();
+        json!({
+            "logic": self.logic,
+            "max_items": self.config.max_items,
+            "qe_cache": {"max_entries": cache.max_entries, "max_bytes": cache.max_bytes},
+            "rules": self.rules.as_ref().map(|r| r.status()).unwrap_or_default(),
+        })
+    }
+
+    pub fn cache_stats(&self) -> tandem_ebrm::CacheStats {
+        self.engine.cache_stats()
+    }
+
+    /// Parses and checks a request body before any work, naming the field at fault.
+    pub fn parse(&self, body: RelevanceRequest) -> Result<Job, ApiError> {
+        if body.query.trim().is_empty() {
+            return Err(ApiError::empty("query"));
+        }
+        let max = self.config.max_items;
+        if body.items.is_empty() {
+            return Err(ApiError::empty("items"));
+        }
+        if body.items.len() > max {
+            return Err(ApiError::too_large(format!(
+                "`items` has {} items, more than the limit of {max} (relevance.max_items)",
+                body.items.len()
+            )));
+        }
+        let items = body
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Item::from_value(v).map_err(|e| ApiError::invalid(format!("`items[{i}]`: {e:#}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let logic = match &body.logic {
+            None => self.logic,
+            Some(name) => Logic::from_name(name).ok_or_else(|| {
+                ApiError::invalid(format!("`logic`: expected product, goedel or lukasiewicz, not {name:?}"))
+            })?,
+        };
+        if body.rules && self.rules.is_none() && body.rules_required {
+            return Err(ApiError::invalid("`rules_required`: no rule plugins are configured (relevance.rules)"));
+        }
+        Ok(Job {
+            query: body.query,
+            items,
+            logic,
+            explain: body.explain,
+            rules: body.rules,
+            all_entities: body.all_entities,
+            interventions: body.interventions,
+        })
+    }
+
+    /// Ranks, runs the rules and builds the response. Blocks on the model.
+    pub fn run(&self, job: &Job, metrics: &Metrics) -> Result<Value> {
+        let ranking = self.engine.rank(&job.query, &job.items)?.with_logic(job.logic);
+        let ranking = if job.interventions.is_empty() { ranking } else { ranking.intervene(&job.interventions) };
+        let mut lines = ranking_lines(&ranking, job.all_entities)?;
+        let rules = self.rules.as_ref().filter(|_| job.rules);
+        for (scored, line) in ranking.items.iter().zip(lines.iter_mut()) {
+            let obj = line.as_object_mut().expect("ranking lines are objects");
+            obj.remove("logic");
+            if !job.explain {
+                obj.remove("explanation");
+                obj.remove("deciding");
+            }
+            let mut factor = 1.0;
+            if let Some(rules) = rules {
+                let reports = rules.check(&plugin_input(&ranking, &job.items[scored.index], scored));
+                for r in &reports {
+                    metrics.observe_rule(&r.plugin, r.error.as_ref().map(|e| e.kind.as_str()));
+                }
+                factor = tandem_plugins::combine(&reports).factor;
+                obj.insert("rules".into(), rules_json(&reports));
+            }
+            obj.insert("final_score".into(), json!(scored.score * factor));
+        }
+        order_by_final_score(&mut lines);
+        Ok(json!({
+            "query": query_json(&ranking),
+            "logic": ranking.config.logic,
+            "encoded_texts": ranking.encoded_texts,
+            "results": lines,
+        }))
+    }
+}
+
+/// Best final score first; ties keep input order. `rank` follows the final order.
+fn order_by_final_score(lines: &mut [Value]) {
+    let score = |v: &Value| v["final_score"].as_f64().unwrap_or(0.0);
+    lines.sort_by(|a, b| score(b).total_cmp(&score(a)).then_with(|| a["index"].as_u64().cmp(&b["index"].as_u64())));
+    for (rank, line) in lines.iter_mut().enumerate() {
+        line["rank"] = json!(rank + 1);
+    }
+}
+
+fn query_json(ranking: &Ranking) -> Value {
+    let q = &ranking.query;
+    json!({"text": q.text, "entities": q.entities, "category_similarity": q.category_similarity})
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelevanceRequest {
+    pub query: String,
+    /// Item objects; parsed one by one so an error names the item.
+    pub items: Vec<Value>,
+    /// product | goedel | lukasiewicz; the server's `relevance.logic` when absent.
+    #[serde(default)]
+    pub logic: Option<String>,
+    /// Include each item's explanation and deciding entities.
+    #[serde(default = "yes")]
+    pub explain: bool,
+    /// Run the configured rule plugins.
+    #[serde(default = "yes")]
+    pub rules: bool,
+    /// Fail with 422 when no rule plugins are configured, rather than rank without them.
+    #[serde(default)]
+    pub rules_required: bool,
+    /// Every entity of every item, not only the deciding ones.
+    #[serde(default)]
+    pub all_entities: bool,
+    /// QE overrides and dropped entities, applied before the rules, without re-encoding.
+    #[serde(default)]
+    pub interventions: Vec<Intervention>,
+}
+
+/// A checked request.
+pub struct Job {
+    query: String,
+    items: Vec<Item>,
+    logic: Logic,
+    explain: bool,
+    rules: bool,
+    all_entities: bool,
+    interventions: Vec<Intervention>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_by_final_score_then_input_order() {
+        let mut lines = vec![
+            json!({"index": 0, "final_score": 0.2}),
+            json!({"index": 1, "final_score": 0.9}),
+            json!({"index": 2, "final_score": 0.2}),
+        ];
+        order_by_final_score(&mut lines);
+        let order: Vec<_> = lines.iter().map(|l| (l["index"].as_u64().unwrap(), l["rank"].as_u64().unwrap())).collect();
+        assert_eq!(order, vec![(1, 1), (0, 2), (2, 3)]);
+    }
+}
