@@ -2,6 +2,12 @@
 // trans_b, [N, K] (a PyTorch Linear weight). Batched over blockIdx.z; b is shared by the whole
 // batch when stride_b is 0. Twin of shaders/matmul.wgsl; params in params.cuh.
 //
+// lora_matmul (f32 build only): out = act(x · Wᵀ + bias + scale · t · Bᵀ), with t = x · Aᵀ
+// ([rows, r]) computed beforehand by `matmul` into a scratch. Its K loop runs over the K
+// columns of x and W, then on over the r columns of scale·t and B ([N, r], loaded like a
+// transposed b) into the same accumulators, through the same double-buffered pipeline, and
+// shares the epilogue.
+//
 // One source, two element types, chosen when NVRTC compiles it:
 // - default: f32 in and out, SIMT FMA. Block tile 128x64, K step 16, 256 threads each
 //   computing an 8x4 register tile.
@@ -50,21 +56,33 @@ __device__ __forceinline__ float4 load4(const float* __restrict__ base, u32 row,
     return make_float4(v[0], v[1], v[2], v[3]);
 }
 
-__device__ __forceinline__ void load_stage(MatMulStage& st, const MatMulParams& p, const float* __restrict__ a,
-                                           const float* __restrict__ b, u32 m0, u32 n0, u32 k0, bool vec_k,
-                                           bool vec_n) {
+// What one K tile multiplies: columns of a against columns of b over an inner length k.
+// The main product (a, b over K) and the LoRA term (scale·t, B over r) are both this.
+struct MatMulOperands {
+    const float* a;  // [m, k]
+    const float* b;  // [k, n], or [n, k] with trans_b
+    u32 k;
+    bool trans_b;
+    bool vec_k;  // 16-byte loads along k
+    bool vec_n;  // 16-byte loads along n (b as [k, n])
+    float scale; // applied to a
+};
+
+__device__ __forceinline__ void load_stage(MatMulStage& st, const MatMulParams& p, const MatMulOperands& o, u32 m0,
+                                           u32 n0, u32 k0) {
     const u32 tid = threadIdx.x;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
         const u32 f = tid + j * MM_THREADS;  // 512 float4 = 128 rows x 16 k
-        st.a[j] = load4(a, m0 + f / 4, k0 + (f % 4) * 4, p.m, p.k, p.k, vec_k);
+        float4 v = load4(o.a, m0 + f / 4, k0 + (f % 4) * 4, p.m, o.k, o.k, o.vec_k);
+        st.a[j] = make_float4(o.scale * v.x, o.scale * v.y, o.scale * v.z, o.scale * v.w);
     }
-    if (p.trans_b) {
+    if (o.trans_b) {
         // b is [N, K]: 64 rows of n x 16 k
-        st.b = load4(b, n0 + tid / 4, k0 + (tid % 4) * 4, p.n, p.k, p.k, vec_k);
+        st.b = load4(o.b, n0 + tid / 4, k0 + (tid % 4) * 4, p.n, o.k, o.k, o.vec_k);
     } else {
         // b is [K, N]: 16 rows of k x 64 n
-        st.b = load4(b, k0 + tid / 16, n0 + (tid % 16) * 4, p.k, p.n, p.n, vec_n);
+        st.b = load4(o.b, k0 + tid / 16, n0 + (tid % 16) * 4, o.k, p.n, p.n, o.vec_n);
     }
 }
 
@@ -90,21 +108,40 @@ __device__ __forceinline__ void store_stage(MatMulSmem& sm, int buf, const MatMu
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MM_THREADS)
-    matmul(const MatMulParams p, const float* __restrict__ a, const float* __restrict__ b,
-           const float* __restrict__ bias, float* __restrict__ out) {
+// Tile t of the K loop: the main product's tiles first, then the LoRA term's; k0 is the
+// tile's first column within its own operands.
+__device__ __forceinline__ const MatMulOperands& tile_operands(u32 t, u32 main_tiles, const MatMulOperands& product,
+                                                              const MatMulOperands& lora, u32& k0) {
+    if (t < main_tiles) {
+        k0 = t * MM_BK;
+        return product;
+    }
+    k0 = (t - main_tiles) * MM_BK;
+    return lora;
+}
+
+// The body of both entry points; lora_rank is 0 for a plain matmul (no LoRA tiles).
+__device__ __forceinline__ void matmul_f32(const MatMulParams& p, const float* __restrict__ a,
+                                           const float* __restrict__ b, const float* __restrict__ bias,
+                                           const float* __restrict__ lora_t, const float* __restrict__ lora_b,
+                                           u32 lora_rank, float* __restrict__ out) {
     __shared__ __align__(16) MatMulSmem sm;
     const u32 tid = threadIdx.x;
     const u32 tx = tid % 16, ty = tid / 16;  // 16 x 16 threads, each an 8x4 tile
     const u32 m0 = blockIdx.y * MM_BM, n0 = blockIdx.x * MM_BN;
-    const u32 k_tiles = (p.k + MM_BK - 1) / MM_BK;
+    const u32 main_tiles = (p.k + MM_BK - 1) / MM_BK;
+    const u32 k_tiles = main_tiles + (lora_rank + MM_BK - 1) / MM_BK;
 
     for (u32 batch = blockIdx.z; batch < p.batch; batch += gridDim.z) {
         const float* A = a + (u64)batch * p.stride_a;
         const float* B = b + (u64)batch * p.stride_b;
+        const float* T = lora_t + (u64)batch * p.m * lora_rank;
         float* C = out + (u64)batch * p.m * p.n;
-        const bool vec_k = p.k % 4 == 0 && aligned16(A) && aligned16(B);
-        const bool vec_n = p.n % 4 == 0 && aligned16(B);
+        const bool product_vec_k = p.k % 4 == 0 && aligned16(A) && aligned16(B);
+        const bool product_vec_n = p.n % 4 == 0 && aligned16(B);
+        const MatMulOperands product = {A, B, p.k, p.trans_b != 0, product_vec_k, product_vec_n, 1.0f};
+        const bool lora_vec_k = lora_rank % 4 == 0 && aligned16(T) && aligned16(lora_b);
+        const MatMulOperands lora = {T, lora_b, lora_rank, true, lora_vec_k, false, p.lora_scale};
 
         float acc[MM_TM][MM_TN];
 #pragma unroll
@@ -113,16 +150,19 @@ extern "C" __global__ void __launch_bounds__(MM_THREADS)
             for (int j = 0; j < MM_TN; ++j) acc[i][j] = 0.0f;
 
         MatMulStage st;
+        u32 k0;
         if (k_tiles > 0) {
-            load_stage(st, p, A, B, m0, n0, 0, vec_k, vec_n);
-            store_stage(sm, 0, st, p.trans_b);
+            const MatMulOperands& o = tile_operands(0, main_tiles, product, lora, k0);
+            load_stage(st, p, o, m0, n0, k0);
+            store_stage(sm, 0, st, o.trans_b);
         }
         __syncthreads();
 
         for (u32 t = 0; t < k_tiles; ++t) {
             const int cur = t & 1;
             const bool more = t + 1 < k_tiles;
-            if (more) load_stage(st, p, A, B, m0, n0, (t + 1) * MM_BK, vec_k, vec_n);
+            const MatMulOperands& next = tile_operands(t + 1, main_tiles, product, lora, k0);
+            if (more) load_stage(st, p, next, m0, n0, k0);
 #pragma unroll
             for (int kk = 0; kk < MM_BK; ++kk) {
                 const float4 a0 = *reinterpret_cast<const float4*>(&sm.a[cur][kk][ty * MM_TM]);
@@ -135,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(MM_THREADS)
 #pragma unroll
                     for (int j = 0; j < MM_TN; ++j) acc[i][j] = fmaf(av[i], bw[j], acc[i][j]);
             }
-            if (more) store_stage(sm, cur ^ 1, st, p.trans_b);
+            if (more) store_stage(sm, cur ^ 1, st, next.trans_b);
             __syncthreads();
         }
 
@@ -162,6 +202,21 @@ extern "C" __global__ void __launch_bounds__(MM_THREADS)
             }
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+    matmul(const MatMulParams p, const float* __restrict__ a, const float* __restrict__ b,
+           const float* __restrict__ bias, float* __restrict__ out) {
+    // A plain product has no LoRA term, whatever the params say.
+    matmul_f32(p, a, b, bias, nullptr, nullptr, 0, out);
+}
+
+// x, W, bias as matmul's a, b, bias; t = x · Aᵀ [rows, r]; B [N, r].
+extern "C" __global__ void __launch_bounds__(MM_THREADS)
+    lora_matmul(const MatMulParams p, const float* __restrict__ x, const float* __restrict__ w,
+                const float* __restrict__ bias, const float* __restrict__ lora_t, const float* __restrict__ lora_b,
+                float* __restrict__ out) {
+    matmul_f32(p, x, w, bias, lora_t, lora_b, p.lora_rank, out);
 }
 
 #else  // TANDEM_F16: f16 storage, tensor cores, f32 accumulation

@@ -21,9 +21,9 @@ struct MatMulParams {
     u32 trans_b;
     u32 activation;
     u32 has_bias;
-    u32 _pad0;
-    u32 _pad1;
-    u32 _pad2;
+    u32 lora_rank;   // lora_matmul only: r
+    f32 lora_scale;  // lora_matmul only: lora_alpha / r
+    u32 _pad;
 };
 static_assert(sizeof(MatMulParams) == 48, "MatMulParams size");
 
@@ -87,3 +87,23 @@ struct PoolParams {
     u32 kind;
 };
 static_assert(sizeof(PoolParams) == 16, "PoolParams size");
+
+// ops::softlogic::SoftLogicParams
+struct SoftLogicParams {
+    u32 len;
+    u32 logic;
+    u32 connective;
+    u32 _pad;
+};
+static_assert(sizeof(SoftLogicParams) == 16, "SoftLogicParams size");
+
+// ops::softlogic::AggregateParams
+struct AggregateParams {
+    u32 items;
+    u32 entities;
+    u32 kinds;
+    u32 logic;
+    f32 optional_weight;
+    u32 _pad[3];
+};
+static_assert(sizeof(AggregateParams) == 32, "AggregateParams size");

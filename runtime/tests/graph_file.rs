@@ -2,7 +2,7 @@
 //! file giving an error that names the node, value or tensor at fault.
 
 use tandem_runtime::graph::{Weights, load_weights, read_graph_file, write_graph_file};
-use tandem_runtime::ops::{Activation, MatMul};
+use tandem_runtime::ops::{Activation, Connective, Logic, LoraMatMul, MatMul};
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorType, ValueId};
 
 /// x [tokens, 4] · wᵀ (w [3, 4]) + b, then GELU.
@@ -27,6 +27,50 @@ fn a_graph_file_round_trips() {
     let g = small_graph();
     write_graph_file(&g, &path).unwrap();
     assert_eq!(read_graph_file(&path).unwrap(), g);
+}
+
+#[test]
+fn lora_and_soft_logic_nodes_round_trip() {
+    let mut g = Graph::new("adapters");
+    let f = |s: &[usize]| TensorType::fixed(DType::F32, s);
+    let u = |s: &[usize]| TensorType::fixed(DType::U32, s);
+    let x = g.input("x", TensorType::new(DType::F32, vec![Dim::sym("tokens"), Dim::Fixed(4)]));
+    let [w, a, b, bias] =
+        [("w", f(&[3, 4])), ("a", f(&[2, 4])), ("b", f(&[3, 2])), ("bias", f(&[3]))].map(|(n, t)| g.weight(n, t));
+    let lora = Op::LoraMatMul(LoraMatMul { scale: 8.0, activation: Activation::Relu });
+    let y = g.node1("dense_lora", lora, &[x, w, a, b, bias]).unwrap();
+    g.output(y, "y");
+    let [qe, mask, kind] = [("qe", f(&[5, 3])), ("mask", u(&[5, 3])), ("kind", u(&[5, 3]))].map(|(n, t)| g.input(n, t));
+    let [weight, essential] = [("weight", f(&[4])), ("essential", u(&[4]))].map(|(n, t)| g.weight(n, t));
+    let not = g.node1("not", Op::SoftLogic { connective: Connective::Not, logic: Logic::Lukasiewicz }, &[qe]).unwrap();
+    let or = g.node1("or", Op::SoftLogic { connective: Connective::Or, logic: Logic::Goedel }, &[qe, not]).unwrap();
+    let aggregate = Op::Aggregate { logic: Logic::Product, optional_weight: 0.25 };
+    let outs = g.node("aggregate", aggregate, &[or, mask, kind, weight, essential]).unwrap();
+    g.output(outs[0], "score");
+    g.output(outs[1], "contribution");
+    g.validate().unwrap();
+
+    let dir = tempdir();
+    let path = dir.join("adapters.tgraph");
+    write_graph_file(&g, &path).unwrap();
+    assert_eq!(read_graph_file(&path).unwrap(), g);
+}
+
+#[test]
+fn bad_lora_and_aggregate_operands_name_the_node() {
+    let mut g = Graph::new("bad");
+    let x = g.input("x", TensorType::fixed(DType::F32, &[7, 4]));
+    let w = g.weight("w", TensorType::fixed(DType::F32, &[3, 4]));
+    let a = g.weight("a", TensorType::fixed(DType::F32, &[2, 5]));
+    let b = g.weight("b", TensorType::fixed(DType::F32, &[3, 2]));
+    let e = g.node("lora", Op::LoraMatMul(LoraMatMul::default()), &[x, w, a, b]).unwrap_err().to_string();
+    assert!(e.contains("node 'lora' (lora_matmul)") && e.contains("lora_a [r, K]"), "{e}");
+    let mask = g.input("mask", TensorType::fixed(DType::F32, &[7, 4]));
+    let e = g
+        .node("agg", Op::Aggregate { logic: Logic::Goedel, optional_weight: 0.5 }, &[x, mask, mask, w, w])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("node 'agg' (aggregate)") && e.contains("mask must be u32"), "{e}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use tandem_runtime::Op;
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::backend::{Arg, Backend, OutArg};
 use tandem_runtime::graph::Bindings;
-use tandem_runtime::ops::{Activation, Attention, BinaryKind, MatMul, PoolKind};
+use tandem_runtime::ops::{Activation, Attention, BinaryKind, LoraMatMul, MatMul, PoolKind};
 use tandem_runtime::{DType, HostTensor, OpKind, TensorData};
 
 fn uniform(rng: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> HostTensor {
@@ -55,6 +55,19 @@ pub fn limit_cases(seed: u64) -> Vec<Case> {
             vec![a, b, uniform(rng, &[n], -1.0, 1.0)],
         );
     }
+    // LoRA: several row blocks, many K tiles then three r tiles (r = 48) in one K loop.
+    let (rows, k, n, r) = (257, 250, 67, 48);
+    add(
+        format!("lora_matmul_{rows}x{k}x{n}_r{r}"),
+        Op::LoraMatMul(LoraMatMul { scale: 0.5, activation: Activation::Gelu }),
+        vec![
+            uniform(rng, &[rows, k], -1.0, 1.0),
+            uniform(rng, &[n, k], -1.0, 1.0),
+            uniform(rng, &[r, k], -1.0, 1.0),
+            uniform(rng, &[n, r], -1.0, 1.0),
+            uniform(rng, &[n], -1.0, 1.0),
+        ],
+    );
     // attention: more sequences than a warp has lanes (the tile scan's per-lane chunks), a
     // segment longer than several key blocks, the largest head dim, a gap, GQA, causal.
     let many: Vec<(u32, u32)> = (0..70u32).map(|i| (i * 5, [1, 5, 3, 0, 4][i as usize % 5])).collect();

@@ -11,7 +11,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tandem_runtime::backend::Backend;
 use tandem_runtime::backend::cpu::CpuBackend;
-use tandem_runtime::ops::{Activation, Attention, BinaryKind, MatMul, PoolKind, UnaryKind};
+use tandem_runtime::ops::{
+    Activation, Attention, BinaryKind, Connective, Logic, LoraMatMul, MatMul, PoolKind, UnaryKind,
+};
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, OpKind, Session, TensorData, TensorType};
 
 /// How close a backend's output must be to the CPU's: |got − want| ≤ abs + rel·|want|.
@@ -31,11 +33,16 @@ impl Tolerance {
 /// Stated per op: float reductions reorder sums on GPUs, so they get more room than maps.
 pub fn tolerance(kind: OpKind) -> Tolerance {
     match kind {
-        OpKind::MatMul => Tolerance::new(2e-4, 1e-3),
+        OpKind::MatMul | OpKind::LoraMatMul => Tolerance::new(2e-4, 1e-3),
         OpKind::Attention => Tolerance::new(1e-4, 1e-3),
         OpKind::LayerNorm => Tolerance::new(1e-4, 1e-4),
         OpKind::Softmax | OpKind::L2Normalize | OpKind::Pool => Tolerance::new(1e-5, 1e-4),
         OpKind::Unary | OpKind::Binary => Tolerance::new(1e-5, 1e-5),
+        // A few roundings per element; GPUs may fuse a·b + c where the CPU rounds twice.
+        OpKind::SoftLogic => Tolerance::new(1e-6, 1e-6),
+        // Up to 2·entities connectives per score, and contributions are differences of
+        // scores, so rounding differences add up over an item's entities.
+        OpKind::Aggregate => Tolerance::new(1e-5, 1e-5),
         OpKind::Cast | OpKind::Gather | OpKind::Reshape => Tolerance::EXACT,
     }
 }
@@ -111,6 +118,72 @@ pub fn cases(seed: u64) -> Vec<Case> {
             Op::MatMul(MatMul { trans_b: true, activation: Activation::None }),
             vec![a, b],
         );
+    }
+    // LoRA matmul: ranks 1 to 65 (r off the K step of the kernels too), K and r on and off
+    // the 16-byte load paths, bias, activations, leading batch dims folded into rows.
+    for &(lead, k, n, r) in &[
+        (&[1][..], 1, 1, 1),
+        (&[7], 13, 5, 3),
+        (&[129], 65, 33, 16),
+        (&[3], 129, 257, 64),
+        (&[2, 7], 17, 9, 65),
+        (&[33], 96, 40, 8),
+    ] {
+        for (bias, activation) in [(false, Activation::None), (true, Activation::Gelu), (true, Activation::Relu)] {
+            let x = uniform(rng, &[lead, &[k]].concat(), -1.0, 1.0);
+            let mut inputs = vec![
+                x,
+                uniform(rng, &[n, k], -1.0, 1.0),
+                uniform(rng, &[r, k], -1.0, 1.0),
+                uniform(rng, &[n, r], -1.0, 1.0),
+            ];
+            if bias {
+                inputs.push(uniform(rng, &[n], -1.0, 1.0));
+            }
+            // PEFT's scale, lora_alpha / r, with lora_alpha = 16.
+            let op = Op::LoraMatMul(LoraMatMul { scale: 16.0 / r as f32, activation });
+            add(format!("lora_matmul_{lead:?}x{k}x{n}_r{r}_bias{bias}_{activation:?}"), op, inputs);
+        }
+    }
+    // soft logic: every family and connective; truth values outside [0, 1] and a NaN clamp.
+    for &logic in Logic::ALL {
+        for &connective in Connective::ALL {
+            for shape in [&[1][..], &[7, 129]] {
+                let truth = |rng: &mut StdRng| {
+                    let mut t = uniform(rng, shape, -0.25, 1.25);
+                    if let TensorData::F32(v) = &mut t.data {
+                        let middle = v.len() / 2;
+                        v[middle] = f32::NAN;
+                    }
+                    t
+                };
+                let inputs = (0..connective.arity()).map(|_| truth(rng)).collect();
+                add(
+                    format!("soft_logic_{logic}_{connective:?}_{shape:?}"),
+                    Op::SoftLogic { connective, logic },
+                    inputs,
+                );
+            }
+        }
+    }
+    // aggregate: every family, one entity up to 64, rows with no entity, kinds out of range,
+    // QE and weights outside [0, 1].
+    for &logic in Logic::ALL {
+        for &(items, entities, kinds) in &[(1, 1, 1), (7, 5, 4), (129, 13, 6), (3, 64, 5), (2, 0, 3)] {
+            let cells = items * entities;
+            let mask = (0..cells).map(|i| u32::from(i % 7 != 3 && rng.random_bool(0.8))).collect();
+            let kind = (0..cells).map(|_| rng.random_range(0..kinds as u32 + 1)).collect();
+            let essential = (0..kinds).map(|_| u32::from(rng.random_bool(0.5))).collect();
+            let inputs = vec![
+                uniform(rng, &[items, entities], -0.1, 1.1),
+                HostTensor::u32(vec![items, entities], mask).unwrap(),
+                HostTensor::u32(vec![items, entities], kind).unwrap(),
+                uniform(rng, &[kinds], 0.0, 1.2),
+                HostTensor::u32(vec![kinds], essential).unwrap(),
+            ];
+            let op = Op::Aggregate { logic, optional_weight: rng.random_range(0.0..1.0) };
+            add(format!("aggregate_{logic}_{items}x{entities}_kinds{kinds}"), op, inputs);
+        }
     }
     // unary
     for &kind in UnaryKind::ALL {

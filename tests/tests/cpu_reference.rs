@@ -4,8 +4,9 @@
 
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::ops::elementwise::gelu;
-use tandem_runtime::ops::{Activation, Op, OpKind};
-use tandem_tests::{Tolerance, cases, compare, run_case, seed};
+use tandem_runtime::ops::{Activation, Connective, Logic, Op, OpKind};
+use tandem_runtime::{HostTensor, TensorData};
+use tandem_tests::{Case, Tolerance, cases, compare, run_case, seed};
 
 #[test]
 fn every_op_has_conformance_cases() {
@@ -101,6 +102,218 @@ fn cpu_matmul_and_attention_match_plain_loops() {
         checked += 1;
     }
     assert!(checked > 40, "only {checked} cases checked");
+}
+
+fn activate(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::None => x,
+        Activation::Gelu => gelu(x),
+        Activation::Relu => x.max(0.0),
+    }
+}
+
+/// PEFT's LoRA linear layer in f64: x · Wᵀ + bias + scale · (x · Aᵀ) · Bᵀ, then act.
+fn naive_lora(case: &Case, scale: f32, act: Activation) -> Vec<f32> {
+    let [x, w, a, b] = [0, 1, 2, 3].map(|i| case.inputs[i].to_f32());
+    let bias = case.inputs.get(4).map(|t| t.to_f32());
+    let (n, k, r) = (case.inputs[1].shape[0], case.inputs[1].shape[1], case.inputs[2].shape[0]);
+    let rows = x.len() / k.max(1);
+    let mut out = vec![0.0; rows * n];
+    for i in 0..rows {
+        let t: Vec<f64> = (0..r).map(|j| (0..k).map(|p| x[i * k + p] as f64 * a[j * k + p] as f64).sum()).collect();
+        for c in 0..n {
+            let main: f64 = (0..k).map(|p| x[i * k + p] as f64 * w[c * k + p] as f64).sum();
+            let low_rank: f64 = (0..r).map(|j| t[j] * b[c * r + j] as f64).sum();
+            let y = main + bias.as_ref().map_or(0.0, |b| b[c] as f64) + scale as f64 * low_rank;
+            out[i * n + c] = activate(act, y as f32);
+        }
+    }
+    out
+}
+
+fn clamp01(x: f64) -> f64 {
+    if x.is_nan() { 0.0 } else { x.clamp(0.0, 1.0) }
+}
+
+/// The t-norm families' AND and OR, in f64, from their textbook definitions.
+fn t_and(logic: Logic, a: f64, b: f64) -> f64 {
+    let (a, b) = (clamp01(a), clamp01(b));
+    match logic {
+        Logic::Product => a * b,
+        Logic::Goedel => a.min(b),
+        Logic::Lukasiewicz => (a + b - 1.0).max(0.0),
+    }
+}
+
+fn t_or(logic: Logic, a: f64, b: f64) -> f64 {
+    1.0 - t_and(logic, 1.0 - clamp01(a), 1.0 - clamp01(b))
+}
+
+fn naive_soft_logic(case: &Case, connective: Connective, logic: Logic) -> Vec<f32> {
+    let a = case.inputs[0].to_f32();
+    let b = case.inputs.get(1).map(|t| t.to_f32());
+    (0..a.len())
+        .map(|i| {
+            let x = a[i] as f64;
+            let y = b.as_ref().map_or(0.0, |b| b[i] as f64);
+            (match connective {
+                Connective::And => t_and(logic, x, y),
+                Connective::Or => t_or(logic, x, y),
+                Connective::Not => 1.0 - clamp01(x),
+            }) as f32
+        })
+        .collect()
+}
+
+fn words(t: &HostTensor) -> Vec<u32> {
+    match &t.data {
+        TensorData::U32(v) => v.clone(),
+        _ => panic!("expected u32"),
+    }
+}
+
+/// The aggregate in f64, straight from its definition: the entities as a list of terms,
+/// S(set) over explicit subsets of it.
+fn naive_aggregate(case: &Case, logic: Logic, optional_weight: f32) -> (Vec<f32>, Vec<f32>) {
+    let (qe, weight) = (case.inputs[0].to_f32(), case.inputs[3].to_f32());
+    let (mask, kind, essential) = (words(&case.inputs[1]), words(&case.inputs[2]), words(&case.inputs[4]));
+    let (items, entities) = (case.inputs[0].shape[0], case.inputs[0].shape[1]);
+    let lambda = clamp01(optional_weight as f64);
+    // (entity, essential, term value) of one item's present entities.
+    let score = |terms: &[(usize, bool, f64)]| {
+        let e = terms.iter().filter(|t| t.1).fold(1.0, |acc, t| t_and(logic, acc, t.2));
+        let o = terms.iter().filter(|t| !t.1).fold(0.0, |acc, t| t_or(logic, acc, t.2));
+        e * ((1.0 - lambda) + lambda * o)
+    };
+    let (mut scores, mut contributions) = (Vec::new(), vec![0.0f32; items * entities]);
+    for item in 0..items {
+        let terms: Vec<(usize, bool, f64)> = (0..entities)
+            .filter_map(|e| {
+                let i = item * entities + e;
+                let k = kind[i] as usize;
+                if mask[i] == 0 || k >= weight.len() {
+                    return None;
+                }
+                let (q, w) = (clamp01(qe[i] as f64), clamp01(weight[k] as f64));
+                let ess = essential[k] != 0;
+                Some((e, ess, if ess { 1.0 - w * (1.0 - q) } else { w * q }))
+            })
+            .collect();
+        let all = score(&terms);
+        scores.push(all as f32);
+        for (at, term) in terms.iter().enumerate() {
+            let without: Vec<_> = terms.iter().enumerate().filter(|&(o, _)| o != at).map(|(_, t)| *t).collect();
+            let last = all - score(&without);
+            let first = score(&[*term]) - score(&[]);
+            contributions[item * entities + term.0] = (0.5 * (last + first)) as f32;
+        }
+    }
+    (scores, contributions)
+}
+
+#[test]
+fn cpu_lora_and_soft_logic_match_plain_loops() {
+    let seed = seed();
+    println!("seed {seed}");
+    let mut checked = 0;
+    for case in cases(seed) {
+        let (want, tol) = match &case.op {
+            Op::LoraMatMul(l) => (vec![naive_lora(&case, l.scale, l.activation)], Tolerance::new(1e-4, 1e-4)),
+            Op::SoftLogic { connective, logic } => {
+                (vec![naive_soft_logic(&case, *connective, *logic)], Tolerance::new(1e-6, 1e-6))
+            }
+            Op::Aggregate { logic, optional_weight } => {
+                let (s, c) = naive_aggregate(&case, *logic, *optional_weight);
+                (vec![s, c], Tolerance::new(1e-5, 1e-5))
+            }
+            _ => continue,
+        };
+        let got = run_case(CpuBackend::new(), &case).unwrap();
+        assert_eq!(got.len(), want.len(), "{}", case.name);
+        for (g, w) in got.iter().zip(want) {
+            let w = HostTensor::f32(g.shape.clone(), w).unwrap();
+            compare(g, &w, tol).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        }
+        checked += 1;
+    }
+    assert!(checked >= 45, "only {checked} cases checked");
+}
+
+/// Kinds of the hand-computed cases: 0 essential with weight 1 (a brand), 1 optional with
+/// weight 1 (a color), 2 essential with weight 0.5.
+fn aggregate_case(logic: Logic, lambda: f32, rows: &[&[(f32, u32, bool)]]) -> (Vec<f32>, Vec<f32>) {
+    let entities = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let (mut qe, mut mask, mut kind) =
+        (vec![0.0; rows.len() * entities], vec![0; rows.len() * entities], vec![0; rows.len() * entities]);
+    for (i, row) in rows.iter().enumerate() {
+        for (e, &(q, k, present)) in row.iter().enumerate() {
+            (qe[i * entities + e], kind[i * entities + e], mask[i * entities + e]) = (q, k, u32::from(present));
+        }
+    }
+    let shape = vec![rows.len(), entities];
+    let case = Case {
+        name: "aggregate_by_hand".into(),
+        op: Op::Aggregate { logic, optional_weight: lambda },
+        inputs: vec![
+            HostTensor::f32(shape.clone(), qe).unwrap(),
+            HostTensor::u32(shape.clone(), mask).unwrap(),
+            HostTensor::u32(shape, kind).unwrap(),
+            HostTensor::f32(vec![3], vec![1.0, 1.0, 0.5]).unwrap(),
+            HostTensor::u32(vec![3], vec![1, 0, 1]).unwrap(),
+        ],
+    };
+    let out = run_case(CpuBackend::new(), &case).unwrap();
+    (out[0].to_f32(), out[1].to_f32())
+}
+
+fn assert_close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6), "got {got:?}, want {want:?}");
+}
+
+#[test]
+fn aggregate_by_hand_veto() {
+    // Brand QE 0 (essential, weight 1) vetoes: E = 0 whatever the color does. λ = 0.3, so
+    // S({}) = 0.7 and S({color}) = 0.7 + 0.3·1 = 1. Brand: last 0 − 1, first 0 − 0.7, mean
+    // −0.85. Color: last 0 − 0, first 1 − 0.7, mean 0.15.
+    for &logic in Logic::ALL {
+        let (score, contribution) = aggregate_case(logic, 0.3, &[&[(0.0, 0, true), (1.0, 1, true)]]);
+        assert_close(&score, &[0.0]);
+        assert_close(&contribution, &[-0.85, 0.15]);
+    }
+}
+
+#[test]
+fn aggregate_by_hand_optional_only() {
+    // Two colors, QE 0.6 and 0.5, λ = 0.4, no essential entity (E = 1).
+    // Product: O = 0.6 + 0.5 − 0.3 = 0.8, score 0.6 + 0.4·0.8 = 0.92.
+    //   first: 0.4·0.6 = 0.24 and 0.4·0.5 = 0.2; last: 0.92 − 0.8 = 0.12 and 0.92 − 0.84 = 0.08.
+    // Goedel: O = 0.6, score 0.84; last 0.84 − 0.8 = 0.04 and 0; first as above.
+    // Lukasiewicz: O = min(1, 1.1) = 1, score 1; last 1 − 0.8 = 0.2 and 1 − 0.84 = 0.16.
+    let row: &[(f32, u32, bool)] = &[(0.6, 1, true), (0.5, 1, true)];
+    for (logic, score, contribution) in [
+        (Logic::Product, 0.92, [0.18, 0.14]),
+        (Logic::Goedel, 0.84, [0.14, 0.1]),
+        (Logic::Lukasiewicz, 1.0, [0.22, 0.18]),
+    ] {
+        let (s, c) = aggregate_case(logic, 0.4, &[row]);
+        assert_close(&s, &[score]);
+        assert_close(&c, &contribution);
+    }
+}
+
+#[test]
+fn aggregate_by_hand_empty_mask() {
+    // No present entity (masked out, or of a kind beyond the table): E = 1, O = 0, so the
+    // score is 1 − λ and nothing contributes. Also a row of a half-weight essential entity
+    // with QE 0: t = 1 − 0.5 = 0.5, score 0.5·0.75.
+    for &logic in Logic::ALL {
+        let (score, contribution) =
+            aggregate_case(logic, 0.25, &[&[(0.0, 0, false), (0.9, 7, true)], &[(0.0, 2, true), (0.3, 0, false)]]);
+        assert_close(&score, &[0.75, 0.375]);
+        // Half-weight entity: last 0.375 − 0.75, first 0.375 − 0.75, mean −0.375.
+        assert_close(&contribution, &[0.0, 0.0, -0.375, 0.0]);
+    }
 }
 
 #[test]

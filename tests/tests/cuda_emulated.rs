@@ -1,7 +1,7 @@
 //! The CUDA kernels, run on the CPU: every .cu file is compiled by the host C++ compiler with
 //! cuda/emu/cuda_emu.h (each CUDA thread an OS thread, barriers and warp shuffles emulated)
 //! and driven by an emulated backend that plans every launch with the CUDA backend's own
-//! planner (`launch::plan`). The op conformance suite then runs against the CPU reference,
+//! planner (`launch::plan_op`). The op conformance suite then runs against the CPU reference,
 //! as it does on a GPU. This checks the kernels' indexing, tiling, masking, edge tiles and
 //! synchronisation on machines without a GPU; it says nothing about speed, and the tensor-core
 //! fragment layout is checked only against the emulator's reading of the PTX manual.
@@ -16,7 +16,7 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use tandem_runtime::backend::cuda::launch::{self, Binding, KernelParams, Operand, Variant};
+use tandem_runtime::backend::cuda::launch::{self, Binding, KernelParams, Launch, Operand, Variant};
 use tandem_runtime::backend::{Arg, Backend, OutArg};
 use tandem_runtime::{Error, HostTensor, Op, OpKind, Result, TensorData};
 use tandem_tests::gpu::{check_cases, check_f16, limit_cases};
@@ -150,7 +150,7 @@ fn kernel_call<'a, P: Copy + Sync + 'a>(
     let count = ptrs.len();
     let q = move |i: usize| ptrs[i] as V;
     // SAFETY: every kernel takes its params struct by value and then `count` pointers
-    // (cuda/*.cu); launch::plan lists exactly those.
+    // (cuda/*.cu); launch::plan_op lists exactly those.
     unsafe {
         Ok(match count {
             2 => {
@@ -169,8 +169,71 @@ fn kernel_call<'a, P: Copy + Sync + 'a>(
                 let f = *lib.get::<extern "C" fn(P, V, V, V, V, V)>(name).map_err(missing)?;
                 Box::new(move || f(p, q(0), q(1), q(2), q(3), q(4)))
             }
+            6 => {
+                let f = *lib.get::<extern "C" fn(P, V, V, V, V, V, V)>(name).map_err(missing)?;
+                Box::new(move || f(p, q(0), q(1), q(2), q(3), q(4), q(5)))
+            }
+            7 => {
+                let f = *lib.get::<extern "C" fn(P, V, V, V, V, V, V, V)>(name).map_err(missing)?;
+                Box::new(move || f(p, q(0), q(1), q(2), q(3), q(4), q(5), q(6)))
+            }
             n => return Err(Error::Other(format!("{entry}: no emulated call with {n} buffers"))),
         })
+    }
+}
+
+impl EmuBackend {
+    /// One kernel launch, as the CUDA backend's `run` does it.
+    fn run(
+        &self,
+        launch: &Launch,
+        inputs: &[Arg<'_, EmuBuffer>],
+        outputs: &mut [OutArg<'_, EmuBuffer>],
+        outs: &[Operand<'_>],
+        scratch: &[EmuBuffer],
+    ) -> Result<()> {
+        if launch.zero_outputs {
+            for (o, op) in outputs.iter_mut().zip(outs) {
+                o.buf.bytes_mut()[..op.bytes()].fill(0);
+            }
+        }
+        if !launch.runs_kernel() {
+            return Ok(());
+        }
+        let ptrs: Vec<usize> = launch
+            .args
+            .iter()
+            .map(|b| match *b {
+                Binding::Input(i) => inputs[i].buf.0.as_ptr() as usize,
+                Binding::Output(i) => outputs[i].buf.0.as_ptr() as usize,
+                Binding::Scratch(i) => scratch[i].0.as_ptr() as usize,
+                Binding::Null => 0,
+            })
+            .collect();
+        let lib = self.0.library(launch.stem, launch.variant)?;
+        let body = match launch.params {
+            KernelParams::MatMul(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Unary(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Binary(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Norm(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Attention(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Gather(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Pool(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::SoftLogic(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Aggregate(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+        };
+        type LaunchFn = unsafe extern "C" fn(*const u32, *const u32, extern "C" fn(*mut c_void), *mut c_void) -> i32;
+        // SAFETY: the emulator's launcher, with the signature cuda_emu.h declares.
+        let run = unsafe { *lib.get::<LaunchFn>(b"tandem_emu_launch").map_err(|e| Error::Other(e.to_string()))? };
+        let _one_at_a_time = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the buffers outlive the launch, which joins all its threads before returning.
+        let status = unsafe {
+            run(launch.grid.as_ptr(), launch.block.as_ptr(), run_body, &body as *const Body<'_> as *mut c_void)
+        };
+        if status != 0 {
+            return Err(Error::backend("cuda-emulated", format!("bad launch {:?} x {:?}", launch.grid, launch.block)));
+        }
+        Ok(())
     }
 }
 
@@ -218,44 +281,10 @@ impl Backend for EmuBackend {
     ) -> Result<()> {
         let ins: Vec<Operand<'_>> = inputs.iter().map(|a| Operand { dtype: a.dtype, shape: a.shape }).collect();
         let outs: Vec<Operand<'_>> = outputs.iter().map(|a| Operand { dtype: a.dtype, shape: a.shape }).collect();
-        let launch = launch::plan(op, &ins, &outs).map_err(|e| Error::backend("cuda-emulated", e))?;
-        if launch.zero_outputs {
-            for (o, op) in outputs.iter_mut().zip(&outs) {
-                o.buf.bytes_mut()[..op.bytes()].fill(0);
-            }
-        }
-        if !launch.runs_kernel() {
-            return Ok(());
-        }
-        let ptrs: Vec<usize> = launch
-            .args
-            .iter()
-            .map(|b| match *b {
-                Binding::Input(i) => inputs[i].buf.0.as_ptr() as usize,
-                Binding::Output(i) => outputs[i].buf.0.as_ptr() as usize,
-                Binding::Null => 0,
-            })
-            .collect();
-        let lib = self.0.library(launch.stem, launch.variant)?;
-        let body = match launch.params {
-            KernelParams::MatMul(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Unary(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Binary(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Norm(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Attention(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Gather(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Pool(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-        };
-        type LaunchFn = unsafe extern "C" fn(*const u32, *const u32, extern "C" fn(*mut c_void), *mut c_void) -> i32;
-        // SAFETY: the emulator's launcher, with the signature cuda_emu.h declares.
-        let run = unsafe { *lib.get::<LaunchFn>(b"tandem_emu_launch").map_err(|e| Error::Other(e.to_string()))? };
-        let _one_at_a_time = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: the buffers outlive the launch, which joins all its threads before returning.
-        let status = unsafe {
-            run(launch.grid.as_ptr(), launch.block.as_ptr(), run_body, &body as *const Body<'_> as *mut c_void)
-        };
-        if status != 0 {
-            return Err(Error::backend("cuda-emulated", format!("bad launch {:?} x {:?}", launch.grid, launch.block)));
+        let planned = launch::plan_op(op, &ins, &outs).map_err(|e| Error::backend("cuda-emulated", e))?;
+        let scratch = planned.scratch.iter().map(|&bytes| self.alloc(bytes)).collect::<Result<Vec<_>>>()?;
+        for launch in &planned.launches {
+            self.run(launch, inputs, outputs, &outs, &scratch)?;
         }
         Ok(())
     }

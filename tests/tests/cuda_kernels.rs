@@ -11,6 +11,7 @@ use tandem_runtime::ops::gather::GatherParams;
 use tandem_runtime::ops::matmul::MatMulParams;
 use tandem_runtime::ops::norm::NormParams;
 use tandem_runtime::ops::pool::PoolParams;
+use tandem_runtime::ops::softlogic::{AggregateParams, SoftLogicParams};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_path_buf()
@@ -236,6 +237,8 @@ fn rust_size(name: &str) -> Option<usize> {
         "AttentionParams" => size_of::<AttentionParams>(),
         "GatherParams" => size_of::<GatherParams>(),
         "PoolParams" => size_of::<PoolParams>(),
+        "SoftLogicParams" => size_of::<SoftLogicParams>(),
+        "AggregateParams" => size_of::<AggregateParams>(),
         _ => return None,
     })
 }
@@ -244,7 +247,7 @@ fn rust_size(name: &str) -> Option<usize> {
 fn cuda_params_mirror_the_rust_structs() {
     let rust = rust_structs();
     let (cuda, sizes) = cuda_structs();
-    assert!(rust.len() >= 7, "found only {:?} in runtime/src/ops", rust.keys());
+    assert!(rust.len() >= 9, "found only {:?} in runtime/src/ops", rust.keys());
     let names: BTreeSet<&String> = rust.keys().chain(cuda.keys()).collect();
     for name in names {
         let r = rust.get(name).unwrap_or_else(|| panic!("cuda/params.cuh declares {name}, which Rust does not"));

@@ -1,6 +1,7 @@
-//! Matrix multiply with a fused epilogue: `act(a · bᵀ? + bias)`.
+//! Matrix multiply with a fused epilogue, `act(a · bᵀ? + bias)`, and its LoRA form,
+//! `act(x · Wᵀ + bias + scale · (x · Aᵀ) · Bᵀ)`.
 
-use super::{arity, float, same_dim};
+use super::{arity, float, rank_is, same_dim};
 use crate::graph::{Dim, TensorType};
 use serde::{Deserialize, Serialize};
 
@@ -37,9 +38,10 @@ pub struct MatMul {
     pub activation: Activation,
 }
 
-/// Kernel params, mirrored by `shaders/matmul.wgsl` and `cuda/matmul.cu`.
+/// Kernel params, mirrored by `shaders/matmul.wgsl` and `cuda/params.cuh`. The `lora_*`
+/// fields are read by the `lora_matmul` kernel only (0 elsewhere).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct MatMulParams {
     /// Number of independent products (the product of a's leading dims).
     pub batch: u32,
@@ -53,9 +55,11 @@ pub struct MatMulParams {
     /// [`Activation::code`].
     pub activation: u32,
     pub has_bias: u32,
-    pub _pad0: u32,
-    pub _pad1: u32,
-    pub _pad2: u32,
+    /// r: the rank of the LoRA term, the inner length of `t · Bᵀ`.
+    pub lora_rank: u32,
+    /// PEFT's `lora_alpha / r`.
+    pub lora_scale: f32,
+    pub _pad: u32,
 }
 
 impl MatMul {
@@ -105,9 +109,9 @@ impl MatMul {
             trans_b: self.trans_b as u32,
             activation: self.activation.code(),
             has_bias: has_bias as u32,
-            _pad0: 0,
-            _pad1: 0,
-            _pad2: 0,
+            lora_rank: 0,
+            lora_scale: 0.0,
+            _pad: 0,
         }
     }
 }
@@ -116,12 +120,6 @@ impl MatMul {
 /// from it, activation applied afterwards.
 pub fn cpu(p: &MatMulParams, a: &[f32], b: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
-    let act = match p.activation {
-        1 => Activation::Gelu,
-        2 => Activation::Relu,
-        _ => Activation::None,
-    };
-    let flops = 2 * m * n * k;
     for batch in 0..p.batch as usize {
         let a = &a[batch * p.stride_a as usize..][..m * k];
         let b = &b[batch * p.stride_b as usize..][..k * n];
@@ -131,52 +129,177 @@ pub fn cpu(p: &MatMulParams, a: &[f32], b: &[f32], bias: Option<&[f32]>, out: &m
                 row.copy_from_slice(bias);
             }
         }
-        if m == 0 || n == 0 {
-            continue;
+        gemm_into(Gemm { m, n, k, trans_b: p.trans_b != 0, accumulate: bias.is_some(), scale: 1.0 }, a, b, c);
+        activate_cpu(p.activation, c);
+    }
+}
+
+/// One `c = accumulate·c + scale · a · b` product: a `[m, k]`, b `[k, n]` (or `[n, k]` with
+/// `trans_b`), c `[m, n]`, all row-major.
+#[derive(Debug, Clone, Copy)]
+struct Gemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_b: bool,
+    /// Add to what c holds instead of overwriting it.
+    accumulate: bool,
+    scale: f32,
+}
+
+fn gemm_into(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let Gemm { m, n, k, .. } = g;
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !g.accumulate {
+            c.fill(0.0);
         }
-        if k == 0 {
-            if bias.is_none() {
-                c.fill(0.0);
-            }
-        } else {
-            // b[k][n] at k*n_stride... : row-major [K, N] has row stride n, column stride 1;
-            // transposed storage [N, K] has row stride 1, column stride k.
-            let (b_rs, b_cs) = if p.trans_b != 0 { (1, k as isize) } else { (n as isize, 1) };
-            let parallelism = if flops >= 1 << 20 {
-                gemm::Parallelism::Rayon(rayon::current_num_threads())
-            } else {
-                gemm::Parallelism::None
-            };
-            // SAFETY: the pointers cover m×k, k×n and m×n elements with the strides given,
-            // as the slices above were cut to exactly those sizes.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    bias.is_some(),
-                    a.as_ptr(),
-                    1,
-                    k as isize,
-                    b.as_ptr(),
-                    b_cs,
-                    b_rs,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
+        return;
+    }
+    // Row-major [K, N] has row stride n, column stride 1; transposed storage [N, K] has row
+    // stride 1, column stride k.
+    let (b_rs, b_cs) = if g.trans_b { (1, k as isize) } else { (n as isize, 1) };
+    let parallelism = if 2 * m * n * k >= 1 << 20 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the pointers cover m×k, k×n and m×n elements with the strides given (the
+    // callers cut the slices to exactly those sizes; the asserts keep it so).
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            g.accumulate,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            g.scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+fn activate_cpu(code: u32, c: &mut [f32]) {
+    match code {
+        1 => super::elementwise::par_map_inplace(c, super::elementwise::gelu),
+        2 => super::elementwise::par_map_inplace(c, |x| x.max(0.0)),
+        _ => {}
+    }
+}
+
+/// A linear layer with a LoRA adapter, fused (PEFT's formula):
+/// `y = act(x · Wᵀ + bias + scale · (x · Aᵀ) · Bᵀ)`. Inputs x `[..., K]` (rank ≥ 2; the
+/// leading dims are rows that share the weights), W `[N, K]`, A `[r, K]`, B `[N, r]`, optional
+/// bias `[N]`; output `[..., N]`. `scale` is `lora_alpha / r`.
+///
+/// GPU backends run it as two dispatches: `t = x · Aᵀ` into a scratch `[rows, r]` with the
+/// plain matmul kernel, then `lora_matmul`, the matmul kernel whose K loop goes on over the r
+/// columns of `scale · t` against B after the K columns of x against W, so the low-rank term
+/// lands in the same accumulators and shares the tiling and the epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct LoraMatMul {
+    pub scale: f32,
+    pub activation: Activation,
+}
+
+impl LoraMatMul {
+    pub(crate) fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        arity(inputs, 4, 5)?;
+        let [x, w, a, b, ..] = inputs else { return Err("takes x, w, lora_a, lora_b and an optional bias".into()) };
+        for (t, what) in [(x, "x"), (w, "w"), (a, "lora_a"), (b, "lora_b")] {
+            float(t, what)?;
         }
-        match act {
-            Activation::None => {}
-            Activation::Gelu => super::elementwise::par_map_inplace(c, super::elementwise::gelu),
-            Activation::Relu => super::elementwise::par_map_inplace(c, |x| x.max(0.0)),
+        if x.rank() < 2 {
+            return Err(format!("x must have rank ≥ 2, is {x}"));
+        }
+        rank_is(w, 2, "w")?;
+        rank_is(a, 2, "lora_a")?;
+        rank_is(b, 2, "lora_b")?;
+        let k = &x.shape[x.rank() - 1];
+        let (n, r) = (&w.shape[0], &a.shape[0]);
+        same_dim(&w.shape[1], k, "w [N, K] and x [..., K] differ in K")?;
+        same_dim(&a.shape[1], k, "lora_a [r, K] and x [..., K] differ in K")?;
+        same_dim(&b.shape[0], n, "lora_b [N, r] and w [N, K] differ in N")?;
+        same_dim(&b.shape[1], r, "lora_b [N, r] and lora_a [r, K] differ in r")?;
+        if let Some(bias) = inputs.get(4) {
+            float(bias, "bias")?;
+            rank_is(bias, 1, "bias")?;
+            same_dim(&bias.shape[0], n, "bias length and N differ")?;
+        }
+        let mut shape: Vec<Dim> = x.shape[..x.rank() - 1].to_vec();
+        shape.push(n.clone());
+        Ok(vec![TensorType::new(x.dtype, shape)])
+    }
+
+    /// Params of the two products, from the shapes of x, W and A: (`t = x · Aᵀ`, the main
+    /// product with the LoRA term). x's leading dims fold into rows, as W is shared.
+    pub fn params(&self, x: &[usize], w: &[usize], lora_a: &[usize], has_bias: bool) -> (MatMulParams, MatMulParams) {
+        let k = x[x.len() - 1];
+        let rows: usize = x[..x.len() - 1].iter().product();
+        let (n, r) = (w[0], lora_a[0]);
+        let product = |n: usize| MatMulParams {
+            batch: 1,
+            m: rows as u32,
+            n: n as u32,
+            k: k as u32,
+            stride_a: 0,
+            stride_b: 0,
+            trans_b: 1,
+            activation: 0,
+            has_bias: 0,
+            lora_rank: 0,
+            lora_scale: 0.0,
+            _pad: 0,
+        };
+        let down = product(r);
+        let main = MatMulParams {
+            activation: self.activation.code(),
+            has_bias: has_bias as u32,
+            lora_rank: r as u32,
+            lora_scale: self.scale,
+            ..product(n)
+        };
+        (down, main)
+    }
+}
+
+/// CPU reference of [`LoraMatMul`]: `t = x · Aᵀ`, then `y = x · Wᵀ + bias`, then
+/// `y += scale · t · Bᵀ`, three GEMMs, then the activation. `p` is the main product's params
+/// ([`LoraMatMul::params`]).
+pub fn lora_cpu(
+    p: &MatMulParams,
+    x: &[f32],
+    w: &[f32],
+    lora_a: &[f32],
+    lora_b: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (rows, n, k, r) = (p.m as usize, p.n as usize, p.k as usize, p.lora_rank as usize);
+    let (x, out) = (&x[..rows * k], &mut out[..rows * n]);
+    let mut t = vec![0.0f32; rows * r];
+    gemm_into(Gemm { m: rows, n: r, k, trans_b: true, accumulate: false, scale: 1.0 }, x, lora_a, &mut t);
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(n.max(1)) {
+            row.copy_from_slice(bias);
         }
     }
+    gemm_into(Gemm { m: rows, n, k, trans_b: true, accumulate: bias.is_some(), scale: 1.0 }, x, w, out);
+    gemm_into(Gemm { m: rows, n, k: r, trans_b: true, accumulate: true, scale: p.lora_scale }, &t, lora_b, out);
+    activate_cpu(p.activation, out);
 }

@@ -16,11 +16,13 @@ pub mod gather;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod softlogic;
 
 pub use attention::Attention;
 pub use elementwise::{BinaryKind, UnaryKind};
-pub use matmul::{Activation, MatMul};
+pub use matmul::{Activation, LoraMatMul, MatMul};
 pub use pool::PoolKind;
+pub use softlogic::{Connective, Logic};
 
 use crate::graph::{Bindings, Dim, TensorType};
 use crate::tensor::DType;
@@ -31,6 +33,9 @@ pub enum Op {
     /// `act(a · b + bias)`; inputs a `[..., M, K]`, b `[K, N]` (or `[N, K]` with `trans_b`,
     /// or batched like a), optional bias `[N]`.
     MatMul(MatMul),
+    /// A linear layer with a LoRA adapter, `act(x · Wᵀ + bias + scale · (x · Aᵀ) · Bᵀ)`;
+    /// inputs x `[..., K]`, W `[N, K]`, A `[r, K]`, B `[N, r]`, optional bias `[N]`.
+    LoraMatMul(LoraMatMul),
     Unary(UnaryKind),
     /// Numpy-broadcasting elementwise op of two inputs.
     Binary(BinaryKind),
@@ -57,12 +62,27 @@ pub enum Op {
     /// Same data, another shape (symbolic dims resolve from the run's bindings). A view: no
     /// kernel runs.
     Reshape(Vec<Dim>),
+    /// A t-norm family's AND, OR (inputs a, b: f32 truth values of one shape) or NOT (input
+    /// a), elementwise; truth values clamp to [0, 1] with NaN as 0.
+    SoftLogic {
+        connective: Connective,
+        logic: Logic,
+    },
+    /// EBRM's soft-logic aggregate (formula in `ops::softlogic`); inputs qe f32, mask u32 and
+    /// kind u32, all `[items, entities]`, weight f32 and essential u32, both `[kinds]`;
+    /// outputs score f32 `[items]` and contribution f32 `[items, entities]`.
+    Aggregate {
+        logic: Logic,
+        /// λ: how much of the score the optional entities decide.
+        optional_weight: f32,
+    },
 }
 
 /// The op set, without params: what the coverage tests enumerate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OpKind {
     MatMul,
+    LoraMatMul,
     Unary,
     Binary,
     Cast,
@@ -73,11 +93,14 @@ pub enum OpKind {
     Gather,
     Pool,
     Reshape,
+    SoftLogic,
+    Aggregate,
 }
 
 impl OpKind {
     pub const ALL: &'static [OpKind] = &[
         OpKind::MatMul,
+        OpKind::LoraMatMul,
         OpKind::Unary,
         OpKind::Binary,
         OpKind::Cast,
@@ -88,11 +111,14 @@ impl OpKind {
         OpKind::Gather,
         OpKind::Pool,
         OpKind::Reshape,
+        OpKind::SoftLogic,
+        OpKind::Aggregate,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             OpKind::MatMul => "matmul",
+            OpKind::LoraMatMul => "lora_matmul",
             OpKind::Unary => "unary",
             OpKind::Binary => "binary",
             OpKind::Cast => "cast",
@@ -103,6 +129,8 @@ impl OpKind {
             OpKind::Gather => "gather",
             OpKind::Pool => "pool",
             OpKind::Reshape => "reshape",
+            OpKind::SoftLogic => "soft_logic",
+            OpKind::Aggregate => "aggregate",
         }
     }
 
@@ -115,6 +143,7 @@ impl OpKind {
     pub fn kernel(self) -> Option<(&'static str, &'static str)> {
         Some(match self {
             OpKind::MatMul => ("matmul", "matmul"),
+            OpKind::LoraMatMul => ("matmul", "lora_matmul"),
             OpKind::Unary => ("elementwise", "unary"),
             OpKind::Binary => ("elementwise", "binary"),
             // Not "cast": WGSL reserves that word, so no WGSL function can be named it.
@@ -125,6 +154,8 @@ impl OpKind {
             OpKind::Attention => ("attention", "attention"),
             OpKind::Gather => ("gather", "gather"),
             OpKind::Pool => ("pool", "pool"),
+            OpKind::SoftLogic => ("softlogic", "soft_logic"),
+            OpKind::Aggregate => ("softlogic", "aggregate"),
             OpKind::Reshape => return None,
         })
     }
@@ -134,6 +165,7 @@ impl Op {
     pub fn kind(&self) -> OpKind {
         match self {
             Op::MatMul(_) => OpKind::MatMul,
+            Op::LoraMatMul(_) => OpKind::LoraMatMul,
             Op::Unary(_) => OpKind::Unary,
             Op::Binary(_) => OpKind::Binary,
             Op::Cast(_) => OpKind::Cast,
@@ -144,6 +176,8 @@ impl Op {
             Op::Gather => OpKind::Gather,
             Op::Pool(_) => OpKind::Pool,
             Op::Reshape(_) => OpKind::Reshape,
+            Op::SoftLogic { .. } => OpKind::SoftLogic,
+            Op::Aggregate { .. } => OpKind::Aggregate,
         }
     }
 
@@ -152,6 +186,9 @@ impl Op {
     pub fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         match self {
             Op::MatMul(m) => m.infer(inputs),
+            Op::LoraMatMul(l) => l.infer(inputs),
+            Op::SoftLogic { connective, .. } => softlogic::infer_soft_logic(*connective, inputs),
+            Op::Aggregate { .. } => softlogic::infer_aggregate(inputs),
             Op::Unary(_) => {
                 arity(inputs, 1, 1)?;
                 float(&inputs[0], "input")?;

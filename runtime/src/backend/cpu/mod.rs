@@ -100,6 +100,11 @@ impl Backend for CpuBackend {
                 let bias = (inputs.len() > 2).then(|| f(2));
                 ops::matmul::cpu(&p, f(0), f(1), bias, out.buf.f32_mut(n_out));
             }
+            Op::LoraMatMul(l) => {
+                let (_, p) = l.params(inputs[0].shape, inputs[1].shape, inputs[2].shape, inputs.len() > 4);
+                let bias = (inputs.len() > 4).then(|| f(4));
+                ops::matmul::lora_cpu(&p, f(0), f(1), f(2), f(3), bias, out.buf.f32_mut(n_out));
+            }
             Op::Unary(kind) => ops::elementwise::unary_cpu(*kind, f(0), out.buf.f32_mut(n_out)),
             Op::Binary(kind) => {
                 let p = ops::elementwise::binary_params(*kind, inputs[0].shape, inputs[1].shape, out_shape);
@@ -129,6 +134,27 @@ impl Backend for CpuBackend {
             Op::Pool(kind) => {
                 let p = ops::pool::PoolParams::new(*kind, inputs[0].shape, inputs[1].shape);
                 ops::pool::cpu(&p, f(0), u(1), out.buf.f32_mut(n_out));
+            }
+            Op::SoftLogic { connective, logic } => {
+                let p = ops::softlogic::SoftLogicParams::new(n_out, *logic, *connective);
+                let b = if inputs.len() > 1 { f(1) } else { &[] };
+                ops::softlogic::soft_logic_cpu(&p, f(0), b, out.buf.f32_mut(n_out));
+            }
+            Op::Aggregate { logic, optional_weight } => {
+                let (items, entities) = (inputs[0].shape[0], inputs[0].shape[1]);
+                let p =
+                    ops::softlogic::AggregateParams::new(items, entities, inputs[3].shape[0], *logic, *optional_weight);
+                let x =
+                    ops::softlogic::AggregateInputs { qe: f(0), mask: u(1), kind: u(2), weight: f(3), essential: u(4) };
+                let [score, contribution] = outputs else {
+                    return Err(Error::backend("cpu", "aggregate writes two outputs, score and contribution"));
+                };
+                ops::softlogic::aggregate_cpu(
+                    &p,
+                    x,
+                    score.buf.f32_mut(items),
+                    contribution.buf.f32_mut(items * entities),
+                );
             }
             Op::Reshape(_) => return Err(Error::backend("cpu", "reshape is a view and is never dispatched")),
         }

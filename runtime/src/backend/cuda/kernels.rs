@@ -11,6 +11,19 @@ pub struct KernelFile {
     pub source: &'static str,
     /// The element-type builds this file has (see [`Variant`]).
     pub variants: &'static [Variant],
+    /// Entry points only the f32 build defines (their ops take f32 operands only).
+    pub f32_only: &'static [&'static str],
+}
+
+impl KernelFile {
+    /// The entry points the `variant` build of this file defines.
+    pub fn entry_points(&self, variant: Variant) -> Vec<String> {
+        let mut names = entry_points(self.source);
+        if variant != Variant::F32 {
+            names.retain(|n| !self.f32_only.contains(&n.as_str()));
+        }
+        names
+    }
 }
 
 /// Headers the kernel files include, by the name they include them with.
@@ -24,12 +37,33 @@ const BOTH: &[Variant] = &[Variant::F32, Variant::F16];
 
 /// Every kernel file, one per WGSL file of the same stem.
 pub const FILES: &[KernelFile] = &[
-    KernelFile { stem: "attention", source: include_str!("../../../../cuda/attention.cu"), variants: BOTH },
-    KernelFile { stem: "elementwise", source: include_str!("../../../../cuda/elementwise.cu"), variants: F32 },
-    KernelFile { stem: "gather", source: include_str!("../../../../cuda/gather.cu"), variants: F32 },
-    KernelFile { stem: "matmul", source: include_str!("../../../../cuda/matmul.cu"), variants: BOTH },
-    KernelFile { stem: "norm", source: include_str!("../../../../cuda/norm.cu"), variants: F32 },
-    KernelFile { stem: "pool", source: include_str!("../../../../cuda/pool.cu"), variants: F32 },
+    KernelFile {
+        stem: "attention",
+        source: include_str!("../../../../cuda/attention.cu"),
+        variants: BOTH,
+        f32_only: &[],
+    },
+    KernelFile {
+        stem: "elementwise",
+        source: include_str!("../../../../cuda/elementwise.cu"),
+        variants: F32,
+        f32_only: &[],
+    },
+    KernelFile { stem: "gather", source: include_str!("../../../../cuda/gather.cu"), variants: F32, f32_only: &[] },
+    KernelFile {
+        stem: "matmul",
+        source: include_str!("../../../../cuda/matmul.cu"),
+        variants: BOTH,
+        f32_only: &["lora_matmul"],
+    },
+    KernelFile { stem: "norm", source: include_str!("../../../../cuda/norm.cu"), variants: F32, f32_only: &[] },
+    KernelFile { stem: "pool", source: include_str!("../../../../cuda/pool.cu"), variants: F32, f32_only: &[] },
+    KernelFile {
+        stem: "softlogic",
+        source: include_str!("../../../../cuda/softlogic.cu"),
+        variants: F32,
+        f32_only: &[],
+    },
 ];
 
 pub fn file(stem: &str) -> Option<&'static KernelFile> {

@@ -13,7 +13,8 @@ use crate::ops::gather::GatherParams;
 use crate::ops::matmul::MatMulParams;
 use crate::ops::norm::NormParams;
 use crate::ops::pool::PoolParams;
-use crate::ops::{Op, OpKind};
+use crate::ops::softlogic::{AggregateParams, SoftLogicParams};
+use crate::ops::{LoraMatMul, Op, OpKind};
 use crate::tensor::DType;
 
 /// Kernel constants shared with the `.cu` files: (file stem, macro, value).
@@ -23,6 +24,7 @@ pub const KERNEL_CONSTANTS: &[(&str, &str, u32)] = &[
     ("norm", "NORM_WARP_COLS", NORM_WARP_COLS),
     ("gather", "GATHER_THREADS", GATHER_THREADS),
     ("pool", "POOL_THREADS", POOL_THREADS),
+    ("softlogic", "SOFTLOGIC_THREADS", SOFTLOGIC_THREADS),
     ("matmul", "MM_BM", MM_BM),
     ("matmul", "MM_BN", MM_BN),
     ("matmul", "MM_THREADS", MM_THREADS),
@@ -38,6 +40,7 @@ const NORM_WARP_COLS: u32 = 1024;
 const GATHER_THREADS: u32 = 256;
 const GATHER_ROWS_PER_BLOCK: u32 = GATHER_THREADS / 32;
 const POOL_THREADS: u32 = 128;
+const SOFTLOGIC_THREADS: u32 = 256;
 const MM_BM: u32 = 128;
 const MM_BN: u32 = 64;
 const MM_THREADS: u32 = 256;
@@ -91,6 +94,8 @@ pub enum KernelParams {
     Attention(AttentionParams),
     Gather(GatherParams),
     Pool(PoolParams),
+    SoftLogic(SoftLogicParams),
+    Aggregate(AggregateParams),
 }
 
 impl KernelParams {
@@ -103,6 +108,8 @@ impl KernelParams {
             KernelParams::Attention(p) => bytemuck::bytes_of(p),
             KernelParams::Gather(p) => bytemuck::bytes_of(p),
             KernelParams::Pool(p) => bytemuck::bytes_of(p),
+            KernelParams::SoftLogic(p) => bytemuck::bytes_of(p),
+            KernelParams::Aggregate(p) => bytemuck::bytes_of(p),
         }
     }
 }
@@ -112,6 +119,8 @@ impl KernelParams {
 pub enum Binding {
     Input(usize),
     Output(usize),
+    /// A scratch buffer of the op ([`OpLaunches::scratch`]), alive across its launches.
+    Scratch(usize),
     /// A null pointer, for an optional operand that is absent (matmul without bias); the
     /// params say the kernel never reads it.
     Null,
@@ -157,6 +166,76 @@ impl Launch {
     }
 }
 
+/// Everything one op runs, in order, and the scratch buffers its launches share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpLaunches {
+    /// Bytes of each scratch buffer, addressed by [`Binding::Scratch`].
+    pub scratch: Vec<usize>,
+    pub launches: Vec<Launch>,
+}
+
+/// Plans every launch of `op`: one for most ops, two for `lora_matmul`.
+pub fn plan_op(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<OpLaunches, String> {
+    match op {
+        Op::LoraMatMul(l) => plan_lora(l, inputs, outputs),
+        _ => Ok(OpLaunches { scratch: Vec::new(), launches: vec![plan(op, inputs, outputs)?] }),
+    }
+}
+
+/// `t = x · Aᵀ` into a scratch by the plain matmul kernel, then `lora_matmul`, whose K loop
+/// goes on over scale·t and B after x and W.
+fn plan_lora(l: &LoraMatMul, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<OpLaunches, String> {
+    let [x, w, lora_a, lora_b, rest @ ..] = inputs else {
+        return Err("lora_matmul takes x, w, lora_a, lora_b and an optional bias".into());
+    };
+    let Some(out) = outputs.first() else { return Err("lora_matmul writes one output".into()) };
+    if !dtypes_are(inputs, DType::F32) || out.dtype != DType::F32 {
+        return Err("lora_matmul takes f32 operands on CUDA".into());
+    }
+    if x.shape.len() < 2 || w.shape.len() != 2 || lora_a.shape.len() != 2 || lora_b.shape.len() != 2 {
+        return Err("lora_matmul takes x [..., K], w [N, K], lora_a [r, K] and lora_b [N, r]".into());
+    }
+    if let Some(big) = inputs.iter().chain(outputs).find(|o| o.len() > MAX_ELEMENTS) {
+        return Err(format!("a tensor of shape {:?} is too large for the CUDA kernels", big.shape));
+    }
+    let has_bias = !rest.is_empty();
+    let (down, main) = l.params(x.shape, w.shape, lora_a.shape, has_bias);
+    let rows = blocks(main.m as usize, MM_BM);
+    if rows > MAX_GRID_YZ {
+        return Err(format!("lora_matmul with {} rows is too tall for one CUDA grid", main.m));
+    }
+    let grid = |n: u32| if out.is_empty() { [0, 0, 0] } else { [blocks(n as usize, MM_BN), rows, 1] };
+    let launch = |entry, p: MatMulParams, args| Launch {
+        stem: "matmul",
+        entry,
+        variant: Variant::F32,
+        grid: grid(p.n),
+        block: [MM_THREADS, 1, 1],
+        params: KernelParams::MatMul(p),
+        args,
+        zero_outputs: false,
+    };
+    let bias = if has_bias { Binding::Input(4) } else { Binding::Null };
+    Ok(OpLaunches {
+        scratch: vec![down.m as usize * down.n as usize * DType::F32.size()],
+        launches: vec![
+            launch("matmul", down, vec![Binding::Input(0), Binding::Input(2), Binding::Null, Binding::Scratch(0)]),
+            launch(
+                "lora_matmul",
+                main,
+                vec![
+                    Binding::Input(0),
+                    Binding::Input(1),
+                    bias,
+                    Binding::Scratch(0),
+                    Binding::Input(3),
+                    Binding::Output(0),
+                ],
+            ),
+        ],
+    })
+}
+
 fn blocks(items: usize, per_block: u32) -> u32 {
     u32::try_from(items.div_ceil(per_block as usize)).unwrap_or(u32::MAX)
 }
@@ -165,8 +244,9 @@ fn dtypes_are(ops: &[Operand<'_>], want: DType) -> bool {
     ops.iter().all(|o| o.dtype == want)
 }
 
-/// Plans `op` on `inputs` -> `outputs` (shapes already checked by the executor's shape
-/// inference). The error says what the CUDA kernels cannot do.
+/// Plans the single launch of `op` on `inputs` -> `outputs` (shapes already checked by the
+/// executor's shape inference); ops of several launches go through [`plan_op`]. The error
+/// says what the CUDA kernels cannot do.
 pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<Launch, String> {
     let kind = op.kind();
     let (stem, entry) = kind.kernel().ok_or_else(|| format!("{} is a view and is never dispatched", kind.name()))?;
@@ -341,6 +421,33 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
             launch.params = KernelParams::Pool(p);
             launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Output(0)];
         }
+        Op::LoraMatMul(_) => return Err("lora_matmul runs as two launches: plan it with plan_op".into()),
+        Op::SoftLogic { connective, logic } => {
+            all_f32("soft_logic")?;
+            let len = out.len();
+            launch.grid = [blocks(len, SOFTLOGIC_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [SOFTLOGIC_THREADS, 1, 1];
+            launch.params = KernelParams::SoftLogic(SoftLogicParams::new(len, *logic, *connective));
+            let b = if inputs.len() > 1 { Binding::Input(1) } else { Binding::Null };
+            launch.args = vec![Binding::Input(0), b, Binding::Output(0)];
+        }
+        Op::Aggregate { logic, optional_weight } => {
+            let [qe, mask, kind, weight, essential] = inputs else {
+                return Err("aggregate takes qe, mask, kind, weight and essential".into());
+            };
+            let floats = [qe, weight].into_iter().chain(outputs).all(|o| o.dtype == DType::F32);
+            let words = [mask, kind, essential].into_iter().all(|o| o.dtype == DType::U32);
+            if !floats || !words || qe.shape.len() != 2 || weight.shape.len() != 1 || outputs.len() != 2 {
+                return Err("aggregate takes f32 qe [items, entities], u32 mask and kind, f32 weight [kinds], u32 \
+                            essential and writes f32 score and contribution on CUDA"
+                    .into());
+            }
+            let p = AggregateParams::new(qe.shape[0], qe.shape[1], weight.shape[0], *logic, *optional_weight);
+            launch.grid = [blocks(p.items as usize, SOFTLOGIC_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [SOFTLOGIC_THREADS, 1, 1];
+            launch.params = KernelParams::Aggregate(p);
+            launch.args = (0..5).map(Binding::Input).chain([Binding::Output(0), Binding::Output(1)]).collect();
+        }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     }
     if out.is_empty() {
@@ -363,7 +470,7 @@ fn norm_blocks(p: &NormParams) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Activation, Attention, MatMul};
+    use crate::ops::{Activation, Attention, Connective, Logic, LoraMatMul, MatMul};
 
     fn operand(dtype: DType, shape: &[usize]) -> Operand<'_> {
         Operand { dtype, shape }
@@ -427,6 +534,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("head dim 256"), "{err}");
+    }
+
+    #[test]
+    fn lora_matmul_is_two_launches_through_a_scratch() {
+        let op = Op::LoraMatMul(LoraMatMul { scale: 2.0, activation: Activation::Relu });
+        let (x, w, a, b, y) = ([2, 150, 96], [70, 96], [8, 96], [70, 8], [2, 150, 70]);
+        let ins = [operand(DType::F32, &x), operand(DType::F32, &w), operand(DType::F32, &a), operand(DType::F32, &b)];
+        let planned = plan_op(&op, &ins, &[operand(DType::F32, &y)]).unwrap();
+        assert_eq!(planned.scratch, [300 * 8 * 4], "t = x · Aᵀ, rows folded");
+        let [down, main] = &planned.launches[..] else { panic!("two launches") };
+        assert_eq!((down.entry, down.grid), ("matmul", [1, 3, 1]));
+        assert_eq!(down.args, [Binding::Input(0), Binding::Input(2), Binding::Null, Binding::Scratch(0)]);
+        assert_eq!((main.entry, main.grid), ("lora_matmul", [2, 3, 1]));
+        let KernelParams::MatMul(p) = main.params else { panic!("matmul params") };
+        assert_eq!((p.m, p.n, p.k, p.lora_rank, p.lora_scale, p.activation), (300, 70, 96, 8, 2.0, 2));
+        assert!(plan(&op, &ins, &[operand(DType::F32, &y)]).unwrap_err().contains("plan_op"));
+        let f16 = [operand(DType::F16, &x), ins[1], ins[2], ins[3]];
+        assert!(plan_op(&op, &f16, &[operand(DType::F32, &y)]).unwrap_err().contains("f32"));
+    }
+
+    #[test]
+    fn soft_logic_ops_launch_a_thread_per_element_or_item() {
+        let not = Op::SoftLogic { connective: Connective::Not, logic: Logic::Goedel };
+        let l = plan(&not, &[operand(DType::F32, &[7, 129])], &[operand(DType::F32, &[7, 129])]).unwrap();
+        assert_eq!((l.grid, l.args[1]), ([4, 1, 1], Binding::Null));
+        let agg = Op::Aggregate { logic: Logic::Product, optional_weight: 0.2 };
+        let (cells, kinds) = ([300, 5], [4]);
+        let ins = [
+            operand(DType::F32, &cells),
+            operand(DType::U32, &cells),
+            operand(DType::U32, &cells),
+            operand(DType::F32, &kinds),
+            operand(DType::U32, &kinds),
+        ];
+        let l = plan(&agg, &ins, &[operand(DType::F32, &[300]), operand(DType::F32, &cells)]).unwrap();
+        assert_eq!(l.grid, [2, 1, 1]);
+        assert_eq!(l.args.len(), 7);
+        let mut bad = ins;
+        bad[1] = operand(DType::F32, &cells);
+        assert!(plan(&agg, &bad, &[operand(DType::F32, &[300]), operand(DType::F32, &cells)]).is_err());
     }
 
     #[test]

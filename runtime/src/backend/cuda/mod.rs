@@ -10,7 +10,8 @@
 //!
 //! Execution: one stream per backend; work is queued asynchronously and `finish` waits for
 //! it, so the executor's buffer reuse is ordered by the stream. Each op becomes one kernel
-//! launch (attention adds a memset), planned by [`launch::plan`].
+//! launch (attention adds a memset; lora_matmul is two, sharing a scratch buffer), planned
+//! by [`launch::plan_op`].
 
 pub mod cache;
 pub mod kernels;
@@ -26,6 +27,7 @@ use crate::ops::gather::GatherParams;
 use crate::ops::matmul::MatMulParams;
 use crate::ops::norm::NormParams;
 use crate::ops::pool::PoolParams;
+use crate::ops::softlogic::{AggregateParams, SoftLogicParams};
 use crate::ops::{Op, OpKind};
 use crate::tensor::{HostTensor, TensorData};
 use cudarc::driver::{
@@ -45,6 +47,8 @@ unsafe impl DeviceRepr for NormParams {}
 unsafe impl DeviceRepr for AttentionParams {}
 unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for PoolParams {}
+unsafe impl DeviceRepr for SoftLogicParams {}
+unsafe impl DeviceRepr for AggregateParams {}
 
 const NAME: &str = "cuda";
 
@@ -97,11 +101,11 @@ impl CudaBuffer {
     }
 }
 
-/// Work queued on the stream between `begin` and `finish`. The stream orders everything, so
-/// there is nothing to hold.
+/// Work queued on the stream between `begin` and `finish`. The stream orders everything;
+/// the recording only holds the ops' scratch buffers until the queued work has run.
 #[derive(Debug, Default)]
 pub struct CudaRecording {
-    _private: (),
+    scratch: Vec<CudaBuffer>,
 }
 
 /// How kernel files are compiled for this device.
@@ -288,6 +292,7 @@ impl CudaBackend {
         launch: &Launch,
         inputs: &[Arg<'_, CudaBuffer>],
         outputs: &mut [OutArg<'_, CudaBuffer>],
+        scratch: &[CudaBuffer],
     ) -> Result<()> {
         let stream = &self.inner.stream;
         if launch.zero_outputs {
@@ -313,11 +318,14 @@ impl CudaBackend {
             KernelParams::Attention(p) => builder.arg(p),
             KernelParams::Gather(p) => builder.arg(p),
             KernelParams::Pool(p) => builder.arg(p),
+            KernelParams::SoftLogic(p) => builder.arg(p),
+            KernelParams::Aggregate(p) => builder.arg(p),
         };
         for binding in &launch.args {
             match *binding {
                 Binding::Input(i) => builder.arg(&inputs[i].buf.slice),
                 Binding::Output(i) => builder.arg(&outputs[i].buf.slice),
+                Binding::Scratch(i) => builder.arg(&scratch[i].slice),
                 Binding::Null => builder.arg(&null),
             };
         }
@@ -419,7 +427,7 @@ impl Backend for CudaBackend {
 
     fn dispatch(
         &self,
-        _rec: &mut CudaRecording,
+        rec: &mut CudaRecording,
         op: &Op,
         inputs: &[Arg<'_, CudaBuffer>],
         outputs: &mut [OutArg<'_, CudaBuffer>],
@@ -432,15 +440,22 @@ impl Backend for CudaBackend {
         for (i, (arg, op)) in outputs.iter().zip(&outs).enumerate() {
             check_size("output", i, arg.buf, *op)?;
         }
-        let launch = launch::plan(op, &ins, &outs).map_err(err)?;
-        if let Some(missing) = launch.args.iter().find(|b| match **b {
-            Binding::Input(i) => i >= inputs.len(),
-            Binding::Output(i) => i >= outputs.len(),
-            Binding::Null => false,
-        }) {
-            return Err(err(format!("{}: operand {missing:?} is missing", op.kind().name())));
+        let planned = launch::plan_op(op, &ins, &outs).map_err(err)?;
+        let scratch = planned.scratch.iter().map(|&bytes| self.alloc(bytes)).collect::<Result<Vec<_>>>()?;
+        for launch in &planned.launches {
+            if let Some(missing) = launch.args.iter().find(|b| match **b {
+                Binding::Input(i) => i >= inputs.len(),
+                Binding::Output(i) => i >= outputs.len(),
+                Binding::Scratch(i) => i >= scratch.len(),
+                Binding::Null => false,
+            }) {
+                return Err(err(format!("{}: operand {missing:?} is missing", op.kind().name())));
+            }
+            self.run(launch, inputs, outputs, &scratch)?;
         }
-        self.run(&launch, inputs, outputs)
+        // Freed after `finish` has waited for the stream, not while a kernel may still read.
+        rec.scratch.extend(scratch);
+        Ok(())
     }
 
     async fn finish(&self, _rec: CudaRecording, reads: &[Arg<'_, CudaBuffer>]) -> Result<Vec<HostTensor>> {

@@ -2,7 +2,9 @@
 //! and per dispatch the params bytes and the workgroup grid. Pure functions, no device.
 //!
 //! Binding convention (every kernel): 0 = the op's `#[repr(C)]` params as a uniform, 1..=n =
-//! the op's inputs in op order (read-only storage), n + 1 = the output (read-write storage).
+//! the op's inputs in op order (read-only storage), then its outputs (read-write storage).
+//! `lora_matmul` is the exception: its second dispatch binds x, W, bias, the scratch `t` and
+//! B (see [`lora_down`]).
 
 use crate::ops::{self, Op, OpKind};
 use crate::tensor::DType;
@@ -15,6 +17,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("attention", include_str!("../../../../shaders/attention.wgsl")),
     ("gather", include_str!("../../../../shaders/gather.wgsl")),
     ("pool", include_str!("../../../../shaders/pool.wgsl")),
+    ("softlogic", include_str!("../../../../shaders/softlogic.wgsl")),
 ];
 
 /// WebGPU's limit on workgroups per grid dimension.
@@ -52,22 +55,35 @@ fn defines_entry_point(src: &str, entry: &str) -> bool {
     })
 }
 
-/// How many read-only inputs a kernel binds and the byte size of its params.
-pub(super) fn signature(kind: OpKind) -> (usize, u64) {
+/// What a kernel binds: read-only inputs, read-write outputs, and the params' byte size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Signature {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub params_size: u64,
+}
+
+pub(super) fn signature(kind: OpKind) -> Signature {
     use std::mem::size_of;
-    let (inputs, params) = match kind {
+    let (inputs, outputs, params) = match kind {
         // a, b, bias (bound to a when absent).
-        OpKind::MatMul => (3, size_of::<ops::matmul::MatMulParams>()),
-        OpKind::Unary | OpKind::Cast => (1, size_of::<ops::elementwise::UnaryParams>()),
-        OpKind::Binary => (2, size_of::<ops::elementwise::BinaryParams>()),
-        OpKind::LayerNorm => (3, size_of::<ops::norm::NormParams>()),
-        OpKind::Softmax | OpKind::L2Normalize => (1, size_of::<ops::norm::NormParams>()),
-        OpKind::Attention => (4, size_of::<ops::attention::AttentionParams>()),
-        OpKind::Gather => (2, size_of::<ops::gather::GatherParams>()),
-        OpKind::Pool => (2, size_of::<ops::pool::PoolParams>()),
-        OpKind::Reshape => (0, 0),
+        OpKind::MatMul => (3, 1, size_of::<ops::matmul::MatMulParams>()),
+        // x, W, bias (bound to x when absent), t = x · Aᵀ, B.
+        OpKind::LoraMatMul => (5, 1, size_of::<ops::matmul::MatMulParams>()),
+        OpKind::Unary | OpKind::Cast => (1, 1, size_of::<ops::elementwise::UnaryParams>()),
+        OpKind::Binary => (2, 1, size_of::<ops::elementwise::BinaryParams>()),
+        OpKind::LayerNorm => (3, 1, size_of::<ops::norm::NormParams>()),
+        OpKind::Softmax | OpKind::L2Normalize => (1, 1, size_of::<ops::norm::NormParams>()),
+        OpKind::Attention => (4, 1, size_of::<ops::attention::AttentionParams>()),
+        OpKind::Gather => (2, 1, size_of::<ops::gather::GatherParams>()),
+        OpKind::Pool => (2, 1, size_of::<ops::pool::PoolParams>()),
+        // a, b (bound to a for NOT).
+        OpKind::SoftLogic => (2, 1, size_of::<ops::softlogic::SoftLogicParams>()),
+        // qe, mask, kind, weight, essential; score, contribution.
+        OpKind::Aggregate => (5, 2, size_of::<ops::softlogic::AggregateParams>()),
+        OpKind::Reshape => (0, 0, 0),
     };
-    (inputs, params as u64)
+    Signature { inputs, outputs, params_size: params as u64 }
 }
 
 /// One dispatch: its params and its grid.
@@ -117,12 +133,11 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
     Ok(match op {
         Op::MatMul(m) => {
             let p = m.params(shape(0), shape(1), inputs.len() > 2);
-            let groups = [
-                dim((p.n as usize).div_ceil(MATMUL_TILE), "matmul N")?,
-                dim((p.m as usize).div_ceil(MATMUL_TILE), "matmul M")?,
-                dim(p.batch as usize, "matmul batch")?,
-            ];
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups }
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? }
+        }
+        Op::LoraMatMul(l) => {
+            let (_, p) = l.params(shape(0), shape(1), shape(2), inputs.len() > 4);
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? }
         }
         Op::Unary(kind) => {
             let p = ops::elementwise::UnaryParams { len: n as u32, op: kind.code(), to: 0, _pad: 0 };
@@ -167,14 +182,39 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
             let p = ops::pool::PoolParams::new(*kind, shape(0), shape(1));
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
+        Op::SoftLogic { connective, logic } => {
+            let p = ops::softlogic::SoftLogicParams::new(n, *logic, *connective);
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+        }
+        Op::Aggregate { logic, optional_weight } => {
+            let (items, entities, kinds) = (shape(0)[0], shape(0)[1], shape(3)[0]);
+            let p = ops::softlogic::AggregateParams::new(items, entities, kinds, *logic, *optional_weight);
+            // One invocation per item: entities per item are few.
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(items)? }
+        }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     })
+}
+
+fn matmul_groups(p: &ops::matmul::MatMulParams) -> Result<[u32; 3], String> {
+    Ok([
+        dim((p.n as usize).div_ceil(MATMUL_TILE), "matmul N")?,
+        dim((p.m as usize).div_ceil(MATMUL_TILE), "matmul M")?,
+        dim(p.batch as usize, "matmul batch")?,
+    ])
+}
+
+/// The first dispatch of `lora_matmul`: `t = x · Aᵀ` by the plain matmul kernel, into a
+/// scratch of `[rows, r]` f32 (its element count is the second value).
+pub(super) fn lora_down(l: &ops::LoraMatMul, inputs: &[(DType, &[usize])]) -> Result<(Launch, usize), String> {
+    let (p, _) = l.params(inputs[0].1, inputs[1].1, inputs[2].1, inputs.len() > 4);
+    Ok((Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? }, p.m as usize * p.n as usize))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Activation, MatMul, UnaryKind};
+    use crate::ops::{Activation, Logic, LoraMatMul, MatMul, UnaryKind};
 
     #[test]
     fn every_shader_defines_its_entry_points() {
@@ -198,7 +238,7 @@ mod tests {
         assert_eq!(wgsl_const("matmul", "TILE"), MATMUL_TILE);
         assert_eq!(wgsl_const("attention", "BQ"), ATTENTION_BLOCK);
         assert_eq!(wgsl_const("attention", "MAX_D4") * 4, MAX_HEAD_DIM);
-        for stem in ["elementwise", "gather", "pool"] {
+        for stem in ["elementwise", "gather", "pool", "softlogic"] {
             assert_eq!(wgsl_const(stem, "WG"), 256, "grid_256 assumes 256 invocations in {stem}.wgsl");
         }
     }
@@ -217,10 +257,34 @@ mod tests {
         let mm = Op::MatMul(MatMul { trans_b: true, activation: Activation::Gelu });
         let l = launch(&mm, &[(DType::F32, &[2, 129, 384]), (DType::F32, &[1536, 384])], &[2, 129, 1536]).unwrap();
         assert_eq!(l.groups, [24, 3, 2]);
-        assert_eq!(l.params.len() as u64, signature(OpKind::MatMul).1);
+        assert_eq!(l.params.len() as u64, signature(OpKind::MatMul).params_size);
         let u = launch(&Op::Unary(UnaryKind::Relu), &[(DType::F32, &[257])], &[257]).unwrap();
         assert_eq!(u.groups, [2, 1, 1]);
         let c = launch(&Op::Cast(DType::F16), &[(DType::F32, &[513])], &[513]).unwrap();
         assert_eq!(c.groups, [2, 1, 1], "513 halves are 257 words");
+    }
+
+    #[test]
+    fn lora_runs_the_down_projection_then_the_fused_product() {
+        let lora = LoraMatMul { scale: 0.5, activation: Activation::None };
+        let ins: [(DType, &[usize]); 4] =
+            [(DType::F32, &[3, 50, 96]), (DType::F32, &[130, 96]), (DType::F32, &[16, 96]), (DType::F32, &[130, 16])];
+        let (down, t_len) = lora_down(&lora, &ins).unwrap();
+        assert_eq!((down.groups, t_len), ([1, 3, 1], 150 * 16), "rows fold: W is shared");
+        let main = launch(&Op::LoraMatMul(lora), &ins, &[3, 50, 130]).unwrap();
+        assert_eq!(main.groups, [3, 3, 1]);
+        let sig = signature(OpKind::LoraMatMul);
+        assert_eq!((sig.inputs, sig.outputs, sig.params_size), (5, 1, main.params.len() as u64));
+        let agg = signature(OpKind::Aggregate);
+        assert_eq!((agg.inputs, agg.outputs), (5, 2));
+        let op = Op::Aggregate { logic: Logic::Goedel, optional_weight: 0.1 };
+        let cells: &[usize] = &[300, 4];
+        let l = launch(
+            &op,
+            &[(DType::F32, cells), (DType::U32, cells), (DType::U32, cells), (DType::F32, &[3]), (DType::U32, &[3])],
+            &[300],
+        )
+        .unwrap();
+        assert_eq!((l.groups, l.params.len() as u64), ([2, 1, 1], agg.params_size), "an invocation per item");
     }
 }

@@ -311,7 +311,7 @@ impl WgpuBackend {
         let (stem, entry) = kind.kernel().ok_or_else(|| err(format!("{} has no kernel", kind.name())))?;
         let source = kernels::source(stem).ok_or_else(|| err(format!("no shader {stem}.wgsl")))?;
         let device = &self.shared.device;
-        let (inputs, params_size) = kernels::signature(kind);
+        let kernels::Signature { inputs, outputs, params_size } = kernels::signature(kind);
         let kernel = self.scoped(&format!("compiling {stem}.wgsl, entry point {entry}"), || {
             let module = cache.modules.entry(stem).or_insert_with(|| {
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -330,7 +330,7 @@ impl WgpuBackend {
                 ty: buffer(wgpu::BufferBindingType::Uniform, true, params_size),
                 count: None,
             }];
-            for i in 0..=inputs {
+            for i in 0..inputs + outputs {
                 entries.push(wgpu::BindGroupLayoutEntry {
                     binding: i as u32 + 1,
                     visibility: wgpu::ShaderStages::COMPUTE,
@@ -376,6 +376,27 @@ impl WgpuBackend {
                 mapped_at_creation: mapped,
             })
         })
+    }
+
+    /// Appends one dispatch of `kind`'s kernel over `buffers` (inputs, then outputs).
+    fn record(
+        &self,
+        rec: &mut WgpuRecording,
+        kind: OpKind,
+        launch: kernels::Launch,
+        buffers: Vec<wgpu::Buffer>,
+    ) -> Result<()> {
+        let kernel = self.kernel(kind)?;
+        let offset = rec.params.len().next_multiple_of(self.shared.uniform_align);
+        rec.params.resize(offset, 0);
+        rec.params.extend_from_slice(&launch.params);
+        rec.dispatches.push(Dispatch {
+            kernel,
+            buffers,
+            params_offset: u32::try_from(offset).map_err(|_| err("too many dispatches in one run"))?,
+            groups: launch.groups,
+        });
+        Ok(())
     }
 
     /// Records copies of `reads` into one staging buffer and submits everything recorded.
@@ -539,34 +560,43 @@ impl Backend for WgpuBackend {
         inputs: &[Arg<'_, WgpuBuffer>],
         outputs: &mut [OutArg<'_, WgpuBuffer>],
     ) -> Result<()> {
-        let [out] = outputs else {
-            return Err(err(format!("{} has {} outputs, kernels write one", op.kind().name(), outputs.len())));
-        };
-        if out.shape.iter().product::<usize>() == 0 {
+        if outputs.iter().all(|o| o.shape.iter().product::<usize>() == 0) {
             return Ok(()); // nothing to compute, and nothing to bind
         }
         let kind = op.kind();
+        let named = |e: String| err(format!("{}: {e}", kind.name()));
+        let wanted = kernels::signature(kind);
+        // lora_matmul binds its scratch in place of A: the op takes at most as many inputs.
+        let required = if kind == OpKind::LoraMatMul { 4 } else { 1 };
+        if !(required..=wanted.inputs).contains(&inputs.len()) || outputs.len() != wanted.outputs {
+            return Err(named(format!(
+                "{} inputs and {} outputs given, the kernel binds up to {} and {}",
+                inputs.len(),
+                outputs.len(),
+                wanted.inputs,
+                wanted.outputs
+            )));
+        }
         let shapes: Vec<(DType, &[usize])> = inputs.iter().map(|a| (a.dtype, a.shape)).collect();
-        let launch = kernels::launch(op, &shapes, out.shape).map_err(|e| err(format!("{}: {e}", kind.name())))?;
-        let kernel = self.kernel(kind)?;
-        let (wanted, _) = kernels::signature(kind);
+        let launch = kernels::launch(op, &shapes, outputs[0].shape).map_err(named)?;
         let mut buffers: Vec<wgpu::Buffer> = inputs.iter().map(|a| a.buf.buffer.clone()).collect();
-        // Matmul without bias: its bias binding gets `a`, bound read-only twice (allowed).
-        while buffers.len() < wanted {
+        if let Op::LoraMatMul(l) = op {
+            // First t = x · Aᵀ into a scratch, then the main product reads it as its LoRA
+            // operand. The recorded dispatch holds the scratch until the run is submitted.
+            let (down, t_len) = kernels::lora_down(l, &shapes).map_err(named)?;
+            let t = self.alloc(t_len * DType::F32.size())?.buffer;
+            let (x, w, a, b) = (&buffers[0], &buffers[1], &buffers[2], &buffers[3]);
+            self.record(rec, OpKind::MatMul, down, vec![x.clone(), a.clone(), x.clone(), t.clone()])?;
+            let bias = buffers.get(4).unwrap_or(x).clone();
+            buffers = vec![x.clone(), w.clone(), bias, t, b.clone()];
+        }
+        // Absent optional inputs (matmul's bias, NOT's b) get the first input, bound
+        // read-only twice (allowed) and never read.
+        while buffers.len() < wanted.inputs {
             buffers.push(inputs[0].buf.buffer.clone());
         }
-        buffers.push(out.buf.buffer.clone());
-
-        let offset = rec.params.len().next_multiple_of(self.shared.uniform_align);
-        rec.params.resize(offset, 0);
-        rec.params.extend_from_slice(&launch.params);
-        rec.dispatches.push(Dispatch {
-            kernel,
-            buffers,
-            params_offset: u32::try_from(offset).map_err(|_| err("too many dispatches in one run"))?,
-            groups: launch.groups,
-        });
-        Ok(())
+        buffers.extend(outputs.iter().map(|o| o.buf.buffer.clone()));
+        self.record(rec, kind, launch, buffers)
     }
 
     async fn finish(&self, rec: WgpuRecording, reads: &[Arg<'_, WgpuBuffer>]) -> Result<Vec<HostTensor>> {
