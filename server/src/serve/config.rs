@@ -92,11 +92,21 @@ pub struct EmbedModelConfig {
     pub path: Option<PathBuf>,
     /// auto | cpu | wgpu | cuda.
     pub backend: String,
+    /// A PEFT LoRA adapter folder applied to the model.
+    pub adapter: Option<PathBuf>,
+    /// Fold the adapter into the weights at load instead of running the fused LoRA op.
+    pub merge_adapter: bool,
 }
 
 impl Default for EmbedModelConfig {
     fn default() -> Self {
-        EmbedModelConfig { name: "minilm".into(), path: None, backend: "auto".into() }
+        EmbedModelConfig {
+            name: "minilm".into(),
+            path: None,
+            backend: "auto".into(),
+            adapter: None,
+            merge_adapter: false,
+        }
     }
 }
 
@@ -181,10 +191,10 @@ impl Config {
         {
             *rules = base.join(&*rules);
         }
-        if let Some(model) = &mut self.models.embed.path
-            && model.is_relative()
-        {
-            *model = base.join(&*model);
+        for path in [&mut self.models.embed.path, &mut self.models.embed.adapter].into_iter().flatten() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
         }
     }
 
@@ -216,6 +226,9 @@ impl Config {
                 "batching.max_wait_ms is {} ms; more than 1000 ms of added latency is surely a mistake",
                 b.max_wait_ms
             );
+        }
+        if self.models.embed.merge_adapter && self.models.embed.adapter.is_none() {
+            bail!("models.embed.merge_adapter is set but models.embed.adapter is not");
         }
         if self.models.embed.path.is_none() && self.models.embed.name.is_empty() {
             bail!("models.embed needs a name or a path");

@@ -43,6 +43,12 @@ pub struct Args {
     /// A sentence-transformers model folder [default: minilm, fetched on first use].
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder applied to the model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Fold the adapter into the weights at load instead of running the fused LoRA op.
+    #[arg(long)]
+    merge_adapter: bool,
     /// Most tokens in one forward pass.
     #[arg(long)]
     max_batch_tokens: Option<usize>,
@@ -86,6 +92,12 @@ impl Args {
         if let Some(v) = &self.model {
             m.path = Some(v.clone());
         }
+        if let Some(v) = &self.adapter {
+            m.adapter = Some(v.clone());
+        }
+        if self.merge_adapter {
+            m.merge_adapter = true;
+        }
         if let Some(v) = self.max_batch_tokens {
             b.max_batch_tokens = v;
         }
@@ -121,15 +133,20 @@ pub fn run(args: Args) -> Result<()> {
         Some(dir) => dir.clone(),
         None => fetch::ensure(known_model(&config.models.embed.name)?)?,
     };
-    let embedder =
-        Arc::new(Embedder::load(&dir, backend).with_context(|| format!("cannot load the model in {}", dir.display()))?);
+    let m = &config.models.embed;
+    let adapter = crate::commands::AdapterArgs { adapter: m.adapter.clone(), merge_adapter: m.merge_adapter };
+    let (embedder, adapter_id) =
+        adapter.load(&dir, backend).with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let embedder = Arc::new(embedder);
+    // The model id keys the QE cache and the taxonomy embeddings: an adapter makes another model.
+    let model_id = format!("{}{adapter_id}", m.name);
     // Token counting and /relevance run on the blocking pool. The default (512) would let a
     // burst start hundreds of threads that fight for the cores the model needs; a few per core
     // leave room for /relevance requests that wait there for the model thread.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime =
         tokio::runtime::Builder::new_multi_thread().max_blocking_threads((4 * cores).max(8)).enable_all().build()?;
-    runtime.block_on(serve(config, embedder, dir))
+    runtime.block_on(serve(config, embedder, dir, model_id))
 }
 
 fn model_info(embedder: &Embedder, dir: &std::path::Path) -> routes::ModelInfo {
@@ -151,7 +168,7 @@ fn model_info(embedder: &Embedder, dir: &std::path::Path) -> routes::ModelInfo {
     }
 }
 
-async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf) -> Result<()> {
+async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: String) -> Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let b = &config.batching;
     let policy = batcher::Policy {
@@ -169,7 +186,7 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf) -> Result<
             batcher.clone(),
             embedder.clone(),
             tokio::runtime::Handle::current(),
-            config.models.embed.name.clone(),
+            model_id,
             b.max_batch_tokens,
         );
         let relevance_config = config.relevance.clone();
