@@ -79,6 +79,13 @@ impl Calibration {
         }
     }
 
+    /// For a model whose raw score is a logit (a cross-encoder): `qe = σ(logit)`, the
+    /// probability the model was trained to give.
+    pub fn logit() -> Calibration {
+        let identity = Logistic { a: 1.0, b: 0.0 };
+        Calibration { constrained: [identity; 7], free: [identity; 7] }
+    }
+
     /// The fitted constants for a known encoder id, else the generic prior.
     pub fn for_model(model_id: &str) -> Calibration {
         if model_id.contains("minilm") { Calibration::minilm() } else { Calibration::generic() }

@@ -5,7 +5,7 @@
 use crate::encoder::TextEncoder;
 use crate::entities::{Extractor, Item};
 use crate::logic::Logic;
-use crate::pipeline::{CategorySearch, Ebrm, Ranking};
+use crate::pipeline::{CategorySearch, Ebrm, PairScorer, Ranking};
 use crate::vocab::{BrandList, brands_path};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -81,6 +81,15 @@ pub fn relevance_cli<E: TextEncoder>(encoder: E, args: &RelevanceArgs, out: &mut
 
 /// The command without the printing: the items read and their ranking.
 pub fn rank_cli<E: TextEncoder>(encoder: E, args: &RelevanceArgs) -> Result<(Vec<Item>, Ranking)> {
+    rank_cli_with(encoder, None, args)
+}
+
+/// [`rank_cli`] with QE scores from a cross-encoder, when given.
+pub fn rank_cli_with<E: TextEncoder>(
+    encoder: E,
+    qe_model: Option<Box<dyn PairScorer>>,
+    args: &RelevanceArgs,
+) -> Result<(Vec<Item>, Ranking)> {
     let items = if args.items.as_os_str() == "-" {
         read_items(std::io::stdin().lock(), "stdin")?
     } else {
@@ -88,7 +97,11 @@ pub fn rank_cli<E: TextEncoder>(encoder: E, args: &RelevanceArgs) -> Result<(Vec
         read_items(file, &args.items.display().to_string())?
     };
     let extractor = load_extractor(&args.cache_dir)?;
-    let engine = Ebrm::new(encoder, extractor, CategorySearch::Embedding { cache_dir: Some(args.cache_dir.clone()) });
+    let mut engine =
+        Ebrm::new(encoder, extractor, CategorySearch::Embedding { cache_dir: Some(args.cache_dir.clone()) });
+    if let Some(scorer) = qe_model {
+        engine = engine.with_pair_scorer(scorer);
+    }
     let ranking = engine.rank(&args.query, &items)?.with_logic(args.logic);
     Ok((items, ranking))
 }

@@ -153,6 +153,28 @@ impl TextEncoder for ModelEncoder {
     }
 }
 
+/// A cross-encoder (a `BertForSequenceClassification` folder) as EBRM's QE model: the first
+/// logit of each pair.
+pub struct CrossEncoder {
+    model: tandem_models::Embedder,
+    id: String,
+}
+
+impl CrossEncoder {
+    pub fn load(dir: &std::path::Path, backend: tandem_models::BackendChoice, id: impl Into<String>) -> Result<Self> {
+        Ok(CrossEncoder { model: tandem_models::Embedder::load_cross_encoder(dir, backend)?, id: id.into() })
+    }
+}
+
+impl crate::pipeline::PairScorer for CrossEncoder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
+        Ok(self.model.score_pairs(pairs)?.into_iter().map(|logits| logits[0]).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,4 +31,4 @@ pub use cache::{CacheStats, LruQeCache, QeCache, QeKey};
 pub use encoder::{NgramEncoder, TextEncoder};
 pub use entities::{Entity, EntityKind, Extractor, Item};
 pub use logic::Logic;
-pub use pipeline::{CategorySearch, Config, Ebrm, Grade, Intervention, Ranking};
+pub use pipeline::{CategorySearch, Config, Ebrm, Grade, Intervention, PairScorer, Ranking};

@@ -436,6 +436,14 @@ impl<V: Clone> BoundedMap<V> {
     }
 }
 
+/// A model that scores (query side, entity side) text pairs: a cross-encoder.
+pub trait PairScorer: Send + Sync {
+    /// Names the model for cache keys.
+    fn id(&self) -> &str;
+    /// One raw score (a logit) per pair, in order.
+    fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>>;
+}
+
 /// The EBRM engine: an encoder, the extractors and the caches. Cheap to share behind an
 /// `Arc`; every method takes `&self`.
 pub struct Ebrm<E> {
@@ -449,6 +457,8 @@ pub struct Ebrm<E> {
     title_categories: BoundedMap<Option<(String, f32)>>,
     encoded: AtomicU64,
     config: Config,
+    /// A cross-encoder scoring QE pairs directly; None: cosines of the encoder's vectors.
+    pair_scorer: Option<Box<dyn PairScorer>>,
 }
 
 impl<E: TextEncoder> Ebrm<E> {
@@ -466,7 +476,17 @@ impl<E: TextEncoder> Ebrm<E> {
             title_categories: BoundedMap::new(SIDE_CACHE_ENTRIES),
             encoded: AtomicU64::new(0),
             config,
+            pair_scorer: None,
         }
+    }
+
+    /// QE scores from a cross-encoder: each QE pair is read by the model as one sequence and
+    /// `qe = σ(logit)` (the calibration becomes [`Calibration::logit`]). The encoder still finds
+    /// categories (nearest taxonomy path), which needs vectors.
+    pub fn with_pair_scorer(mut self, scorer: Box<dyn PairScorer>) -> Self {
+        self.pair_scorer = Some(scorer);
+        self.config.calibration = Calibration::logit();
+        self
     }
 
     pub fn with_cache(mut self, cache: Arc<dyn QeCache>) -> Self {
@@ -673,7 +693,7 @@ impl<E: TextEncoder> Ebrm<E> {
         }
 
         // QE: look every pair up, encode the misses in one batch.
-        let model = self.encoder.id();
+        let model = self.pair_scorer.as_ref().map_or(self.encoder.id(), |s| s.id());
         let mut keys: Vec<QeKey> = Vec::new();
         let mut key_index: HashMap<QeKey, usize> = HashMap::new();
         let mut slots: Vec<(usize, usize, usize)> = Vec::new(); // (item, entity, key)
@@ -715,17 +735,14 @@ impl<E: TextEncoder> Ebrm<E> {
                     query_texts.insert(kind, at);
                 }
             }
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let vectors = self.encode(&refs)?;
-            let mut fresh = Vec::with_capacity(misses.len());
-            for (n, &k) in misses.iter().enumerate() {
-                let v = &vectors[n];
-                let score = match query_texts.get(&keys[k].kind) {
-                    Some(at) => at.iter().map(|&t| cosine(&vectors[t], v)).fold(f32::MIN, f32::max),
-                    None => cosine(&q.embedding, v),
-                };
-                raw[k] = Some(score);
-                fresh.push((keys[k].clone(), score));
+            let fresh = match &self.pair_scorer {
+                Some(scorer) => {
+                    self.score_misses_as_pairs(scorer.as_ref(), &q, &keys, &misses, &texts, &query_texts)?
+                }
+                None => self.score_misses_by_cosine(&q, &keys, &misses, &texts, &query_texts)?,
+            };
+            for (k, score) in misses.iter().zip(&fresh) {
+                raw[*k] = Some(score.1);
             }
             self.cache.put_many(fresh);
         }
@@ -742,6 +759,65 @@ impl<E: TextEncoder> Ebrm<E> {
             config: config.clone(),
             encoded_texts: (self.encoded_texts() - before) as usize,
         })
+    }
+
+    /// Raw QE scores of the missed keys as cosines: entity texts `texts[..misses.len()]` and the
+    /// query's entity texts after them (at `query_texts[kind]`) encoded in one batch.
+    fn score_misses_by_cosine(
+        &self,
+        q: &QueryAnalysis,
+        keys: &[QeKey],
+        misses: &[usize],
+        texts: &[String],
+        query_texts: &HashMap<EntityKind, Vec<usize>>,
+    ) -> Result<Vec<(QeKey, f32)>> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = self.encode(&refs)?;
+        Ok(misses
+            .iter()
+            .enumerate()
+            .map(|(n, &k)| {
+                let v = &vectors[n];
+                let score = match query_texts.get(&keys[k].kind) {
+                    Some(at) => at.iter().map(|&t| cosine(&vectors[t], v)).fold(f32::MIN, f32::max),
+                    None => cosine(&q.embedding, v),
+                };
+                (keys[k].clone(), score)
+            })
+            .collect())
+    }
+
+    /// Raw QE scores of the missed keys as cross-encoder logits, all pairs in one batch: a
+    /// constrained entity against each query entity of its kind (the best counts), a free one
+    /// against the whole query.
+    fn score_misses_as_pairs(
+        &self,
+        scorer: &dyn PairScorer,
+        q: &QueryAnalysis,
+        keys: &[QeKey],
+        misses: &[usize],
+        texts: &[String],
+        query_texts: &HashMap<EntityKind, Vec<usize>>,
+    ) -> Result<Vec<(QeKey, f32)>> {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for (n, &k) in misses.iter().enumerate() {
+            match query_texts.get(&keys[k].kind) {
+                Some(at) => at.iter().for_each(|&t| pairs.push((texts[t].as_str(), texts[n].as_str()))),
+                None => pairs.push((q.text.as_str(), texts[n].as_str())),
+            }
+            owner.resize(pairs.len(), n);
+        }
+        self.encoded.fetch_add(pairs.len() as u64, Ordering::Relaxed);
+        let logits = scorer.score(&pairs)?;
+        if logits.len() != pairs.len() || logits.iter().any(|x| !x.is_finite()) {
+            bail!("QE model '{}' returned {} finite scores for {} pairs", scorer.id(), logits.len(), pairs.len());
+        }
+        let mut best = vec![f32::MIN; misses.len()];
+        for (&n, &logit) in owner.iter().zip(&logits) {
+            best[n] = best[n].max(logit);
+        }
+        Ok(misses.iter().zip(best).map(|(&k, score)| (keys[k].clone(), score)).collect())
     }
 
     /// Plain query-title cosine, the baseline EBRM is measured against.
@@ -779,6 +855,54 @@ mod tests {
             Item::new("Spigen shoe laces for Nike Pegasus 40")
                 .with_attribute("category", "Apparel & Accessories > Shoe Accessories > Shoelaces"),
         ]
+    }
+
+    /// A stand-in cross-encoder: a high logit when both sides share their last word ("brand:
+    /// nike" / "brand: nike"), a low one otherwise; it records every pair it sees.
+    struct LastWordScorer(Mutex<Vec<(String, String)>>);
+
+    impl PairScorer for LastWordScorer {
+        fn id(&self) -> &str {
+            "last-word"
+        }
+        fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
+            let mut seen = self.0.lock().unwrap();
+            Ok(pairs
+                .iter()
+                .map(|&(a, b)| {
+                    seen.push((a.to_string(), b.to_string()));
+                    if a.split_whitespace().last() == b.split_whitespace().last() { 6.0 } else { -6.0 }
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_cross_encoder_scores_qe_pairs() {
+        let scorer = Arc::new(LastWordScorer(Mutex::new(Vec::new())));
+        struct Shared(Arc<LastWordScorer>);
+        impl PairScorer for Shared {
+            fn id(&self) -> &str {
+                self.0.id()
+            }
+            fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>> {
+                self.0.score(pairs)
+            }
+        }
+        let e = engine().with_pair_scorer(Box::new(Shared(scorer.clone())));
+        let r = e.rank("nike running shoes", &items()).unwrap();
+        let score = |id: &str| r.items.iter().find(|i| i.id.as_deref() == Some(id)).unwrap().score;
+        assert!(score("exact") > score("brand-conflict"), "{:#?}", r.items);
+        let brand = r.items[1].entities.iter().find(|e| e.entity.kind == EntityKind::Brand).unwrap();
+        // σ(−6): the calibration is the plain sigmoid of the logit.
+        assert!((brand.qe - 1.0 / (1.0 + 6f32.exp())).abs() < 1e-6, "{brand:#?}");
+        // Constrained entities are paired with the query's entity of their kind.
+        let pairs = scorer.0.lock().unwrap().clone();
+        assert!(pairs.contains(&("brand: nike".into(), "brand: adidas".into())), "{pairs:?}");
+        // A second request is answered from the cache, under the scorer's id.
+        let before = pairs.len();
+        e.rank("nike running shoes", &items()).unwrap();
+        assert_eq!(scorer.0.lock().unwrap().len(), before);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tandem_runtime::graph::Weights;
-use tandem_runtime::ops::{Activation, Attention, BinaryKind, LoraMatMul, MatMul, PoolKind};
+use tandem_runtime::ops::{Activation, Attention, BinaryKind, LoraMatMul, MatMul, PoolKind, UnaryKind};
 use tandem_runtime::{DType, Dim, Graph, Op, TensorType, ValueId};
 
 pub const META_ARCHITECTURE: &str = "architecture";
@@ -318,43 +318,30 @@ fn weight_prefix(weights: &Weights) -> Result<&'static str> {
     }
 }
 
-/// Emits the graph: embeddings, `num_hidden_layers` post-norm encoder layers, pooling and the
-/// optional normalization.
-///
-/// `lora_scale`: the weights hold an unmerged LoRA adapter ([`crate::lora`]) with this scale;
-/// the layers it adapts become `LoraMatMul`.
-pub fn build_graph(
-    name: &str,
-    config: &BertConfig,
-    head: &SentenceHead,
-    weights: &Weights,
-    config_path: &Path,
-    lora_scale: Option<f32>,
-) -> Result<Graph> {
-    let prefix = weight_prefix(weights)?;
-    let w = WeightChecker { weights, prefix, config_path, lora_scale };
+/// Token embeddings and `num_hidden_layers` post-norm encoder layers over packed inputs:
+/// declares the graph inputs and returns the last hidden states `[tokens, hidden]` and the
+/// `segments` input.
+fn encoder(g: &mut Graph, w: &WeightChecker, config: &BertConfig) -> Result<(ValueId, ValueId)> {
     let h = config.hidden_size;
     let eps = config.layer_norm_eps as f32;
     let plain = Activation::None;
     let add = Op::Binary(BinaryKind::Add);
 
-    let mut g = Graph::new(name);
     let tokens = || TensorType::new(DType::U32, vec![Dim::sym("tokens")]);
     let input_ids = g.input("input_ids", tokens());
     let token_type_ids = g.input("token_type_ids", tokens());
     let position_ids = g.input("position_ids", tokens());
     let segments = g.input("segments", TensorType::new(DType::U32, vec![Dim::sym("seqs"), Dim::Fixed(2)]));
 
-    let word_table = w.declare(&mut g, "embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
-    let position_table =
-        w.declare(&mut g, "embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
-    let type_table = w.declare(&mut g, "embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?;
+    let word_table = w.declare(g, "embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
+    let position_table = w.declare(g, "embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
+    let type_table = w.declare(g, "embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?;
     let words = g.node1("embeddings.word", Op::Gather, &[word_table, input_ids])?;
     let positions = g.node1("embeddings.position", Op::Gather, &[position_table, position_ids])?;
     let types = g.node1("embeddings.token_type", Op::Gather, &[type_table, token_type_ids])?;
     let sum = g.node1("embeddings.add_position", add.clone(), &[words, positions])?;
     let sum = g.node1("embeddings.add_token_type", add.clone(), &[sum, types])?;
-    let (gamma, beta) = w.layer_norm(&mut g, "embeddings.LayerNorm", h)?;
+    let (gamma, beta) = w.layer_norm(g, "embeddings.LayerNorm", h)?;
     let mut x = g.node1("embeddings.norm", Op::LayerNorm { eps }, &[sum, gamma, beta])?;
 
     let heads = config.num_attention_heads as u32;
@@ -370,31 +357,50 @@ pub fn build_graph(
         let project = |g: &mut Graph, part: &str| {
             w.dense(g, &node(part), x, &format!("{at}.attention.self.{part}"), [h, h], plain)
         };
-        let q = project(&mut g, "query")?;
-        let k = project(&mut g, "key")?;
-        let v = project(&mut g, "value")?;
+        let q = project(g, "query")?;
+        let k = project(g, "key")?;
+        let v = project(g, "value")?;
         let context = g.node1(&node("attention"), attention.clone(), &[q, k, v, segments])?;
         let attended =
-            w.dense(&mut g, &node("attention_out"), context, &format!("{at}.attention.output.dense"), [h, h], plain)?;
+            w.dense(g, &node("attention_out"), context, &format!("{at}.attention.output.dense"), [h, h], plain)?;
         let residual = g.node1(&node("attention_residual"), add.clone(), &[attended, x])?;
-        let (gamma, beta) = w.layer_norm(&mut g, &format!("{at}.attention.output.LayerNorm"), h)?;
+        let (gamma, beta) = w.layer_norm(g, &format!("{at}.attention.output.LayerNorm"), h)?;
         let attention_out = g.node1(&node("attention_norm"), Op::LayerNorm { eps }, &[residual, gamma, beta])?;
 
         let wide = config.intermediate_size;
         let intermediate = w.dense(
-            &mut g,
+            g,
             &node("intermediate"),
             attention_out,
             &format!("{at}.intermediate.dense"),
             [h, wide],
             Activation::Gelu,
         )?;
-        let out = w.dense(&mut g, &node("output"), intermediate, &format!("{at}.output.dense"), [wide, h], plain)?;
+        let out = w.dense(g, &node("output"), intermediate, &format!("{at}.output.dense"), [wide, h], plain)?;
         let residual = g.node1(&node("output_residual"), add.clone(), &[out, attention_out])?;
-        let (gamma, beta) = w.layer_norm(&mut g, &format!("{at}.output.LayerNorm"), h)?;
+        let (gamma, beta) = w.layer_norm(g, &format!("{at}.output.LayerNorm"), h)?;
         x = g.node1(&node("output_norm"), Op::LayerNorm { eps }, &[residual, gamma, beta])?;
     }
 
+    Ok((x, segments))
+}
+
+/// Emits the graph: embeddings, `num_hidden_layers` post-norm encoder layers, pooling and the
+/// optional normalization.
+///
+/// `lora_scale`: the weights hold an unmerged LoRA adapter ([`crate::lora`]) with this scale;
+/// the layers it adapts become `LoraMatMul`.
+pub fn build_graph(
+    name: &str,
+    config: &BertConfig,
+    head: &SentenceHead,
+    weights: &Weights,
+    config_path: &Path,
+    lora_scale: Option<f32>,
+) -> Result<Graph> {
+    let w = WeightChecker { weights, prefix: weight_prefix(weights)?, config_path, lora_scale };
+    let mut g = Graph::new(name);
+    let (x, segments) = encoder(&mut g, &w, config)?;
     let mut embeddings = g.node1("pool", Op::Pool(head.pooling), &[x, segments])?;
     if head.normalize {
         // sentence-transformers' Normalize is F.normalize: eps 1e-12.
@@ -408,10 +414,88 @@ pub fn build_graph(
         (META_MAX_SEQ_LENGTH, head.max_seq_length.to_string()),
         (META_POOLING, pooling_name(head.pooling).to_string()),
         (META_NORMALIZE, head.normalize.to_string()),
-        (META_HIDDEN_SIZE, h.to_string()),
+        (META_HIDDEN_SIZE, config.hidden_size.to_string()),
     ] {
         g.metadata.insert(key.to_string(), value);
     }
     g.validate().map_err(|e| anyhow!("building the graph of {}: {e}", config_path.display()))?;
     Ok(g)
+}
+
+/// A `BertForSequenceClassification` folder (a cross-encoder) turned into a graph: the encoder,
+/// then HF's head: the `[CLS]` state through the pooler (dense + tanh) and the classifier.
+/// Output `logits` f32 `[seqs, num_labels]`, one row per (query, document) pair.
+pub struct ClassifierModel {
+    pub graph: Graph,
+    pub weights: Weights,
+    pub config: BertConfig,
+    pub num_labels: usize,
+    pub max_seq_length: usize,
+    pub tokenizer_path: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct ClassifierFields {
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    id2label: std::collections::BTreeMap<String, String>,
+    num_labels: Option<usize>,
+}
+
+/// Most labels a classifier head may have (cross-encoders have one).
+const MAX_LABELS: usize = 1024;
+
+pub fn load_classifier_dir(dir: &Path) -> Result<ClassifierModel> {
+    if !dir.is_dir() {
+        bail!("{}: no such model directory", dir.display());
+    }
+    let config_path = dir.join("config.json");
+    let config: BertConfig = read_json(&config_path)?;
+    config.check(&config_path)?;
+    let fields: ClassifierFields = read_json(&config_path)?;
+    let at = config_path.display();
+    if !fields.architectures.iter().any(|a| a == "BertForSequenceClassification") {
+        bail!("{at}: architectures {:?} do not include BertForSequenceClassification", fields.architectures);
+    }
+    let num_labels = fields.num_labels.unwrap_or(fields.id2label.len().max(1));
+    if num_labels == 0 || num_labels > MAX_LABELS {
+        bail!("{at}: {num_labels} labels, expected 1 to {MAX_LABELS}");
+    }
+    let weights = Weights::open(&dir.join("model.safetensors"))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bert".into());
+    let w = WeightChecker {
+        weights: &weights,
+        prefix: weight_prefix(&weights)?,
+        config_path: &config_path,
+        lora_scale: None,
+    };
+    let mut g = Graph::new(&name);
+    let (x, segments) = encoder(&mut g, &w, &config)?;
+    let h = config.hidden_size;
+    let first = g.node1("pool", Op::Pool(PoolKind::First), &[x, segments])?;
+    let pooled = w.dense(&mut g, "pooler", first, "pooler.dense", [h, h], Activation::None)?;
+    let pooled = g.node1("pooler.tanh", Op::Unary(UnaryKind::Tanh), &[pooled])?;
+    // The classifier sits beside the encoder, outside the `bert.` prefix.
+    let head = WeightChecker { prefix: "", ..w };
+    let logits = head.dense(&mut g, "classifier", pooled, "classifier", [h, num_labels], Activation::None)?;
+    g.output(logits, "logits");
+    let max_seq_length = config.max_position_embeddings.min(512);
+    for (key, value) in [
+        (META_ARCHITECTURE, "bert-classifier".to_string()),
+        (META_MODEL, name.clone()),
+        (META_MAX_SEQ_LENGTH, max_seq_length.to_string()),
+        (META_HIDDEN_SIZE, h.to_string()),
+    ] {
+        g.metadata.insert(key.to_string(), value);
+    }
+    g.validate().map_err(|e| anyhow!("building the graph of {at}: {e}"))?;
+    Ok(ClassifierModel {
+        graph: g,
+        weights,
+        config,
+        num_labels,
+        max_seq_length,
+        tokenizer_path: dir.join("tokenizer.json"),
+    })
 }

@@ -50,6 +50,26 @@ impl Embedder {
         Self::from_parts(model.graph, &model.weights, tokenizer, backend)
     }
 
+    /// A cross-encoder: a `BertForSequenceClassification` folder (config.json,
+    /// model.safetensors, tokenizer.json). Its "embedding" is the row of logits of a pair:
+    /// score pairs with [`Embedder::score_pairs`].
+    pub fn load_cross_encoder(model_dir: &Path, backend: BackendChoice) -> Result<Embedder> {
+        let model = bert::load_classifier_dir(model_dir)?;
+        let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.max_seq_length)?;
+        Self::from_parts(model.graph, &model.weights, tokenizer, backend)
+    }
+
+    /// The logits of each (query, document) pair through a cross-encoder graph (see
+    /// [`Embedder::load_cross_encoder`]), the pairs packed in as few runs as fit.
+    pub fn score_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<Vec<f32>>> {
+        let tokenized = self.tokenizer.tokenize_pairs(pairs)?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for run in split_runs(&tokenized, MAX_TOKENS_PER_RUN) {
+            out.extend(self.run(&PackedBatch::pack(run))?);
+        }
+        Ok(out)
+    }
+
     /// Loads a graph file written by `tandem export`, with the weights and tokenizer beside
     /// it; the builder is not involved.
     pub fn from_graph_file(graph_path: &Path, backend: BackendChoice) -> Result<Embedder> {

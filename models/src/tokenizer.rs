@@ -136,6 +136,18 @@ impl TextTokenizer {
         Ok(encoding.len())
     }
 
+    /// Tokenizes and truncates each (first, second) pair as one sequence, the way a
+    /// cross-encoder reads it (`[CLS] a [SEP] b [SEP]`, token types 0 then 1, as the
+    /// tokenizer's post-processor says); the longer side is cut first.
+    pub fn tokenize_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<TokenizedText>> {
+        let inputs: Vec<tokenizers::EncodeInput> = pairs.iter().map(|&(a, b)| (a, b).into()).collect();
+        let encodings = self.truncating.encode_batch_fast(inputs, true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
+            .collect())
+    }
+
     /// Tokenizes and truncates each text.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<TokenizedText>> {
         let encodings =

@@ -458,3 +458,33 @@ fn embed_with_a_lora_adapter_matches_peft() {
     let out = tandem(&["embed", "--model", path(&dir), "--adapter", path(&missing), "x"], "", &t.cache);
     assert_error(&out, &["adapter_config.json"]);
 }
+
+/// `--qe-model`: a cross-encoder scores the QE pairs (the tiny random one of
+/// tests/reference: the plumbing, not the quality); a bi-encoder folder is refused.
+#[test]
+fn relevance_with_a_cross_encoder_qe_model() {
+    let t = tiny();
+    let cross = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/tiny_cross_encoder");
+    let items = concat!(
+        r#"{"id": "n1", "title": "Nike running shoes", "brand": "Nike", "color": "red"}"#,
+        "\n",
+        r#"{"id": "a1", "title": "Adidas running shoes", "brand": "Adidas"}"#,
+        "\n",
+    );
+    let args = ["relevance", "--backend", "cpu", "--model", path(&t.model), "--query", "red nike shoes"];
+    let out =
+        tandem(&[&args[..], &["--items", "-", "--all-entities", "--qe-model", path(&cross)]].concat(), items, &t.cache);
+    let lines = embed_lines(&out);
+    assert_eq!(lines.len(), 2, "{}", stderr(&out));
+    for line in &lines {
+        for e in line["entities"].as_array().unwrap() {
+            let (qe, raw) = (e["qe"].as_f64().unwrap(), e["cosine"].as_f64());
+            if let Some(logit) = raw {
+                // qe = σ(logit): the cross-encoder's raw score is a logit, not a cosine.
+                assert!((qe - 1.0 / (1.0 + (-logit).exp())).abs() < 1e-5, "{e}");
+            }
+        }
+    }
+    let out = tandem(&[&args[..], &["--items", "-", "--qe-model", path(&t.model)]].concat(), items, &t.cache);
+    assert_error(&out, &["BertForSequenceClassification"]);
+}

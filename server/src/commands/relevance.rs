@@ -7,8 +7,9 @@ use anyhow::{Result, anyhow};
 use std::io::Write;
 use std::path::PathBuf;
 use tandem_ebrm::Logic;
-use tandem_ebrm::cli::{RelevanceArgs, rank_cli, ranking_lines, relevance_cli};
-use tandem_ebrm::encoder::ModelEncoder;
+use tandem_ebrm::PairScorer;
+use tandem_ebrm::cli::{RelevanceArgs, rank_cli_with, ranking_lines};
+use tandem_ebrm::encoder::{CrossEncoder, ModelEncoder};
 use tandem_models::BackendChoice;
 
 #[derive(clap::Args)]
@@ -32,6 +33,10 @@ pub struct Args {
     backend: BackendChoice,
     #[command(flatten)]
     adapter: super::AdapterArgs,
+    /// A cross-encoder folder (BertForSequenceClassification) that scores the QE pairs, with
+    /// qe = sigmoid(logit); the encoder still finds categories.
+    #[arg(long, value_name = "DIR")]
+    qe_model: Option<PathBuf>,
     /// Rule plugins (WebAssembly components, comma-separated) applied after the model, fail-open:
     /// each line gains `rules` (every plugin's verdict) and `final_score`.
     #[arg(long, value_delimiter = ',')]
@@ -51,15 +56,18 @@ pub fn run(args: Args) -> Result<()> {
         cache_dir: tandem_models::fetch::cache_root()?,
         all_entities: args.all_entities,
     };
-    let out = &mut std::io::stdout().lock();
-    if args.rules.is_empty() {
-        return relevance_cli(encoder, &cli_args, out);
-    }
+    let qe_model: Option<Box<dyn PairScorer>> = match &args.qe_model {
+        Some(dir) => Some(Box::new(CrossEncoder::load(dir, args.backend, format!("cross:{}", dir.display()))?)),
+        None => None,
+    };
     // Load the plugins before ranking, so a bad plugin fails fast.
-    let rules = super::rules_apply::Rules::load(&args.rules)?;
-    let (items, ranking) = rank_cli(encoder, &cli_args)?;
+    let rules = if args.rules.is_empty() { None } else { Some(super::rules_apply::Rules::load(&args.rules)?) };
+    let (items, ranking) = rank_cli_with(encoder, qe_model, &cli_args)?;
     let mut lines = ranking_lines(&ranking, cli_args.all_entities)?;
-    rules.annotate(&ranking, &items, &mut lines);
+    if let Some(rules) = rules {
+        rules.annotate(&ranking, &items, &mut lines);
+    }
+    let out = &mut std::io::stdout().lock();
     for line in &lines {
         serde_json::to_writer(&mut *out, line)?;
         writeln!(out)?;
