@@ -1,0 +1,8 @@
+//! Vision models for product understanding: reading torchvision checkpoints.
+//!
+//! - [`torch_legacy`]: a bounded reader of the legacy (non-zip) `torch.save` format.
+
+pub mod torch_legacy;
+
+/// The MobileNetV2 checkpoint inside the `mobilenetv2` registry entry's folder.
+pub const MOBILENET_V2_WEIGHTS_FILE: &str = "mobilenet_v2-b0353104.pth";
