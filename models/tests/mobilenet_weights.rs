@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tandem_models::fetch;
 use tandem_models::registry::known_model;
-use tandem_models::vision::MOBILENET_V2_WEIGHTS_FILE;
 use tandem_models::vision::batchnorm::{BATCH_NORM_EPS, BatchNorm, fold_batch_norms, fold_into_conv};
 use tandem_models::vision::torch_legacy::{self, StateDict, TensorValues};
+use tandem_models::vision::{MOBILENET_V2_WEIGHTS_FILE, host_tensors, load_mobilenet_v2_folded};
+use tandem_runtime::graph::Weights;
+use tandem_runtime::tensor::{DType, TensorData as RuntimeData};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -173,4 +175,22 @@ fn folding_matches_torch_on_synthetic_convolutions() {
             assert_close(&format!("{} bias {i}", case.name), got, expected);
         }
     }
+}
+
+#[test]
+fn folded_weights_round_trip_through_a_safetensors_file() {
+    let Some(state) = checkpoint() else { return };
+    let dir = fetched_checkpoint().unwrap().parent().unwrap().to_path_buf();
+    let folded = load_mobilenet_v2_folded(&dir).unwrap();
+    assert_eq!(folded.tensors, fold_batch_norms(state, BATCH_NORM_EPS).unwrap().tensors);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("mobilenet_v2.safetensors");
+    Weights::write(&path, &host_tensors(&folded).unwrap()).unwrap();
+    let weights = Weights::open(&path).unwrap();
+    assert_eq!(weights.names().len(), folded.tensors.len());
+    let conv = weights.tensor("features.0.0.weight", DType::F32).unwrap();
+    assert_eq!(conv.shape, [32, 3, 3, 3]);
+    assert_eq!(conv.data, RuntimeData::F32(folded.f32("features.0.0.weight").unwrap().1.to_vec()));
+    // The i64 counters must be folded away first.
+    assert!(host_tensors(state).unwrap_err().to_string().contains("num_batches_tracked' is not f32"));
 }
