@@ -498,6 +498,39 @@ impl<'a> Input<'a> {
     }
 }
 
+/// The pickle opcodes this reader implements (Python's Lib/pickletools.py documents them all).
+mod op {
+    pub const PROTO: u8 = 0x80;
+    pub const STOP: u8 = b'.';
+    pub const MARK: u8 = b'(';
+    pub const NONE: u8 = b'N';
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const LONG1: u8 = 0x8a;
+    pub const BINUNICODE: u8 = b'X';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const TUPLE: u8 = b't';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE3: u8 = 0x87;
+    pub const EMPTY_LIST: u8 = b']';
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+    pub const GLOBAL: u8 = b'c';
+    pub const REDUCE: u8 = b'R';
+    pub const BUILD: u8 = b'b';
+    pub const BINPERSID: u8 = b'Q';
+}
+
 /// Runs one pickle (up to its STOP) and returns its value. Storages named by persistent ids
 /// are recorded in `storages`, which outlives the pickle.
 fn read_pickle(input: &mut Input, storages: &mut Storages, limits: &Limits) -> Result<Value> {
@@ -539,70 +572,69 @@ impl Unpickler<'_> {
     /// Executes one opcode; returns the pickle's value at STOP.
     fn step(&mut self, opcode: u8, input: &mut Input, storages: &mut Storages) -> Result<Option<Value>> {
         match opcode {
-            0x80 => {
-                // PROTO
+            op::PROTO => {
                 let version = input.u8("the protocol number")?;
                 ensure!(version <= 2, "pickle protocol {version} is not supported (legacy checkpoints use 2)");
             }
-            b'.' => return self.stop().map(Some),
-            b'(' => {
+            op::STOP => return self.stop().map(Some),
+            op::MARK => {
                 ensure!(self.marks.len() < self.limits.max_depth, "more than {} nested marks", self.limits.max_depth);
                 self.marks.push(self.stack.len());
             }
-            b'N' => self.push(Value::None)?,
-            0x88 => self.push(Value::Bool(true))?,
-            0x89 => self.push(Value::Bool(false))?,
-            b'J' => self.push(Value::Int(i32::from_le_bytes(input.array("BININT")?) as i64))?,
-            b'K' => self.push(Value::Int(input.u8("BININT1")? as i64))?,
-            b'M' => self.push(Value::Int(u16::from_le_bytes(input.array("BININT2")?) as i64))?,
-            0x8a => {
-                // LONG1: a length byte, then little-endian two's complement.
+            op::NONE => self.push(Value::None)?,
+            op::NEWTRUE => self.push(Value::Bool(true))?,
+            op::NEWFALSE => self.push(Value::Bool(false))?,
+            op::BININT => self.push(Value::Int(i32::from_le_bytes(input.array("BININT")?) as i64))?,
+            op::BININT1 => self.push(Value::Int(input.u8("BININT1")? as i64))?,
+            op::BININT2 => self.push(Value::Int(u16::from_le_bytes(input.array("BININT2")?) as i64))?,
+            op::LONG1 => {
+                // A length byte, then little-endian two's complement.
                 let n = input.u8("LONG1's length")? as usize;
                 let bytes = input.take(n, || "LONG1".into())?;
                 self.push(long1_value(bytes))?;
             }
-            b'X' => {
+            op::BINUNICODE => {
                 let len = u32::from_le_bytes(input.array("BINUNICODE's length")?) as usize;
                 ensure!(len <= self.limits.max_string_bytes, "a {len}-byte string is over the limit");
                 let bytes = input.take(len, || "a string".into())?;
                 let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("a string is not valid UTF-8"))?;
                 self.push(Value::Str(text.into()))?;
             }
-            b')' => self.push(self.tuple(Vec::new())?)?,
-            b't' => {
+            op::EMPTY_TUPLE => self.push(self.tuple(Vec::new())?)?,
+            op::TUPLE => {
                 let items = self.pop_mark()?;
                 self.push(self.tuple(items)?)?
             }
-            0x85..=0x87 => {
-                let n = (opcode - 0x84) as usize; // TUPLE1, TUPLE2, TUPLE3
+            op::TUPLE1..=op::TUPLE3 => {
+                let n = (opcode - op::TUPLE1 + 1) as usize;
                 ensure!(self.stack.len() >= n, "TUPLE{n} needs {n} values on the stack");
                 let items = self.stack.split_off(self.stack.len() - n);
                 self.push(self.tuple(items)?)?
             }
-            b']' => self.push(Value::List(Rc::new(Nested { items: Vec::new(), depth: 1 })))?,
-            b'}' => self.push(Value::Dict(Rc::new(Nested { items: Vec::new(), depth: 1 })))?,
-            b'a' => {
+            op::EMPTY_LIST => self.push(Value::List(Rc::new(Nested { items: Vec::new(), depth: 1 })))?,
+            op::EMPTY_DICT => self.push(Value::Dict(Rc::new(Nested { items: Vec::new(), depth: 1 })))?,
+            op::APPEND => {
                 let value = self.pop()?;
                 self.append(vec![value])?;
             }
-            b'e' => {
+            op::APPENDS => {
                 let items = self.pop_mark()?;
                 self.append(items)?;
             }
-            b's' => {
+            op::SETITEM => {
                 let value = self.pop()?;
                 let key = self.pop()?;
                 self.set_items(vec![key, value])?;
             }
-            b'u' => {
+            op::SETITEMS => {
                 let items = self.pop_mark()?;
                 self.set_items(items)?;
             }
-            b'q' => self.put(input.u8("BINPUT's index")? as u32)?,
-            b'r' => self.put(u32::from_le_bytes(input.array("LONG_BINPUT's index")?))?,
-            b'h' => self.get(input.u8("BINGET's index")? as u32)?,
-            b'j' => self.get(u32::from_le_bytes(input.array("LONG_BINGET's index")?))?,
-            b'c' => {
+            op::BINPUT => self.put(input.u8("BINPUT's index")? as u32)?,
+            op::LONG_BINPUT => self.put(u32::from_le_bytes(input.array("LONG_BINPUT's index")?))?,
+            op::BINGET => self.get(input.u8("BINGET's index")? as u32)?,
+            op::LONG_BINGET => self.get(u32::from_le_bytes(input.array("LONG_BINGET's index")?))?,
+            op::GLOBAL => {
                 let module = input.line(128)?;
                 let name = input.line(128)?;
                 let global = ALLOWED_GLOBALS
@@ -612,13 +644,13 @@ impl Unpickler<'_> {
                     .ok_or_else(|| anyhow!("global '{module}.{name}' is not allowed in a state dict"))?;
                 self.push(Value::Global(global))?;
             }
-            b'R' => {
+            op::REDUCE => {
                 let args = self.pop()?;
                 let callable = self.pop()?;
                 let result = self.reduce(&callable, &args)?;
                 self.push(result)?;
             }
-            b'b' => {
+            op::BUILD => {
                 // BUILD on an OrderedDict sets its attributes: torch stores `_metadata`
                 // (module versions) there, which a reader of weights does not need.
                 let state = self.pop()?;
@@ -631,7 +663,7 @@ impl Unpickler<'_> {
                     ),
                 }
             }
-            b'Q' => {
+            op::BINPERSID => {
                 let pid = self.pop()?;
                 let storage = persistent_load(&pid, storages, self.file_len)?;
                 self.push(Value::Storage(storage))?;
