@@ -607,7 +607,7 @@ impl Unpickler<'_> {
             }
             op::TUPLE1..=op::TUPLE3 => {
                 let n = (opcode - op::TUPLE1 + 1) as usize;
-                ensure!(self.stack.len() >= n, "TUPLE{n} needs {n} values on the stack");
+                ensure!(self.above_mark().len() >= n, "TUPLE{n} needs {n} values above the last mark");
                 let items = self.stack.split_off(self.stack.len() - n);
                 self.push(self.tuple(items)?)?
             }
@@ -1170,6 +1170,9 @@ mod tests {
         let mut underflow = header();
         underflow.extend(Pickle::new().op(b'N').op(b'(').op(b'R').stop());
         assert_error(&underflow, "pop from an empty stack");
+        let mut across_mark = header();
+        across_mark.extend(Pickle::new().op(b'N').op(b'(').op(0x85).stop());
+        assert_error(&across_mark, "TUPLE1 needs 1 values above the last mark");
     }
 
     #[test]
