@@ -15,7 +15,8 @@ antialiased, on the PIL image), CenterCrop(224), ToTensor, Normalize(ImageNet me
 
 Writes OUT_JSON (default: mobilenet_v2_logits.json beside this script) with, for each photo:
 its path in the scikit-image wheel and in the repo, the file's sha256, the preprocessed
-input's shape, sums and first values, the top-5 classes with their logits, and all 1000
+input's shape, sums and first values, the sha256, sum and a few pixels of the
+resized and cropped RGB bytes (what a reimplementation of the PIL resize must reproduce), the top-5 classes with their logits, and all 1000
 logits rounded to 1e-5. Also writes models/src/vision/imagenet_classes.txt, the class names
 in torchvision's order (IMAGENET1K_V1 meta "categories"). Needs torch, torchvision, Pillow
 and scikit-image; the tests that read the JSON do not.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import PIL
 import skimage
+import numpy as np
 import torch
 import torchvision
 from PIL import Image
@@ -42,6 +44,9 @@ REPO = HERE.parent.parent
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "coins.png"]
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
+# (row, column) of the 224x224 crop whose RGB bytes are stored, to check a resize
+# implementation pixel by pixel where the crop's sha256 differs.
+PIXELS = [(0, 0), (0, 223), (111, 111), (112, 37), (200, 150), (223, 0), (223, 223)]
 
 
 def main():
@@ -55,14 +60,10 @@ def main():
     model.eval()
     categories = MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
     assert len(categories) == 1000
-    preprocess = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
+    # The PIL part of the transform (what a reimplementation must match byte for byte), then
+    # the tensor part.
+    resize_and_crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+    to_input = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
 
     images = []
     for name in PHOTOS:
@@ -71,7 +72,9 @@ def main():
         with Image.open(path) as img:
             original_size = list(img.size)
             mode = img.mode
-            x = preprocess(img.convert("RGB"))
+            crop = resize_and_crop(img.convert("RGB"))
+        crop_bytes = np.asarray(crop, dtype=np.uint8)  # HWC, RGB
+        x = to_input(crop)
         with torch.no_grad():
             logits = model(x.unsqueeze(0))[0]
         top = torch.topk(logits, 5)
@@ -82,6 +85,12 @@ def main():
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "original_mode": mode,
                 "original_size_wh": original_size,
+                "crop_uint8": {
+                    "layout": "224x224 HWC RGB bytes after Resize(256) and CenterCrop(224)",
+                    "sha256": hashlib.sha256(crop_bytes.tobytes()).hexdigest(),
+                    "sum": int(crop_bytes.sum(dtype=np.int64)),
+                    "pixels": [{"row": r, "col": c, "rgb": crop_bytes[r, c].tolist()} for r, c in PIXELS],
+                },
                 "input": {
                     "shape": list(x.shape),
                     "sum": x.double().sum().item(),
