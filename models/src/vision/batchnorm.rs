@@ -4,7 +4,7 @@
 //! `b' = (b - running_mean) * scale + beta`.
 
 use super::torch_legacy::{StateDict, TensorValues, TorchTensor};
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use std::collections::{HashMap, HashSet};
 
 /// torch.nn.BatchNorm2d's default epsilon, which torchvision's MobileNetV2 uses.
@@ -100,9 +100,7 @@ pub fn fold_batch_norms(state: &StateDict, eps: f64) -> Result<StateDict> {
         let values = conv_weight.f32().ok_or_else(|| anyhow!("'{conv_weight_name}' is not f32"))?;
         let result = fold_into_conv(values, conv_bias, &bn)
             .with_context(|| format!("folding '{bn_prefix}' into '{conv_prefix}'"))?;
-        if folded.insert(conv_prefix.to_string(), result).is_some() {
-            bail!("convolution '{conv_prefix}' is followed by two batch norms");
-        }
+        folded.insert(conv_prefix, result);
         for field in ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"] {
             consumed.insert(format!("{bn_prefix}.{field}"));
         }
