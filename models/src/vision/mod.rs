@@ -1,12 +1,18 @@
 //! Vision models for product understanding: reading torchvision checkpoints and preparing
 //! their weights for a runtime graph.
 //!
+//! - [`decode`]: PNG and JPEG photos as RGB bytes, as PIL opens and converts them.
+//! - [`resize`] and [`preprocess`]: torchvision's ImageNet transform (Pillow's antialiased
+//!   bilinear resize to the byte, center crop, normalization).
 //! - [`torch_legacy`]: a bounded reader of the legacy (non-zip) `torch.save` format.
 //! - [`batchnorm`]: folds batch norms into the convolutions before them.
 //! - [`load_mobilenet_v2_folded`] and [`host_tensors`]: the fetched checkpoint as the tensors
 //!   a runtime graph takes.
 
 pub mod batchnorm;
+pub mod decode;
+pub mod preprocess;
+pub mod resize;
 pub mod torch_legacy;
 
 use anyhow::{Context, Result, anyhow};
