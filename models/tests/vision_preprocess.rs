@@ -9,8 +9,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tandem_models::vision::decode::{RgbImage, decode_rgb8};
 use tandem_models::vision::preprocess::{
-    CROP_SIDE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SHORTER_SIDE, imagenet_input, normalized_chw,
-    resize_and_center_crop,
+    CROP_SIDE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SHORTER_SIDE, imagenet_input, normalized_chw, resize_and_center_crop,
 };
 
 #[derive(Deserialize)]

@@ -81,12 +81,27 @@ pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     match format {
         ImageFormat::Png => read_rgb8(PngDecoder::with_limits(Cursor::new(bytes), limits).map_err(decode_error)?),
         ImageFormat::Jpeg => {
+            if !jpeg_has_its_end(bytes) {
+                return Err(DecodeError::Truncated);
+            }
             let mut decoder = JpegDecoder::new(Cursor::new(bytes)).map_err(decode_error)?;
             decoder.set_limits(limits).map_err(decode_error)?;
             read_rgb8(decoder)
         }
         other => Err(DecodeError::Unsupported(format!("{other:?}"))),
     }
+}
+
+/// Whether an end-of-image marker follows the last start-of-scan marker. zune-jpeg fills the
+/// missing tail of a truncated JPEG with grey where PIL refuses it ("image file is truncated"),
+/// even when only the final marker is missing. Entropy-coded data never holds a marker (a 0xFF
+/// byte is stuffed with 0x00), and the last start of scan is the main image's, after any
+/// thumbnail in the EXIF segment.
+fn jpeg_has_its_end(bytes: &[u8]) -> bool {
+    const START_OF_SCAN: [u8; 2] = [0xFF, 0xDA];
+    const END_OF_IMAGE: [u8; 2] = [0xFF, 0xD9];
+    let Some(last_scan) = bytes.windows(2).rposition(|m| m == START_OF_SCAN) else { return false };
+    bytes[last_scan..].windows(2).any(|m| m == END_OF_IMAGE)
 }
 
 fn decoder_limits() -> Limits {
@@ -131,7 +146,9 @@ fn to_rgb8(color: ColorType, buffer: &[u8]) -> Result<Vec<u8>, DecodeError> {
         ColorType::La16 => grey_to_rgb(&mut high_bytes().step_by(2)),
         // PIL opens 16-bit grey as mode "I;16", whose conversion to 8 bits clamps at 255
         // rather than scaling: anything above 255 is white.
-        ColorType::L16 => grey_to_rgb(&mut buffer.chunks_exact(2).map(|s| u16::from_ne_bytes([s[0], s[1]]).min(255) as u8)),
+        ColorType::L16 => {
+            grey_to_rgb(&mut buffer.chunks_exact(2).map(|s| u16::from_ne_bytes([s[0], s[1]]).min(255) as u8))
+        }
         other => return Err(DecodeError::Unsupported(format!("{other:?} pixels"))),
     };
     Ok(pixels)

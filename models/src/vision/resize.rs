@@ -41,8 +41,7 @@ impl AxisTaps {
             // `as` truncates toward zero like C's `(int)`, which is how Pillow rounds here.
             let start = ((center - support + 0.5) as i64).max(0) as usize;
             let end = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let real: Vec<f64> =
-                (start..end).map(|x| triangle((x as f64 - center + 0.5) * inverse_scale)).collect();
+            let real: Vec<f64> = (start..end).map(|x| triangle((x as f64 - center + 0.5) * inverse_scale)).collect();
             let total: f64 = real.iter().sum();
             for (fixed, w) in row.iter_mut().zip(&real) {
                 let w = if total != 0.0 { w / total } else { *w };
