@@ -5,6 +5,7 @@
 //! - [`bert`]: sentence-transformers BERT folders to graphs.
 //! - [`export`]: a model folder to a graph file that runs without its builder.
 //! - [`embed`]: the embedding pipeline; [`session`] picks its backend.
+//! - [`vision`]: torchvision checkpoints (legacy torch pickles) and batch-norm folding.
 
 pub mod bert;
 pub mod embed;
@@ -16,6 +17,7 @@ pub mod registry;
 pub mod session;
 pub mod testing;
 pub mod tokenizer;
+pub mod vision;
 
 pub use embed::{Embedder, Embedding};
 pub use session::{AnySession, BackendChoice};

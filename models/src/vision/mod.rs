@@ -1,0 +1,74 @@
+//! Vision models for product understanding: reading torchvision checkpoints and preparing
+//! their weights for a runtime graph.
+//!
+//! - [`decode`]: PNG and JPEG photos as RGB bytes, as PIL opens and converts them.
+//! - [`resize`] and [`preprocess`]: torchvision's ImageNet transform (Pillow's antialiased
+//!   bilinear resize to the byte, center crop, normalization).
+//! - [`torch_legacy`]: a bounded reader of the legacy (non-zip) `torch.save` format.
+//! - [`batchnorm`]: folds batch norms into the convolutions before them.
+//! - [`load_mobilenet_v2_folded`] and [`host_tensors`]: the fetched checkpoint as the tensors
+//!   a runtime graph takes.
+
+pub mod batchnorm;
+pub mod decode;
+pub mod preprocess;
+pub mod resize;
+pub mod torch_legacy;
+
+use anyhow::{Context, Result, anyhow};
+use std::path::Path;
+use tandem_runtime::HostTensor;
+use tandem_runtime::tensor::TensorData;
+use torch_legacy::{StateDict, TensorValues};
+
+/// The MobileNetV2 checkpoint inside the `mobilenetv2` registry entry's folder.
+pub const MOBILENET_V2_WEIGHTS_FILE: &str = "mobilenet_v2-b0353104.pth";
+
+/// Reads the MobileNetV2 checkpoint of a fetched `mobilenetv2` folder with its batch norms
+/// folded: `features.*` convolution weights (`[out, in / groups, kh, kw]`) and biases, and the
+/// classifier (`classifier.1.weight` `[1000, 1280]`, `classifier.1.bias`).
+pub fn load_mobilenet_v2_folded(dir: &Path) -> Result<StateDict> {
+    let path = dir.join(MOBILENET_V2_WEIGHTS_FILE);
+    let state = torch_legacy::load(&path)?;
+    batchnorm::fold_batch_norms(&state, batchnorm::BATCH_NORM_EPS).with_context(|| format!("{}", path.display()))
+}
+
+/// The tensors of a state dict as runtime host tensors (`Weights::write` makes them a
+/// safetensors file). Only f32 tensors convert: fold the batch norms first, which drops the
+/// i64 `num_batches_tracked` counters.
+pub fn host_tensors(state: &StateDict) -> Result<Vec<(String, HostTensor)>> {
+    state
+        .tensors
+        .iter()
+        .map(|t| {
+            let TensorValues::F32(values) = &t.values else {
+                return Err(anyhow!("tensor '{}' is not f32", t.name));
+            };
+            let tensor = HostTensor::new(t.shape.clone(), TensorData::F32(values.clone()))
+                .map_err(|e| anyhow!("tensor '{}': {e}", t.name))?;
+            Ok((t.name.clone(), tensor))
+        })
+        .collect()
+}
+
+/// The ImageNet-1k class names in the order of the classifier's 1000 outputs (torchvision's
+/// `IMAGENET1K_V1` categories), one per line. Names repeat where ImageNet's do ("crane" the
+/// bird and the machine).
+const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
+
+pub fn imagenet_classes() -> Vec<&'static str> {
+    IMAGENET_CLASSES.lines().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn there_are_1000_imagenet_classes() {
+        let classes = super::imagenet_classes();
+        assert_eq!(classes.len(), 1000);
+        assert_eq!(
+            (classes[0], classes[285], classes[967], classes[999]),
+            ("tench", "Egyptian cat", "espresso", "toilet tissue")
+        );
+    }
+}
