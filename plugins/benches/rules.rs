@@ -1,4 +1,7 @@
-//! Per-call cost of rule plugins, with and without fuel metering.
+//! Per-item cost of rule plugins, with and without fuel metering: one
+//! `Plugin::check` per item (`.../fuel`), and `Plugin::check_many` on a batch
+//! of items for one query (`.../fuel/batch-64`: one `check-batch` call for 64
+//! items; criterion's time is per batch, its throughput per item).
 //!
 //! Needs the components from bindings/rules/build.sh. `always-keep` does
 //! nothing, so it measures the host's overhead (lowering the input, lifting
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tandem_plugins::{Host, Plugin, PluginSpec};
+use tandem_plugins::{Candidate, Host, Plugin, PluginSpec};
 
 /// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID).
 struct ThreadCpu {
@@ -58,14 +61,17 @@ impl Measurement for ThreadCpu {
     }
 }
 
+/// Items per batch in the batched cases.
+const BATCH: usize = 64;
+
 fn bench_rules<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
     let host = Host::new().expect("host");
     let input = common::typical_input();
+    let candidate = Candidate { item: input.item.clone(), model: input.model.clone() };
     let tables: tandem_plugins::config::Tables = std::sync::Arc::new(
         [("brand-aliases".to_string(), [("apple inc".to_string(), "apple".to_string())].into())].into(),
     );
     let mut group = c.benchmark_group(group_name);
-    group.throughput(Throughput::Elements(1));
     for rule in ["bench/always-keep", "rules/brand-conflict", "rules/model-number"] {
         for fuel in [true, false] {
             let mut spec = PluginSpec::new(rule, common::fixture(&format!("{rule}.wasm")));
@@ -77,9 +83,29 @@ fn bench_rules<M: Measurement>(c: &mut Criterion<M>, group_name: &str) {
             let report = plugin.check(&input);
             assert!(report.error.is_none(), "{report:?}");
             let name = format!("{}/{}", rule.rsplit('/').next().unwrap(), if fuel { "fuel" } else { "no-fuel" });
-            group.bench_function(name, |b| b.iter(|| plugin.check(std::hint::black_box(&input))));
+            group.throughput(Throughput::Elements(1));
+            group.bench_function(&name, |b| b.iter(|| plugin.check(std::hint::black_box(&input))));
+            let batch = vec![candidate.clone(); BATCH];
+            let reports = plugin.check_many(&input.query, &batch);
+            assert!(reports.iter().all(|r| r.error.is_none()), "{reports:?}");
+            group.throughput(Throughput::Elements(BATCH as u64));
+            group.bench_function(format!("{name}/batch-{BATCH}"), |b| {
+                b.iter(|| plugin.check_many(std::hint::black_box(&input.query), std::hint::black_box(&batch)))
+            });
         }
     }
+    // How the per-item cost falls with the batch size.
+    let mut spec = PluginSpec::new("always-keep", common::fixture("bench/always-keep.wasm"));
+    spec.limits.fuel = 0;
+    let plugin = Plugin::load(&host, &spec, tables.clone()).expect("load");
+    for size in [1, 8, 256] {
+        let batch = vec![candidate.clone(); size];
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_function(format!("always-keep/no-fuel/batch-{size}"), |b| {
+            b.iter(|| plugin.check_many(std::hint::black_box(&input.query), std::hint::black_box(&batch)))
+        });
+    }
+    group.throughput(Throughput::Elements(1));
     // The fixed cost of a call: no strings or list elements to pass in.
     let mut spec = PluginSpec::new("always-keep", common::fixture("bench/always-keep.wasm"));
     spec.limits.fuel = 0;

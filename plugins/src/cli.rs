@@ -17,6 +17,11 @@
 //! optionally `model` (`score`, default 1, and `entity_scores`), `name`, and
 //! `expect` ("keep", "demote" or "veto"); a case whose verdict differs from
 //! `expect` counts as failed in the summary.
+//!
+//! With [`CheckOptions::batch`], consecutive cases with the same query are
+//! checked together through [`Plugin::check_many`] (one `check-batch` call
+//! for a 0.2.x guest); each case's fuel and time are then its share of its
+//! batch's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -26,8 +31,10 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{FailurePolicy, Limits, PluginSpec};
-use crate::{Attribute, Entity, EntityScore, Host, Input, Item, ModelView, Plugin, Price, Query, RuleReport};
+use crate::config::{FailurePolicy, Limits, PluginSpec, Tables};
+use crate::{
+    Attribute, Candidate, Entity, EntityScore, Host, Input, Item, ModelView, Plugin, Price, Query, RuleReport,
+};
 
 /// Cases longer than this (bytes per line) are refused.
 const MAX_LINE_BYTES: u64 = 1 << 20;
@@ -37,6 +44,8 @@ const MAX_LINE_BYTES: u64 = 1 << 20;
 pub struct CheckOptions {
     pub limits: Limits,
     pub failure: FailurePolicy,
+    /// Check consecutive cases with the same query in one `check_many`.
+    pub batch: bool,
 }
 
 /// Totals over a cases file.
@@ -82,12 +91,17 @@ pub fn rules_check_with(
     let mut spec = PluginSpec::new(plugin_name(plugin), plugin);
     spec.limits = options.limits.clone();
     spec.failure = options.failure;
-
-    // The plugin is reloaded only when a `tables` line changes its tables.
-    let mut loaded: Option<Plugin> = None;
-    let mut tables = Arc::new(HashMap::new());
-    let mut summary = Summary::default();
-    let mut time_total = 0.0;
+    let mut run = Run {
+        host,
+        spec,
+        tables: Arc::new(HashMap::new()),
+        loaded: None,
+        batch: options.batch,
+        summary: Summary::default(),
+        time_total: 0.0,
+    };
+    // Cases read but not yet run: in batch mode, those sharing one query.
+    let mut pending: Vec<(usize, Case)> = Vec::new();
     let mut line = String::new();
     for number in 1.. {
         line.clear();
@@ -107,21 +121,81 @@ pub fn rules_check_with(
         if let Some(t) = value.get("tables") {
             let t: HashMap<String, HashMap<String, String>> =
                 serde_json::from_value(t.clone()).with_context(|| format!("{}: tables", at()))?;
-            spec.tables = t.keys().cloned().collect();
-            tables = Arc::new(t);
-            loaded = None;
+            // Cases before this line run with the tables before it.
+            run.cases(&mut pending, out)?;
+            run.set_tables(t);
             continue;
         }
         let case: Case = serde_json::from_value(value).with_context(at)?;
-        if loaded.is_none() {
-            loaded = Some(Plugin::load(&host, &spec, tables.clone())?);
+        let same_query = pending.last().is_some_and(|(_, last)| last.query == case.query);
+        if !(options.batch && same_query) {
+            run.cases(&mut pending, out)?;
         }
-        let Some(plugin) = loaded.as_ref() else { unreachable!("loaded just above") };
-        let report = plugin.check(&case.input());
+        pending.push((number, case));
+    }
+    run.cases(&mut pending, out)?;
+    let Run { mut summary, time_total, .. } = run;
+    if summary.cases > 0 {
+        summary.time_us_mean = round_ns(time_total / summary.cases as f64);
+    }
+    #[derive(Serialize)]
+    struct SummaryLine<'a> {
+        summary: &'a Summary,
+    }
+    serde_json::to_writer(&mut *out, &SummaryLine { summary: &summary })?;
+    writeln!(out)?;
+    Ok(summary)
+}
+
+/// The state of one `rules_check`: the plugin as loaded for the current
+/// tables, and the totals so far.
+struct Run {
+    host: Host,
+    spec: PluginSpec,
+    tables: Tables,
+    /// Loaded at the first case after a change of tables.
+    loaded: Option<Plugin>,
+    batch: bool,
+    summary: Summary,
+    time_total: f64,
+}
+
+impl Run {
+    fn set_tables(&mut self, tables: HashMap<String, HashMap<String, String>>) {
+        self.spec.tables = tables.keys().cloned().collect();
+        self.tables = Arc::new(tables);
+        self.loaded = None;
+    }
+
+    /// Runs `pending` (all with one query in batch mode), prints a line for
+    /// each and counts them.
+    fn cases(&mut self, pending: &mut Vec<(usize, Case)>, out: &mut impl Write) -> anyhow::Result<()> {
+        let Some((_, first)) = pending.first() else { return Ok(()) };
+        let plugin = match &mut self.loaded {
+            Some(plugin) => plugin,
+            empty => empty.insert(Plugin::load(&self.host, &self.spec, self.tables.clone())?),
+        };
+        let reports: Vec<RuleReport> = if self.batch {
+            let candidates: Vec<Candidate> = pending.iter().map(|(_, case)| case.candidate()).collect();
+            plugin.check_many(&first.query.to_query(), &candidates)
+        } else {
+            pending.iter().map(|(_, case)| plugin.check(&case.input())).collect()
+        };
+        for ((number, case), report) in pending.drain(..).zip(&reports) {
+            self.count(&case, report);
+            let name = case.name.clone().unwrap_or_else(|| format!("line {number}"));
+            let pass = passed(&case, report);
+            let row = CaseRow { case: name, line: number, report, expect: case.expect.as_deref(), pass };
+            serde_json::to_writer(&mut *out, &row)?;
+            writeln!(out)?;
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, case: &Case, report: &RuleReport) {
+        let summary = &mut self.summary;
         let time_us = report.elapsed.as_secs_f64() * 1e6;
-        // A failed call never passes: its verdict is the policy's, not the rule's.
-        let pass =
-            case.expect.as_ref().map(|e| report.error.is_none() && e.eq_ignore_ascii_case(report.verdict.kind()));
+        let pass = passed(case, report);
         summary.cases += 1;
         match report.verdict.kind() {
             "keep" => summary.keep += 1,
@@ -133,23 +207,15 @@ pub fn rules_check_with(
         summary.passed += usize::from(pass == Some(true));
         summary.failed += usize::from(pass == Some(false));
         summary.fuel_total += report.fuel.unwrap_or(0);
-        time_total += time_us;
+        self.time_total += time_us;
         summary.time_us_max = round_ns(summary.time_us_max.max(time_us));
-        let name = case.name.clone().unwrap_or_else(|| format!("line {number}"));
-        let row = CaseRow { case: name, line: number, report: &report, expect: case.expect.as_deref(), pass };
-        serde_json::to_writer(&mut *out, &row)?;
-        writeln!(out)?;
     }
-    if summary.cases > 0 {
-        summary.time_us_mean = round_ns(time_total / summary.cases as f64);
-    }
-    #[derive(Serialize)]
-    struct SummaryLine<'a> {
-        summary: &'a Summary,
-    }
-    serde_json::to_writer(&mut *out, &SummaryLine { summary: &summary })?;
-    writeln!(out)?;
-    Ok(summary)
+}
+
+/// Whether the case's `expect` held; `None` without one. A failed call never
+/// passes: its verdict is the policy's, not the rule's.
+fn passed(case: &Case, report: &RuleReport) -> Option<bool> {
+    case.expect.as_ref().map(|e| report.error.is_none() && e.eq_ignore_ascii_case(report.verdict.kind()))
 }
 
 /// Microseconds to three decimals: nanosecond resolution, no float noise.
@@ -182,7 +248,7 @@ struct Case {
     expect: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct CaseQuery {
     text: String,
@@ -190,7 +256,7 @@ struct CaseQuery {
     entities: Vec<CaseEntity>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct CaseEntity {
     kind: String,
@@ -241,13 +307,13 @@ struct CaseEntityScore {
 
 impl Case {
     fn input(&self) -> Input {
-        let q = &self.query;
+        let Candidate { item, model } = self.candidate();
+        Input { query: self.query.to_query(), item, model }
+    }
+
+    fn candidate(&self) -> Candidate {
         let i = &self.item;
-        Input {
-            query: Query {
-                text: q.text.clone(),
-                entities: q.entities.iter().map(|e| Entity { kind: e.kind.clone(), value: e.value.clone() }).collect(),
-            },
+        Candidate {
             item: Item {
                 id: i.id.clone(),
                 title: i.title.clone(),
@@ -268,6 +334,15 @@ impl Case {
                     .map(|s| EntityScore { kind: s.kind.clone(), value: s.value.clone(), score: s.score })
                     .collect(),
             },
+        }
+    }
+}
+
+impl CaseQuery {
+    fn to_query(&self) -> Query {
+        Query {
+            text: self.text.clone(),
+            entities: self.entities.iter().map(|e| Entity { kind: e.kind.clone(), value: e.value.clone() }).collect(),
         }
     }
 }

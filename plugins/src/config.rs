@@ -9,8 +9,8 @@
 //! [[plugin]]
 //! name = "brand-conflict"
 //! path = "rules/brand-conflict.wasm"   # relative to this file
-//! fuel = 5_000_000              # per call; 0 runs without fuel (epoch only)
-//! deadline_ms = 20              # per call, wall clock
+//! fuel = 5_000_000              # per call (n times that for a batch of n); 0 = off (epoch only)
+//! deadline_ms = 20              # per call (n times that for a batch of n), wall clock
 //! memory_bytes = 16_777_216
 //! max_instances = 10            # core instances per store
 //! max_tables = 4
@@ -42,9 +42,11 @@ pub enum FailurePolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Fuel per call (roughly one unit per wasm instruction). 0 turns fuel
-    /// accounting off for this plugin; the epoch deadline still applies.
+    /// accounting off for this plugin; the epoch deadline still applies. A
+    /// batch of n items gets n times this, shared by its items.
     pub fuel: u64,
-    /// Wall-clock budget per call, enforced by epoch interruption.
+    /// Wall-clock budget per call, enforced by epoch interruption. A batch of
+    /// n items gets n times this.
     pub deadline_ms: u64,
     /// Cap on the linear memory of one instance, in bytes.
     pub memory_bytes: usize,

@@ -7,18 +7,33 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::component::{Component, Linker, WasmStr};
+use wasmtime::{Config, Engine, ResourceLimiter, StoreContextMut, StoreLimits, StoreLimitsBuilder};
 
 use crate::config::{Limits, Tables};
 use crate::report::LogLine;
 
+/// The current world, tandem:rules@0.2.0: `check` and `check-batch`.
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../bindings/rules/wit",
         world: "rule-plugin",
     });
 }
+
+/// The first world, tandem:rules@0.1.x: `check` only. Its records are the
+/// same as 0.2.0's, so they share 0.2.0's Rust types.
+pub(crate) mod bindings_v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../bindings/rules/wit/0.1.0",
+        world: "rule-plugin",
+        with: { "tandem:rules/types": super::bindings::tandem::rules::types },
+    });
+}
+
+/// The host interface under each world version this host serves; a guest of
+/// 0.x.y finds the one of 0.x.0 (the linker matches semver-compatible names).
+const HOST_INTERFACES: [&str; 2] = ["tandem:rules/host@0.1.0", "tandem:rules/host@0.2.0"];
 
 use bindings::tandem::rules::host::Level;
 
@@ -132,7 +147,20 @@ impl Flavor {
         config.max_wasm_stack(512 << 10);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        bindings::RulePlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        // Registered by hand rather than with the bindings' `add_to_linker`:
+        // `lookup` then reads its arguments in place in guest memory instead
+        // of copying each into a new String, which matters on the batch path.
+        for name in HOST_INTERFACES {
+            let mut host = linker.instance(name)?;
+            host.func_wrap("log", |mut store, (level, message): (Level, String)| {
+                GuestState::log(store.data_mut(), level, message);
+                Ok(())
+            })?;
+            host.func_wrap("lookup", |store: StoreContextMut<'_, GuestState>, (table, key): (WasmStr, WasmStr)| {
+                let (table, key) = (table.to_str(&store)?, key.to_str(&store)?);
+                Ok((store.data().lookup(&table, &key),))
+            })?;
+        }
         Ok(Flavor { engine, linker })
     }
 }
@@ -186,11 +214,9 @@ impl GuestState {
             logs_dropped: 0,
         }
     }
-}
 
-impl bindings::tandem::rules::types::Host for GuestState {}
-
-impl bindings::tandem::rules::host::Host for GuestState {
+    /// `host.log`: keeps the message if this call and this plugin are within
+    /// their log limits, cut to [`MAX_LOG_BYTES`].
     fn log(&mut self, level: Level, mut message: String) {
         if self.logs.len() >= MAX_LOGS_PER_CALL || !self.rate.admit() {
             self.logs_dropped = self.logs_dropped.saturating_add(1);
@@ -213,8 +239,10 @@ impl bindings::tandem::rules::host::Host for GuestState {
         self.logs.push(LogLine { level, message });
     }
 
-    fn lookup(&mut self, table: String, key: String) -> Option<String> {
-        self.tables.get(&table)?.get(&key).cloned()
+    /// `host.lookup`: the value of `key` in `table`, if the plugin may read
+    /// that table and it has the key.
+    fn lookup(&self, table: &str, key: &str) -> Option<String> {
+        self.tables.get(table)?.get(key).cloned()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Host for tandem rule plugins: business-rule relevance checks written in
 //! any language that compiles to a WebAssembly component of the
-//! `tandem:rules@0.1.0` world (bindings/rules/wit/world.wit).
+//! `tandem:rules@0.2.0` world (bindings/rules/wit/world.wit) or of its
+//! predecessor 0.1.x (bindings/rules/wit/0.1.0/world.wit).
 //!
 //! Plugins are untrusted. They get no WASI (no files, network, clock or
 //! randomness), only a rate-limited log and read-only lookup tables. Every
@@ -8,7 +9,8 @@
 //! failing call yields the plugin's failure-policy verdict and its instance
 //! is replaced, and the host keeps serving.
 //!
-//! - [`Plugin`]: one loaded plugin; `check` runs it on a query-item pair.
+//! - [`Plugin`]: one loaded plugin; `check` runs it on a query-item pair,
+//!   `check_many` on many items for one query (batched for 0.2.x guests).
 //! - [`RuleSet`]: the plugins of a [`Config`], hot-reloaded from their files.
 //! - [`cli::rules_check`]: `tandem rules check PLUGIN.wasm --cases cases.jsonl`.
 
@@ -23,7 +25,7 @@ mod ruleset;
 pub use config::{Config, FailurePolicy, Limits, PluginSpec};
 pub use host::Host;
 pub use load::{LoadError, MAX_PLUGIN_BYTES, WORLD_VERSION};
-pub use plugin::{MAX_REASON_BYTES, MAX_TAG_BYTES, MAX_TAGS, Plugin, PluginStats};
+pub use plugin::{Candidate, MAX_BATCH_ITEMS, MAX_REASON_BYTES, MAX_TAG_BYTES, MAX_TAGS, Plugin, PluginStats};
 pub use report::{CallError, CallErrorKind, Combined, LogLine, RuleReport, Verdict, combine};
 pub use ruleset::{PluginStatus, ReloadEvent, RuleSet, Watcher};
 

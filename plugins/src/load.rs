@@ -8,10 +8,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// The world version this host implements. Guests built against any 0.1.x
-/// are accepted (the linker and export lookup are semver-aware); other
-/// versions are rejected by name.
-pub const WORLD_VERSION: &str = "0.1.0";
+/// The newest world version this host implements. Guests built against any
+/// 0.2.x or 0.1.x are accepted (the linker and export lookup are
+/// semver-aware); other versions are rejected by name.
+pub const WORLD_VERSION: &str = "0.2.0";
 const PACKAGE: &str = "tandem:rules";
 const RULE_EXPORT: &str = "tandem:rules/rule";
 /// Plugin files larger than this are refused unread.
@@ -32,7 +32,9 @@ pub enum LoadError {
     CoreModule { path: PathBuf },
     #[error("plugin {path} does not compile: {message}")]
     Compile { path: PathBuf, message: String },
-    #[error("plugin {path} targets {PACKAGE}@{found}; this host speaks {PACKAGE}@{WORLD_VERSION} (accepts 0.1.x)")]
+    #[error(
+        "plugin {path} targets {PACKAGE}@{found}; this host speaks {PACKAGE}@{WORLD_VERSION} (accepts 0.2.x and 0.1.x)"
+    )]
     WorldVersion { path: PathBuf, found: String },
     #[error("plugin {path} exports no `{RULE_EXPORT}` interface (its exports: {exports})")]
     NoRuleExport { path: PathBuf, exports: String },
@@ -71,8 +73,17 @@ pub(crate) fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The world versions this host serves, by semver-compatible range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum World {
+    /// 0.1.x: `check` only.
+    V0_1,
+    /// 0.2.x: `check` and `check-batch`.
+    V0_2,
+}
+
 /// Returns the world version the component's `rule` export was built for.
-pub(crate) fn check_world(path: &Path, engine: &Engine, component: &Component) -> Result<String, LoadError> {
+pub(crate) fn check_world(path: &Path, engine: &Engine, component: &Component) -> Result<(String, World), LoadError> {
     let ty = component.component_type();
     let mut exports = Vec::new();
     let mut found = None;
@@ -86,14 +97,15 @@ pub(crate) fn check_world(path: &Path, engine: &Engine, component: &Component) -
         let exports = if exports.is_empty() { "none".to_string() } else { exports.join(", ") };
         return Err(LoadError::NoRuleExport { path: path.to_owned(), exports });
     };
-    if !compatible(&version) {
+    let Some(world) = compatible(&version) else {
         return Err(LoadError::WorldVersion { path: path.to_owned(), found: version });
-    }
+    };
     for (name, _) in ty.imports(engine) {
         let forbidden = |why| Err(LoadError::ForbiddenImport { path: path.to_owned(), import: name.to_string(), why });
-        let allowed = ["tandem:rules/host", "tandem:rules/types"];
+        // `types` and `batch` only define types; a component imports them all the same.
+        let allowed = ["tandem:rules/host", "tandem:rules/types", "tandem:rules/batch"];
         match allowed.iter().find_map(|iface| interface_version(name, iface)) {
-            Some(v) if compatible(v) => {}
+            Some(v) if compatible(v).is_some() => {}
             Some(_) => return forbidden("a different tandem:rules version than this host speaks"),
             None if name.starts_with("wasi:") => {
                 return forbidden("rule plugins get no WASI: no files, network, clock or randomness");
@@ -101,7 +113,7 @@ pub(crate) fn check_world(path: &Path, engine: &Engine, component: &Component) -
             None => return forbidden("the rule world offers only tandem:rules/host (log, lookup)"),
         }
     }
-    Ok(version)
+    Ok((version, world))
 }
 
 /// `tandem:rules/rule@0.1.0` -> `Some("0.1.0")` for interface `tandem:rules/rule`.
@@ -115,11 +127,18 @@ fn interface_version<'a>(name: &'a str, interface: &str) -> Option<&'a str> {
 }
 
 /// Semver compatibility for 0.x: the same minor version (pre-release and
-/// build suffixes ignored).
-fn compatible(version: &str) -> bool {
+/// build suffixes ignored) as one of the worlds this host serves.
+fn compatible(version: &str) -> Option<World> {
     let core = version.split(['-', '+']).next().unwrap_or_default();
     let parts: Vec<&str> = core.split('.').collect();
-    parts.len() == 3 && parts[0] == "0" && parts[1] == "1" && parts[2].parse::<u64>().is_ok()
+    if parts.len() != 3 || parts[0] != "0" || parts[2].parse::<u64>().is_err() {
+        return None;
+    }
+    match parts[1] {
+        "1" => Some(World::V0_1),
+        "2" => Some(World::V0_2),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -128,13 +147,16 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert!(compatible("0.1.0"));
-        assert!(compatible("0.1.7"));
-        assert!(compatible("0.1.2-rc1"));
-        assert!(!compatible("0.2.0"));
-        assert!(!compatible("1.1.0"));
-        assert!(!compatible("none"));
-        assert!(!compatible("0.10.0"));
+        assert_eq!(compatible("0.1.0"), Some(World::V0_1));
+        assert_eq!(compatible("0.1.7"), Some(World::V0_1));
+        assert_eq!(compatible("0.1.2-rc1"), Some(World::V0_1));
+        assert_eq!(compatible("0.2.0"), Some(World::V0_2));
+        assert_eq!(compatible("0.2.3"), Some(World::V0_2));
+        assert_eq!(compatible("0.3.0"), None);
+        assert_eq!(compatible("1.1.0"), None);
+        assert_eq!(compatible("1.2.0"), None);
+        assert_eq!(compatible("none"), None);
+        assert_eq!(compatible("0.10.0"), None);
         assert_eq!(interface_version("tandem:rules/rule@0.2.0", RULE_EXPORT), Some("0.2.0"));
         assert_eq!(interface_version("tandem:rules/rule", RULE_EXPORT), Some("none"));
         assert_eq!(interface_version("tandem:rules/rules@0.1.0", RULE_EXPORT), None);

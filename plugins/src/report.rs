@@ -103,12 +103,16 @@ pub struct RuleReport {
     #[serde(flatten)]
     pub verdict: Verdict,
     pub tags: Vec<String>,
-    /// Fuel the call consumed; `None` when the plugin runs without fuel.
+    /// Fuel the call consumed; `None` when the plugin runs without fuel. For
+    /// an item of a batch, the batch's fuel divided by its number of items.
     pub fuel: Option<u64>,
-    /// Wall time of the call, serialised as `time_us`.
+    /// Wall time of the call, serialised as `time_us`; for an item of a
+    /// batch, the batch's time divided by its number of items.
     #[serde(rename = "time_us", serialize_with = "micros")]
     pub elapsed: Duration,
     pub error: Option<CallError>,
+    /// What the guest logged during the call (for a batch: on the report of
+    /// its first item).
     pub logs: Vec<LogLine>,
     /// Log messages the rate limit dropped during this call.
     pub logs_dropped: u32,

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crate::Input;
 use crate::config::{Config, PluginSpec, Tables};
 use crate::host::Host;
 use crate::load::{self, LoadError};
 use crate::plugin::{Plugin, PluginStats};
 use crate::report::RuleReport;
+use crate::{Candidate, Input, Query};
 
 pub struct RuleSet {
     host: Host,
@@ -91,6 +91,21 @@ impl RuleSet {
     /// Runs every plugin, in config order, on one query-item pair.
     pub fn check(&self, input: &Input) -> Vec<RuleReport> {
         self.entries.iter().map(|e| e.current().check(input)).collect()
+    }
+
+    /// Runs every plugin, in config order, on each candidate against one
+    /// query: `reports[i]` holds candidate i's reports, one per plugin, ready
+    /// for [`crate::combine`]. Each plugin sees all candidates in one
+    /// [`Plugin::check_many`].
+    pub fn check_many(&self, query: &Query, candidates: &[Candidate]) -> Vec<Vec<RuleReport>> {
+        let mut reports: Vec<Vec<RuleReport>> =
+            candidates.iter().map(|_| Vec::with_capacity(self.entries.len())).collect();
+        for entry in &self.entries {
+            for (item_reports, report) in reports.iter_mut().zip(entry.current().check_many(query, candidates)) {
+                item_reports.push(report);
+            }
+        }
+        reports
     }
 
     /// The version of plugin `name` serving now.

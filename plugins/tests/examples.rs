@@ -3,12 +3,19 @@
 mod common;
 
 use common::{example_cases, fixture};
-use tandem_plugins::cli::rules_check;
+use tandem_plugins::cli::{CheckOptions, rules_check, rules_check_with};
 
 fn check_example(name: &str) {
+    let batched = CheckOptions { batch: true, ..Default::default() };
+    for options in [CheckOptions::default(), batched] {
+        check_example_with(name, &options);
+    }
+}
+
+fn check_example_with(name: &str, options: &CheckOptions) {
     let plugin = fixture(&format!("rules/{name}.wasm"));
     let mut out = Vec::new();
-    let summary = rules_check(&plugin, &example_cases(name), &mut out).expect("rules check runs");
+    let summary = rules_check_with(&plugin, &example_cases(name), options, &mut out).expect("rules check runs");
     let text = String::from_utf8(out).expect("utf-8 output");
     assert!(summary.cases >= 8, "{name}: only {} cases", summary.cases);
     assert_eq!(summary.expected, summary.cases, "{name}: every case states its expected verdict");

@@ -198,8 +198,8 @@ fn other_world_version_is_rejected_naming_it() {
     let host = Host::new().unwrap();
     let err = load_err(&host, "hostile/other-version.wasm");
     let message = err.to_string();
-    assert!(matches!(&err, LoadError::WorldVersion { found, .. } if found == "0.2.0"), "{message}");
-    assert!(message.contains("tandem:rules@0.2.0") && message.contains("0.1.x"), "{message}");
+    assert!(matches!(&err, LoadError::WorldVersion { found, .. } if found == "0.3.0"), "{message}");
+    assert!(message.contains("tandem:rules@0.3.0") && message.contains("0.2.x and 0.1.x"), "{message}");
     healthy_still_serves(&host);
 }
 
@@ -244,9 +244,9 @@ fn same_minor_version_is_accepted() {
 #[test]
 fn compat_fixture_is_the_published_world_at_0_1_1() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bindings/rules");
-    let published = std::fs::read_to_string(root.join("wit/world.wit")).unwrap();
+    let published = std::fs::read_to_string(root.join("wit/0.1.0/world.wit")).unwrap();
     let copy = std::fs::read_to_string(root.join("compat/patch-version/wit/world.wit")).unwrap();
-    assert_eq!(copy, published.replace("@0.1.0", "@0.1.1"), "regenerate the compat WIT from wit/world.wit");
+    assert_eq!(copy, published.replace("@0.1.0", "@0.1.1"), "regenerate the compat WIT from wit/0.1.0/world.wit");
 }
 
 #[test]

@@ -22,6 +22,10 @@
 //!
 //! Build with `cargo build --release --target wasm32-unknown-unknown`, then
 //! `wasm-tools component new` turns the core module into a component.
+//!
+//! The component targets `tandem:rules@0.2.0` and exports both `check` and
+//! `check-batch`; the SDK implements the batch by calling `Rule::check` once
+//! per item, so a rule only ever sees one [`Input`].
 
 /// Bindings generated from `bindings/rules/wit/world.wit`. Most rules only need
 /// the re-exports at the crate root.
@@ -35,6 +39,8 @@ pub mod bindings {
     });
 }
 
+pub use bindings::tandem::rules::batch::Batch;
+use bindings::tandem::rules::batch::PackedItem;
 pub use bindings::tandem::rules::host::Level;
 pub use bindings::tandem::rules::types::{
     Attribute, Demotion, Entity, EntityScore, Input, Item, ModelView, Outcome, Price, Query, Verdict,
@@ -57,6 +63,10 @@ macro_rules! export_rule {
             impl $crate::bindings::exports::tandem::rules::rule::Guest for __TandemRuleExport {
                 fn check(input: $crate::Input) -> $crate::Outcome {
                     <$rule as $crate::Rule>::check(&input)
+                }
+
+                fn check_batch(batch: $crate::Batch) -> ::std::vec::Vec<$crate::Outcome> {
+                    $crate::check_batch(&batch, <$rule as $crate::Rule>::check)
                 }
             }
 
@@ -115,6 +125,115 @@ impl ModelView {
             .find(|s| s.kind.eq_ignore_ascii_case(kind) && s.value.eq_ignore_ascii_case(value))
             .map(|s| s.score)
     }
+}
+
+/// Runs `check` on every item of `batch`, in order. One [`Input`] is filled in
+/// place for each item, reusing the strings and lists of the previous one, so
+/// that unpacking an item costs copies rather than allocations.
+pub fn check_batch(batch: &Batch, check: impl Fn(&Input) -> Outcome) -> Vec<Outcome> {
+    let mut input = Input {
+        query: Query { text: String::new(), entities: Vec::new() },
+        item: Item {
+            id: String::new(),
+            title: String::new(),
+            attributes: Vec::new(),
+            category_path: Vec::new(),
+            price: None,
+        },
+        model: ModelView { score: 0.0, entity_scores: Vec::new() },
+    };
+    let mut strings = Strings { text: &batch.text, ends: batch.ends.iter(), start: 0 };
+    let mut scores = batch.entity_scores.iter().copied();
+    let query = &mut input.query;
+    strings.next_into(&mut query.text);
+    fill_list(&mut query.entities, batch.query_entities, new_entity, |e| {
+        strings.next_into(&mut e.kind);
+        strings.next_into(&mut e.value);
+    });
+    batch
+        .items
+        .iter()
+        .map(|packed| {
+            unpack_item(packed, &mut strings, &mut scores, &mut input);
+            check(&input)
+        })
+        .collect()
+}
+
+/// Reads the next item of a batch into `input.item` and `input.model`.
+fn unpack_item(
+    packed: &PackedItem,
+    strings: &mut Strings<'_>,
+    scores: &mut impl Iterator<Item = f32>,
+    input: &mut Input,
+) {
+    let item = &mut input.item;
+    strings.next_into(&mut item.id);
+    strings.next_into(&mut item.title);
+    fill_list(&mut item.attributes, packed.attributes, new_attribute, |a| {
+        strings.next_into(&mut a.name);
+        strings.next_into(&mut a.value);
+    });
+    fill_list(&mut item.category_path, packed.category_segments, String::new, |s| strings.next_into(s));
+    match (packed.price, &mut item.price) {
+        (Some(amount), Some(price)) => {
+            price.amount = amount;
+            strings.next_into(&mut price.currency);
+        }
+        (Some(amount), None) => item.price = Some(Price { amount, currency: strings.next().into() }),
+        (None, price) => *price = None,
+    }
+    let model = &mut input.model;
+    model.score = packed.score;
+    fill_list(&mut model.entity_scores, packed.entity_scores, new_entity_score, |s| {
+        strings.next_into(&mut s.kind);
+        strings.next_into(&mut s.value);
+        s.score = scores.next().unwrap_or_default();
+    });
+}
+
+/// The strings of a batch, in order. Past the end, or at an offset that is
+/// not a character boundary (which a correct host never sends), they read as
+/// empty rather than trapping.
+struct Strings<'a> {
+    text: &'a str,
+    ends: std::slice::Iter<'a, u32>,
+    start: usize,
+}
+
+impl Strings<'_> {
+    fn next(&mut self) -> &str {
+        let Some(&end) = self.ends.next() else { return "" };
+        let (start, end) = (self.start, end as usize);
+        self.start = end;
+        self.text.get(start..end).unwrap_or_default()
+    }
+
+    /// Overwrites `target` with the next string, keeping its allocation.
+    fn next_into(&mut self, target: &mut String) {
+        target.clear();
+        target.push_str(self.next());
+    }
+}
+
+/// Makes `list` `len` long and fills each element with `fill`, reusing the
+/// elements (and their strings) already there.
+fn fill_list<T>(list: &mut Vec<T>, len: u32, new: impl FnMut() -> T, mut fill: impl FnMut(&mut T)) {
+    list.truncate(len as usize);
+    list.resize_with(len as usize, new);
+    list.iter_mut().for_each(&mut fill);
+}
+
+fn new_entity() -> Entity {
+    Entity { kind: String::new(), value: String::new() }
+}
+
+fn new_attribute() -> Attribute {
+    Attribute { name: String::new(), value: String::new() }
+}
+
+fn new_entity_score() -> EntityScore {
+    EntityScore { kind: String::new(), value: String::new(), score: 0.0 }
 }
 
 /// Looks `key` up in the operator-configured table `table`.

@@ -1,5 +1,5 @@
-//! Hostile guest: targets tandem:rules@0.2.0, which a 0.1 host does not speak.
-wit_bindgen::generate!({ path: "wit", world: "tandem:rules/rule-plugin@0.2.0" });
+//! Hostile guest: targets tandem:rules@0.3.0, which the host does not speak.
+wit_bindgen::generate!({ path: "wit", world: "tandem:rules/rule-plugin@0.3.0" });
 
 use exports::tandem::rules::rule::Guest;
 

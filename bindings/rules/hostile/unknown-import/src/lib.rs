@@ -1,6 +1,6 @@
 //! Hostile guest: imports a host function the rule world does not have. The
 //! host must refuse to load it, naming the import.
-wit_bindgen::generate!({ path: ["../../wit", "wit"], world: "hostile:unknown-import/plugin", generate_all });
+wit_bindgen::generate!({ path: ["../../wit/0.1.0", "wit"], world: "hostile:unknown-import/plugin", generate_all });
 
 use exports::tandem::rules::rule::Guest;
 use tandem::rules::types::{Input, Outcome, Verdict};

@@ -1,6 +1,6 @@
 //! Hostile guest: imports WASI (to read the host's environment). The host
 //! provides no WASI, so loading must fail with an error naming the import.
-wit_bindgen::generate!({ path: ["../../wit", "wit"], world: "hostile:wasi-import/plugin", generate_all });
+wit_bindgen::generate!({ path: ["../../wit/0.1.0", "wit"], world: "hostile:wasi-import/plugin", generate_all });
 
 use exports::tandem::rules::rule::Guest;
 use tandem::rules::types::{Input, Outcome, Verdict};
