@@ -163,3 +163,21 @@ fn decode_error(error: ImageError) -> DecodeError {
         other => DecodeError::Corrupt(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::jpeg_has_its_end;
+
+    #[test]
+    fn a_jpeg_ends_after_its_last_scan_not_its_thumbnails() {
+        // Start of image, an EXIF segment holding a whole thumbnail JPEG, then the main scan.
+        let thumbnail = [0xFF, 0xD8, 0xFF, 0xDA, 0x01, 0x02, 0xFF, 0xD9];
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x0A];
+        jpeg.extend_from_slice(&thumbnail);
+        jpeg.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x02, 0x11, 0xFF, 0x00, 0x22]);
+        assert!(!jpeg_has_its_end(&jpeg), "the main scan has no end marker");
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(jpeg_has_its_end(&jpeg));
+        assert!(!jpeg_has_its_end(&[0xFF, 0xD8, 0xFF, 0xD9]), "no scan at all");
+    }
+}
