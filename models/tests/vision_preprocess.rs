@@ -100,11 +100,15 @@ fn is_jpeg(file: &str) -> bool {
     file.ends_with(".jpg") || file.ends_with(".jpeg")
 }
 
-/// How far the `image` crate's JPEG decoder (zune-jpeg) lands from PIL's (libjpeg-turbo): on
-/// rocket.jpg (640x427, 4:4:4, so no chroma upsampling: the IDCT and colour conversion
-/// differ), 99.3% of the decoded bytes are equal, 0.6% off by 1 and 0.1% by 2; after the
-/// resize and crop, 99.3% equal, 1041 bytes off by 1 and one by 2.
-const JPEG_MAX_ABS_DIFF: u8 = 2;
+/// How far the `image` crate's JPEG decoder (zune-jpeg) may land from PIL's (libjpeg-turbo), in
+/// levels of a byte, per JPEG of `decode_reference.json`: the IDCT and colour conversion round
+/// differently, and 4:2:0 chroma upsampling adds to it. Measured on the decoded image, then on
+/// the 224x224 crop:
+/// - rocket.jpg (4:4:4): 99.3% of bytes equal, 5042 off by 1, 824 by 2; crop 99.3% equal,
+///   1041 off by 1, one by 2.
+/// - chelsea_420.jpg (4:2:0, quality 90): 87.4% equal, max 4 (3 bytes); crop 79.5% equal,
+///   27367 off by 1, 3480 by 2, 5 by 3, one by 4.
+const JPEG_MAX_ABS_DIFF: [(&str, u8); 2] = [("images/rocket.jpg", 2), ("encoded/chelsea_420.jpg", 4)];
 
 fn max_abs_diff(a: &RgbImage, b: &RgbImage) -> u8 {
     assert_eq!((a.width, a.height), (b.width, b.height));
@@ -131,37 +135,38 @@ fn png_photos_resize_and_crop_to_pils_bytes() {
 }
 
 #[test]
-fn pils_decoding_of_the_jpeg_resizes_and_crops_to_pils_bytes() {
+fn pils_decoding_of_the_jpeg_photo_resizes_and_crops_to_pils_bytes() {
     // The resize is exact on the JPEG photo too, given PIL's decoded pixels.
     let reference = reference();
-    for jpeg in decode_reference().jpegs {
-        let pil_decoded = read_rgb(&jpeg.decoded_png);
-        assert_eq!(sha256_hex(&pil_decoded.pixels), jpeg.rgb_sha256, "{}", jpeg.decoded_png);
-        let image = reference.images.iter().find(|i| i.file == jpeg.file).unwrap();
-        let crop = resize_and_center_crop(&pil_decoded, RESIZE_SHORTER_SIDE, CROP_SIDE);
-        assert_eq!(sha256_hex(&crop.pixels), image.crop_uint8.sha256, "{}", jpeg.file);
-        assert_input_matches(&normalized_chw(&crop, IMAGENET_MEAN, IMAGENET_STD), &image.input, &jpeg.file);
-    }
+    let jpeg = decode_reference().jpegs.into_iter().find(|j| j.file == "images/rocket.jpg").unwrap();
+    let pil_decoded = read_rgb(&jpeg.decoded_png);
+    assert_eq!(sha256_hex(&pil_decoded.pixels), jpeg.rgb_sha256);
+    let image = reference.images.iter().find(|i| i.file == jpeg.file).unwrap();
+    let crop = resize_and_center_crop(&pil_decoded, RESIZE_SHORTER_SIDE, CROP_SIDE);
+    assert_eq!(sha256_hex(&crop.pixels), image.crop_uint8.sha256);
+    assert_input_matches(&normalized_chw(&crop, IMAGENET_MEAN, IMAGENET_STD), &image.input, &jpeg.file);
 }
 
 #[test]
-fn jpeg_decoding_stays_within_two_levels_of_pil() {
-    let reference = reference();
+fn jpeg_decoding_stays_within_a_few_levels_of_pil() {
     let jpegs = decode_reference().jpegs;
-    assert!(!jpegs.is_empty());
-    for jpeg in jpegs {
+    let files: Vec<&str> = jpegs.iter().map(|j| j.file.as_str()).collect();
+    assert_eq!(files, JPEG_MAX_ABS_DIFF.map(|(file, _)| file));
+    for (jpeg, (_, bound)) in jpegs.iter().zip(JPEG_MAX_ABS_DIFF) {
         let ours = read_rgb(&jpeg.file);
         let pil = read_rgb(&jpeg.decoded_png);
-        assert!(max_abs_diff(&ours, &pil) <= JPEG_MAX_ABS_DIFF, "{}", jpeg.file);
+        assert_eq!(sha256_hex(&pil.pixels), jpeg.rgb_sha256, "{}", jpeg.decoded_png);
+        assert!(max_abs_diff(&ours, &pil) <= bound, "{}", jpeg.file);
+        // PIL's crop is the exact resize of PIL's decoding (checked above on the photo).
         let ours_crop = resize_and_center_crop(&ours, RESIZE_SHORTER_SIDE, CROP_SIDE);
         let pil_crop = resize_and_center_crop(&pil, RESIZE_SHORTER_SIDE, CROP_SIDE);
-        assert!(max_abs_diff(&ours_crop, &pil_crop) <= JPEG_MAX_ABS_DIFF, "{}", jpeg.file);
-        // So each input value is within 2 / 255 / std (0.035) of torchvision's.
-        let image = reference.images.iter().find(|i| i.file == jpeg.file).unwrap();
-        let input = normalized_chw(&ours_crop, IMAGENET_MEAN, IMAGENET_STD);
-        let bound = f32::from(JPEG_MAX_ABS_DIFF) / 255.0 / 0.224 + 1e-5;
-        for (ours, theirs) in input[..8].iter().zip(&image.input.first) {
-            assert!((ours - theirs).abs() <= bound, "{}: {ours} vs {theirs}", jpeg.file);
+        assert!(max_abs_diff(&ours_crop, &pil_crop) <= bound, "{}", jpeg.file);
+        // So each input value is within bound / 255 / std (0.07 for 4 levels) of torchvision's.
+        let ours_input = normalized_chw(&ours_crop, IMAGENET_MEAN, IMAGENET_STD);
+        let pil_input = normalized_chw(&pil_crop, IMAGENET_MEAN, IMAGENET_STD);
+        let input_bound = f32::from(bound) / 255.0 / IMAGENET_STD[1] + 1e-5;
+        for (ours, theirs) in ours_input.iter().zip(&pil_input) {
+            assert!((ours - theirs).abs() <= input_bound, "{}: {ours} vs {theirs}", jpeg.file);
         }
     }
 }

@@ -3,10 +3,12 @@
 
 Usage: make_decode_reference.py [OUT_JSON]
 
-1. Each JPEG photo in images/ decoded by PIL (libjpeg-turbo) and converted to RGB, stored
-   losslessly as decoded/NAME.png: JPEG decoders differ in IDCT and chroma upsampling, so the
-   test measures how far the Rust decoder is from these bytes, and runs the resize on them to
-   check it reproduces the reference crop exactly.
+1. Each JPEG photo in images/ (rocket.jpg: 4:4:4, no chroma subsampling) and encoded/ (made
+   here: chelsea.png saved by PIL at quality 90 with 4:2:0 subsampling, as most product photos
+   are) decoded by PIL (libjpeg-turbo) and converted to RGB, stored losslessly as
+   decoded/NAME.png: JPEG decoders differ in IDCT, colour conversion and chroma upsampling, so
+   the test measures how far the Rust decoder is from these bytes, and runs the resize on them
+   to check it reproduces the reference crop exactly.
 2. Tiny PNGs in every colour type and bit depth the PNG format has (grey 1/2/4/8/16 bits,
    grey+alpha, RGB, RGBA at 8 and 16, palettes of 1/2/4/8 bits, with and without tRNS
    transparency), written by hand with zlib into png_formats/, with the RGB bytes of PIL's
@@ -110,16 +112,19 @@ def thin_image(width, height):
 
 def main():
     out = Path(sys.argv[1]) if len(sys.argv) == 2 else HERE / "decode_reference.json"
+    (HERE / "encoded").mkdir(exist_ok=True)
+    with Image.open(HERE / "images" / "chelsea.png") as img:
+        img.convert("RGB").save(HERE / "encoded" / "chelsea_420.jpg", "JPEG", quality=90, subsampling=2)
     jpegs = []
     (HERE / "decoded").mkdir(exist_ok=True)
-    for path in sorted((HERE / "images").glob("*.jpg")):
+    for path in sorted((HERE / "images").glob("*.jpg")) + sorted((HERE / "encoded").glob("*.jpg")):
         with Image.open(path) as img:
             rgb = img.convert("RGB")
         decoded = HERE / "decoded" / f"{path.stem}.png"
         rgb.save(decoded, "PNG", optimize=True)
         jpegs.append(
             {
-                "file": f"images/{path.name}",
+                "file": f"{path.parent.name}/{path.name}",
                 "decoded_png": f"decoded/{decoded.name}",
                 "rgb_sha256": hashlib.sha256(np.asarray(rgb, dtype=np.uint8).tobytes()).hexdigest(),
             }
@@ -152,7 +157,8 @@ def main():
         "made_by": {
             "script": "tests/reference/make_decode_reference.py",
             "pillow": PIL.__version__,
-            "libjpeg_turbo": features.version("jpg"),
+            "libjpeg_turbo": features.version("libjpeg_turbo"),
+            "libjpeg_api": features.version("jpg"),
         },
         "jpegs": jpegs,
         "pngs": pngs,

@@ -126,18 +126,17 @@ fn read_rgb8(decoder: impl ImageDecoder) -> Result<RgbImage, DecodeError> {
     let color = decoder.color_type();
     let mut buffer = vec![0u8; usize::try_from(decoder.total_bytes()).expect("bounded above")];
     decoder.read_image(&mut buffer).map_err(decode_error)?;
-    let pixels = to_rgb8(color, &buffer)?;
+    let pixels = if color == ColorType::Rgb8 { buffer } else { to_rgb8(color, &buffer)? };
     Ok(RgbImage::new(width as usize, height as usize, pixels))
 }
 
-/// PIL's conversions to RGB, from the layouts the `image` decoders produce (16-bit samples in
+/// PIL's conversions to RGB of the non-RGB8 layouts the `image` decoders produce (16-bit samples in
 /// native byte order).
 fn to_rgb8(color: ColorType, buffer: &[u8]) -> Result<Vec<u8>, DecodeError> {
     // PIL reads a 16-bit PNG sample as its most significant byte (raw modes "RGB;16B", "LA;16B").
     let high_bytes = || buffer.chunks_exact(2).map(|s| (u16::from_ne_bytes([s[0], s[1]]) >> 8) as u8);
     let grey_to_rgb = |grey: &mut dyn Iterator<Item = u8>| grey.flat_map(|v| [v, v, v]).collect();
     let pixels = match color {
-        ColorType::Rgb8 => buffer.to_vec(),
         ColorType::Rgba8 => buffer.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
         ColorType::L8 => grey_to_rgb(&mut buffer.iter().copied()),
         ColorType::La8 => grey_to_rgb(&mut buffer.iter().step_by(2).copied()),
@@ -158,16 +157,27 @@ fn decode_error(error: ImageError) -> DecodeError {
     match error {
         ImageError::Limits(e) => DecodeError::TooLarge(e.to_string()),
         ImageError::Unsupported(e) => DecodeError::Unsupported(e.to_string()),
+        // A PNG that ends early: the reader runs out of bytes inside a chunk. (A JPEG that
+        // ends early is caught before decoding, by its missing end marker.)
         ImageError::IoError(e) if e.kind() == ErrorKind::UnexpectedEof => DecodeError::Truncated,
-        other => {
-            let message = other.to_string();
-            if looks_truncated(&message) { DecodeError::Truncated } else { DecodeError::Corrupt(message) }
-        }
+        other => DecodeError::Corrupt(other.to_string()),
     }
 }
 
-/// The decoders report running out of data as a format error with a message of their own.
-fn looks_truncated(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    ["end of file", "eof", "unexpected end", "no more bytes", "truncated"].iter().any(|m| message.contains(m))
+#[cfg(test)]
+mod tests {
+    use super::jpeg_has_its_end;
+
+    #[test]
+    fn a_jpeg_ends_after_its_last_scan_not_its_thumbnails() {
+        // Start of image, an EXIF segment holding a whole thumbnail JPEG, then the main scan.
+        let thumbnail = [0xFF, 0xD8, 0xFF, 0xDA, 0x01, 0x02, 0xFF, 0xD9];
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x0A];
+        jpeg.extend_from_slice(&thumbnail);
+        jpeg.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x02, 0x11, 0xFF, 0x00, 0x22]);
+        assert!(!jpeg_has_its_end(&jpeg), "the main scan has no end marker");
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(jpeg_has_its_end(&jpeg));
+        assert!(!jpeg_has_its_end(&[0xFF, 0xD8, 0xFF, 0xD9]), "no scan at all");
+    }
 }

@@ -41,9 +41,11 @@ impl AxisTaps {
             // `as` truncates toward zero like C's `(int)`, which is how Pillow rounds here.
             let start = ((center - support + 0.5) as i64).max(0) as usize;
             let end = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let real: Vec<f64> = (start..end).map(|x| triangle((x as f64 - center + 0.5) * inverse_scale)).collect();
-            let total: f64 = real.iter().sum();
-            for (fixed, w) in row.iter_mut().zip(&real) {
+            let unnormalized: Vec<f64> =
+                (start..end).map(|x| triangle((x as f64 - center + 0.5) * inverse_scale)).collect();
+            // Summed in order, as Pillow does, so that the normalized weights round alike.
+            let total: f64 = unnormalized.iter().sum();
+            for (fixed, w) in row.iter_mut().zip(&unnormalized) {
                 let w = if total != 0.0 { w / total } else { *w };
                 *fixed = to_fixed_point(w);
             }
@@ -52,9 +54,10 @@ impl AxisTaps {
         Self { first_input, taps_per_output, weights }
     }
 
-    fn taps(&self, output: usize) -> (usize, &[i32]) {
-        let at = output * self.taps_per_output;
-        (self.first_input[output], &self.weights[at..at + self.taps_per_output])
+    /// The first input index and the weights of the `nth` output of the run.
+    fn taps(&self, nth: usize) -> (usize, &[i32]) {
+        let at = nth * self.taps_per_output;
+        (self.first_input[nth], &self.weights[at..at + self.taps_per_output])
     }
 
     /// The input indices the outputs read: from the first tap of the first output to the last
@@ -71,7 +74,8 @@ fn triangle(x: f64) -> f64 {
     if x < 1.0 { 1.0 - x } else { 0.0 }
 }
 
-/// Rounds half away from zero, then truncates, as Pillow's `normalize_coeffs_8bpc`.
+/// A weight in fixed point, rounded half away from zero (adding ±0.5, then truncating) as
+/// Pillow's `normalize_coeffs_8bpc` does.
 fn to_fixed_point(weight: f64) -> i32 {
     let scaled = weight * f64::from(1u32 << PRECISION_BITS);
     (if scaled < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i32
