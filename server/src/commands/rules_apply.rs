@@ -5,14 +5,15 @@
 //! factors; 0 when any plugin vetoes). Plugins run fail-open with default limits.
 //!
 //! `tandem serve`'s `/relevance` builds the same plugin input and output with
-//! [`plugin_input`] and [`rules_json`].
+//! [`plugin_query`], [`candidates`] and [`rules_json`]. Each plugin sees all of a ranking's
+//! items in one batch (`check_many`: one guest call per batch for 0.2 guests).
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tandem_ebrm::Item as EbrmItem;
 use tandem_ebrm::pipeline::{Ranking, ScoredItem};
 use tandem_plugins::{
-    Attribute, Entity, EntityScore, Host, Input, Item, ModelView, Plugin, PluginSpec, Price, Query, RuleReport,
+    Attribute, Candidate, Entity, EntityScore, Host, Item, ModelView, Plugin, PluginSpec, Price, Query, RuleReport,
 };
 
 /// The plugins named on the command line, loaded once.
@@ -36,11 +37,13 @@ impl Rules {
 
     /// Adds `rules` and `final_score` to each of `lines` (`ranking_lines`' output, input order).
     pub fn annotate(&self, ranking: &Ranking, items: &[EbrmItem], lines: &mut [serde_json::Value]) {
-        for (scored, line) in ranking.items.iter().zip(lines.iter_mut()) {
-            let input = plugin_input(ranking, &items[scored.index], scored);
-            let reports: Vec<_> = self.plugins.iter().map(|p| p.check(&input)).collect();
+        let query = plugin_query(ranking);
+        let candidates = candidates(ranking, items);
+        let per_plugin: Vec<Vec<RuleReport>> = self.plugins.iter().map(|p| p.check_many(&query, &candidates)).collect();
+        for (i, line) in lines.iter_mut().enumerate() {
+            let reports: Vec<RuleReport> = per_plugin.iter().map(|r| r[i].clone()).collect();
             line["rules"] = rules_json(&reports);
-            line["final_score"] = serde_json::json!(scored.score * tandem_plugins::combine(&reports).factor);
+            line["final_score"] = serde_json::json!(ranking.items[i].score * tandem_plugins::combine(&reports).factor);
         }
     }
 }
@@ -70,19 +73,28 @@ fn plugin_name(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into())
 }
 
-/// The plugin's view of one ranked item. The item's `category` attribute becomes its
-/// category path; the price has no currency in EBRM's items, so it goes with an empty one.
-pub fn plugin_input(ranking: &Ranking, item: &EbrmItem, scored: &ScoredItem) -> Input {
+/// The plugins' view of the query: its text and entities.
+pub fn plugin_query(ranking: &Ranking) -> Query {
     let query = &ranking.query;
-    Input {
-        query: Query {
-            text: query.text.clone(),
-            entities: query
-                .entities
-                .iter()
-                .map(|e| Entity { kind: e.kind.name().to_string(), value: e.value.clone() })
-                .collect(),
-        },
+    Query {
+        text: query.text.clone(),
+        entities: query
+            .entities
+            .iter()
+            .map(|e| Entity { kind: e.kind.name().to_string(), value: e.value.clone() })
+            .collect(),
+    }
+}
+
+/// The plugins' view of each ranked item, in the ranking's (input) order.
+pub fn candidates(ranking: &Ranking, items: &[EbrmItem]) -> Vec<Candidate> {
+    ranking.items.iter().map(|scored| candidate(&items[scored.index], scored)).collect()
+}
+
+/// One ranked item: the item's `category` attribute becomes its category path; the price has
+/// no currency in EBRM's items, so it goes with an empty one.
+fn candidate(item: &EbrmItem, scored: &ScoredItem) -> Candidate {
+    Candidate {
         item: Item {
             id: scored.id.clone().unwrap_or_else(|| scored.index.to_string()),
             title: item.title.clone(),

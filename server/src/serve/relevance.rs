@@ -15,7 +15,7 @@ use super::batcher::{Batcher, Refused};
 use super::config::RelevanceConfig;
 use super::errors::ApiError;
 use super::metrics::Metrics;
-use crate::commands::rules_apply::{plugin_input, rules_json};
+use crate::commands::rules_apply::{candidates, plugin_query, rules_json};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -208,7 +208,9 @@ impl Relevance {
         let ranking = if job.interventions.is_empty() { ranking } else { ranking.intervene(&job.interventions) };
         let mut lines = ranking_lines(&ranking, job.all_entities)?;
         let rules = self.rules.as_ref().filter(|_| job.rules);
-        for (scored, line) in ranking.items.iter().zip(lines.iter_mut()) {
+        // Every plugin sees all items of the request in one batch.
+        let reports = rules.map(|r| r.check_many(&plugin_query(&ranking), &candidates(&ranking, &job.items)));
+        for (i, (scored, line)) in ranking.items.iter().zip(lines.iter_mut()).enumerate() {
             let obj = line.as_object_mut().expect("ranking lines are objects");
             obj.remove("logic");
             if !job.explain {
@@ -216,13 +218,13 @@ impl Relevance {
                 obj.remove("deciding");
             }
             let mut factor = 1.0;
-            if let Some(rules) = rules {
-                let reports = rules.check(&plugin_input(&ranking, &job.items[scored.index], scored));
-                for r in &reports {
+            if let Some(reports) = &reports {
+                let reports = &reports[i];
+                for r in reports {
                     metrics.observe_rule(&r.plugin, r.error.as_ref().map(|e| e.kind.as_str()));
                 }
-                factor = tandem_plugins::combine(&reports).factor;
-                obj.insert("rules".into(), rules_json(&reports));
+                factor = tandem_plugins::combine(reports).factor;
+                obj.insert("rules".into(), rules_json(reports));
             }
             obj.insert("final_score".into(), json!(scored.score * factor));
         }
