@@ -175,3 +175,33 @@ extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
         for (u32 i = head + tid; i < p.len; i += stride) dst[i] = src[i];
     }
 }
+
+// clamp: min(max(x, min), max) with NaN kept (torch.clamp); min > max gives max.
+__device__ __forceinline__ float clamp_apply(float v, float lo, float hi) {
+    return v != v ? v : fminf(fmaxf(v, lo), hi);
+}
+
+// The Clamp op, named clip as in shaders/elementwise.wgsl. Grid: as unary (float4s, capped
+// by the host).
+extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
+    clip(const ClampParams p, const float* __restrict__ x, float* __restrict__ out) {
+    const u32 stride = gridDim.x * blockDim.x;
+    const u32 tid = blockIdx.x * blockDim.x + threadIdx.x;
+    const float lo = p.min, hi = p.max;
+    u32 head = 0;
+    if (aligned16(x) && aligned16(out)) {
+        const u32 n4 = p.len / 4;
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        float4* o4 = reinterpret_cast<float4*>(out);
+        for (u32 i = tid; i < n4; i += stride) {
+            float4 v = x4[i];
+            v.x = clamp_apply(v.x, lo, hi);
+            v.y = clamp_apply(v.y, lo, hi);
+            v.z = clamp_apply(v.z, lo, hi);
+            v.w = clamp_apply(v.w, lo, hi);
+            o4[i] = v;
+        }
+        head = n4 * 4;
+    }
+    for (u32 i = head + tid; i < p.len; i += stride) out[i] = clamp_apply(x[i], lo, hi);
+}

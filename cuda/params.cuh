@@ -107,3 +107,42 @@ struct AggregateParams {
     u32 _pad[3];
 };
 static_assert(sizeof(AggregateParams) == 32, "AggregateParams size");
+
+// ops::elementwise::ClampParams
+struct ClampParams {
+    u32 len;
+    u32 _pad;
+    f32 min;
+    f32 max;
+};
+static_assert(sizeof(ClampParams) == 16, "ClampParams size");
+
+// ops::conv::Conv2dParams
+struct Conv2dParams {
+    u32 n;
+    u32 c;
+    u32 h;
+    u32 w;
+    u32 o;
+    u32 kh;
+    u32 kw;
+    u32 oh;
+    u32 ow;
+    u32 stride_h;
+    u32 stride_w;
+    u32 pad_h;
+    u32 pad_w;
+    u32 groups;
+    u32 has_bias;
+    u32 _pad;
+};
+static_assert(sizeof(Conv2dParams) == 64, "Conv2dParams size");
+
+// ops::conv::GlobalPoolParams (global_avg_pool)
+struct GlobalPoolParams {
+    u32 rows;
+    u32 cols;
+    u32 _pad0;
+    u32 _pad1;
+};
+static_assert(sizeof(GlobalPoolParams) == 16, "GlobalPoolParams size");

@@ -35,3 +35,16 @@ extern "C" __global__ void __launch_bounds__(POOL_THREADS)
         out[(u64)s * p.dim + col] = acc;
     }
 }
+
+// global_avg_pool: the mean of each [H, W] plane of an NCHW tensor (rows = N·C planes of
+// cols = H·W). A thread per plane, grid-stride, summing in memory order like the CPU
+// reference; MobileNetV2's planes are 7x7, so a warp per plane would idle most lanes.
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+    global_avg_pool(const GlobalPoolParams p, const float* __restrict__ x, float* __restrict__ out) {
+    for (u32 row = blockIdx.x * blockDim.x + threadIdx.x; row < p.rows; row += gridDim.x * blockDim.x) {
+        const float* plane = x + (u64)row * p.cols;
+        float acc = 0.0f;
+        for (u32 i = 0; i < p.cols; ++i) acc += plane[i];
+        out[row] = acc / (float)p.cols;
+    }
+}

@@ -21,9 +21,10 @@ apt_install() {
 # Vulkan on the CPU (Mesa lavapipe) so the wgpu backend is tested without a GPU.
 apt_install mesa-vulkan-drivers
 
-step "fetching the default model (MiniLM) into the cache"
+step "fetching the default model (MiniLM), the brand list and MobileNetV2 into the cache"
 cargo run -q -p tandem -- fetch minilm
 cargo run -q -p tandem -- fetch brands
+cargo run -q -p tandem -- fetch mobilenetv2
 
 step "fetching NVRTC (pinned PyPI wheels) so every CUDA kernel is compiled to PTX without a GPU"
 eval "$(cuda/fetch_nvrtc.sh)"

@@ -5,7 +5,8 @@
 // tensors need more than the 65535 workgroups WebGPU allows in one dimension, so the host
 // lays the workgroups out as a 2-D grid and kernels flatten it back (`flat_index`).
 //
-// Mirrors runtime/src/ops/elementwise.rs (UnaryParams, BinaryParams) and cuda/elementwise.cu.
+// Mirrors runtime/src/ops/elementwise.rs (UnaryParams, BinaryParams, ClampParams) and
+// cuda/elementwise.cu.
 
 struct UnaryParams {
     len: u32,
@@ -27,6 +28,13 @@ struct BinaryParams {
     b_strides: array<vec4<u32>, 2>,
 }
 
+struct ClampParams {
+    len: u32,
+    _pad: u32,
+    min: f32,
+    max: f32,
+}
+
 const WG: u32 = 256u;
 
 // Each entry point uses its own set of bindings; WGSL allows bindings to repeat across
@@ -34,6 +42,8 @@ const WG: u32 = 256u;
 @group(0) @binding(0) var<uniform> up: UnaryParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+@group(0) @binding(0) var<uniform> cp: ClampParams;
 
 @group(0) @binding(0) var<uniform> bp: BinaryParams;
 @group(0) @binding(1) var<storage, read> lhs: array<f32>;
@@ -243,4 +253,23 @@ fn convert(
         // Same 4-byte type on both sides: a copy.
         dst_words[w] = src_words[w];
     }
+}
+
+// The Clamp op (named clip: a function named clamp would shadow the builtin): x, y (the
+// unary bindings). NaN stays NaN (torch.clamp); min > max gives max.
+@compute @workgroup_size(256)
+fn clip(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = flat_index(wid, groups, lid);
+    if i >= cp.len {
+        return;
+    }
+    let v = x[i];
+    // NaN tested on the bits: drivers may assume floats are never NaN and fold `v != v` away
+    // (lavapipe does).
+    let nan = (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+    y[i] = select(min(max(v, cp.min), cp.max), v, nan);
 }

@@ -5,7 +5,11 @@
 // One invocation per output element, summing its column in row order exactly like the CPU
 // reference (so results match to the last bit but for the division).
 //
-// Mirrors runtime/src/ops/pool.rs (PoolParams) and cuda/pool.cu.
+// global_avg_pool: the mean of each [H, W] plane of an NCHW tensor, one invocation per
+// plane, summing in memory order like the CPU reference.
+//
+// Mirrors runtime/src/ops/pool.rs (PoolParams), runtime/src/ops/conv.rs (GlobalPoolParams)
+// and cuda/pool.cu.
 
 struct PoolParams {
     num_seqs: u32,
@@ -15,12 +19,23 @@ struct PoolParams {
     kind: u32,
 }
 
+struct GlobalPoolParams {
+    rows: u32,
+    cols: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: PoolParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> segments: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// global_avg_pool: x (above), then its output.
+@group(0) @binding(0) var<uniform> gp: GlobalPoolParams;
+@group(0) @binding(2) var<storage, read_write> means: array<f32>;
 
 @compute @workgroup_size(256)
 fn pool(
@@ -56,4 +71,22 @@ fn pool(
         default: {}
     }
     out[i] = acc;
+}
+
+@compute @workgroup_size(256)
+fn global_avg_pool(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = (wid.y * groups.x + wid.x) * WG + lid;
+    if row >= gp.rows {
+        return;
+    }
+    let base = row * gp.cols;
+    var acc = 0.0;
+    for (var i = 0u; i < gp.cols; i++) {
+        acc += x[base + i];
+    }
+    means[row] = acc / f32(gp.cols);
 }

@@ -176,3 +176,72 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A MobileNetV2-style block (pointwise expand, ReLU6, depthwise stride 2, pointwise project)
+/// and the classifier head, with a symbolic batch.
+#[test]
+fn conv_clamp_and_global_avg_pool_nodes_round_trip() {
+    use tandem_runtime::ops::Conv2d;
+    let mut g = Graph::new("mobilenet_block");
+    let f = |s: &[usize]| TensorType::fixed(DType::F32, s);
+    let x =
+        g.input("x", TensorType::new(DType::F32, vec![Dim::sym("batch"), Dim::Fixed(3), Dim::Fixed(9), Dim::Fixed(9)]));
+    let [w1, b1] = [("w1", f(&[12, 3, 1, 1])), ("b1", f(&[12]))].map(|(n, t)| g.weight(n, t));
+    let w2 = g.weight("w2", f(&[12, 1, 3, 3]));
+    let w3 = g.weight("w3", f(&[5, 12, 1, 1]));
+    let pw = Conv2d { stride: [1, 1], padding: [0, 0], groups: 1 };
+    let expand = g.node1("expand", Op::Conv2d(pw), &[x, w1, b1]).unwrap();
+    let relu6 = g.node1("relu6", Op::Clamp { min: 0.0, max: 6.0 }, &[expand]).unwrap();
+    let dw = Conv2d { stride: [2, 2], padding: [1, 1], groups: 12 };
+    let depthwise = g.node1("depthwise", Op::Conv2d(dw), &[relu6, w2]).unwrap();
+    let project = g.node1("project", Op::Conv2d(pw), &[depthwise, w3]).unwrap();
+    assert_eq!(
+        g.value(project).ty,
+        TensorType::new(DType::F32, vec![Dim::sym("batch"), Dim::Fixed(5), Dim::Fixed(5), Dim::Fixed(5)])
+    );
+    let pooled = g.node1("pool", Op::GlobalAvgPool, &[project]).unwrap();
+    assert_eq!(g.value(pooled).ty, TensorType::new(DType::F32, vec![Dim::sym("batch"), Dim::Fixed(5)]));
+    g.output(pooled, "features");
+    g.validate().unwrap();
+
+    let dir = tempdir();
+    let path = dir.join("mobilenet_block.tgraph");
+    write_graph_file(&g, &path).unwrap();
+    assert_eq!(read_graph_file(&path).unwrap(), g);
+}
+
+#[test]
+fn bad_conv2d_operands_name_the_node() {
+    use tandem_runtime::ops::Conv2d;
+    let conv = |stride: [u32; 2], padding: [u32; 2], groups: u32| Op::Conv2d(Conv2d { stride, padding, groups });
+    let f = |s: &[usize]| TensorType::fixed(DType::F32, s);
+    /// x, w, bias, op, what the error must say.
+    type BadConv<'a> = (&'a [usize], &'a [usize], Option<&'a [usize]>, Op, &'a str);
+    let bad: &[BadConv] = &[
+        (&[1, 6, 5, 5, 1], &[4, 6, 3, 3], None, conv([1, 1], [0, 0], 1), "x [N, C, H, W] must have rank 4"),
+        (&[1, 6, 5, 5], &[4, 6, 3], None, conv([1, 1], [0, 0], 1), "w [O, C/groups, KH, KW] must have rank 4"),
+        (&[1, 6, 5, 5], &[4, 1, 3, 3], None, conv([1, 1], [0, 0], 4), "not divisible by groups 4"),
+        (&[1, 6, 5, 5], &[3, 3, 3, 3], None, conv([1, 1], [0, 0], 2), "output channels are not divisible"),
+        (&[1, 6, 5, 5], &[4, 6, 3, 3], None, conv([1, 1], [0, 0], 2), "second dim must be C/groups"),
+        (&[1, 6, 5, 5], &[4, 6, 3, 3], Some(&[5]), conv([1, 1], [0, 0], 1), "bias must be [4]"),
+        (&[1, 6, 2, 5], &[4, 6, 3, 3], None, conv([1, 1], [0, 0], 1), "height"),
+        (&[1, 6, 5, 1], &[4, 6, 1, 5], None, conv([1, 1], [1, 1], 1), "width"),
+        (&[1, 6, 5, 5], &[4, 6, 3, 3], None, conv([0, 1], [0, 0], 1), "stride must be at least 1"),
+        (&[1, 6, 5, 5], &[4, 6, 3, 3], None, conv([1, 1], [0, 0], 0), "groups must be at least 1"),
+    ];
+    for (i, (x, w, bias, op, what)) in bad.iter().enumerate() {
+        let mut g = Graph::new("bad");
+        let mut ins = vec![g.input("x", f(x)), g.weight("w", f(w))];
+        if let Some(b) = bias {
+            ins.push(g.weight("b", f(b)));
+        }
+        let e = g.node(&format!("conv{i}"), op.clone(), &ins).unwrap_err().to_string();
+        assert!(e.contains(&format!("node 'conv{i}' (conv2d)")) && e.contains(what), "case {i}: {e}");
+    }
+    let mut g = Graph::new("bad");
+    let x = g.input("x", f(&[2, 3, 4]));
+    let e = g.node("gap", Op::GlobalAvgPool, &[x]).unwrap_err().to_string();
+    assert!(e.contains("node 'gap' (global_avg_pool)") && e.contains("rank 4"), "{e}");
+    let e = g.node("clip", Op::Clamp { min: f32::NAN, max: 6.0 }, &[x]).unwrap_err().to_string();
+    assert!(e.contains("node 'clip' (clamp)") && e.contains("bounds"), "{e}");
+}

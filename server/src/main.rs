@@ -29,6 +29,8 @@ enum Command {
     Relevance(commands::relevance::Args),
     /// Business-rule plugins: check a plugin against test cases.
     Rules(commands::rules::Args),
+    /// Classify product photos (PNG or JPEG) with MobileNetV2: the top ImageNet classes.
+    Classify(commands::classify::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Relevance(args) => commands::relevance::run(args),
         Command::Rules(args) => commands::rules::run(args),
+        Command::Classify(args) => commands::classify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use tandem_runtime::backend::Backend;
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::ops::{
-    Activation, Attention, BinaryKind, Connective, Logic, LoraMatMul, MatMul, PoolKind, UnaryKind,
+    Activation, Attention, BinaryKind, Connective, Conv2d, Logic, LoraMatMul, MatMul, PoolKind, UnaryKind,
 };
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, OpKind, Session, TensorData, TensorType};
 
@@ -43,7 +43,13 @@ pub fn tolerance(kind: OpKind) -> Tolerance {
         // Up to 2·entities connectives per score, and contributions are differences of
         // scores, so rounding differences add up over an item's entities.
         OpKind::Aggregate => Tolerance::new(1e-5, 1e-5),
-        OpKind::Cast | OpKind::Gather | OpKind::Reshape => Tolerance::EXACT,
+        // At most C/groups·KH·KW = 63 products per output here, summed in the same order on
+        // every backend but with FMA on GPUs, and through gemm (another order) for 1x1 on the
+        // CPU: a few ulps of a sum of magnitude up to ~10.
+        OpKind::Conv2d => Tolerance::new(2e-5, 1e-4),
+        // Same order, f32 division: rounding of the last add and the division only.
+        OpKind::GlobalAvgPool => Tolerance::new(1e-6, 1e-5),
+        OpKind::Cast | OpKind::Gather | OpKind::Reshape | OpKind::Clamp => Tolerance::EXACT,
     }
 }
 
@@ -278,6 +284,55 @@ pub fn cases(seed: u64) -> Vec<Case> {
                 vec![uniform(rng, &[tokens, 129], -1.0, 1.0), segments(spans)],
             );
         }
+    }
+    // conv2d: (n, c, h, w, o, [kh, kw], stride, padding, groups): 1x1 (the CPU's gemm path
+    // and strided/padded ones), 3x3 with padding 0 and 1, strides 1 and 2, depthwise, a
+    // middle group count, channel multipliers, 1x1 and odd images, a non-square kernel.
+    type ConvCase = (usize, usize, usize, usize, usize, [usize; 2], [u32; 2], [u32; 2], u32);
+    let convs: &[ConvCase] = &[
+        (1, 1, 1, 1, 1, [1, 1], [1, 1], [0, 0], 1),
+        (2, 1, 1, 1, 3, [1, 1], [1, 1], [0, 0], 1),
+        (2, 7, 5, 9, 14, [1, 1], [1, 1], [0, 0], 1),
+        (1, 3, 17, 17, 5, [1, 1], [2, 2], [0, 0], 1),
+        (1, 3, 5, 5, 2, [1, 1], [1, 1], [1, 1], 1),
+        (2, 3, 5, 5, 4, [3, 3], [1, 1], [1, 1], 1),
+        (2, 3, 17, 17, 8, [3, 3], [2, 2], [0, 0], 1),
+        (1, 3, 1, 1, 2, [3, 3], [1, 1], [1, 1], 1),
+        (1, 3, 9, 9, 6, [3, 3], [2, 2], [1, 1], 3),
+        (2, 7, 9, 9, 7, [3, 3], [1, 1], [1, 1], 7),
+        (1, 7, 17, 17, 7, [3, 3], [2, 2], [1, 1], 7),
+        (2, 1, 5, 5, 1, [3, 3], [2, 2], [1, 1], 1),
+        (2, 6, 9, 5, 4, [3, 3], [2, 1], [0, 1], 2),
+        (1, 4, 17, 9, 6, [1, 1], [1, 1], [0, 0], 2),
+        (1, 3, 9, 5, 2, [3, 1], [1, 2], [1, 0], 1),
+    ];
+    for (i, &(n, c, h, w, o, [kh, kw], stride, padding, groups)) in convs.iter().enumerate() {
+        let bias = i % 2 == 0;
+        let mut inputs =
+            vec![uniform(rng, &[n, c, h, w], -1.0, 1.0), uniform(rng, &[o, c / groups as usize, kh, kw], -1.0, 1.0)];
+        if bias {
+            inputs.push(uniform(rng, &[o], -1.0, 1.0));
+        }
+        add(
+            format!("conv2d_{n}x{c}x{h}x{w}_o{o}_k{kh}x{kw}_s{stride:?}_p{padding:?}_g{groups}_bias{bias}"),
+            Op::Conv2d(Conv2d { stride, padding, groups }),
+            inputs,
+        );
+    }
+    // clamp: ReLU6 and others, values on both sides, a NaN, inverted bounds (all max).
+    for (min, max) in [(0.0, 6.0), (-1.0, 0.5), (2.0, -2.0)] {
+        for shape in [&[1][..], &[2, 7, 5, 9]] {
+            let mut x = uniform(rng, shape, -8.0, 8.0);
+            if let TensorData::F32(v) = &mut x.data {
+                let middle = v.len() / 2;
+                v[middle] = f32::NAN;
+            }
+            add(format!("clamp_{min}_{max}_{shape:?}"), Op::Clamp { min, max }, vec![x]);
+        }
+    }
+    // global average pooling
+    for shape in [[1, 1, 1, 1], [2, 7, 5, 5], [2, 3, 17, 9], [1, 129, 7, 7]] {
+        add(format!("global_avg_pool_{shape:?}"), Op::GlobalAvgPool, vec![uniform(rng, &shape, -1.0, 1.0)]);
     }
     add("reshape".into(), Op::Reshape(vec![Dim::Fixed(129), Dim::Fixed(7)]), vec![uniform(rng, &[7, 129], -1.0, 1.0)]);
     cases

@@ -325,3 +325,89 @@ fn gelu_uses_an_accurate_erf() {
         assert!((gelu(x) - want).abs() < 2e-6, "gelu({x}) = {}, want {want}", gelu(x));
     }
 }
+
+fn naive_conv2d(case: &Case, c2: &tandem_runtime::ops::Conv2d) -> Vec<f32> {
+    let (x, w) = (case.inputs[0].to_f32(), case.inputs[1].to_f32());
+    let bias = case.inputs.get(2).map(|t| t.to_f32());
+    let [n, c, h, wd] = [0, 1, 2, 3].map(|i| case.inputs[0].shape[i]);
+    let [o, cg, kh, kw] = [0, 1, 2, 3].map(|i| case.inputs[1].shape[i]);
+    let [sh, sw] = c2.stride.map(|s| s as usize);
+    let [ph, pw] = c2.padding.map(|p| p as isize);
+    let g = c2.groups as usize;
+    let (oh, ow) = ((h + 2 * ph as usize - kh) / sh + 1, (wd + 2 * pw as usize - kw) / sw + 1);
+    assert_eq!(cg * g, c);
+    let mut out = Vec::with_capacity(n * o * oh * ow);
+    for b in 0..n {
+        for oc in 0..o {
+            let group = oc / (o / g);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias.as_ref().map_or(0.0, |b| b[oc] as f64);
+                    for ci in 0..cg {
+                        let ic = group * cg + ci;
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * sh + ky) as isize - ph;
+                                let ix = (ox * sw + kx) as isize - pw;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xv = x[((b * c + ic) * h + iy as usize) * wd + ix as usize] as f64;
+                                acc += xv * w[((oc * cg + ci) * kh + ky) * kw + kx] as f64;
+                            }
+                        }
+                    }
+                    out.push(acc as f32);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cpu_conv2d_clamp_and_global_avg_pool_match_plain_loops() {
+    let seed = seed();
+    println!("seed {seed}");
+    let mut checked = 0;
+    for case in cases(seed) {
+        let (want, tol) = match &case.op {
+            // f64 sums rounded once: the CPU's f32 sums (gemm for 1x1) are a few ulps off.
+            Op::Conv2d(c2) => (naive_conv2d(&case, c2), Tolerance::new(2e-5, 1e-4)),
+            Op::Clamp { min, max } => {
+                let x = case.inputs[0].to_f32();
+                let want = x.iter().map(|&v| if v.is_nan() { v } else { v.max(*min).min(*max) }).collect();
+                (want, Tolerance::EXACT)
+            }
+            Op::GlobalAvgPool => {
+                let x = case.inputs[0].to_f32();
+                let s = &case.inputs[0].shape;
+                let hw = s[2] * s[3];
+                let want =
+                    x.chunks(hw).map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32).collect();
+                (want, Tolerance::new(1e-6, 1e-5))
+            }
+            _ => continue,
+        };
+        let got = run_case(CpuBackend::new(), &case).unwrap();
+        let w = HostTensor::f32(got[0].shape.clone(), want).unwrap();
+        compare(&got[0], &w, tol).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} cases checked");
+}
+
+#[test]
+fn clamp_keeps_nan_and_inverted_bounds_give_max() {
+    let case = Case {
+        name: "clamp_by_hand".into(),
+        op: Op::Clamp { min: 0.0, max: 6.0 },
+        inputs: vec![HostTensor::f32(vec![5], vec![-1.0, 3.0, 7.0, f32::NAN, f32::INFINITY]).unwrap()],
+    };
+    let got = run_case(CpuBackend::new(), &case).unwrap()[0].to_f32();
+    assert_eq!(&got[..3], &[0.0, 3.0, 6.0]);
+    assert!(got[3].is_nan());
+    assert_eq!(got[4], 6.0);
+    let inverted = Case { op: Op::Clamp { min: 2.0, max: -2.0 }, ..case };
+    assert_eq!(run_case(CpuBackend::new(), &inverted).unwrap()[0].to_f32()[..3], [-2.0, -2.0, -2.0]);
+}

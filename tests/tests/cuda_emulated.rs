@@ -221,6 +221,9 @@ impl EmuBackend {
             KernelParams::Pool(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
             KernelParams::SoftLogic(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
             KernelParams::Aggregate(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Conv2d(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::Clamp(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::GlobalPool(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
         };
         type LaunchFn = unsafe extern "C" fn(*const u32, *const u32, extern "C" fn(*mut c_void), *mut c_void) -> i32;
         // SAFETY: the emulator's launcher, with the signature cuda_emu.h declares.

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tandem_runtime::OpKind;
 use tandem_runtime::ops::attention::AttentionParams;
+use tandem_runtime::ops::conv::{Conv2dParams, GlobalPoolParams};
+use tandem_runtime::ops::elementwise::ClampParams;
 use tandem_runtime::ops::elementwise::{BinaryParams, MAX_RANK, UnaryParams};
 use tandem_runtime::ops::gather::GatherParams;
 use tandem_runtime::ops::matmul::MatMulParams;
@@ -239,6 +241,9 @@ fn rust_size(name: &str) -> Option<usize> {
         "PoolParams" => size_of::<PoolParams>(),
         "SoftLogicParams" => size_of::<SoftLogicParams>(),
         "AggregateParams" => size_of::<AggregateParams>(),
+        "Conv2dParams" => size_of::<Conv2dParams>(),
+        "ClampParams" => size_of::<ClampParams>(),
+        "GlobalPoolParams" => size_of::<GlobalPoolParams>(),
         _ => return None,
     })
 }
@@ -247,7 +252,7 @@ fn rust_size(name: &str) -> Option<usize> {
 fn cuda_params_mirror_the_rust_structs() {
     let rust = rust_structs();
     let (cuda, sizes) = cuda_structs();
-    assert!(rust.len() >= 9, "found only {:?} in runtime/src/ops", rust.keys());
+    assert!(rust.len() >= 12, "found only {:?} in runtime/src/ops", rust.keys());
     let names: BTreeSet<&String> = rust.keys().chain(cuda.keys()).collect();
     for name in names {
         let r = rust.get(name).unwrap_or_else(|| panic!("cuda/params.cuh declares {name}, which Rust does not"));

@@ -6,11 +6,13 @@
 //!   bilinear resize to the byte, center crop, normalization).
 //! - [`torch_legacy`]: a bounded reader of the legacy (non-zip) `torch.save` format.
 //! - [`batchnorm`]: folds batch norms into the convolutions before them.
+//! - [`mobilenet`]: the MobileNetV2 graph and the image classifier around it.
 //! - [`load_mobilenet_v2_folded`] and [`host_tensors`]: the fetched checkpoint as the tensors
 //!   a runtime graph takes.
 
 pub mod batchnorm;
 pub mod decode;
+pub mod mobilenet;
 pub mod preprocess;
 pub mod resize;
 pub mod torch_legacy;

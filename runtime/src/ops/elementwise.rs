@@ -247,3 +247,26 @@ pub fn binary_cpu(p: &BinaryParams, a: &[f32], b: &[f32], out: &mut [f32]) {
         *o = kind.apply(a[ia], b[ib]);
     }
 }
+
+/// Kernel params for `clamp`, mirrored in `shaders/elementwise.wgsl` and `cuda/params.cuh`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ClampParams {
+    pub len: u32,
+    pub _pad: u32,
+    pub min: f32,
+    pub max: f32,
+}
+
+/// `min(max(x, lo), hi)` with NaN kept, as `torch.clamp` (so `lo > hi` gives `hi`).
+#[inline(always)]
+pub fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
+    if x.is_nan() { x } else { x.max(lo).min(hi) }
+}
+
+pub fn clamp_cpu(p: &ClampParams, x: &[f32], out: &mut [f32]) {
+    let (lo, hi) = (p.min, p.max);
+    out.par_chunks_mut(1 << 16)
+        .zip(x.par_chunks(1 << 16))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = clamp(x, lo, hi)));
+}

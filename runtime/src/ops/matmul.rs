@@ -137,17 +137,17 @@ pub fn cpu(p: &MatMulParams, a: &[f32], b: &[f32], bias: Option<&[f32]>, out: &m
 /// One `c = accumulate·c + scale · a · b` product: a `[m, k]`, b `[k, n]` (or `[n, k]` with
 /// `trans_b`), c `[m, n]`, all row-major.
 #[derive(Debug, Clone, Copy)]
-struct Gemm {
-    m: usize,
-    n: usize,
-    k: usize,
-    trans_b: bool,
+pub(super) struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_b: bool,
     /// Add to what c holds instead of overwriting it.
-    accumulate: bool,
-    scale: f32,
+    pub accumulate: bool,
+    pub scale: f32,
 }
 
-fn gemm_into(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+pub(super) fn gemm_into(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     let Gemm { m, n, k, .. } = g;
     if m == 0 || n == 0 {
         return;

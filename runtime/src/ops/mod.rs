@@ -11,6 +11,7 @@
 //! mask in a form that computes no padded positions at all.
 
 pub mod attention;
+pub mod conv;
 pub mod elementwise;
 pub mod gather;
 pub mod matmul;
@@ -19,6 +20,7 @@ pub mod pool;
 pub mod softlogic;
 
 pub use attention::Attention;
+pub use conv::Conv2d;
 pub use elementwise::{BinaryKind, UnaryKind};
 pub use matmul::{Activation, LoraMatMul, MatMul};
 pub use pool::PoolKind;
@@ -76,6 +78,18 @@ pub enum Op {
         /// λ: how much of the score the optional entities decide.
         optional_weight: f32,
     },
+    /// Grouped 2-D convolution over NCHW with symmetric zero padding; inputs x
+    /// `[N, C, H, W]`, w `[O, C/groups, KH, KW]`, optional bias `[O]`; output
+    /// `[N, O, OH, OW]`, `OH = (H + 2·pad_h − KH) / stride_h + 1`.
+    Conv2d(Conv2d),
+    /// `min(max(x, min), max)` elementwise on f32 of any shape (ReLU6 is `Clamp { 0, 6 }`);
+    /// NaN stays NaN, as in `torch.clamp`.
+    Clamp {
+        min: f32,
+        max: f32,
+    },
+    /// The mean over H·W of x `[N, C, H, W]`, giving `[N, C]`.
+    GlobalAvgPool,
 }
 
 /// The op set, without params: what the coverage tests enumerate.
@@ -95,6 +109,9 @@ pub enum OpKind {
     Reshape,
     SoftLogic,
     Aggregate,
+    Conv2d,
+    Clamp,
+    GlobalAvgPool,
 }
 
 impl OpKind {
@@ -113,6 +130,9 @@ impl OpKind {
         OpKind::Reshape,
         OpKind::SoftLogic,
         OpKind::Aggregate,
+        OpKind::Conv2d,
+        OpKind::Clamp,
+        OpKind::GlobalAvgPool,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +151,9 @@ impl OpKind {
             OpKind::Reshape => "reshape",
             OpKind::SoftLogic => "soft_logic",
             OpKind::Aggregate => "aggregate",
+            OpKind::Conv2d => "conv2d",
+            OpKind::Clamp => "clamp",
+            OpKind::GlobalAvgPool => "global_avg_pool",
         }
     }
 
@@ -156,6 +179,10 @@ impl OpKind {
             OpKind::Pool => ("pool", "pool"),
             OpKind::SoftLogic => ("softlogic", "soft_logic"),
             OpKind::Aggregate => ("softlogic", "aggregate"),
+            OpKind::Conv2d => ("conv", "conv2d"),
+            // Not "clamp": a WGSL function of that name would shadow the builtin.
+            OpKind::Clamp => ("elementwise", "clip"),
+            OpKind::GlobalAvgPool => ("pool", "global_avg_pool"),
             OpKind::Reshape => return None,
         })
     }
@@ -178,6 +205,9 @@ impl Op {
             Op::Reshape(_) => OpKind::Reshape,
             Op::SoftLogic { .. } => OpKind::SoftLogic,
             Op::Aggregate { .. } => OpKind::Aggregate,
+            Op::Conv2d(_) => OpKind::Conv2d,
+            Op::Clamp { .. } => OpKind::Clamp,
+            Op::GlobalAvgPool => OpKind::GlobalAvgPool,
         }
     }
 
@@ -189,6 +219,16 @@ impl Op {
             Op::LoraMatMul(l) => l.infer(inputs),
             Op::SoftLogic { connective, .. } => softlogic::infer_soft_logic(*connective, inputs),
             Op::Aggregate { .. } => softlogic::infer_aggregate(inputs),
+            Op::Conv2d(c) => c.infer(inputs),
+            Op::Clamp { min, max } => {
+                arity(inputs, 1, 1)?;
+                float(&inputs[0], "input")?;
+                if min.is_nan() || max.is_nan() {
+                    return Err(format!("clamp bounds must be numbers, are {min} and {max}"));
+                }
+                Ok(vec![inputs[0].clone()])
+            }
+            Op::GlobalAvgPool => conv::infer_global_avg_pool(inputs),
             Op::Unary(_) => {
                 arity(inputs, 1, 1)?;
                 float(&inputs[0], "input")?;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod classify;
 pub mod embed;
 pub mod export;
 pub mod fetch;

@@ -156,6 +156,19 @@ impl Backend for CpuBackend {
                     contribution.buf.f32_mut(items * entities),
                 );
             }
+            Op::Conv2d(c) => {
+                let p = c.params(inputs[0].shape, inputs[1].shape, inputs.len() > 2);
+                let bias = (inputs.len() > 2).then(|| f(2));
+                ops::conv::cpu(&p, f(0), f(1), bias, out.buf.f32_mut(n_out));
+            }
+            Op::Clamp { min, max } => {
+                let p = ops::elementwise::ClampParams { len: n_out as u32, _pad: 0, min: *min, max: *max };
+                ops::elementwise::clamp_cpu(&p, f(0), out.buf.f32_mut(n_out));
+            }
+            Op::GlobalAvgPool => {
+                let p = ops::conv::GlobalPoolParams::new(inputs[0].shape);
+                ops::conv::global_avg_pool_cpu(&p, f(0), out.buf.f32_mut(n_out));
+            }
             Op::Reshape(_) => return Err(Error::backend("cpu", "reshape is a view and is never dispatched")),
         }
         Ok(())

@@ -64,6 +64,7 @@ pub const FILES: &[KernelFile] = &[
         variants: F32,
         f32_only: &[],
     },
+    KernelFile { stem: "conv", source: include_str!("../../../../cuda/conv.cu"), variants: F32, f32_only: &[] },
 ];
 
 pub fn file(stem: &str) -> Option<&'static KernelFile> {

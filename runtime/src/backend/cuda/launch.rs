@@ -8,7 +8,8 @@
 //! with the `.cu` files.
 
 use crate::ops::attention::AttentionParams;
-use crate::ops::elementwise::{BinaryParams, UnaryParams, binary_params};
+use crate::ops::conv::{Conv2dParams, GlobalPoolParams};
+use crate::ops::elementwise::{BinaryParams, ClampParams, UnaryParams, binary_params};
 use crate::ops::gather::GatherParams;
 use crate::ops::matmul::MatMulParams;
 use crate::ops::norm::NormParams;
@@ -25,6 +26,7 @@ pub const KERNEL_CONSTANTS: &[(&str, &str, u32)] = &[
     ("gather", "GATHER_THREADS", GATHER_THREADS),
     ("pool", "POOL_THREADS", POOL_THREADS),
     ("softlogic", "SOFTLOGIC_THREADS", SOFTLOGIC_THREADS),
+    ("conv", "CONV_THREADS", CONV_THREADS),
     ("matmul", "MM_BM", MM_BM),
     ("matmul", "MM_BN", MM_BN),
     ("matmul", "MM_THREADS", MM_THREADS),
@@ -41,6 +43,7 @@ const GATHER_THREADS: u32 = 256;
 const GATHER_ROWS_PER_BLOCK: u32 = GATHER_THREADS / 32;
 const POOL_THREADS: u32 = 128;
 const SOFTLOGIC_THREADS: u32 = 256;
+const CONV_THREADS: u32 = 256;
 const MM_BM: u32 = 128;
 const MM_BN: u32 = 64;
 const MM_THREADS: u32 = 256;
@@ -96,6 +99,9 @@ pub enum KernelParams {
     Pool(PoolParams),
     SoftLogic(SoftLogicParams),
     Aggregate(AggregateParams),
+    Conv2d(Conv2dParams),
+    Clamp(ClampParams),
+    GlobalPool(GlobalPoolParams),
 }
 
 impl KernelParams {
@@ -110,6 +116,9 @@ impl KernelParams {
             KernelParams::Pool(p) => bytemuck::bytes_of(p),
             KernelParams::SoftLogic(p) => bytemuck::bytes_of(p),
             KernelParams::Aggregate(p) => bytemuck::bytes_of(p),
+            KernelParams::Conv2d(p) => bytemuck::bytes_of(p),
+            KernelParams::Clamp(p) => bytemuck::bytes_of(p),
+            KernelParams::GlobalPool(p) => bytemuck::bytes_of(p),
         }
     }
 }
@@ -448,6 +457,41 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
             launch.params = KernelParams::Aggregate(p);
             launch.args = (0..5).map(Binding::Input).chain([Binding::Output(0), Binding::Output(1)]).collect();
         }
+        Op::Conv2d(c) => {
+            all_f32("conv2d")?;
+            let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
+                return Err("conv2d takes x, w and an optional bias".into());
+            };
+            if x.shape.len() != 4 || w.shape.len() != 4 {
+                return Err("conv2d takes x [N, C, H, W] and w [O, C/groups, KH, KW]".into());
+            }
+            let has_bias = inputs.len() > 2;
+            let p = c.params(x.shape, w.shape, has_bias);
+            if p.groups == 0 || p.len() != out.len() {
+                return Err(format!("conv2d params {p:?} do not give the output shape {:?}", out.shape));
+            }
+            launch.grid = [blocks(p.len(), CONV_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [CONV_THREADS, 1, 1];
+            launch.params = KernelParams::Conv2d(p);
+            let bias = if has_bias { Binding::Input(2) } else { Binding::Null };
+            launch.args = vec![Binding::Input(0), Binding::Input(1), bias, Binding::Output(0)];
+        }
+        Op::Clamp { min, max } => {
+            all_f32("clamp")?;
+            let len = out.len();
+            launch.grid = stride_grid(len);
+            launch.params = KernelParams::Clamp(ClampParams { len: len as u32, _pad: 0, min: *min, max: *max });
+        }
+        Op::GlobalAvgPool => {
+            all_f32("global_avg_pool")?;
+            if first.shape.len() != 4 {
+                return Err("global_avg_pool takes x [N, C, H, W]".into());
+            }
+            let p = GlobalPoolParams::new(first.shape);
+            launch.grid = [blocks(p.rows as usize, POOL_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [POOL_THREADS, 1, 1];
+            launch.params = KernelParams::GlobalPool(p);
+        }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     }
     if out.is_empty() {
@@ -574,6 +618,29 @@ mod tests {
         let mut bad = ins;
         bad[1] = operand(DType::F32, &cells);
         assert!(plan(&agg, &bad, &[operand(DType::F32, &[300]), operand(DType::F32, &cells)]).is_err());
+    }
+
+    #[test]
+    fn image_ops_launch_a_thread_per_output_or_plane() {
+        use crate::ops::Conv2d;
+        let dw = Op::Conv2d(Conv2d { stride: [1, 1], padding: [1, 1], groups: 7 });
+        let (x, w, y) = ([2, 7, 9, 9], [7, 1, 3, 3], [2, 7, 9, 9]);
+        let l = plan(&dw, &[operand(DType::F32, &x), operand(DType::F32, &w)], &[operand(DType::F32, &y)]).unwrap();
+        assert_eq!((l.entry, l.grid, l.args[2]), ("conv2d", [5, 1, 1], Binding::Null));
+        let bias = [7];
+        let ins = [operand(DType::F32, &x), operand(DType::F32, &w), operand(DType::F32, &bias)];
+        let l = plan(&dw, &ins, &[operand(DType::F32, &y)]).unwrap();
+        assert_eq!(l.args, [Binding::Input(0), Binding::Input(1), Binding::Input(2), Binding::Output(0)]);
+        let KernelParams::Conv2d(p) = l.params else { panic!("conv2d params") };
+        assert_eq!((p.oh, p.ow, p.groups, p.has_bias), (9, 9, 7, 1));
+        let gap =
+            plan(&Op::GlobalAvgPool, &[operand(DType::F32, &[3, 1280, 7, 7])], &[operand(DType::F32, &[3, 1280])])
+                .unwrap();
+        assert_eq!((gap.entry, gap.grid, gap.block), ("global_avg_pool", [30, 1, 1], [POOL_THREADS, 1, 1]));
+        let clip = Op::Clamp { min: 0.0, max: 6.0 };
+        let l = plan(&clip, &[operand(DType::F32, &[7, 129])], &[operand(DType::F32, &[7, 129])]).unwrap();
+        assert_eq!((l.entry, l.grid), ("clip", [1, 1, 1]));
+        assert!(plan(&clip, &[operand(DType::F16, &[7])], &[operand(DType::F16, &[7])]).is_err());
     }
 
     #[test]

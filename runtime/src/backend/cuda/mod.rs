@@ -22,6 +22,8 @@ pub mod nvrtc;
 use super::{Arg, Backend, OutArg};
 use crate::error::{Error, Result};
 use crate::ops::attention::AttentionParams;
+use crate::ops::conv::{Conv2dParams, GlobalPoolParams};
+use crate::ops::elementwise::ClampParams;
 use crate::ops::elementwise::{BinaryParams, UnaryParams};
 use crate::ops::gather::GatherParams;
 use crate::ops::matmul::MatMulParams;
@@ -49,6 +51,9 @@ unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for PoolParams {}
 unsafe impl DeviceRepr for SoftLogicParams {}
 unsafe impl DeviceRepr for AggregateParams {}
+unsafe impl DeviceRepr for Conv2dParams {}
+unsafe impl DeviceRepr for ClampParams {}
+unsafe impl DeviceRepr for GlobalPoolParams {}
 
 const NAME: &str = "cuda";
 
@@ -320,6 +325,9 @@ impl CudaBackend {
             KernelParams::Pool(p) => builder.arg(p),
             KernelParams::SoftLogic(p) => builder.arg(p),
             KernelParams::Aggregate(p) => builder.arg(p),
+            KernelParams::Conv2d(p) => builder.arg(p),
+            KernelParams::Clamp(p) => builder.arg(p),
+            KernelParams::GlobalPool(p) => builder.arg(p),
         };
         for binding in &launch.args {
             match *binding {

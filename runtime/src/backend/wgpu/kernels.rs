@@ -18,6 +18,7 @@ const SHADERS: &[(&str, &str)] = &[
     ("gather", include_str!("../../../../shaders/gather.wgsl")),
     ("pool", include_str!("../../../../shaders/pool.wgsl")),
     ("softlogic", include_str!("../../../../shaders/softlogic.wgsl")),
+    ("conv", include_str!("../../../../shaders/conv.wgsl")),
 ];
 
 /// WebGPU's limit on workgroups per grid dimension.
@@ -81,6 +82,10 @@ pub(super) fn signature(kind: OpKind) -> Signature {
         OpKind::SoftLogic => (2, 1, size_of::<ops::softlogic::SoftLogicParams>()),
         // qe, mask, kind, weight, essential; score, contribution.
         OpKind::Aggregate => (5, 2, size_of::<ops::softlogic::AggregateParams>()),
+        // x, w, bias (bound to x when absent).
+        OpKind::Conv2d => (3, 1, size_of::<ops::conv::Conv2dParams>()),
+        OpKind::Clamp => (1, 1, size_of::<ops::elementwise::ClampParams>()),
+        OpKind::GlobalAvgPool => (1, 1, size_of::<ops::conv::GlobalPoolParams>()),
         OpKind::Reshape => (0, 0, 0),
     };
     Signature { inputs, outputs, params_size: params as u64 }
@@ -192,6 +197,20 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
             // One invocation per item: entities per item are few.
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(items)? }
         }
+        Op::Conv2d(c) => {
+            let p = c.params(shape(0), shape(1), inputs.len() > 2);
+            // One invocation per output element.
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+        }
+        Op::Clamp { min, max } => {
+            let p = ops::elementwise::ClampParams { len: n as u32, _pad: 0, min: *min, max: *max };
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+        }
+        Op::GlobalAvgPool => {
+            let p = ops::conv::GlobalPoolParams::new(shape(0));
+            // One invocation per (image, channel) plane.
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(p.rows as usize)? }
+        }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     })
 }
@@ -238,7 +257,7 @@ mod tests {
         assert_eq!(wgsl_const("matmul", "TILE"), MATMUL_TILE);
         assert_eq!(wgsl_const("attention", "BQ"), ATTENTION_BLOCK);
         assert_eq!(wgsl_const("attention", "MAX_D4") * 4, MAX_HEAD_DIM);
-        for stem in ["elementwise", "gather", "pool", "softlogic"] {
+        for stem in ["elementwise", "gather", "pool", "softlogic", "conv"] {
             assert_eq!(wgsl_const(stem, "WG"), 256, "grid_256 assumes 256 invocations in {stem}.wgsl");
         }
     }
@@ -262,6 +281,21 @@ mod tests {
         assert_eq!(u.groups, [2, 1, 1]);
         let c = launch(&Op::Cast(DType::F16), &[(DType::F32, &[513])], &[513]).unwrap();
         assert_eq!(c.groups, [2, 1, 1], "513 halves are 257 words");
+    }
+
+    #[test]
+    fn image_ops_launch_an_invocation_per_output() {
+        use crate::ops::Conv2d;
+        let dw = Op::Conv2d(Conv2d { stride: [2, 2], padding: [1, 1], groups: 32 });
+        let ins: [(DType, &[usize]); 2] = [(DType::F32, &[2, 32, 112, 112]), (DType::F32, &[32, 1, 3, 3])];
+        let l = launch(&dw, &ins, &[2, 32, 56, 56]).unwrap();
+        assert_eq!((l.groups, l.params.len() as u64), ([784, 1, 1], signature(OpKind::Conv2d).params_size));
+        let big = launch(&dw, &[(DType::F32, &[64, 32, 224, 224]), ins[1]], &[64, 32, 112, 112]).unwrap();
+        assert_eq!(big.groups, [65535, 2, 1], "more than 65535 workgroups fold into rows");
+        let gap = launch(&Op::GlobalAvgPool, &[(DType::F32, &[3, 1280, 7, 7])], &[3, 1280]).unwrap();
+        assert_eq!((gap.groups, gap.params.len() as u64), ([15, 1, 1], signature(OpKind::GlobalAvgPool).params_size));
+        let clip = launch(&Op::Clamp { min: 0.0, max: 6.0 }, &[(DType::F32, &[257])], &[257]).unwrap();
+        assert_eq!((clip.groups, clip.params.len() as u64), ([2, 1, 1], signature(OpKind::Clamp).params_size));
     }
 
     #[test]

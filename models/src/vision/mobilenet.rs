@@ -1,0 +1,191 @@
+//! MobileNetV2 (torchvision's layout) as a tandem graph, and the image classifier around it.
+//!
+//! The graph takes `pixels` f32 `[images, 3, 224, 224]` (the ImageNet transform of
+//! [`super::preprocess`]) and outputs `logits` f32 `[images, 1000]`. Batch norms are folded
+//! into the convolutions at load ([`super::load_mobilenet_v2_folded`]), so every block is
+//! convolutions with bias, ReLU6 as a clamp, and residual adds.
+//!
+//! What the checkpoint does not say, the builder encodes from torchvision's definition: the
+//! stride of each block (the inverted-residual table below), padding `(k − 1) / 2`, ReLU6
+//! after every convolution but the projections, and a residual add when a block keeps its
+//! stride at 1 and its channel count. Channel counts and groups come from the weight shapes.
+
+use super::torch_legacy::StateDict;
+use crate::session::{AnySession, BackendChoice};
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::Path;
+use tandem_runtime::graph::Weights;
+use tandem_runtime::ops::{Activation, BinaryKind, Conv2d, MatMul};
+use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorType, ValueId};
+
+/// Side of the square input.
+pub const INPUT_SIZE: usize = 224;
+
+/// torchvision's inverted-residual settings: (expansion, output channels, repeats, first
+/// stride). Block 1 is the first row; blocks 2–17 follow.
+const INVERTED_RESIDUAL: [(usize, usize, usize, u32); 7] =
+    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
+
+/// Stride of each of `features.1` … `features.17`.
+fn block_strides() -> Vec<u32> {
+    INVERTED_RESIDUAL.iter().flat_map(|&(_, _, n, s)| (0..n).map(move |i| if i == 0 { s } else { 1 })).collect()
+}
+
+struct Builder<'a> {
+    g: Graph,
+    state: &'a StateDict,
+}
+
+impl Builder<'_> {
+    /// A convolution `{at}.weight` / `{at}.bias` with ReLU6 after it unless `linear`.
+    fn conv(
+        &mut self,
+        x: ValueId,
+        at: &str,
+        in_channels: usize,
+        stride: u32,
+        linear: bool,
+    ) -> Result<(ValueId, usize)> {
+        let (shape, _) = self.state.f32(&format!("{at}.weight")).map_err(|e| anyhow!("{at}: {e}"))?;
+        let [out, per_group, kh, kw] = shape[..] else {
+            bail!("{at}.weight is {shape:?}, not a 4-d convolution weight")
+        };
+        if per_group == 0 || !in_channels.is_multiple_of(per_group) || kh % 2 == 0 || kw % 2 == 0 {
+            bail!("{at}.weight {shape:?} does not fit an input of {in_channels} channels");
+        }
+        let groups = (in_channels / per_group) as u32;
+        let weight = self.g.weight(&format!("{at}.weight"), TensorType::fixed(DType::F32, shape));
+        let bias = self.g.weight(&format!("{at}.bias"), TensorType::fixed(DType::F32, &[out]));
+        let conv = Conv2d { stride: [stride; 2], padding: [(kh as u32 - 1) / 2, (kw as u32 - 1) / 2], groups };
+        let mut y = self.g.node1(at, Op::Conv2d(conv), &[x, weight, bias])?;
+        if !linear {
+            y = self.g.node1(&format!("{at}.relu6"), Op::Clamp { min: 0.0, max: 6.0 }, &[y])?;
+        }
+        Ok((y, out))
+    }
+}
+
+/// The graph of the folded checkpoint `state`.
+pub fn build_graph(state: &StateDict) -> Result<Graph> {
+    let mut b = Builder { g: Graph::new("mobilenet_v2"), state };
+    let image = Dim::Fixed(INPUT_SIZE as u64);
+    let pixels =
+        b.g.input("pixels", TensorType::new(DType::F32, vec![Dim::sym("images"), Dim::Fixed(3), image.clone(), image]));
+    let (mut x, mut channels) = b.conv(pixels, "features.0.0", 3, 2, false)?;
+    for (i, stride) in block_strides().into_iter().enumerate() {
+        let block = i + 1;
+        let at = |part: &str| format!("features.{block}.conv.{part}");
+        let input = (x, channels);
+        // Expansion 1 (block 1) has no 1×1 expand convolution: depthwise, then project.
+        let (depthwise, project) = if block == 1 { ("0.0", "1") } else { ("1.0", "2") };
+        if block != 1 {
+            (x, channels) = b.conv(x, &at("0.0"), channels, 1, false)?;
+        }
+        (x, channels) = b.conv(x, &at(depthwise), channels, stride, false)?;
+        (x, channels) = b.conv(x, &at(project), channels, 1, true)?;
+        if stride == 1 && channels == input.1 {
+            x = b.g.node1(&format!("features.{block}.residual"), Op::Binary(BinaryKind::Add), &[x, input.0])?;
+        }
+    }
+    (x, channels) = b.conv(x, "features.18.0", channels, 1, false)?;
+    let pooled = b.g.node1("pool", Op::GlobalAvgPool, &[x])?;
+    let (shape, _) = state.f32("classifier.1.weight")?;
+    if shape.len() != 2 || shape[1] != channels {
+        bail!("classifier.1.weight is {shape:?}, expected [classes, {channels}]");
+    }
+    let weight = b.g.weight("classifier.1.weight", TensorType::fixed(DType::F32, shape));
+    let bias = b.g.weight("classifier.1.bias", TensorType::fixed(DType::F32, &[shape[0]]));
+    let matmul = Op::MatMul(MatMul { trans_b: true, activation: Activation::None });
+    let logits = b.g.node1("classifier", matmul, &[pooled, weight, bias])?;
+    b.g.output(logits, "logits");
+    b.g.validate().map_err(|e| anyhow!("building MobileNetV2: {e}"))?;
+    Ok(b.g)
+}
+
+/// One class of a prediction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassScore {
+    pub class: usize,
+    pub name: &'static str,
+    pub logit: f32,
+    /// Softmax over all classes.
+    pub probability: f32,
+}
+
+/// MobileNetV2 on a backend, with ImageNet's preprocessing and class names.
+pub struct ImageClassifier {
+    session: AnySession,
+    classes: Vec<&'static str>,
+}
+
+impl ImageClassifier {
+    /// Loads a fetched `mobilenetv2` folder.
+    pub fn load(dir: &Path, backend: BackendChoice) -> Result<ImageClassifier> {
+        let state = super::load_mobilenet_v2_folded(dir)?;
+        let graph = build_graph(&state)?;
+        let weights =
+            Weights::from_tensors(&dir.join(super::MOBILENET_V2_WEIGHTS_FILE), &super::host_tensors(&state)?)?;
+        let classes = super::imagenet_classes();
+        let session = AnySession::new(backend, graph, &weights)?;
+        Ok(ImageClassifier { session, classes })
+    }
+
+    pub fn backend_name(&self) -> &str {
+        self.session.backend_name()
+    }
+
+    /// All 1000 logits of an encoded photo (PNG or JPEG).
+    pub fn logits(&self, image: &[u8]) -> Result<Vec<f32>> {
+        let pixels = super::preprocess::imagenet_input(image).map_err(|e| anyhow!("{e}"))?;
+        let input = HostTensor::f32(vec![1, 3, INPUT_SIZE, INPUT_SIZE], pixels)?;
+        let outputs = self.session.run_blocking(&[input])?;
+        let logits = outputs.first().and_then(|t| t.as_f32()).context("the graph produced no logits")?;
+        if logits.len() != self.classes.len() {
+            bail!("the graph produced {} logits for {} classes", logits.len(), self.classes.len());
+        }
+        Ok(logits.to_vec())
+    }
+
+    /// The `k` most likely classes, best first.
+    pub fn top(&self, image: &[u8], k: usize) -> Result<Vec<ClassScore>> {
+        Ok(top_k(&self.logits(image)?, &self.classes, k))
+    }
+}
+
+/// The `k` highest logits with their softmax probabilities, best first (ties: lower class).
+pub fn top_k(logits: &[f32], classes: &[&'static str], k: usize) -> Vec<ClassScore> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|class| ClassScore {
+            class,
+            name: classes.get(class).copied().unwrap_or("?"),
+            logit: logits[class],
+            probability: (f64::from(logits[class] - max).exp() / total) as f32,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strides_follow_torchvision() {
+        let s = block_strides();
+        assert_eq!(s.len(), 17);
+        let downsampling: Vec<usize> = (0..17).filter(|&i| s[i] == 2).map(|i| i + 1).collect();
+        assert_eq!(downsampling, vec![2, 4, 7, 14]);
+    }
+
+    #[test]
+    fn top_k_orders_and_normalizes() {
+        let top = top_k(&[0.0, 2.0, 1.0, 2.0], &["a", "b", "c", "d"], 3);
+        assert_eq!(top.iter().map(|c| c.class).collect::<Vec<_>>(), vec![1, 3, 2]);
+        assert!((top[0].probability - top[1].probability).abs() < 1e-7);
+    }
+}
