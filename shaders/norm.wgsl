@@ -93,7 +93,7 @@ fn softmax(
         return;
     }
     let base = row * p.cols;
-    var m = -3.4028235e38;
+    var m = -0x1.fffffep+127f; // -FLT_MAX, exactly (Tint rejects a decimal that rounds past it)
     for (var c = lid; c < p.cols; c += WG) {
         m = max(m, x[base + c]);
     }

@@ -112,6 +112,12 @@ pub struct SentenceHead {
     pub max_seq_length: usize,
 }
 
+impl SentenceHead {
+    /// What sentence-transformers' all-MiniLM-L6-v2 folder says: mean pooling, then L2
+    /// normalization, at most 256 tokens.
+    pub const MINILM: SentenceHead = SentenceHead { pooling: PoolKind::Mean, normalize: true, max_seq_length: 256 };
+}
+
 pub fn pooling_name(kind: PoolKind) -> &'static str {
     match kind {
         PoolKind::Mean => "mean",
@@ -155,6 +161,30 @@ pub fn load_dir_with_adapter(dir: &Path, adapter: Option<(&LoraAdapter, LoraMode
     }
     let graph = build_graph(&name, &config, &head, &weights, &config_path, lora_scale)?;
     Ok(BertModel { graph, weights, config, head, tokenizer_path: dir.join("tokenizer.json") })
+}
+
+/// Builds the embedding graph from files already in memory (a browser's downloads): HF's
+/// `config.json` and `model.safetensors`. The sentence-transformers files that say how to pool
+/// are not read: `head` spells it out (all-MiniLM-L6-v2: mean pooling, normalized, 256
+/// tokens). `head.max_seq_length` is capped at the position table, as [`load_dir`] caps it.
+/// `name` names the model in the graph and in errors; the returned `tokenizer_path` is
+/// `name/tokenizer.json`, a name only.
+pub fn from_bytes(name: &str, config_json: &[u8], weights: Vec<u8>, head: SentenceHead) -> Result<BertModel> {
+    let config_path = Path::new(name).join("config.json");
+    let at = config_path.display();
+    if config_json.len() as u64 > MAX_CONFIG_BYTES {
+        bail!("{at}: {} bytes is over the limit of {MAX_CONFIG_BYTES} for a config file", config_json.len());
+    }
+    let config: BertConfig = serde_json::from_slice(config_json).map_err(|e| anyhow!("{at}: {e}"))?;
+    config.check(&config_path)?;
+    let max_seq_length = head.max_seq_length.min(config.max_position_embeddings);
+    if max_seq_length < 3 {
+        bail!("{at}: max_seq_length {max_seq_length} leaves no room for text");
+    }
+    let head = SentenceHead { max_seq_length, ..head };
+    let weights = Weights::from_bytes(&Path::new(name).join("model.safetensors"), weights)?;
+    let graph = build_graph(name, &config, &head, &weights, &config_path, None)?;
+    Ok(BertModel { graph, weights, config, head, tokenizer_path: Path::new(name).join("tokenizer.json") })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -1,11 +1,11 @@
 //! The embedding pipeline: texts → tokenizer → packed batch → graph → one vector per text.
 
-use crate::bert::{self, META_MAX_SEQ_LENGTH};
+use crate::bert::{self, META_MAX_SEQ_LENGTH, SentenceHead};
 use crate::export::{META_TOKENIZER_FILE, META_WEIGHTS_FILE, sibling_file};
 use crate::lora::{LoraAdapter, LoraMode};
-use crate::session::{AnySession, BackendChoice};
+use crate::session::{AnySession, BackendChoice, Device, wait};
 use crate::tokenizer::{PACKED_INPUT_NAMES, PackedBatch, TextTokenizer, TokenizedText};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
 use tandem_runtime::graph::{Weights, read_graph_file};
 use tandem_runtime::{Dim, Graph};
@@ -62,10 +62,15 @@ impl Embedder {
     /// The logits of each (query, document) pair through a cross-encoder graph (see
     /// [`Embedder::load_cross_encoder`]), the pairs packed in as few runs as fit.
     pub fn score_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<Vec<f32>>> {
+        wait(self.score_pairs_async(pairs))
+    }
+
+    /// [`Embedder::score_pairs`], awaiting the device instead of blocking.
+    pub async fn score_pairs_async(&self, pairs: &[(&str, &str)]) -> Result<Vec<Vec<f32>>> {
         let tokenized = self.tokenizer.tokenize_pairs(pairs)?;
         let mut out = Vec::with_capacity(pairs.len());
         for run in split_runs(&tokenized, MAX_TOKENS_PER_RUN) {
-            out.extend(self.run(&PackedBatch::pack(run))?);
+            out.extend(self.run(&PackedBatch::pack(run)).await?);
         }
         Ok(out)
     }
@@ -102,30 +107,71 @@ impl Embedder {
         Ok(Embedder { tokenizer, session, dim })
     }
 
+    /// [`Embedder::from_parts`] on a device already opened (one device serves every model of
+    /// a page).
+    pub fn from_parts_on(
+        graph: Graph,
+        weights: &Weights,
+        tokenizer: TextTokenizer,
+        device: &Device,
+    ) -> Result<Embedder> {
+        let dim = check_embedding_graph(&graph)?;
+        let session = AnySession::on(device, graph, weights)?;
+        Ok(Embedder { tokenizer, session, dim })
+    }
+
+    /// A sentence-transformers BERT (all-MiniLM-L6-v2 and its kind) from the bytes of its
+    /// `config.json`, `tokenizer.json` and `model.safetensors`, with the pooling the folder's
+    /// other files would say spelled out in `head` ([`SentenceHead::MINILM`]). `name` names
+    /// the model in errors.
+    pub fn from_bytes(
+        name: &str,
+        config_json: &[u8],
+        tokenizer_json: &[u8],
+        weights: Vec<u8>,
+        head: SentenceHead,
+        device: &Device,
+    ) -> Result<Embedder> {
+        let model = bert::from_bytes(name, config_json, weights, head)?;
+        let tokenizer = TextTokenizer::from_bytes(tokenizer_json, model.head.max_seq_length)
+            .with_context(|| model.tokenizer_path.display().to_string())?;
+        Self::from_parts_on(model.graph, &model.weights, tokenizer, device)
+    }
+
     /// One L2-normalized (when the model says so) vector per text, in order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        Ok(self.embed_with_counts(texts)?.into_iter().map(|e| e.vector).collect())
+        wait(self.embed_async(texts))
+    }
+
+    /// [`Embedder::embed`], awaiting the device instead of blocking (the browser's way).
+    pub async fn embed_async(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed_with_counts_async(texts).await?.into_iter().map(|e| e.vector).collect())
     }
 
     /// `embed`, with the number of tokens the model saw for each text.
     pub fn embed_with_counts(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
+        wait(self.embed_with_counts_async(texts))
+    }
+
+    /// [`Embedder::embed_with_counts`], awaiting the device instead of blocking.
+    pub async fn embed_with_counts_async(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
         let tokenized = self.tokenizer.tokenize(texts)?;
         let mut out = Vec::with_capacity(texts.len());
         for run in split_runs(&tokenized, MAX_TOKENS_PER_RUN) {
-            let vectors = self.run(&PackedBatch::pack(run))?;
+            let vectors = self.run(&PackedBatch::pack(run)).await?;
             out.extend(run.iter().zip(vectors).map(|(t, vector)| Embedding { vector, tokens: t.len() }));
         }
         Ok(out)
     }
 
-    fn run(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
+    async fn run(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
         let graph = self.session.graph();
         let inputs = graph
             .inputs
             .iter()
             .map(|&id| batch.input(&graph.value(id).name).expect("inputs checked on load"))
             .collect::<Vec<_>>();
-        let outputs = self.session.run_blocking(&inputs)?;
+        let outputs = self.session.run(&inputs).await?;
         let embeddings = outputs.first().ok_or_else(|| anyhow!("the graph produced no output"))?;
         let values = embeddings.as_f32().ok_or_else(|| anyhow!("the embeddings are not f32"))?;
         if embeddings.shape != [batch.len(), self.dim] {
@@ -157,6 +203,11 @@ impl Embedder {
 
     pub fn backend_name(&self) -> &str {
         self.session.backend_name()
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        self.session.device()
     }
 
     pub fn graph(&self) -> &Graph {

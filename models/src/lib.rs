@@ -4,7 +4,10 @@
 //! - [`tokenizer`]: texts to packed token batches (HF `tokenizers`).
 //! - [`bert`]: sentence-transformers BERT folders to graphs.
 //! - [`export`]: a model folder to a graph file that runs without its builder.
-//! - [`embed`]: the embedding pipeline; [`session`] picks its backend.
+//! - [`embed`]: the embedding pipeline; [`session`] picks its backend ([`Device`]).
+//!
+//! Pipelines are async at the core (`embed_async`, `top_async`, [`AnySession::run`]), which
+//! the browser awaits; their blocking forms wrap them for native callers.
 //! - [`vision`]: torchvision checkpoints (legacy torch pickles) and batch-norm folding.
 
 pub mod bert;
@@ -20,4 +23,4 @@ pub mod tokenizer;
 pub mod vision;
 
 pub use embed::{Embedder, Embedding};
-pub use session::{AnySession, BackendChoice};
+pub use session::{AnySession, BackendChoice, Device};

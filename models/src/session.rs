@@ -1,7 +1,14 @@
 //! Picking a backend at run time. `Session<B>` is generic over its backend; pipelines hold an
 //! [`AnySession`] so that the backend can be chosen by a flag.
+//!
+//! Async at the core: [`Device::open`] and [`AnySession::run`] are futures, which the browser
+//! awaits (WebGPU opens its device and reads results back asynchronously). Native callers use
+//! the blocking wrappers ([`AnySession::new`], [`AnySession::run_blocking`]). In the browser,
+//! the blocking wrappers still work where nothing has to wait (the CPU backend), and return an
+//! error pointing to the async API where something would.
 
 use anyhow::{Result, anyhow, bail};
+use std::future::Future;
 use std::str::FromStr;
 use tandem_runtime::backend::Backend;
 use tandem_runtime::backend::cpu::CpuBackend;
@@ -12,11 +19,13 @@ use tandem_runtime::{Graph, HostTensor, Session};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
     Cpu,
-    /// wgpu on the best adapter there is, a software one (Mesa's lavapipe) included.
+    /// wgpu on the best adapter there is, a software one (Mesa's lavapipe) included; WebGPU
+    /// in the browser.
     Wgpu,
     /// An NVIDIA GPU through CUDA (needs the driver and NVRTC at run time).
     Cuda,
-    /// CUDA when a GPU and NVRTC are there, else a real GPU through wgpu, else the CPU.
+    /// Natively: CUDA when a GPU and NVRTC are there, else a real GPU through wgpu, else the
+    /// CPU. In the browser: WebGPU when the browser gives an adapter, else the CPU.
     #[default]
     Auto,
 }
@@ -38,32 +47,46 @@ impl FromStr for BackendChoice {
     }
 }
 
-/// A session on whichever backend was picked.
-pub enum AnySession {
-    Cpu(Session<CpuBackend>),
-    #[cfg(feature = "wgpu")]
-    Wgpu(Session<WgpuBackend>),
-    #[cfg(feature = "cuda")]
-    Cuda(Session<CudaBackend>),
-}
-
-/// Calls the same method on whichever session is inside.
-macro_rules! each_session {
-    ($self:expr, $s:ident => $body:expr) => {
-        match $self {
-            AnySession::Cpu($s) => $body,
-            #[cfg(feature = "wgpu")]
-            AnySession::Wgpu($s) => $body,
-            #[cfg(feature = "cuda")]
-            AnySession::Cuda($s) => $body,
+/// Runs `work` to completion without an executor. Natively this blocks; the browser cannot
+/// block, so there work that completes at once runs and work that would wait is an error.
+pub(crate) fn wait<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        pollster::block_on(work)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        use std::task::{Context, Poll, Waker};
+        let mut work = std::pin::pin!(work);
+        match work.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(out) => out,
+            Poll::Pending => bail!("this call would block the browser: use the async API (`..._async`, `run`)"),
         }
-    };
+    }
 }
 
-fn wgpu_backend(preference: AdapterPreference) -> Result<WgpuBackend> {
+/// An opened backend. Cloning is cheap and shares the device (a GPU's device, queue and
+/// compiled kernels): every session made on one [`Device`] uses the same.
+#[derive(Clone)]
+enum AnyBackend {
+    Cpu(CpuBackend),
+    #[cfg(feature = "wgpu")]
+    Wgpu(WgpuBackend),
+    #[cfg(feature = "cuda")]
+    Cuda(CudaBackend),
+}
+
+/// A backend opened for a [`BackendChoice`], and why it was picked.
+#[derive(Clone)]
+pub struct Device {
+    backend: AnyBackend,
+    reason: String,
+}
+
+async fn wgpu_backend(preference: AdapterPreference) -> Result<WgpuBackend> {
     #[cfg(feature = "wgpu")]
     {
-        WgpuBackend::new_with_blocking(preference).map_err(|e| anyhow!(e))
+        WgpuBackend::new_with(preference).await.map_err(|e| anyhow!(e))
     }
     #[cfg(not(feature = "wgpu"))]
     {
@@ -72,6 +95,7 @@ fn wgpu_backend(preference: AdapterPreference) -> Result<WgpuBackend> {
     }
 }
 
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 fn cuda_backend() -> Result<CudaBackend> {
     #[cfg(feature = "cuda")]
     {
@@ -82,46 +106,161 @@ fn cuda_backend() -> Result<CudaBackend> {
     bail!("this build has no CUDA backend (built without the 'cuda' feature)")
 }
 
-impl AnySession {
-    /// Loads `graph` with the weights it declares from `weights` onto the chosen backend, and
-    /// says on stderr which backend that is (and, for auto, why).
-    pub fn new(choice: BackendChoice, graph: Graph, weights: &Weights) -> Result<Self> {
-        let (session, why) = match choice {
-            BackendChoice::Cpu => (Self::cpu(graph, weights)?, String::new()),
-            BackendChoice::Wgpu => (Self::wgpu(wgpu_backend(AdapterPreference::Any)?, graph, weights)?, String::new()),
-            BackendChoice::Cuda => (Self::cuda(cuda_backend()?, graph, weights)?, String::new()),
-            BackendChoice::Auto => match cuda_backend() {
-                Ok(cuda) => (Self::cuda(cuda, graph, weights)?, " (auto: CUDA device found)".into()),
-                Err(no_cuda) => match wgpu_backend(AdapterPreference::HardwareOnly) {
-                    Ok(gpu) => (Self::wgpu(gpu, graph, weights)?, format!(" (auto: no CUDA: {no_cuda})")),
-                    Err(no_gpu) => {
-                        (Self::cpu(graph, weights)?, format!(" (auto: no CUDA: {no_cuda}; no GPU adapter: {no_gpu})"))
-                    }
-                },
-            },
+impl Device {
+    /// Opens the backend `choice` asks for; for [`BackendChoice::Auto`], the best one there
+    /// is, with the reason kept ([`Device::reason`]).
+    pub async fn open(choice: BackendChoice) -> Result<Device> {
+        let (backend, reason) = match choice {
+            BackendChoice::Cpu => (AnyBackend::cpu(), String::new()),
+            BackendChoice::Wgpu => (AnyBackend::wgpu(wgpu_backend(AdapterPreference::Any).await?), String::new()),
+            BackendChoice::Cuda => (AnyBackend::cuda(cuda_backend()?), String::new()),
+            BackendChoice::Auto => Self::auto().await,
         };
-        eprintln!("backend: {}: {}{why}", session.backend_name(), session.device_description());
-        Ok(session)
+        Ok(Device { backend, reason })
     }
 
-    fn cpu(graph: Graph, weights: &Weights) -> Result<Self> {
-        Ok(AnySession::Cpu(Session::from_weights_file(CpuBackend::new(), graph, weights)?))
+    /// `open` for callers without an executor (natively; see the module's note).
+    pub fn open_blocking(choice: BackendChoice) -> Result<Device> {
+        wait(Self::open(choice))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn auto() -> (AnyBackend, String) {
+        match cuda_backend() {
+            Ok(cuda) => (AnyBackend::cuda(cuda), "auto: CUDA device found".into()),
+            Err(no_cuda) => match wgpu_backend(AdapterPreference::HardwareOnly).await {
+                Ok(gpu) => (AnyBackend::wgpu(gpu), format!("auto: no CUDA: {no_cuda}")),
+                Err(no_gpu) => (AnyBackend::cpu(), format!("auto: no CUDA: {no_cuda}; no GPU adapter: {no_gpu}")),
+            },
+        }
+    }
+
+    /// In the browser any WebGPU adapter counts: the page cannot tell a software one from a
+    /// slow GPU, and the browser picked it.
+    #[cfg(target_arch = "wasm32")]
+    async fn auto() -> (AnyBackend, String) {
+        match wgpu_backend(AdapterPreference::Any).await {
+            Ok(gpu) => (AnyBackend::wgpu(gpu), "auto: the browser offers a WebGPU adapter".into()),
+            Err(no_gpu) => (AnyBackend::cpu(), format!("auto: no WebGPU adapter: {no_gpu}")),
+        }
+    }
+
+    /// "cpu", "wgpu" or "cuda".
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            AnyBackend::Cpu(b) => b.name(),
+            #[cfg(feature = "wgpu")]
+            AnyBackend::Wgpu(b) => b.name(),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.name(),
+        }
+    }
+
+    /// The device: the adapter or GPU and its driver, or the CPU.
+    pub fn description(&self) -> String {
+        match &self.backend {
+            AnyBackend::Cpu(b) => b.device_description(),
+            #[cfg(feature = "wgpu")]
+            AnyBackend::Wgpu(b) => b.device_description(),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.device_description(),
+        }
+    }
+
+    /// Why auto picked this backend (what it tried first and why that failed); empty when
+    /// the backend was asked for by name.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Why the GPU device was lost, once it has been (it stays lost); None on backends
+    /// without a device to lose.
+    pub fn lost(&self) -> Option<String> {
+        match &self.backend {
+            #[cfg(feature = "wgpu")]
+            AnyBackend::Wgpu(b) => b.device_lost(),
+            _ => None,
+        }
+    }
+}
+
+impl AnyBackend {
+    fn cpu() -> Self {
+        AnyBackend::Cpu(CpuBackend::new())
     }
 
     #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
-    fn wgpu(backend: WgpuBackend, graph: Graph, weights: &Weights) -> Result<Self> {
+    fn wgpu(backend: WgpuBackend) -> Self {
         #[cfg(feature = "wgpu")]
-        return Ok(AnySession::Wgpu(Session::from_weights_file(backend, graph, weights)?));
+        return AnyBackend::Wgpu(backend);
         #[cfg(not(feature = "wgpu"))]
         match backend {}
     }
 
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-    fn cuda(backend: CudaBackend, graph: Graph, weights: &Weights) -> Result<Self> {
+    fn cuda(backend: CudaBackend) -> Self {
         #[cfg(feature = "cuda")]
-        return Ok(AnySession::Cuda(Session::from_weights_file(backend, graph, weights)?));
+        return AnyBackend::Cuda(backend);
         #[cfg(not(feature = "cuda"))]
         match backend {}
+    }
+}
+
+/// A session on whichever backend was picked.
+pub struct AnySession {
+    session: Sessions,
+    device: Device,
+}
+
+enum Sessions {
+    Cpu(Session<CpuBackend>),
+    #[cfg(feature = "wgpu")]
+    Wgpu(Session<WgpuBackend>),
+    #[cfg(feature = "cuda")]
+    Cuda(Session<CudaBackend>),
+}
+
+/// Calls the same method on whichever session is inside.
+macro_rules! each_session {
+    ($self:expr, $s:ident => $body:expr) => {
+        match &$self.session {
+            Sessions::Cpu($s) => $body,
+            #[cfg(feature = "wgpu")]
+            Sessions::Wgpu($s) => $body,
+            #[cfg(feature = "cuda")]
+            Sessions::Cuda($s) => $body,
+        }
+    };
+}
+
+impl AnySession {
+    /// Loads `graph` with the weights it declares from `weights` onto the chosen backend, and
+    /// says on stderr which backend that is (and, for auto, why). Blocks: see
+    /// [`AnySession::new_async`].
+    pub fn new(choice: BackendChoice, graph: Graph, weights: &Weights) -> Result<Self> {
+        wait(Self::new_async(choice, graph, weights))
+    }
+
+    /// Opens the chosen backend ([`Device::open`]) and loads the graph onto it.
+    pub async fn new_async(choice: BackendChoice, graph: Graph, weights: &Weights) -> Result<Self> {
+        let device = Device::open(choice).await?;
+        let session = Self::on(&device, graph, weights)?;
+        let why = if device.reason().is_empty() { String::new() } else { format!(" ({})", device.reason()) };
+        eprintln!("backend: {}: {}{why}", session.backend_name(), session.device_description());
+        Ok(session)
+    }
+
+    /// Loads `graph` with the weights it declares onto an opened device (uploading is
+    /// synchronous on every backend, the browser's included).
+    pub fn on(device: &Device, graph: Graph, weights: &Weights) -> Result<Self> {
+        let session = match &device.backend {
+            AnyBackend::Cpu(b) => Sessions::Cpu(Session::from_weights_file(b.clone(), graph, weights)?),
+            #[cfg(feature = "wgpu")]
+            AnyBackend::Wgpu(b) => Sessions::Wgpu(Session::from_weights_file(b.clone(), graph, weights)?),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => Sessions::Cuda(Session::from_weights_file(b.clone(), graph, weights)?),
+        };
+        Ok(AnySession { session, device: device.clone() })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -132,13 +271,23 @@ impl AnySession {
         each_session!(self, s => s.backend().device_description())
     }
 
+    /// The device the session runs on (with why auto picked it).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn graph(&self) -> &Graph {
         each_session!(self, s => s.graph())
     }
 
     /// Runs the graph to completion (inputs in the order of `graph().inputs`).
+    pub async fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
+        each_session!(self, s => s.run(inputs).await.map_err(|e| anyhow!(e)))
+    }
+
+    /// `run` for callers without an executor.
     pub fn run_blocking(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
-        each_session!(self, s => s.run_blocking(inputs).map_err(|e| anyhow!(e)))
+        wait(self.run(inputs))
     }
 }
 
@@ -152,9 +301,25 @@ use tandem_runtime::backend::wgpu::{AdapterPreference, WgpuBackend};
 #[derive(Clone, Copy)]
 enum AdapterPreference {
     Any,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     HardwareOnly,
 }
 #[cfg(not(feature = "wgpu"))]
+#[derive(Clone)]
 enum WgpuBackend {}
 #[cfg(not(feature = "cuda"))]
+#[derive(Clone)]
 enum CudaBackend {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_device_is_named_and_has_no_reason() {
+        let device = Device::open_blocking(BackendChoice::Cpu).unwrap();
+        assert_eq!(device.backend_name(), "cpu");
+        assert!(device.reason().is_empty());
+        assert!(device.lost().is_none());
+    }
+}

@@ -16,7 +16,7 @@ struct Reference {
 #[derive(Deserialize)]
 struct ReferenceImage {
     file: String,
-    skimage_wheel_path: String,
+    wheel_path: String,
     sha256: String,
     input: Input,
     top5: Vec<TopClass>,
@@ -50,7 +50,9 @@ fn the_logits_reference_matches_the_photos_and_class_names() {
     for image in &reference.images {
         let photo = std::fs::read(reference_dir().join(&image.file)).unwrap();
         assert_eq!(format!("{:x}", Sha256::digest(&photo)), image.sha256, "{}", image.file);
-        assert!(image.skimage_wheel_path.starts_with("skimage/data/"));
+        assert!(
+            image.wheel_path.starts_with("skimage/data/") || image.wheel_path.starts_with("sklearn/datasets/images/")
+        );
         assert_eq!(image.input.shape, [3, 224, 224]);
         assert_eq!(image.logits.len(), 1000, "{}", image.file);
         // The top 5 are the 5 largest logits, best first, with torchvision's names.

@@ -7,8 +7,9 @@ Usage: make_mobilenet_reference.py PTH_FILE [OUT_JSON]
 PTH_FILE is mobilenet_v2-b0353104.pth (`tandem fetch mobilenetv2` puts it in
 ~/.cache/tandem/models/mobilenetv2/); it is loaded into torchvision's `mobilenet_v2()` as a
 state dict, so the result does not depend on torchvision's download cache. The photos are
-scikit-image's sample photos (`skimage/data/` in its wheel), copied to `images/` beside this
-script (all CC0 or public domain, see images/README.md).
+scikit-image's sample photos (`skimage/data/` in its wheel) and scikit-learn's two
+(`sklearn/datasets/images/`), copied to `images/` beside this script (licences in
+images/README.md).
 
 Preprocessing is torchvision's ImageNet evaluation transform: RGB, Resize(256) (bilinear,
 antialiased, on the PIL image), CenterCrop(224), ToTensor, Normalize(ImageNet mean/std).
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import PIL
 import skimage
+import sklearn
 import numpy as np
 import torch
 import torchvision
@@ -39,9 +41,18 @@ from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-# Photos of real objects from skimage/data/ (camera and coins are grayscale: converted to RGB,
-# as the preprocessing of a product photo would).
-PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "coins.png"]
+# Photos of real objects and where in which wheel they come from (camera and coins are
+# grayscale: converted to RGB, as the preprocessing of a product photo would).
+PHOTOS = [
+    ("astronaut.png", "skimage/data"),
+    ("chelsea.png", "skimage/data"),
+    ("coffee.png", "skimage/data"),
+    ("rocket.jpg", "skimage/data"),
+    ("camera.png", "skimage/data"),
+    ("coins.png", "skimage/data"),
+    ("china.jpg", "sklearn/datasets/images"),
+    ("flower.jpg", "sklearn/datasets/images"),
+]
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 # (row, column) of the 224x224 crop whose RGB bytes are stored, to check a resize
@@ -66,7 +77,7 @@ def main():
     to_input = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
 
     images = []
-    for name in PHOTOS:
+    for name, wheel_dir in PHOTOS:
         path = HERE / "images" / name
         data = path.read_bytes()
         with Image.open(path) as img:
@@ -81,7 +92,7 @@ def main():
         images.append(
             {
                 "file": f"images/{name}",
-                "skimage_wheel_path": f"skimage/data/{name}",
+                "wheel_path": f"{wheel_dir}/{name}",
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "original_mode": mode,
                 "original_size_wh": original_size,
@@ -115,6 +126,7 @@ def main():
             "torchvision": torchvision.__version__,
             "pillow": PIL.__version__,
             "scikit_image": skimage.__version__,
+            "scikit_learn": sklearn.__version__,
             "python": platform.python_version(),
         },
         "weights": pth.name,

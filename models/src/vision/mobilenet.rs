@@ -11,7 +11,7 @@
 //! stride at 1 and its channel count. Channel counts and groups come from the weight shapes.
 
 use super::torch_legacy::StateDict;
-use crate::session::{AnySession, BackendChoice};
+use crate::session::{AnySession, BackendChoice, Device, wait};
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
 use tandem_runtime::graph::Weights;
@@ -121,24 +121,57 @@ pub struct ImageClassifier {
 impl ImageClassifier {
     /// Loads a fetched `mobilenetv2` folder.
     pub fn load(dir: &Path, backend: BackendChoice) -> Result<ImageClassifier> {
-        let state = super::load_mobilenet_v2_folded(dir)?;
-        let graph = build_graph(&state)?;
-        let weights =
-            Weights::from_tensors(&dir.join(super::MOBILENET_V2_WEIGHTS_FILE), &super::host_tensors(&state)?)?;
-        let classes = super::imagenet_classes();
-        let session = AnySession::new(backend, graph, &weights)?;
-        Ok(ImageClassifier { session, classes })
+        let path = dir.join(super::MOBILENET_V2_WEIGHTS_FILE);
+        let (graph, weights) = Self::graph_and_weights(&super::load_mobilenet_v2_folded(dir)?, &path)?;
+        Ok(Self::with_session(AnySession::new(backend, graph, &weights)?))
+    }
+
+    /// The classifier from the bytes of torchvision's MobileNetV2 checkpoint
+    /// (`mobilenet_v2-b0353104.pth`, the legacy torch format), on an opened device. `name`
+    /// names the checkpoint in errors.
+    pub fn from_bytes(checkpoint: &[u8], name: &str, device: &Device) -> Result<ImageClassifier> {
+        let state = super::mobilenet_v2_folded_from_bytes(checkpoint, name)?;
+        let (graph, weights) = Self::graph_and_weights(&state, Path::new(name))?;
+        Ok(Self::with_session(AnySession::on(device, graph, &weights)?))
+    }
+
+    /// The graph of a folded checkpoint and its weights in memory (`path` names them).
+    fn graph_and_weights(state: &StateDict, path: &Path) -> Result<(Graph, Weights)> {
+        let graph = build_graph(state).with_context(|| path.display().to_string())?;
+        let weights = Weights::from_tensors(path, &super::host_tensors(state)?)?;
+        Ok((graph, weights))
+    }
+
+    fn with_session(session: AnySession) -> ImageClassifier {
+        ImageClassifier { session, classes: super::imagenet_classes() }
     }
 
     pub fn backend_name(&self) -> &str {
         self.session.backend_name()
     }
 
-    /// All 1000 logits of an encoded photo (PNG or JPEG).
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        self.session.device()
+    }
+
+    /// All 1000 logits of an encoded photo (PNG or JPEG). A photo that does not decode is an
+    /// error whose source is the [`DecodeError`](super::decode::DecodeError) (`downcast_ref` tells it apart).
     pub fn logits(&self, image: &[u8]) -> Result<Vec<f32>> {
-        let pixels = super::preprocess::imagenet_input(image).map_err(|e| anyhow!("{e}"))?;
+        wait(self.logits_async(image))
+    }
+
+    /// [`ImageClassifier::logits`], awaiting the device instead of blocking.
+    pub async fn logits_async(&self, image: &[u8]) -> Result<Vec<f32>> {
+        let pixels = super::preprocess::imagenet_input(image).map_err(anyhow::Error::new)?;
+        self.logits_of_pixels_async(pixels).await
+    }
+
+    /// The logits of a photo already through ImageNet's transform
+    /// ([`super::preprocess::imagenet_input`]): `[3, 224, 224]` floats, CHW.
+    pub async fn logits_of_pixels_async(&self, pixels: Vec<f32>) -> Result<Vec<f32>> {
         let input = HostTensor::f32(vec![1, 3, INPUT_SIZE, INPUT_SIZE], pixels)?;
-        let outputs = self.session.run_blocking(&[input])?;
+        let outputs = self.session.run(&[input]).await?;
         let logits = outputs.first().and_then(|t| t.as_f32()).context("the graph produced no logits")?;
         if logits.len() != self.classes.len() {
             bail!("the graph produced {} logits for {} classes", logits.len(), self.classes.len());
@@ -148,7 +181,17 @@ impl ImageClassifier {
 
     /// The `k` most likely classes, best first.
     pub fn top(&self, image: &[u8], k: usize) -> Result<Vec<ClassScore>> {
-        Ok(top_k(&self.logits(image)?, &self.classes, k))
+        wait(self.top_async(image, k))
+    }
+
+    /// [`ImageClassifier::top`], awaiting the device instead of blocking.
+    pub async fn top_async(&self, image: &[u8], k: usize) -> Result<Vec<ClassScore>> {
+        Ok(top_k(&self.logits_async(image).await?, &self.classes, k))
+    }
+
+    /// [`ImageClassifier::top_async`] of a photo already through ImageNet's transform.
+    pub async fn top_of_pixels_async(&self, pixels: Vec<f32>, k: usize) -> Result<Vec<ClassScore>> {
+        Ok(top_k(&self.logits_of_pixels_async(pixels).await?, &self.classes, k))
     }
 }
 

@@ -7,10 +7,11 @@
 //! - [`torch_legacy`]: a bounded reader of the legacy (non-zip) `torch.save` format.
 //! - [`batchnorm`]: folds batch norms into the convolutions before them.
 //! - [`mobilenet`]: the MobileNetV2 graph and the image classifier around it.
-//! - [`load_mobilenet_v2_folded`] and [`host_tensors`]: the fetched checkpoint as the tensors
-//!   a runtime graph takes.
+//! - [`load_mobilenet_v2_folded`] (a folder), [`mobilenet_v2_folded_from_bytes`] (bytes) and
+//!   [`host_tensors`]: the checkpoint as the tensors a runtime graph takes.
 
 pub mod batchnorm;
+pub mod categories;
 pub mod decode;
 pub mod mobilenet;
 pub mod preprocess;
@@ -23,6 +24,8 @@ use tandem_runtime::HostTensor;
 use tandem_runtime::tensor::TensorData;
 use torch_legacy::{StateDict, TensorValues};
 
+pub use categories::product_category;
+
 /// The MobileNetV2 checkpoint inside the `mobilenetv2` registry entry's folder.
 pub const MOBILENET_V2_WEIGHTS_FILE: &str = "mobilenet_v2-b0353104.pth";
 
@@ -31,8 +34,21 @@ pub const MOBILENET_V2_WEIGHTS_FILE: &str = "mobilenet_v2-b0353104.pth";
 /// classifier (`classifier.1.weight` `[1000, 1280]`, `classifier.1.bias`).
 pub fn load_mobilenet_v2_folded(dir: &Path) -> Result<StateDict> {
     let path = dir.join(MOBILENET_V2_WEIGHTS_FILE);
-    let state = torch_legacy::load(&path)?;
-    batchnorm::fold_batch_norms(&state, batchnorm::BATCH_NORM_EPS).with_context(|| format!("{}", path.display()))
+    fold_mobilenet_v2(&torch_legacy::load(&path)?, &path.display().to_string())
+}
+
+/// [`load_mobilenet_v2_folded`] from the checkpoint's bytes (a browser's download); `name`
+/// names it in errors.
+pub fn mobilenet_v2_folded_from_bytes(bytes: &[u8], name: &str) -> Result<StateDict> {
+    let state = torch_legacy::parse(bytes, &torch_legacy::Limits::default())
+        .with_context(|| format!("{name}: not a readable legacy torch checkpoint"))?;
+    fold_mobilenet_v2(&state, name)
+}
+
+/// Folds the batch norms of a MobileNetV2 state dict into its convolutions; `name` names the
+/// checkpoint in errors.
+fn fold_mobilenet_v2(state: &StateDict, name: &str) -> Result<StateDict> {
+    batchnorm::fold_batch_norms(state, batchnorm::BATCH_NORM_EPS).with_context(|| name.to_string())
 }
 
 /// The tensors of a state dict as runtime host tensors (`Weights::write` makes them a

@@ -174,6 +174,14 @@ impl Weights {
         Self::from_parts(path, WeightBytes::Mapped(bytes))
     }
 
+    /// The browser has no file system to map; `std::fs` answers "unsupported" there, which
+    /// this reports with the path. Browser callers fetch bytes and use `from_bytes`.
+    #[cfg(target_arch = "wasm32")]
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(path, bytes)
+    }
+
     /// Weights from bytes in memory; `path` only names them in errors.
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         Self::from_parts(path, WeightBytes::Owned(bytes))

@@ -206,6 +206,7 @@ impl WgpuBackend {
                 power_preference: wgpu::PowerPreference::HighPerformance,
                 force_fallback_adapter: false,
                 compatible_surface: None,
+                ..Default::default()
             })
             .await
             .map_err(|e| err(format!("no adapter: {e}")))?;
@@ -258,6 +259,12 @@ impl WgpuBackend {
     /// The adapter the device runs on.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.shared.info
+    }
+
+    /// Why the device was lost, once it has been (a lost device stays lost: open a new
+    /// backend). Every later run fails with this reason too.
+    pub fn device_lost(&self) -> Option<String> {
+        lock(&self.shared.errors).lost.clone()
     }
 
     /// Whether the adapter is a CPU implementation (lavapipe, WARP, SwiftShader).
@@ -505,8 +512,13 @@ impl Backend for WgpuBackend {
 
     fn device_description(&self) -> String {
         let i = &self.shared.info;
+        // Browsers may name neither the adapter nor its driver.
+        let name = if i.name.is_empty() { "an unnamed adapter" } else { i.name.as_str() };
         let driver = [i.driver.as_str(), i.driver_info.as_str()].join(" ");
-        format!("{} ({:?}, {:?}, driver {})", i.name, i.device_type, i.backend, driver.trim())
+        match driver.trim() {
+            "" => format!("{name} ({:?}, {:?})", i.device_type, i.backend),
+            driver => format!("{name} ({:?}, {:?}, driver {driver})", i.device_type, i.backend),
+        }
     }
 
     fn supports(&self, op: OpKind) -> bool {
