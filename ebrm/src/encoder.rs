@@ -30,6 +30,77 @@ impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
     }
 }
 
+/// The texts a [`TableEncoder`] was asked for and does not hold: encode them (asynchronously,
+/// as a browser must), [`TableEncoder::insert`] them and run the request again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MissingTexts(pub Vec<String>);
+
+impl std::fmt::Display for MissingTexts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} texts are not encoded yet", self.0.len())
+    }
+}
+
+impl std::error::Error for MissingTexts {}
+
+impl MissingTexts {
+    /// The missing texts behind an error, if that is what it is.
+    pub fn in_error(e: &anyhow::Error) -> Option<&MissingTexts> {
+        e.chain().find_map(|c| c.downcast_ref::<MissingTexts>())
+    }
+}
+
+/// An encoder that answers from vectors computed elsewhere. Where encoding cannot block (the
+/// browser, where a GPU answers through the event loop), a request runs, fails with
+/// [`MissingTexts`] at the first call that needs a new text, the caller encodes those texts
+/// and inserts them, and the request runs again; EBRM caches nothing from a failed call, so
+/// each round gets further and a request finishes in a few rounds.
+pub struct TableEncoder {
+    id: String,
+    table: std::sync::Mutex<std::collections::HashMap<String, Vec<f32>>>,
+    /// Vectors kept at most; beyond it the table is emptied (the EBRM caches keep the scores).
+    capacity: usize,
+}
+
+impl TableEncoder {
+    pub fn new(id: impl Into<String>, capacity: usize) -> TableEncoder {
+        TableEncoder { id: id.into(), table: Default::default(), capacity: capacity.max(1) }
+    }
+
+    pub fn insert(&self, texts: Vec<String>, vectors: Vec<Vec<f32>>) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if table.len() + texts.len() > self.capacity {
+            table.clear();
+        }
+        table.extend(texts.into_iter().zip(vectors));
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl TextEncoder for TableEncoder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<String> =
+            texts.iter().filter(|t| !table.contains_key(**t)).map(|t| t.to_string()).collect();
+        if !missing.is_empty() {
+            missing.sort();
+            missing.dedup();
+            return Err(MissingTexts(missing).into());
+        }
+        Ok(texts.iter().map(|t| table[*t].clone()).collect())
+    }
+}
+
 /// Cosine similarity; 0 when either vector is zero or the lengths differ.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {

@@ -489,6 +489,14 @@ impl<E: TextEncoder> Ebrm<E> {
         self
     }
 
+    /// Category search over taxonomy embeddings already at hand (read from bytes where there
+    /// is no disk cache, as in a browser) instead of building them with the encoder.
+    pub fn with_embedded_taxonomy(self, taxonomy: EmbeddedTaxonomy) -> Self {
+        // A fresh engine's cell is empty, so this always sets it.
+        let _ = self.embedded.set(taxonomy);
+        self
+    }
+
     pub fn with_cache(mut self, cache: Arc<dyn QeCache>) -> Self {
         self.cache = cache;
         self
@@ -835,16 +843,63 @@ mod tests {
     use crate::encoder::NgramEncoder;
     use crate::vocab::{Brand, BrandList};
 
-    fn engine() -> Ebrm<NgramEncoder> {
+    fn extractor() -> Extractor {
         let brands = ["Nike", "Adidas", "Puma", "Sony", "Spigen"]
             .iter()
             .map(|n| Brand { name: n.to_string(), aliases: vec![], nsi: vec![] })
             .collect();
-        let x = Extractor::new(&BrandList { version: "t".into(), brands }).unwrap();
+        Extractor::new(&BrandList { version: "t".into(), brands }).unwrap()
+    }
+
+    fn engine() -> Ebrm<NgramEncoder> {
+        let x = extractor();
         // The n-gram encoder gives identical names cosine 1 and unrelated ones about 0.1-0.4.
         let mut config = Config::default();
         config.calibration.constrained = [crate::calibrate::Logistic { a: 20.0, b: -15.0 }; 7];
         Ebrm::new(NgramEncoder::default(), x, CategorySearch::Keywords).with_config(config)
+    }
+
+    /// A browser's engine: vectors come from a table that the caller fills between rounds
+    /// (as an async GPU would), the taxonomy from a file's bytes. It must rank exactly as an
+    /// engine that encodes directly, in a few rounds, and the error of a round must list the
+    /// texts to encode.
+    #[test]
+    fn a_table_encoder_filled_between_rounds_ranks_like_direct_encoding() {
+        use crate::encoder::{MissingTexts, TableEncoder};
+        let dir = tempfile::tempdir().unwrap();
+        let source = NgramEncoder::default();
+        let search = CategorySearch::Embedding { cache_dir: Some(dir.path().to_path_buf()) };
+        let direct = Ebrm::new(NgramEncoder::default(), extractor(), search);
+        direct.prepare().unwrap();
+        let bytes = std::fs::read(taxonomy::cache_file(dir.path(), source.id())).unwrap();
+        let table = Ebrm::new(
+            TableEncoder::new(source.id(), 10_000),
+            extractor(),
+            CategorySearch::Embedding { cache_dir: None },
+        )
+        .with_embedded_taxonomy(EmbeddedTaxonomy::from_bytes(&bytes).unwrap());
+        let query = "red nike running shoes";
+        let mut rounds = 0;
+        let ranking = loop {
+            match table.rank(query, &items()) {
+                Ok(r) => break r,
+                Err(e) => {
+                    let missing = MissingTexts::in_error(&e).unwrap_or_else(|| panic!("{e:#}")).0.clone();
+                    assert!(!missing.is_empty());
+                    let texts: Vec<&str> = missing.iter().map(String::as_str).collect();
+                    let vectors = source.encode(&texts).unwrap();
+                    table.encoder().insert(missing, vectors);
+                    rounds += 1;
+                    assert!(rounds <= 8, "no progress after {rounds} rounds");
+                }
+            }
+        };
+        let want = direct.rank(query, &items()).unwrap();
+        assert_eq!(ranking.scores(), want.scores());
+        assert_eq!(ranking.order(), want.order());
+        assert!((1..=8).contains(&rounds), "{rounds} rounds");
+        // Warm: everything is cached or in the table now.
+        assert!(table.rank(query, &items()).is_ok());
     }
 
     fn items() -> Vec<Item> {

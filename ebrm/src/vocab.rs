@@ -12,7 +12,7 @@
 //! `https://registry.npmjs.org` unless `TANDEM_NPM_REGISTRY` names a mirror. The sha256 pinned
 //! below decides whether the download is good, wherever it came from.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,8 +27,6 @@ pub const NSI_JSON_PATH: &str = "package/dist/json/nsi.json";
 pub const MAX_TARBALL_BYTES: u64 = 64 << 20;
 /// nsi.json is 13.5 MB in the pinned release.
 pub const MAX_NSI_JSON_BYTES: u64 = 128 << 20;
-const MAX_METADATA_BYTES: u64 = 1 << 20;
-const DEFAULT_REGISTRY: &str = "https://registry.npmjs.org";
 
 /// One brand: its display name, other spellings NSI matches, and NSI categories it is under.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +54,12 @@ impl BrandList {
 
     pub fn load(path: &Path) -> Result<BrandList> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read the brand list {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{}: not a brand list", path.display()))
+        Self::from_json(&bytes).with_context(|| path.display().to_string())
+    }
+
+    /// A list from the JSON that [`fetch_brands`] writes (what the server hands to browsers).
+    pub fn from_json(bytes: &[u8]) -> Result<BrandList> {
+        serde_json::from_slice(bytes).context("not a brand list")
     }
 
     /// Brands under an NSI category (`shop/shoes`).
@@ -131,6 +134,10 @@ pub use fetch::{brands_from_tarball, fetch_brands};
 #[cfg(not(target_arch = "wasm32"))]
 mod fetch {
     use super::*;
+    use anyhow::anyhow;
+
+    const MAX_METADATA_BYTES: u64 = 1 << 20;
+    const DEFAULT_REGISTRY: &str = "https://registry.npmjs.org";
     use sha2::{Digest, Sha256};
     use std::io::Read;
 

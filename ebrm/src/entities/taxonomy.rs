@@ -175,33 +175,50 @@ impl EmbeddedTaxonomy {
 
     /// The nearest candidate to an embedding and its cosine.
     pub fn nearest(&self, embedding: &[f32]) -> Option<(Category, f32)> {
+        self.nearest_matching(embedding, |_| true)
+    }
+
+    /// The nearest candidate that `keep` accepts, and its cosine.
+    pub fn nearest_matching(&self, embedding: &[f32], keep: impl Fn(&Category) -> bool) -> Option<(Category, f32)> {
         if embedding.len() != self.dim || self.dim == 0 {
             return None;
         }
         self.vectors
             .chunks_exact(self.dim)
             .zip(candidates())
+            .filter(|(_, c)| keep(c))
             .map(|(v, c)| (*c, cosine(v, embedding)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     fn read(path: &Path) -> Result<EmbeddedTaxonomy> {
         let bytes = std::fs::read(path)?;
+        Self::from_bytes(&bytes).with_context(|| path.display().to_string())
+    }
+
+    /// Reads the bytes of a taxonomy embedding file (what [`EmbeddedTaxonomy::load_or_build`]
+    /// caches; a server hands it to browsers so they need not embed 5,561 paths).
+    pub fn from_bytes(bytes: &[u8]) -> Result<EmbeddedTaxonomy> {
         let header = FILE_MAGIC.len() + 8;
         if bytes.len() < header || &bytes[..FILE_MAGIC.len()] != FILE_MAGIC {
-            bail!("{}: not a taxonomy embedding file", path.display());
+            bail!("not a taxonomy embedding file");
         }
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let (count, dim) = (u32_at(8), u32_at(12));
-        if count != candidates().len() || dim == 0 || bytes.len() != header + count * dim * 4 {
-            bail!("{}: does not match this taxonomy", path.display());
+        if count != candidates().len() || dim == 0 || Some(bytes.len() - header) != count.checked_mul(dim * 4) {
+            bail!("does not match this taxonomy ({count} paths of {dim} floats in {} bytes)", bytes.len());
         }
         let vectors: Vec<f32> =
             bytes[header..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
         if vectors.iter().any(|x| !x.is_finite()) {
-            bail!("{}: non-finite values", path.display());
+            bail!("non-finite values");
         }
         Ok(EmbeddedTaxonomy { dim, vectors })
+    }
+
+    /// Length of each vector.
+    pub fn dim(&self) -> usize {
+        self.dim
     }
 
     fn write(&self, path: &Path) -> Result<()> {
@@ -240,6 +257,15 @@ mod tests {
         assert!(!shoes.contains(&find_path("Apparel & Accessories").unwrap()));
         assert!(find_path("Shoes").is_none());
         assert!(vocabulary().contains("shoe") && vocabulary().contains("shoes"));
+    }
+
+    #[test]
+    fn imagenet_product_categories_are_taxonomy_paths() {
+        for class in 0..1000 {
+            if let Some(path) = tandem_models::vision::product_category(class) {
+                assert!(find_path(path).is_some(), "class {class}: '{path}' is not in the taxonomy");
+            }
+        }
     }
 
     #[test]
