@@ -1,0 +1,289 @@
+//! The bindings in headless Chromium with WebGPU on SwiftShader (see test.sh and
+//! webdriver.json). Small seeded models only: the tiny BERT of tests/reference and a conv graph
+//! built here; nothing is downloaded.
+
+#![cfg(target_arch = "wasm32")]
+
+use js_sys::{Array, Float32Array, Object, Reflect, Uint8Array};
+use std::path::Path;
+use tandem_models::session::{AnySession, BackendChoice, Device};
+use tandem_runtime::graph::Weights;
+use tandem_runtime::ops::{Activation, Conv2d, MatMul};
+use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorType};
+use tandem_web::{ImageModelSource, Tandem, TandemOptions, TextList, TextModelSource};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const TINY_CONFIG: &[u8] = include_bytes!("../../../tests/reference/tiny_cross_encoder/config.json");
+const TINY_TOKENIZER: &[u8] = include_bytes!("../../../tests/reference/tiny_cross_encoder/tokenizer.json");
+const TINY_WEIGHTS: &[u8] = include_bytes!("../../../tests/reference/tiny_cross_encoder/model.safetensors");
+const SMALL_PNG: &[u8] = include_bytes!("../../../tests/reference/png_formats/grey8.png");
+
+const TEXTS: &[&str] = &["red running shoes", "blue phone case", "a", "shoes for running in the rain, red"];
+
+fn object(fields: &[(&str, JsValue)]) -> JsValue {
+    let o = Object::new();
+    for (key, value) in fields {
+        Reflect::set(&o, &JsValue::from_str(key), value).unwrap();
+    }
+    o.into()
+}
+
+fn bytes(b: &[u8]) -> JsValue {
+    Uint8Array::from(b).into()
+}
+
+async fn tandem(backend: &str) -> Tandem {
+    let options: TandemOptions = object(&[("backend", backend.into())]).unchecked_into();
+    Tandem::create(Some(options)).await.unwrap_or_else(|e| panic!("create({backend}): {e:?}"))
+}
+
+async fn with_tiny_text_model(backend: &str) -> Tandem {
+    let t = tandem(backend).await;
+    let source = object(&[
+        ("config", bytes(TINY_CONFIG)),
+        ("tokenizer", bytes(TINY_TOKENIZER)),
+        ("weights", bytes(TINY_WEIGHTS)),
+    ]);
+    t.load_text_model(source.unchecked_into()).await.unwrap();
+    t
+}
+
+fn texts(list: &[&str]) -> TextList {
+    list.iter().map(|t| JsValue::from_str(t)).collect::<Array>().unchecked_into()
+}
+
+/// The `code` of a rejected call's TandemError.
+fn code_of(result: Result<impl Sized, JsValue>) -> String {
+    let Err(e) = result else { panic!("expected a TandemError, got a result") };
+    assert_eq!(Reflect::get(&e, &"name".into()).unwrap().as_string().as_deref(), Some("TandemError"));
+    assert!(e.is_instance_of::<js_sys::Error>());
+    Reflect::get(&e, &"code".into()).unwrap().as_string().expect("a string code")
+}
+
+async fn embed(t: &Tandem, list: &[&str]) -> Vec<Vec<f32>> {
+    let out: JsValue = t.embed(texts(list)).await.unwrap().into();
+    Array::from(&out).iter().map(|v| v.unchecked_into::<Float32Array>().to_vec()).collect()
+}
+
+fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(worst <= tolerance, "{what}: differs by {worst} (tolerance {tolerance})");
+}
+
+#[wasm_bindgen_test]
+async fn auto_picks_webgpu_in_this_chromium() {
+    let t = tandem("auto").await;
+    assert_eq!(t.backend(), "webgpu", "backendInfo: {}", t.backend_info());
+    assert!(!t.backend_info().is_empty());
+    let cpu = tandem("cpu").await;
+    assert_eq!(cpu.backend(), "cpu");
+    assert!(!Tandem::version().is_empty());
+}
+
+#[wasm_bindgen_test]
+async fn embeddings_agree_on_webgpu_and_cpu() {
+    let gpu = with_tiny_text_model("webgpu").await;
+    let cpu = with_tiny_text_model("cpu").await;
+    let (a, b) = (embed(&gpu, TEXTS).await, embed(&cpu, TEXTS).await);
+    assert_eq!(a.len(), TEXTS.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.len(), 32);
+        let norm: f32 = y.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "text {i} is not normalized: {norm}");
+        assert_close(x, y, 1e-4, &format!("text {i}"));
+    }
+    // One text alone embeds as it does in a batch; and similarity is the cosine.
+    let alone = embed(&cpu, &TEXTS[1..2]).await;
+    assert_close(&alone[0], &b[1], 1e-5, "batched vs alone");
+    let s = cpu.similarity(TEXTS[0].into(), TEXTS[1].into()).await.unwrap();
+    let dot: f32 = b[0].iter().zip(&b[1]).map(|(x, y)| x * y).sum();
+    assert!((s as f32 - dot).abs() < 1e-4, "similarity {s} vs dot {dot}");
+    assert!(embed(&gpu, &[]).await.is_empty());
+}
+
+/// A MobileNet-shaped conv graph (convolution, depthwise convolution, ReLU6, pooling, a
+/// classifier) gives the same numbers on WebGPU and on the CPU.
+#[wasm_bindgen_test]
+async fn a_conv_graph_agrees_on_webgpu_and_cpu() {
+    let mut g = Graph::new("convs");
+    let x =
+        g.input("x", TensorType::new(DType::F32, vec![Dim::sym("n"), Dim::Fixed(3), Dim::Fixed(17), Dim::Fixed(17)]));
+    let mut seed = 7u32;
+    let mut numbers = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let mut tensors = Vec::new();
+    let mut weight = |g: &mut Graph, name: &str, shape: &[usize], values: Vec<f32>| {
+        tensors.push((name.to_string(), HostTensor::f32(shape.to_vec(), values).unwrap()));
+        g.weight(name, TensorType::fixed(DType::F32, shape))
+    };
+    let (w0, b0) = (weight(&mut g, "c0.w", &[8, 3, 3, 3], numbers(216)), weight(&mut g, "c0.b", &[8], numbers(8)));
+    let (w1, b1) = (weight(&mut g, "c1.w", &[8, 1, 3, 3], numbers(72)), weight(&mut g, "c1.b", &[8], numbers(8)));
+    let (w2, b2) = (weight(&mut g, "fc.w", &[5, 8], numbers(40)), weight(&mut g, "fc.b", &[5], numbers(5)));
+    let conv = |stride, groups| Op::Conv2d(Conv2d { stride: [stride; 2], padding: [1, 1], groups });
+    let y = g.node1("c0", conv(2, 1), &[x, w0, b0]).unwrap();
+    let y = g.node1("c0.relu6", Op::Clamp { min: 0.0, max: 6.0 }, &[y]).unwrap();
+    let y = g.node1("c1", conv(1, 8), &[y, w1, b1]).unwrap();
+    let y = g.node1("pool", Op::GlobalAvgPool, &[y]).unwrap();
+    let y = g.node1("fc", Op::MatMul(MatMul { trans_b: true, activation: Activation::None }), &[y, w2, b2]).unwrap();
+    g.output(y, "logits");
+    let weights = Weights::from_tensors(Path::new("convs"), &tensors).unwrap();
+    let input = HostTensor::f32(vec![2, 3, 17, 17], numbers(2 * 3 * 17 * 17)).unwrap();
+
+    let mut outputs = Vec::new();
+    for choice in [BackendChoice::Wgpu, BackendChoice::Cpu] {
+        let device = Device::open(choice).await.unwrap();
+        let session = AnySession::on(&device, g.clone(), &weights).unwrap();
+        let out = session.run(std::slice::from_ref(&input)).await.unwrap();
+        assert_eq!(out[0].shape, [2, 5]);
+        outputs.push(out[0].as_f32().unwrap().to_vec());
+    }
+    assert_close(&outputs[0], &outputs[1], 1e-4, "logits");
+}
+
+#[wasm_bindgen_test]
+async fn bad_images_and_missing_models_are_told_apart() {
+    let t = tandem("cpu").await;
+    assert_eq!(code_of(t.classify(bytes(b"GIF89a not a photo"), None).await), "bad_image");
+    assert_eq!(code_of(t.classify(bytes(b"\x89PNG\r\n\x1a\n truncated"), None).await), "bad_image");
+    assert_eq!(code_of(t.classify(JsValue::from_str("photo.png"), None).await), "bad_input");
+    assert_eq!(code_of(t.classify(bytes(SMALL_PNG), Some(0.0)).await), "bad_input");
+    // A real photo, but no model yet.
+    assert_eq!(code_of(t.classify(bytes(SMALL_PNG), None).await), "not_loaded");
+    assert_eq!(code_of(t.embed(texts(&["x"])).await), "not_loaded");
+    assert_eq!(code_of(t.embed(JsValue::from(3).unchecked_into()).await), "bad_input");
+    let bad =
+        object(&[("config", bytes(b"{}")), ("tokenizer", bytes(TINY_TOKENIZER)), ("weights", bytes(TINY_WEIGHTS))]);
+    assert_eq!(code_of(t.load_text_model(bad.unchecked_into()).await), "bad_model");
+    let bad = object(&[("bytes", bytes(b"not a checkpoint"))]);
+    assert_eq!(code_of(t.load_image_model(bad.unchecked_into::<ImageModelSource>()).await), "bad_model");
+    let options: TandemOptions = object(&[("backend", "tpu".into())]).unchecked_into();
+    assert_eq!(code_of(Tandem::create(Some(options)).await), "bad_input");
+}
+
+#[wasm_bindgen_test]
+async fn a_missing_file_fails_the_download() {
+    let t = tandem("cpu").await;
+    let source: TextModelSource = object(&[("baseUrl", "/no/such/model/".into())]).unchecked_into();
+    let e = t.load_text_model(source).await.unwrap_err();
+    let message = Reflect::get(&e, &"message".into()).unwrap().as_string().unwrap();
+    assert!(message.contains("/no/such/model/config.json"), "{message}");
+    assert_eq!(code_of(Err::<(), _>(e)), "download_failed");
+    let source = object(&[("url", "/no/such/mobilenet_v2.pth".into())]);
+    assert_eq!(code_of(t.load_image_model(source.unchecked_into()).await), "download_failed");
+}
+
+/// A taxonomy embedding file as the server publishes it (`TDMTAX01`, paths, dim, floats),
+/// with seeded unit vectors of the model's width: EBRM's category search only needs vectors.
+fn taxonomy_file(dim: usize) -> Vec<u8> {
+    let count = tandem_ebrm::entities::taxonomy::candidates().len();
+    let mut out = b"TDMTAX01".to_vec();
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    out.extend_from_slice(&(dim as u32).to_le_bytes());
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..count {
+        let v: Vec<f32> = (0..dim)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().for_each(|x| out.extend_from_slice(&(x / norm).to_le_bytes()));
+    }
+    out
+}
+
+const BRANDS: &[u8] = br#"{"version":"test","brands":[{"name":"Nike"},{"name":"Adidas"}]}"#;
+
+fn items(list: &[(&str, Option<&str>)]) -> JsValue {
+    list.iter()
+        .map(|(title, brand)| {
+            let mut fields = vec![("title", JsValue::from_str(title))];
+            if let Some(b) = brand {
+                fields.push(("brand", JsValue::from_str(b)));
+            }
+            object(&fields)
+        })
+        .collect::<Array>()
+        .into()
+}
+
+fn get(v: &JsValue, path: &[&str]) -> JsValue {
+    path.iter().fold(v.clone(), |v, key| Reflect::get(&v, &JsValue::from_str(key)).unwrap())
+}
+
+fn scores(answer: &JsValue) -> Vec<f64> {
+    Array::from(&get(answer, &["results"])).iter().map(|r| get(&r, &["score"]).as_f64().unwrap()).collect()
+}
+
+/// EBRM in the page: the engine encodes through the async model (WebGPU here) in rounds, then
+/// answers from its caches; answers agree with the CPU's; bad calls get typed errors.
+#[wasm_bindgen_test]
+async fn relevance_runs_in_the_page_on_webgpu_like_on_the_cpu() {
+    let mut answers = Vec::new();
+    for backend in ["webgpu", "cpu"] {
+        let t = with_tiny_text_model(backend).await;
+        let query = JsValue::from_str("nike running shoes");
+        let two =
+            items(&[("Nike Pegasus 40 running shoes", None), ("Adidas Ultraboost running shoes", Some("Adidas"))]);
+        assert_eq!(code_of(t.relevance(query.clone(), two.clone(), JsValue::UNDEFINED).await), "not_loaded");
+        let dim = embed(&t, &["x"]).await[0].len();
+        let wrong = object(&[("brands", bytes(BRANDS)), ("taxonomy", bytes(&taxonomy_file(dim + 1)))]);
+        assert_eq!(code_of(t.load_relevance_data(wrong).await), "bad_model");
+        let bad_brands = object(&[("brands", bytes(b"[1, 2]")), ("taxonomy", bytes(&taxonomy_file(dim)))]);
+        assert_eq!(code_of(t.load_relevance_data(bad_brands).await), "bad_model");
+        t.load_relevance_data(object(&[("brands", bytes(BRANDS)), ("taxonomy", bytes(&taxonomy_file(dim)))]))
+            .await
+            .unwrap();
+
+        let options = object(&[("allEntities", true.into())]);
+        let cold = t.relevance(query.clone(), two.clone(), options.clone()).await.unwrap();
+        let rounds = get(&cold, &["rounds"]).as_f64().unwrap();
+        assert!((1.0..=8.0).contains(&rounds), "{rounds} rounds cold");
+        assert!(get(&cold, &["encoded_texts"]).as_f64().unwrap() > 0.0);
+        let results = Array::from(&get(&cold, &["results"]));
+        assert_eq!(results.length(), 2);
+        for r in results.iter() {
+            assert!(get(&r, &["grade"]).is_string(), "a grade");
+            assert!(Array::is_array(&get(&r, &["explanation"])), "an explanation");
+            assert_eq!(get(&r, &["final_score"]).as_f64(), get(&r, &["score"]).as_f64(), "no rules in the page");
+        }
+        // The brand list's Nike is found in the first title.
+        let first = results.iter().find(|r| get(r, &["index"]).as_f64() == Some(0.0)).unwrap();
+        let brands: Vec<String> = Array::from(&get(&first, &["entities"]))
+            .iter()
+            .filter(|e| get(e, &["kind"]).as_string().as_deref() == Some("brand"))
+            .filter_map(|e| get(&e, &["value"]).as_string())
+            .collect();
+        assert!(brands.iter().any(|b| b == "Nike"), "brand entities of item 0: {brands:?}");
+
+        let warm = t.relevance(query.clone(), two.clone(), options).await.unwrap();
+        assert_eq!(get(&warm, &["rounds"]).as_f64(), Some(0.0), "a repeated request encodes nothing");
+        assert_eq!(get(&warm, &["encoded_texts"]).as_f64(), Some(0.0));
+        assert_eq!(scores(&warm), scores(&cold));
+        answers.push(scores(&cold));
+
+        assert_eq!(code_of(t.relevance(query.clone(), JsValue::from_str("x"), JsValue::UNDEFINED).await), "bad_input");
+        assert_eq!(code_of(t.relevance(query.clone(), Array::new().into(), JsValue::UNDEFINED).await), "bad_input");
+        let no_title: JsValue = Array::of1(&object(&[("brand", "Nike".into())])).into();
+        assert_eq!(code_of(t.relevance(query.clone(), no_title, JsValue::UNDEFINED).await), "bad_input");
+        let fuzzy = object(&[("logic", "fuzzy".into())]);
+        assert_eq!(code_of(t.relevance(query.clone(), two.clone(), fuzzy).await), "bad_input");
+        assert_eq!(code_of(t.relevance(JsValue::from_str("  "), two, JsValue::UNDEFINED).await), "bad_input");
+    }
+    for (a, b) in answers[0].iter().zip(&answers[1]) {
+        assert!((a - b).abs() < 1e-4, "webgpu {:?} vs cpu {:?}", answers[0], answers[1]);
+    }
+}
