@@ -18,8 +18,9 @@ apt_install() {
   fi
 }
 
-# Vulkan on the CPU (Mesa lavapipe) so the wgpu backend is tested without a GPU.
-apt_install mesa-vulkan-drivers
+# Vulkan on the CPU (Mesa lavapipe) so the wgpu backend is tested without a GPU; Chromium and
+# its driver for the browser tests (WebGPU on SwiftShader, and the CPU fallback).
+apt_install mesa-vulkan-drivers chromium chromium-driver
 
 step "fetching the default model (MiniLM), the brand list and MobileNetV2 into the cache"
 cargo run -q -p tandem -- fetch minilm
@@ -32,8 +33,27 @@ eval "$(cuda/fetch_nvrtc.sh)"
 step "building the rule plugin guests (wasm components) the plugin tests run"
 bash bindings/rules/build.sh
 
+step "installing the wasm-bindgen CLI the browser bindings pin (skipped when present)"
+wasm_bindgen_version=$(sed -n 's/^wasm-bindgen = "=\(.*\)"/\1/p' bindings/web/Cargo.toml)
+if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $wasm_bindgen_version" ]; then
+  cargo install -q wasm-bindgen-cli --version "$wasm_bindgen_version"
+fi
+
+failed=()
 step "running the tests"
 # The cuda feature builds the CUDA backend (no toolkit needed) and its tests: kernel twins,
 # NVRTC compilation for sm_80/sm_90, the emulated kernels; on a machine without a GPU the
 # on-device tests say so and skip.
-cargo test --workspace --no-fail-fast --features tandem-tests/cuda "$@"
+cargo test --workspace --no-fail-fast --features tandem-tests/cuda "$@" || failed+=("cargo test")
+
+step "the browser bindings in headless Chromium (wasm-bindgen-test, WebGPU and CPU)"
+bash bindings/web/test.sh || failed+=("bindings/web/test.sh")
+
+step "the demo page end to end from tandem serve (Playwright, WebGPU and the CPU fallback)"
+bash scripts/test-web.sh || failed+=("scripts/test-web.sh")
+
+if [ ${#failed[@]} -gt 0 ]; then
+  printf '\nFAILED: %s\n' "${failed[*]}"
+  exit 1
+fi
+printf '\nall tests passed\n'

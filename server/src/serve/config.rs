@@ -20,6 +20,10 @@
 //! qe_cache_entries = 200000
 //! qe_cache_bytes = 67108864
 //! rules = "rules.toml"         # rule plugins (tandem-plugins config), relative to this file
+//!
+//! [web]
+//! enabled = true               # the in-browser demo at /
+//! # dir = "web"                # its folder; the source tree's web/ by default
 //! ```
 //!
 //! Unknown keys are errors, so a typo never silently leaves a default in place.
@@ -35,6 +39,7 @@ pub struct Config {
     pub models: ModelsConfig,
     pub batching: BatchingConfig,
     pub relevance: RelevanceConfig,
+    pub web: WebConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -171,6 +176,24 @@ impl Default for RelevanceConfig {
     }
 }
 
+/// The in-browser demo at `/` (the page, its WebAssembly package and the model files it
+/// downloads).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// false: `/` and the demo's files answer 404 like any unknown path.
+    pub enabled: bool,
+    /// The page's folder (index.html, app.js, pkg/); the source tree's `web/` when absent.
+    /// A relative path is relative to the config file.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { enabled: true, dir: None }
+    }
+}
+
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -191,7 +214,9 @@ impl Config {
         {
             *rules = base.join(&*rules);
         }
-        for path in [&mut self.models.embed.path, &mut self.models.embed.adapter].into_iter().flatten() {
+        for path in
+            [&mut self.models.embed.path, &mut self.models.embed.adapter, &mut self.web.dir].into_iter().flatten()
+        {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -280,6 +305,18 @@ mod tests {
         let c = Config::from_file(&file).unwrap();
         assert_eq!(c.relevance.rules.unwrap(), dir.path().join("rules/r.toml"));
         assert_eq!(c.models.embed.path.unwrap(), PathBuf::from("/abs/model"));
+    }
+
+    #[test]
+    fn web_section() {
+        assert!(Config::default().web.enabled);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tandem.toml");
+        std::fs::write(&file, "[web]\nenabled = false\ndir = \"site\"\n").unwrap();
+        let c = Config::from_file(&file).unwrap();
+        assert!(!c.web.enabled);
+        assert_eq!(c.web.dir.unwrap(), dir.path().join("site"));
+        assert!(Config::from_toml("[web]\nenable = true\n").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod listener;
 mod metrics;
 mod relevance;
 mod routes;
+mod web;
 
 use anyhow::{Context, Result};
 use config::Config;
@@ -67,6 +68,12 @@ pub struct Args {
     /// Do not serve /relevance (skips loading the brand list and taxonomy at start-up).
     #[arg(long)]
     no_relevance: bool,
+    /// The in-browser demo's folder (index.html, app.js, pkg/) [default: the source tree's web/].
+    #[arg(long, value_name = "DIR")]
+    web_dir: Option<PathBuf>,
+    /// Do not serve the in-browser demo at / (nor its model files).
+    #[arg(long)]
+    no_web: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -115,6 +122,12 @@ impl Args {
         }
         if self.no_relevance {
             c.relevance.enabled = false;
+        }
+        if let Some(v) = &self.web_dir {
+            c.web.dir = Some(v.clone());
+        }
+        if self.no_web {
+            c.web.enabled = false;
         }
         c.validate()?;
         Ok(c)
@@ -181,6 +194,10 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
     let (batcher, model_thread) =
         batcher::Batcher::start(policy, metrics.clone(), Box::new(move |texts: &[&str]| model.embed(texts)))?;
     let model = model_info(&embedder, &dir);
+    let web = config.web.enabled.then(|| {
+        let web_dir = config.web.dir.clone().unwrap_or_else(|| PathBuf::from(web::DEFAULT_DIR));
+        Arc::new(web::Web::new(web_dir, dir.clone(), model_id.clone()))
+    });
     let relevance = if config.relevance.enabled {
         let encoder = relevance::BatchedEncoder::new(
             batcher.clone(),
@@ -198,6 +215,7 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
     let state = Arc::new(routes::AppState {
         model,
         relevance,
+        web,
         admission: Arc::new(Semaphore::new(b.max_queue_requests)),
         config: config.clone(),
         embedder,
@@ -228,6 +246,18 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
         m.backend,
         listener.local_addr()?
     );
+    if let Some(web) = &state.web {
+        let addr = listener.local_addr()?;
+        if !web.has_page() {
+            eprintln!("tandem serve: warning: no index.html in {}; the demo at / answers 404", web.dir().display());
+        } else if !web.pkg_built() {
+            eprintln!(
+                "tandem serve: demo page at http://{addr}/ (its WebAssembly package is not built: bash bindings/web/build.sh)"
+            );
+        } else {
+            eprintln!("tandem serve: demo page at http://{addr}/");
+        }
+    }
     let listener = listener::CappedListener::new(listener, config.server.max_connections);
     let server = axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(on_signal);
     let drain_timeout = Duration::from_secs(config.server.drain_timeout_secs);

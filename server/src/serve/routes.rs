@@ -12,10 +12,11 @@ use super::config::Config;
 use super::errors::{ApiError, ErrorKind};
 use super::metrics::{CLIENT_CLOSED, Gauges, Metrics, ShedReason};
 use super::relevance::{EncodeRefused, Relevance, RelevanceRequest};
+use super::web::Web;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,6 +45,8 @@ pub struct AppState {
     pub model: ModelInfo,
     /// None when `relevance.enabled` is false.
     pub relevance: Option<Arc<Relevance>>,
+    /// The in-browser demo; None when `web.enabled` is false.
+    pub web: Option<Arc<Web>>,
     /// For token counts only; forward passes run on the batcher's thread.
     pub embedder: Arc<Embedder>,
     pub batcher: Batcher,
@@ -445,6 +448,7 @@ async fn info(State(s): AppRef) -> Response {
             "/relevance": if s.relevance.is_some() { "available (EBRM)" } else { "turned off" },
         },
         "relevance": s.relevance.as_ref().map(|r| r.info()),
+        "web": s.web.as_ref().map_or_else(|| json!({"enabled": false}), |w| w.info()),
     }))
     .into_response()
 }
@@ -465,8 +469,16 @@ async fn metrics(State(s): AppRef) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
+/// Unknown API routes: the demo's files when it is on (GET and HEAD of its allow-list),
+/// else 404.
+async fn not_found(State(s): AppRef, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(web) = &s.web
+        && let Some(response) = web.respond(&method, uri.path(), &headers).await
+    {
+        return response;
+    }
     ApiError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, format!("no route for {method} {}", uri.path()))
+        .into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

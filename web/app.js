@@ -1,0 +1,637 @@
+// tandem's in-browser demo: MobileNetV2 and MiniLM run in the page through the tandem
+// WebAssembly package (/pkg/tandem_web.js), on WebGPU when the browser has it, else on the
+// CPU (wasm SIMD). No framework, no build step.
+//
+// Hooks for tests: #status[data-state] (loading | ready | busy | error), #backend[data-backend],
+// #category / #agreement / #attributes / #relevance [data-state] (idle | busy | done | error),
+// body[data-runs] (analyses finished), #error[data-code] (visible on errors), and
+// window.tandemDemo.timings().
+
+// Relative to this file, so the static site works from any folder.
+const PKG = new URL("pkg/tandem_web.js", import.meta.url).href;
+const TEXT_MODEL = new URL("models/minilm/", import.meta.url).pathname;
+const TEXT_FILES = ["config.json", "tokenizer.json", "model.safetensors"];
+const IMAGE_MODEL = new URL("models/mobilenetv2/mobilenet_v2-b0353104.pth", import.meta.url).pathname;
+// What in-page relevance (EBRM) needs besides MiniLM: the brand list and the taxonomy paths
+// embedded by MiniLM, as the server and the static build publish them.
+const RELEVANCE_DATA = {
+  brandsUrl: new URL("data/brands.json", import.meta.url).pathname,
+  taxonomyUrl: new URL("data/taxonomy-minilm.emb", import.meta.url).pathname,
+};
+// Least probability of the class the product category is taken from.
+const MIN_CATEGORY_PROBABILITY = 0.05;
+const MAX_IMAGE_BYTES = 40 * 1024 * 1024; // the package's limit (MAX_IMAGE_BYTES)
+const BUILD_COMMAND = "bash bindings/web/build.sh";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, props = {}, ...children) => {
+  const e = Object.assign(document.createElement(tag), props);
+  for (const c of children) e.append(c);
+  return e;
+};
+
+const params = new URLSearchParams(location.search);
+const requestedBackend = ["auto", "webgpu", "cpu"].includes(params.get("backend")) ? params.get("backend") : "auto";
+
+const state = {
+  tandem: null,
+  textReady: false,
+  // In-page EBRM: true once its data loaded; else relevance comes from the server, or cosine.
+  relevanceReady: false,
+  imageReady: false,
+  image: null, // { bytes: Uint8Array, name }
+  busy: false,
+  runs: 0,
+  // step -> [ms, ...] (the first is the cold run)
+  times: new Map(),
+  // one-off steps: name -> ms
+  once: new Map(),
+};
+
+// ---------------------------------------------------------------- status, errors, timings
+
+function setStatus(s, text) {
+  const node = $("status");
+  node.dataset.state = s;
+  node.textContent = text;
+}
+
+const HINTS = {
+  bad_image: "Pick a PNG or JPEG photo.",
+  image_too_large: "Try a smaller photo (under 40 MB and a few thousand pixels a side).",
+  download_failed: "Check the connection and that the server serves the model files, then retry.",
+  bad_model: "The model files are damaged or of another version; clear the site data and retry.",
+  device_lost: "The GPU stopped answering. Switch to the CPU backend, or reload to try the GPU again.",
+  not_loaded: "Wait for the models to finish loading.",
+  bad_input: "Check the title and the query.",
+  no_pkg: `Build it with <code>${BUILD_COMMAND}</code> and reload.`,
+  internal: "This is a bug; reloading the page usually helps.",
+};
+
+function showError(err, { action } = {}) {
+  const code = (err && err.code) || "internal";
+  const message = (err && err.message) || String(err);
+  console.error("tandem demo:", code, message, err);
+  const box = $("error");
+  box.dataset.code = code;
+  $("error-message").textContent = message;
+  $("error-hint").innerHTML = HINTS[code] || "";
+  const button = $("error-action");
+  const act = action || (code === "device_lost" && requestedBackend !== "cpu"
+    ? { label: "Switch to the CPU", run: () => switchBackend("cpu") } : null);
+  if (act) {
+    button.hidden = false;
+    button.textContent = act.label;
+    button.onclick = act.run;
+  } else {
+    button.hidden = true;
+    button.onclick = null;
+  }
+  box.hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").dataset.code = "";
+}
+
+function tandemError(code, message) {
+  const e = new Error(message);
+  e.name = "TandemError";
+  e.code = code;
+  return e;
+}
+
+function switchBackend(backend) {
+  const url = new URL(location.href);
+  url.searchParams.set("backend", backend);
+  location.href = url.toString();
+}
+
+async function timed(step, fn, { once = false } = {}) {
+  const t0 = performance.now();
+  const result = await fn();
+  const ms = performance.now() - t0;
+  if (once) {
+    state.once.set(step, ms);
+  } else {
+    if (!state.times.has(step)) state.times.set(step, []);
+    state.times.get(step).push(ms);
+  }
+  renderTimings();
+  return result;
+}
+
+function median(xs) {
+  if (!xs.length) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function timings() {
+  const out = {};
+  for (const [k, v] of state.once) out[k] = { first: v, steady: null, runs: 1 };
+  for (const [k, v] of state.times) out[k] = { first: v[0], steady: median(v.slice(1)), runs: v.length };
+  return out;
+}
+
+function renderTimings() {
+  const body = $("timings").tBodies[0];
+  body.replaceChildren();
+  const fmt = (ms) => (ms == null ? "—" : ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 1 : 0)} ms`);
+  for (const [name, t] of Object.entries(timings())) {
+    const row = el("tr", {}, el("td", { textContent: name }), el("td", { textContent: fmt(t.first) }), el("td", { textContent: fmt(t.steady) }));
+    row.dataset.step = name;
+    body.append(row);
+  }
+}
+
+// ---------------------------------------------------------------- downloads with progress
+
+function setDownload(id, s, note, fraction) {
+  const box = $(id);
+  box.dataset.state = s;
+  box.querySelector(".dl-note").textContent = note;
+  const bar = box.querySelector("progress");
+  if (fraction == null) bar.removeAttribute("value");
+  else bar.value = fraction;
+}
+
+const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+// The package keeps model files in this Cache Storage cache, by URL (bindings/web/src/fetch.rs).
+const MODEL_CACHE = "tandem-models-v1";
+
+async function openModelCache() {
+  try {
+    return "caches" in self ? await caches.open(MODEL_CACHE) : null;
+  } catch {
+    return null; // insecure context, private mode, quota: the package then downloads itself
+  }
+}
+
+// Downloads the files with a progress bar and puts them where the package looks first (its
+// Cache Storage), so it reads them from there instead of downloading again. Files already
+// cached are skipped. Without Cache Storage the package downloads them again (from the HTTP
+// cache, usually).
+async function prefetch(id, urls) {
+  const cache = await openModelCache();
+  const todo = [];
+  for (const url of urls) {
+    if (cache && (await cache.match(url).catch(() => undefined))) continue;
+    todo.push(url);
+  }
+  if (!todo.length) {
+    setDownload(id, "done", "from the browser's cache", 1);
+    return;
+  }
+  let total = 0;
+  let done = 0;
+  setDownload(id, "loading", "connecting…", null);
+  const responses = await Promise.all(todo.map(async (url) => {
+    let r;
+    try {
+      r = await fetch(url);
+    } catch (e) {
+      throw tandemError("download_failed", `Cannot download ${url}: ${e.message}`);
+    }
+    if (!r.ok) {
+      let why = "";
+      try {
+        const body = await r.json();
+        why = body.error ? `: ${body.error}` : "";
+      } catch { /* not JSON */ }
+      throw tandemError("download_failed", `Cannot download ${url} (HTTP ${r.status})${why}`);
+    }
+    total += Number(r.headers.get("content-length")) || 0;
+    return [url, r];
+  }));
+  const tick = () => setDownload(id, "loading", total ? `${mb(done)} of ${mb(total)}` : mb(done), total ? Math.min(1, done / total) : null);
+  await Promise.all(responses.map(async ([url, r]) => {
+    const reader = r.body.getReader();
+    const chunks = [];
+    for (;;) {
+      const { done: end, value } = await reader.read();
+      if (end) break;
+      chunks.push(value);
+      done += value.byteLength;
+      tick();
+    }
+    if (cache) {
+      const headers = { "content-type": r.headers.get("content-type") || "application/octet-stream" };
+      await cache.put(url, new Response(new Blob(chunks), { headers })).catch(() => {});
+    }
+  }));
+  setDownload(id, "done", `${mb(done)} downloaded`, 1);
+}
+
+// ---------------------------------------------------------------- start-up
+
+async function loadPackage() {
+  let mod;
+  try {
+    mod = await import(PKG);
+  } catch (e) {
+    throw Object.assign(tandemError("no_pkg", `The tandem WebAssembly package is not built (${PKG} did not load).`), { cause: e });
+  }
+  await mod.default();
+  return mod;
+}
+
+async function loadImageModel() {
+  try {
+    await timed("download image model", () => prefetch("dl-image", [IMAGE_MODEL]), { once: true });
+    setDownload("dl-image", "loading", "loading into the runtime…", null);
+    await timed("load image model", () => state.tandem.loadImageModel({ url: IMAGE_MODEL }), { once: true });
+    setDownload("dl-image", "done", "ready", 1);
+    state.imageReady = true;
+  } catch (e) {
+    setDownload("dl-image", "error", "failed", 0);
+    throw e;
+  }
+}
+
+async function loadTextModel() {
+  try {
+    await timed("download text model", () => prefetch("dl-text", TEXT_FILES.map((f) => TEXT_MODEL + f)), { once: true });
+    setDownload("dl-text", "loading", "loading into the runtime…", null);
+    await timed("load text model", () => state.tandem.loadTextModel({ baseUrl: TEXT_MODEL }), { once: true });
+    setDownload("dl-text", "done", "ready", 1);
+    state.textReady = true;
+    await loadRelevanceData();
+  } catch (e) {
+    setDownload("dl-text", "error", "failed", 0);
+    throw e;
+  }
+}
+
+// Optional: without the data (a static host that left it out), relevance falls back.
+async function loadRelevanceData() {
+  if (typeof state.tandem.loadRelevanceData !== "function") return;
+  try {
+    await timed("load relevance data", () => state.tandem.loadRelevanceData(RELEVANCE_DATA), { once: true });
+    state.relevanceReady = true;
+  } catch (e) {
+    console.warn("in-page relevance is off:", e);
+  }
+}
+
+async function loadModels() {
+  clearError();
+  setStatus("loading", "Downloading models…");
+  $("analyze").disabled = true;
+  const failures = [];
+  // One at a time: the image model is small and gives the first result soonest.
+  for (const [ready, load, what] of [[() => state.imageReady, loadImageModel, "image"], [() => state.textReady, loadTextModel, "text"]]) {
+    if (ready()) continue;
+    try {
+      await load();
+    } catch (e) {
+      failures.push([what, e]);
+    }
+  }
+  $("analyze").disabled = !(state.imageReady || state.textReady);
+  if (failures.length) {
+    const [what, e] = failures[0];
+    setStatus("error", `The ${what} model is not available`);
+    const err = tandemError(e.code || "download_failed", `The ${what} model could not be loaded. ${e.message || e}`);
+    showError(err, { action: { label: "Retry", run: () => loadModels().then(analyze).catch(showError) } });
+    return false;
+  }
+  setStatus("ready", "Ready");
+  return true;
+}
+
+async function start() {
+  renderTimings();
+  setStatus("loading", "Loading the runtime…");
+  let mod;
+  try {
+    mod = await timed("load wasm package", loadPackage, { once: true });
+  } catch (e) {
+    setStatus("error", "Runtime not available");
+    $("downloads").hidden = true;
+    showError(e);
+    return;
+  }
+  try {
+    state.tandem = await timed("create runtime", () => mod.Tandem.create({ backend: requestedBackend }), { once: true });
+  } catch (e) {
+    setStatus("error", "No backend");
+    showError(e, requestedBackend !== "cpu" ? { action: { label: "Use the CPU", run: () => switchBackend("cpu") } } : undefined);
+    return;
+  }
+  const backend = state.tandem.backend;
+  const info = state.tandem.backendInfo || "";
+  const badge = $("backend");
+  badge.dataset.backend = backend;
+  badge.textContent = backend === "webgpu" ? "WebGPU" : "CPU · wasm";
+  badge.title = info;
+  $("backend-name").textContent = backend === "webgpu" ? "WebGPU" : "CPU (WebAssembly SIMD)";
+  $("backend-info").textContent = `${info}${requestedBackend !== "auto" ? ` (asked for ${requestedBackend})` : ""}`;
+  if (await loadModels()) await analyze();
+}
+
+// ---------------------------------------------------------------- input
+
+function looksLikeImage(bytes) {
+  const png = bytes.length > 8 && bytes[0] === 0x89 && bytes[1] === 0x50 && bytes[2] === 0x4e && bytes[3] === 0x47;
+  const jpeg = bytes.length > 3 && bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff;
+  return png || jpeg;
+}
+
+let previewUrl = null;
+
+async function useFile(file) {
+  clearError();
+  if (file.size > MAX_IMAGE_BYTES) {
+    showError(tandemError("image_too_large", `${file.name} is ${mb(file.size)}; the limit is ${mb(MAX_IMAGE_BYTES)}.`));
+    return;
+  }
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  if (!looksLikeImage(bytes)) {
+    showError(tandemError("bad_image", `${file.name} is not a PNG or JPEG image.`));
+    return;
+  }
+  for (const b of document.querySelectorAll(".sample")) b.setAttribute("aria-pressed", "false");
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(new Blob([bytes], { type: file.type || "image/png" }));
+  $("preview").src = previewUrl;
+  $("preview").alt = `Your photo: ${file.name}`;
+  state.image = { bytes, name: file.name };
+  await analyze();
+}
+
+async function useSample(button) {
+  clearError();
+  for (const b of document.querySelectorAll(".sample")) b.setAttribute("aria-pressed", String(b === button));
+  const src = button.dataset.src;
+  $("preview").src = src;
+  $("preview").alt = button.querySelector("img").alt;
+  if (button.dataset.title) $("title").value = button.dataset.title;
+  const r = await fetch(src);
+  state.image = { bytes: new Uint8Array(await r.arrayBuffer()), name: src };
+  await analyze();
+}
+
+async function currentImage() {
+  if (!state.image) {
+    const pressed = document.querySelector('.sample[aria-pressed="true"]') || document.querySelector(".sample");
+    const r = await fetch(pressed.dataset.src);
+    state.image = { bytes: new Uint8Array(await r.arrayBuffer()), name: pressed.dataset.src };
+  }
+  return state.image;
+}
+
+// ---------------------------------------------------------------- analysis
+
+const cosine = (a, b) => {
+  let dot = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i] * b[i];
+    na += a[i] * a[i];
+    nb += b[i] * b[i];
+  }
+  return na && nb ? dot / Math.sqrt(na * nb) : 0;
+};
+
+function setCard(id, s) {
+  $(id).dataset.state = s;
+  $(id).setAttribute("aria-busy", String(s === "busy"));
+}
+
+function renderCategory(top) {
+  const list = $("top5");
+  list.replaceChildren();
+  for (const c of top) {
+    const li = el("li", {},
+      el("span", { className: "name", textContent: c.name }),
+      el("span", { className: "num", textContent: `${(c.probability * 100).toFixed(1)}%` }),
+      el("span", { className: "bar", role: "presentation" }, el("span", { style: `width:${Math.max(1, c.probability * 100)}%` })));
+    if (c.category) li.append(el("span", { className: "cat", textContent: c.category }));
+    li.dataset.class = c.class;
+    list.append(li);
+  }
+  // A class far down the list says little about the photo: a category only from a class
+  // the model gives a real chance.
+  const best = top.find((c) => c.category && c.probability >= MIN_CATEGORY_PROBABILITY);
+  $("taxonomy").textContent = best ? best.category : "No product category";
+  $("taxonomy").dataset.class = best ? best.name : "";
+  $("taxonomy-note").textContent = best
+    ? `From “${best.name}” (${(best.probability * 100).toFixed(1)}%), ImageNet class ${best.class}.`
+    : `None of the likely classes maps to the Google product taxonomy: “${top[0].name}” is not a product class.`;
+  return best || top[0];
+}
+
+function agreementLabel(cos) {
+  if (cos >= 0.45) return ["Photo and title agree", "good"];
+  if (cos >= 0.25) return ["Loosely related", "fair"];
+  return ["Photo and title disagree", "poor"];
+}
+
+// A taxonomy path's last two levels ("Coffee Makers & Espresso Machines > Espresso Pots"):
+// the full path goes in a tooltip.
+const shortPath = (v) => (typeof v === "string" && v.includes(" > ") ? `… ${v.split(" > ").slice(-2).join(" > ")}` : v);
+const cell = (text, props = {}) => el("td", { textContent: shortPath(text), title: text, ...props });
+
+function renderAttributes(entities, note) {
+  const list = $("attribute-list");
+  list.replaceChildren();
+  for (const e of entities) {
+    const value = e.value ?? e.item ?? "";
+    list.append(el("li", { title: value }, el("span", { className: "kind", textContent: e.kind }), shortPath(value)));
+  }
+  if (!entities.length) list.append(el("li", { textContent: "none found" }));
+  if (note) $("attributes-note").textContent = note;
+}
+
+function renderRelevance(result, query, source) {
+  const grade = $("grade");
+  grade.textContent = result.grade || "—";
+  grade.dataset.grade = result.grade || "";
+  const score = result.final_score ?? result.score;
+  $("relevance-score").textContent = score == null ? "" : `score ${score.toFixed(3)}`;
+  $("relevance").dataset.score = score == null ? "" : String(score);
+  const body = $("deciding");
+  body.replaceChildren();
+  const queryEntities = (query && query.entities) || [];
+  for (const d of result.deciding || []) {
+    const q = d.query ?? queryEntities.find((e) => e.kind === d.kind)?.value ?? "—";
+    const item = d.item ?? d.value ?? "—";
+    const effect = d.contribution == null ? "" : d.contribution.toFixed(3);
+    body.append(el("tr", {},
+      el("td", { textContent: d.kind }), cell(q), cell(item),
+      el("td", { className: "num", textContent: d.qe == null ? "" : d.qe.toFixed(2) }),
+      el("td", { className: "num", textContent: effect })));
+  }
+  const lines = $("explanation");
+  lines.replaceChildren(...(result.explanation || []).map((t) => el("li", { textContent: t })));
+  $("relevance-source").textContent = source;
+}
+
+let serverRelevance; // undefined: not checked; false: none; true: the page's server has /relevance
+
+async function hasServerRelevance() {
+  if (serverRelevance === undefined) {
+    try {
+      const r = await fetch(new URL("info", location.href));
+      const info = r.ok ? await r.json() : {};
+      serverRelevance = !!info.relevance;
+    } catch {
+      serverRelevance = false;
+    }
+  }
+  return serverRelevance;
+}
+
+// Relevance of the item to the query: in the page when the package has it, else the
+// server that served the page (tandem serve), else plain cosine similarity in the page.
+async function relevanceOf(query, title) {
+  const t = state.tandem;
+  if (state.relevanceReady) {
+    const r = await timed("relevance", () => t.relevance(query, [{ title }], { explain: true, allEntities: true }));
+    const result = r.results[0];
+    return { result, query: r.query, entities: result.entities, source: "EBRM in the page." };
+  }
+  if (await hasServerRelevance()) {
+    const r = await timed("relevance (server)", async () => {
+      const resp = await fetch(new URL("relevance", location.href), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ query, items: [{ title }], explain: true, all_entities: true }),
+      });
+      const body = await resp.json();
+      if (!resp.ok) throw tandemError("bad_input", body.error || `relevance: HTTP ${resp.status}`);
+      return body;
+    });
+    const result = r.results[0];
+    return { result, query: r.query, entities: result.entities, source: "EBRM on the server (the page could not load its relevance data)." };
+  }
+  const cos = await timed("similarity", () => t.similarity(query, title));
+  const grade = cos >= 0.6 ? "Exact" : cos >= 0.4 ? "Substitute" : "Irrelevant";
+  return { result: { score: cos, grade, deciding: [], explanation: [`cosine of query and title: ${cos.toFixed(3)}`] }, query: null, entities: null, source: "Cosine similarity in the page (no entity model in this build)." };
+}
+
+async function analyze() {
+  if (state.busy || !state.tandem || !(state.imageReady || state.textReady)) return;
+  const title = $("title").value.trim();
+  const query = $("query").value.trim();
+  if (!title || !query) {
+    showError(tandemError("bad_input", !title ? "Type a product title." : "Type a query."));
+    return;
+  }
+  state.busy = true;
+  setStatus("busy", "Analyzing…");
+  $("analyze").disabled = true;
+  const cards = ["category", "agreement", "attributes", "relevance"];
+  cards.forEach((c) => setCard(c, "busy"));
+  let failed = null;
+  try {
+    await timed("analysis (all steps)", async () => {
+      let best = null;
+      if (state.imageReady) {
+        const { bytes } = await currentImage();
+        try {
+          // A copy: the package may take ownership of the buffer.
+          const top = await timed("classify image", () => state.tandem.classify(bytes.slice(), 5));
+          best = renderCategory(top);
+          setCard("category", "done");
+        } catch (e) {
+          setCard("category", "error");
+          throw e;
+        }
+      } else {
+        setCard("category", "error");
+        $("taxonomy").textContent = "The image model is not loaded";
+      }
+      if (state.textReady) {
+        if (best) {
+          const label = best.category ? `${best.name}: ${best.category.split(" > ").slice(-2).join(", ")}` : best.name;
+          const [a, b] = await timed("embed title + category", () => state.tandem.embed([title, label]));
+          const cos = cosine(a, b);
+          const [text, level] = agreementLabel(cos);
+          $("agreement-meter").value = Math.max(0, cos);
+          $("agreement-meter").setAttribute("aria-valuetext", `${text}, cosine ${cos.toFixed(2)}`);
+          $("agreement-label").textContent = text;
+          $("agreement-value").textContent = `cosine ${cos.toFixed(3)} with “${label}”`;
+          $("agreement").dataset.level = level;
+          $("agreement").dataset.cosine = String(cos);
+          setCard("agreement", "done");
+        } else {
+          setCard("agreement", "error");
+        }
+        const rel = await relevanceOf(query, title);
+        renderRelevance(rel.result, rel.query, rel.source);
+        setCard("relevance", "done");
+        if (rel.entities) {
+          renderAttributes(rel.entities.filter((e) => e.source !== "query"), "As the relevance model reads the title.");
+        } else {
+          renderAttributes([], "Attribute extraction needs the entity model (EBRM), not in this build.");
+        }
+        setCard("attributes", "done");
+      } else {
+        for (const c of ["agreement", "attributes", "relevance"]) setCard(c, "error");
+      }
+    });
+  } catch (e) {
+    failed = e;
+    cards.filter((c) => $(c).dataset.state === "busy").forEach((c) => setCard(c, "error"));
+    showError(e);
+  } finally {
+    state.busy = false;
+    state.runs += 1;
+    if (!failed && !state.once.has("page open → first result")) {
+      // performance.now() counts from the navigation's start.
+      state.once.set("page open → first result", performance.now());
+      renderTimings();
+    }
+    document.body.dataset.runs = String(state.runs);
+    $("analyze").disabled = false;
+    if (failed && failed.code === "device_lost") setStatus("error", "GPU lost");
+    else if (!state.imageReady) setStatus("error", "The image model is not available");
+    else if (!state.textReady) setStatus("error", "The text model is not available");
+    else setStatus("ready", "Ready");
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+function wire() {
+  $("form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    clearError();
+    analyze();
+  });
+  $("error-dismiss").addEventListener("click", clearError);
+  for (const b of document.querySelectorAll(".sample")) b.addEventListener("click", () => useSample(b).catch(showError));
+  $("file").addEventListener("change", (ev) => {
+    const f = ev.target.files && ev.target.files[0];
+    if (f) useFile(f).catch(showError);
+    ev.target.value = "";
+  });
+  const drop = $("drop");
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (ev) => {
+      ev.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) drop.addEventListener(name, () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    const f = ev.dataTransfer.files && ev.dataTransfer.files[0];
+    if (f) useFile(f).catch(showError);
+  });
+  drop.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" || ev.key === " ") {
+      ev.preventDefault();
+      $("file").click();
+    }
+  });
+  window.addEventListener("unhandledrejection", (ev) => showError(ev.reason));
+}
+
+window.tandemDemo = { timings, state, analyze };
+wire();
+start();
