@@ -13,6 +13,11 @@ if [[ "$have" != "$pinned" ]]; then
     echo "  cargo install wasm-bindgen-cli --version $pinned" >&2
     exit 1
 fi
+# The browser build must never link the server's stack or the CUDA loader.
+if forbidden=$(cargo tree --target wasm32-unknown-unknown -e normal --prefix none 2>/dev/null | grep -oE '^(wasmtime|tokio|cudarc|ureq)[^ ]* ' | sort -u | tr -d ' ') && [[ -n "$forbidden" ]]; then
+    echo "error: the browser build depends on: $forbidden" >&2
+    exit 1
+fi
 export CHROMEDRIVER=${CHROMEDRIVER:-$(command -v chromedriver || echo /usr/bin/chromedriver)}
 # The runner's timeout per test file (seconds): a cold SwiftShader compiles every kernel.
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300}

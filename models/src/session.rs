@@ -141,7 +141,7 @@ impl Device {
     async fn auto() -> (AnyBackend, String) {
         match wgpu_backend(AdapterPreference::Any).await {
             Ok(gpu) => (AnyBackend::wgpu(gpu), "auto: the browser offers a WebGPU adapter".into()),
-            Err(no_gpu) => (AnyBackend::cpu(), format!("auto: no WebGPU adapter: {no_gpu}")),
+            Err(no_gpu) => (AnyBackend::cpu(), format!("auto: {no_gpu}")),
         }
     }
 

@@ -209,7 +209,9 @@ impl WgpuBackend {
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(format!("no adapter: {e}")))?;
+            // wgpu's own message lists every native backend as "not compiled in": noise in a
+            // page, where only WebGPU was ever possible.
+            .map_err(|_| err("the browser gives no WebGPU adapter (WebGPU is off, unsupported, or blocked here)"))?;
 
         let info = adapter.get_info();
         if preference == AdapterPreference::HardwareOnly && info.device_type == wgpu::DeviceType::Cpu {
