@@ -172,6 +172,21 @@ async function mainFlow(mode) {
     console.log(`  cat photo: ${await page.textContent("#top5 li .name")}`);
     await page.screenshot({ path: path.join(out, `${mode}-after-errors.png`), fullPage: true });
 
+    // A reload downloads no model or data file again: they are in Cache Storage.
+    const downloads = [];
+    const onRequest = (r) => {
+      const p = new URL(r.url()).pathname;
+      if (p.startsWith("/models/") || p.startsWith("/data/")) downloads.push(p);
+    };
+    page.on("request", onRequest);
+    await page.reload();
+    await page.waitForSelector('#status:is([data-state="ready"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
+    await waitRuns(page, 1);
+    page.off("request", onRequest);
+    console.log(`  after a reload: ${downloads.length} model/data requests ${JSON.stringify(downloads)}`);
+    check((await page.getAttribute("#status", "data-state")) === "ready", "the page is ready after a reload");
+    check(downloads.length === 0, "a reload takes the models and data from Cache Storage");
+
     if (mode === "webgpu") {
       console.log(`\n== ${mode}: the GPU device is lost`);
       const lost = await page.evaluate(() => (self.__e2eDevices || []).map((d) => d.destroy()).length);
