@@ -488,3 +488,48 @@ fn relevance_with_a_cross_encoder_qe_model() {
     let out = tandem(&[&args[..], &["--items", "-", "--qe-model", path(&t.model)]].concat(), items, &t.cache);
     assert_error(&out, &["BertForSequenceClassification"]);
 }
+
+/// `tandem classify` on the real MobileNetV2: a photo's top classes, readable and as JSON, and
+/// clear errors for what is not a photo.
+#[test]
+fn classify_prints_the_top_classes_and_refuses_non_images() {
+    let model = known_model("mobilenetv2").unwrap();
+    let dir = tandem_models::fetch::model_dir(model).unwrap();
+    if !tandem_models::fetch::is_complete(&dir, model) {
+        eprintln!("skipped: mobilenetv2 is not in the cache at {} (run `tandem fetch mobilenetv2`)", dir.display());
+        return;
+    }
+    let t = tiny();
+    let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/images");
+    let coffee = photos.join("coffee.png");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["classify", "--backend", "cpu", "--model", path(&dir)];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        tandem(&a.iter().map(String::as_str).collect::<Vec<_>>(), "", &t.cache)
+    };
+
+    let readable = run(&[path(&coffee)]);
+    assert!(readable.status.success(), "{}", stderr(&readable));
+    let text = String::from_utf8_lossy(&readable.stdout);
+    assert_eq!(text.lines().count(), 6, "a header and five classes:\n{text}");
+    assert!(text.lines().nth(1).unwrap().contains("espresso (class 967)"), "{text}");
+
+    let json = run(&["--json", "--top", "3", path(&coffee), path(&photos.join("chelsea.png"))]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&json.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["top"].as_array().unwrap().len(), 3);
+    assert_eq!(lines[0]["top"][0]["class"], 967);
+    assert_eq!(lines[1]["top"][0]["name"], "Egyptian cat");
+
+    let not_a_photo = t.root.join("notes.txt");
+    std::fs::write(&not_a_photo, "not a photo").unwrap();
+    assert_error(&run(&[path(&not_a_photo)]), &["notes.txt", "not an image"]);
+    assert_error(&run(&[path(&t.root.join("missing.png"))]), &["missing.png"]);
+    assert_error(&run(&["--top", "0", path(&coffee)]), &["--top"]);
+}
