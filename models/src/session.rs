@@ -246,7 +246,7 @@ impl AnySession {
         let device = Device::open(choice).await?;
         let session = Self::on(&device, graph, weights)?;
         let why = if device.reason().is_empty() { String::new() } else { format!(" ({})", device.reason()) };
-        eprintln!("backend: {}: {}{why}", session.backend_name(), session.device_description());
+        eprintln!("backend: {}: {}{why}", device.backend_name(), device.description());
         Ok(session)
     }
 
@@ -264,16 +264,11 @@ impl AnySession {
     }
 
     pub fn backend_name(&self) -> &'static str {
-        each_session!(self, s => s.backend().name())
+        self.device.backend_name()
     }
 
     pub fn device_description(&self) -> String {
-        each_session!(self, s => s.backend().device_description())
-    }
-
-    /// The device the session runs on (with why auto picked it).
-    pub fn device(&self) -> &Device {
-        &self.device
+        self.device.description()
     }
 
     pub fn graph(&self) -> &Graph {

@@ -150,11 +150,6 @@ impl ImageClassifier {
         self.session.backend_name()
     }
 
-    /// The device the model runs on.
-    pub fn device(&self) -> &Device {
-        self.session.device()
-    }
-
     /// All 1000 logits of an encoded photo (PNG or JPEG). A photo that does not decode is an
     /// error whose source is the [`DecodeError`](super::decode::DecodeError) (`downcast_ref` tells it apart).
     pub fn logits(&self, image: &[u8]) -> Result<Vec<f32>> {
