@@ -3,11 +3,13 @@
 // row with the online softmax, so no tokens x tokens matrix exists anywhere. Twin of
 // shaders/attention.wgsl; params in params.cuh; semantics in runtime/src/ops/attention.rs.
 //
-// q [tokens, heads*d], k and v [tokens, kv_heads*d], segments u32 [seqs, 2] (start, len).
+// q [tokens, heads*d], k and v [kv_tokens, kv_heads*d], a u32 table [seqs, 2] (start, len:
+// self-attention, kv rows = query rows) or [seqs, 4] (q_start, q_len, kv_start, kv_len: the
+// queries are the last q_len positions of those kv rows, a decoder's KV cache).
 // Head h reads columns h*d..(h+1)*d in place; grouped-query heads share kv head
-// h / (heads / kv_heads). A query attends to the keys of its own segment (and with `causal`
-// only to those at or before it). Rows in no segment are zeroed by the host (a memset before
-// the launch), since no block is responsible for them.
+// h / (heads / kv_heads). A query attends to its sequence's kv rows (and with `causal` only
+// to those at or before its own position, past + i). Rows in no sequence are zeroed by the
+// host (a memset before the launch), since no block is responsible for them.
 //
 // One source, two element types, chosen when NVRTC compiles it: f32 by default, f16 storage
 // with TANDEM_F16 (q, k, v and out f16; everything inside is f32).
@@ -33,6 +35,7 @@
                                          // at one column fall in different banks
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_NO_TILE 0xffffffffu
+#define KV_WRITE_THREADS 256             // threads per kv_write block (the host launches this many)
 static_assert(ATT_BQ == ATT_WARPS * ATT_ROWS, "a tile is every warp's rows");
 
 #ifdef TANDEM_F16
@@ -57,22 +60,22 @@ struct AttentionSmem {
     u32 total_tiles;
 };
 
-__device__ __forceinline__ u32 seq_tiles(const u32* __restrict__ segments, u32 s, u32 tokens) {
-    u32 start, end;
-    segment_rows(segments, s, tokens, start, end);
-    return (end - start + ATT_BQ - 1) / ATT_BQ;
+__device__ __forceinline__ u32 seq_tiles(const u32* __restrict__ table, u32 cols, u32 s, u32 tokens) {
+    const SeqRows r = seq_rows(table, cols, s, tokens, 0xffffffffu);
+    return (r.q_end - r.q_start + ATT_BQ - 1) / ATT_BQ;
 }
 
 // Warp 0 numbers the tiles of all sequences in order and finds tile `tile`: each lane counts
 // the tiles of a contiguous chunk of sequences, an inclusive scan across lanes gives every
 // chunk's first tile, and the lane whose chunk holds `tile` walks its chunk to find it.
-__device__ void locate_tile(const u32* __restrict__ segments, u32 num_seqs, u32 tokens, u32 tile, AttentionSmem& sm) {
+__device__ void locate_tile(const u32* __restrict__ segments, u32 cols, u32 num_seqs, u32 tokens, u32 tile,
+                            AttentionSmem& sm) {
     const u32 lane = threadIdx.x % WARP_SIZE;
     const u32 per = (num_seqs + WARP_SIZE - 1) / WARP_SIZE;
     const u32 begin = lane * per < num_seqs ? lane * per : num_seqs;
     const u32 end = begin + per < num_seqs ? begin + per : num_seqs;
     u32 count = 0;
-    for (u32 s = begin; s < end; ++s) count += seq_tiles(segments, s, tokens);
+    for (u32 s = begin; s < end; ++s) count += seq_tiles(segments, cols, s, tokens);
     u32 incl = count;
 #pragma unroll
     for (int off = 1; off < WARP_SIZE; off <<= 1) {
@@ -89,7 +92,7 @@ __device__ void locate_tile(const u32* __restrict__ segments, u32 num_seqs, u32 
     if (tile >= excl && tile < incl) {
         u32 first = excl;
         for (u32 s = begin; s < end; ++s) {
-            const u32 n = seq_tiles(segments, s, tokens);
+            const u32 n = seq_tiles(segments, cols, s, tokens);
             if (tile < first + n) {
                 sm.tile_seq = s;
                 sm.tile_first = (tile - first) * ATT_BQ;
@@ -161,17 +164,20 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 
     for (u32 tile = blockIdx.x;; tile += gridDim.x) {
         __syncthreads();  // the previous tile is done with shared memory
-        if (warp == 0) locate_tile(segments, p.num_seqs, p.tokens, tile, sm);
+        if (warp == 0) locate_tile(segments, p.table_cols, p.num_seqs, p.tokens, tile, sm);
         __syncthreads();
         if (tile >= sm.total_tiles) break;
         if (sm.tile_seq == ATT_NO_TILE) continue;  // unreachable when the scan is consistent
-        u32 start, end;
-        segment_rows(segments, sm.tile_seq, p.tokens, start, end);
-        const u32 len = end - start;
+        const SeqRows sr = seq_rows(segments, p.table_cols, sm.tile_seq, p.tokens, p.kv_tokens);
+        const u32 start = sr.q_start;
+        const u32 len = sr.q_end - sr.q_start;
         const u32 first = sm.tile_first;
         const u32 rows = len - first < ATT_BQ ? len - first : ATT_BQ;  // valid query rows in the tile
-        // With causal, no row of the tile sees a key past the tile's last row.
-        const u32 kv_end = p.causal ? first + rows : len;
+        // Keys are counted from kv_lo. With causal, no row of the tile sees a key past the
+        // tile's last row's position (past + first + rows − 1).
+        const u32 kv_n = sr.kv_hi - sr.kv_lo;
+        const u64 causal_end = (u64)sr.past + first + rows;
+        const u32 kv_end = p.causal && causal_end < (u64)kv_n ? (u32)causal_end : kv_n;
 
         load_rows<ATT_MAX_D>(&sm.q[0][0], q, (u64)start + first, rows, ATT_BQ, qw, h * d, d, d4, qscale);
 
@@ -188,8 +194,8 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
         for (u32 kb = 0; kb < kv_end; kb += ATT_BK) {
             const u32 nk = kv_end - kb < ATT_BK ? kv_end - kb : ATT_BK;
             __syncthreads();  // everyone is done with the previous key block (and sm.q is loaded)
-            load_rows<ATT_KSTRIDE>(&sm.k[0][0], k, (u64)start + kb, nk, ATT_BK, kw, kvh * d, d, d4, 1.0f);
-            load_rows<ATT_MAX_D>(&sm.v[0][0], v, (u64)start + kb, nk, ATT_BK, kw, kvh * d, d, d4, 1.0f);
+            load_rows<ATT_KSTRIDE>(&sm.k[0][0], k, (u64)sr.kv_lo + kb, nk, ATT_BK, kw, kvh * d, d, d4, 1.0f);
+            load_rows<ATT_MAX_D>(&sm.v[0][0], v, (u64)sr.kv_lo + kb, nk, ATT_BK, kw, kvh * d, d, d4, 1.0f);
             __syncthreads();
 
             // Scores of key kb + lane against the warp's rows.
@@ -210,7 +216,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
             for (int r = 0; r < ATT_ROWS; ++r) {
                 const u32 qi = first + row0 + r;  // query index within the sequence
-                const bool visible = lane < nk && row0 + r < rows && (!p.causal || key <= qi);
+                const bool visible = lane < nk && row0 + r < rows && (!p.causal || (u64)key <= (u64)sr.past + qi);
                 const float x = visible ? s[r] : neg_inf();
                 const float m_new = fmaxf(m[r], warp_max(x));
                 const float pr = visible ? exp2f(x - m_new) : 0.0f;
@@ -252,6 +258,26 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
                 const u32 c = lane + i * WARP_SIZE;
                 if (c < d) store_elem(dst + c, o[r][i] * inv);
             }
+        }
+    }
+}
+
+// kv_write: appends new key or value rows to a cache in place (semantics in
+// ops::attention::kv_write_cpu; twin of the WGSL kv_write). Row q_start + i of `rows` goes to
+// cache row kv_lo + past + i when that is below kv_hi. A block per sequence (grid-stride over
+// sequences), threads over the sequence's elements.
+extern "C" __global__ void kv_write(const KvWriteParams p, const float* __restrict__ rows,
+                                    const u32* __restrict__ table, float* __restrict__ cache) {
+    const u32 w = p.width;
+    for (u32 s = blockIdx.x; s < p.num_seqs; s += gridDim.x) {
+        const SeqRows sr = seq_rows(table, 4, s, p.tokens, p.kv_tokens);
+        const u32 avail = sr.kv_hi - sr.kv_lo;
+        if (sr.past >= avail) continue;
+        const u32 q_n = sr.q_end - sr.q_start;
+        const u32 n = q_n < avail - sr.past ? q_n : avail - sr.past;  // rows that land inside
+        for (u64 e = threadIdx.x; e < (u64)n * w; e += blockDim.x) {
+            const u64 i = e / w, c = e % w;
+            cache[((u64)sr.kv_lo + sr.past + i) * w + c] = rows[((u64)sr.q_start + i) * w + c];
         }
     }
 }

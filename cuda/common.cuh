@@ -135,5 +135,35 @@ __device__ __forceinline__ void segment_rows(const u32* __restrict__ segments, u
     if (end < start) end = start;
 }
 
+// One sequence of an attention or kv_write table, clamped exactly as ops::attention::SeqRows:
+// query rows [q_start, q_end), kv rows [kv_lo, kv_hi), and `past` (kv_len − q_len, or 0), the
+// kv positions before the first query. `cols` is 2 (segments: kv rows = query rows) or 4
+// (q_start, q_len, kv_start, kv_len).
+struct SeqRows {
+    u32 q_start, q_end, kv_lo, kv_hi, past;
+};
+
+__device__ __forceinline__ SeqRows seq_rows(const u32* __restrict__ table, u32 cols, u32 s, u32 tokens, u32 kv_tokens) {
+    SeqRows r;
+    if (cols == 2) {
+        segment_rows(table, s, tokens, r.q_start, r.q_end);
+        r.kv_lo = r.q_start;
+        r.kv_hi = r.q_end;
+        r.past = 0;
+        return r;
+    }
+    const u32* row = table + 4 * (u64)s;
+    const u64 q_last = (u64)row[0] + (u64)row[1];
+    r.q_start = row[0] < tokens ? row[0] : tokens;
+    r.q_end = q_last < (u64)tokens ? (u32)q_last : tokens;
+    if (r.q_end < r.q_start) r.q_end = r.q_start;
+    r.kv_lo = row[2] < kv_tokens ? row[2] : kv_tokens;
+    const u64 kv_last = (u64)row[2] + (u64)row[3];
+    r.kv_hi = kv_last < (u64)kv_tokens ? (u32)kv_last : kv_tokens;
+    if (r.kv_hi < r.kv_lo) r.kv_hi = r.kv_lo;
+    r.past = row[3] > row[1] ? row[3] - row[1] : 0;
+    return r;
+}
+
 // 16-byte alignment of a pointer, for the vectorised paths.
 __device__ __forceinline__ bool aligned16(const void* p) { return (((u64)p) & 15u) == 0; }

@@ -66,9 +66,22 @@ struct AttentionParams {
     u32 head_dim;
     u32 causal;
     f32 scale;
-    u32 _pad;
+    u32 table_cols;
+    u32 kv_tokens;
+    u32 _pad0;
+    u32 _pad1;
+    u32 _pad2;
 };
-static_assert(sizeof(AttentionParams) == 32, "AttentionParams size");
+static_assert(sizeof(AttentionParams) == 48, "AttentionParams size");
+
+// ops::attention::KvWriteParams
+struct KvWriteParams {
+    u32 num_seqs;
+    u32 tokens;
+    u32 width;
+    u32 kv_tokens;
+};
+static_assert(sizeof(KvWriteParams) == 16, "KvWriteParams size");
 
 // ops::gather::GatherParams
 struct GatherParams {

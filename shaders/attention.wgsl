@@ -1,10 +1,13 @@
 // Fused multi-head attention over packed sequences, flash style: softmax(q·kᵀ·scale)·v
 // without ever materialising the score matrix in global memory.
 //
-// q [tokens, heads·d], k and v [tokens, kv_heads·d], segments u32 [seqs, 2] (start, length),
-// sorted by start. A token attends to the tokens of its own segment (only the earlier ones
-// when causal); a token in no segment gets zeros. Grouped-query attention: query head h
-// reads kv head h / (heads / kv_heads).
+// q [tokens, heads·d], k and v [kv_tokens, kv_heads·d], and a u32 table sorted by its first
+// column: [seqs, 2] (start, length) for packed self-attention (k and v have q's rows), or
+// [seqs, 4] (q_start, q_len, kv_start, kv_len) for queries that are the last q_len positions
+// of kv rows kv_start .. kv_start + kv_len (a decoder's KV cache). A query attends to its own
+// sequence's kv rows (with causal, those up to its own position); a query row in no sequence
+// gets zeros. Grouped-query attention: query head h reads kv head h / (heads / kv_heads).
+// Ranges are clamped to the tensors exactly as runtime/src/ops/attention.rs (SeqRows) does.
 //
 // One workgroup per (block of 64 consecutive tokens, head); one invocation per query token,
 // holding its query row and its output accumulator in registers (head_dim ≤ 128). Keys and
@@ -28,7 +31,11 @@ struct AttentionParams {
     head_dim: u32,
     causal: u32,
     scale: f32,
-    _pad: u32,
+    table_cols: u32,
+    kv_tokens: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const BQ: u32 = 64u; // queries per workgroup, one per invocation
@@ -43,7 +50,7 @@ const NEG: f32 = -1e30;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read> segments: array<u32>;
+@group(0) @binding(4) var<storage, read> table: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 var<workgroup> kv_tile: array<vec4<f32>, 512>; // [BK][d4]
@@ -52,17 +59,19 @@ var<workgroup> key_hi: array<u32, 64>;
 var<workgroup> block_lo: u32;
 var<workgroup> block_hi: u32;
 
-// The keys token t may attend to, as [lo, hi); empty when t is in no segment. Segments
-// are sorted by start, so t's segment is the last one starting at or before t.
+// The kv rows query row t may attend to, as [lo, hi); empty when t is in no sequence.
+// Sequences are sorted by their first query row, so t's is the last one starting at or
+// before t. No sum here can wrap: every bound is checked before it is added.
 fn visible_keys(t: u32) -> vec2<u32> {
     if t >= p.tokens {
         return vec2<u32>(0u, 0u);
     }
+    let cols = p.table_cols;
     var lo = 0u;
     var hi = p.num_seqs;
     while lo < hi {
         let mid = (lo + hi) / 2u;
-        if segments[2u * mid] <= t {
+        if table[cols * mid] <= t {
             lo = mid + 1u;
         } else {
             hi = mid;
@@ -71,16 +80,31 @@ fn visible_keys(t: u32) -> vec2<u32> {
     if lo == 0u {
         return vec2<u32>(0u, 0u);
     }
-    let start = segments[2u * (lo - 1u)];
-    // Clamped to the tensor, as the CPU reference clamps.
-    let len = min(segments[2u * (lo - 1u) + 1u], p.tokens - start);
-    if t - start >= len {
+    let row = cols * (lo - 1u);
+    let q_start = table[row];
+    let q_len = table[row + 1u];
+    let i = t - q_start;
+    if i >= q_len {
         return vec2<u32>(0u, 0u);
     }
-    if p.causal != 0u {
-        return vec2<u32>(start, t + 1u);
+    var kv_lo = q_start;
+    var kv_hi = q_start + min(q_len, p.tokens - q_start);
+    var past = 0u;
+    if cols == 4u {
+        let kv_len = table[row + 3u];
+        kv_lo = min(table[row + 2u], p.kv_tokens);
+        kv_hi = kv_lo + min(kv_len, p.kv_tokens - kv_lo);
+        if kv_len > q_len {
+            past = kv_len - q_len;
+        }
     }
-    return vec2<u32>(start, start + len);
+    if p.causal != 0u {
+        let avail = kv_hi - kv_lo;
+        if past < avail {
+            kv_hi = kv_lo + past + min(i + 1u, avail - past);
+        }
+    }
+    return vec2<u32>(kv_lo, kv_hi);
 }
 
 // Loads BK rows of one head (columns col0 .. col0 + d) of k or v, starting at token `row0`,
@@ -200,4 +224,65 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             out[t * q_width + h * d + c] = acc[c / 4u][c % 4u] * inv;
         }
     }
+}
+
+// kv_write: appends new key or value rows to a cache in place. Row q_start + i of the new
+// rows goes to cache row kv_start + past + i (past = kv_len − q_len) when that row is inside
+// both the sequence's kv rows and the cache. Table [seqs, 4] as above, sorted by q_start; one
+// invocation per element of the new rows. Mirrors ops::attention::kv_write_cpu.
+
+struct KvWriteParams {
+    num_seqs: u32,
+    tokens: u32,
+    width: u32,
+    kv_tokens: u32,
+}
+
+const WG_WRITE: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> wp: KvWriteParams;
+@group(0) @binding(1) var<storage, read> new_rows: array<f32>;
+@group(0) @binding(2) var<storage, read> write_table: array<u32>;
+@group(0) @binding(3) var<storage, read_write> cache: array<f32>;
+
+@compute @workgroup_size(256)
+fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let e = (wid.y * groups.x + wid.x) * WG_WRITE + li;
+    if wp.width == 0u || e >= wp.tokens * wp.width {
+        return;
+    }
+    let r = e / wp.width;
+    let c = e % wp.width;
+    var lo = 0u;
+    var hi = wp.num_seqs;
+    while lo < hi {
+        let mid = (lo + hi) / 2u;
+        if write_table[4u * mid] <= r {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == 0u {
+        return;
+    }
+    let row = 4u * (lo - 1u);
+    let i = r - write_table[row];
+    let q_len = write_table[row + 1u];
+    let kv_len = write_table[row + 3u];
+    if i >= q_len {
+        return;
+    }
+    let kv_lo = min(write_table[row + 2u], wp.kv_tokens);
+    let kv_hi = kv_lo + min(kv_len, wp.kv_tokens - kv_lo);
+    var past = 0u;
+    if kv_len > q_len {
+        past = kv_len - q_len;
+    }
+    // dst = kv_lo + past + i, written only below kv_hi (checked without wrapping).
+    if past >= kv_hi - kv_lo || i >= kv_hi - kv_lo - past {
+        return;
+    }
+    cache[(kv_lo + past + i) * wp.width + c] = new_rows[e];
 }

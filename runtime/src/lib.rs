@@ -8,7 +8,7 @@ pub mod ops;
 pub mod tensor;
 
 pub use error::{Error, Result};
-pub use exec::Session;
+pub use exec::{Outputs, Session, State};
 pub use graph::{Dim, Graph, TensorType, ValueId};
 pub use ops::{Op, OpKind};
 pub use tensor::{DType, HostTensor, TensorData};

@@ -131,4 +131,10 @@ impl HostTensor {
             _ => None,
         }
     }
+    pub fn as_u32(&self) -> Option<&[u32]> {
+        match &self.data {
+            TensorData::U32(v) => Some(v),
+            _ => None,
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! multiples), run on a backend and compared with the CPU reference within the op's stated
 //! tolerance. Backend test files call [`check_backend`]; [`cases`] covers every [`OpKind`].
 
+pub mod decoder;
 pub mod gpu;
 #[cfg(feature = "cuda")]
 pub mod minilm;
@@ -12,9 +13,9 @@ use rand::{Rng, SeedableRng};
 use tandem_runtime::backend::Backend;
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::ops::{
-    Activation, Attention, BinaryKind, Connective, Conv2d, Logic, LoraMatMul, MatMul, PoolKind, UnaryKind,
+    Activation, Attention, BinaryKind, Connective, Conv2d, KvWrite, Logic, LoraMatMul, MatMul, PoolKind, UnaryKind,
 };
-use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, OpKind, Session, TensorData, TensorType};
+use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, OpKind, Outputs, Session, TensorData, TensorType};
 
 /// How close a backend's output must be to the CPU's: |got − want| ≤ abs + rel·|want|.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +50,7 @@ pub fn tolerance(kind: OpKind) -> Tolerance {
         OpKind::Conv2d => Tolerance::new(2e-5, 1e-4),
         // Same order, f32 division: rounding of the last add and the division only.
         OpKind::GlobalAvgPool => Tolerance::new(1e-6, 1e-5),
-        OpKind::Cast | OpKind::Gather | OpKind::Reshape | OpKind::Clamp => Tolerance::EXACT,
+        OpKind::Cast | OpKind::Gather | OpKind::Reshape | OpKind::Clamp | OpKind::KvWrite => Tolerance::EXACT,
     }
 }
 
@@ -60,14 +61,19 @@ pub struct Case {
 }
 
 impl Case {
-    /// A one-node graph of this op with every operand a graph input.
+    /// A one-node graph of this op with every operand a graph input, but the operand an op
+    /// writes in place, which is a graph state (filled from the case's input before the run).
     pub fn graph(&self) -> Graph {
         let mut g = Graph::new(&self.name);
+        let in_place = self.op.in_place_input();
         let ids: Vec<_> = self
             .inputs
             .iter()
             .enumerate()
-            .map(|(i, t)| g.input(&format!("in{i}"), TensorType::fixed(t.dtype(), &t.shape)))
+            .map(|(i, t)| {
+                let ty = TensorType::fixed(t.dtype(), &t.shape);
+                if Some(i) == in_place { g.state(&format!("in{i}"), ty) } else { g.input(&format!("in{i}"), ty) }
+            })
             .collect();
         let outs = g.node(&self.name, self.op.clone(), &ids).expect("case is well formed");
         for (i, o) in outs.into_iter().enumerate() {
@@ -263,6 +269,51 @@ pub fn cases(seed: u64) -> Vec<Case> {
         ];
         add(format!("attention_{spans:?}_h{heads}_kv{kv_heads}_d{d}_causal{causal}"), op, inputs);
     }
+    // attention over a KV cache ([seqs, 4] tables: q_start, q_len, kv_start, kv_len): decode
+    // (a query per sequence, kv lengths 1 to 130), prefill after a cached prefix, a sequence
+    // with no new rows, GQA, causal and not, kv rows clamped to the cache.
+    type CacheCase = (&'static [[u32; 4]], usize, u32, u32, u32, bool);
+    let cached: &[CacheCase] = &[
+        (&[[0, 1, 0, 1]], 1, 1, 1, 1, true),
+        (&[[0, 1, 0, 7], [1, 1, 32, 1], [2, 1, 64, 33], [3, 1, 128, 130]], 260, 4, 2, 16, true),
+        (&[[0, 5, 3, 12], [5, 0, 40, 3], [5, 9, 64, 9]], 96, 6, 3, 7, true),
+        (&[[0, 3, 10, 20], [3, 129, 40, 129]], 200, 2, 1, 64, false),
+        (&[[0, 4, 0, 9], [4, 2, 90, 20]], 100, 3, 3, 8, true),
+    ];
+    for &(table, kv_tokens, heads, kv_heads, d, causal) in cached {
+        let tokens = table.iter().map(|r| r[0] + r[1]).max().unwrap() as usize + 1; // +1: a row in no sequence
+        let (qw, kw) = ((heads * d) as usize, (kv_heads * d) as usize);
+        let op = Op::Attention(Attention {
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            scale: 1.0 / (d as f32).sqrt(),
+            causal,
+        });
+        let rows = table.len();
+        let inputs = vec![
+            uniform(rng, &[tokens, qw], -2.0, 2.0),
+            uniform(rng, &[kv_tokens, kw], -2.0, 2.0),
+            uniform(rng, &[kv_tokens, kw], -1.0, 1.0),
+            HostTensor::u32(vec![rows, 4], table.iter().flatten().copied().collect()).unwrap(),
+        ];
+        add(format!("attention_cache_{table:?}_kv{kv_tokens}_h{heads}_kv{kv_heads}_d{d}_causal{causal}"), op, inputs);
+    }
+    // kv_write: new rows appended at each sequence's cursor (decode, prefill after a prefix,
+    // a first prefill, an empty sequence), widths 1, 7 and 129.
+    let writes: &[(&[[u32; 4]], usize, usize)] = &[
+        (&[[0, 1, 0, 1]], 1, 1),
+        (&[[0, 1, 0, 5], [1, 1, 16, 16], [2, 1, 32, 2]], 48, 7),
+        (&[[0, 7, 0, 7], [7, 0, 20, 4], [7, 3, 40, 10]], 60, 129),
+    ];
+    for &(table, cache_rows, width) in writes {
+        let tokens = table.iter().map(|r| r[0] + r[1]).max().unwrap() as usize;
+        let inputs = vec![
+            uniform(rng, &[cache_rows, width], -1.0, 1.0),
+            uniform(rng, &[tokens.max(1), width], -1.0, 1.0),
+            HostTensor::u32(vec![table.len(), 4], table.iter().flatten().copied().collect()).unwrap(),
+        ];
+        add(format!("kv_write_{table:?}_rows{cache_rows}_w{width}"), Op::KvWrite(KvWrite), inputs);
+    }
     // gather, with ids out of range
     for &(vocab, dim, n) in &[(1, 1, 1), (30, 7, 129), (1000, 384, 33)] {
         let ids: Vec<u32> = (0..n)
@@ -338,10 +389,15 @@ pub fn cases(seed: u64) -> Vec<Case> {
     cases
 }
 
-/// Runs a case on a backend.
+/// Runs a case on a backend (with its in-place operand as the state, when it has one).
 pub fn run_case<B: Backend>(backend: B, case: &Case) -> tandem_runtime::Result<Vec<HostTensor>> {
     let session = Session::new(backend, case.graph(), &[])?;
-    session.run_blocking(&case.inputs)
+    let Some(i) = case.op.in_place_input() else { return session.run_blocking(&case.inputs) };
+    let mut state = session.new_state(&[])?;
+    session.write_state_blocking(&mut state, &format!("in{i}"), &case.inputs[i])?;
+    let inputs: Vec<HostTensor> =
+        case.inputs.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, t)| t.clone()).collect();
+    session.run_with_blocking(&inputs, Some(&mut state), Outputs::All)
 }
 
 /// The largest violation of a tolerance, as (index, got, want), or None when all fit.

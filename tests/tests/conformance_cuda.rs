@@ -100,3 +100,13 @@ fn a_head_dim_beyond_the_kernel_is_an_error_not_a_crash() {
     assert!(backend.synchronize().is_ok());
     assert_eq!(backend.name(), "cuda");
 }
+
+#[test]
+fn tiny_decoder_with_a_kv_cache_matches_the_f64_reference() {
+    let Some(backend) = backend() else { return };
+    let seed = seed();
+    let report = tandem_tests::decoder::check_decoder(backend, seed, 20, 2e-3)
+        .unwrap_or_else(|e| panic!("seed {seed} (replay with TANDEM_TEST_SEED): {e}"));
+    println!("CUDA: {report:?}");
+    assert_eq!(report.plans_after_first_decode, 0, "decode steps must reuse the first decode step's plan");
+}

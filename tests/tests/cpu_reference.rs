@@ -46,26 +46,33 @@ fn naive_matmul(case: &tandem_tests::Case, trans_b: bool, act: Activation) -> Ve
     out
 }
 
+/// Attention as the op's doc states it, in f64 loops: a `[seqs, 2]` table pairs a sequence's
+/// rows with themselves, a `[seqs, 4]` one (q_start, q_len, kv_start, kv_len) puts the queries
+/// at the last q_len of the kv rows (clamped to the tensor).
 fn naive_attention(case: &tandem_tests::Case, heads: usize, kv_heads: usize, scale: f32, causal: bool) -> Vec<f32> {
     let (q, k, v) = (case.inputs[0].to_f32(), case.inputs[1].to_f32(), case.inputs[2].to_f32());
-    let seg: Vec<u32> = match &case.inputs[3].data {
-        tandem_runtime::TensorData::U32(s) => s.clone(),
-        _ => unreachable!(),
-    };
+    let table = case.inputs[3].as_u32().unwrap();
+    let cols = case.inputs[3].shape[1];
     let (tokens, qw) = (case.inputs[0].shape[0], case.inputs[0].shape[1]);
+    let kv_tokens = case.inputs[1].shape[0];
     let d = qw / heads;
     let kw = kv_heads * d;
     let mut out = vec![0.0f32; tokens * qw];
-    for s in seg.chunks(2) {
-        let (start, len) = (s[0] as usize, s[1] as usize);
+    for row in table.chunks(cols) {
+        let (start, len) = (row[0] as usize, row[1] as usize);
+        let (kv_start, kv_len) = if cols == 4 { (row[2] as usize, row[3] as usize) } else { (start, len) };
+        let past = kv_len.saturating_sub(len);
+        let kv_avail = kv_len.min(kv_tokens.saturating_sub(kv_start));
         for h in 0..heads {
             let kh = h / (heads / kv_heads);
             for i in 0..len {
-                let visible = if causal { i + 1 } else { len };
+                let visible = if causal { (past + i + 1).min(kv_avail) } else { kv_avail };
                 let scores: Vec<f64> = (0..visible)
                     .map(|j| {
                         (0..d)
-                            .map(|c| q[(start + i) * qw + h * d + c] as f64 * k[(start + j) * kw + kh * d + c] as f64)
+                            .map(|c| {
+                                q[(start + i) * qw + h * d + c] as f64 * k[(kv_start + j) * kw + kh * d + c] as f64
+                            })
                             .sum::<f64>()
                             * scale as f64
                     })
@@ -74,13 +81,30 @@ fn naive_attention(case: &tandem_tests::Case, heads: usize, kv_heads: usize, sca
                 let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let sum: f64 = exps.iter().sum();
                 for c in 0..d {
-                    let acc: f64 = (0..visible).map(|j| exps[j] / sum * v[(start + j) * kw + kh * d + c] as f64).sum();
+                    let acc: f64 =
+                        (0..visible).map(|j| exps[j] / sum * v[(kv_start + j) * kw + kh * d + c] as f64).sum();
                     out[(start + i) * qw + h * d + c] = acc as f32;
                 }
             }
         }
     }
     out
+}
+
+/// kv_write as its doc states it: new row q_start + i lands at cache row
+/// kv_start + (kv_len − q_len) + i.
+fn naive_kv_write(case: &tandem_tests::Case) -> Vec<f32> {
+    let mut cache = case.inputs[0].to_f32();
+    let new = case.inputs[1].to_f32();
+    let width = case.inputs[0].shape[1];
+    for row in case.inputs[2].as_u32().unwrap().chunks(4) {
+        let [q_start, q_len, kv_start, kv_len] = [row[0], row[1], row[2], row[3]].map(|x| x as usize);
+        for i in 0..q_len {
+            let dst = kv_start + kv_len - q_len + i;
+            cache[dst * width..][..width].copy_from_slice(&new[(q_start + i) * width..][..width]);
+        }
+    }
+    cache
 }
 
 #[test]
@@ -94,6 +118,7 @@ fn cpu_matmul_and_attention_match_plain_loops() {
             Op::Attention(a) => {
                 naive_attention(&case, a.num_heads as usize, a.num_kv_heads as usize, a.scale, a.causal)
             }
+            Op::KvWrite(_) => naive_kv_write(&case),
             _ => continue,
         };
         let got = run_case(CpuBackend::new(), &case).unwrap().remove(0);

@@ -217,6 +217,7 @@ impl EmuBackend {
             KernelParams::Binary(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
             KernelParams::Norm(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
             KernelParams::Attention(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
+            KernelParams::KvWrite(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
             KernelParams::Gather(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
             KernelParams::Pool(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
             KernelParams::SoftLogic(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
@@ -339,4 +340,15 @@ fn kernel_limits_match_the_cpu_through_the_emulator() {
         println!("FAIL {f}");
     }
     assert!(failures.is_empty(), "{} limit cases differ from the CPU (seed {seed})", failures.len());
+}
+
+#[test]
+fn tiny_decoder_with_a_kv_cache_matches_the_f64_reference_through_the_emulator() {
+    let Some(emu) = emulator() else { return };
+    let seed = seed();
+    // Few steps: every emulated CUDA thread is an OS thread.
+    let report = tandem_tests::decoder::check_decoder(EmuBackend(emu), seed, 4, 2e-3)
+        .unwrap_or_else(|e| panic!("seed {seed} (replay with TANDEM_TEST_SEED): {e}"));
+    println!("emulated CUDA: {report:?}");
+    assert_eq!(report.plans_after_first_decode, 0);
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tandem_runtime::OpKind;
-use tandem_runtime::ops::attention::AttentionParams;
+use tandem_runtime::ops::attention::{AttentionParams, KvWriteParams};
 use tandem_runtime::ops::conv::{Conv2dParams, GlobalPoolParams};
 use tandem_runtime::ops::elementwise::ClampParams;
 use tandem_runtime::ops::elementwise::{BinaryParams, MAX_RANK, UnaryParams};
@@ -237,6 +237,7 @@ fn rust_size(name: &str) -> Option<usize> {
         "BinaryParams" => size_of::<BinaryParams>(),
         "NormParams" => size_of::<NormParams>(),
         "AttentionParams" => size_of::<AttentionParams>(),
+        "KvWriteParams" => size_of::<KvWriteParams>(),
         "GatherParams" => size_of::<GatherParams>(),
         "PoolParams" => size_of::<PoolParams>(),
         "SoftLogicParams" => size_of::<SoftLogicParams>(),

@@ -46,6 +46,8 @@ pub trait Backend {
     fn begin(&self) -> Result<Self::Recording>;
     /// Writes a host tensor into `buf` before the recorded work runs (graph inputs).
     fn write(&self, rec: &mut Self::Recording, buf: &mut Self::Buffer, tensor: &HostTensor) -> Result<()>;
+    /// Records one op. An op that writes an input in place ([`Op::in_place_input`], e.g.
+    /// `kv_write` into a state) gets that input as its output and not among `inputs`.
     fn dispatch(
         &self,
         rec: &mut Self::Recording,

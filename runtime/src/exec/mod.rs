@@ -1,16 +1,20 @@
-//! Plans a graph for concrete input shapes and runs it on a backend.
+//! Plans a graph for concrete shapes and runs it on a backend.
 //!
 //! A plan fixes every value's shape and assigns each value a buffer slot by liveness: a slot
 //! is reused once every value in it has been read for the last time, and a node's outputs
-//! never share a slot with its inputs. Reshapes are views (they share their input's slot).
-//! Plans are cached per input-shape signature; buffers are pooled across runs.
+//! never share a slot with its inputs. Reshapes are views (they share their input's slot);
+//! ops that write a state in place (`kv_write`) output the state's own buffer. A plan covers
+//! only the nodes the requested outputs need (and every state write). Plans are cached per
+//! signature (input shapes, state shapes, requested outputs), so a decoder's steps, whose
+//! shapes do not change as its cache fills, reuse one plan; buffers are pooled across runs.
 
 use crate::backend::{Arg, Backend, OutArg};
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Weights, bind_symbols, load_weights};
-use crate::ops::Op;
+use crate::graph::{Bindings, Dim, Graph, ValueId, Weights, bind_symbols, load_weights};
+use crate::ops::{Op, attention};
 use crate::tensor::{DType, HostTensor};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Where a value lives during a run.
@@ -18,21 +22,24 @@ use std::sync::{Arc, Mutex};
 enum Loc {
     Weight(usize),
     Slot(usize),
+    State(usize),
 }
 
 #[derive(Debug)]
 struct Step {
     node: usize,
-    outputs: Vec<usize>,
+    outputs: Vec<Loc>,
 }
 
-/// The schedule for one input-shape signature.
+/// The schedule for one signature.
 #[derive(Debug)]
 pub struct Plan {
     shapes: Vec<(DType, Vec<usize>)>,
     loc: Vec<Option<Loc>>,
     slot_bytes: Vec<usize>,
     steps: Vec<Step>,
+    /// The graph outputs this plan reads back, in the order asked for.
+    reads: Vec<ValueId>,
 }
 
 impl Plan {
@@ -42,6 +49,10 @@ impl Plan {
     }
     pub fn slot_count(&self) -> usize {
         self.slot_bytes.len()
+    }
+    /// Nodes this plan dispatches (views excluded).
+    pub fn step_count(&self) -> usize {
+        self.steps.len()
     }
 }
 
@@ -91,18 +102,46 @@ impl SlotAllocator {
     }
 }
 
-pub fn plan(graph: &Graph, input_shapes: &[(DType, Vec<usize>)], bindings: &crate::graph::Bindings) -> Result<Plan> {
+/// The nodes needed for `wanted`: those they depend on, and every node that writes a state
+/// (its effect outlives the run).
+fn needed_nodes(graph: &Graph, wanted: &[ValueId]) -> Vec<bool> {
+    let mut live = vec![false; graph.values.len()];
+    for &o in wanted {
+        live[o.index()] = true;
+    }
+    let mut needed = vec![false; graph.nodes.len()];
+    for (n, node) in graph.nodes.iter().enumerate().rev() {
+        if node.op.in_place_input().is_some() || node.outputs.iter().any(|o| live[o.index()]) {
+            needed[n] = true;
+            for &i in &node.inputs {
+                live[i.index()] = true;
+            }
+        }
+    }
+    needed
+}
+
+/// Plans `graph` for inputs and states of these shapes, reading back `wanted` (graph
+/// outputs).
+pub fn plan(
+    graph: &Graph,
+    input_shapes: &[(DType, Vec<usize>)],
+    state_shapes: &[Vec<usize>],
+    bindings: &Bindings,
+    wanted: &[ValueId],
+) -> Result<Plan> {
     let n = graph.values.len();
     let mut shapes: Vec<Option<(DType, Vec<usize>)>> = vec![None; n];
     let mut loc: Vec<Option<Loc>> = vec![None; n];
+    let needed = needed_nodes(graph, wanted);
     let mut uses = vec![0usize; n];
-    for node in &graph.nodes {
+    for (node, _) in graph.nodes.iter().zip(&needed).filter(|(_, needed)| **needed) {
         for &i in &node.inputs {
             uses[i.index()] += 1;
         }
     }
-    for &o in &graph.outputs {
-        uses[o.index()] += 1; // graph outputs stay live to the end
+    for &o in wanted {
+        uses[o.index()] += 1; // outputs read back stay live to the end
     }
     let mut slots = SlotAllocator::default();
     for (i, &w) in graph.weights.iter().enumerate() {
@@ -114,13 +153,17 @@ pub fn plan(graph: &Graph, input_shapes: &[(DType, Vec<usize>)], bindings: &crat
         ));
         loc[w.index()] = Some(Loc::Weight(i));
     }
+    for (i, (&s, shape)) in graph.states.iter().zip(state_shapes).enumerate() {
+        shapes[s.index()] = Some((graph.value(s).ty.dtype, shape.clone()));
+        loc[s.index()] = Some(Loc::State(i));
+    }
     for (&id, (dtype, shape)) in graph.inputs.iter().zip(input_shapes) {
         let s = slots.take(bytes_of(*dtype, shape)?);
         shapes[id.index()] = Some((*dtype, shape.clone()));
         loc[id.index()] = Some(Loc::Slot(s));
     }
     let mut steps = Vec::new();
-    for (ni, node) in graph.nodes.iter().enumerate() {
+    for (ni, node) in graph.nodes.iter().enumerate().filter(|&(ni, _)| needed[ni]) {
         let in_shapes: Vec<(DType, &[usize])> = node
             .inputs
             .iter()
@@ -130,9 +173,15 @@ pub fn plan(graph: &Graph, input_shapes: &[(DType, Vec<usize>)], bindings: &crat
             .op
             .output_shapes(&in_shapes, bindings)
             .map_err(|e| Error::input(format!("node '{}' ({}): {e}", node.name, node.op.kind().name())))?;
-        if let Op::Reshape(_) = node.op {
-            let (from, to) = (node.inputs[0], node.outputs[0]);
-            let (from_n, to_n): (usize, usize) = (in_shapes[0].1.iter().product(), out_shapes[0].1.iter().product());
+        // Views and in-place writes put their output where their input is.
+        let aliased = match node.op {
+            Op::Reshape(_) => Some(0),
+            _ => node.op.in_place_input(),
+        };
+        if let Some(from) = aliased {
+            let (from, to) = (node.inputs[from], node.outputs[0]);
+            let from_n: usize = shapes[from.index()].as_ref().expect("planned").1.iter().product();
+            let to_n: usize = out_shapes[0].1.iter().product();
             if from_n != to_n {
                 return Err(Error::input(format!(
                     "node '{}' (reshape): {:?} has {from_n} elements, target {:?} has {to_n}",
@@ -143,12 +192,15 @@ pub fn plan(graph: &Graph, input_shapes: &[(DType, Vec<usize>)], bindings: &crat
             if let Some(Loc::Slot(s)) = loc[to.index()] {
                 slots.refs[s] += 1;
             }
+            if !matches!(node.op, Op::Reshape(_)) {
+                steps.push(Step { node: ni, outputs: vec![loc[to.index()].expect("planned")] });
+            }
         } else {
             let mut outs = Vec::new();
             for (&o, (dtype, shape)) in node.outputs.iter().zip(&out_shapes) {
                 let s = slots.take(bytes_of(*dtype, shape)?);
                 loc[o.index()] = Some(Loc::Slot(s));
-                outs.push(s);
+                outs.push(Loc::Slot(s));
             }
             steps.push(Step { node: ni, outputs: outs });
         }
@@ -175,7 +227,47 @@ pub fn plan(graph: &Graph, input_shapes: &[(DType, Vec<usize>)], bindings: &crat
         loc,
         slot_bytes: slots.bytes,
         steps,
+        reads: wanted.to_vec(),
     })
+}
+
+/// Which graph outputs a run reads back; the others are not computed at all unless a
+/// requested one needs them, and nothing else leaves the device.
+#[derive(Debug, Clone, Copy)]
+pub enum Outputs<'a> {
+    All,
+    /// By name, in this order.
+    Named(&'a [&'a str]),
+}
+
+/// Values that live on the backend's device between runs: one buffer per state the graph
+/// declares (a decoder's KV caches), with the sizes chosen when it was made. Owned by the
+/// caller, one per sequence or per batch of sequences, and passed to each run by `&mut`, so
+/// two runs never write one state at once. Contents start unspecified (the ops' tables say
+/// which rows are valid).
+pub struct State<B: Backend> {
+    buffers: Vec<Option<B::Buffer>>,
+    shapes: Vec<Vec<usize>>,
+    bindings: Bindings,
+    bytes: usize,
+}
+
+impl<B: Backend> State<B> {
+    /// Concrete shapes, in the order of `graph.states`.
+    pub fn shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+    /// Device bytes this state holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PlanKey {
+    inputs: Vec<Vec<usize>>,
+    states: Vec<Vec<usize>>,
+    outputs: Vec<ValueId>,
 }
 
 /// Most plans a session keeps; a server sees a new token count per batch, so this is bounded.
@@ -189,7 +281,8 @@ pub struct Session<B: Backend> {
     backend: B,
     graph: Graph,
     weights: Vec<B::Buffer>,
-    plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<Plan>>>,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+    plans_made: AtomicUsize,
     pool: Mutex<Vec<(usize, B::Buffer)>>,
 }
 
@@ -228,7 +321,14 @@ impl<B: Backend> Session<B> {
                 backend.upload(t)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Session { backend, graph, weights, plans: Mutex::new(HashMap::new()), pool: Mutex::new(Vec::new()) })
+        Ok(Session {
+            backend,
+            graph,
+            weights,
+            plans: Mutex::new(HashMap::new()),
+            plans_made: AtomicUsize::new(0),
+            pool: Mutex::new(Vec::new()),
+        })
     }
 
     /// `new` with weights read from a safetensors file.
@@ -246,15 +346,95 @@ impl<B: Backend> Session<B> {
         &self.backend
     }
 
-    /// The plan for these inputs (cached).
-    pub fn plan_for(&self, inputs: &[HostTensor]) -> Result<Arc<Plan>> {
-        let bindings = bind_symbols(&self.graph, inputs)?;
-        let key: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+    /// How many plans this session has made so far (a plan per new signature; a decoder's
+    /// steps after the first make none).
+    pub fn plans_made(&self) -> usize {
+        self.plans_made.load(Ordering::Relaxed)
+    }
+
+    /// A state for this graph, with its symbolic dims sized by `sizes` (name, size), e.g.
+    /// `[("kv_rows", slots × capacity)]`.
+    pub fn new_state(&self, sizes: &[(&str, usize)]) -> Result<State<B>> {
+        let bindings: Bindings = sizes.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+        let mut shapes = Vec::with_capacity(self.graph.states.len());
+        for &id in &self.graph.states {
+            let value = self.graph.value(id);
+            let shape = value
+                .ty
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => Ok(*n as usize),
+                    Dim::Sym(s) => bindings
+                        .get(s)
+                        .copied()
+                        .ok_or_else(|| Error::input(format!("state '{}' needs the size of '{s}'", value.name))),
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            shapes.push(shape);
+        }
+        let mut bytes = 0;
+        let mut buffers = Vec::with_capacity(shapes.len());
+        for (&id, shape) in self.graph.states.iter().zip(&shapes) {
+            let size = bytes_of(self.graph.value(id).ty.dtype, shape)?;
+            buffers.push(Some(self.backend.alloc(size)?));
+            bytes += size;
+        }
+        Ok(State { buffers, shapes, bindings, bytes })
+    }
+
+    /// Overwrites state `name` with `tensor` (same dtype and shape).
+    pub async fn write_state(&self, state: &mut State<B>, name: &str, tensor: &HostTensor) -> Result<()> {
+        let i = self
+            .graph
+            .states
+            .iter()
+            .position(|&s| self.graph.value(s).name == name)
+            .ok_or_else(|| Error::input(format!("the graph has no state '{name}'")))?;
+        let value = self.graph.value(self.graph.states[i]);
+        if tensor.dtype() != value.ty.dtype || tensor.shape != state.shapes[i] {
+            return Err(Error::input(format!(
+                "state '{name}' is {} {:?}, not {} {:?}",
+                value.ty.dtype,
+                state.shapes[i],
+                tensor.dtype(),
+                tensor.shape
+            )));
+        }
+        let mut rec = self.backend.begin()?;
+        let buf = state.buffers[i].as_mut().expect("state buffers are present between runs");
+        self.backend.write(&mut rec, buf, tensor)?;
+        self.backend.finish(rec, &[]).await.map(|_| ())
+    }
+
+    /// The plan for these inputs, states and outputs (cached).
+    fn plan_for(&self, inputs: &[HostTensor], state: Option<&State<B>>, wanted: Vec<ValueId>) -> Result<Arc<Plan>> {
+        let mut bindings = bind_symbols(&self.graph, inputs)?;
+        let states: Vec<Vec<usize>> = match state {
+            Some(s) => {
+                for (name, &size) in &s.bindings {
+                    match bindings.get(name) {
+                        Some(&bound) if bound != size => {
+                            return Err(Error::input(format!(
+                                "dim '{name}' is {bound} in the inputs but {size} in the state"
+                            )));
+                        }
+                        _ => {
+                            bindings.insert(name.clone(), size);
+                        }
+                    }
+                }
+                s.shapes.clone()
+            }
+            None => Vec::new(),
+        };
+        let key = PlanKey { inputs: inputs.iter().map(|t| t.shape.clone()).collect(), states, outputs: wanted };
         if let Some(p) = self.plans.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         let shapes: Vec<(DType, Vec<usize>)> = inputs.iter().map(|t| (t.dtype(), t.shape.clone())).collect();
-        let p = Arc::new(plan(&self.graph, &shapes, &bindings)?);
+        let p = Arc::new(plan(&self.graph, &shapes, &key.states, &bindings, &key.outputs)?);
+        self.plans_made.fetch_add(1, Ordering::Relaxed);
         let mut plans = self.plans.lock().unwrap();
         if plans.len() >= MAX_CACHED_PLANS {
             plans.clear();
@@ -282,10 +462,51 @@ impl<B: Backend> Session<B> {
         }
     }
 
+    fn wanted_outputs(&self, outputs: Outputs<'_>) -> Result<Vec<ValueId>> {
+        match outputs {
+            Outputs::All => Ok(self.graph.outputs.clone()),
+            Outputs::Named(names) => names
+                .iter()
+                .map(|name| {
+                    self.graph.outputs.iter().copied().find(|&o| self.graph.value(o).name == *name).ok_or_else(|| {
+                        let known: Vec<&str> =
+                            self.graph.outputs.iter().map(|&o| self.graph.value(o).name.as_str()).collect();
+                        Error::input(format!("the graph has no output '{name}' (it has {})", known.join(", ")))
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// Runs the graph: inputs in the order of `graph.inputs`, outputs in the order of
-    /// `graph.outputs`.
+    /// `graph.outputs`. For graphs without states.
     pub async fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
-        let plan = self.plan_for(inputs)?;
+        self.run_with(inputs, None, Outputs::All).await
+    }
+
+    /// Runs the graph with its state (required when the graph declares states), reading back
+    /// only `outputs`.
+    pub async fn run_with(
+        &self,
+        inputs: &[HostTensor],
+        mut state: Option<&mut State<B>>,
+        outputs: Outputs<'_>,
+    ) -> Result<Vec<HostTensor>> {
+        match &state {
+            None if !self.graph.states.is_empty() => {
+                return Err(Error::input(format!(
+                    "the graph declares {} states: run it with a State (Session::new_state)",
+                    self.graph.states.len()
+                )));
+            }
+            Some(s) if s.shapes.len() != self.graph.states.len() => {
+                return Err(Error::input("the state was made for another graph"));
+            }
+            _ => {}
+        }
+        let wanted = self.wanted_outputs(outputs)?;
+        let plan = self.plan_for(inputs, state.as_deref(), wanted)?;
+        self.check_state_writes(&plan, inputs)?;
         let mut slots: Vec<Option<(usize, B::Buffer)>> = Vec::with_capacity(plan.slot_bytes.len());
         for &bytes in &plan.slot_bytes {
             match self.take_buffer(bytes) {
@@ -296,9 +517,36 @@ impl<B: Backend> Session<B> {
                 }
             }
         }
-        let result = self.record_and_finish(&plan, inputs, &mut slots).await;
+        let mut no_state = Vec::new();
+        let states = match state.as_mut() {
+            Some(s) => &mut s.buffers,
+            None => &mut no_state,
+        };
+        let result = self.record_and_finish(&plan, inputs, &mut slots, states).await;
         self.return_buffers(slots.into_iter().flatten());
         result
+    }
+
+    /// In-place writes whose table is a graph input are checked on the host before anything
+    /// runs: a table that points past the state is the caller's bug, and GPU kernels cannot
+    /// report it (they skip such rows).
+    fn check_state_writes(&self, plan: &Plan, inputs: &[HostTensor]) -> Result<()> {
+        for step in &plan.steps {
+            let node = &self.graph.nodes[step.node];
+            let Op::KvWrite(_) = node.op else { continue };
+            let table_id = node.inputs[2];
+            let Some(pos) = self.graph.inputs.iter().position(|&i| i == table_id) else { continue };
+            let rows = plan.shapes[node.inputs[1].index()].1[0];
+            let cache_rows = plan.shapes[node.inputs[0].index()].1[0];
+            attention::check_kv_table(inputs[pos].as_u32().unwrap_or(&[]), rows, cache_rows).map_err(|e| {
+                Error::input(format!(
+                    "node '{}' (kv_write), table '{}': {e}",
+                    node.name,
+                    self.graph.value(table_id).name
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     async fn record_and_finish(
@@ -306,6 +554,7 @@ impl<B: Backend> Session<B> {
         plan: &Plan,
         inputs: &[HostTensor],
         slots: &mut [Option<(usize, B::Buffer)>],
+        states: &mut [Option<B::Buffer>],
     ) -> Result<Vec<HostTensor>> {
         let mut rec = self.backend.begin()?;
         for (&id, tensor) in self.graph.inputs.iter().zip(inputs) {
@@ -315,19 +564,26 @@ impl<B: Backend> Session<B> {
         }
         for step in &plan.steps {
             let node = &self.graph.nodes[step.node];
-            let mut taken: Vec<(usize, B::Buffer)> =
-                step.outputs.iter().map(|&s| slots[s].take().expect("output slot is not an input slot")).collect();
+            let in_place = node.op.in_place_input();
+            // Outputs are taken out of their homes for the dispatch (no output is an input).
+            let mut taken: Vec<(usize, B::Buffer)> = step
+                .outputs
+                .iter()
+                .map(|&l| match l {
+                    Loc::Slot(s) => slots[s].take().expect("output slot is not an input slot"),
+                    Loc::State(s) => (0, states[s].take().expect("state written once per node")),
+                    Loc::Weight(_) => unreachable!("weights are never written"),
+                })
+                .collect();
             let result = {
                 let args: Vec<Arg<'_, B::Buffer>> = node
                     .inputs
                     .iter()
-                    .map(|&i| {
+                    .enumerate()
+                    .filter(|&(i, _)| Some(i) != in_place)
+                    .map(|(_, &i)| {
                         let (dtype, shape) = &plan.shapes[i.index()];
-                        let buf = match plan.loc[i.index()].expect("planned") {
-                            Loc::Weight(w) => &self.weights[w],
-                            Loc::Slot(s) => &slots[s].as_ref().expect("input slot present").1,
-                        };
-                        Arg { buf, dtype: *dtype, shape }
+                        Arg { buf: buffer(plan, i, &self.weights, slots, states), dtype: *dtype, shape }
                     })
                     .collect();
                 let mut outs: Vec<OutArg<'_, B::Buffer>> = taken
@@ -340,8 +596,12 @@ impl<B: Backend> Session<B> {
                     .collect();
                 self.backend.dispatch(&mut rec, &node.op, &args, &mut outs)
             };
-            for (&s, b) in step.outputs.iter().zip(taken) {
-                slots[s] = Some(b);
+            for (&l, (capacity, b)) in step.outputs.iter().zip(taken) {
+                match l {
+                    Loc::Slot(s) => slots[s] = Some((capacity, b)),
+                    Loc::State(s) => states[s] = Some(b),
+                    Loc::Weight(_) => unreachable!(),
+                }
             }
             result.map_err(|e| match e {
                 Error::Backend { backend, message } => {
@@ -350,17 +610,12 @@ impl<B: Backend> Session<B> {
                 other => other,
             })?;
         }
-        let reads: Vec<Arg<'_, B::Buffer>> = self
-            .graph
-            .outputs
+        let reads: Vec<Arg<'_, B::Buffer>> = plan
+            .reads
             .iter()
             .map(|&o| {
                 let (dtype, shape) = &plan.shapes[o.index()];
-                let buf = match plan.loc[o.index()].expect("planned") {
-                    Loc::Weight(w) => &self.weights[w],
-                    Loc::Slot(s) => &slots[s].as_ref().expect("slot present").1,
-                };
-                Arg { buf, dtype: *dtype, shape }
+                Arg { buf: buffer(plan, o, &self.weights, slots, states), dtype: *dtype, shape }
             })
             .collect();
         self.backend.finish(rec, &reads).await
@@ -369,5 +624,35 @@ impl<B: Backend> Session<B> {
     /// `run` for callers without an executor.
     pub fn run_blocking(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
         pollster::block_on(self.run(inputs))
+    }
+
+    /// `run_with` for callers without an executor.
+    pub fn run_with_blocking(
+        &self,
+        inputs: &[HostTensor],
+        state: Option<&mut State<B>>,
+        outputs: Outputs<'_>,
+    ) -> Result<Vec<HostTensor>> {
+        pollster::block_on(self.run_with(inputs, state, outputs))
+    }
+
+    /// `write_state` for callers without an executor.
+    pub fn write_state_blocking(&self, state: &mut State<B>, name: &str, tensor: &HostTensor) -> Result<()> {
+        pollster::block_on(self.write_state(state, name, tensor))
+    }
+}
+
+/// The buffer a planned value lives in.
+fn buffer<'a, B>(
+    plan: &Plan,
+    id: ValueId,
+    weights: &'a [B],
+    slots: &'a [Option<(usize, B)>],
+    states: &'a [Option<B>],
+) -> &'a B {
+    match plan.loc[id.index()].expect("planned") {
+        Loc::Weight(w) => &weights[w],
+        Loc::Slot(s) => &slots[s].as_ref().expect("slot present").1,
+        Loc::State(s) => states[s].as_ref().expect("state present"),
     }
 }

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const GRAPH_MAGIC: &[u8; 8] = b"TNDMGRPH";
-pub const GRAPH_FILE_VERSION: u32 = 1;
+/// 2: graphs declare states.
+pub const GRAPH_FILE_VERSION: u32 = 2;
 /// Graph files hold structure only (weights are elsewhere), so this is generous.
 const MAX_GRAPH_FILE_BYTES: u64 = 64 << 20;
 const HEADER_BYTES: usize = 8 + 4 + 8;
@@ -27,6 +28,7 @@ struct DiskGraph {
     inputs: Vec<ValueId>,
     outputs: Vec<ValueId>,
     weights: Vec<ValueId>,
+    states: Vec<ValueId>,
     metadata: BTreeMap<String, String>,
 }
 
@@ -66,6 +68,7 @@ pub fn write_graph_file(graph: &Graph, path: &Path) -> Result<()> {
         inputs: graph.inputs.clone(),
         outputs: graph.outputs.clone(),
         weights: graph.weights.clone(),
+        states: graph.states.clone(),
         metadata: graph.metadata.clone(),
     };
     let payload = bincode::serde::encode_to_vec(&disk, bincode_config())
@@ -132,6 +135,7 @@ fn decode_graph(bytes: &[u8]) -> std::result::Result<Graph, String> {
         inputs: disk.inputs,
         outputs: disk.outputs,
         weights: disk.weights,
+        states: disk.states,
         metadata: disk.metadata,
     };
     graph.validate().map_err(|e| e.to_string())?;

@@ -113,6 +113,10 @@ pub struct Graph {
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
     pub weights: Vec<ValueId>,
+    /// Values that live on the device between runs (a decoder's KV cache), owned by the
+    /// caller as a [`crate::exec::State`] and written in place by ops such as `kv_write`. Their
+    /// symbolic dims are bound when the state is made, not by the inputs of a run.
+    pub states: Vec<ValueId>,
     /// Free-form facts a pipeline needs to use the graph (pooling, max tokens, ...).
     pub metadata: BTreeMap<String, String>,
 }
@@ -141,6 +145,13 @@ impl Graph {
     pub fn weight(&mut self, name: &str, ty: TensorType) -> ValueId {
         let id = self.add_value(name.to_string(), ty);
         self.weights.push(id);
+        id
+    }
+
+    /// Declares a state value (see [`Graph::states`]).
+    pub fn state(&mut self, name: &str, ty: TensorType) -> ValueId {
+        let id = self.add_value(name.to_string(), ty);
+        self.states.push(id);
         id
     }
 

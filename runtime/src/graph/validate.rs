@@ -18,6 +18,7 @@ enum Producer {
     None,
     Input,
     Weight,
+    State,
     Node(usize),
 }
 
@@ -41,9 +42,11 @@ impl Graph {
                 return Err(Error::graph(format!("value '{}' has rank {} (at most {MAX_RANK})", v.name, v.ty.rank())));
             }
         }
-        for (list, kind, what) in
-            [(&self.inputs, Producer::Input, "graph input"), (&self.weights, Producer::Weight, "weight")]
-        {
+        for (list, kind, what) in [
+            (&self.inputs, Producer::Input, "graph input"),
+            (&self.weights, Producer::Weight, "weight"),
+            (&self.states, Producer::State, "state"),
+        ] {
             for &id in list.iter() {
                 check_id(id, what)?;
                 if producer[id.index()] != Producer::None {
@@ -52,8 +55,42 @@ impl Graph {
                 producer[id.index()] = kind;
             }
         }
+        // Which node writes each state in place: nobody else may read the state before or
+        // after that write except through the writer's output, so the order is explicit.
+        let mut writer: HashMap<ValueId, usize> = HashMap::new();
+        for (n, node) in self.nodes.iter().enumerate() {
+            if let Some(i) = node.op.in_place_input() {
+                let at = format!("node '{}' ({})", node.name, node.op.kind().name());
+                let Some(&target) = node.inputs.get(i) else { continue };
+                check_id(target, &at)?;
+                if !self.states.contains(&target) {
+                    return Err(Error::graph(format!(
+                        "{at}: writes input '{}' in place, which is not a graph state",
+                        self.value(target).name
+                    )));
+                }
+                if let Some(other) = writer.insert(target, n) {
+                    return Err(Error::graph(format!(
+                        "{at}: state '{}' is already written by node '{}'",
+                        self.value(target).name,
+                        self.nodes[other].name
+                    )));
+                }
+            }
+        }
         for (n, node) in self.nodes.iter().enumerate() {
             let at = format!("node '{}' ({})", node.name, node.op.kind().name());
+            for (i, id) in node.inputs.iter().enumerate() {
+                if let Some(&w) = writer.get(id)
+                    && (w != n || node.op.in_place_input() != Some(i))
+                {
+                    return Err(Error::graph(format!(
+                        "{at}: reads state '{}', which node '{}' writes in place: read that node's output instead",
+                        self.value(*id).name,
+                        self.nodes[w].name
+                    )));
+                }
+            }
             for &id in &node.inputs {
                 check_id(id, &at)?;
                 if producer[id.index()] == Producer::None {

@@ -19,7 +19,7 @@ pub mod norm;
 pub mod pool;
 pub mod softlogic;
 
-pub use attention::Attention;
+pub use attention::{Attention, KvWrite};
 pub use conv::Conv2d;
 pub use elementwise::{BinaryKind, UnaryKind};
 pub use matmul::{Activation, LoraMatMul, MatMul};
@@ -53,9 +53,13 @@ pub enum Op {
     L2Normalize {
         eps: f32,
     },
-    /// Fused multi-head scaled dot-product attention over packed sequences; inputs q, k, v,
-    /// segments.
+    /// Fused multi-head scaled dot-product attention over packed sequences; inputs q, k, v and
+    /// a table: `[seqs, 2]` segments (self-attention) or `[seqs, 4]` (q rows, kv rows: a
+    /// decoder's KV cache). See `ops::attention`.
     Attention(Attention),
+    /// Appends rows to a KV cache in place; inputs cache (a graph state), new rows, a
+    /// `[seqs, 4]` table; the output is the cache after the write (the same buffer).
+    KvWrite(KvWrite),
     /// Row gather (embedding lookup); inputs table `[V, D]`, ids (u32, any shape). Ids outside
     /// the table give a zero row on every backend.
     Gather,
@@ -104,6 +108,7 @@ pub enum OpKind {
     Softmax,
     L2Normalize,
     Attention,
+    KvWrite,
     Gather,
     Pool,
     Reshape,
@@ -125,6 +130,7 @@ impl OpKind {
         OpKind::Softmax,
         OpKind::L2Normalize,
         OpKind::Attention,
+        OpKind::KvWrite,
         OpKind::Gather,
         OpKind::Pool,
         OpKind::Reshape,
@@ -146,6 +152,7 @@ impl OpKind {
             OpKind::Softmax => "softmax",
             OpKind::L2Normalize => "l2_normalize",
             OpKind::Attention => "attention",
+            OpKind::KvWrite => "kv_write",
             OpKind::Gather => "gather",
             OpKind::Pool => "pool",
             OpKind::Reshape => "reshape",
@@ -175,6 +182,7 @@ impl OpKind {
             OpKind::Softmax => ("norm", "softmax"),
             OpKind::L2Normalize => ("norm", "l2_normalize"),
             OpKind::Attention => ("attention", "attention"),
+            OpKind::KvWrite => ("attention", "kv_write"),
             OpKind::Gather => ("gather", "gather"),
             OpKind::Pool => ("pool", "pool"),
             OpKind::SoftLogic => ("softlogic", "soft_logic"),
@@ -200,6 +208,7 @@ impl Op {
             Op::Softmax => OpKind::Softmax,
             Op::L2Normalize { .. } => OpKind::L2Normalize,
             Op::Attention(_) => OpKind::Attention,
+            Op::KvWrite(_) => OpKind::KvWrite,
             Op::Gather => OpKind::Gather,
             Op::Pool(_) => OpKind::Pool,
             Op::Reshape(_) => OpKind::Reshape,
@@ -246,6 +255,7 @@ impl Op {
                 Ok(vec![inputs[0].clone()])
             }
             Op::Attention(a) => a.infer(inputs),
+            Op::KvWrite(_) => KvWrite::infer(inputs),
             Op::Gather => gather::infer(inputs),
             Op::Pool(_) => pool::infer(inputs),
             Op::Reshape(shape) => {
@@ -258,6 +268,16 @@ impl Op {
                 }
                 Ok(vec![TensorType::new(from.dtype, shape.clone())])
             }
+        }
+    }
+
+    /// The input that the op writes in place, when it has one: that input must be a graph
+    /// state, its output 0 is the same buffer after the write, and backends receive it as the
+    /// output (never also as an input).
+    pub fn in_place_input(&self) -> Option<usize> {
+        match self {
+            Op::KvWrite(_) => Some(0),
+            _ => None,
         }
     }
 

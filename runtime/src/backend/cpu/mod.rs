@@ -124,8 +124,13 @@ impl Backend for CpuBackend {
                 ops::norm::l2_normalize_cpu(&p, f(0), out.buf.f32_mut(n_out));
             }
             Op::Attention(a) => {
-                let p = a.params(inputs[0].shape, inputs[3].shape);
+                let p = a.params(inputs[0].shape, inputs[1].shape, inputs[3].shape);
                 ops::attention::cpu(&p, f(0), f(1), f(2), u(3), out.buf.f32_mut(n_out));
+            }
+            Op::KvWrite(_) => {
+                // The cache is the output (written in place); inputs are new rows and table.
+                let p = ops::attention::KvWrite::params(inputs[0].shape, out_shape, inputs[1].shape);
+                ops::attention::kv_write_cpu(&p, f(0), u(1), out.buf.f32_mut(n_out));
             }
             Op::Gather => {
                 let p = ops::gather::GatherParams::new(inputs[0].shape, inputs[1].shape);

@@ -7,7 +7,7 @@
 //! tile sizes below are the kernels' `#define`s; a unit test below checks that they agree
 //! with the `.cu` files.
 
-use crate::ops::attention::AttentionParams;
+use crate::ops::attention::{AttentionParams, KvWrite, KvWriteParams};
 use crate::ops::conv::{Conv2dParams, GlobalPoolParams};
 use crate::ops::elementwise::{BinaryParams, ClampParams, UnaryParams, binary_params};
 use crate::ops::gather::GatherParams;
@@ -34,6 +34,7 @@ pub const KERNEL_CONSTANTS: &[(&str, &str, u32)] = &[
     ("attention", "ATT_THREADS", ATT_THREADS),
     ("attention", "ATT_BQ", ATT_BQ),
     ("attention", "ATT_MAX_D", MAX_HEAD_DIM),
+    ("attention", "KV_WRITE_THREADS", KV_WRITE_THREADS),
 ];
 
 const ELEMENTWISE_THREADS: u32 = 256;
@@ -50,6 +51,7 @@ const MM_THREADS: u32 = 256;
 const MMH_THREADS: u32 = 128;
 const ATT_THREADS: u32 = 128;
 const ATT_BQ: u32 = 16;
+const KV_WRITE_THREADS: u32 = 256;
 /// The largest attention head dim the CUDA kernel takes (its shared-memory tiles are sized
 /// for it); larger heads are refused with an error.
 pub const MAX_HEAD_DIM: u32 = 128;
@@ -95,6 +97,7 @@ pub enum KernelParams {
     Binary(BinaryParams),
     Norm(NormParams),
     Attention(AttentionParams),
+    KvWrite(KvWriteParams),
     Gather(GatherParams),
     Pool(PoolParams),
     SoftLogic(SoftLogicParams),
@@ -112,6 +115,7 @@ impl KernelParams {
             KernelParams::Binary(p) => bytemuck::bytes_of(p),
             KernelParams::Norm(p) => bytemuck::bytes_of(p),
             KernelParams::Attention(p) => bytemuck::bytes_of(p),
+            KernelParams::KvWrite(p) => bytemuck::bytes_of(p),
             KernelParams::Gather(p) => bytemuck::bytes_of(p),
             KernelParams::Pool(p) => bytemuck::bytes_of(p),
             KernelParams::SoftLogic(p) => bytemuck::bytes_of(p),
@@ -374,10 +378,17 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
             } else {
                 return Err("attention takes all-f32 or all-f16 q, k, v on CUDA".into());
             };
-            if segments.dtype != DType::U32 || segments.shape.len() != 2 || q.shape.len() != 2 {
-                return Err("attention takes q [tokens, width] and u32 segments [seqs, 2]".into());
+            if segments.dtype != DType::U32
+                || segments.shape.len() != 2
+                || !matches!(segments.shape[1], 2 | 4)
+                || q.shape.len() != 2
+                || inputs[1].shape.len() != 2
+            {
+                return Err("attention takes q [tokens, width], k and v [kv_tokens, width] and a u32 table \
+                            [seqs, 2] or [seqs, 4]"
+                    .into());
             }
-            let p = a.params(q.shape, segments.shape);
+            let p = a.params(q.shape, inputs[1].shape, segments.shape);
             if p.head_dim > MAX_HEAD_DIM {
                 return Err(format!(
                     "attention head dim {} is larger than the CUDA kernel's {MAX_HEAD_DIM}",
@@ -397,6 +408,24 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
             launch.args =
                 vec![Binding::Input(0), Binding::Input(1), Binding::Input(2), Binding::Input(3), Binding::Output(0)];
             launch.zero_outputs = true;
+        }
+        Op::KvWrite(_) => {
+            // The cache is the output (written in place); inputs are the new rows and table.
+            let (Some(rows), Some(table)) = (inputs.first(), inputs.get(1)) else {
+                return Err("kv_write takes new rows and a table, and writes the cache".into());
+            };
+            if rows.dtype != DType::F32
+                || out.dtype != DType::F32
+                || table.dtype != DType::U32
+                || table.shape.len() != 2
+            {
+                return Err("kv_write takes f32 rows, a u32 table [seqs, 4] and an f32 cache on CUDA".into());
+            }
+            let p = KvWrite::params(rows.shape, out.shape, table.shape);
+            launch.grid = [p.num_seqs.min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [KV_WRITE_THREADS, 1, 1];
+            launch.params = KernelParams::KvWrite(p);
+            launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Output(0)];
         }
         Op::Gather => {
             let (Some(table), Some(ids)) = (inputs.first(), inputs.get(1)) else {

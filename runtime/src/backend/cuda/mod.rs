@@ -21,7 +21,7 @@ pub mod nvrtc;
 
 use super::{Arg, Backend, OutArg};
 use crate::error::{Error, Result};
-use crate::ops::attention::AttentionParams;
+use crate::ops::attention::{AttentionParams, KvWriteParams};
 use crate::ops::conv::{Conv2dParams, GlobalPoolParams};
 use crate::ops::elementwise::ClampParams;
 use crate::ops::elementwise::{BinaryParams, UnaryParams};
@@ -47,6 +47,7 @@ unsafe impl DeviceRepr for UnaryParams {}
 unsafe impl DeviceRepr for BinaryParams {}
 unsafe impl DeviceRepr for NormParams {}
 unsafe impl DeviceRepr for AttentionParams {}
+unsafe impl DeviceRepr for KvWriteParams {}
 unsafe impl DeviceRepr for GatherParams {}
 unsafe impl DeviceRepr for PoolParams {}
 unsafe impl DeviceRepr for SoftLogicParams {}
@@ -321,6 +322,7 @@ impl CudaBackend {
             KernelParams::Binary(p) => builder.arg(p),
             KernelParams::Norm(p) => builder.arg(p),
             KernelParams::Attention(p) => builder.arg(p),
+            KernelParams::KvWrite(p) => builder.arg(p),
             KernelParams::Gather(p) => builder.arg(p),
             KernelParams::Pool(p) => builder.arg(p),
             KernelParams::SoftLogic(p) => builder.arg(p),

@@ -76,6 +76,8 @@ pub(super) fn signature(kind: OpKind) -> Signature {
         OpKind::LayerNorm => (3, 1, size_of::<ops::norm::NormParams>()),
         OpKind::Softmax | OpKind::L2Normalize => (1, 1, size_of::<ops::norm::NormParams>()),
         OpKind::Attention => (4, 1, size_of::<ops::attention::AttentionParams>()),
+        // new rows, table; the cache (written in place).
+        OpKind::KvWrite => (2, 1, size_of::<ops::attention::KvWriteParams>()),
         OpKind::Gather => (2, 1, size_of::<ops::gather::GatherParams>()),
         OpKind::Pool => (2, 1, size_of::<ops::pool::PoolParams>()),
         // a, b (bound to a for NOT).
@@ -168,7 +170,7 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.rows as usize)? }
         }
         Op::Attention(a) => {
-            let p = a.params(shape(0), shape(3));
+            let p = a.params(shape(0), shape(1), shape(3));
             if p.head_dim as usize > MAX_HEAD_DIM {
                 return Err(format!("head dim {} is larger than {MAX_HEAD_DIM}", p.head_dim));
             }
@@ -178,6 +180,11 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
                 1,
             ];
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups }
+        }
+        Op::KvWrite(_) => {
+            let p = ops::attention::KvWrite::params(shape(0), out, shape(1));
+            // One invocation per element of the new rows.
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(count(shape(0)))? }
         }
         Op::Gather => {
             let p = ops::gather::GatherParams::new(shape(0), shape(1));
@@ -257,6 +264,7 @@ mod tests {
         assert_eq!(wgsl_const("matmul", "TILE"), MATMUL_TILE);
         assert_eq!(wgsl_const("attention", "BQ"), ATTENTION_BLOCK);
         assert_eq!(wgsl_const("attention", "MAX_D4") * 4, MAX_HEAD_DIM);
+        assert_eq!(wgsl_const("attention", "WG_WRITE"), 256, "grid_256 assumes 256 invocations in kv_write");
         for stem in ["elementwise", "gather", "pool", "softlogic", "conv"] {
             assert_eq!(wgsl_const(stem, "WG"), 256, "grid_256 assumes 256 invocations in {stem}.wgsl");
         }
