@@ -57,26 +57,6 @@ const WG: u32 = 256u;
 var<workgroup> a_tile: array<vec4<f32>, 256>;
 var<workgroup> b_tile: array<vec4<f32>, 256>;
 
-// erf as a rational approximation on [-4, 4]: the same formula and coefficients as
-// runtime/src/ops/elementwise.rs, so that GELU agrees with the CPU reference.
-fn erf(x_in: f32) -> f32 {
-    let x = clamp(x_in, -4.0, 4.0);
-    let x2 = x * x;
-    var p = -2.7261423e-10;
-    p = p * x2 + 2.7706814e-8;
-    p = p * x2 - 2.101024e-6;
-    p = p * x2 - 5.6925064e-5;
-    p = p * x2 - 7.3499063e-4;
-    p = p * x2 - 2.9546e-3;
-    p = p * x2 - 1.6096033e-2;
-    var q = -1.4566072e-5;
-    q = q * x2 - 2.1337406e-4;
-    q = q * x2 - 1.682827e-3;
-    q = q * x2 - 7.373329e-3;
-    q = q * x2 - 1.426474e-2;
-    return x * p / q;
-}
-
 fn activate(x: f32) -> f32 {
     switch p.activation {
         case 1u: {

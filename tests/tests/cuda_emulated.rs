@@ -16,8 +16,9 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use tandem_runtime::backend::cuda::launch::{self, Binding, KernelParams, Launch, Operand, Variant};
+use tandem_runtime::backend::cuda::launch::{self, Binding, Launch, Operand, Variant};
 use tandem_runtime::backend::{Arg, Backend, OutArg};
+use tandem_runtime::ops::{ParamsStruct, ParamsVisitor};
 use tandem_runtime::{Error, HostTensor, Op, OpKind, Result, TensorData};
 use tandem_tests::gpu::{check_cases, check_f16, limit_cases};
 use tandem_tests::{check_backend, missing_ops, seed};
@@ -182,6 +183,20 @@ fn kernel_call<'a, P: Copy + Sync + 'a>(
     }
 }
 
+/// Builds the call of an emulated kernel with its params struct by value.
+struct KernelCall<'a> {
+    lib: &'a libloading::Library,
+    entry: &'a str,
+    ptrs: Vec<usize>,
+}
+
+impl<'a> ParamsVisitor for KernelCall<'a> {
+    type Output = Result<Body<'a>>;
+    fn visit<P: ParamsStruct>(self, p: P) -> Self::Output {
+        kernel_call(self.lib, self.entry, p, self.ptrs)
+    }
+}
+
 impl EmuBackend {
     /// One kernel launch, as the CUDA backend's `run` does it.
     fn run(
@@ -211,21 +226,7 @@ impl EmuBackend {
             })
             .collect();
         let lib = self.0.library(launch.stem, launch.variant)?;
-        let body = match launch.params {
-            KernelParams::MatMul(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Unary(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Binary(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Norm(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Attention(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::KvWrite(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Gather(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Pool(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::SoftLogic(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Aggregate(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Conv2d(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::Clamp(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-            KernelParams::GlobalPool(p) => kernel_call(&lib, launch.entry, p, ptrs)?,
-        };
+        let body = launch.params.visit(KernelCall { lib: &lib, entry: launch.entry, ptrs })?;
         type LaunchFn = unsafe extern "C" fn(*const u32, *const u32, extern "C" fn(*mut c_void), *mut c_void) -> i32;
         // SAFETY: the emulator's launcher, with the signature cuda_emu.h declares.
         let run = unsafe { *lib.get::<LaunchFn>(b"tandem_emu_launch").map_err(|e| Error::Other(e.to_string()))? };

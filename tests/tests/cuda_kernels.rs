@@ -5,15 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use tandem_runtime::OpKind;
-use tandem_runtime::ops::attention::{AttentionParams, KvWriteParams};
-use tandem_runtime::ops::conv::{Conv2dParams, GlobalPoolParams};
-use tandem_runtime::ops::elementwise::ClampParams;
-use tandem_runtime::ops::elementwise::{BinaryParams, MAX_RANK, UnaryParams};
-use tandem_runtime::ops::gather::GatherParams;
-use tandem_runtime::ops::matmul::MatMulParams;
-use tandem_runtime::ops::norm::NormParams;
-use tandem_runtime::ops::pool::PoolParams;
-use tandem_runtime::ops::softlogic::{AggregateParams, SoftLogicParams};
+use tandem_runtime::ops::KernelParams;
+use tandem_runtime::ops::elementwise::MAX_RANK;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_path_buf()
@@ -82,14 +75,17 @@ fn cuda_entry_points(src: &str) -> BTreeSet<String> {
     names
 }
 
-/// stem -> entry points, for every file with extension `ext` in `dir`.
+/// stem -> entry points, for every kernel file with extension `ext` in `dir`
+/// (`shaders/common.wgsl`, the helpers prepended to every shader, is no kernel file).
 fn kernels(dir: &Path, ext: &str, parse: fn(&str) -> BTreeSet<String>) -> BTreeMap<String, BTreeSet<String>> {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut map = BTreeMap::new();
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         if path.extension().and_then(|e| e.to_str()) == Some(ext) {
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-            map.insert(stem, parse(&read(&path)));
+            if stem != "common" {
+                map.insert(stem, parse(&read(&path)));
+            }
         }
     }
     map
@@ -230,23 +226,7 @@ fn cuda_structs() -> (BTreeMap<String, Vec<Field>>, BTreeMap<String, usize>) {
 }
 
 fn rust_size(name: &str) -> Option<usize> {
-    use std::mem::size_of;
-    Some(match name {
-        "MatMulParams" => size_of::<MatMulParams>(),
-        "UnaryParams" => size_of::<UnaryParams>(),
-        "BinaryParams" => size_of::<BinaryParams>(),
-        "NormParams" => size_of::<NormParams>(),
-        "AttentionParams" => size_of::<AttentionParams>(),
-        "KvWriteParams" => size_of::<KvWriteParams>(),
-        "GatherParams" => size_of::<GatherParams>(),
-        "PoolParams" => size_of::<PoolParams>(),
-        "SoftLogicParams" => size_of::<SoftLogicParams>(),
-        "AggregateParams" => size_of::<AggregateParams>(),
-        "Conv2dParams" => size_of::<Conv2dParams>(),
-        "ClampParams" => size_of::<ClampParams>(),
-        "GlobalPoolParams" => size_of::<GlobalPoolParams>(),
-        _ => return None,
-    })
+    KernelParams::STRUCTS.iter().find(|(n, _)| *n == name).map(|&(_, size)| size)
 }
 
 #[test]
@@ -266,9 +246,77 @@ fn cuda_params_mirror_the_rust_structs() {
             assert!(same, "{name}.{field}: Rust {rty} vs CUDA {cty}");
             assert_eq!(rn, cn, "{name}.{field}: array lengths differ");
         }
-        let size = rust_size(name).unwrap_or_else(|| panic!("add {name} to rust_size() in this test"));
+        let size = rust_size(name).unwrap_or_else(|| panic!("{name} is not listed in ops::kernel_params!"));
         let field_bytes: usize = r.iter().map(|f| 4 * f.2).sum();
         assert_eq!(field_bytes, size, "{name}: Rust adds padding the CUDA mirror would not");
         assert_eq!(sizes.get(name), Some(&size), "{name}: cuda/params.cuh must static_assert its size, {size}");
     }
+}
+
+/// `struct XParams { ... }` declarations of the WGSL kernels, per shader file. A WGSL
+/// `array<vec4<u32>, N>` (uniform arrays need a 16-byte stride) stands for `[u32; 4·N]`.
+fn wgsl_structs() -> Vec<(String, String, Vec<Field>)> {
+    let mut structs = Vec::new();
+    for (stem, _) in kernels(&repo().join("shaders"), "wgsl", wgsl_entry_points) {
+        let src = strip_comments(&read(&repo().join("shaders").join(format!("{stem}.wgsl"))));
+        for part in src.split("struct ").skip(1) {
+            let name: String = part.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if !name.ends_with("Params") {
+                continue;
+            }
+            let body = &part[part.find('{').unwrap() + 1..part.find('}').unwrap()];
+            let fields = body
+                .split(",\n")
+                .map(str::trim)
+                .map(|f| f.trim_end_matches(','))
+                .filter(|f| !f.is_empty())
+                .map(|f| {
+                    let (field, ty) = f.split_once(':').unwrap_or_else(|| panic!("{stem}.wgsl {name}: field '{f}'"));
+                    let ty = ty.trim();
+                    let (elem, count) = match ty.strip_prefix("array<vec4<").and_then(|t| t.strip_suffix('>')) {
+                        Some(arr) => {
+                            let (e, n) = arr.split_once(">,").unwrap_or_else(|| panic!("{name}: type {ty}"));
+                            (e.trim().to_string(), 4 * n.trim().parse::<usize>().unwrap())
+                        }
+                        None => (ty.to_string(), 1),
+                    };
+                    (field.trim().to_string(), elem, count)
+                })
+                .collect();
+            structs.push((stem.clone(), name, fields));
+        }
+    }
+    structs
+}
+
+/// Consecutive padding fields as one (`_pad: [u32; 3]` in Rust is `_pad0.._pad2` in WGSL,
+/// whose uniform arrays cannot hold single words).
+fn merge_padding(fields: &[Field]) -> Vec<Field> {
+    let mut out: Vec<Field> = Vec::new();
+    for (name, ty, n) in fields {
+        match out.last_mut() {
+            Some((last, last_ty, count)) if last == "_pad" && name.starts_with("_pad") && last_ty == ty => *count += n,
+            _ if name.starts_with("_pad") => out.push(("_pad".into(), ty.clone(), *n)),
+            _ => out.push((name.clone(), ty.clone(), *n)),
+        }
+    }
+    out
+}
+
+#[test]
+fn wgsl_params_mirror_the_rust_structs() {
+    let rust = rust_structs();
+    let wgsl = wgsl_structs();
+    for (stem, name, fields) in &wgsl {
+        let r = rust.get(name).unwrap_or_else(|| panic!("shaders/{stem}.wgsl declares {name}, which Rust does not"));
+        assert_eq!(
+            merge_padding(r),
+            merge_padding(fields),
+            "shaders/{stem}.wgsl {name}: fields differ from Rust (name, type, count)"
+        );
+    }
+    for name in rust.keys() {
+        assert!(wgsl.iter().any(|(_, n, _)| n == name), "{name} (runtime/src/ops) is declared by no WGSL kernel");
+    }
+    assert!(wgsl.len() >= 13, "found only {} WGSL params structs", wgsl.len());
 }

@@ -96,104 +96,136 @@ pub enum Op {
     GlobalAvgPool,
 }
 
-/// The op set, without params: what the coverage tests enumerate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum OpKind {
-    MatMul,
-    LoraMatMul,
-    Unary,
-    Binary,
-    Cast,
-    LayerNorm,
-    Softmax,
-    L2Normalize,
-    Attention,
-    KvWrite,
-    Gather,
-    Pool,
-    Reshape,
-    SoftLogic,
-    Aggregate,
-    Conv2d,
-    Clamp,
-    GlobalAvgPool,
+/// The op table: for each op kind, its name (in graph files, errors and docs/ops.md) and the
+/// kernel that implements it on the GPU backends as (file stem, entry point):
+/// `shaders/<stem>.wgsl` and `cuda/<stem>.cu` both define `<entry>`; `None` for views, which
+/// move no data. The kind enum, its list and both lookups derive from this one table.
+macro_rules! op_table {
+    ($($kind:ident => $name:literal, $kernel:expr;)*) => {
+        /// The op set, without params: what the coverage tests enumerate.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum OpKind {
+            $($kind,)*
+        }
+
+        impl OpKind {
+            pub const ALL: &'static [OpKind] = &[$(OpKind::$kind,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(OpKind::$kind => $name,)*
+                }
+            }
+
+            /// The kernel that implements the op on GPU backends: (file stem, entry point).
+            pub fn kernel(self) -> Option<(&'static str, &'static str)> {
+                match self {
+                    $(OpKind::$kind => $kernel,)*
+                }
+            }
+        }
+    };
+}
+
+op_table! {
+    MatMul => "matmul", Some(("matmul", "matmul"));
+    LoraMatMul => "lora_matmul", Some(("matmul", "lora_matmul"));
+    Unary => "unary", Some(("elementwise", "unary"));
+    Binary => "binary", Some(("elementwise", "binary"));
+    // Not "cast": WGSL reserves that word, so no WGSL function can be named it.
+    Cast => "cast", Some(("elementwise", "convert"));
+    LayerNorm => "layer_norm", Some(("norm", "layer_norm"));
+    Softmax => "softmax", Some(("norm", "softmax"));
+    L2Normalize => "l2_normalize", Some(("norm", "l2_normalize"));
+    Attention => "attention", Some(("attention", "attention"));
+    KvWrite => "kv_write", Some(("attention", "kv_write"));
+    Gather => "gather", Some(("gather", "gather"));
+    Pool => "pool", Some(("pool", "pool"));
+    Reshape => "reshape", None;
+    SoftLogic => "soft_logic", Some(("softlogic", "soft_logic"));
+    Aggregate => "aggregate", Some(("softlogic", "aggregate"));
+    Conv2d => "conv2d", Some(("conv", "conv2d"));
+    // Not "clamp": a WGSL function of that name would shadow the builtin.
+    Clamp => "clamp", Some(("elementwise", "clip"));
+    GlobalAvgPool => "global_avg_pool", Some(("pool", "global_avg_pool"));
 }
 
 impl OpKind {
-    pub const ALL: &'static [OpKind] = &[
-        OpKind::MatMul,
-        OpKind::LoraMatMul,
-        OpKind::Unary,
-        OpKind::Binary,
-        OpKind::Cast,
-        OpKind::LayerNorm,
-        OpKind::Softmax,
-        OpKind::L2Normalize,
-        OpKind::Attention,
-        OpKind::KvWrite,
-        OpKind::Gather,
-        OpKind::Pool,
-        OpKind::Reshape,
-        OpKind::SoftLogic,
-        OpKind::Aggregate,
-        OpKind::Conv2d,
-        OpKind::Clamp,
-        OpKind::GlobalAvgPool,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            OpKind::MatMul => "matmul",
-            OpKind::LoraMatMul => "lora_matmul",
-            OpKind::Unary => "unary",
-            OpKind::Binary => "binary",
-            OpKind::Cast => "cast",
-            OpKind::LayerNorm => "layer_norm",
-            OpKind::Softmax => "softmax",
-            OpKind::L2Normalize => "l2_normalize",
-            OpKind::Attention => "attention",
-            OpKind::KvWrite => "kv_write",
-            OpKind::Gather => "gather",
-            OpKind::Pool => "pool",
-            OpKind::Reshape => "reshape",
-            OpKind::SoftLogic => "soft_logic",
-            OpKind::Aggregate => "aggregate",
-            OpKind::Conv2d => "conv2d",
-            OpKind::Clamp => "clamp",
-            OpKind::GlobalAvgPool => "global_avg_pool",
-        }
-    }
-
     pub fn from_name(name: &str) -> Option<OpKind> {
         OpKind::ALL.iter().copied().find(|k| k.name() == name)
     }
+}
 
-    /// The kernel that implements the op on GPU backends: (file stem, entry point). `None`
-    /// for views, which move no data.
-    pub fn kernel(self) -> Option<(&'static str, &'static str)> {
-        Some(match self {
-            OpKind::MatMul => ("matmul", "matmul"),
-            OpKind::LoraMatMul => ("matmul", "lora_matmul"),
-            OpKind::Unary => ("elementwise", "unary"),
-            OpKind::Binary => ("elementwise", "binary"),
-            // Not "cast": WGSL reserves that word, so no WGSL function can be named it.
-            OpKind::Cast => ("elementwise", "convert"),
-            OpKind::LayerNorm => ("norm", "layer_norm"),
-            OpKind::Softmax => ("norm", "softmax"),
-            OpKind::L2Normalize => ("norm", "l2_normalize"),
-            OpKind::Attention => ("attention", "attention"),
-            OpKind::KvWrite => ("attention", "kv_write"),
-            OpKind::Gather => ("gather", "gather"),
-            OpKind::Pool => ("pool", "pool"),
-            OpKind::SoftLogic => ("softlogic", "soft_logic"),
-            OpKind::Aggregate => ("softlogic", "aggregate"),
-            OpKind::Conv2d => ("conv", "conv2d"),
-            // Not "clamp": a WGSL function of that name would shadow the builtin.
-            OpKind::Clamp => ("elementwise", "clip"),
-            OpKind::GlobalAvgPool => ("pool", "global_avg_pool"),
-            OpKind::Reshape => return None,
-        })
-    }
+/// Every kernel's `#[repr(C)]` params struct, in one enum: what a backend passes as a
+/// launch's first argument. WGSL (`shaders/`) and CUDA (`cuda/params.cuh`) mirror each struct
+/// field for field; tests/tests/cuda_kernels.rs checks both against [`KernelParams::STRUCTS`].
+macro_rules! kernel_params {
+    ($($variant:ident($ty:ident),)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        pub enum KernelParams {
+            $($variant($ty),)*
+        }
+
+        impl KernelParams {
+            /// Every params struct: (name, size in bytes).
+            pub const STRUCTS: &'static [(&'static str, usize)] = &[$((stringify!($ty), std::mem::size_of::<$ty>()),)*];
+
+            pub fn as_bytes(&self) -> &[u8] {
+                match self {
+                    $(KernelParams::$variant(p) => bytemuck::bytes_of(p),)*
+                }
+            }
+
+            /// Hands the typed struct to `visitor` (for callers that pass it by value, such as
+            /// a kernel compiled for the host).
+            pub fn visit<V: ParamsVisitor>(&self, visitor: V) -> V::Output {
+                match self {
+                    $(KernelParams::$variant(p) => visitor.visit(*p),)*
+                }
+            }
+        }
+
+        $(impl From<$ty> for KernelParams {
+            fn from(p: $ty) -> Self {
+                KernelParams::$variant(p)
+            }
+        })*
+    };
+}
+
+use attention::{AttentionParams, KvWriteParams};
+use conv::{Conv2dParams, GlobalPoolParams};
+use elementwise::{BinaryParams, ClampParams, UnaryParams};
+use gather::GatherParams;
+use matmul::MatMulParams;
+use norm::NormParams;
+use pool::PoolParams;
+use softlogic::{AggregateParams, SoftLogicParams};
+
+kernel_params! {
+    MatMul(MatMulParams),
+    Unary(UnaryParams),
+    Binary(BinaryParams),
+    Norm(NormParams),
+    Attention(AttentionParams),
+    KvWrite(KvWriteParams),
+    Gather(GatherParams),
+    Pool(PoolParams),
+    SoftLogic(SoftLogicParams),
+    Aggregate(AggregateParams),
+    Conv2d(Conv2dParams),
+    Clamp(ClampParams),
+    GlobalPool(GlobalPoolParams),
+}
+
+/// What every kernel params struct is: plain `#[repr(C)]` data.
+pub trait ParamsStruct: bytemuck::Pod + Send + Sync {}
+impl<T: bytemuck::Pod + Send + Sync> ParamsStruct for T {}
+
+/// Receives a [`KernelParams`] struct by its type.
+pub trait ParamsVisitor {
+    type Output;
+    fn visit<P: ParamsStruct>(self, params: P) -> Self::Output;
 }
 
 impl Op {

@@ -7,9 +7,10 @@
 //! tile sizes below are the kernels' `#define`s; a unit test below checks that they agree
 //! with the `.cu` files.
 
-use crate::ops::attention::{AttentionParams, KvWrite, KvWriteParams};
-use crate::ops::conv::{Conv2dParams, GlobalPoolParams};
-use crate::ops::elementwise::{BinaryParams, ClampParams, UnaryParams, binary_params};
+pub use crate::ops::KernelParams;
+use crate::ops::attention::KvWrite;
+use crate::ops::conv::GlobalPoolParams;
+use crate::ops::elementwise::{ClampParams, UnaryParams, binary_params};
 use crate::ops::gather::GatherParams;
 use crate::ops::matmul::MatMulParams;
 use crate::ops::norm::NormParams;
@@ -85,44 +86,6 @@ impl Variant {
         match self {
             Variant::F32 => &[],
             Variant::F16 => &["TANDEM_F16"],
-        }
-    }
-}
-
-/// The params struct of one launch, passed by value as the kernel's first argument.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum KernelParams {
-    MatMul(MatMulParams),
-    Unary(UnaryParams),
-    Binary(BinaryParams),
-    Norm(NormParams),
-    Attention(AttentionParams),
-    KvWrite(KvWriteParams),
-    Gather(GatherParams),
-    Pool(PoolParams),
-    SoftLogic(SoftLogicParams),
-    Aggregate(AggregateParams),
-    Conv2d(Conv2dParams),
-    Clamp(ClampParams),
-    GlobalPool(GlobalPoolParams),
-}
-
-impl KernelParams {
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            KernelParams::MatMul(p) => bytemuck::bytes_of(p),
-            KernelParams::Unary(p) => bytemuck::bytes_of(p),
-            KernelParams::Binary(p) => bytemuck::bytes_of(p),
-            KernelParams::Norm(p) => bytemuck::bytes_of(p),
-            KernelParams::Attention(p) => bytemuck::bytes_of(p),
-            KernelParams::KvWrite(p) => bytemuck::bytes_of(p),
-            KernelParams::Gather(p) => bytemuck::bytes_of(p),
-            KernelParams::Pool(p) => bytemuck::bytes_of(p),
-            KernelParams::SoftLogic(p) => bytemuck::bytes_of(p),
-            KernelParams::Aggregate(p) => bytemuck::bytes_of(p),
-            KernelParams::Conv2d(p) => bytemuck::bytes_of(p),
-            KernelParams::Clamp(p) => bytemuck::bytes_of(p),
-            KernelParams::GlobalPool(p) => bytemuck::bytes_of(p),
         }
     }
 }

@@ -21,15 +21,6 @@ pub mod nvrtc;
 
 use super::{Arg, Backend, OutArg};
 use crate::error::{Error, Result};
-use crate::ops::attention::{AttentionParams, KvWriteParams};
-use crate::ops::conv::{Conv2dParams, GlobalPoolParams};
-use crate::ops::elementwise::ClampParams;
-use crate::ops::elementwise::{BinaryParams, UnaryParams};
-use crate::ops::gather::GatherParams;
-use crate::ops::matmul::MatMulParams;
-use crate::ops::norm::NormParams;
-use crate::ops::pool::PoolParams;
-use crate::ops::softlogic::{AggregateParams, SoftLogicParams};
 use crate::ops::{Op, OpKind};
 use crate::tensor::{HostTensor, TensorData};
 use cudarc::driver::{
@@ -40,21 +31,33 @@ use nvrtc::ImageKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-// SAFETY: #[repr(C)] plain-old-data structs, mirrored field for field by cuda/params.cuh
-// (checked by tests/tests/cuda_kernels.rs); kernels take them by value.
-unsafe impl DeviceRepr for MatMulParams {}
-unsafe impl DeviceRepr for UnaryParams {}
-unsafe impl DeviceRepr for BinaryParams {}
-unsafe impl DeviceRepr for NormParams {}
-unsafe impl DeviceRepr for AttentionParams {}
-unsafe impl DeviceRepr for KvWriteParams {}
-unsafe impl DeviceRepr for GatherParams {}
-unsafe impl DeviceRepr for PoolParams {}
-unsafe impl DeviceRepr for SoftLogicParams {}
-unsafe impl DeviceRepr for AggregateParams {}
-unsafe impl DeviceRepr for Conv2dParams {}
-unsafe impl DeviceRepr for ClampParams {}
-unsafe impl DeviceRepr for GlobalPoolParams {}
+/// A launch's params as the driver reads them: it copies as many bytes as the kernel's first
+/// parameter declares from this address, which starts with the `#[repr(C)]` struct
+/// ([`KernelParams`]), mirrored field for field by cuda/params.cuh (checked by
+/// tests/tests/cuda_kernels.rs).
+#[repr(C, align(16))]
+struct ParamBlock([u8; PARAM_BLOCK_BYTES]);
+
+const PARAM_BLOCK_BYTES: usize = 256;
+const _: () = {
+    let mut i = 0;
+    while i < KernelParams::STRUCTS.len() {
+        assert!(KernelParams::STRUCTS[i].1 <= PARAM_BLOCK_BYTES, "a params struct outgrew ParamBlock");
+        i += 1;
+    }
+};
+
+impl ParamBlock {
+    fn new(params: &KernelParams) -> Self {
+        let bytes = params.as_bytes();
+        let mut block = ParamBlock([0; PARAM_BLOCK_BYTES]);
+        block.0[..bytes.len()].copy_from_slice(bytes);
+        block
+    }
+}
+
+// SAFETY: plain bytes, 16-byte aligned, holding a #[repr(C)] struct the kernel takes by value.
+unsafe impl DeviceRepr for ParamBlock {}
 
 const NAME: &str = "cuda";
 
@@ -316,21 +319,8 @@ impl CudaBackend {
         let func = self.function(launch.stem, launch.variant, launch.entry)?;
         let null: u64 = 0;
         let mut builder = stream.launch_builder(&func);
-        match &launch.params {
-            KernelParams::MatMul(p) => builder.arg(p),
-            KernelParams::Unary(p) => builder.arg(p),
-            KernelParams::Binary(p) => builder.arg(p),
-            KernelParams::Norm(p) => builder.arg(p),
-            KernelParams::Attention(p) => builder.arg(p),
-            KernelParams::KvWrite(p) => builder.arg(p),
-            KernelParams::Gather(p) => builder.arg(p),
-            KernelParams::Pool(p) => builder.arg(p),
-            KernelParams::SoftLogic(p) => builder.arg(p),
-            KernelParams::Aggregate(p) => builder.arg(p),
-            KernelParams::Conv2d(p) => builder.arg(p),
-            KernelParams::Clamp(p) => builder.arg(p),
-            KernelParams::GlobalPool(p) => builder.arg(p),
-        };
+        let params = ParamBlock::new(&launch.params);
+        builder.arg(&params);
         for binding in &launch.args {
             match *binding {
                 Binding::Input(i) => builder.arg(&inputs[i].buf.slice),

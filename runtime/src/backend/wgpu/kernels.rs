@@ -9,16 +9,29 @@
 use crate::ops::{self, Op, OpKind};
 use crate::tensor::DType;
 
-/// `shaders/<stem>.wgsl`, embedded so that a binary (or a wasm module) is self-contained.
+/// `shaders/<stem>.wgsl` after `shaders/common.wgsl` (the helpers every kernel may use),
+/// embedded so that a binary (or a wasm module) is self-contained.
+macro_rules! shader {
+    ($stem:literal) => {
+        (
+            $stem,
+            concat!(
+                include_str!("../../../../shaders/common.wgsl"),
+                include_str!(concat!("../../../../shaders/", $stem, ".wgsl"))
+            ),
+        )
+    };
+}
+
 const SHADERS: &[(&str, &str)] = &[
-    ("matmul", include_str!("../../../../shaders/matmul.wgsl")),
-    ("elementwise", include_str!("../../../../shaders/elementwise.wgsl")),
-    ("norm", include_str!("../../../../shaders/norm.wgsl")),
-    ("attention", include_str!("../../../../shaders/attention.wgsl")),
-    ("gather", include_str!("../../../../shaders/gather.wgsl")),
-    ("pool", include_str!("../../../../shaders/pool.wgsl")),
-    ("softlogic", include_str!("../../../../shaders/softlogic.wgsl")),
-    ("conv", include_str!("../../../../shaders/conv.wgsl")),
+    shader!("matmul"),
+    shader!("elementwise"),
+    shader!("norm"),
+    shader!("attention"),
+    shader!("gather"),
+    shader!("pool"),
+    shader!("softlogic"),
+    shader!("conv"),
 ];
 
 /// WebGPU's limit on workgroups per grid dimension.
