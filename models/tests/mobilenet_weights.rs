@@ -13,10 +13,10 @@ use std::sync::OnceLock;
 use tandem_models::fetch;
 use tandem_models::registry::known_model;
 use tandem_models::vision::batchnorm::{BATCH_NORM_EPS, BatchNorm, fold_batch_norms, fold_into_conv};
-use tandem_models::vision::torch_legacy::{self, StateDict, TensorValues};
 use tandem_models::vision::{MOBILENET_V2_WEIGHTS_FILE, host_tensors, load_mobilenet_v2_folded};
 use tandem_runtime::graph::Weights;
 use tandem_runtime::tensor::{DType, TensorData as RuntimeData};
+use tandem_runtime::weights::torch::{self, StateDict, TensorValues};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -80,7 +80,7 @@ fn checkpoint() -> Option<&'static StateDict> {
                     return None;
                 }
             };
-            Some(torch_legacy::load(&path).unwrap())
+            Some(torch::load(&path).unwrap())
         })
         .as_ref()
 }

@@ -6,6 +6,7 @@ pub mod exec;
 pub mod graph;
 pub mod ops;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use exec::{Outputs, Session, State};

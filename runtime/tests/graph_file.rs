@@ -3,7 +3,7 @@
 
 use tandem_runtime::graph::{Weights, load_weights, read_graph_file, write_graph_file};
 use tandem_runtime::ops::{Activation, Connective, Logic, LoraMatMul, MatMul};
-use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorType, ValueId};
+use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorData, TensorType, ValueId};
 
 /// x [tokens, 4] · wᵀ (w [3, 4]) + b, then GELU.
 fn small_graph() -> Graph {
@@ -244,4 +244,31 @@ fn bad_conv2d_operands_name_the_node() {
     assert!(e.contains("node 'gap' (global_avg_pool)") && e.contains("rank 4"), "{e}");
     let e = g.node("clip", Op::Clamp { min: f32::NAN, max: 6.0 }, &[x]).unwrap_err().to_string();
     assert!(e.contains("node 'clip' (clamp)") && e.contains("bounds"), "{e}");
+}
+
+/// A Q4_K weight (no op consumes quantized data yet, so the graph outputs it as is) is
+/// written as U8 bytes with its dtype in the safetensors metadata and read back as the same
+/// blocks; asked for as f32 it is dequantized.
+#[test]
+fn a_quantized_weight_round_trips() {
+    let mut g = Graph::new("quantized");
+    let w = g.weight("w", TensorType::fixed(DType::Q4_K, &[2, 256]));
+    g.output(w, "w");
+    let dir = tempdir();
+    write_graph_file(&g, &dir.join("q.tgraph")).unwrap();
+    let g = read_graph_file(&dir.join("q.tgraph")).unwrap();
+    assert_eq!(g.value(g.weights[0]).ty, TensorType::fixed(DType::Q4_K, &[2, 256]));
+
+    let bytes: Vec<u8> = (0..288u32).map(|i| (i * 37 % 251) as u8).collect();
+    let blocks = HostTensor::new(vec![2, 256], TensorData::from_bytes(DType::Q4_K, &bytes).unwrap()).unwrap();
+    let path = dir.join("q.safetensors");
+    Weights::write(&path, &[("w".into(), blocks.clone())]).unwrap();
+    let file = Weights::open(&path).unwrap();
+    assert_eq!(file.shape("w").unwrap(), [2, 256], "the logical shape, not the byte shape [2, 144]");
+    let info = &file.infos()[0];
+    assert_eq!((info.dtype.as_str(), info.bytes), ("q4_k", 288));
+    assert_eq!(load_weights(&g, &file).unwrap(), vec![blocks.clone()]);
+    assert_eq!(file.tensor("w", DType::F32).unwrap().to_f32(), blocks.to_f32());
+    let e = file.tensor("w", DType::Q8_0).unwrap_err().to_string();
+    assert!(e.contains("tensor 'w': holds q4_k blocks, which do not convert to q8_0"), "{e}");
 }

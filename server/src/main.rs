@@ -29,6 +29,8 @@ enum Command {
     Relevance(commands::relevance::Args),
     /// Business-rule plugins: check a plugin against test cases.
     Rules(commands::rules::Args),
+    /// Show what a model file holds: GGUF, safetensors, tandem graph or legacy torch.
+    Inspect(commands::inspect::Args),
     /// Classify product photos (PNG or JPEG) with MobileNetV2: the top ImageNet classes.
     Classify(commands::classify::Args),
 }
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Relevance(args) => commands::relevance::run(args),
         Command::Rules(args) => commands::rules::run(args),
         Command::Classify(args) => commands::classify::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

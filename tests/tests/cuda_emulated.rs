@@ -297,7 +297,7 @@ impl Backend for EmuBackend {
         reads
             .iter()
             .map(|r| {
-                let n = r.shape.iter().product::<usize>() * r.dtype.size();
+                let n = r.dtype.bytes_for_shape(r.shape)?;
                 HostTensor::new(r.shape.to_vec(), TensorData::from_bytes(r.dtype, &r.buf.bytes()[..n])?)
             })
             .collect()

@@ -3,9 +3,9 @@
 //! `scale = gamma / sqrt(running_var + eps)`, `w' = w * scale` per output channel and
 //! `b' = (b - running_mean) * scale + beta`.
 
-use super::torch_legacy::{StateDict, TensorValues, TorchTensor};
 use anyhow::{Context, Result, anyhow, ensure};
 use std::collections::{HashMap, HashSet};
+use tandem_runtime::weights::torch::{StateDict, TensorValues, TorchTensor};
 
 /// torch.nn.BatchNorm2d's default epsilon, which torchvision's MobileNetV2 uses.
 pub const BATCH_NORM_EPS: f64 = 1e-5;

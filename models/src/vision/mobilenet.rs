@@ -10,12 +10,12 @@
 //! after every convolution but the projections, and a residual add when a block keeps its
 //! stride at 1 and its channel count. Channel counts and groups come from the weight shapes.
 
-use super::torch_legacy::StateDict;
 use crate::session::{AnySession, BackendChoice, Device, wait};
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
 use tandem_runtime::graph::Weights;
 use tandem_runtime::ops::{Activation, BinaryKind, Conv2d, MatMul};
+use tandem_runtime::weights::torch::StateDict;
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorType, ValueId};
 
 /// Side of the square input.

@@ -4,7 +4,6 @@
 //! - [`decode`]: PNG and JPEG photos as RGB bytes, as PIL opens and converts them.
 //! - [`resize`] and [`preprocess`]: torchvision's ImageNet transform (Pillow's antialiased
 //!   bilinear resize to the byte, center crop, normalization).
-//! - [`torch_legacy`]: a bounded reader of the legacy (non-zip) `torch.save` format.
 //! - [`batchnorm`]: folds batch norms into the convolutions before them.
 //! - [`mobilenet`]: the MobileNetV2 graph and the image classifier around it.
 //! - [`load_mobilenet_v2_folded`] (a folder), [`mobilenet_v2_folded_from_bytes`] (bytes) and
@@ -16,13 +15,12 @@ pub mod decode;
 pub mod mobilenet;
 pub mod preprocess;
 pub mod resize;
-pub mod torch_legacy;
 
 use anyhow::{Context, Result, anyhow};
 use std::path::Path;
 use tandem_runtime::HostTensor;
 use tandem_runtime::tensor::TensorData;
-use torch_legacy::{StateDict, TensorValues};
+use tandem_runtime::weights::torch::{self, StateDict, TensorValues};
 
 pub use categories::product_category;
 
@@ -34,13 +32,13 @@ pub const MOBILENET_V2_WEIGHTS_FILE: &str = "mobilenet_v2-b0353104.pth";
 /// classifier (`classifier.1.weight` `[1000, 1280]`, `classifier.1.bias`).
 pub fn load_mobilenet_v2_folded(dir: &Path) -> Result<StateDict> {
     let path = dir.join(MOBILENET_V2_WEIGHTS_FILE);
-    fold_mobilenet_v2(&torch_legacy::load(&path)?, &path.display().to_string())
+    fold_mobilenet_v2(&torch::load(&path)?, &path.display().to_string())
 }
 
 /// [`load_mobilenet_v2_folded`] from the checkpoint's bytes (a browser's download); `name`
 /// names it in errors.
 pub fn mobilenet_v2_folded_from_bytes(bytes: &[u8], name: &str) -> Result<StateDict> {
-    let state = torch_legacy::parse(bytes, &torch_legacy::Limits::default())
+    let state = torch::parse(bytes, &torch::Limits::default())
         .with_context(|| format!("{name}: not a readable legacy torch checkpoint"))?;
     fold_mobilenet_v2(&state, name)
 }

@@ -62,7 +62,8 @@ const MIN_BUFFER_BYTES: usize = 16;
 fn bytes_of(dtype: DType, shape: &[usize]) -> Result<usize> {
     shape
         .iter()
-        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+        .try_fold(1, |acc: usize, &d| acc.checked_mul(d))
+        .and_then(|n| dtype.bytes_for(n))
         .map(|b| b.max(MIN_BUFFER_BYTES))
         .ok_or_else(|| Error::input(format!("a tensor of shape {shape:?} is too large to address")))
 }

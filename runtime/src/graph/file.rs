@@ -1,14 +1,16 @@
-//! The graph file format and weight files.
+//! The graph file format, and loading a graph's weights.
 //!
 //! A graph file is `MAGIC (8 bytes) | version (u32 LE) | payload length (u64 LE) | payload`,
 //! the payload being bincode 2 of [`DiskGraph`]. Nodes are stored with their op's *name* next
 //! to its encoded params, so that a file from a newer build fails with "unknown op 'x' at node
-//! 'y'" rather than a decoding error. Weights live beside the graph in a safetensors file.
+//! 'y'" rather than a decoding error. Weights live beside the graph in a safetensors file
+//! (read by [`crate::weights::Weights`]; quantized weights are stored as described there).
 
 use super::{Graph, Node, TensorType, Value, ValueId};
 use crate::error::{Error, Result};
 use crate::ops::{Op, OpKind};
-use crate::tensor::{DType, HostTensor, TensorData};
+use crate::tensor::HostTensor;
+pub use crate::weights::Weights;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -140,156 +142,6 @@ fn decode_graph(bytes: &[u8]) -> std::result::Result<Graph, String> {
     };
     graph.validate().map_err(|e| e.to_string())?;
     Ok(graph)
-}
-
-/// Bytes of a weights file: memory-mapped from disk, or owned (downloaded, in a browser).
-enum WeightBytes {
-    #[cfg(not(target_arch = "wasm32"))]
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for WeightBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            #[cfg(not(target_arch = "wasm32"))]
-            WeightBytes::Mapped(m) => m,
-            WeightBytes::Owned(v) => v,
-        }
-    }
-}
-
-/// A safetensors file, checked on open (header bounds, offsets, sizes) by the safetensors
-/// crate, which refuses headers over 100 MB and offsets outside the file.
-pub struct Weights {
-    path: std::path::PathBuf,
-    bytes: WeightBytes,
-    names: Vec<String>,
-}
-
-impl Weights {
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only and lives as long as `Weights`; a file truncated
-        // underneath us is the one case mmap cannot guard, as for every mmap reader.
-        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::from_parts(path, WeightBytes::Mapped(bytes))
-    }
-
-    /// The browser has no file system to map; `std::fs` answers "unsupported" there, which
-    /// this reports with the path. Browser callers fetch bytes and use `from_bytes`.
-    #[cfg(target_arch = "wasm32")]
-    pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(path, bytes)
-    }
-
-    /// Weights from bytes in memory; `path` only names them in errors.
-    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
-        Self::from_parts(path, WeightBytes::Owned(bytes))
-    }
-
-    fn from_parts(path: &Path, bytes: WeightBytes) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
-        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
-        names.sort();
-        Ok(Weights { path: path.to_path_buf(), bytes, names })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    fn view(&self) -> safetensors::SafeTensors<'_> {
-        // Checked in `from_parts`; the bytes are immutable since.
-        safetensors::SafeTensors::deserialize(&self.bytes).expect("validated on open")
-    }
-
-    /// Shape of a tensor, if present.
-    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.view().tensor(name).ok().map(|t| t.shape().to_vec())
-    }
-
-    /// Whether the tensor is present and holds floats (f32, f16 or bf16).
-    pub fn is_float(&self, name: &str) -> bool {
-        use safetensors::Dtype::{BF16, F16, F32};
-        self.view().tensor(name).is_ok_and(|t| matches!(t.dtype(), F32 | F16 | BF16))
-    }
-
-    /// Reads a tensor converted to `dtype` (f32, f16 and bf16 files convert to f32 or f16).
-    pub fn tensor(&self, name: &str, dtype: DType) -> Result<HostTensor> {
-        let st = self.view();
-        let t = st.tensor(name).map_err(|_| Error::file(&self.path, format!("tensor '{name}' is missing")))?;
-        let shape = t.shape().to_vec();
-        let raw = t.data();
-        let as_f32 = |raw: &[u8]| -> Result<Vec<f32>> {
-            Ok(match t.dtype() {
-                safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(raw),
-                safetensors::Dtype::F16 => {
-                    raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-                }
-                safetensors::Dtype::BF16 => {
-                    raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-                }
-                other => {
-                    return Err(Error::file(
-                        &self.path,
-                        format!("tensor '{name}' has dtype {other:?}, expected a float type"),
-                    ));
-                }
-            })
-        };
-        let data = match dtype {
-            DType::F32 => TensorData::F32(as_f32(raw)?),
-            DType::F16 => match t.dtype() {
-                safetensors::Dtype::F16 => TensorData::F16(bytemuck::pod_collect_to_vec(raw)),
-                _ => TensorData::F16(as_f32(raw)?.into_iter().map(half::f16::from_f32).collect()),
-            },
-            DType::U32 => match t.dtype() {
-                safetensors::Dtype::U32 => TensorData::U32(bytemuck::pod_collect_to_vec(raw)),
-                other => {
-                    return Err(Error::file(&self.path, format!("tensor '{name}' has dtype {other:?}, expected U32")));
-                }
-            },
-        };
-        HostTensor::new(shape, data).map_err(|e| Error::file(&self.path, format!("tensor '{name}': {e}")))
-    }
-
-    /// Writes named tensors as a safetensors file.
-    pub fn write(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
-        let bytes = Self::serialize(path, tensors)?;
-        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
-    }
-
-    /// Weights held in memory, made from named tensors (an adapter applied at load, a test);
-    /// `path` only names them in errors.
-    pub fn from_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<Self> {
-        Self::from_bytes(path, Self::serialize(path, tensors)?)
-    }
-
-    fn serialize(path: &Path, tensors: &[(String, HostTensor)]) -> Result<Vec<u8>> {
-        let views = tensors
-            .iter()
-            .map(|(name, t)| {
-                let dtype = match t.dtype() {
-                    DType::F32 => safetensors::Dtype::F32,
-                    DType::F16 => safetensors::Dtype::F16,
-                    DType::U32 => safetensors::Dtype::U32,
-                };
-                let view = safetensors::tensor::TensorView::new(dtype, t.shape.clone(), t.data.as_bytes())
-                    .map_err(|e| Error::file(path, format!("tensor '{name}': {e}")))?;
-                Ok((name.clone(), view))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize(views, None).map_err(|e| Error::file(path, format!("cannot serialize: {e}")))
-    }
 }
 
 /// Loads the weights a graph declares from `file`, checking presence, dtype and shape of each.

@@ -208,7 +208,7 @@ fn time_op<B: Backend>(
 ) -> Res<f64> {
     let e = |e: tandem_runtime::Error| e.to_string();
     let bufs = inputs.iter().map(|t| backend.upload(t)).collect::<Result<Vec<_>, _>>().map_err(e)?;
-    let bytes = out.1.iter().product::<usize>() * out.0.size();
+    let bytes = out.0.bytes_for_shape(&out.1).map_err(e)?;
     let mut out_buf = backend.alloc(bytes.max(16)).map_err(e)?;
     let mut once = |n: usize| -> Res<f64> {
         let start = Instant::now();

@@ -183,7 +183,7 @@ impl Backend for CpuBackend {
         reads
             .iter()
             .map(|r| {
-                let n = count(r.shape) * r.dtype.size();
+                let n = r.dtype.bytes_for_shape(r.shape)?;
                 HostTensor::new(r.shape.to_vec(), TensorData::from_bytes(r.dtype, r.buf.bytes(n))?)
             })
             .collect()
@@ -205,7 +205,7 @@ fn cast(input: &Arg<'_, CpuBuffer>, to: DType, out: &mut CpuBuffer, n: usize) {
             out.f32_mut(n).copy_from_slice(&src);
         }
         _ => {
-            let bytes = n * to.size();
+            let bytes = to.bytes_for(n).expect("a same-dtype cast of a planned shape");
             let src = input.buf.bytes(bytes).to_vec();
             bytemuck::cast_slice_mut::<u32, u8>(&mut out.0)[..bytes].copy_from_slice(&src);
         }

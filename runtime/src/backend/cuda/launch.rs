@@ -117,7 +117,7 @@ impl Operand<'_> {
         self.len() == 0
     }
     pub fn bytes(&self) -> usize {
-        self.len() * self.dtype.size()
+        self.dtype.bytes_for(self.len()).expect("operand shapes are sized when the graph is planned")
     }
 }
 
@@ -193,7 +193,7 @@ fn plan_lora(l: &LoraMatMul, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) ->
     };
     let bias = if has_bias { Binding::Input(4) } else { Binding::Null };
     Ok(OpLaunches {
-        scratch: vec![down.m as usize * down.n as usize * DType::F32.size()],
+        scratch: vec![DType::F32.bytes_for_shape(&[down.m as usize, down.n as usize]).map_err(|e| e.to_string())?],
         launches: vec![
             launch("matmul", down, vec![Binding::Input(0), Binding::Input(2), Binding::Null, Binding::Scratch(0)]),
             launch(

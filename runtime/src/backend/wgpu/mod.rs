@@ -455,7 +455,7 @@ impl WgpuBackend {
         let mut spans = Vec::with_capacity(reads.len());
         let mut total = 0u64;
         for r in reads {
-            let bytes = (r.shape.iter().product::<usize>() * r.dtype.size()) as u64;
+            let bytes = r.dtype.bytes_for_shape(r.shape)? as u64;
             spans.push((total, bytes));
             total = (total + bytes).next_multiple_of(wgpu::MAP_ALIGNMENT);
         }
@@ -598,7 +598,7 @@ impl Backend for WgpuBackend {
             // First t = x · Aᵀ into a scratch, then the main product reads it as its LoRA
             // operand. The recorded dispatch holds the scratch until the run is submitted.
             let (down, t_len) = kernels::lora_down(l, &shapes).map_err(named)?;
-            let t = self.alloc(t_len * DType::F32.size())?.buffer;
+            let t = self.alloc(DType::F32.bytes_for_shape(&[t_len])?)?.buffer;
             let (x, w, a, b) = (&buffers[0], &buffers[1], &buffers[2], &buffers[3]);
             self.record(rec, OpKind::MatMul, down, vec![x.clone(), a.clone(), x.clone(), t.clone()])?;
             let bias = buffers.get(4).unwrap_or(x).clone();

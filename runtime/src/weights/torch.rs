@@ -15,11 +15,42 @@
 //! tensor's extent (against its storage). Malformed input gives an error that says what is
 //! wrong, never a panic.
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use crate::error::Error;
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
+
+/// Inside the parser an error is its message, each caller adding where it was (`reading
+/// sys_info: at byte 40 (opcode ...): ...`); the public functions turn it into the runtime's
+/// error, naming the file.
+type Result<T, E = String> = std::result::Result<T, E>;
+
+macro_rules! err {
+    ($($arg:tt)*) => { format!($($arg)*) };
+}
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(format!($($arg)*)) };
+}
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => { if !$cond { bail!($($arg)*) } };
+}
+
+/// Prefixes an error message with what was being done.
+trait Context<T> {
+    fn context(self, what: impl Display) -> Result<T>;
+    fn with_context<D: Display>(self, what: impl FnOnce() -> D) -> Result<T>;
+}
+
+impl<T, E: Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl Display) -> Result<T> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+    fn with_context<D: Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| format!("{}: {e}", what()))
+    }
+}
 
 /// What a file may make the reader do or allocate.
 #[derive(Debug, Clone, Copy)]
@@ -87,30 +118,28 @@ impl StateDict {
     }
 
     /// The f32 tensor `name`, or an error saying it is missing or of another type.
-    pub fn f32(&self, name: &str) -> Result<(&[usize], &[f32])> {
-        let tensor = self.get(name).ok_or_else(|| anyhow!("no tensor '{name}'"))?;
-        let values = tensor.f32().ok_or_else(|| anyhow!("tensor '{name}' is not f32"))?;
+    pub fn f32(&self, name: &str) -> crate::Result<(&[usize], &[f32])> {
+        let tensor = self.get(name).ok_or_else(|| Error::Other(format!("no tensor '{name}'")))?;
+        let values = tensor.f32().ok_or_else(|| Error::Other(format!("tensor '{name}' is not f32")))?;
         Ok((&tensor.shape, values))
     }
 }
 
 /// Reads the legacy checkpoint at `path` with the default limits.
-pub fn load(path: &Path) -> Result<StateDict> {
+pub fn load(path: &Path) -> crate::Result<StateDict> {
     load_with_limits(path, &Limits::default())
 }
 
-pub fn load_with_limits(path: &Path, limits: &Limits) -> Result<StateDict> {
-    let at = path.display();
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {at}"))?;
+pub fn load_with_limits(path: &Path, limits: &Limits) -> crate::Result<StateDict> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // Reading one byte past the limit tells an over-long file (even one still growing) apart.
     let mut bytes = Vec::new();
-    file.take(limits.max_file_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {at}"))?;
+    file.take(limits.max_file_bytes.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > limits.max_file_bytes {
-        bail!("{at}: over the limit of {} bytes for a checkpoint", limits.max_file_bytes);
+        return Err(Error::file(path, format!("over the limit of {} bytes for a checkpoint", limits.max_file_bytes)));
     }
-    parse(&bytes, limits).with_context(|| format!("{at}: not a readable legacy torch checkpoint"))
+    parse_checkpoint(&bytes, limits)
+        .map_err(|e| Error::file(path, format!("not a readable legacy torch checkpoint: {e}")))
 }
 
 /// `torch.serialization.MAGIC_NUMBER` (0x1950a86a20f9469cfc6c) as pickle's LONG1 stores it:
@@ -118,8 +147,12 @@ pub fn load_with_limits(path: &Path, limits: &Limits) -> Result<StateDict> {
 const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 const PROTOCOL_VERSION: i64 = 1001;
 
-/// Parses a whole legacy checkpoint held in memory.
-pub fn parse(bytes: &[u8], limits: &Limits) -> Result<StateDict> {
+/// Parses a whole legacy checkpoint held in memory (a browser's download).
+pub fn parse(bytes: &[u8], limits: &Limits) -> crate::Result<StateDict> {
+    parse_checkpoint(bytes, limits).map_err(Error::Other)
+}
+
+fn parse_checkpoint(bytes: &[u8], limits: &Limits) -> Result<StateDict> {
     if bytes.len() as u64 > limits.max_file_bytes {
         bail!("{} bytes is over the limit of {} for a checkpoint", bytes.len(), limits.max_file_bytes);
     }
@@ -204,7 +237,7 @@ fn read_storage_data(input: &mut Input, storages: &mut Storages, keys: &Value) -
     for key in &keys.items {
         let Value::Str(key) = key else { bail!("a storage key is {}, expected a string", key.describe()) };
         let index =
-            *storages.by_key.get(&**key).ok_or_else(|| anyhow!("storage '{key}' is listed but no tensor uses it"))?;
+            *storages.by_key.get(&**key).ok_or_else(|| err!("storage '{key}' is listed but no tensor uses it"))?;
         let storage = &mut storages.list[index];
         ensure!(storage.data.is_none(), "storage '{key}' is listed twice");
         let count = input.u64().with_context(|| format!("storage '{key}': reading its element count"))?;
@@ -357,7 +390,7 @@ impl TensorRef {
         self.shape
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .ok_or_else(|| anyhow!("shape {:?} overflows", self.shape))
+            .ok_or_else(|| err!("shape {:?} overflows", self.shape))
     }
 
     /// Row-major with no gaps (strides of size-1 dimensions do not matter).
@@ -492,7 +525,7 @@ impl<'a> Input<'a> {
         let line = std::str::from_utf8(&rest[..end])
             .ok()
             .filter(|s| s.is_ascii())
-            .ok_or_else(|| anyhow!("non-ASCII global name at offset {}", self.pos))?;
+            .ok_or_else(|| err!("non-ASCII global name at offset {}", self.pos))?;
         self.pos += end + 1;
         Ok(line)
     }
@@ -548,7 +581,7 @@ fn read_pickle(input: &mut Input, storages: &mut Storages, limits: &Limits) -> R
         match machine.step(opcode, input, storages) {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => {}
-            Err(e) => return Err(e.context(format!("at byte {at} (opcode {})", opcode_name(opcode)))),
+            Err(e) => return Err(format!("at byte {at} (opcode {}): {e}", opcode_name(opcode))),
         }
     }
 }
@@ -597,7 +630,7 @@ impl Unpickler<'_> {
                 let len = u32::from_le_bytes(input.array("BINUNICODE's length")?) as usize;
                 ensure!(len <= self.limits.max_string_bytes, "a {len}-byte string is over the limit");
                 let bytes = input.take(len, || "a string".into())?;
-                let text = std::str::from_utf8(bytes).map_err(|_| anyhow!("a string is not valid UTF-8"))?;
+                let text = std::str::from_utf8(bytes).map_err(|_| err!("a string is not valid UTF-8"))?;
                 self.push(Value::Str(text.into()))?;
             }
             op::EMPTY_TUPLE => self.push(self.tuple(Vec::new())?)?,
@@ -641,7 +674,7 @@ impl Unpickler<'_> {
                     .iter()
                     .find(|(m, n, _)| *m == module && *n == name)
                     .map(|g| g.2)
-                    .ok_or_else(|| anyhow!("global '{module}.{name}' is not allowed in a state dict"))?;
+                    .ok_or_else(|| err!("global '{module}.{name}' is not allowed in a state dict"))?;
                 self.push(Value::Global(global))?;
             }
             op::REDUCE => {
@@ -696,7 +729,7 @@ impl Unpickler<'_> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
-        let mark = self.marks.pop().ok_or_else(|| anyhow!("no MARK to pop to"))?;
+        let mark = self.marks.pop().ok_or_else(|| err!("no MARK to pop to"))?;
         Ok(self.stack.split_off(mark))
     }
 
@@ -772,7 +805,7 @@ impl Unpickler<'_> {
     }
 
     fn put(&mut self, index: u32) -> Result<()> {
-        let top = self.above_mark().last().ok_or_else(|| anyhow!("memo put with an empty stack"))?.clone();
+        let top = self.above_mark().last().ok_or_else(|| err!("memo put with an empty stack"))?.clone();
         if !self.memo.contains_key(&index) {
             ensure!(self.memo.len() < self.limits.max_memo, "more than {} memo entries", self.limits.max_memo);
         }
@@ -781,7 +814,7 @@ impl Unpickler<'_> {
     }
 
     fn get(&mut self, index: u32) -> Result<()> {
-        let value = self.memo.get(&index).ok_or_else(|| anyhow!("memo entry {index} was never put"))?.clone();
+        let value = self.memo.get(&index).ok_or_else(|| err!("memo entry {index} was never put"))?.clone();
         self.push(value)
     }
 
@@ -828,7 +861,7 @@ impl Unpickler<'_> {
 
 fn non_negative(value: &Value, what: &str) -> Result<usize> {
     match value {
-        Value::Int(i) if *i >= 0 => usize::try_from(*i).map_err(|_| anyhow!("{what} {i} is too large")),
+        Value::Int(i) if *i >= 0 => usize::try_from(*i).map_err(|_| err!("{what} {i} is too large")),
         other => bail!("{what} is {}, expected a non-negative integer", other.describe()),
     }
 }
