@@ -88,6 +88,40 @@ fn uniform(rng: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> HostTensor {
     HostTensor::f32(shape.to_vec(), (0..n).map(|_| rng.random_range(lo..hi)).collect()).unwrap()
 }
 
+/// A random weight `[rows, k]` stored as `dtype` (f16, bf16 or GGUF blocks): random bytes with
+/// every block's f16 scales (and mins) set to small finite values, so the values are finite
+/// and of the size real weights have.
+pub fn random_weight(rng: &mut StdRng, dtype: DType, rows: usize, k: usize) -> HostTensor {
+    let small = |rng: &mut StdRng| half::f16::from_f32(rng.random_range(-0.05f32..0.05)).to_le_bytes();
+    let data = match dtype {
+        DType::F16 => {
+            TensorData::F16((0..rows * k).map(|_| half::f16::from_f32(rng.random_range(-1.0..1.0))).collect())
+        }
+        DType::BF16 => {
+            TensorData::BF16((0..rows * k).map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0))).collect())
+        }
+        _ => {
+            let layout = dtype.block();
+            let blocks = rows * k / layout.values;
+            let mut bytes: Vec<u8> = (0..blocks * layout.bytes).map(|_| rng.random()).collect();
+            // Where each type keeps its f16 fields (ggml's block structs).
+            let halves: &[usize] = match dtype {
+                DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
+                DType::Q4_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+                DType::Q6_K => &[208],
+                other => panic!("no random blocks for {other}"),
+            };
+            for block in bytes.chunks_exact_mut(layout.bytes) {
+                for &at in halves {
+                    block[at..at + 2].copy_from_slice(&small(rng));
+                }
+            }
+            TensorData::from_bytes(dtype, &bytes).unwrap()
+        }
+    };
+    HostTensor::new(vec![rows, k], data).unwrap()
+}
+
 fn segments(spans: &[(u32, u32)]) -> HostTensor {
     HostTensor::u32(vec![spans.len(), 2], spans.iter().flat_map(|&(s, l)| [s, l]).collect()).unwrap()
 }
@@ -130,6 +164,33 @@ pub fn cases(seed: u64) -> Vec<Case> {
             Op::MatMul(MatMul { trans_b: true, activation: Activation::None }),
             vec![a, b],
         );
+    }
+    // matmul with a stored weight (f16, bf16, GGUF blocks) [N, K]: one row, a panel and a
+    // half (N = 129 > 64 rows dequantized at a time), K of one and two 256-value blocks.
+    for &dtype in &[
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
+        for &(m, k, n, bias) in &[(1, 256, 1, false), (7, 512, 129, true)] {
+            let mut inputs = vec![uniform(rng, &[m, k], -1.0, 1.0), random_weight(rng, dtype, n, k)];
+            if bias {
+                inputs.push(uniform(rng, &[n], -1.0, 1.0));
+            }
+            let op = Op::MatMul(MatMul {
+                trans_b: true,
+                activation: if bias { Activation::Gelu } else { Activation::None },
+            });
+            add(format!("matmul_{dtype}_{m}x{k}x{n}_bias{bias}"), op, inputs);
+        }
+        let ids = HostTensor::u32(vec![5], vec![0, 6, 2, 99, 6]).unwrap(); // 99: out of range
+        add(format!("gather_{dtype}_7x256"), Op::Gather, vec![random_weight(rng, dtype, 7, 256), ids]);
     }
     // LoRA matmul: ranks 1 to 65 (r off the K step of the kernels too), K and r on and off
     // the 16-byte load paths, bias, activations, leading batch dims folded into rows.
@@ -422,10 +483,17 @@ pub fn compare(got: &HostTensor, want: &HostTensor, tol: Tolerance) -> Result<()
     }
 }
 
-/// Runs every case on `make()`'s backend and on the CPU; returns one line per failure.
+/// Runs every case on `make()`'s backend and on the CPU; returns one line per failure. Cases
+/// whose dtypes the backend declares unsupported are skipped (docs/ops.md lists them).
 pub fn check_backend<B: Backend>(make: impl Fn() -> B, seed: u64) -> Vec<String> {
     let mut failures = Vec::new();
+    let mut skipped = 0;
     for case in cases(seed) {
+        let dtypes: Vec<DType> = case.inputs.iter().map(|t| t.dtype()).collect();
+        if !make().supports_dtypes(&case.op, &dtypes) {
+            skipped += 1;
+            continue;
+        }
         let tol = tolerance(case.op.kind());
         let want = run_case(CpuBackend::new(), &case).expect("the CPU reference runs every case");
         match run_case(make(), &case) {
@@ -439,6 +507,7 @@ pub fn check_backend<B: Backend>(make: impl Fn() -> B, seed: u64) -> Vec<String>
             }
         }
     }
+    println!("{skipped} cases skipped: their dtypes are not supported by this backend");
     failures
 }
 
@@ -453,4 +522,21 @@ pub fn seed() -> u64 {
     std::env::var("TANDEM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
     })
+}
+
+/// A linear layer whose weight is stored in f16 reached through a graph: x (f32) is cast to
+/// f16, multiplied by the f16 weight `[n, k]` (the f16 kernels), and cast back. Returns the
+/// graph, its weight and an input.
+pub fn f16_linear_graph(seed: u64, m: usize, k: usize, n: usize) -> (Graph, Vec<HostTensor>, HostTensor) {
+    let rng = &mut StdRng::seed_from_u64(seed);
+    let mut g = Graph::new("f16-linear");
+    let x = g.input("x", TensorType::fixed(DType::F32, &[m, k]));
+    let w = g.weight("w", TensorType::fixed(DType::F16, &[n, k]));
+    let x16 = g.node1("to_f16", Op::Cast(DType::F16), &[x]).expect("well formed");
+    let y16 = g
+        .node1("linear", Op::MatMul(MatMul { trans_b: true, activation: Activation::None }), &[x16, w])
+        .expect("well formed");
+    let y = g.node1("to_f32", Op::Cast(DType::F32), &[y16]).expect("well formed");
+    g.output(y, "y");
+    (g, vec![random_weight(rng, DType::F16, n, k)], uniform(rng, &[m, k], -1.0, 1.0))
 }

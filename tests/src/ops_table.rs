@@ -56,6 +56,47 @@ pub fn render(root: &Path) -> String {
             mark(cuda_has(root, kind)),
         );
     }
+    out += &render_dtypes(root);
+    out
+}
+
+/// The dtypes each backend runs each op on. The rows are the input dtypes of the conformance
+/// cases and, where `Op::infer` accepts them, the same cases with every f32 input as f16: what
+/// the ops accept is decided by `infer` alone, and what each backend runs by its
+/// `supports_dtypes` (the CPU, the reference, runs everything `infer` accepts).
+fn render_dtypes(root: &Path) -> String {
+    use std::collections::BTreeSet;
+    use tandem_runtime::backend::{cuda_supports_dtypes, wgpu};
+    use tandem_runtime::{DType, TensorType};
+    let mark = |yes: bool| if yes { "✅" } else { "❌" };
+    let mut rows = BTreeSet::new();
+    for case in crate::cases(1) {
+        let dtypes: Vec<DType> = case.inputs.iter().map(|t| t.dtype()).collect();
+        let halves: Vec<DType> = dtypes.iter().map(|&d| if d == DType::F32 { DType::F16 } else { d }).collect();
+        for signature in [dtypes, halves] {
+            let types: Vec<TensorType> =
+                case.inputs.iter().zip(&signature).map(|(t, &d)| TensorType::fixed(d, &t.shape)).collect();
+            let Ok(outputs) = case.op.infer(&types) else { continue };
+            let out: Vec<&str> = outputs.iter().map(|t| t.dtype.name()).collect();
+            let ins: Vec<&str> = signature.iter().map(|d| d.name()).collect();
+            let kind = case.op.kind();
+            let cpu = CpuBackend::new().supports_dtypes(&case.op, &signature);
+            let gpu = tandem_runtime::backend::wgpu::has_kernel(kind) && wgpu::supports_dtypes(&case.op, &signature);
+            let cuda = cuda_has(root, kind) && cuda_supports_dtypes(&case.op, &signature);
+            rows.insert((kind, ins.join(", "), out.join(", "), cpu, gpu, cuda));
+        }
+    }
+    let mut out = String::from(
+        "\n## Dtypes\n\n\
+         Which input dtypes each backend runs each op on, from the conformance cases (and their\n\
+         all-f16 forms where the op accepts them). Stored weights (f16, bf16, GGUF blocks) are\n\
+         dequantized inside the kernel.\n\n\
+         | op | inputs | outputs | cpu | wgpu | cuda |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (kind, ins, outs, cpu, gpu, cuda) in rows {
+        out += &format!("| {} | {ins} | {outs} | {} | {} | {} |\n", kind.name(), mark(cpu), mark(gpu), mark(cuda));
+    }
     out
 }
 

@@ -250,3 +250,11 @@ fn hardware_only_never_picks_a_software_adapter() {
         }
     }
 }
+
+#[test]
+fn dtypes_without_a_kernel_are_refused_by_name() {
+    let Some(backend) = backend() else { return };
+    let (graph, weights, _) = tandem_tests::f16_linear_graph(1, 2, 64, 3);
+    let err = Session::new(backend, graph, &weights).err().expect("wgpu has no f16 matmul").to_string();
+    assert!(err.contains("op 'matmul' (node 'linear') on inputs of dtype f16, f16 is not implemented"), "{err}");
+}

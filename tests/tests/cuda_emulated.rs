@@ -259,6 +259,9 @@ impl Backend for EmuBackend {
             })
         })
     }
+    fn supports_dtypes(&self, op: &Op, inputs: &[tandem_runtime::DType]) -> bool {
+        tandem_runtime::backend::cuda_supports_dtypes(op, inputs)
+    }
     fn alloc(&self, bytes: usize) -> Result<EmuBuffer> {
         // 0xff bytes are NaN as f32 and f16: an output element a kernel forgets to write
         // shows up in the comparison.
@@ -352,4 +355,17 @@ fn tiny_decoder_with_a_kv_cache_matches_the_f64_reference_through_the_emulator()
         .unwrap_or_else(|e| panic!("seed {seed} (replay with TANDEM_TEST_SEED): {e}"));
     println!("emulated CUDA: {report:?}");
     assert_eq!(report.plans_after_first_decode, 0);
+}
+
+#[test]
+fn f16_weights_reach_the_f16_kernels_through_a_graph() {
+    let Some(emu) = emulator() else { return };
+    let (graph, weights, x) = tandem_tests::f16_linear_graph(seed(), 7, 96, 33);
+    let cpu = tandem_runtime::Session::new(tandem_runtime::backend::cpu::CpuBackend::new(), graph.clone(), &weights);
+    let want = cpu.unwrap().run_blocking(std::slice::from_ref(&x)).unwrap();
+    let emulated = tandem_runtime::Session::new(EmuBackend(emu), graph, &weights);
+    let got = emulated.unwrap().run_blocking(std::slice::from_ref(&x)).unwrap();
+    // f16 products rounded once at the end, as the CPU reference does, but summed in
+    // another order: a few f16 ulps of values up to ~5.
+    tandem_tests::compare(&got[0], &want[0], tandem_tests::Tolerance::new(1e-2, 1e-2)).unwrap();
 }

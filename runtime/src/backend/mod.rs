@@ -12,6 +12,28 @@ use crate::error::Result;
 use crate::ops::{Op, OpKind};
 use crate::tensor::{DType, HostTensor};
 
+/// What most GPU kernels take: f32 values and u32 indexes.
+pub fn f32_and_u32(dtypes: &[DType]) -> bool {
+    dtypes.iter().all(|d| matches!(d, DType::F32 | DType::U32))
+}
+
+/// The dtypes the CUDA kernels take (shared by the CUDA backend and its emulated twin): f32
+/// and u32 everywhere; matmul and attention also all-f16 floats (their f16 builds); cast
+/// between f32, f16 and u32.
+pub fn cuda_supports_dtypes(op: &Op, inputs: &[DType]) -> bool {
+    let halves = inputs.iter().all(|d| matches!(d, DType::F16 | DType::U32));
+    match op {
+        Op::MatMul(_) | Op::Attention(_) => f32_and_u32(inputs) || halves,
+        Op::Cast(to) => {
+            matches!(to, DType::F32 | DType::F16)
+                && inputs.iter().all(|d| matches!(d, DType::F32 | DType::F16 | DType::U32))
+        }
+        // A view: no kernel reads the data.
+        Op::Reshape(_) => true,
+        _ => f32_and_u32(inputs),
+    }
+}
+
 /// A tensor argument of one dispatch.
 pub struct Arg<'a, B> {
     pub buf: &'a B,
@@ -36,7 +58,11 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// A human description of the device, for logs and `/info`.
     fn device_description(&self) -> String;
+    /// Whether the backend has a kernel for the op at all.
     fn supports(&self, op: OpKind) -> bool;
+    /// Whether it runs the op on inputs of these dtypes (in the op's input order; `Op::infer`
+    /// has accepted them). The CPU, the reference, runs every combination `infer` accepts.
+    fn supports_dtypes(&self, op: &Op, inputs: &[DType]) -> bool;
 
     /// A buffer of at least `bytes` bytes, contents unspecified.
     fn alloc(&self, bytes: usize) -> Result<Self::Buffer>;

@@ -291,11 +291,19 @@ impl<B: Backend> Session<B> {
     /// Validates the graph, checks the backend has every op it uses, uploads the weights.
     pub fn new(backend: B, graph: Graph, weights: &[HostTensor]) -> Result<Self> {
         graph.validate()?;
-        if let Some(node) = graph.nodes.iter().find(|n| !backend.supports(n.op.kind())) {
-            return Err(Error::backend(
-                backend.name(),
-                format!("op '{}' (node '{}') is not implemented", node.op.kind().name(), node.name),
-            ));
+        for node in &graph.nodes {
+            let what = || format!("op '{}' (node '{}')", node.op.kind().name(), node.name);
+            if !backend.supports(node.op.kind()) {
+                return Err(Error::backend(backend.name(), format!("{} is not implemented", what())));
+            }
+            let dtypes: Vec<DType> = node.inputs.iter().map(|&i| graph.value(i).ty.dtype).collect();
+            if !backend.supports_dtypes(&node.op, &dtypes) {
+                let names: Vec<&str> = dtypes.iter().map(|d| d.name()).collect();
+                return Err(Error::backend(
+                    backend.name(),
+                    format!("{} on inputs of dtype {} is not implemented", what(), names.join(", ")),
+                ));
+            }
         }
         if weights.len() != graph.weights.len() {
             return Err(Error::graph(format!(

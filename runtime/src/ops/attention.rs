@@ -21,6 +21,7 @@
 use super::pool::segment_rows;
 use super::{arity, dtype_is, float, rank_is, same_dim};
 use crate::graph::{Dim, TensorType};
+use crate::tensor::DType;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -59,7 +60,7 @@ pub struct AttentionParams {
 
 /// The table of a query/kv pairing: `[seqs, 2]` or `[seqs, 4]` u32 (see the module doc).
 pub(crate) fn check_table(table: &TensorType, allow_segments: bool) -> Result<(), String> {
-    dtype_is(table, crate::tensor::DType::U32, "table")?;
+    dtype_is(table, DType::U32, "table")?;
     rank_is(table, 2, "table")?;
     let ok = table.shape[1] == Dim::Fixed(4) || (allow_segments && table.shape[1] == Dim::Fixed(2));
     if !ok {
@@ -104,8 +105,10 @@ impl Attention {
     pub(crate) fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         arity(inputs, 4, 4)?;
         let (q, k, v, table) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3]);
+        // All f32, or all f16 (the f16 kernels: f16 storage, f32 arithmetic).
+        let dtype = if q.dtype == DType::F16 { DType::F16 } else { DType::F32 };
         for (t, what) in [(q, "q"), (k, "k"), (v, "v")] {
-            float(t, what)?;
+            dtype_is(t, dtype, what)?;
             rank_is(t, 2, what)?;
         }
         check_table(table, true)?;

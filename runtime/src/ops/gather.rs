@@ -1,7 +1,9 @@
 //! Row gather: the embedding lookup.
 
-use super::{arity, dtype_is, float, rank_is};
+use super::{arity, dtype_is, rank_is, stored_weight};
+use crate::error::Result;
 use crate::graph::TensorType;
+use crate::tensor::DType;
 
 /// Kernel params for `gather`, mirrored in `shaders/gather.wgsl` and `cuda/gather.cu`.
 #[repr(C)]
@@ -24,15 +26,36 @@ impl GatherParams {
     }
 }
 
-pub(crate) fn infer(inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+/// The table is f32, or a stored weight (f16, bf16, GGUF blocks) whose rows come out
+/// dequantized to f32.
+pub(crate) fn infer(inputs: &[TensorType]) -> std::result::Result<Vec<TensorType>, String> {
     arity(inputs, 2, 2)?;
     let (table, ids) = (&inputs[0], &inputs[1]);
-    float(table, "table")?;
+    if table.dtype != DType::F32 {
+        stored_weight(table, "table")?;
+    }
     rank_is(table, 2, "table")?;
     dtype_is(ids, crate::tensor::DType::U32, "ids")?;
     let mut shape = ids.shape.clone();
     shape.push(table.shape[1].clone());
-    Ok(vec![TensorType::new(table.dtype, shape)])
+    Ok(vec![TensorType::new(DType::F32, shape)])
+}
+
+/// `cpu` for a stored table (raw bytes of `dtype`): each row dequantized as `weights::quant`
+/// does.
+pub fn cpu_stored(p: &GatherParams, dtype: DType, table: &[u8], ids: &[u32], out: &mut [f32]) -> Result<()> {
+    let dim = p.dim as usize;
+    if dim == 0 {
+        return Ok(());
+    }
+    for (row, &id) in out.chunks_exact_mut(dim).zip(ids) {
+        if id < p.vocab {
+            crate::weights::quant::dequantize_row(dtype, table, id as usize, dim, row)?;
+        } else {
+            row.fill(0.0);
+        }
+    }
+    Ok(())
 }
 
 /// Ids outside the table give a zero row (the GPU kernels cannot fail, so neither does this).

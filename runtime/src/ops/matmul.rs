@@ -1,8 +1,11 @@
 //! Matrix multiply with a fused epilogue, `act(a · bᵀ? + bias)`, and its LoRA form,
 //! `act(x · Wᵀ + bias + scale · (x · Aᵀ) · Bᵀ)`.
 
-use super::{arity, float, rank_is, same_dim};
+use super::{arity, dtype_is, float, rank_is, same_dim, stored_weight};
+use crate::error::Result;
 use crate::graph::{Dim, TensorType};
+use crate::tensor::DType;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -63,11 +66,27 @@ pub struct MatMulParams {
 }
 
 impl MatMul {
-    pub(crate) fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+    /// The dtypes matmul takes: all f32; all f16 (a, b, bias and out: the f16 kernels); or f32
+    /// activations with a stored weight b `[N, K]` (`trans_b`) in f16, bf16 or GGUF blocks,
+    /// dequantized inside the kernel.
+    pub(crate) fn infer(&self, inputs: &[TensorType]) -> std::result::Result<Vec<TensorType>, String> {
         arity(inputs, 2, 3)?;
         let (a, b) = (&inputs[0], &inputs[1]);
-        float(a, "a")?;
-        float(b, "b")?;
+        match (a.dtype, b.dtype) {
+            (DType::F32, DType::F32) | (DType::F16, DType::F16) => {}
+            (DType::F32, _) => {
+                stored_weight(b, "b")?;
+                if !self.trans_b {
+                    return Err(format!("a {} weight b must be stored [N, K] (trans_b)", b.dtype));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "a and b must both be f32, both f16, or f32 and a stored weight; are {} and {}",
+                    a.dtype, b.dtype
+                ));
+            }
+        }
         if a.rank() < 2 {
             return Err(format!("a must have rank ≥ 2, is {a}"));
         }
@@ -84,7 +103,7 @@ impl MatMul {
             }
         }
         if let Some(bias) = inputs.get(2) {
-            float(bias, "bias")?;
+            dtype_is(bias, a.dtype, "bias")?;
             if bias.rank() != 1 {
                 return Err(format!("bias must have rank 1, is {bias}"));
             }
@@ -132,6 +151,52 @@ pub fn cpu(p: &MatMulParams, a: &[f32], b: &[f32], bias: Option<&[f32]>, out: &m
         gemm_into(Gemm { m, n, k, trans_b: p.trans_b != 0, accumulate: bias.is_some(), scale: 1.0 }, a, b, c);
         activate_cpu(p.activation, c);
     }
+}
+
+/// Rows of a stored weight dequantized together: the CPU holds `PANEL_ROWS × K` f32 of a
+/// weight at a time (per thread), whatever its size.
+const PANEL_ROWS: usize = 64;
+
+/// CPU reference with a stored weight b `[N, K]` (f16, bf16 or GGUF blocks, raw bytes): a
+/// panel of b's rows is dequantized to f32 (exactly as `weights::quant` does) and multiplied,
+/// panels in parallel.
+pub fn cpu_stored(
+    p: &MatMulParams,
+    a: &[f32],
+    b_dtype: DType,
+    b: &[u8],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) -> Result<()> {
+    let (m, n, k) = (p.m as usize * p.batch as usize, p.n as usize, p.k as usize);
+    let panels: Vec<Vec<f32>> = (0..n.div_ceil(PANEL_ROWS))
+        .into_par_iter()
+        .map(|panel| {
+            let rows = panel * PANEL_ROWS..((panel + 1) * PANEL_ROWS).min(n);
+            let mut w = vec![0.0f32; rows.len() * k];
+            for (r, dst) in rows.clone().zip(w.chunks_exact_mut(k.max(1))) {
+                crate::weights::quant::dequantize_row(b_dtype, b, r, k, dst)?;
+            }
+            let mut c = vec![0.0f32; m * rows.len()];
+            let g = Gemm { m, n: rows.len(), k, trans_b: true, accumulate: false, scale: 1.0 };
+            gemm_into(g, &a[..m * k], &w, &mut c);
+            Ok(c)
+        })
+        .collect::<Result<_>>()?;
+    for (panel, c) in panels.iter().enumerate() {
+        let n0 = panel * PANEL_ROWS;
+        let width = c.len() / m.max(1);
+        for (row, src) in out.chunks_exact_mut(n.max(1)).zip(c.chunks_exact(width.max(1))) {
+            row[n0..n0 + width].copy_from_slice(src);
+        }
+    }
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(n.max(1)) {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+    }
+    activate_cpu(p.activation, &mut out[..m * n]);
+    Ok(())
 }
 
 /// One `c = accumulate·c + scale · a · b` product: a `[m, k]`, b `[k, n]` (or `[n, k]` with
@@ -218,7 +283,7 @@ pub struct LoraMatMul {
 }
 
 impl LoraMatMul {
-    pub(crate) fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+    pub(crate) fn infer(&self, inputs: &[TensorType]) -> std::result::Result<Vec<TensorType>, String> {
         arity(inputs, 4, 5)?;
         let [x, w, a, b, ..] = inputs else { return Err("takes x, w, lora_a, lora_b and an optional bias".into()) };
         for (t, what) in [(x, "x"), (w, "w"), (a, "lora_a"), (b, "lora_b")] {

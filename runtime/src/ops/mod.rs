@@ -362,6 +362,21 @@ pub(crate) fn float(t: &TensorType, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A weight stored in a type other than f32, which f32 activations read through dequantization
+/// inside the kernel: f16, bf16 or GGUF blocks, `[rows, K]` with every row whole blocks.
+pub(crate) fn stored_weight(t: &TensorType, what: &str) -> Result<(), String> {
+    if !(t.dtype.is_quantized() || matches!(t.dtype, DType::F16 | DType::BF16)) {
+        return Err(format!("{what} must be f32, f16, bf16 or a block-quantized type, is {t}"));
+    }
+    rank_is(t, 2, what)?;
+    let values = t.dtype.block().values as u64;
+    match t.shape[1].fixed() {
+        Some(k) if k % values == 0 => Ok(()),
+        Some(k) => Err(format!("{what}: rows of {k} values are not whole {} blocks of {values}", t.dtype)),
+        None => Err(format!("{what}: a {} weight needs a fixed row length", t.dtype)),
+    }
+}
+
 pub(crate) fn dtype_is(t: &TensorType, dtype: DType, what: &str) -> Result<(), String> {
     if t.dtype != dtype {
         return Err(format!("{what} must be {dtype}, is {t}"));

@@ -58,6 +58,10 @@ impl Backend for CpuBackend {
         true
     }
 
+    fn supports_dtypes(&self, _op: &Op, _inputs: &[DType]) -> bool {
+        true
+    }
+
     fn alloc(&self, bytes: usize) -> Result<CpuBuffer> {
         let words = bytes.div_ceil(4);
         let mut v = Vec::new();
@@ -89,6 +93,12 @@ impl Backend for CpuBackend {
         inputs: &[Arg<'_, CpuBuffer>],
         outputs: &mut [OutArg<'_, CpuBuffer>],
     ) -> Result<()> {
+        // f16 operands (matmul and attention: the f16 kernels' reference) compute in f32 and
+        // round the result once, as the f16 kernels do.
+        let has_f16 = inputs.iter().any(|a| a.dtype == DType::F16) || outputs.iter().any(|o| o.dtype == DType::F16);
+        if has_f16 && op.kind() != OpKind::Cast {
+            return self.dispatch_widened(op, inputs, outputs);
+        }
         let n_out = count(outputs[0].shape);
         let f = |i: usize| inputs[i].buf.f32(count(inputs[i].shape));
         let u = |i: usize| inputs[i].buf.u32(count(inputs[i].shape));
@@ -98,7 +108,13 @@ impl Backend for CpuBackend {
             Op::MatMul(m) => {
                 let p = m.params(inputs[0].shape, inputs[1].shape, inputs.len() > 2);
                 let bias = (inputs.len() > 2).then(|| f(2));
-                ops::matmul::cpu(&p, f(0), f(1), bias, out.buf.f32_mut(n_out));
+                match inputs[1].dtype {
+                    DType::F32 => ops::matmul::cpu(&p, f(0), f(1), bias, out.buf.f32_mut(n_out)),
+                    stored => {
+                        let b = stored_bytes(&inputs[1])?;
+                        ops::matmul::cpu_stored(&p, f(0), stored, b, bias, out.buf.f32_mut(n_out))?
+                    }
+                }
             }
             Op::LoraMatMul(l) => {
                 let (_, p) = l.params(inputs[0].shape, inputs[1].shape, inputs[2].shape, inputs.len() > 4);
@@ -134,7 +150,13 @@ impl Backend for CpuBackend {
             }
             Op::Gather => {
                 let p = ops::gather::GatherParams::new(inputs[0].shape, inputs[1].shape);
-                ops::gather::cpu(&p, f(0), u(1), out.buf.f32_mut(n_out));
+                match inputs[0].dtype {
+                    DType::F32 => ops::gather::cpu(&p, f(0), u(1), out.buf.f32_mut(n_out)),
+                    stored => {
+                        let table = stored_bytes(&inputs[0])?;
+                        ops::gather::cpu_stored(&p, stored, table, u(1), out.buf.f32_mut(n_out))?
+                    }
+                }
             }
             Op::Pool(kind) => {
                 let p = ops::pool::PoolParams::new(*kind, inputs[0].shape, inputs[1].shape);
@@ -187,6 +209,61 @@ impl Backend for CpuBackend {
                 HostTensor::new(r.shape.to_vec(), TensorData::from_bytes(r.dtype, r.buf.bytes(n))?)
             })
             .collect()
+    }
+}
+
+/// The raw bytes of a stored (non-f32) operand.
+fn stored_bytes<'a>(arg: &Arg<'a, CpuBuffer>) -> Result<&'a [u8]> {
+    let bytes = arg.dtype.bytes_for_shape(arg.shape)?;
+    Ok(arg.buf.bytes(bytes))
+}
+
+impl CpuBackend {
+    /// Runs an op with f16 operands on f32 copies and rounds its outputs to f16.
+    fn dispatch_widened(
+        &self,
+        op: &Op,
+        inputs: &[Arg<'_, CpuBuffer>],
+        outputs: &mut [OutArg<'_, CpuBuffer>],
+    ) -> Result<()> {
+        let widen = |a: &Arg<'_, CpuBuffer>| -> Result<CpuBuffer> {
+            let n = count(a.shape);
+            let mut wide = self.alloc(4 * n)?;
+            for (w, h) in wide.f32_mut(n).iter_mut().zip(a.buf.f16(n)) {
+                *w = h.to_f32();
+            }
+            Ok(wide)
+        };
+        let wide: Vec<Option<CpuBuffer>> =
+            inputs.iter().map(|a| (a.dtype == DType::F16).then(|| widen(a)).transpose()).collect::<Result<_>>()?;
+        let args: Vec<Arg<'_, CpuBuffer>> = inputs
+            .iter()
+            .zip(&wide)
+            .map(|(a, w)| match w {
+                Some(buf) => Arg { buf, dtype: DType::F32, shape: a.shape },
+                None => Arg { buf: a.buf, dtype: a.dtype, shape: a.shape },
+            })
+            .collect();
+        let mut wide_outs: Vec<CpuBuffer> =
+            outputs.iter().map(|o| self.alloc(4 * count(o.shape))).collect::<Result<_>>()?;
+        {
+            let mut outs: Vec<OutArg<'_, CpuBuffer>> = wide_outs
+                .iter_mut()
+                .zip(outputs.iter())
+                .map(|(buf, o)| OutArg { buf, dtype: DType::F32, shape: o.shape })
+                .collect();
+            self.dispatch(&mut (), op, &args, &mut outs)?;
+        }
+        for (wide, out) in wide_outs.iter().zip(outputs.iter_mut()) {
+            let n = count(out.shape);
+            if out.dtype == DType::F16 {
+                let halves = &mut bytemuck::cast_slice_mut::<u32, f16>(&mut out.buf.0)[..n];
+                halves.iter_mut().zip(wide.f32(n)).for_each(|(h, &x)| *h = f16::from_f32(x));
+            } else {
+                out.buf.f32_mut(n).copy_from_slice(wide.f32(n));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -394,6 +394,10 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn supports_dtypes(&self, op: &Op, inputs: &[crate::tensor::DType]) -> bool {
+        super::cuda_supports_dtypes(op, inputs)
+    }
+
     fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {
         // SAFETY: the contents are unspecified by the trait's contract; nothing reads them
         // before a write or a kernel fills them.

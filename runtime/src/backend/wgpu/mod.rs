@@ -41,6 +41,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The dtypes the WGSL kernels take: f32 values and u32 indexes; f16 only through cast
+/// (WebGPU's shader-f16 is optional, so f16 travels as packed words). No device needed.
+pub fn supports_dtypes(op: &Op, inputs: &[DType]) -> bool {
+    match op {
+        Op::Cast(_) => inputs.iter().all(|d| matches!(d, DType::F32 | DType::F16 | DType::U32)),
+        // A view: no kernel reads the data.
+        Op::Reshape(_) => true,
+        _ => super::f32_and_u32(inputs),
+    }
+}
+
 /// Which adapters [`WgpuBackend::new_with`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AdapterPreference {
@@ -525,6 +536,10 @@ impl Backend for WgpuBackend {
 
     fn supports(&self, op: OpKind) -> bool {
         has_kernel(op)
+    }
+
+    fn supports_dtypes(&self, op: &Op, inputs: &[DType]) -> bool {
+        supports_dtypes(op, inputs)
     }
 
     fn alloc(&self, bytes: usize) -> Result<WgpuBuffer> {
