@@ -1,4 +1,4 @@
-// Reductions over the last axis: layer norm, softmax, L2 normalize.
+// Reductions over the last axis: layer norm, RMS norm, softmax, L2 normalize.
 // Twin of shaders/norm.wgsl; params in params.cuh.
 //
 // A row is reduced by a team of threads: one warp for rows up to NORM_WARP_COLS wide (the
@@ -84,6 +84,22 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     const float inv = 1.0f / sqrtf(var + p.eps);
 
     for_row(row, cols, t, [&](u32 i, float v) { orow[i] = (v - mean) * inv * gamma[i] + beta[i]; });
+}
+
+// out = x / sqrt(mean(x²) + eps) * gamma (llama's RMSNorm).
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+    rms_norm(const NormParams p, const float* __restrict__ x, const float* __restrict__ gamma, float* __restrict__ out) {
+    const NormTeam t = norm_team(p.cols);
+    const bool live = t.row < p.rows;
+    const u32 cols = live ? p.cols : 0;
+    const float* row = x + (u64)t.row * p.cols;
+    float* orow = out + (u64)t.row * p.cols;
+
+    float sq = 0.0f;
+    for_row(row, cols, t, [&](u32, float v) { sq += v * v; });
+    const float inv = 1.0f / sqrtf(team_reduce<false>(sq, t) / (float)p.cols + p.eps);
+
+    for_row(row, cols, t, [&](u32 i, float v) { orow[i] = v * inv * gamma[i]; });
 }
 
 // out = exp(x - max) / sum(exp(x - max)): max and sum in one pass with the online rescaling

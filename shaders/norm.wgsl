@@ -1,4 +1,4 @@
-// Reductions over the last axis: `layer_norm`, `softmax`, `l2_normalize`.
+// Reductions over the last axis: `layer_norm`, `rms_norm`, `softmax`, `l2_normalize`.
 //
 // One workgroup of 64 invocations per row: each invocation strides over the row (so any
 // row length works, 1 or 100 000), then a tree reduction in workgroup memory combines the
@@ -23,6 +23,8 @@ const WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> ln_out: array<f32>;
+// rms_norm: x, gamma -> y.
+@group(0) @binding(3) var<storage, read_write> rms_out: array<f32>;
 // softmax and l2_normalize: x -> y (WGSL allows bindings to repeat across entry points).
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
@@ -79,6 +81,29 @@ fn layer_norm(
     let inv = 1.0 / sqrt(reduce(lid, v, false) / n + p.eps);
     for (var c = lid; c < p.cols; c += WG) {
         ln_out[base + c] = (x[base + c] - mean) * inv * gamma[c] + beta[c];
+    }
+}
+
+// x / sqrt(mean(x²) + eps) · gamma, as ops::norm::rms_norm_cpu.
+@compute @workgroup_size(64)
+fn rms_norm(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = row_index(wid, groups);
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let v = x[base + c];
+        s += v * v;
+    }
+    let inv = 1.0 / sqrt(reduce(lid, s, false) / f32(p.cols) + p.eps);
+    for (var c = lid; c < p.cols; c += WG) {
+        rms_out[base + c] = x[base + c] * inv * gamma[c];
     }
 }
 

@@ -36,7 +36,7 @@ pub fn tolerance(kind: OpKind) -> Tolerance {
     match kind {
         OpKind::MatMul | OpKind::LoraMatMul => Tolerance::new(2e-4, 1e-3),
         OpKind::Attention => Tolerance::new(1e-4, 1e-3),
-        OpKind::LayerNorm => Tolerance::new(1e-4, 1e-4),
+        OpKind::LayerNorm | OpKind::RmsNorm => Tolerance::new(1e-4, 1e-4),
         OpKind::Softmax | OpKind::L2Normalize | OpKind::Pool => Tolerance::new(1e-5, 1e-4),
         OpKind::Unary | OpKind::Binary => Tolerance::new(1e-5, 1e-5),
         // A few roundings per element; GPUs may fuse a·b + c where the CPU rounds twice.
@@ -299,6 +299,11 @@ pub fn cases(seed: u64) -> Vec<Case> {
             format!("layer_norm_{shape:?}"),
             Op::LayerNorm { eps: 1e-12 },
             vec![x.clone(), uniform(rng, &[d], 0.5, 1.5), uniform(rng, &[d], -0.5, 0.5)],
+        );
+        add(
+            format!("rms_norm_{shape:?}"),
+            Op::RmsNorm { eps: 1e-6 },
+            vec![uniform(rng, shape, -3.0, 3.0), uniform(rng, &[d], 0.5, 1.5)],
         );
         add(format!("softmax_{shape:?}"), Op::Softmax, vec![uniform(rng, shape, -10.0, 10.0)]);
         add(format!("l2_normalize_{shape:?}"), Op::L2Normalize { eps: 1e-12 }, vec![x]);

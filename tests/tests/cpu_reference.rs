@@ -436,3 +436,21 @@ fn clamp_keeps_nan_and_inverted_bounds_give_max() {
     let inverted = Case { op: Op::Clamp { min: 2.0, max: -2.0 }, ..case };
     assert_eq!(run_case(CpuBackend::new(), &inverted).unwrap()[0].to_f32()[..3], [-2.0, -2.0, -2.0]);
 }
+
+#[test]
+fn rms_norm_by_hand() {
+    // Row [3, 4]: mean of squares 12.5, so y = x / sqrt(12.5 + eps) · gamma.
+    let mut g = tandem_runtime::Graph::new("rms");
+    let x = g.input("x", tandem_runtime::TensorType::fixed(tandem_runtime::DType::F32, &[1, 2]));
+    let gamma = g.input("gamma", tandem_runtime::TensorType::fixed(tandem_runtime::DType::F32, &[2]));
+    let y = g.node1("rms", Op::RmsNorm { eps: 0.5 }, &[x, gamma]).unwrap();
+    g.output(y, "y");
+    let session = tandem_runtime::Session::new(CpuBackend::new(), g, &[]).unwrap();
+    let inputs = [
+        tandem_runtime::HostTensor::f32(vec![1, 2], vec![3.0, 4.0]).unwrap(),
+        tandem_runtime::HostTensor::f32(vec![2], vec![1.0, 2.0]).unwrap(),
+    ];
+    let got = session.run_blocking(&inputs).unwrap().remove(0).to_f32();
+    let inv = 1.0 / 13.0f32.sqrt();
+    assert_eq!(got, [3.0 * inv, 8.0 * inv]);
+}

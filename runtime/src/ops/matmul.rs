@@ -80,12 +80,8 @@ impl MatMul {
                     return Err(format!("a {} weight b must be stored [N, K] (trans_b)", b.dtype));
                 }
             }
-            _ => {
-                return Err(format!(
-                    "a and b must both be f32, both f16, or f32 and a stored weight; are {} and {}",
-                    a.dtype, b.dtype
-                ));
-            }
+            (DType::F16, _) => return Err(format!("b must be f16 like a, is {b}")),
+            _ => return Err(format!("a must be f32 or f16, is {a}")),
         }
         if a.rank() < 2 {
             return Err(format!("a must have rank ≥ 2, is {a}"));

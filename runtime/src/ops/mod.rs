@@ -47,6 +47,11 @@ pub enum Op {
     LayerNorm {
         eps: f32,
     },
+    /// `x / sqrt(mean(x²) + eps) · gamma` over the last axis (llama's RMSNorm); inputs x,
+    /// gamma.
+    RmsNorm {
+        eps: f32,
+    },
     /// Over the last axis.
     Softmax,
     /// `x / max(‖x‖₂, eps)` over the last axis (torch's `F.normalize`).
@@ -135,6 +140,7 @@ op_table! {
     // Not "cast": WGSL reserves that word, so no WGSL function can be named it.
     Cast => "cast", Some(("elementwise", "convert"));
     LayerNorm => "layer_norm", Some(("norm", "layer_norm"));
+    RmsNorm => "rms_norm", Some(("norm", "rms_norm"));
     Softmax => "softmax", Some(("norm", "softmax"));
     L2Normalize => "l2_normalize", Some(("norm", "l2_normalize"));
     Attention => "attention", Some(("attention", "attention"));
@@ -237,6 +243,7 @@ impl Op {
             Op::Binary(_) => OpKind::Binary,
             Op::Cast(_) => OpKind::Cast,
             Op::LayerNorm { .. } => OpKind::LayerNorm,
+            Op::RmsNorm { .. } => OpKind::RmsNorm,
             Op::Softmax => OpKind::Softmax,
             Op::L2Normalize { .. } => OpKind::L2Normalize,
             Op::Attention(_) => OpKind::Attention,
@@ -278,6 +285,7 @@ impl Op {
             Op::Binary(_) => elementwise::infer_binary(inputs),
             Op::Cast(to) => elementwise::infer_cast(inputs, *to),
             Op::LayerNorm { .. } => norm::infer_layer_norm(inputs),
+            Op::RmsNorm { .. } => norm::infer_rms_norm(inputs),
             Op::Softmax | Op::L2Normalize { .. } => {
                 arity(inputs, 1, 1)?;
                 float(&inputs[0], "input")?;

@@ -1,10 +1,10 @@
-//! Reductions over the last axis: layer norm, softmax, L2 normalize.
+//! Reductions over the last axis: layer norm, RMS norm, softmax, L2 normalize.
 
 use super::{arity, float, same_dim};
 use crate::graph::TensorType;
 use rayon::prelude::*;
 
-/// Kernel params for `layer_norm`, `softmax` and `l2_normalize`, mirrored in
+/// Kernel params for `layer_norm`, `rms_norm`, `softmax` and `l2_normalize`, mirrored in
 /// `shaders/norm.wgsl` and `cuda/norm.cu`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -40,6 +40,22 @@ pub(crate) fn infer_layer_norm(inputs: &[TensorType]) -> Result<Vec<TensorType>,
     Ok(vec![x.clone()])
 }
 
+/// RMS norm (llama's): inputs x and gamma over the last axis.
+pub(crate) fn infer_rms_norm(inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+    arity(inputs, 2, 2)?;
+    let (x, gamma) = (&inputs[0], &inputs[1]);
+    float(x, "x")?;
+    if x.rank() == 0 {
+        return Err("x must have at least one axis".into());
+    }
+    float(gamma, "gamma")?;
+    if gamma.rank() != 1 {
+        return Err(format!("gamma must have rank 1, is {gamma}"));
+    }
+    same_dim(&gamma.shape[0], &x.shape[x.rank() - 1], "gamma length and the last axis of x differ")?;
+    Ok(vec![x.clone()])
+}
+
 /// Splits `cols`-long rows across threads when the tensor is large enough to pay for it.
 fn for_rows(x: &[f32], out: &mut [f32], cols: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
     if cols == 0 {
@@ -60,6 +76,17 @@ pub fn layer_norm_cpu(p: &NormParams, x: &[f32], gamma: &[f32], beta: &[f32], ou
         let inv = 1.0 / (var + p.eps).sqrt();
         for (i, v) in o.iter_mut().enumerate() {
             *v = (row[i] - mean) * inv * gamma[i] + beta[i];
+        }
+    });
+}
+
+/// `x / sqrt(mean(x²) + eps) · gamma` (llama's RMSNorm; the mean over the row, in f32).
+pub fn rms_norm_cpu(p: &NormParams, x: &[f32], gamma: &[f32], out: &mut [f32]) {
+    let n = p.cols as f32;
+    for_rows(x, out, p.cols as usize, |row, o| {
+        let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / n + p.eps).sqrt();
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = row[i] * inv * gamma[i];
         }
     });
 }

@@ -131,6 +131,10 @@ impl Backend for CpuBackend {
                 let p = ops::norm::NormParams::new(inputs[0].shape, *eps);
                 ops::norm::layer_norm_cpu(&p, f(0), f(1), f(2), out.buf.f32_mut(n_out));
             }
+            Op::RmsNorm { eps } => {
+                let p = ops::norm::NormParams::new(inputs[0].shape, *eps);
+                ops::norm::rms_norm_cpu(&p, f(0), f(1), out.buf.f32_mut(n_out));
+            }
             Op::Softmax => {
                 let p = ops::norm::NormParams::new(inputs[0].shape, 0.0);
                 ops::norm::softmax_cpu(&p, f(0), out.buf.f32_mut(n_out));

@@ -312,15 +312,14 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
             launch.params =
                 KernelParams::Unary(UnaryParams { len: len as u32, op: from.code(), to: to.code(), _pad: 0 });
         }
-        Op::LayerNorm { eps } | Op::L2Normalize { eps } => {
+        Op::LayerNorm { eps } | Op::RmsNorm { eps } | Op::L2Normalize { eps } => {
             all_f32(kind.name())?;
             let p = NormParams::new(first.shape, *eps);
             launch.grid = [norm_blocks(&p), 1, 1];
             launch.block = [NORM_THREADS, 1, 1];
             launch.params = KernelParams::Norm(p);
-            if kind == OpKind::LayerNorm {
-                launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Input(2), Binding::Output(0)];
-            }
+            // The default args bind the first input and the output.
+            launch.args = (0..inputs.len()).map(Binding::Input).chain([Binding::Output(0)]).collect();
         }
         Op::Softmax => {
             all_f32("softmax")?;

@@ -87,6 +87,7 @@ pub(super) fn signature(kind: OpKind) -> Signature {
         OpKind::Unary | OpKind::Cast => (1, 1, size_of::<ops::elementwise::UnaryParams>()),
         OpKind::Binary => (2, 1, size_of::<ops::elementwise::BinaryParams>()),
         OpKind::LayerNorm => (3, 1, size_of::<ops::norm::NormParams>()),
+        OpKind::RmsNorm => (2, 1, size_of::<ops::norm::NormParams>()),
         OpKind::Softmax | OpKind::L2Normalize => (1, 1, size_of::<ops::norm::NormParams>()),
         OpKind::Attention => (4, 1, size_of::<ops::attention::AttentionParams>()),
         // new rows, table; the cache (written in place).
@@ -174,7 +175,7 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
             let words = if *to == DType::F16 { n.div_ceil(2) } else { n };
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(words)? }
         }
-        Op::LayerNorm { eps } | Op::L2Normalize { eps } => {
+        Op::LayerNorm { eps } | Op::RmsNorm { eps } | Op::L2Normalize { eps } => {
             let p = ops::norm::NormParams::new(shape(0), *eps);
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.rows as usize)? }
         }
