@@ -22,10 +22,12 @@ apt_install() {
 # its driver for the browser tests (WebGPU on SwiftShader, and the CPU fallback).
 apt_install mesa-vulkan-drivers chromium chromium-driver
 
-step "fetching the default model (MiniLM), the brand list and MobileNetV2 into the cache"
+step "fetching the default model (MiniLM), the brand list, MobileNetV2 and the GGUF decoders into the cache"
 cargo run -q -p tandem -- fetch minilm
 cargo run -q -p tandem -- fetch brands
 cargo run -q -p tandem -- fetch mobilenetv2
+cargo run -q -p tandem -- fetch smollm2
+cargo run -q -p tandem -- fetch qwen2.5-coder-0.5b
 
 step "fetching NVRTC (pinned PyPI wheels) so every CUDA kernel is compiled to PTX without a GPU"
 eval "$(cuda/fetch_nvrtc.sh)"

