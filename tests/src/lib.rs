@@ -89,10 +89,18 @@ fn uniform(rng: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> HostTensor {
 }
 
 /// A random weight `[rows, k]` stored as `dtype` (f16, bf16 or GGUF blocks): random bytes with
-/// every block's f16 scales (and mins) set to small finite values, so the values are finite
-/// and of the size real weights have.
+/// every block's f16 scales (and mins) set so that the values stay below about 1, as real
+/// weights do (sums of K products then keep f32 rounding far below the tolerances).
 pub fn random_weight(rng: &mut StdRng, dtype: DType, rows: usize, k: usize) -> HostTensor {
-    let small = |rng: &mut StdRng| half::f16::from_f32(rng.random_range(-0.05f32..0.05)).to_le_bytes();
+    // The largest scale that keeps |value| ≲ 1: quants times sub-block scales reach ~128 for
+    // Q8_0, ~2000 for Q4_K/Q5_K (6-bit scales) and ~4000 for Q6_K (i8 scales).
+    let scale = match dtype {
+        DType::Q8_0 => 0.008,
+        DType::Q4_K | DType::Q5_K => 0.0005,
+        DType::Q6_K => 0.00025,
+        _ => 0.06,
+    };
+    let small = |rng: &mut StdRng| half::f16::from_f32(rng.random_range(-scale..scale)).to_le_bytes();
     let data = match dtype {
         DType::F16 => {
             TensorData::F16((0..rows * k).map(|_| half::f16::from_f32(rng.random_range(-1.0..1.0))).collect())
