@@ -19,6 +19,7 @@
 pub mod cache;
 pub mod calibrate;
 pub mod cli;
+pub mod constraints;
 pub mod encoder;
 pub mod entities;
 pub mod eval;

@@ -97,7 +97,7 @@ fn bench<E: TextEncoder>(encoder: E, cache: &std::path::Path, reps: usize) -> Re
     let baseline = time(
         "baseline",
         Box::new(|| {
-            engine.cosine_baseline(query, &items)?;
+            engine.cosine_baseline(query, &items, false)?;
             Ok(items.len() + 1)
         }),
     )?;
