@@ -143,6 +143,15 @@ pub enum Dim {
 }
 
 impl Dim {
+    /// A value of this dimension in a readable unit: 1.25e-4 g as "125 mcg".
+    fn show(self, v: f64) -> String {
+        match self {
+            Dim::Mass if v < 1e-3 => format!("{} mcg", fmt_num(v * 1e6)),
+            Dim::Mass if v < 1.0 => format!("{} mg", fmt_num(v * 1e3)),
+            _ => format!("{} {}", fmt_num(v), self.unit()),
+        }
+    }
+
     fn unit(self) -> &'static str {
         match self {
             Dim::Volume => "ml",
@@ -228,49 +237,11 @@ const UNITS: &[(&str, Dim, f64)] = &[
 ];
 
 /// Words after a number that count units sold together ("24 count", "4pk", 12罐).
+#[rustfmt::skip]
 const COUNT_WORDS: &[&str] = &[
-    "pack",
-    "packs",
-    "pk",
-    "count",
-    "ct",
-    "pcs",
-    "pc",
-    "pieces",
-    "piece",
-    "pods",
-    "pod",
-    "cans",
-    "can",
-    "softgels",
-    "capsules",
-    "tablets",
-    "gummies",
-    "bars",
-    "pairs",
-    "rolls",
-    "bottles",
-    "batteries",
-    "battery",
-    "cartridges",
-    "refills",
-    "bags",
-    "cups",
-    "罐",
-    "听",
-    "瓶",
-    "盒",
-    "杯",
-    "片",
-    "粒",
-    "颗",
-    "包",
-    "袋",
-    "块",
-    "条",
-    "支",
-    "双",
-    "件",
+    "pack", "packs", "pk", "count", "ct", "pcs", "pc", "pieces", "piece", "pods", "pod", "cans", "can", "softgels",
+    "capsules", "tablets", "gummies", "bars", "pairs", "rolls", "bottles", "batteries", "battery", "cartridges",
+    "refills", "bags", "cups", "罐", "听", "瓶", "盒", "杯", "片", "粒", "颗", "包", "袋", "块", "条", "支", "双", "件",
 ];
 
 /// A measured amount: each reading (dimension, value in the base unit).
@@ -355,7 +326,9 @@ const LETTER_SIZES: &[(&str, &str)] =
     &[("xxs", "xxs"), ("xs", "xs"), ("xl", "xl"), ("xxl", "xxl"), ("xxxl", "xxxl"), ("2xl", "xxl"), ("3xl", "xxxl")];
 const BED_SIZES: &[&str] = &["twin", "full", "queen", "king"];
 
-fn measures(toks: &[Tok], used: &mut [bool], item_side: bool) -> Measures {
+/// `glued`: (previous, token) pairs written without a space ("67xl"): a letter size glued
+/// to a number is a model suffix, not a size.
+fn measures(toks: &[Tok], used: &mut [bool], item_side: bool, glued: &[(String, String)]) -> Measures {
     let mut m = Measures::default();
     let mut i = 0;
     while i < toks.len() {
@@ -431,7 +404,9 @@ fn measures(toks: &[Tok], used: &mut [bool], item_side: bool) -> Measures {
                     used[i..i + 2].iter_mut().for_each(|u| *u = true);
                     i += 2;
                     continue;
-                } else if let Some((_, s)) = LETTER_SIZES.iter().find(|(k, _)| k == w) {
+                } else if let Some((_, s)) = LETTER_SIZES.iter().find(|(k, _)| k == w)
+                    && !(i > 0 && matches!(&toks[i - 1], Tok::Num(_, n) if glued.contains(&(n.clone(), w.clone()))))
+                {
                     m.sizes.push(s.to_string());
                     used[i] = true;
                 } else if w == "x" && word_at(toks, i + 1).is_some_and(|n| n == "large" || n == "small") {
@@ -449,6 +424,12 @@ fn measures(toks: &[Tok], used: &mut [bool], item_side: bool) -> Measures {
                     used[i] = true;
                 } else if item_side && matches!(w.as_str(), "small" | "medium" | "large") {
                     m.sizes.push(w[..1].to_string());
+                } else if item_side
+                    && matches!(w.as_str(), "s" | "m" | "l")
+                    && !(i > 0 && matches!(toks[i - 1], Tok::Num(..)))
+                {
+                    // A lone letter on the item side ("纸尿裤 L 64片"); "4L" was a unit above.
+                    m.sizes.push(w.clone());
                 } else if matches!(w.as_str(), "s" | "m" | "l") && toks.get(i + 1) == Some(&Tok::Cjk('码')) {
                     m.sizes.push(w.clone());
                     used[i..i + 2].iter_mut().for_each(|u| *u = true);
@@ -617,51 +598,25 @@ const BRAND_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// Words that are not the product type: function words and packaging.
+#[rustfmt::skip]
 const STOP: &[&str] = &[
-    "a", "an", "and", "the", "of", "for", "with", "in", "on", "to", "by", "new", "best", "set", "pack", "size", "bag",
-    "s", "t", "inch", "non", "oz", "free", "no", "pair", "count",
+    "a", "an", "and", "the", "of", "for", "with", "in", "on", "to", "by", "new", "best", "set", "pack", "size",
+    "bag", "s", "t", "inch", "non", "oz", "free", "no", "pair", "count",
 ];
 /// Product types sold for another product; a query whose type is one of these wants the
 /// accessory.
-const ACCESSORY_MARKERS: &[&str] = &["for", "compatible", "fits", "fit", "适用", "适配", "兼容"];
+const ACCESSORY_MARKERS: &[&str] = &["for", "compatible", "fits", "适用", "适配", "兼容"];
 /// Tier words: a model's variant ("4070 Ti" is not "4070 Ti Super", "15 Pro" not "15 Pro Max").
 const TIERS: &[&str] =
     &["pro", "max", "plus", "ultra", "mini", "lite", "se", "air", "ti", "super", "xl", "oled", "evo", "fe", "neo"];
 
 /// Nouns of parts and accessories: a title naming one after the queried product type
 /// ("Instant Pot Sealing Rings", "戴森吹风机 收纳支架") sells the part, not the product.
+#[rustfmt::skip]
 const PART_NOUNS: &[&str] = &[
-    "case",
-    "cover",
-    "stand",
-    "mount",
-    "holder",
-    "lid",
-    "strap",
-    "replacement",
-    "refill",
-    "refills",
-    "pad",
-    "pads",
-    "liner",
-    "liners",
-    "bracket",
-    "protector",
-    "ring",
-    "rings",
-    "mat",
-    "skin",
-    "sleeve",
-    "lace",
-    "laces",
-    "支架",
-    "收纳",
-    "杯套",
-    "内胆",
-    "保护套",
-    "配件",
-    "替换",
-    "滤芯",
+    "case", "cover", "stand", "mount", "holder", "lid", "strap", "pad", "pads", "liner", "liners", "bracket",
+    "protector", "ring", "rings", "mat", "sleeve", "lace", "laces", "storage", "organizer",
+    "支架", "收纳", "杯套", "内胆", "保护套", "配件", "替换", "滤芯",
 ];
 
 /// Product type synonyms (same thing, other words), all lowercase singulars.
@@ -679,6 +634,7 @@ const TYPE_SYNONYMS: &[&[&str]] = &[
     &["手机壳", "保护壳", "保护套"],
     &["钢化膜", "玻璃膜"],
     &["k-cup", "pod"],
+    &["animal", "plush", "毛绒"],
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -774,14 +730,14 @@ fn models(text: &str, toks: &[Tok], used: &mut [bool]) -> Vec<ModelKey> {
         }
         let mut start = i;
         // Letters glued before the number ("s24", "wh1000xm5", "tn-760"), or a word before a
-        // short number ("iphone 15").
-        if i > 0 && !used[i - 1] {
+        // short number ("iphone 15", "小米14": a brand's word too).
+        if i > 0 {
             let prev_glued = glued.contains(&(p[i - 1].clone(), p[i].clone()));
             match &toks[i - 1] {
                 Tok::Word(w) if prev_glued || (p[i].len() <= 2 && !STOP.contains(&w.as_str())) => start = i - 1,
                 Tok::Cjk(_) if p[i].len() <= 2 => {
                     start = i - 1;
-                    if i > 1 && matches!(toks[i - 2], Tok::Cjk(_)) && !used[i - 2] {
+                    if i > 1 && matches!(toks[i - 2], Tok::Cjk(_)) {
                         start = i - 2;
                     }
                 }
@@ -809,6 +765,11 @@ fn models(text: &str, toks: &[Tok], used: &mut [bool]) -> Vec<ModelKey> {
             continue;
         }
         used[start..end].iter_mut().for_each(|u| *u = true);
+        // A short line name before a long number ("RTX 4070", "HP 6755") names the model,
+        // not the product type; it stays out of the core, which titles may write without it.
+        if start == i && i > 0 && matches!(&toks[i - 1], Tok::Word(w) if w.len() <= 4 && !STOP.contains(&w.as_str())) {
+            used[i - 1] = true;
+        }
         let text = [core.clone(), tiers.clone()].concat().join(" ");
         out.push(ModelKey { text, core, tiers });
         i = end;
@@ -897,7 +858,7 @@ impl QueryConstraints {
                 }
             }
         }
-        let m = measures(&toks, &mut used, false);
+        let m = measures(&toks, &mut used, false, &glued_pairs(&text));
         (q.quantities, q.counts, q.sizes) = (m.quantities, m.counts, m.sizes);
         q.models = models(&text, &toks, &mut used);
         q.colors = families(&text, COLORS);
@@ -929,6 +890,25 @@ impl QueryConstraints {
         q
     }
 
+    /// The constraints again with more brands: names the caller knows are brands (the items'
+    /// brand attributes) that the query spells out as whole words. The brand list behind the
+    /// matcher (name-suggestion-index) holds shop and amenity brands, few product brands
+    /// ("Gillette", "Purina Pro Plan"), so a request's own items are the better evidence.
+    pub fn with_brands_from<'a>(&self, query: &str, names: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let text = query.to_lowercase();
+        let mut brands = self.brands.clone();
+        let mut added = false;
+        for n in names {
+            let n = n.trim().to_lowercase();
+            // "Generic" is how feeds say "no brand".
+            if n.chars().count() >= 2 && n != "generic" && !brands.contains(&n) && find_phrase(&text, &n).is_some() {
+                brands.push(n);
+                added = true;
+            }
+        }
+        added.then(|| QueryConstraints::parse(query, &brands))
+    }
+
     /// Whether the query constrains nothing that can be checked.
     pub fn is_empty(&self) -> bool {
         self.brands.is_empty()
@@ -956,34 +936,40 @@ fn mark_phrase(p: &[String], phrase: &[String], used: &mut [bool]) {
 }
 
 /// The product type: the unused content words before "for" (English: "loafers for men"),
-/// or the last unused CJK run (two characters at least) for Chinese.
+/// CJK runs of two characters or more as words. The head is the last word of the first run
+/// of adjacent type words ("yoga mat" in "yoga mat 6mm non slip"); later words modify it.
 fn product_type(toks: &[Tok], p: &[String], used: &[bool]) -> Option<ProductType> {
     let stop_at = p.iter().position(|w| w == "for").unwrap_or(p.len());
     let mut words: Vec<String> = Vec::new();
+    let mut head: Option<String> = None;
     let mut run = String::new();
-    for i in 0..stop_at {
-        match &toks[i] {
-            Tok::Cjk(c) if !used[i] => run.push(*c),
+    let mut in_run = false;
+    // The unused tokens before "for", then an end marker that closes the last run.
+    let free = toks[..stop_at].iter().zip(&used[..stop_at]).map(|(t, &u)| (!u).then_some(t));
+    for tok in free.map(Some).chain(std::iter::once(None)) {
+        if let Some(Some(Tok::Cjk(c))) = tok {
+            run.push(*c);
+            continue;
+        }
+        if run.chars().count() >= 2 {
+            words.push(std::mem::take(&mut run));
+            in_run = true;
+        }
+        run.clear();
+        match tok {
+            Some(Some(Tok::Word(w))) if !STOP.contains(&w.as_str()) && !TIERS.contains(&w.as_str()) => {
+                words.push(singular(w).to_string());
+                in_run = true;
+            }
             _ => {
-                if run.chars().count() >= 2 {
-                    words.push(std::mem::take(&mut run));
+                if in_run && head.is_none() {
+                    head = words.last().cloned();
                 }
-                run.clear();
-                if let Tok::Word(w) = &toks[i]
-                    && !used[i]
-                    && !STOP.contains(&w.as_str())
-                    && !TIERS.contains(&w.as_str())
-                {
-                    words.push(singular(w).to_string());
-                }
+                in_run = false;
             }
         }
     }
-    if run.chars().count() >= 2 {
-        words.push(run);
-    }
-    // Joined hyphen words: "t shirt" → "t-shirt"; "k cups" → "k-cup".
-    let head = words.last()?.clone();
+    let head = head.or_else(|| words.last().cloned())?;
     Some(ProductType { words, head })
 }
 
@@ -1018,7 +1004,8 @@ impl ItemView {
         }
         let toks = lex(&text);
         let mut used = vec![false; toks.len()];
-        let measures = measures(&toks, &mut used, true);
+        let glued = glued_pairs(&text);
+        let measures = measures(&toks, &mut used, true, &glued);
         let title_lower = title.to_lowercase();
         let product_part = product_part(&title_lower);
         // An explicit color or material attribute comes first.
@@ -1036,7 +1023,7 @@ impl ItemView {
         materials.extend(families(&title_lower, MATERIALS));
         let audience = audiences(&text, &toks);
         ItemView {
-            glued: glued_pairs(&text),
+            glued,
             tokens: plain(&toks),
             text,
             product_part,
@@ -1115,7 +1102,7 @@ pub fn check_item(q: &QueryConstraints, item: &ItemView) -> Vec<Check> {
         };
         let value = match want.readings.first() {
             Some((d, v)) if want.readings.len() == 1 && !want.text.ends_with(d.unit()) => {
-                format!("{} (= {} {})", want.text, fmt_num(*v), d.unit())
+                format!("{} (= {})", want.text, d.show(*v))
             }
             _ => want.text.clone(),
         };
@@ -1296,7 +1283,8 @@ fn after_type_word(text: &str, word: &str) -> Option<String> {
     let mut spellings: Vec<&str> = vec![word];
     spellings.extend(TYPE_SYNONYMS.iter().filter(|s| s.contains(&word)).flat_map(|s| s.iter().copied()));
     let lower = text.to_lowercase();
-    spellings.iter().filter_map(|w| lower.find(w).map(|at| at + w.len())).min().map(|end| lower[end..].to_string())
+    let found = |w: &str| find_phrase(&lower, w).or_else(|| find_phrase(&lower, &format!("{w}s")).map(|at| at + 1));
+    spellings.iter().filter_map(|w| found(w).map(|at| at + w.len())).min().map(|end| lower[end..].to_string())
 }
 
 /// Every character of `w` in `text`, in order ("跑鞋" in "公路跑步鞋").

@@ -663,11 +663,18 @@ impl<E: TextEncoder> Ebrm<E> {
         let before = self.encoded_texts();
         let q = self.analyze_query(query)?;
         let config = &self.config;
+        let item_brands = items
+            .iter()
+            .flat_map(|i| &i.attributes)
+            .filter(|(k, _)| EntityKind::from_attribute(k) == Some(EntityKind::Brand))
+            .map(|(_, v)| v.as_str());
+        let more = q.constraints.with_brands_from(&q.text, item_brands);
+        let constraints = more.as_ref().unwrap_or(&q.constraints);
         let mut scored: Vec<ScoredItem> = Vec::with_capacity(items.len());
         let mut sim_texts: Vec<String> = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             let view = self.item_view(item);
-            let mut list: Vec<ScoredEntity> = check_item(&q.constraints, &view)
+            let mut list: Vec<ScoredEntity> = check_item(constraints, &view)
                 .into_iter()
                 .map(|c| ScoredEntity {
                     entity: Entity::new(c.kind, c.value, Source::Query),

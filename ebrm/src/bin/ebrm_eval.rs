@@ -37,6 +37,9 @@ struct Args {
     /// With --hand: dev (tuned on), held (the held-out split) or all.
     #[arg(long, default_value = "dev")]
     split: String,
+    /// With --hand: print the ranking and explanations of the queries containing this text.
+    #[arg(long)]
+    show: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -51,6 +54,20 @@ fn main() -> Result<()> {
             other => anyhow::bail!("unknown encoder '{other}' (minilm, ngram)"),
         };
         print_hand(&report);
+        if let Some(needle) = &args.show {
+            let engine = Ebrm::new(minilm(&args)?, Extractor::new(&brands)?, CategorySearch::Keywords);
+            for q in queries.iter().filter(|q| q.query.contains(needle.as_str())) {
+                let r = engine.rank(&q.query, &q.items)?;
+                println!("\n{} [{}]", q.query, q.hard.join(", "));
+                for i in r.order() {
+                    let it = &r.items[i];
+                    println!("  {} {:.3} {:?} {}", q.labels[i].letter(), it.score, it.grade, it.title);
+                    for e in &it.entities {
+                        println!("      {} '{}' qe {:.2} {}", e.entity.kind.name(), e.entity.value, e.qe, e.evidence);
+                    }
+                }
+            }
+        }
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
         }
