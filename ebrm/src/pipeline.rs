@@ -1,45 +1,43 @@
-//! The relevance pipeline: query and items → entities → QE scores (cached) → soft-logic
-//! aggregate → score, grade and the entities that decided.
+//! The relevance pipeline: query → its constraints; each item → one check per constraint
+//! plus the similarity prior → soft-logic aggregate → score, grade and what decided.
 //!
 //! # QE scores
 //!
-//! For an item entity `e` of kind `k` (text "brand: adidas"):
-//! - *constrained* (the query has entities of kind `k`, e.g. brand Nike): the raw score is the
-//!   highest cosine between `e`'s text and the query's kind-`k` entity texts;
-//! - *free* (the query says nothing of kind `k`): the cosine between the whole query and `e`.
-//!
-//! `qe = σ(a·cos + b)` with constants per kind and mode ([`Calibration`]). Raw cosines are
-//! cached under (model, normalised query, kind, normalised value); only misses are encoded, in
-//! one batch per request.
+//! A QE score is the probability that the item satisfies the query's constraint of one kind
+//! ([`crate::constraints`]): brand, model number, quantities, pack count, size, color,
+//! material, audience, required features and the product type, each checked by rule against
+//! the item's title and attributes (agreement ≈ 0.95, contradiction ≈ 0.05, silence 0.5 or
+//! a kind-specific lean). Kinds the query does not constrain are not checked, so an item's
+//! spec tokens ("GDDR6X", "192-Bit") never vote. One more QE, the *similarity prior*, is the
+//! encoder's cosine of the query and the item's text (title and attributes), calibrated
+//! (`qe = σ(a·cos + b)`, [`Calibration`]) and cached under (model, normalised query,
+//! `similarity`, normalised item text); only misses are encoded, in one batch per request.
 //!
 //! # From QE scores to the item score
 //!
-//! Each entity gets a kind id for the aggregate ([`crate::logic`]): constrained entities use
-//! their kind's weight and essential flag from [`Config::kinds`]; free entities are optional
-//! with [`Config::free_weight`]. A kind the query constrains, marks essential, and the item
-//! lacks gets a stand-in entity (source `missing`) with QE [`Config::missing_qe`]: an unbranded
-//! item is neither a match nor a conflict for "nike running shoes".
+//! Every check and the prior are essential entities of the aggregate ([`crate::logic`]),
+//! with per-kind weights ([`Config::kinds`]): a clear conflict of a weight-1 kind vetoes,
+//! silence costs half the weight, and the prior (weight 0.6) orders what the checks cannot
+//! tell apart. Interventions and other logic families re-aggregate the same QE scores.
 //!
 //! # Grades (ESCI-like)
 //!
 //! - Exact: score ≥ `grades.exact`.
-//! - Otherwise, by the category entity's QE `c` (1 when the query has no category):
-//!   Substitute when `c ≥ grades.same_category` (same kind of product, something else
-//!   differs); Complement when `c ≥ grades.related_category` (a neighbouring category, as an
-//!   accessory's is) or a constrained model entity has QE ≥ `grades.support` (a product made
-//!   for the queried model); Irrelevant otherwise. `ebrm_eval` fits the thresholds on its
-//!   training queries.
+//! - Complement: the product-type check found the queried type only as what the item is
+//!   made for ("Case for iPhone 15") or a part named after it ("Tumbler Lid").
+//! - Substitute: the product type matches (QE ≥ `grades.same_category`), or the query names
+//!   no type and the score is at least `grades.related_category`.
+//! - Irrelevant otherwise.
 //!
 //! # Item-side work
 //!
-//! An item's entities do not depend on the query. Titles whose category must be found in the
-//! taxonomy are encoded once and the result kept in a bounded map keyed by the normalised
-//! title, as an index would store them; so is each query's analysis.
+//! Checks are rules over the item's text, cheap enough to run per request; the prior's
+//! cosines are cached per (query, item text), which is where warm requests get their speed.
 
 use crate::cache::{CacheStats, LruQeCache, QeCache, QeKey};
 use crate::calibrate::Calibration;
 use crate::constraints::{ACCESSORY, ItemView, QueryConstraints, check_item};
-use crate::encoder::{TextEncoder, cosine, encode_checked};
+use crate::encoder::{PairScorer, TextEncoder, cosine, encode_checked};
 use crate::entities::taxonomy::{self, EmbeddedTaxonomy, KeywordTaxonomy};
 use crate::entities::{Entity, EntityKind, Extractor, Item, Source};
 use crate::logic::{AggregateInputs, AggregateParams, Logic, aggregate_cpu};
@@ -53,8 +51,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Most items one call ranks.
 pub const MAX_ITEMS: usize = 10_000;
-/// Entries of the query-analysis and title-category maps; they are emptied when full.
+/// Entries of the query-analysis, title-category and item-view maps; they are emptied when
+/// full.
 const SIDE_CACHE_ENTRIES: usize = 50_000;
+/// Item vectors kept (about 1.5 KB each for a 384-d encoder: 30 MB).
+const VECTOR_CACHE_ENTRIES: usize = 20_000;
 
 /// Weight and essential flag of one entity kind, used when the query constrains the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -245,7 +246,8 @@ impl ScoredItem {
             .map(|&i| {
                 let e = &self.entities[i];
                 // Below a hundredth of the score range an effect is noise, not a decision.
-                let effect = if e.contribution < -0.01 {
+                // A check that agrees (QE ≥ 0.9) still costs its small doubt; it matched.
+                let effect = if e.contribution < -0.01 && e.qe < 0.9 {
                     if e.essential && e.qe < 0.2 { "vetoed" } else { "held back" }
                 } else if e.contribution > 0.01 {
                     "added"
@@ -446,14 +448,6 @@ impl<V: Clone> BoundedMap<V> {
     }
 }
 
-/// A model that scores (query side, entity side) text pairs: a cross-encoder.
-pub trait PairScorer: Send + Sync {
-    /// Names the model for cache keys.
-    fn id(&self) -> &str;
-    /// One raw score (a logit) per pair, in order.
-    fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>>;
-}
-
 /// The EBRM engine: an encoder, the extractors and the caches. Cheap to share behind an
 /// `Arc`; every method takes `&self`.
 pub struct Ebrm<E> {
@@ -465,6 +459,10 @@ pub struct Ebrm<E> {
     cache: Arc<dyn QeCache>,
     queries: BoundedMap<Arc<QueryAnalysis>>,
     title_categories: BoundedMap<Option<(String, f32)>>,
+    /// Items as the checks read them, keyed by title and attributes: index-time work.
+    item_views: BoundedMap<Arc<ItemView>>,
+    /// Vectors of item texts (the prior's item side), which no query changes.
+    item_vectors: BoundedMap<Arc<Vec<f32>>>,
     encoded: AtomicU64,
     config: Config,
     /// A cross-encoder scoring QE pairs directly; None: cosines of the encoder's vectors.
@@ -484,15 +482,17 @@ impl<E: TextEncoder> Ebrm<E> {
             cache: Arc::new(LruQeCache::default()),
             queries: BoundedMap::new(SIDE_CACHE_ENTRIES),
             title_categories: BoundedMap::new(SIDE_CACHE_ENTRIES),
+            item_views: BoundedMap::new(SIDE_CACHE_ENTRIES),
+            item_vectors: BoundedMap::new(VECTOR_CACHE_ENTRIES),
             encoded: AtomicU64::new(0),
             config,
             pair_scorer: None,
         }
     }
 
-    /// QE scores from a cross-encoder: each QE pair is read by the model as one sequence and
-    /// `qe = σ(logit)` (the calibration becomes [`Calibration::logit`]). The encoder still finds
-    /// categories (nearest taxonomy path), which needs vectors.
+    /// The similarity prior from a cross-encoder: (query, item text) is read by the model as
+    /// one sequence and `qe = σ(logit)` (the calibration becomes [`Calibration::logit`]). The
+    /// checks stay rules.
     pub fn with_pair_scorer(mut self, scorer: Box<dyn PairScorer>) -> Self {
         self.pair_scorer = Some(scorer);
         self.config.calibration = Calibration::logit();
@@ -531,13 +531,15 @@ impl<E: TextEncoder> Ebrm<E> {
 
     /// Empties the QE cache, and the query-analysis and title-category maps as asked
     /// (benches: all three make a first-ever request).
-    pub fn clear_caches(&self, queries: bool, title_categories: bool) {
+    pub fn clear_caches(&self, queries: bool, items: bool) {
         self.cache.clear();
         if queries {
             self.queries.clear();
         }
-        if title_categories {
+        if items {
             self.title_categories.clear();
+            self.item_views.clear();
+            self.item_vectors.clear();
         }
     }
 
@@ -735,7 +737,7 @@ impl<E: TextEncoder> Ebrm<E> {
                     }
                     logits
                 }
-                None => self.encode(&texts)?.iter().map(|v| cosine(&q.embedding, v)).collect(),
+                None => self.item_vectors(&texts)?.iter().map(|v| cosine(&q.embedding, v)).collect(),
             };
             let fresh: HashMap<&str, f32> = texts.iter().copied().zip(scores.iter().copied()).collect();
             for (k, r) in raw.iter_mut().enumerate() {
@@ -761,31 +763,48 @@ impl<E: TextEncoder> Ebrm<E> {
         })
     }
 
+    /// Vectors of item texts: from the map where known, the rest encoded in one batch.
+    fn item_vectors(&self, texts: &[&str]) -> Result<Vec<Arc<Vec<f32>>>> {
+        let mut out: Vec<Option<Arc<Vec<f32>>>> = texts.iter().map(|t| self.item_vectors.get(t)).collect();
+        let todo: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
+        if !todo.is_empty() {
+            let batch: Vec<&str> = todo.iter().map(|&i| texts[i]).collect();
+            for (&i, v) in todo.iter().zip(self.encode(&batch)?) {
+                let v = Arc::new(v);
+                self.item_vectors.put(texts[i].to_string(), v.clone());
+                out[i] = Some(v);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
     /// The item as the checks read it: its brand (attribute, else the first brand its title
-    /// names) and its attributes.
-    fn item_view(&self, item: &Item) -> ItemView {
+    /// names) and its attributes. Kept in a bounded map, as an index would store it.
+    fn item_view(&self, item: &Item) -> Arc<ItemView> {
+        let mut key = normalize(&item.title);
+        for (k, v) in &item.attributes {
+            key.push_str(&format!("\u{1f}{k}\u{1f}{}", normalize(v)));
+        }
+        if let Some(v) = self.item_views.get(&key) {
+            return v;
+        }
         let brand = item
             .attributes
             .iter()
             .find(|(k, _)| EntityKind::from_attribute(k) == Some(EntityKind::Brand))
             .map(|(_, v)| v.clone())
-            .or_else(|| {
-                self.extractor
-                    .from_text(&item.title, Source::Title, true)
-                    .into_iter()
-                    .find(|e| e.kind == EntityKind::Brand)
-                    .map(|e| e.value)
-            });
+            .or_else(|| self.extractor.first_brand(&item.title));
         let attrs: Vec<(&str, &str)> = item
             .attributes
             .iter()
             .filter(|(k, _)| EntityKind::from_attribute(k) != Some(EntityKind::Brand))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        ItemView::new(&item.title, brand.as_deref(), &attrs)
+        let view = Arc::new(ItemView::new(&item.title, brand.as_deref(), &attrs));
+        self.item_views.put(key, view.clone());
+        view
     }
 
-    /// Plain query-title cosine, the baseline EBRM is measured against.
     /// Plain query-item cosine: against the title, or against the title and attributes
     /// (the text the similarity prior reads).
     pub fn cosine_baseline(&self, query: &str, items: &[Item], with_attributes: bool) -> Result<Vec<f32>> {

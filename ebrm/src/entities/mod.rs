@@ -298,6 +298,11 @@ impl Extractor {
         self.brands.patterns()
     }
 
+    /// The first brand a text names (an item's brand), if any.
+    pub fn first_brand(&self, text: &str) -> Option<String> {
+        self.brands.find(text).into_iter().next().map(|b| b.brand)
+    }
+
     /// Entities found in free text; `first_brand_only` for titles (an item has one brand:
     /// the first named; "Spigen case for Apple iPhone 15" is a Spigen item).
     pub fn from_text(&self, text: &str, source: Source, first_brand_only: bool) -> Vec<Entity> {
