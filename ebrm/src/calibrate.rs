@@ -1,19 +1,15 @@
-//! Calibration: from an encoder's raw cosine to a QE score in [0, 1].
+//! Calibration: from an encoder's raw cosine (or a cross-encoder's logit) to a QE score in
+//! [0, 1].
 //!
-//! `qe = σ(a·cos + b)` with one (a, b) per entity kind and mode. The mode is *constrained*
-//! when the query names an entity of the same kind (the cosine is then between the two
-//! entity texts, "brand: nike" vs "brand: adidas") and *free* otherwise (the cosine is
-//! between the whole query and the entity text). Cosines of the two modes live on different
-//! scales, and so do kinds (two category paths share words even when unrelated; two brand
-//! names rarely do), hence separate constants.
+//! `qe = σ(a·cos + b)` with one (a, b) per entity kind and mode (*constrained*: the query
+//! names the kind; *free*: it does not). In the ranking only the similarity prior (query vs
+//! item text) is a cosine now; every other QE is an exact check ([`crate::constraints`]), so
+//! the table keeps its shape for callers that score entities by cosine themselves.
 //!
-//! The constants are fitted by L2-regularised logistic regression (Newton's method) on
-//! labelled QE pairs: constrained pairs are labelled by whether the item's entity agrees with
-//! the query's (from the structure of the generated evaluation set, see `eval`), free pairs by
-//! whether the item is an exact match. `ebrm-eval` fits on the training queries and reports
-//! on held-out ones; [`Calibration::minilm`] holds the constants it fitted for all-MiniLM-L6-v2.
-//! A fit with a negative slope (similarity carrying no usable signal) is replaced by a flat
-//! score at the group's base rate, so QE never falls as similarity rises.
+//! [`Calibration::fit`] fits constants by L2-regularised logistic regression (Newton's method)
+//! on labelled samples (`ebrm_eval` on the generated set: the prior is right when its item is
+//! exact). A fit with a negative slope (similarity carrying no usable signal) is replaced by a
+//! flat score at the group's base rate, so QE never falls as similarity rises.
 
 use crate::entities::EntityKind;
 use serde::{Deserialize, Serialize};

@@ -1068,10 +1068,20 @@ pub struct Check {
     pub qe: f32,
     /// What the item said, for the explanation ("item: 16.9 fl oz").
     pub evidence: String,
+    /// The item's own value of the kind, where one was found ("adidas" for brand "nike"):
+    /// interventions may name it.
+    pub item_value: Option<String>,
 }
 
 fn check(kind: EntityKind, value: impl Into<String>, qe: f32, evidence: impl Into<String>) -> Check {
-    Check { kind, value: value.into(), qe, evidence: evidence.into() }
+    Check { kind, value: value.into(), qe, evidence: evidence.into(), item_value: None }
+}
+
+impl Check {
+    fn item_said(mut self, v: impl Into<String>) -> Check {
+        self.item_value = Some(v.into());
+        self
+    }
 }
 
 /// Checks every constraint of the query against the item.
@@ -1144,7 +1154,11 @@ pub fn check_item(q: &QueryConstraints, item: &ItemView) -> Vec<Check> {
                 Some(&h) => (CONFLICT, format!("item: {}", lexicon[h][0])),
                 None => (UNKNOWN, "item does not say".into()),
             };
-            out.push(check(kind, lexicon[f][0], qe, ev));
+            let c = check(kind, lexicon[f][0], qe, ev);
+            out.push(match have.first() {
+                Some(&h) => c.item_said(lexicon[h][0]),
+                None => c,
+            });
         }
     }
     if let Some(a) = q.audience {
@@ -1155,7 +1169,11 @@ pub fn check_item(q: &QueryConstraints, item: &ItemView) -> Vec<Check> {
         } else {
             (UNKNOWN, "item does not say".into())
         };
-        out.push(check(EntityKind::Audience, a.name(), qe, ev));
+        let c = check(EntityKind::Audience, a.name(), qe, ev);
+        out.push(match item.audience.first() {
+            Some(h) => c.item_said(h.name()),
+            None => c,
+        });
     }
     for f in &q.features {
         let yes = f.yes.iter().find(|y| find_phrase(&item.text, y).is_some());
@@ -1197,14 +1215,18 @@ fn check_brand(q: &QueryConstraints, item: &ItemView) -> Check {
         })
     };
     match &item.brand {
-        Some(h) if same(h) => check(EntityKind::Brand, value, MATCH, format!("item: {h}")),
-        Some(h) if named_in(&item.product_part) => {
-            check(EntityKind::Brand, value, 0.6, format!("item's brand is {h}, the title names the queried one"))
+        Some(h) => {
+            let c = if same(h) {
+                check(EntityKind::Brand, value, MATCH, format!("item: {h}"))
+            } else if named_in(&item.product_part) {
+                check(EntityKind::Brand, value, 0.6, format!("item's brand is {h}, the title names the queried one"))
+            } else if named_in(&item.text) {
+                check(EntityKind::Brand, value, 0.4, format!("item: {h}, made for the queried brand"))
+            } else {
+                check(EntityKind::Brand, value, CONFLICT, format!("item: {h}"))
+            };
+            c.item_said(h.clone())
         }
-        Some(h) if named_in(&item.text) => {
-            check(EntityKind::Brand, value, 0.4, format!("item: {h}, made for the queried brand"))
-        }
-        Some(h) => check(EntityKind::Brand, value, CONFLICT, format!("item: {h}")),
         None if named_in(&item.product_part) => check(EntityKind::Brand, value, 0.85, "named in the title"),
         None => check(EntityKind::Brand, value, UNKNOWN, "item does not say"),
     }

@@ -183,6 +183,17 @@ pub struct ScoredEntity {
     /// What the item said about this constraint ("item: 16.9 fl oz").
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub evidence: String,
+    /// The item's own value of this kind, where the check found one ("adidas").
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub item_value: Option<String>,
+}
+
+impl ScoredEntity {
+    /// Whether an intervention's normalised `value` names this entity: its value or the
+    /// item's.
+    fn names(&self, value: &str) -> bool {
+        normalize(&self.entity.value) == value || self.item_value.as_deref().is_some_and(|v| normalize(v) == value)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -272,10 +283,12 @@ impl ScoredItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Intervention {
-    /// Sets the QE score of entities of `kind` whose value normalises to `value`, in item
+    /// Sets the QE score of entities of `kind` whose value (the query's) or item value (what
+    /// the item said: "adidas" for the query's brand "nike") normalises to `value`, in item
     /// `item` (all items when absent).
     SetQe { item: Option<usize>, kind: EntityKind, value: String, qe: f32 },
-    /// Removes entities of `kind` (only those whose value normalises to `value`, if given).
+    /// Removes entities of `kind` (only those whose value or item value normalises to `value`,
+    /// if given).
     Drop { item: Option<usize>, kind: EntityKind, value: Option<String> },
 }
 
@@ -341,20 +354,14 @@ impl Ranking {
                 match iv {
                     Intervention::SetQe { item: target, kind, value, qe } if applies(target) => {
                         let value = normalize(value);
-                        for e in item
-                            .entities
-                            .iter_mut()
-                            .filter(|e| e.entity.kind == *kind && normalize(&e.entity.value) == value)
-                        {
+                        for e in item.entities.iter_mut().filter(|e| e.entity.kind == *kind && e.names(&value)) {
                             e.qe = crate::logic::clamp01(*qe);
                             e.overridden = true;
                         }
                     }
                     Intervention::Drop { item: target, kind, value } if applies(target) => {
                         let value = value.as_deref().map(normalize);
-                        item.entities.retain(|e| {
-                            e.entity.kind != *kind || value.as_ref().is_some_and(|v| *v != normalize(&e.entity.value))
-                        });
+                        item.entities.retain(|e| e.entity.kind != *kind || value.as_ref().is_some_and(|v| !e.names(v)));
                     }
                     _ => {}
                 }
@@ -687,6 +694,7 @@ impl<E: TextEncoder> Ebrm<E> {
                     contribution: 0.0,
                     overridden: false,
                     evidence: c.evidence,
+                    item_value: c.item_value,
                 })
                 .collect();
             let text = similarity_text(item);
@@ -699,6 +707,7 @@ impl<E: TextEncoder> Ebrm<E> {
                 contribution: 0.0,
                 overridden: false,
                 evidence: String::new(),
+                item_value: None,
             });
             sim_texts.push(text);
             scored.push(ScoredItem {
@@ -1012,6 +1021,15 @@ mod tests {
         }]);
         assert!(fixed.items[1].score > r.items[1].score * 2.0, "{} vs {}", fixed.items[1].score, r.items[1].score);
         assert!(fixed.items[1].entities.iter().any(|e| e.overridden));
+        // The item's own value names the check too: "adidas" is what item 1 said.
+        let by_item_value = r.intervene(&[Intervention::SetQe {
+            item: None,
+            kind: EntityKind::Brand,
+            value: "Adidas".into(),
+            qe: 1.0,
+        }]);
+        assert_eq!(by_item_value.items[1].score, fixed.items[1].score);
+        assert_eq!(by_item_value.items[0].score, r.items[0].score, "item 0 said nike, not adidas");
         let dropped = r.intervene(&[Intervention::Drop { item: None, kind: EntityKind::Brand, value: None }]);
         assert!(dropped.items.iter().all(|i| i.entities.iter().all(|e| e.entity.kind != EntityKind::Brand)));
         assert!(dropped.items[1].score > r.items[1].score);

@@ -190,8 +190,13 @@ pub fn calibration_samples(queries: &[&Query], rankings: &[&Ranking]) -> Vec<Sam
                 if e.entity.source == Source::Missing {
                     continue;
                 }
-                let label =
-                    if e.constrained { !pair.conflicts.contains(&e.entity.kind) } else { pair.grade() == Grade::Exact };
+                // The similarity prior is right when its item is exact; other cosines (none in
+                // the ranking now) when the generator recorded no conflict of their kind.
+                let label = if e.entity.kind == EntityKind::Similarity || !e.constrained {
+                    pair.grade() == Grade::Exact
+                } else {
+                    !pair.conflicts.contains(&e.entity.kind)
+                };
                 out.push(Sample { kind: e.entity.kind, constrained: e.constrained, cosine, label });
             }
         }
