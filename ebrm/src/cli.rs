@@ -2,10 +2,10 @@
 //! one JSON line per item, in input order, with its score, rank, grade and the entities that
 //! decided.
 
-use crate::encoder::TextEncoder;
+use crate::encoder::{PairScorer, TextEncoder};
 use crate::entities::{Extractor, Item};
 use crate::logic::Logic;
-use crate::pipeline::{CategorySearch, Ebrm, PairScorer, Ranking};
+use crate::pipeline::{CategorySearch, Ebrm, Ranking};
 use crate::vocab::{BrandList, brands_path};
 use anyhow::{Context, Result, bail};
 use serde_json::json;

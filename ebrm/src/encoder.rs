@@ -30,6 +30,16 @@ impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
     }
 }
 
+/// A model that scores (query, item text) pairs: a cross-encoder, read as the similarity
+/// prior's QE model. It lives beside [`TextEncoder`] so that encoders and the pipeline do
+/// not import each other.
+pub trait PairScorer: Send + Sync {
+    /// Names the model for cache keys.
+    fn id(&self) -> &str;
+    /// One raw score (a logit) per pair, in order.
+    fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>>;
+}
+
 /// The texts a [`TableEncoder`] was asked for and does not hold: encode them (asynchronously,
 /// as a browser must), [`TableEncoder::insert`] them and run the request again.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,7 +247,7 @@ impl CrossEncoder {
     }
 }
 
-impl crate::pipeline::PairScorer for CrossEncoder {
+impl PairScorer for CrossEncoder {
     fn id(&self) -> &str {
         &self.id
     }

@@ -19,6 +19,7 @@
 pub mod cache;
 pub mod calibrate;
 pub mod cli;
+pub mod constraints;
 pub mod encoder;
 pub mod entities;
 pub mod eval;
@@ -28,7 +29,7 @@ pub mod text;
 pub mod vocab;
 
 pub use cache::{CacheStats, LruQeCache, QeCache, QeKey};
-pub use encoder::{NgramEncoder, TextEncoder};
+pub use encoder::{NgramEncoder, PairScorer, TextEncoder};
 pub use entities::{Entity, EntityKind, Extractor, Item};
 pub use logic::Logic;
-pub use pipeline::{CategorySearch, Config, Ebrm, Grade, Intervention, PairScorer, Ranking};
+pub use pipeline::{CategorySearch, Config, Ebrm, Grade, Intervention, Ranking};

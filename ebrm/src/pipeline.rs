@@ -1,44 +1,43 @@
-//! The relevance pipeline: query and items → entities → QE scores (cached) → soft-logic
-//! aggregate → score, grade and the entities that decided.
+//! The relevance pipeline: query → its constraints; each item → one check per constraint
+//! plus the similarity prior → soft-logic aggregate → score, grade and what decided.
 //!
 //! # QE scores
 //!
-//! For an item entity `e` of kind `k` (text "brand: adidas"):
-//! - *constrained* (the query has entities of kind `k`, e.g. brand Nike): the raw score is the
-//!   highest cosine between `e`'s text and the query's kind-`k` entity texts;
-//! - *free* (the query says nothing of kind `k`): the cosine between the whole query and `e`.
-//!
-//! `qe = σ(a·cos + b)` with constants per kind and mode ([`Calibration`]). Raw cosines are
-//! cached under (model, normalised query, kind, normalised value); only misses are encoded, in
-//! one batch per request.
+//! A QE score is the probability that the item satisfies the query's constraint of one kind
+//! ([`crate::constraints`]): brand, model number, quantities, pack count, size, color,
+//! material, audience, required features and the product type, each checked by rule against
+//! the item's title and attributes (agreement ≈ 0.95, contradiction ≈ 0.05, silence 0.5 or
+//! a kind-specific lean). Kinds the query does not constrain are not checked, so an item's
+//! spec tokens ("GDDR6X", "192-Bit") never vote. One more QE, the *similarity prior*, is the
+//! encoder's cosine of the query and the item's text (title and attributes), calibrated
+//! (`qe = σ(a·cos + b)`, [`Calibration`]) and cached under (model, normalised query,
+//! `similarity`, normalised item text); only misses are encoded, in one batch per request.
 //!
 //! # From QE scores to the item score
 //!
-//! Each entity gets a kind id for the aggregate ([`crate::logic`]): constrained entities use
-//! their kind's weight and essential flag from [`Config::kinds`]; free entities are optional
-//! with [`Config::free_weight`]. A kind the query constrains, marks essential, and the item
-//! lacks gets a stand-in entity (source `missing`) with QE [`Config::missing_qe`]: an unbranded
-//! item is neither a match nor a conflict for "nike running shoes".
+//! Every check and the prior are essential entities of the aggregate ([`crate::logic`]),
+//! with per-kind weights ([`Config::kinds`]): a clear conflict of a weight-1 kind vetoes,
+//! silence costs half the weight, and the prior (weight 0.6) orders what the checks cannot
+//! tell apart. Interventions and other logic families re-aggregate the same QE scores.
 //!
 //! # Grades (ESCI-like)
 //!
 //! - Exact: score ≥ `grades.exact`.
-//! - Otherwise, by the category entity's QE `c` (1 when the query has no category):
-//!   Substitute when `c ≥ grades.same_category` (same kind of product, something else
-//!   differs); Complement when `c ≥ grades.related_category` (a neighbouring category, as an
-//!   accessory's is) or a constrained model entity has QE ≥ `grades.support` (a product made
-//!   for the queried model); Irrelevant otherwise. `ebrm_eval` fits the thresholds on its
-//!   training queries.
+//! - Complement: the product-type check found the queried type only as what the item is
+//!   made for ("Case for iPhone 15") or a part named after it ("Tumbler Lid").
+//! - Substitute: the product type matches (QE ≥ `grades.same_category`), or the query names
+//!   no type and the score is at least `grades.related_category`.
+//! - Irrelevant otherwise.
 //!
 //! # Item-side work
 //!
-//! An item's entities do not depend on the query. Titles whose category must be found in the
-//! taxonomy are encoded once and the result kept in a bounded map keyed by the normalised
-//! title, as an index would store them; so is each query's analysis.
+//! Checks are rules over the item's text, cheap enough to run per request; the prior's
+//! cosines are cached per (query, item text), which is where warm requests get their speed.
 
 use crate::cache::{CacheStats, LruQeCache, QeCache, QeKey};
 use crate::calibrate::Calibration;
-use crate::encoder::{TextEncoder, cosine, encode_checked};
+use crate::constraints::{ACCESSORY, ItemView, QueryConstraints, check_item};
+use crate::encoder::{PairScorer, TextEncoder, cosine, encode_checked};
 use crate::entities::taxonomy::{self, EmbeddedTaxonomy, KeywordTaxonomy};
 use crate::entities::{Entity, EntityKind, Extractor, Item, Source};
 use crate::logic::{AggregateInputs, AggregateParams, Logic, aggregate_cpu};
@@ -52,8 +51,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Most items one call ranks.
 pub const MAX_ITEMS: usize = 10_000;
-/// Entries of the query-analysis and title-category maps; they are emptied when full.
+/// Entries of the query-analysis, title-category and item-view maps; they are emptied when
+/// full.
 const SIDE_CACHE_ENTRIES: usize = 50_000;
+/// Item vectors kept (about 1.5 KB each for a 384-d encoder: 30 MB).
+const VECTOR_CACHE_ENTRIES: usize = 20_000;
 
 /// Weight and essential flag of one entity kind, used when the query constrains the kind.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -77,7 +79,7 @@ pub struct Config {
     /// λ of the aggregate.
     pub optional_weight: f32,
     /// Per [`EntityKind`] index.
-    pub kinds: [KindConfig; 7],
+    pub kinds: [KindConfig; EntityKind::COUNT],
     pub free_weight: f32,
     pub missing_qe: f32,
     /// Least cosine between the query and its nearest taxonomy path for the query to get a
@@ -92,13 +94,28 @@ impl Default for Config {
         let k = |weight, essential| KindConfig { weight, essential };
         Config {
             logic: Logic::Product,
-            optional_weight: 0.2,
-            // brand, category, model, color, material, size, other
-            kinds: [k(1.0, true), k(0.9, true), k(1.0, true), k(0.5, true), k(0.5, true), k(0.5, true), k(0.5, false)],
+            // Nothing is optional now (every check is essential), so λ would only scale scores.
+            optional_weight: 0.0,
+            // Every check is essential: a clear conflict vetoes in proportion to its weight,
+            // silence (QE 0.5) costs half of it. The similarity prior is essential with a
+            // smaller weight, so it orders items the checks cannot tell apart.
+            kinds: [
+                k(1.0, true),  // brand
+                k(0.9, true),  // category: the product type
+                k(1.0, true),  // model
+                k(0.8, true),  // color
+                k(0.7, true),  // material
+                k(0.9, true),  // size and quantities
+                k(0.5, false), // other
+                k(0.8, true),  // count
+                k(0.9, true),  // audience
+                k(0.9, true),  // feature
+                k(0.6, true),  // similarity
+            ],
             free_weight: 0.5,
             missing_qe: 0.5,
             query_category_min: 0.35,
-            grades: GradeThresholds { exact: 0.5, same_category: 0.35, related_category: 0.35, support: 0.5 },
+            grades: GradeThresholds { exact: 0.35, same_category: 0.5, related_category: 0.1, support: 0.5 },
             calibration: Calibration::generic(),
         }
     }
@@ -112,8 +129,8 @@ impl Config {
 
     /// (weight, essential) table of the aggregate: kind id `2·kind + constrained`.
     fn kind_table(&self) -> (Vec<f32>, Vec<u32>) {
-        let mut weight = Vec::with_capacity(14);
-        let mut essential = Vec::with_capacity(14);
+        let mut weight = Vec::with_capacity(2 * EntityKind::COUNT);
+        let mut essential = Vec::with_capacity(2 * EntityKind::COUNT);
         for k in &self.kinds {
             weight.extend([self.free_weight, k.weight]);
             essential.extend([0, u32::from(k.essential)]);
@@ -142,12 +159,9 @@ pub struct QueryAnalysis {
     pub category_similarity: Option<f32>,
     #[serde(skip)]
     embedding: Vec<f32>,
-}
-
-impl QueryAnalysis {
-    fn constrains(&self, kind: EntityKind) -> bool {
-        self.entities.iter().any(|e| e.kind == kind)
-    }
+    /// What the query asks of an item, by kind.
+    #[serde(skip)]
+    pub constraints: QueryConstraints,
 }
 
 /// One entity of a ranked item, with everything the explanation needs.
@@ -166,6 +180,20 @@ pub struct ScoredEntity {
     pub contribution: f32,
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub overridden: bool,
+    /// What the item said about this constraint ("item: 16.9 fl oz").
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub evidence: String,
+    /// The item's own value of this kind, where the check found one ("adidas").
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub item_value: Option<String>,
+}
+
+impl ScoredEntity {
+    /// Whether an intervention's normalised `value` names this entity: its value or the
+    /// item's.
+    fn names(&self, value: &str) -> bool {
+        normalize(&self.entity.value) == value || self.item_value.as_deref().is_some_and(|v| normalize(v) == value)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -229,7 +257,8 @@ impl ScoredItem {
             .map(|&i| {
                 let e = &self.entities[i];
                 // Below a hundredth of the score range an effect is noise, not a decision.
-                let effect = if e.contribution < -0.01 {
+                // A check that agrees (QE ≥ 0.9) still costs its small doubt; it matched.
+                let effect = if e.contribution < -0.01 && e.qe < 0.9 {
                     if e.essential && e.qe < 0.2 { "vetoed" } else { "held back" }
                 } else if e.contribution > 0.01 {
                     "added"
@@ -237,8 +266,9 @@ impl ScoredItem {
                     "matched"
                 };
                 let source = if e.entity.source == Source::Missing { " (item lacks it)" } else { "" };
+                let evidence = if e.evidence.is_empty() { String::new() } else { format!("; {}", e.evidence) };
                 format!(
-                    "{} '{}'{source}: qe {:.2}, {effect} ({:+.3})",
+                    "{} '{}'{source}: qe {:.2}, {effect} ({:+.3}){evidence}",
                     e.entity.kind.name(),
                     e.entity.value,
                     e.qe,
@@ -253,10 +283,12 @@ impl ScoredItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Intervention {
-    /// Sets the QE score of entities of `kind` whose value normalises to `value`, in item
+    /// Sets the QE score of entities of `kind` whose value (the query's) or item value (what
+    /// the item said: "adidas" for the query's brand "nike") normalises to `value`, in item
     /// `item` (all items when absent).
     SetQe { item: Option<usize>, kind: EntityKind, value: String, qe: f32 },
-    /// Removes entities of `kind` (only those whose value normalises to `value`, if given).
+    /// Removes entities of `kind` (only those whose value or item value normalises to `value`,
+    /// if given).
     Drop { item: Option<usize>, kind: EntityKind, value: Option<String> },
 }
 
@@ -322,20 +354,14 @@ impl Ranking {
                 match iv {
                     Intervention::SetQe { item: target, kind, value, qe } if applies(target) => {
                         let value = normalize(value);
-                        for e in item
-                            .entities
-                            .iter_mut()
-                            .filter(|e| e.entity.kind == *kind && normalize(&e.entity.value) == value)
-                        {
+                        for e in item.entities.iter_mut().filter(|e| e.entity.kind == *kind && e.names(&value)) {
                             e.qe = crate::logic::clamp01(*qe);
                             e.overridden = true;
                         }
                     }
                     Intervention::Drop { item: target, kind, value } if applies(target) => {
                         let value = value.as_deref().map(normalize);
-                        item.entities.retain(|e| {
-                            e.entity.kind != *kind || value.as_ref().is_some_and(|v| *v != normalize(&e.entity.value))
-                        });
+                        item.entities.retain(|e| e.entity.kind != *kind || value.as_ref().is_some_and(|v| !e.names(v)));
                     }
                     _ => {}
                 }
@@ -381,20 +407,13 @@ pub(crate) fn grade(item: &ScoredItem, config: &Config) -> Grade {
     if item.score >= g.exact {
         return Grade::Exact;
     }
-    let category = item
-        .entities
-        .iter()
-        .filter(|e| e.entity.kind == EntityKind::Category && e.constrained)
-        .map(|e| e.qe)
-        .fold(None, |m: Option<f32>, q| Some(m.map_or(q, |m| m.max(q))))
-        .unwrap_or(1.0);
-    if category >= g.same_category {
-        return Grade::Substitute;
+    let product = item.entities.iter().find(|e| e.entity.kind == EntityKind::Category).map(|e| e.qe);
+    match product {
+        Some(t) if t <= ACCESSORY => Grade::Complement,
+        Some(t) if t >= g.same_category => Grade::Substitute,
+        None if item.score >= g.related_category => Grade::Substitute,
+        _ => Grade::Irrelevant,
     }
-    let for_the_model = item.entities.iter().any(|e| {
-        e.constrained && e.entity.source != Source::Missing && e.entity.kind == EntityKind::Model && e.qe >= g.support
-    });
-    if category >= g.related_category || for_the_model { Grade::Complement } else { Grade::Irrelevant }
 }
 
 /// Up to three entities with the largest effect; when nothing moved the score (every
@@ -436,14 +455,6 @@ impl<V: Clone> BoundedMap<V> {
     }
 }
 
-/// A model that scores (query side, entity side) text pairs: a cross-encoder.
-pub trait PairScorer: Send + Sync {
-    /// Names the model for cache keys.
-    fn id(&self) -> &str;
-    /// One raw score (a logit) per pair, in order.
-    fn score(&self, pairs: &[(&str, &str)]) -> Result<Vec<f32>>;
-}
-
 /// The EBRM engine: an encoder, the extractors and the caches. Cheap to share behind an
 /// `Arc`; every method takes `&self`.
 pub struct Ebrm<E> {
@@ -455,6 +466,10 @@ pub struct Ebrm<E> {
     cache: Arc<dyn QeCache>,
     queries: BoundedMap<Arc<QueryAnalysis>>,
     title_categories: BoundedMap<Option<(String, f32)>>,
+    /// Items as the checks read them, keyed by title and attributes: index-time work.
+    item_views: BoundedMap<Arc<ItemView>>,
+    /// Vectors of item texts (the prior's item side), which no query changes.
+    item_vectors: BoundedMap<Arc<Vec<f32>>>,
     encoded: AtomicU64,
     config: Config,
     /// A cross-encoder scoring QE pairs directly; None: cosines of the encoder's vectors.
@@ -474,15 +489,17 @@ impl<E: TextEncoder> Ebrm<E> {
             cache: Arc::new(LruQeCache::default()),
             queries: BoundedMap::new(SIDE_CACHE_ENTRIES),
             title_categories: BoundedMap::new(SIDE_CACHE_ENTRIES),
+            item_views: BoundedMap::new(SIDE_CACHE_ENTRIES),
+            item_vectors: BoundedMap::new(VECTOR_CACHE_ENTRIES),
             encoded: AtomicU64::new(0),
             config,
             pair_scorer: None,
         }
     }
 
-    /// QE scores from a cross-encoder: each QE pair is read by the model as one sequence and
-    /// `qe = σ(logit)` (the calibration becomes [`Calibration::logit`]). The encoder still finds
-    /// categories (nearest taxonomy path), which needs vectors.
+    /// The similarity prior from a cross-encoder: (query, item text) is read by the model as
+    /// one sequence and `qe = σ(logit)` (the calibration becomes [`Calibration::logit`]). The
+    /// checks stay rules.
     pub fn with_pair_scorer(mut self, scorer: Box<dyn PairScorer>) -> Self {
         self.pair_scorer = Some(scorer);
         self.config.calibration = Calibration::logit();
@@ -521,13 +538,15 @@ impl<E: TextEncoder> Ebrm<E> {
 
     /// Empties the QE cache, and the query-analysis and title-category maps as asked
     /// (benches: all three make a first-ever request).
-    pub fn clear_caches(&self, queries: bool, title_categories: bool) {
+    pub fn clear_caches(&self, queries: bool, items: bool) {
         self.cache.clear();
         if queries {
             self.queries.clear();
         }
-        if title_categories {
+        if items {
             self.title_categories.clear();
+            self.item_views.clear();
+            self.item_vectors.clear();
         }
     }
 
@@ -592,21 +611,17 @@ impl<E: TextEncoder> Ebrm<E> {
             return Ok(a);
         }
         let embedding = self.encode(&[text])?.remove(0);
-        let mut entities = self.extractor.from_text(text, Source::Query, false);
-        let mut category_similarity = None;
-        if let Some(Some((path, sim))) = self.categories_of(&[text], std::slice::from_ref(&embedding))?.pop() {
-            let enough = !self.embeds_for_categories() || sim >= self.config.query_category_min;
-            if enough {
-                entities.push(Entity::new(EntityKind::Category, path, Source::Query));
-                category_similarity = Some(sim);
-            }
-        }
+        let entities = self.extractor.from_text(text, Source::Query, false);
+        let brands: Vec<String> =
+            entities.iter().filter(|e| e.kind == EntityKind::Brand).map(|e| e.value.clone()).collect();
+        let constraints = QueryConstraints::parse(text, &brands);
         let a = Arc::new(QueryAnalysis {
             text: text.to_string(),
             normalized: normalized.clone(),
             entities,
-            category_similarity,
+            category_similarity: None,
             embedding,
+            constraints,
         });
         self.queries.put(normalized, a.clone());
         Ok(a)
@@ -648,47 +663,53 @@ impl<E: TextEncoder> Ebrm<E> {
         Ok(out)
     }
 
-    /// Scores every item against the query.
+    /// Scores every item against the query: each query constraint checked against the item
+    /// ([`crate::constraints`]), plus the calibrated query-item similarity, aggregated.
     pub fn rank(&self, query: &str, items: &[Item]) -> Result<Ranking> {
         if items.len() > MAX_ITEMS {
             bail!("{} items in one request, at most {MAX_ITEMS}", items.len());
         }
         let before = self.encoded_texts();
         let q = self.analyze_query(query)?;
-        let entities = self.item_entities(items)?;
         let config = &self.config;
-
-        // Lay out every item's entities, with stand-ins for essential kinds it lacks.
+        let item_brands = items
+            .iter()
+            .flat_map(|i| &i.attributes)
+            .filter(|(k, _)| EntityKind::from_attribute(k) == Some(EntityKind::Brand))
+            .map(|(_, v)| v.as_str());
+        let more = q.constraints.with_brands_from(&q.text, item_brands);
+        let constraints = more.as_ref().unwrap_or(&q.constraints);
         let mut scored: Vec<ScoredItem> = Vec::with_capacity(items.len());
-        for (index, (item, es)) in items.iter().zip(entities).enumerate() {
-            let mut list: Vec<ScoredEntity> = es
+        let mut sim_texts: Vec<String> = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let view = self.item_view(item);
+            let mut list: Vec<ScoredEntity> = check_item(constraints, &view)
                 .into_iter()
-                .map(|entity| ScoredEntity {
-                    constrained: q.constrains(entity.kind),
-                    entity,
+                .map(|c| ScoredEntity {
+                    entity: Entity::new(c.kind, c.value, Source::Query),
+                    constrained: true,
                     essential: false,
                     cosine: None,
-                    qe: 0.0,
+                    qe: c.qe,
                     contribution: 0.0,
                     overridden: false,
+                    evidence: c.evidence,
+                    item_value: c.item_value,
                 })
                 .collect();
-            for kind in EntityKind::ALL {
-                if q.constrains(kind)
-                    && config.kinds[kind.index()].essential
-                    && !list.iter().any(|e| e.entity.kind == kind)
-                {
-                    list.push(ScoredEntity {
-                        entity: Entity::new(kind, "", Source::Missing),
-                        constrained: true,
-                        essential: true,
-                        cosine: None,
-                        qe: config.missing_qe,
-                        contribution: 0.0,
-                        overridden: false,
-                    });
-                }
-            }
+            let text = similarity_text(item);
+            list.push(ScoredEntity {
+                entity: Entity::new(EntityKind::Similarity, "query vs item", Source::Title),
+                constrained: true,
+                essential: false,
+                cosine: None,
+                qe: 0.0,
+                contribution: 0.0,
+                overridden: false,
+                evidence: String::new(),
+                item_value: None,
+            });
+            sim_texts.push(text);
             scored.push(ScoredItem {
                 index,
                 id: item.id.clone(),
@@ -700,65 +721,47 @@ impl<E: TextEncoder> Ebrm<E> {
             });
         }
 
-        // QE: look every pair up, encode the misses in one batch.
+        // The similarity prior: look every (query, item text) up, score the misses in one batch.
         let model = self.pair_scorer.as_ref().map_or(self.encoder.id(), |s| s.id());
-        let mut keys: Vec<QeKey> = Vec::new();
-        let mut key_index: HashMap<QeKey, usize> = HashMap::new();
-        let mut slots: Vec<(usize, usize, usize)> = Vec::new(); // (item, entity, key)
-        for (i, item) in scored.iter().enumerate() {
-            for (j, e) in item.entities.iter().enumerate() {
-                if e.entity.source == Source::Missing {
-                    continue;
-                }
-                let key = QeKey::new(model, &q.normalized, e.entity.kind, &e.entity.value);
-                let k = *key_index.entry(key.clone()).or_insert_with(|| {
-                    keys.push(key);
-                    keys.len() - 1
-                });
-                slots.push((i, j, k));
-            }
-        }
+        let keys: Vec<QeKey> =
+            sim_texts.iter().map(|t| QeKey::new(model, &q.normalized, EntityKind::Similarity, t)).collect();
         let mut raw: Vec<Option<f32>> = self.cache.get_many(&keys);
-        let misses: Vec<usize> = (0..keys.len()).filter(|&k| raw[k].is_none()).collect();
+        let mut misses: Vec<usize> = (0..keys.len()).filter(|&k| raw[k].is_none()).collect();
+        misses.sort_by(|&a, &b| keys[a].value.cmp(&keys[b].value));
+        misses.dedup_by(|a, b| keys[*a].value == keys[*b].value);
         if !misses.is_empty() {
-            // Texts of the missed entities, then the query's entity texts of the kinds they
-            // need, all in one batch. Values were normalised in the key, and so is the text.
-            let miss_text = |k: usize| format!("{}: {}", keys[k].kind.name(), keys[k].value);
-            let entity_text =
-                |k: usize| if keys[k].kind == EntityKind::Other { keys[k].value.clone() } else { miss_text(k) };
-            let mut texts: Vec<String> = misses.iter().map(|&k| entity_text(k)).collect();
-            let mut query_texts: HashMap<EntityKind, Vec<usize>> = HashMap::new();
-            for &k in &misses {
-                let kind = keys[k].kind;
-                if q.constrains(kind) && !query_texts.contains_key(&kind) {
-                    let at: Vec<usize> = q
-                        .entities
-                        .iter()
-                        .filter(|e| e.kind == kind)
-                        .map(|e| {
-                            texts.push(normalize(&e.text()));
-                            texts.len() - 1
-                        })
-                        .collect();
-                    query_texts.insert(kind, at);
-                }
-            }
-            let fresh = match &self.pair_scorer {
+            let texts: Vec<&str> = misses.iter().map(|&k| sim_texts[k].as_str()).collect();
+            let scores = match &self.pair_scorer {
                 Some(scorer) => {
-                    self.score_misses_as_pairs(scorer.as_ref(), &q, &keys, &misses, &texts, &query_texts)?
+                    let pairs: Vec<(&str, &str)> = texts.iter().map(|t| (q.text.as_str(), *t)).collect();
+                    self.encoded.fetch_add(pairs.len() as u64, Ordering::Relaxed);
+                    let logits = scorer.score(&pairs)?;
+                    if logits.len() != pairs.len() || logits.iter().any(|x| !x.is_finite()) {
+                        bail!(
+                            "QE model '{}' returned {} finite scores for {} pairs",
+                            scorer.id(),
+                            logits.len(),
+                            pairs.len()
+                        );
+                    }
+                    logits
                 }
-                None => self.score_misses_by_cosine(&q, &keys, &misses, &texts, &query_texts)?,
+                None => self.item_vectors(&texts)?.iter().map(|v| cosine(&q.embedding, v)).collect(),
             };
-            for (k, score) in misses.iter().zip(&fresh) {
-                raw[*k] = Some(score.1);
+            let fresh: HashMap<&str, f32> = texts.iter().copied().zip(scores.iter().copied()).collect();
+            for (k, r) in raw.iter_mut().enumerate() {
+                if r.is_none() {
+                    *r = fresh.get(sim_texts[k].as_str()).copied();
+                }
             }
-            self.cache.put_many(fresh);
+            self.cache.put_many(misses.iter().map(|&k| (keys[k].clone(), fresh[sim_texts[k].as_str()])).collect());
         }
-        for (i, j, k) in slots {
-            let e = &mut scored[i].entities[j];
-            let c = raw[k].unwrap_or(0.0);
-            e.cosine = Some(c);
-            e.qe = config.calibration.apply(e.entity.kind, e.constrained, c);
+        for (item, r) in scored.iter_mut().zip(&raw) {
+            if let Some(e) = item.entities.last_mut() {
+                let c = r.unwrap_or(0.0);
+                e.cosine = Some(c);
+                e.qe = config.calibration.apply(EntityKind::Similarity, true, c);
+            }
         }
         aggregate(&mut scored, config);
         Ok(Ranking {
@@ -769,72 +772,71 @@ impl<E: TextEncoder> Ebrm<E> {
         })
     }
 
-    /// Raw QE scores of the missed keys as cosines: entity texts `texts[..misses.len()]` and the
-    /// query's entity texts after them (at `query_texts[kind]`) encoded in one batch.
-    fn score_misses_by_cosine(
-        &self,
-        q: &QueryAnalysis,
-        keys: &[QeKey],
-        misses: &[usize],
-        texts: &[String],
-        query_texts: &HashMap<EntityKind, Vec<usize>>,
-    ) -> Result<Vec<(QeKey, f32)>> {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let vectors = self.encode(&refs)?;
-        Ok(misses
-            .iter()
-            .enumerate()
-            .map(|(n, &k)| {
-                let v = &vectors[n];
-                let score = match query_texts.get(&keys[k].kind) {
-                    Some(at) => at.iter().map(|&t| cosine(&vectors[t], v)).fold(f32::MIN, f32::max),
-                    None => cosine(&q.embedding, v),
-                };
-                (keys[k].clone(), score)
-            })
-            .collect())
-    }
-
-    /// Raw QE scores of the missed keys as cross-encoder logits, all pairs in one batch: a
-    /// constrained entity against each query entity of its kind (the best counts), a free one
-    /// against the whole query.
-    fn score_misses_as_pairs(
-        &self,
-        scorer: &dyn PairScorer,
-        q: &QueryAnalysis,
-        keys: &[QeKey],
-        misses: &[usize],
-        texts: &[String],
-        query_texts: &HashMap<EntityKind, Vec<usize>>,
-    ) -> Result<Vec<(QeKey, f32)>> {
-        let mut pairs: Vec<(&str, &str)> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
-        for (n, &k) in misses.iter().enumerate() {
-            match query_texts.get(&keys[k].kind) {
-                Some(at) => at.iter().for_each(|&t| pairs.push((texts[t].as_str(), texts[n].as_str()))),
-                None => pairs.push((q.text.as_str(), texts[n].as_str())),
+    /// Vectors of item texts: from the map where known, the rest encoded in one batch.
+    fn item_vectors(&self, texts: &[&str]) -> Result<Vec<Arc<Vec<f32>>>> {
+        let mut out: Vec<Option<Arc<Vec<f32>>>> = texts.iter().map(|t| self.item_vectors.get(t)).collect();
+        let todo: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
+        if !todo.is_empty() {
+            let batch: Vec<&str> = todo.iter().map(|&i| texts[i]).collect();
+            for (&i, v) in todo.iter().zip(self.encode(&batch)?) {
+                let v = Arc::new(v);
+                self.item_vectors.put(texts[i].to_string(), v.clone());
+                out[i] = Some(v);
             }
-            owner.resize(pairs.len(), n);
         }
-        self.encoded.fetch_add(pairs.len() as u64, Ordering::Relaxed);
-        let logits = scorer.score(&pairs)?;
-        if logits.len() != pairs.len() || logits.iter().any(|x| !x.is_finite()) {
-            bail!("QE model '{}' returned {} finite scores for {} pairs", scorer.id(), logits.len(), pairs.len());
-        }
-        let mut best = vec![f32::MIN; misses.len()];
-        for (&n, &logit) in owner.iter().zip(&logits) {
-            best[n] = best[n].max(logit);
-        }
-        Ok(misses.iter().zip(best).map(|(&k, score)| (keys[k].clone(), score)).collect())
+        Ok(out.into_iter().flatten().collect())
     }
 
-    /// Plain query-title cosine, the baseline EBRM is measured against.
-    pub fn cosine_baseline(&self, query: &str, items: &[Item]) -> Result<Vec<f32>> {
+    /// The item as the checks read it: its brand (attribute, else the first brand its title
+    /// names) and its attributes. Kept in a bounded map, as an index would store it.
+    fn item_view(&self, item: &Item) -> Arc<ItemView> {
+        let mut key = normalize(&item.title);
+        for (k, v) in &item.attributes {
+            key.push_str(&format!("\u{1f}{k}\u{1f}{}", normalize(v)));
+        }
+        if let Some(v) = self.item_views.get(&key) {
+            return v;
+        }
+        let brand = item
+            .attributes
+            .iter()
+            .find(|(k, _)| EntityKind::from_attribute(k) == Some(EntityKind::Brand))
+            .map(|(_, v)| v.clone())
+            .or_else(|| self.extractor.first_brand(&item.title));
+        let attrs: Vec<(&str, &str)> = item
+            .attributes
+            .iter()
+            .filter(|(k, _)| EntityKind::from_attribute(k) != Some(EntityKind::Brand))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let view = Arc::new(ItemView::new(&item.title, brand.as_deref(), &attrs));
+        self.item_views.put(key, view.clone());
+        view
+    }
+
+    /// Plain query-item cosine: against the title, or against the title and attributes
+    /// (the text the similarity prior reads).
+    pub fn cosine_baseline(&self, query: &str, items: &[Item], with_attributes: bool) -> Result<Vec<f32>> {
+        let item_texts: Vec<String> =
+            items.iter().map(|i| if with_attributes { similarity_text(i) } else { i.title.clone() }).collect();
         let mut texts: Vec<&str> = vec![query];
-        texts.extend(items.iter().map(|i| i.title.as_str()));
+        texts.extend(item_texts.iter().map(String::as_str));
         let v = self.encode(&texts)?;
         Ok(v[1..].iter().map(|t| cosine(&v[0], t)).collect())
     }
+}
+
+/// The text of an item the similarity prior reads: its title, then its attribute values
+/// ("brand: Sony; color: Black") that the title does not already contain.
+pub fn similarity_text(item: &Item) -> String {
+    let title = item.title.to_lowercase();
+    let mut text = item.title.clone();
+    for (k, v) in &item.attributes {
+        if !title.contains(&v.to_lowercase()) {
+            text.push_str(&format!("; {k}: {v}"));
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -853,10 +855,7 @@ mod tests {
 
     fn engine() -> Ebrm<NgramEncoder> {
         let x = extractor();
-        // The n-gram encoder gives identical names cosine 1 and unrelated ones about 0.1-0.4.
-        let mut config = Config::default();
-        config.calibration.constrained = [crate::calibrate::Logistic { a: 20.0, b: -15.0 }; 7];
-        Ebrm::new(NgramEncoder::default(), x, CategorySearch::Keywords).with_config(config)
+        Ebrm::new(NgramEncoder::default(), x, CategorySearch::Keywords)
     }
 
     /// A browser's engine: vectors come from a table that the caller fills between rounds
@@ -933,7 +932,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cross_encoder_scores_qe_pairs() {
+    fn a_cross_encoder_scores_the_similarity_prior() {
         let scorer = Arc::new(LastWordScorer(Mutex::new(Vec::new())));
         struct Shared(Arc<LastWordScorer>);
         impl PairScorer for Shared {
@@ -945,18 +944,19 @@ mod tests {
             }
         }
         let e = engine().with_pair_scorer(Box::new(Shared(scorer.clone())));
-        let r = e.rank("nike running shoes", &items()).unwrap();
-        let score = |id: &str| r.items.iter().find(|i| i.id.as_deref() == Some(id)).unwrap().score;
-        assert!(score("exact") > score("brand-conflict"), "{:#?}", r.items);
-        let brand = r.items[1].entities.iter().find(|e| e.entity.kind == EntityKind::Brand).unwrap();
-        // σ(−6): the calibration is the plain sigmoid of the logit.
-        assert!((brand.qe - 1.0 / (1.0 + 6f32.exp())).abs() < 1e-6, "{brand:#?}");
-        // Constrained entities are paired with the query's entity of their kind.
+        let r = e.rank("nike running shoes red", &items()).unwrap();
+        let prior = |i: usize| r.items[i].entities.iter().find(|e| e.entity.kind == EntityKind::Similarity).unwrap().qe;
+        // σ(±6): the calibration is the plain sigmoid of the logit; "…red" ends like the query.
+        assert!((prior(0) - 1.0 / (1.0 + (-6f32).exp())).abs() < 1e-6, "{:#?}", r.items[0]);
+        assert!((prior(2) - 1.0 / (1.0 + 6f32.exp())).abs() < 1e-6, "{:#?}", r.items[2]);
         let pairs = scorer.0.lock().unwrap().clone();
-        assert!(pairs.contains(&("brand: nike".into(), "brand: adidas".into())), "{pairs:?}");
+        assert!(
+            pairs.contains(&("nike running shoes red".into(), "Nike Pegasus 40 running shoes red".into())),
+            "{pairs:?}"
+        );
         // A second request is answered from the cache, under the scorer's id.
         let before = pairs.len();
-        e.rank("nike running shoes", &items()).unwrap();
+        e.rank("nike running shoes red", &items()).unwrap();
         assert_eq!(scorer.0.lock().unwrap().len(), before);
     }
 
@@ -967,22 +967,33 @@ mod tests {
         let order = r.order();
         assert_eq!(order[0], 0, "{:#?}", r.items);
         let conflict = &r.items[1];
-        assert!(conflict.score < 0.2, "brand conflict vetoes: {}", conflict.score);
-        // Brand and model both conflict, and both are named as deciding.
-        let decided: Vec<(EntityKind, &str)> = conflict
-            .deciding
-            .iter()
-            .map(|&i| (conflict.entities[i].entity.kind, conflict.entities[i].entity.value.as_str()))
-            .collect();
-        assert!(decided.contains(&(EntityKind::Brand, "Adidas")), "{decided:?}");
-        assert!(decided.contains(&(EntityKind::Model, "Ultraboost 22")), "{decided:?}");
+        assert!(conflict.score < 0.1, "brand conflict vetoes: {}", conflict.score);
+        let decided: Vec<EntityKind> = conflict.deciding.iter().map(|&i| conflict.entities[i].entity.kind).collect();
+        assert!(decided.contains(&EntityKind::Brand), "{decided:?}");
         assert!(
-            conflict.explanation().iter().any(|l| l.starts_with("brand 'Adidas': qe 0.0") && l.contains("vetoed")),
+            conflict.explanation().iter().any(|l| l.starts_with("brand 'nike': qe 0.05") && l.contains("item: adidas")),
             "{:?}",
             conflict.explanation()
         );
-        assert!(r.items[0].score > r.items[2].score, "color mismatch ranks below exact");
+        // Another color is a conflict of the color check, and says what the item is.
+        let color = r.items[2].entities.iter().find(|e| e.entity.kind == EntityKind::Color).unwrap();
+        assert_eq!((color.qe, color.evidence.as_str()), (crate::constraints::CONFLICT, "item: blue"));
+        assert!(r.items[0].score > r.items[2].score * 2.0, "color mismatch ranks well below exact");
         assert_eq!(r.items[0].grade, Grade::Exact);
+        // Laces for the shoe: the product type is found only after "for", a complement.
+        assert_eq!(r.items[3].grade, Grade::Complement, "{:#?}", r.items[3]);
+    }
+
+    #[test]
+    fn kinds_the_query_does_not_constrain_are_not_checked() {
+        let e = engine();
+        let r = e.rank("running shoes", &items()).unwrap();
+        for item in &r.items {
+            let kinds: Vec<EntityKind> = item.entities.iter().map(|e| e.entity.kind).collect();
+            assert_eq!(kinds, [EntityKind::Category, EntityKind::Similarity], "{item:#?}");
+        }
+        // Brand and color differ from item to item, and none of that costs anything.
+        assert_eq!(r.items[0].entities[0].qe, r.items[1].entities[0].qe);
     }
 
     #[test]
@@ -1005,15 +1016,23 @@ mod tests {
         let fixed = r.intervene(&[Intervention::SetQe {
             item: Some(1),
             kind: EntityKind::Brand,
-            value: "adidas".into(),
+            value: "nike".into(),
             qe: 1.0,
         }]);
-        assert!(fixed.items[1].score > r.items[1].score * 2.0);
+        assert!(fixed.items[1].score > r.items[1].score * 2.0, "{} vs {}", fixed.items[1].score, r.items[1].score);
         assert!(fixed.items[1].entities.iter().any(|e| e.overridden));
+        // The item's own value names the check too: "adidas" is what item 1 said.
+        let by_item_value = r.intervene(&[Intervention::SetQe {
+            item: None,
+            kind: EntityKind::Brand,
+            value: "Adidas".into(),
+            qe: 1.0,
+        }]);
+        assert_eq!(by_item_value.items[1].score, fixed.items[1].score);
+        assert_eq!(by_item_value.items[0].score, r.items[0].score, "item 0 said nike, not adidas");
         let dropped = r.intervene(&[Intervention::Drop { item: None, kind: EntityKind::Brand, value: None }]);
-        assert!(dropped.items.iter().all(|i| {
-            i.entities.iter().all(|e| e.entity.kind != EntityKind::Brand || e.entity.source == Source::Missing)
-        }));
+        assert!(dropped.items.iter().all(|i| i.entities.iter().all(|e| e.entity.kind != EntityKind::Brand)));
+        assert!(dropped.items[1].score > r.items[1].score);
         assert_eq!(e.encoded_texts(), before);
         for &l in Logic::ALL {
             let other = r.with_logic(l);
@@ -1023,11 +1042,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unbranded_item_gets_the_missing_stand_in() {
+    fn an_unbranded_item_is_uncertain_not_vetoed() {
         let e = engine();
-        let r = e.rank("nike shoes", &[Item::new("running shoes")]).unwrap();
-        let missing = r.items[0].entities.iter().find(|e| e.entity.source == Source::Missing).unwrap();
-        assert_eq!((missing.entity.kind, missing.qe), (EntityKind::Brand, 0.5));
+        let r = e.rank("nike shoes", &[Item::new("running shoes"), Item::new("Adidas running shoes")]).unwrap();
+        let brand = |i: usize| r.items[i].entities.iter().find(|e| e.entity.kind == EntityKind::Brand).unwrap().qe;
+        assert_eq!(brand(0), crate::constraints::UNKNOWN);
+        assert_eq!(brand(1), crate::constraints::CONFLICT);
+        assert!(r.items[0].score > 3.0 * r.items[1].score);
     }
 
     #[test]
@@ -1046,19 +1067,10 @@ mod tests {
         let e = engine();
         let r = e.rank("nike pegasus 40 running shoes", &items()).unwrap();
         assert_eq!(r.items[0].grade, Grade::Exact);
-        // Brand conflict, same category: a substitute.
+        // Brand conflict, same product type: a substitute.
         assert_eq!(r.items[1].grade, Grade::Substitute, "{:#?}", r.items[1]);
-        // The n-gram encoder cannot tell shoes from shoelaces; say it, as a better model would.
-        let cat = "Apparel & Accessories > Shoe Accessories > Shoelaces";
-        let set = Intervention::SetQe { item: Some(3), kind: EntityKind::Category, value: cat.into(), qe: 0.05 };
-        let r = r.intervene(&[set]);
         assert_eq!(r.items[3].grade, Grade::Complement, "{:#?}", r.items[3]);
-        let unrelated = r.intervene(&[Intervention::SetQe {
-            item: Some(3),
-            kind: EntityKind::Model,
-            value: "pegasus 40".into(),
-            qe: 0.0,
-        }]);
-        assert_eq!(unrelated.items[3].grade, Grade::Irrelevant);
+        let unrelated = e.rank("nike pegasus 40 running shoes", &[Item::new("Garden hose 50 ft")]).unwrap();
+        assert_eq!(unrelated.items[0].grade, Grade::Irrelevant, "{:#?}", unrelated.items[0]);
     }
 }

@@ -2,7 +2,6 @@
 //! panic.
 
 use tandem_ebrm::cli::read_items;
-use tandem_ebrm::entities::Source;
 use tandem_ebrm::vocab::{Brand, BrandList};
 use tandem_ebrm::{CategorySearch, Ebrm, EntityKind, Extractor, Intervention, Item, NgramEncoder};
 
@@ -33,14 +32,15 @@ fn empty_queries_are_errors() {
 }
 
 #[test]
-fn unknown_attributes_become_optional_other_entities() {
+fn attributes_are_read_by_the_checks_and_the_prior() {
     let item =
-        Item::from_json(br#"{"title": "Nike Air", "attributes": {"heel drop": "10 mm", "vegan": true}}"#).unwrap();
-    let r = engine().rank("nike vegan shoes", &[item]).unwrap();
-    let others: Vec<_> = r.items[0].entities.iter().filter(|e| e.entity.kind == EntityKind::Other).collect();
-    assert_eq!(others.len(), 2);
-    assert!(others.iter().all(|e| !e.essential && e.entity.source == Source::Explicit));
-    assert!(others.iter().any(|e| e.entity.value == "vegan: true"));
+        Item::from_json(br#"{"title": "Nike Air running shoes", "attributes": {"gender": "Women", "vegan": true}}"#)
+            .unwrap();
+    let r = engine().rank("nike womens running shoes", std::slice::from_ref(&item)).unwrap();
+    let audience = r.items[0].entities.iter().find(|e| e.entity.kind == EntityKind::Audience).unwrap();
+    assert_eq!((audience.qe, audience.evidence.as_str()), (tandem_ebrm::constraints::MATCH, "item: women"));
+    let text = tandem_ebrm::pipeline::similarity_text(&item);
+    assert!(text.contains("gender: Women") && text.contains("vegan: true"), "{text}");
 }
 
 #[test]

@@ -6,9 +6,10 @@
 //!
 //! Cases:
 //! - baseline: encode the query and the 200 titles, cosine each (plain bi-encoder relevance);
-//! - cold: everything cold, the first request ever (titles are encoded to find categories);
-//! - cold QE: the catalogue's entities already extracted (title categories known, as an index
-//!   stores them), the QE cache and the query analysis cold;
+//! - cold: everything cold, the first request ever (every item text is encoded for the
+//!   similarity prior, and read for the checks);
+//! - cold QE: a new query over a known catalogue (item views and item vectors kept, as an
+//!   index stores them): only the query is encoded;
 //! - warm: a repeated query, every QE score cached.
 
 use anyhow::Result;
@@ -97,7 +98,7 @@ fn bench<E: TextEncoder>(encoder: E, cache: &std::path::Path, reps: usize) -> Re
     let baseline = time(
         "baseline",
         Box::new(|| {
-            engine.cosine_baseline(query, &items)?;
+            engine.cosine_baseline(query, &items, false)?;
             Ok(items.len() + 1)
         }),
     )?;

@@ -37,10 +37,19 @@ pub enum EntityKind {
     Size,
     /// An attribute EBRM has no rule for ("pattern": "striped"); its value reads "key: value".
     Other,
+    /// How many units are sold together ("4 pack", 12罐).
+    Count,
+    /// Who the product is for (men, women, kids).
+    Audience,
+    /// A required feature or free-from claim ("fragrance free", "decaf", 无糖).
+    Feature,
+    /// The encoder's similarity of the whole query and the whole item: the semantic prior.
+    Similarity,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 7] = [
+    pub const COUNT: usize = 11;
+    pub const ALL: [EntityKind; EntityKind::COUNT] = [
         EntityKind::Brand,
         EntityKind::Category,
         EntityKind::Model,
@@ -48,6 +57,10 @@ impl EntityKind {
         EntityKind::Material,
         EntityKind::Size,
         EntityKind::Other,
+        EntityKind::Count,
+        EntityKind::Audience,
+        EntityKind::Feature,
+        EntityKind::Similarity,
     ];
 
     pub fn index(self) -> usize {
@@ -63,6 +76,10 @@ impl EntityKind {
             EntityKind::Material => "material",
             EntityKind::Size => "size",
             EntityKind::Other => "other",
+            EntityKind::Count => "count",
+            EntityKind::Audience => "audience",
+            EntityKind::Feature => "feature",
+            EntityKind::Similarity => "similarity",
         }
     }
 
@@ -75,6 +92,7 @@ impl EntityKind {
             "color" | "colour" => EntityKind::Color,
             "material" => EntityKind::Material,
             "size" => EntityKind::Size,
+            "gender" | "audience" | "department" => EntityKind::Audience,
             _ => return None,
         })
     }
@@ -278,6 +296,11 @@ impl Extractor {
     /// Patterns of the brand matcher (names and aliases kept by its rules).
     pub fn brand_patterns(&self) -> usize {
         self.brands.patterns()
+    }
+
+    /// The first brand a text names (an item's brand), if any.
+    pub fn first_brand(&self, text: &str) -> Option<String> {
+        self.brands.find(text).into_iter().next().map(|b| b.brand)
     }
 
     /// Entities found in free text; `first_brand_only` for titles (an item has one brand:

@@ -11,6 +11,7 @@
 //! so a scorer cannot gain from giving many items the same score.
 
 pub mod generate;
+pub mod hand;
 
 use crate::cache::{CacheStats, LruQeCache, QeCache};
 use crate::calibrate::{Calibration, Sample};
@@ -157,12 +158,17 @@ pub struct Metrics {
 }
 
 pub fn metrics<'a>(runs: impl IntoIterator<Item = (&'a Query, Vec<f32>)>) -> Metrics {
+    graded_metrics(runs.into_iter().map(|(q, scores)| (q.pairs.iter().map(Pair::grade).collect(), scores)))
+}
+
+/// [`metrics`] over (labels, scores) per query.
+pub fn graded_metrics(runs: impl IntoIterator<Item = (Vec<Grade>, Vec<f32>)>) -> Metrics {
     let (mut ndcg_sum, mut won, mut total, mut queries, mut pairs) = (0.0, 0, 0, 0, 0);
-    for (q, scores) in runs {
-        let grades: Vec<Grade> = q.pairs.iter().map(Pair::grade).collect();
-        ndcg_sum += ndcg(&scores, &q.gains());
+    for (grades, scores) in runs {
+        let gains: Vec<f64> = grades.iter().map(|g| g.gain()).collect();
+        ndcg_sum += ndcg(&scores, &gains);
         let (w, t) = pairwise(&scores, &grades);
-        (won, total, queries, pairs) = (won + w, total + t, queries + 1, pairs + q.pairs.len());
+        (won, total, queries, pairs) = (won + w, total + t, queries + 1, pairs + grades.len());
     }
     Metrics {
         ndcg: if queries == 0 { 0.0 } else { ndcg_sum / queries as f64 },
@@ -184,8 +190,13 @@ pub fn calibration_samples(queries: &[&Query], rankings: &[&Ranking]) -> Vec<Sam
                 if e.entity.source == Source::Missing {
                     continue;
                 }
-                let label =
-                    if e.constrained { !pair.conflicts.contains(&e.entity.kind) } else { pair.grade() == Grade::Exact };
+                // The similarity prior is right when its item is exact; other cosines (none in
+                // the ranking now) when the generator recorded no conflict of their kind.
+                let label = if e.entity.kind == EntityKind::Similarity || !e.constrained {
+                    pair.grade() == Grade::Exact
+                } else {
+                    !pair.conflicts.contains(&e.entity.kind)
+                };
                 out.push(Sample { kind: e.entity.kind, constrained: e.constrained, cosine, label });
             }
         }
@@ -250,7 +261,7 @@ pub fn evaluate<E: TextEncoder>(engine: &Ebrm<E>, queries: &[Query]) -> Result<R
     for (n, q) in queries.iter().enumerate() {
         let items = q.items();
         rankings.push(engine.rank(&q.text, &items).with_context(|| format!("query {} '{}'", q.id, q.text))?);
-        baseline.push(engine.cosine_baseline(&q.text, &items)?);
+        baseline.push(engine.cosine_baseline(&q.text, &items, false)?);
         if (n + 1) % 25 == 0 {
             eprintln!("ranked {}/{} queries", n + 1, queries.len());
         }

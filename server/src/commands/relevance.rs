@@ -33,8 +33,8 @@ pub struct Args {
     backend: BackendChoice,
     #[command(flatten)]
     adapter: super::AdapterArgs,
-    /// A cross-encoder folder (BertForSequenceClassification) that scores the QE pairs, with
-    /// qe = sigmoid(logit); the encoder still finds categories.
+    /// A cross-encoder folder (BertForSequenceClassification) that scores the query-item
+    /// similarity prior, with qe = sigmoid(logit); the constraint checks stay rules.
     #[arg(long, value_name = "DIR")]
     qe_model: Option<PathBuf>,
     /// Rule plugins (WebAssembly components, comma-separated) applied after the model, fail-open:
