@@ -19,8 +19,9 @@ apt_install() {
 }
 
 # Vulkan on the CPU (Mesa lavapipe) so the wgpu backend is tested without a GPU; Chromium and
-# its driver for the browser tests (WebGPU on SwiftShader, and the CPU fallback).
-apt_install mesa-vulkan-drivers chromium chromium-driver
+# its driver for the browser tests (WebGPU on SwiftShader, and the CPU fallback); Redis for
+# the shared QE cache's tests (they start their own redis-server on a free loopback port).
+apt_install mesa-vulkan-drivers chromium chromium-driver redis-server
 
 step "fetching the default model (MiniLM), the brand list and MobileNetV2 into the cache"
 cargo run -q -p tandem -- fetch minilm

@@ -2,6 +2,12 @@
 //! costs buffers whatever it sends, so without a cap a flood of connections would grow
 //! memory without bound; at the cap, new connections wait in the kernel's accept backlog
 //! until one closes. Requests on accepted connections are bounded separately (admission).
+//!
+//! On shutdown it drains that backlog before the listener closes: a connection the kernel
+//! has accepted (handshake done, request perhaps sent) but the server has not yet taken would
+//! otherwise be reset when the socket closes. Once the backlog is empty it says so, and the
+//! server stops accepting; only a connection completing its handshake in that instant can
+//! still be reset, which is why a balancer should stop sending before SIGTERM.
 
 use axum::serve::Listener;
 use std::io;
@@ -11,16 +17,38 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 pub struct CappedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    /// Becomes true on shutdown.
+    draining: watch::Receiver<bool>,
+    /// Told once the backlog is empty after shutdown began.
+    drained: Option<oneshot::Sender<()>>,
 }
 
 impl CappedListener {
-    pub fn new(inner: TcpListener, max_connections: usize) -> Self {
-        CappedListener { inner, slots: Arc::new(Semaphore::new(max_connections)) }
+    pub fn new(
+        inner: TcpListener,
+        max_connections: usize,
+        draining: watch::Receiver<bool>,
+        drained: oneshot::Sender<()>,
+    ) -> Self {
+        CappedListener { inner, slots: Arc::new(Semaphore::new(max_connections)), draining, drained: Some(drained) }
+    }
+
+    /// A connection already in the backlog, without waiting; `None` when there is none.
+    async fn try_accept(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        let inner = &self.inner;
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match inner.poll_accept(cx) {
+                Poll::Ready(Ok(conn)) => Some(conn),
+                // Out of descriptors, say: nothing more can be taken now.
+                Poll::Ready(Err(_)) | Poll::Pending => None,
+            })
+        })
+        .await
     }
 }
 
@@ -29,15 +57,33 @@ impl Listener for CappedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Connection, SocketAddr) {
-        let Ok(slot) = self.slots.clone().acquire_owned().await else {
-            // The semaphore is never closed; if it were, accept nothing more.
-            return std::future::pending().await;
-        };
-        // Retries (with a pause) on errors such as running out of file descriptors.
-        let (io, addr) = Listener::accept(&mut self.inner).await;
-        // Small JSON responses must not wait for Nagle's algorithm.
-        let _ = io.set_nodelay(true);
-        (Connection { io, _slot: slot }, addr)
+        loop {
+            if *self.draining.borrow() {
+                // Past the cap: the backlog is bounded, and these were already accepted.
+                if let Some((io, addr)) = self.try_accept().await {
+                    return (Connection::new(io, None), addr);
+                }
+                if let Some(drained) = self.drained.take() {
+                    let _ = drained.send(());
+                }
+                return std::future::pending().await;
+            }
+            let CappedListener { inner, slots, draining, .. } = self;
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => {
+                    let Ok(slot) = slot else {
+                        // The semaphore is never closed; if it were, accept nothing more.
+                        return std::future::pending().await;
+                    };
+                    tokio::select! {
+                        // Retries (with a pause) on errors such as running out of file descriptors.
+                        (io, addr) = Listener::accept(inner) => return (Connection::new(io, Some(slot)), addr),
+                        () = until_draining(draining) => {}
+                    }
+                }
+                () = until_draining(draining) => {}
+            }
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -45,10 +91,25 @@ impl Listener for CappedListener {
     }
 }
 
-/// An accepted connection; its slot frees when it closes.
+async fn until_draining(draining: &mut watch::Receiver<bool>) {
+    if draining.wait_for(|&d| d).await.is_err() {
+        // The sender is gone: shutdown will never be signalled this way.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// An accepted connection; its slot (if it took one) frees when it closes.
 pub struct Connection {
     io: TcpStream,
-    _slot: OwnedSemaphorePermit,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Connection {
+    fn new(io: TcpStream, slot: Option<OwnedSemaphorePermit>) -> Connection {
+        // Small JSON responses must not wait for Nagle's algorithm.
+        let _ = io.set_nodelay(true);
+        Connection { io, _slot: slot }
+    }
 }
 
 impl AsyncRead for Connection {

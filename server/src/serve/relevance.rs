@@ -15,6 +15,7 @@ use super::batcher::{Batcher, Refused};
 use super::config::RelevanceConfig;
 use super::errors::ApiError;
 use super::metrics::Metrics;
+use super::qe_cache::{RedisStats, SharedQeCache};
 use crate::commands::rules_apply::{candidates, plugin_query, rules_json};
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_ebrm::cli::{load_extractor, ranking_lines};
-use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, Ranking, TextEncoder};
+use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, QeCache, Ranking, TextEncoder};
 use tandem_models::Embedder;
 use tandem_plugins::{Host, RuleSet, Watcher};
 
@@ -109,6 +110,8 @@ pub struct Relevance {
     config: RelevanceConfig,
     logic: Logic,
     rules: Option<Arc<RuleSet>>,
+    /// The Redis tier of the QE cache, when configured (for its metrics).
+    shared_cache: Option<Arc<SharedQeCache>>,
     /// Keeps the hot-reload thread alive.
     _watcher: Option<Watcher>,
 }
@@ -123,7 +126,15 @@ impl Relevance {
             eprintln!("tandem serve: warning: cannot fetch the brand list ({e:#})");
         }
         let extractor = load_extractor(&cache_dir)?;
-        let cache = Arc::new(LruQeCache::new(config.qe_cache_entries, config.qe_cache_bytes));
+        let near = LruQeCache::new(config.qe_cache_entries, config.qe_cache_bytes);
+        let (cache, shared_cache): (Arc<dyn QeCache>, _) = match &config.qe_cache {
+            None => (Arc::new(near), None),
+            Some(url) => {
+                let timeout = Duration::from_millis(config.qe_cache_timeout_ms);
+                let shared = Arc::new(SharedQeCache::new(near, url, timeout, config.qe_cache_ttl_secs)?);
+                (shared.clone(), Some(shared))
+            }
+        };
         let engine =
             Ebrm::new(encoder, extractor, CategorySearch::Embedding { cache_dir: Some(cache_dir) }).with_cache(cache);
         let started = Instant::now();
@@ -144,7 +155,7 @@ impl Relevance {
             }
         };
         let logic = Logic::from_name(&config.logic).context("relevance.logic")?;
-        Ok(Relevance { engine, config: config.clone(), logic, rules, _watcher: watcher })
+        Ok(Relevance { engine, config: config.clone(), logic, rules, shared_cache, _watcher: watcher })
     }
 
     pub fn info(&self) -> Value {
@@ -152,13 +163,17 @@ impl Relevance {
         json!({
             "logic": self.logic,
             "max_items": self.config.max_items,
-            "qe_cache": {"max_entries": cache.max_entries, "max_bytes": cache.max_bytes},
+            "qe_cache": {"max_entries": cache.max_entries, "max_bytes": cache.max_bytes, "shared": self.shared_cache.is_some()},
             "rules": self.rules.as_ref().map(|r| r.status()).unwrap_or_default(),
         })
     }
 
     pub fn cache_stats(&self) -> tandem_ebrm::CacheStats {
         self.engine.cache_stats()
+    }
+
+    pub fn redis_stats(&self) -> Option<RedisStats> {
+        self.shared_cache.as_ref().map(|c| c.redis_stats())
     }
 
     /// Parses and checks a request body before any work, naming the field at fault.

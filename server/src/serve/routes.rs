@@ -462,6 +462,7 @@ async fn metrics(State(s): AppRef) -> Response {
         admitted: s.config.batching.max_queue_requests - s.admission.available_permits(),
         draining: s.draining.load(Ordering::Relaxed),
         qe_cache: s.relevance.as_ref().map(|r| r.cache_stats()),
+        qe_cache_redis: s.relevance.as_ref().and_then(|r| r.redis_stats()),
     };
     let info =
         [("version", env!("CARGO_PKG_VERSION")), ("model", s.model.id.as_str()), ("backend", s.model.backend.as_str())];
