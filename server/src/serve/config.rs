@@ -69,6 +69,12 @@ pub struct ServerConfig {
     pub overload_status: u16,
     /// Retry-After on shed requests.
     pub retry_after_secs: u64,
+    /// When any are set, every route but `/health` (and the demo page) needs one of these in
+    /// `Authorization: Bearer KEY`. Never printed by `--print-config`.
+    #[serde(skip_serializing)]
+    pub api_keys: Vec<String>,
+    /// Origins browsers may call the API from (CORS), `"*"` for any; empty: CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +90,8 @@ impl Default for ServerConfig {
             drain_timeout_secs: 30,
             overload_status: 503,
             retry_after_secs: 1,
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! only parse, validate and wait. SIGTERM (or Ctrl-C) stops accepting connections, lets
 //! in-flight requests finish (at most `server.drain_timeout_secs`), then exits 0.
 
+mod access;
 mod api;
 mod batcher;
 pub mod config;
@@ -78,6 +79,13 @@ pub struct Args {
     /// Do not serve the in-browser demo at / (nor its model files).
     #[arg(long)]
     no_web: bool,
+    /// An API key every route but /health requires (`Authorization: Bearer KEY`); repeat for
+    /// several. TANDEM_API_KEY adds keys too (comma-separated).
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_keys: Vec<String>,
+    /// Let browsers on this origin call the API (CORS); repeat for several, `*` for any.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -136,7 +144,14 @@ impl Args {
         if self.no_web {
             c.web.enabled = false;
         }
+        c.server.api_keys.extend(self.api_keys.iter().cloned());
+        if let Ok(keys) = std::env::var(access::API_KEY_ENV) {
+            c.server.api_keys.extend(keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from));
+        }
+        c.server.cors_origins.extend(self.cors_origins.iter().cloned());
         c.validate()?;
+        // A bad origin fails here, before the model loads.
+        access::cors(&c.server.cors_origins)?;
         Ok(c)
     }
 }
@@ -270,7 +285,7 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
     }
     let listener =
         listener::CappedListener::new(listener, config.server.max_connections, draining_rx.clone(), drained_tx);
-    let server = axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(on_signal);
+    let server = axum::serve(listener, routes::router(state.clone())?).with_graceful_shutdown(on_signal);
     let drain_timeout = Duration::from_secs(config.server.drain_timeout_secs);
     let deadline = async move {
         let _ = draining_rx.wait_for(|&d| d).await;

@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tandem_ebrm::cli::{load_extractor, ranking_lines};
 use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, QeCache, Ranking, TextEncoder};
@@ -42,6 +43,54 @@ impl std::fmt::Display for EncodeRefused {
 }
 
 impl std::error::Error for EncodeRefused {}
+
+/// The client of a `/relevance` request went away: its blocking task stops waiting for the
+/// model (dropping its queued encodes, which the batcher then skips) and skips the rules.
+#[derive(Default)]
+pub struct Cancel {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            // Created before the check, so a cancel in between is not missed.
+            let notified = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What a cancelled request's work ends with (nobody reads it).
+#[derive(Debug)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client went away")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+thread_local! {
+    /// The cancel flag of the `/relevance` request this blocking thread is running: the EBRM
+    /// engine calls the encoder without a request context, so the encoder finds it here.
+    static CURRENT: std::cell::RefCell<Option<Arc<Cancel>>> = const { std::cell::RefCell::new(None) };
+}
 
 /// A [`TextEncoder`] that queues its texts on the model thread's batcher and blocks until
 /// the vectors come back. Call only from a blocking-pool thread (or any thread outside the
@@ -91,13 +140,27 @@ impl TextEncoder for BatchedEncoder {
         if !chunk.is_empty() {
             jobs.push((chunk, chunk_tokens));
         }
+        let cancel = CURRENT.with(|c| c.borrow().clone());
+        if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(Cancelled.into());
+        }
         let receivers = jobs
             .into_iter()
             .map(|(texts, tokens)| self.batcher.submit(texts, tokens).map_err(EncodeRefused))
             .collect::<Result<Vec<_>, _>>()?;
         let mut vectors = Vec::with_capacity(texts.len());
         for rx in receivers {
-            let reply = self.runtime.block_on(rx).context("the model thread stopped before answering")?;
+            // On cancel, returning drops the remaining receivers: the batcher skips their jobs.
+            let reply = self.runtime.block_on(async {
+                match &cancel {
+                    Some(cancel) => tokio::select! {
+                        reply = rx => Some(reply),
+                        () = cancel.cancelled() => None,
+                    },
+                    None => Some(rx.await),
+                }
+            });
+            let reply = reply.ok_or(Cancelled)?.context("the model thread stopped before answering")?;
             vectors.extend(reply.map_err(|e| anyhow::anyhow!("{}", e.message))?);
         }
         Ok(vectors)
@@ -217,9 +280,21 @@ impl Relevance {
         })
     }
 
-    /// Ranks, runs the rules and builds the response. Blocks on the model.
-    pub fn run(&self, job: &Job, metrics: &Metrics) -> Result<Value> {
+    /// Ranks, runs the rules and builds the response. Blocks on the model; gives up (with
+    /// [`Cancelled`]) at the next wait for the model, or before the rules, once `cancel` is set.
+    pub fn run(&self, job: &Job, metrics: &Metrics, cancel: &Arc<Cancel>) -> Result<Value> {
+        struct Current;
+        impl Drop for Current {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.borrow_mut().take());
+            }
+        }
+        CURRENT.with(|c| *c.borrow_mut() = Some(cancel.clone()));
+        let _current = Current;
         let ranking = self.engine.rank(&job.query, &job.items)?.with_logic(job.logic);
+        if cancel.is_cancelled() {
+            return Err(Cancelled.into());
+        }
         let ranking = if job.interventions.is_empty() { ranking } else { ranking.intervene(&job.interventions) };
         let mut lines = ranking_lines(&ranking, job.all_entities)?;
         let rules = self.rules.as_ref().filter(|_| job.rules);
