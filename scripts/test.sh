@@ -19,8 +19,9 @@ apt_install() {
 }
 
 # Vulkan on the CPU (Mesa lavapipe) so the wgpu backend is tested without a GPU; Chromium and
-# its driver for the browser tests (WebGPU on SwiftShader, and the CPU fallback).
-apt_install mesa-vulkan-drivers chromium chromium-driver
+# its driver for the browser tests (WebGPU on SwiftShader, and the CPU fallback); Redis for
+# the shared QE cache's tests (they start their own redis-server on a free loopback port).
+apt_install mesa-vulkan-drivers chromium chromium-driver redis-server
 
 step "fetching the default model (MiniLM), the brand list, MobileNetV2 and the GGUF decoders into the cache"
 cargo run -q -p tandem -- fetch minilm
@@ -47,6 +48,9 @@ step "running the tests"
 # NVRTC compilation for sm_80/sm_90, the emulated kernels; on a machine without a GPU the
 # on-device tests say so and skip.
 cargo test --workspace --no-fail-fast --features tandem-tests/cuda "$@" || failed+=("cargo test")
+
+step "fuzz smoke: each reader under libFuzzer for 15 s on its committed corpus (fuzz/README.md)"
+bash fuzz/run.sh 15 || failed+=("fuzz/run.sh")
 
 step "the browser bindings in headless Chromium (wasm-bindgen-test, WebGPU and CPU)"
 bash bindings/web/test.sh || failed+=("bindings/web/test.sh")

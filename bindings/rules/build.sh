@@ -5,7 +5,8 @@
 #   bindings/rules/build.sh [OUT_DIR]      (default: bindings/rules/out)
 #
 # Each crate `rule-NAME`, `hostile-NAME`, `compat-NAME` or `bench-NAME`
-# becomes OUT_DIR/KIND/NAME.wasm (KIND: rules, hostile, compat, bench). Two more hostile
+# becomes OUT_DIR/KIND/NAME.wasm (KIND: rules, hostile, compat, bench), and each
+# hostile-wat/NAME.wat becomes OUT_DIR/hostile/NAME.wasm. Two more hostile
 # fixtures are written that need no compiler: hostile/not-wasm.wasm (text) and
 # hostile/core-module.wasm (a core module, not a component).
 #
@@ -55,6 +56,17 @@ for manifest in "$here"/{examples,hostile,compat,bench}/*/Cargo.toml; do
     if [[ -f "$(dirname "$manifest")/cases.jsonl" ]]; then
         cp "$(dirname "$manifest")/cases.jsonl" "$out/$dir/$name.cases.jsonl"
     fi
+done
+
+# Hostile guests a Rust guest cannot express, written as core modules in WAT
+# (hostile-wat/): wasm-tools embeds the rule world in each and wraps it into a
+# component the way it wraps a Rust guest.
+for wat in "$here"/hostile-wat/*.wat; do
+    name="$(basename "$wat" .wat)"
+    wasm-tools component embed "$here/wit" --world rule-plugin "$wat" -o "$out/hostile/$name.core.wasm"
+    wasm-tools component new "$out/hostile/$name.core.wasm" -o "$out/hostile/$name.wasm"
+    rm "$out/hostile/$name.core.wasm"
+    wasm-tools validate --features component-model "$out/hostile/$name.wasm"
 done
 
 printf 'this is not a WebAssembly file\n' > "$out/hostile/not-wasm.wasm"

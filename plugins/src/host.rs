@@ -38,9 +38,9 @@ const HOST_INTERFACES: [&str; 2] = ["tandem:rules/host@0.1.0", "tandem:rules/hos
 use bindings::tandem::rules::host::Level;
 
 /// Log messages kept per call; more are dropped and counted.
-const MAX_LOGS_PER_CALL: usize = 8;
-/// Longer log messages are cut to this many bytes.
-const MAX_LOG_BYTES: usize = 512;
+pub const MAX_LOGS_PER_CALL: usize = 8;
+/// Longer log messages are cut to this many bytes (plus an ellipsis).
+pub const MAX_LOG_BYTES: usize = 512;
 /// Log messages accepted per plugin per second, across all its instances.
 const MAX_LOGS_PER_SECOND: u32 = 100;
 /// How often the epoch advances; deadlines are whole ticks.
@@ -152,8 +152,15 @@ impl Flavor {
         // of copying each into a new String, which matters on the batch path.
         for name in HOST_INTERFACES {
             let mut host = linker.instance(name)?;
-            host.func_wrap("log", |mut store, (level, message): (Level, String)| {
-                GuestState::log(store.data_mut(), level, message);
+            // The message stays in guest memory: a dropped one is never read,
+            // and a kept one is copied only up to its cut length, so a guest
+            // logging huge lines costs the host at most MAX_LOG_BYTES a line.
+            host.func_wrap("log", |mut store: StoreContextMut<'_, GuestState>, (level, message): (Level, WasmStr)| {
+                if !store.data_mut().admit_log() {
+                    return Ok(());
+                }
+                let kept = cut(&message.to_str(&store)?, MAX_LOG_BYTES);
+                store.data_mut().push_log(level, kept);
                 Ok(())
             })?;
             host.func_wrap("lookup", |store: StoreContextMut<'_, GuestState>, (table, key): (WasmStr, WasmStr)| {
@@ -215,21 +222,17 @@ impl GuestState {
         }
     }
 
-    /// `host.log`: keeps the message if this call and this plugin are within
-    /// their log limits, cut to [`MAX_LOG_BYTES`].
-    fn log(&mut self, level: Level, mut message: String) {
+    /// Counts a `host.log` call against this call's and this plugin's log
+    /// limits; false when the message is to be dropped.
+    fn admit_log(&mut self) -> bool {
         if self.logs.len() >= MAX_LOGS_PER_CALL || !self.rate.admit() {
             self.logs_dropped = self.logs_dropped.saturating_add(1);
-            return;
+            return false;
         }
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        true
+    }
+
+    fn push_log(&mut self, level: Level, message: String) {
         let level = match level {
             Level::Debug => "debug",
             Level::Info => "info",
@@ -244,6 +247,22 @@ impl GuestState {
     fn lookup(&self, table: &str, key: &str) -> Option<String> {
         self.tables.get(table)?.get(key).cloned()
     }
+}
+
+/// A new string of `text` cut to at most `max` bytes at a character
+/// boundary, with an ellipsis when cut. Allocates only what it keeps.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut kept = String::with_capacity(end + '…'.len_utf8());
+    kept.push_str(&text[..end]);
+    kept.push('…');
+    kept
 }
 
 /// StoreLimits with errors that say which cap was hit, and a record of it so

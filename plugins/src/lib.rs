@@ -23,7 +23,7 @@ pub mod report;
 mod ruleset;
 
 pub use config::{Config, FailurePolicy, Limits, PluginSpec};
-pub use host::Host;
+pub use host::{Host, MAX_LOG_BYTES, MAX_LOGS_PER_CALL};
 pub use load::{LoadError, MAX_PLUGIN_BYTES, WORLD_VERSION};
 pub use plugin::{Candidate, MAX_BATCH_ITEMS, MAX_REASON_BYTES, MAX_TAG_BYTES, MAX_TAGS, Plugin, PluginStats};
 pub use report::{CallError, CallErrorKind, Combined, LogLine, RuleReport, Verdict, combine};

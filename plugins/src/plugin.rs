@@ -41,6 +41,10 @@ pub struct Candidate {
 /// A plugin ready to serve checks. Shareable across threads: each call takes
 /// a warm instance from the pool (or makes one) and gives it back if healthy.
 pub struct Plugin {
+    /// Held, not used: the host's epoch thread is what makes deadlines fire,
+    /// and it runs until the last clone of the host is gone. A plugin must be
+    /// bounded whoever else drops their handle to the host.
+    _host: Host,
     name: Arc<str>,
     spec: PluginSpec,
     tables: Tables,
@@ -142,6 +146,7 @@ impl Plugin {
             World::V0_2 => Pre::V0_2(RulePluginPre::new(pre).map_err(instantiate_err)?),
         };
         let plugin = Plugin {
+            _host: host.clone(),
             name: spec.name.as_str().into(),
             spec: spec.clone(),
             tables,
@@ -227,10 +232,10 @@ impl Plugin {
     /// and deadline, n its number of items; each report carries an even share
     /// (n-th, rounded down) of the batch's fuel and time, and the first one
     /// its log lines. If a batch of several items fails (trap, fuel, deadline,
-    /// cap), its instance is discarded and its items are checked again one by
-    /// one with `check`, so only the items that fail alone get the failure
-    /// policy: a guest that fails on everything costs up to twice its n calls'
-    /// limits. An outcome the host refuses (too large, bad factor) fails only
+    /// cap), or a batch of any size returns a wrong number of outcomes, its
+    /// instance is discarded and its items are checked again one by one with
+    /// `check`, so only the items that fail alone get the failure policy: a
+    /// guest that fails on everything costs up to twice its n calls' limits. An outcome the host refuses (too large, bad factor) fails only
     /// its item. A 0.1.x guest is called once per candidate.
     pub fn check_many(&self, query: &Query, candidates: &[Candidate]) -> Vec<RuleReport> {
         self.stats.calls.fetch_add(candidates.len() as u64, Ordering::Relaxed);
@@ -284,12 +289,12 @@ impl Plugin {
         // may be in any state, and one that misbehaved is not trusted again.
         let outcomes = match result {
             Ok(outcomes) if outcomes.len() == n => outcomes,
-            Ok(outcomes) => {
-                let message = format!("check-batch returned {} outcomes for {n} items", outcomes.len());
-                let error = CallError { kind: CallErrorKind::BadOutput, message };
-                let share = Share::of(fuel, start.elapsed(), n);
-                reports.extend((0..n).map(|_| self.failed(error.clone(), share.elapsed, share.fuel, Vec::new(), 0)));
-                return;
+            // No outcome can be matched to its item: find out item by item,
+            // with `check`, even for a batch of one (which is how `Plugin::check`
+            // calls a 0.2 guest), since `check` may well be honest.
+            Ok(_) => {
+                drop(warm);
+                return self.check_each(query, items, reports);
             }
             // A batch of one failed on its only item.
             Err(e) if n == 1 => {
@@ -418,6 +423,11 @@ impl Plugin {
         let state = GuestState::new(&self.spec.limits, self.tables.clone(), self.rate.clone());
         let mut store = Store::new(self.pre_engine(), state);
         store.limiter(|s| &mut s.limiter);
+        // What wasmtime may copy out of the guest in one call (a host call's
+        // arguments, or an export's results): never more than the guest can
+        // hold. Its default, 128 MiB, lets a guest make the host allocate
+        // many times its own memory by returning the same string n times.
+        store.set_hostcall_fuel(self.spec.limits.memory_bytes);
         // Start-up code runs under the same budget as a call.
         self.arm(&mut store, 1);
         let exports = match &self.pre {
@@ -515,6 +525,14 @@ fn classify(error: &wasmtime::Error, cap_hit: Option<String>, spec: &PluginSpec)
     if let Some(message) = cap_hit {
         return CallError { kind: CallErrorKind::ResourceCap, message };
     }
+    // wasmtime's error type for this is private; its message is the only handle.
+    if error.chain().any(|e| e.to_string().contains("fuel allocated for hostcalls has been exhausted")) {
+        let message = format!(
+            "copied more than its memory cap of {} bytes out of the guest in one call",
+            spec.limits.memory_bytes
+        );
+        return CallError { kind: CallErrorKind::ResourceCap, message };
+    }
     let (kind, message) = match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => {
             (CallErrorKind::OutOfFuel, format!("used up its fuel budget of {} units", spec.limits.fuel))
@@ -534,8 +552,9 @@ fn classify(error: &wasmtime::Error, cap_hit: Option<String>, spec: &PluginSpec)
 
 /// Enforces the output caps and the demotion range. By the time this runs,
 /// wasmtime has already copied the outcome out of the guest; that copy is
-/// bounded by the guest's memory cap (the strings lived there), so the caps
-/// here decide what is passed on, not what the host can be made to allocate.
+/// bounded by the store's hostcall fuel (the memory cap, set in
+/// `instantiate`), so the caps here decide what is passed on, not what the
+/// host can be made to allocate.
 fn validate(outcome: Outcome) -> Result<(Verdict, Vec<String>), CallError> {
     let bad = |message: String| CallError { kind: CallErrorKind::BadOutput, message };
     let check_reason = |reason: &str| {

@@ -113,7 +113,12 @@ fn an_exported_graph_embeds_like_the_model_folder() {
 
 /// The example brand-conflict rule, built by bindings/rules/build.sh.
 fn brand_conflict_wasm() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bindings/rules/out/rules/brand-conflict.wasm");
+    rule_wasm("rules/brand-conflict.wasm")
+}
+
+/// A guest built by bindings/rules/build.sh, e.g. `rules/brand-conflict.wasm`.
+fn rule_wasm(relative: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bindings/rules/out").join(relative);
     assert!(
         path.is_file(),
         "test fixture {} is missing: run bindings/rules/build.sh first (it builds the rule plugins)",
@@ -122,10 +127,8 @@ fn brand_conflict_wasm() -> PathBuf {
     path
 }
 
-#[test]
-fn relevance_applies_rule_plugins_after_the_model() {
-    let t = tiny();
-    // A brand list in the private cache, so "nike" in the query is a brand entity.
+/// A brand list in the private cache, so "nike" in the query is a brand entity.
+fn write_brands(cache: &Path) {
     let list = tandem_ebrm::vocab::BrandList {
         version: tandem_ebrm::vocab::NSI_VERSION.into(),
         brands: ["Nike", "Adidas"]
@@ -133,15 +136,23 @@ fn relevance_applies_rule_plugins_after_the_model() {
             .map(|n| tandem_ebrm::vocab::Brand { name: n.to_string(), aliases: vec![], nsi: vec![] })
             .collect(),
     };
-    let brands = tandem_ebrm::vocab::brands_path(&t.cache);
+    let brands = tandem_ebrm::vocab::brands_path(cache);
     std::fs::create_dir_all(brands.parent().unwrap()).unwrap();
     std::fs::write(&brands, serde_json::to_vec(&list).unwrap()).unwrap();
-    let items = concat!(
-        r#"{"id": "n1", "title": "Nike running shoes", "brand": "Nike", "category": "Apparel & Accessories > Shoes"}"#,
-        "\n",
-        r#"{"id": "a1", "title": "Adidas running shoes", "brand": "Adidas", "category": "Apparel & Accessories > Shoes"}"#,
-        "\n",
-    );
+}
+
+const TWO_SHOES: &str = concat!(
+    r#"{"id": "n1", "title": "Nike running shoes", "brand": "Nike", "category": "Apparel & Accessories > Shoes"}"#,
+    "\n",
+    r#"{"id": "a1", "title": "Adidas running shoes", "brand": "Adidas", "category": "Apparel & Accessories > Shoes"}"#,
+    "\n",
+);
+
+#[test]
+fn relevance_applies_rule_plugins_after_the_model() {
+    let t = tiny();
+    write_brands(&t.cache);
+    let items = TWO_SHOES;
     let rules = brand_conflict_wasm();
     let args = ["relevance", "--backend", "cpu", "--model", path(&t.model), "--query", "nike running shoes"];
     let out = tandem(&[&args[..], &["--items", "-", "--rules", path(&rules)]].concat(), items, &t.cache);
@@ -166,6 +177,50 @@ fn relevance_applies_rule_plugins_after_the_model() {
     let missing = t.root.join("no-such-rule.wasm");
     let out = tandem(&[&args[..], &["--items", "-", "--rules", path(&missing)]].concat(), items, &t.cache);
     assert_error(&out, &["no-such-rule.wasm"]);
+}
+
+/// Hostile plugins in the batch path of `tandem relevance --rules`, which drops its plugin
+/// host once the plugins are loaded: each is stopped within its limits and fails open, and
+/// the honest `check` of a guest whose batches lie still decides.
+#[test]
+fn relevance_contains_hostile_rule_plugins() {
+    let t = tiny();
+    write_brands(&t.cache);
+    let hostile = ["host-call-loop", "aliased-output", "bad-realloc", "loop"];
+    // These two may succeed: huge lines are cut (or fuel stops the guest building them), and
+    // a lying batch is checked item by item.
+    let others = ["huge-log-lines", "batch-miscount"];
+    let rules: Vec<PathBuf> = hostile.iter().chain(&others).map(|n| rule_wasm(&format!("hostile/{n}.wasm"))).collect();
+    let rules = rules.iter().map(|p| path(p)).collect::<Vec<_>>().join(",");
+    let args = ["relevance", "--backend", "cpu", "--model", path(&t.model), "--query", "nike running shoes"];
+    let start = std::time::Instant::now();
+    let out = tandem(&[&args[..], &["--items", "-", "--rules", &rules]].concat(), TWO_SHOES, &t.cache);
+    // Each guest gets 50 ms (twice for a failed batch) per item: seconds at most, not hours.
+    assert!(start.elapsed() < std::time::Duration::from_secs(60), "took {:?}", start.elapsed());
+    let lines = embed_lines(&out);
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let verdicts = line["rules"].as_array().unwrap();
+        assert_eq!(verdicts.len(), hostile.len() + others.len());
+        for (name, v) in hostile.iter().zip(verdicts) {
+            assert_eq!(v["plugin"], *name);
+            assert_eq!(v["verdict"], "keep", "fail-open: {v}");
+            assert!(v["error"].is_string(), "{name} must fail: {v}");
+        }
+        assert_eq!(verdicts[hostile.len()]["verdict"], "keep");
+        let miscount = &verdicts[hostile.len() + 1];
+        assert_eq!(miscount["verdict"], "keep");
+        assert!(miscount["error"].is_null(), "items of a miscounted batch are checked alone: {miscount}");
+        assert_eq!(line["final_score"], line["score"]);
+    }
+    let error = |name: &str| {
+        lines[0]["rules"].as_array().unwrap().iter().find(|v| v["plugin"] == name).unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(error("host-call-loop").starts_with("deadline"), "{}", error("host-call-loop"));
+    assert!(error("aliased-output").starts_with("resource-cap"), "{}", error("aliased-output"));
 }
 
 // ---- bad input ---------------------------------------------------------------------------

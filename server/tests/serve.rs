@@ -340,6 +340,52 @@ fn relevance_ranks_explains_and_applies_rules() {
     assert!(!s.log().contains("panicked"), "{}", s.log());
 }
 
+/// The hostile guests of the plugin tests behind `/relevance` (hot-reload host, batch path):
+/// each is stopped within its limits and fails open, the server answers every request, and a
+/// healthy plugin next to them still decides.
+#[test]
+fn relevance_contains_hostile_rule_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    let hostile = ["host-call-loop", "aliased-output", "bad-realloc", "huge-log-lines", "batch-miscount", "log-flood"];
+    let mut config = String::new();
+    for name in hostile {
+        config += &format!("[[plugin]]\nname = {name:?}\npath = {:?}\n\n", rule_wasm("hostile", name));
+    }
+    config += &format!("[[plugin]]\nname = \"brand-conflict\"\npath = {:?}\n", rule_wasm("rules", "brand-conflict"));
+    std::fs::write(&rules, config).unwrap();
+    let s = Server::start(&["--rules", rules.to_str().unwrap(), "--no-web"]);
+    let items = json!([
+        {"id": "adidas", "title": "Adidas Ultraboost running shoes", "brand": "Adidas",
+         "category": "Apparel & Accessories > Shoes"},
+        {"id": "nike", "title": "Nike Pegasus 40 running shoes", "brand": "Nike",
+         "category": "Apparel & Accessories > Shoes"},
+    ]);
+    for _ in 0..3 {
+        let r = s.post("/relevance", &json!({"query": "nike running shoes", "items": items, "explain": false}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        // 7 plugins, 2 items, at most 2 × 50 ms per plugin and item when a batch fails.
+        assert!(r.elapsed < Duration::from_secs(20), "took {:?}", r.elapsed);
+        let body = r.json();
+        for item in body["results"].as_array().unwrap() {
+            let verdict = |plugin: &str| {
+                item["rules"].as_array().unwrap().iter().find(|v| v["plugin"] == plugin).unwrap().clone()
+            };
+            for name in ["host-call-loop", "aliased-output", "bad-realloc"] {
+                let v = verdict(name);
+                assert_eq!(v["verdict"], "keep", "{v}");
+                assert!(v["error"].is_string(), "{name} must fail: {v}");
+            }
+            assert!(verdict("batch-miscount")["error"].is_null(), "{item:#}");
+            let expected = if item["id"] == "adidas" { "veto" } else { "keep" };
+            assert_eq!(verdict("brand-conflict")["verdict"], expected, "{item:#}");
+        }
+    }
+    assert_eq!(s.get("/health").status, 200);
+    let deadlines = s.metric("tandem_rule_calls_total{plugin=\"host-call-loop\",outcome=\"deadline\"}");
+    assert_eq!(deadlines, 6.0, "3 requests of 2 items, each stopped at its deadline");
+}
+
 /// Many concurrent clients against a queue of 4: the excess is refused at once with 503
 /// and Retry-After, every request gets an answer, and the server goes on serving.
 #[test]

@@ -19,6 +19,9 @@
 //! logic = "product"            # product | goedel | lukasiewicz; a request may pick another
 //! qe_cache_entries = 200000
 //! qe_cache_bytes = 67108864
+//! # qe_cache = "redis://127.0.0.1:6379"  # share QE scores between replicas (the LRU stays in front)
+//! qe_cache_timeout_ms = 5      # a slower Redis answer counts as a miss
+//! qe_cache_ttl_secs = 86400
 //! rules = "rules.toml"         # rule plugins (tandem-plugins config), relative to this file
 //!
 //! [web]
@@ -51,6 +54,9 @@ pub struct ServerConfig {
     /// Connections held open at once; more wait in the kernel's backlog. The process needs
     /// a file descriptor for each (`ulimit -n`).
     pub max_connections: usize,
+    /// Listen backlog: connections the kernel completes and holds until the server takes
+    /// them (at the connection cap, or in a burst). Capped by `net.core.somaxconn`.
+    pub backlog: u32,
     /// Largest request body read; bigger bodies get 413 without being buffered.
     pub max_body_bytes: usize,
     /// Most inputs one request may carry (TEI's `max_client_batch_size`).
@@ -63,6 +69,12 @@ pub struct ServerConfig {
     pub overload_status: u16,
     /// Retry-After on shed requests.
     pub retry_after_secs: u64,
+    /// When any are set, every route but `/health` (and the demo page) needs one of these in
+    /// `Authorization: Bearer KEY`. Never printed by `--print-config`.
+    #[serde(skip_serializing)]
+    pub api_keys: Vec<String>,
+    /// Origins browsers may call the API from (CORS), `"*"` for any; empty: CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -71,12 +83,15 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             max_connections: 4096,
+            backlog: 4096,
             max_body_bytes: 2_000_000,
             max_client_batch_size: 32,
             body_timeout_secs: 10,
             drain_timeout_secs: 30,
             overload_status: 503,
             retry_after_secs: 1,
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -158,6 +173,13 @@ pub struct RelevanceConfig {
     /// Query-entity scores kept, bounded by count and by estimated bytes.
     pub qe_cache_entries: usize,
     pub qe_cache_bytes: usize,
+    /// A Redis URL (`redis://[:password@]host:port[/db]`): QE scores are shared with the
+    /// other replicas through it, with the in-process cache above as a near cache.
+    pub qe_cache: Option<String>,
+    /// Longest wait for Redis, in ms; a slower or failed call counts as a miss.
+    pub qe_cache_timeout_ms: u64,
+    /// How long a score lives in Redis.
+    pub qe_cache_ttl_secs: u64,
     /// A rule-plugin config (tandem-plugins' TOML: plugins, limits, failure policies, tables),
     /// hot-reloaded. A relative path is relative to the server's config file.
     pub rules: Option<PathBuf>,
@@ -171,6 +193,9 @@ impl Default for RelevanceConfig {
             max_items: 1000,
             qe_cache_entries: 200_000,
             qe_cache_bytes: 64 << 20,
+            qe_cache: None,
+            qe_cache_timeout_ms: 5,
+            qe_cache_ttl_secs: 24 * 3600,
             rules: None,
         }
     }
@@ -229,6 +254,7 @@ impl Config {
         let b = &self.batching;
         let positive = [
             ("server.max_connections", s.max_connections),
+            ("server.backlog", s.backlog as usize),
             ("server.max_body_bytes", s.max_body_bytes),
             ("server.max_client_batch_size", s.max_client_batch_size),
             ("server.body_timeout_secs", s.body_timeout_secs as usize),
@@ -239,6 +265,8 @@ impl Config {
             ("relevance.max_items", self.relevance.max_items),
             ("relevance.qe_cache_entries", self.relevance.qe_cache_entries),
             ("relevance.qe_cache_bytes", self.relevance.qe_cache_bytes),
+            ("relevance.qe_cache_timeout_ms", self.relevance.qe_cache_timeout_ms as usize),
+            ("relevance.qe_cache_ttl_secs", self.relevance.qe_cache_ttl_secs as usize),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             bail!("{key} must be at least 1");

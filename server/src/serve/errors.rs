@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Unhealthy,
     NotFound,
     MethodNotAllowed,
+    /// No API key, or one the server does not know.
+    Unauthorized,
     /// A bug: a handler panicked. The process keeps serving.
     Internal,
 }

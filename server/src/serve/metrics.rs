@@ -86,6 +86,8 @@ pub struct Gauges {
     pub draining: bool,
     /// `/relevance`'s QE cache, when it is enabled.
     pub qe_cache: Option<tandem_ebrm::CacheStats>,
+    /// Its Redis tier, when the QE cache is shared.
+    pub qe_cache_redis: Option<super::qe_cache::RedisStats>,
 }
 
 #[derive(Debug, Default)]
@@ -276,6 +278,21 @@ impl Metrics {
             ];
             for (name, kind, help, v) in series {
                 header(&mut out, name, kind, help);
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
+        if let Some(r) = g.qe_cache_redis {
+            let series = [
+                ("tandem_qe_cache_redis_hits_total", "QE scores the near cache lacked and Redis had.", r.hits),
+                ("tandem_qe_cache_redis_misses_total", "QE scores neither the near cache nor Redis had.", r.misses),
+                (
+                    "tandem_qe_cache_redis_errors_total",
+                    "Redis calls that failed or timed out (counted as misses).",
+                    r.errors,
+                ),
+            ];
+            for (name, help, v) in series {
+                header(&mut out, name, "counter", help);
                 let _ = writeln!(out, "{name} {v}");
             }
         }

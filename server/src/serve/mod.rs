@@ -6,12 +6,14 @@
 //! only parse, validate and wait. SIGTERM (or Ctrl-C) stops accepting connections, lets
 //! in-flight requests finish (at most `server.drain_timeout_secs`), then exits 0.
 
+mod access;
 mod api;
 mod batcher;
 pub mod config;
 mod errors;
 mod listener;
 mod metrics;
+mod qe_cache;
 mod relevance;
 mod routes;
 mod web;
@@ -65,6 +67,9 @@ pub struct Args {
     /// Rule plugins for /relevance: a tandem-plugins config file (TOML), hot-reloaded.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Share /relevance's QE scores with other replicas through this Redis (redis://host:port).
+    #[arg(long, value_name = "URL")]
+    qe_cache: Option<String>,
     /// Do not serve /relevance (skips loading the brand list and taxonomy at start-up).
     #[arg(long)]
     no_relevance: bool,
@@ -74,6 +79,13 @@ pub struct Args {
     /// Do not serve the in-browser demo at / (nor its model files).
     #[arg(long)]
     no_web: bool,
+    /// An API key every route but /health requires (`Authorization: Bearer KEY`); repeat for
+    /// several. TANDEM_API_KEY adds keys too (comma-separated).
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_keys: Vec<String>,
+    /// Let browsers on this origin call the API (CORS); repeat for several, `*` for any.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -120,6 +132,9 @@ impl Args {
         if let Some(v) = &self.rules {
             c.relevance.rules = Some(v.clone());
         }
+        if let Some(v) = &self.qe_cache {
+            c.relevance.qe_cache = Some(v.clone());
+        }
         if self.no_relevance {
             c.relevance.enabled = false;
         }
@@ -129,7 +144,14 @@ impl Args {
         if self.no_web {
             c.web.enabled = false;
         }
+        c.server.api_keys.extend(self.api_keys.iter().cloned());
+        if let Ok(keys) = std::env::var(access::API_KEY_ENV) {
+            c.server.api_keys.extend(keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from));
+        }
+        c.server.cors_origins.extend(self.cors_origins.iter().cloned());
         c.validate()?;
+        // A bad origin fails here, before the model loads.
+        access::cors(&c.server.cors_origins)?;
         Ok(c)
     }
 }
@@ -224,10 +246,11 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
         draining: AtomicBool::new(false),
     });
 
-    let addr = format!("{}:{}", config.server.host, config.server.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    raise_open_files(config.server.max_connections);
+    let listener = listen(&config.server).await?;
     let shutdown = shutdown_signal()?;
     let (draining_tx, mut draining_rx) = watch::channel(false);
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     let on_signal = {
         let state = state.clone();
         async move {
@@ -235,6 +258,8 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
             state.draining.store(true, Ordering::Relaxed);
             eprintln!("tandem serve: shutting down; finishing in-flight requests");
             let _ = draining_tx.send(true);
+            // Stop accepting only once the connections the kernel already accepted are taken.
+            let _ = drained_rx.await;
         }
     };
     let m = &state.model;
@@ -258,8 +283,9 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
             eprintln!("tandem serve: demo page at http://{addr}/");
         }
     }
-    let listener = listener::CappedListener::new(listener, config.server.max_connections);
-    let server = axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(on_signal);
+    let listener =
+        listener::CappedListener::new(listener, config.server.max_connections, draining_rx.clone(), drained_tx);
+    let server = axum::serve(listener, routes::router(state.clone())?).with_graceful_shutdown(on_signal);
     let drain_timeout = Duration::from_secs(config.server.drain_timeout_secs);
     let deadline = async move {
         let _ = draining_rx.wait_for(|&d| d).await;
@@ -277,6 +303,51 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
         .map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
     eprintln!("tandem serve: stopped");
     Ok(())
+}
+
+/// Binds `server.host:server.port` with a listen backlog of `server.backlog` (the kernel caps
+/// it at `net.core.somaxconn`): a burst beyond the connection cap waits there instead of
+/// being refused.
+async fn listen(server: &config::ServerConfig) -> Result<tokio::net::TcpListener> {
+    let addr = format!("{}:{}", server.host, server.port);
+    let cannot = || format!("cannot listen on {addr}");
+    let resolved = tokio::net::lookup_host(&addr).await.with_context(cannot)?.next();
+    let resolved = resolved.with_context(|| format!("{addr} resolves to no address"))?;
+    let socket = if resolved.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .with_context(cannot)?;
+    socket.set_reuseaddr(true).with_context(cannot)?;
+    socket.bind(resolved).with_context(cannot)?;
+    socket.listen(server.backlog).with_context(cannot)
+}
+
+/// Each connection is a file descriptor: raises the soft open-files limit to the hard one,
+/// and warns when even that is too low for `max_connections` (accepting then pauses until
+/// connections close; nothing is lost, but bursts wait).
+fn raise_open_files(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        // Descriptors the process needs besides connections: model files, plugins, stdio.
+        const SPARE: u64 = 256;
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        let raised = unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+                // An unlimited hard limit is still capped by fs.nr_open (1,048,576 by default).
+                limit.rlim_cur = limit.rlim_max.min(1 << 20);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            }
+        };
+        #[allow(clippy::unnecessary_cast, reason = "rlim_t is u64 on Linux, not on every unix")]
+        let have = limit.rlim_cur as u64;
+        if !raised || have < max_connections as u64 + SPARE {
+            eprintln!(
+                "tandem serve: warning: {have} open files allowed (ulimit -n) for server.max_connections = \
+                 {max_connections}; bursts will wait for descriptors"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
 }
 
 /// Resolves on SIGTERM or Ctrl-C. Installed before serving so that a failure to install

@@ -15,14 +15,16 @@ use super::batcher::{Batcher, Refused};
 use super::config::RelevanceConfig;
 use super::errors::ApiError;
 use super::metrics::Metrics;
+use super::qe_cache::{RedisStats, SharedQeCache};
 use crate::commands::rules_apply::{candidates, plugin_query, rules_json};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tandem_ebrm::cli::{load_extractor, ranking_lines};
-use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, Ranking, TextEncoder};
+use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, QeCache, Ranking, TextEncoder};
 use tandem_models::Embedder;
 use tandem_plugins::{Host, RuleSet, Watcher};
 
@@ -41,6 +43,54 @@ impl std::fmt::Display for EncodeRefused {
 }
 
 impl std::error::Error for EncodeRefused {}
+
+/// The client of a `/relevance` request went away: its blocking task stops waiting for the
+/// model (dropping its queued encodes, which the batcher then skips) and skips the rules.
+#[derive(Default)]
+pub struct Cancel {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            // Created before the check, so a cancel in between is not missed.
+            let notified = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What a cancelled request's work ends with (nobody reads it).
+#[derive(Debug)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client went away")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+thread_local! {
+    /// The cancel flag of the `/relevance` request this blocking thread is running: the EBRM
+    /// engine calls the encoder without a request context, so the encoder finds it here.
+    static CURRENT: std::cell::RefCell<Option<Arc<Cancel>>> = const { std::cell::RefCell::new(None) };
+}
 
 /// A [`TextEncoder`] that queues its texts on the model thread's batcher and blocks until
 /// the vectors come back. Call only from a blocking-pool thread (or any thread outside the
@@ -90,13 +140,27 @@ impl TextEncoder for BatchedEncoder {
         if !chunk.is_empty() {
             jobs.push((chunk, chunk_tokens));
         }
+        let cancel = CURRENT.with(|c| c.borrow().clone());
+        if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(Cancelled.into());
+        }
         let receivers = jobs
             .into_iter()
             .map(|(texts, tokens)| self.batcher.submit(texts, tokens).map_err(EncodeRefused))
             .collect::<Result<Vec<_>, _>>()?;
         let mut vectors = Vec::with_capacity(texts.len());
         for rx in receivers {
-            let reply = self.runtime.block_on(rx).context("the model thread stopped before answering")?;
+            // On cancel, returning drops the remaining receivers: the batcher skips their jobs.
+            let reply = self.runtime.block_on(async {
+                match &cancel {
+                    Some(cancel) => tokio::select! {
+                        reply = rx => Some(reply),
+                        () = cancel.cancelled() => None,
+                    },
+                    None => Some(rx.await),
+                }
+            });
+            let reply = reply.ok_or(Cancelled)?.context("the model thread stopped before answering")?;
             vectors.extend(reply.map_err(|e| anyhow::anyhow!("{}", e.message))?);
         }
         Ok(vectors)
@@ -109,6 +173,8 @@ pub struct Relevance {
     config: RelevanceConfig,
     logic: Logic,
     rules: Option<Arc<RuleSet>>,
+    /// The Redis tier of the QE cache, when configured (for its metrics).
+    shared_cache: Option<Arc<SharedQeCache>>,
     /// Keeps the hot-reload thread alive.
     _watcher: Option<Watcher>,
 }
@@ -123,7 +189,15 @@ impl Relevance {
             eprintln!("tandem serve: warning: cannot fetch the brand list ({e:#})");
         }
         let extractor = load_extractor(&cache_dir)?;
-        let cache = Arc::new(LruQeCache::new(config.qe_cache_entries, config.qe_cache_bytes));
+        let near = LruQeCache::new(config.qe_cache_entries, config.qe_cache_bytes);
+        let (cache, shared_cache): (Arc<dyn QeCache>, _) = match &config.qe_cache {
+            None => (Arc::new(near), None),
+            Some(url) => {
+                let timeout = Duration::from_millis(config.qe_cache_timeout_ms);
+                let shared = Arc::new(SharedQeCache::new(near, url, timeout, config.qe_cache_ttl_secs)?);
+                (shared.clone(), Some(shared))
+            }
+        };
         let engine =
             Ebrm::new(encoder, extractor, CategorySearch::Embedding { cache_dir: Some(cache_dir) }).with_cache(cache);
         let started = Instant::now();
@@ -144,7 +218,7 @@ impl Relevance {
             }
         };
         let logic = Logic::from_name(&config.logic).context("relevance.logic")?;
-        Ok(Relevance { engine, config: config.clone(), logic, rules, _watcher: watcher })
+        Ok(Relevance { engine, config: config.clone(), logic, rules, shared_cache, _watcher: watcher })
     }
 
     pub fn info(&self) -> Value {
@@ -152,13 +226,17 @@ impl Relevance {
         json!({
             "logic": self.logic,
             "max_items": self.config.max_items,
-            "qe_cache": {"max_entries": cache.max_entries, "max_bytes": cache.max_bytes},
+            "qe_cache": {"max_entries": cache.max_entries, "max_bytes": cache.max_bytes, "shared": self.shared_cache.is_some()},
             "rules": self.rules.as_ref().map(|r| r.status()).unwrap_or_default(),
         })
     }
 
     pub fn cache_stats(&self) -> tandem_ebrm::CacheStats {
         self.engine.cache_stats()
+    }
+
+    pub fn redis_stats(&self) -> Option<RedisStats> {
+        self.shared_cache.as_ref().map(|c| c.redis_stats())
     }
 
     /// Parses and checks a request body before any work, naming the field at fault.
@@ -202,9 +280,21 @@ impl Relevance {
         })
     }
 
-    /// Ranks, runs the rules and builds the response. Blocks on the model.
-    pub fn run(&self, job: &Job, metrics: &Metrics) -> Result<Value> {
+    /// Ranks, runs the rules and builds the response. Blocks on the model; gives up (with
+    /// [`Cancelled`]) at the next wait for the model, or before the rules, once `cancel` is set.
+    pub fn run(&self, job: &Job, metrics: &Metrics, cancel: &Arc<Cancel>) -> Result<Value> {
+        struct Current;
+        impl Drop for Current {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.borrow_mut().take());
+            }
+        }
+        CURRENT.with(|c| *c.borrow_mut() = Some(cancel.clone()));
+        let _current = Current;
         let ranking = self.engine.rank(&job.query, &job.items)?.with_logic(job.logic);
+        if cancel.is_cancelled() {
+            return Err(Cancelled.into());
+        }
         let ranking = if job.interventions.is_empty() { ranking } else { ranking.intervene(&job.interventions) };
         let mut lines = ranking_lines(&ranking, job.all_entities)?;
         let rules = self.rules.as_ref().filter(|_| job.rules);

@@ -11,7 +11,7 @@ use super::batcher::{Batcher, Refused};
 use super::config::Config;
 use super::errors::{ApiError, ErrorKind};
 use super::metrics::{CLIENT_CLOSED, Gauges, Metrics, ShedReason};
-use super::relevance::{EncodeRefused, Relevance, RelevanceRequest};
+use super::relevance::{Cancel, EncodeRefused, Relevance, RelevanceRequest};
 use super::web::Web;
 use axum::Json;
 use axum::body::Bytes;
@@ -59,8 +59,10 @@ type AppRef = State<Arc<AppState>>;
 
 const ROUTES: &[&str] = &["/embed", "/v1/embeddings", "/rerank", "/relevance", "/health", "/info", "/metrics"];
 
-pub fn router(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new()
+pub fn router(state: Arc<AppState>) -> anyhow::Result<axum::Router> {
+    let keys = Arc::new(super::access::ApiKeys::new(&state.config.server.api_keys));
+    let cors = super::access::cors(&state.config.server.cors_origins)?;
+    let router = axum::Router::new()
         .route("/embed", post(embed))
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/rerank", post(rerank))
@@ -74,9 +76,15 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .layer(DefaultBodyLimit::max(state.config.server.max_body_bytes))
         // Last line of defence: a panicking handler answers 500 and the server goes on.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
-        // Outermost, so that it counts the 500 of a panic too.
+        .layer(middleware::from_fn_with_state(keys, super::access::authorize))
+        // Outermost, so that it counts the 500 of a panic and the 401s too.
         .layer(middleware::from_fn_with_state(state.clone(), track))
-        .with_state(state)
+        .with_state(state);
+    // Around everything: a preflight is answered before it needs a key.
+    Ok(match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    })
 }
 
 impl AppState {
@@ -378,7 +386,16 @@ async fn relevance_inner(s: &AppState, req: Request) -> Result<Value, ApiError> 
     let body: RelevanceRequest = s.read_json(req).await?;
     let job = engine.parse(body)?;
     let metrics = s.metrics.clone();
-    let outcome = tokio::task::spawn_blocking(move || engine.run(&job, &metrics)).await;
+    // Dropped with this future when the client goes away: the blocking task then stops.
+    struct CancelOnDrop(Arc<Cancel>);
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            self.0.cancel();
+        }
+    }
+    let cancel = CancelOnDrop(Arc::new(Cancel::default()));
+    let task_cancel = cancel.0.clone();
+    let outcome = tokio::task::spawn_blocking(move || engine.run(&job, &metrics, &task_cancel)).await;
     drop(permit);
     let outcome = outcome.map_err(|e| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, format!("relevance task: {e}"))
@@ -462,6 +479,7 @@ async fn metrics(State(s): AppRef) -> Response {
         admitted: s.config.batching.max_queue_requests - s.admission.available_permits(),
         draining: s.draining.load(Ordering::Relaxed),
         qe_cache: s.relevance.as_ref().map(|r| r.cache_stats()),
+        qe_cache_redis: s.relevance.as_ref().and_then(|r| r.redis_stats()),
     };
     let info =
         [("version", env!("CARGO_PKG_VERSION")), ("model", s.model.id.as_str()), ("backend", s.model.backend.as_str())];
