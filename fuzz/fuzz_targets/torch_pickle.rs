@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tandem_models::vision::torch_legacy::{Limits, parse};
+use tandem_runtime::weights::torch::{Limits, parse};
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse(data, &Limits::default());
