@@ -30,6 +30,7 @@ typedef float f32;
 #define UNARY_RELU 1u
 #define UNARY_TANH 2u
 #define UNARY_SIGMOID 3u
+#define UNARY_SILU 4u
 
 #define BINARY_ADD 0u
 #define BINARY_SUB 1u

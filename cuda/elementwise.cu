@@ -13,6 +13,7 @@ __device__ __forceinline__ float unary_apply(u32 op, float x) {
         case UNARY_GELU: return gelu(x);
         case UNARY_RELU: return fmaxf(x, 0.0f);
         case UNARY_TANH: return tanhf(x);
+        case UNARY_SILU: return x / (1.0f + expf(-x));  // as the CPU: x/(1+e^-x)
         default: return 1.0f / (1.0f + expf(-x));  // UNARY_SIGMOID, as the CPU: 1/(1+e^-x)
     }
 }

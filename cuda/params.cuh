@@ -83,6 +83,19 @@ struct KvWriteParams {
 };
 static_assert(sizeof(KvWriteParams) == 16, "KvWriteParams size");
 
+// ops::rope::RopeParams
+struct RopeParams {
+    u32 tokens;
+    u32 heads;
+    u32 head_dim;
+    u32 rot_dims;
+    u32 half;
+    u32 _pad0;
+    u32 _pad1;
+    u32 _pad2;
+};
+static_assert(sizeof(RopeParams) == 32, "RopeParams size");
+
 // ops::gather::GatherParams
 struct GatherParams {
     u32 num_ids;

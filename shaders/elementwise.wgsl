@@ -81,6 +81,10 @@ fn unary(
         case 2u: {
             r = tanh(v);
         }
+        // SiLU, as the CPU: x / (1 + e^-x).
+        case 4u: {
+            r = v / (1.0 + exp(-v));
+        }
         default: {
             r = 1.0 / (1.0 + exp(-v));
         }

@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use tandem_runtime::backend::Backend;
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::ops::{
-    Activation, Attention, BinaryKind, Connective, Conv2d, KvWrite, Logic, LoraMatMul, MatMul, PoolKind, UnaryKind,
+    Activation, Attention, BinaryKind, Connective, Conv2d, KvWrite, Logic, LoraMatMul, MatMul, PoolKind, Rope, RopeLayout,
+    UnaryKind,
 };
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, OpKind, Outputs, Session, TensorData, TensorType};
 
@@ -38,6 +39,9 @@ pub fn tolerance(kind: OpKind) -> Tolerance {
         OpKind::Attention => Tolerance::new(1e-4, 1e-3),
         OpKind::LayerNorm | OpKind::RmsNorm => Tolerance::new(1e-4, 1e-4),
         OpKind::Softmax | OpKind::L2Normalize | OpKind::Pool => Tolerance::new(1e-5, 1e-4),
+        // One rotation per pair, but sin and cos of angles up to ~2000 rad: their f32
+        // results differ between math libraries by an ulp of the angle's reduction.
+        OpKind::Rope => Tolerance::new(2e-5, 1e-4),
         OpKind::Unary | OpKind::Binary => Tolerance::new(1e-5, 1e-5),
         // A few roundings per element; GPUs may fuse a·b + c where the CPU rounds twice.
         OpKind::SoftLogic => Tolerance::new(1e-6, 1e-6),
@@ -398,6 +402,24 @@ pub fn cases(seed: u64) -> Vec<Case> {
             Op::Gather,
             vec![uniform(rng, &[vocab, dim], -1.0, 1.0), HostTensor::u32(vec![n], ids).unwrap()],
         );
+    }
+    // RoPE: both layouts, all dims or a part rotating, one head or several, positions from 0
+    // to ~2000 as a decoder's cursor reaches.
+    for &(tokens, heads, head_dim, rot_dims, layout) in &[
+        (1, 1, 2, 2, RopeLayout::Interleaved),
+        (7, 3, 64, 64, RopeLayout::Half),
+        (129, 2, 64, 64, RopeLayout::Interleaved),
+        (5, 4, 16, 8, RopeLayout::Half),
+        (9, 2, 10, 6, RopeLayout::Interleaved),
+    ] {
+        let positions: Vec<u32> = (0..tokens).map(|_| rng.random_range(0..2048)).collect();
+        let op = Op::Rope(Rope { head_dim: head_dim as u32, rot_dims: rot_dims as u32, layout });
+        let inputs = vec![
+            uniform(rng, &[tokens, heads * head_dim], -2.0, 2.0),
+            HostTensor::u32(vec![tokens], positions).unwrap(),
+            HostTensor::f32(vec![rot_dims / 2], tandem_runtime::ops::rope::inv_freq(10000.0, rot_dims, 1.0)).unwrap(),
+        ];
+        add(format!("rope_{layout:?}_{tokens}x{heads}x{head_dim}_rot{rot_dims}"), op, inputs);
     }
     // pooling, with an empty segment
     for &kind in PoolKind::ALL {

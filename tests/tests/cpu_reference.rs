@@ -454,3 +454,41 @@ fn rms_norm_by_hand() {
     let inv = 1.0 / 13.0f32.sqrt();
     assert_eq!(got, [3.0 * inv, 8.0 * inv]);
 }
+
+/// RoPE as its doc states it, in f64: pair i of each head turns by position · inv_freq[i],
+/// pairs (2i, 2i+1) or (i, i + rot/2), other dims unchanged.
+fn naive_rope(case: &tandem_tests::Case, r: &tandem_runtime::ops::Rope) -> Vec<f32> {
+    let x = case.inputs[0].to_f32();
+    let positions = case.inputs[1].as_u32().unwrap();
+    let inv_freq = case.inputs[2].to_f32();
+    let (d, rot) = (r.head_dim as usize, r.rot_dims as usize);
+    let mut out = x.clone();
+    for (row, chunk) in out.chunks_mut(d).enumerate() {
+        let pos = positions[row / (case.inputs[0].shape[1] / d)] as f64;
+        for i in 0..rot / 2 {
+            let (a, b) = match r.layout {
+                tandem_runtime::ops::RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                tandem_runtime::ops::RopeLayout::Half => (i, i + rot / 2),
+            };
+            // The angle as the op computes it (an f32 product), turned in f64.
+            let theta = (pos as f32 * inv_freq[i]) as f64;
+            let (xa, xb) = (x[row * d + a] as f64, x[row * d + b] as f64);
+            chunk[a] = (xa * theta.cos() - xb * theta.sin()) as f32;
+            chunk[b] = (xa * theta.sin() + xb * theta.cos()) as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn cpu_rope_matches_plain_loops() {
+    let mut checked = 0;
+    for case in cases(seed()) {
+        let Op::Rope(r) = &case.op else { continue };
+        let got = run_case(CpuBackend::new(), &case).unwrap().remove(0);
+        let want = tandem_runtime::HostTensor::f32(got.shape.clone(), naive_rope(&case, r)).unwrap();
+        compare(&got, &want, Tolerance::new(1e-5, 1e-5)).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} rope cases");
+}

@@ -12,10 +12,13 @@ pub enum UnaryKind {
     Relu,
     Tanh,
     Sigmoid,
+    /// `x · sigmoid(x)` (SiLU, the gate of llama's SwiGLU feed-forward).
+    Silu,
 }
 
 impl UnaryKind {
-    pub const ALL: &'static [UnaryKind] = &[UnaryKind::Gelu, UnaryKind::Relu, UnaryKind::Tanh, UnaryKind::Sigmoid];
+    pub const ALL: &'static [UnaryKind] =
+        &[UnaryKind::Gelu, UnaryKind::Relu, UnaryKind::Tanh, UnaryKind::Sigmoid, UnaryKind::Silu];
     pub fn code(self) -> u32 {
         self as u32
     }
@@ -25,6 +28,7 @@ impl UnaryKind {
             UnaryKind::Relu => x.max(0.0),
             UnaryKind::Tanh => x.tanh(),
             UnaryKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryKind::Silu => x / (1.0 + (-x).exp()),
         }
     }
 }

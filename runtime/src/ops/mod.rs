@@ -17,6 +17,7 @@ pub mod gather;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod rope;
 pub mod softlogic;
 
 pub use attention::{Attention, KvWrite};
@@ -24,6 +25,7 @@ pub use conv::Conv2d;
 pub use elementwise::{BinaryKind, UnaryKind};
 pub use matmul::{Activation, LoraMatMul, MatMul};
 pub use pool::PoolKind;
+pub use rope::{Rope, RopeLayout};
 pub use softlogic::{Connective, Logic};
 
 use crate::graph::{Bindings, Dim, TensorType};
@@ -68,6 +70,9 @@ pub enum Op {
     /// Row gather (embedding lookup); inputs table `[V, D]`, ids (u32, any shape). Ids outside
     /// the table give a zero row on every backend.
     Gather,
+    /// Rotary position embedding of q or k rows; inputs x, positions (u32 per row) and
+    /// inv_freq (see `ops::rope`).
+    Rope(Rope),
     /// Per-sequence pooling of packed rows; inputs x `[tokens, D]`, segments `[seqs, 2]`.
     Pool(PoolKind),
     /// Same data, another shape (symbolic dims resolve from the run's bindings). A view: no
@@ -147,6 +152,7 @@ op_table! {
     KvWrite => "kv_write", Some(("attention", "kv_write"));
     Gather => "gather", Some(("gather", "gather"));
     Pool => "pool", Some(("pool", "pool"));
+    Rope => "rope", Some(("rope", "rope"));
     Reshape => "reshape", None;
     SoftLogic => "soft_logic", Some(("softlogic", "soft_logic"));
     Aggregate => "aggregate", Some(("softlogic", "aggregate"));
@@ -206,6 +212,7 @@ use gather::GatherParams;
 use matmul::MatMulParams;
 use norm::NormParams;
 use pool::PoolParams;
+use rope::RopeParams;
 use softlogic::{AggregateParams, SoftLogicParams};
 
 kernel_params! {
@@ -217,6 +224,7 @@ kernel_params! {
     KvWrite(KvWriteParams),
     Gather(GatherParams),
     Pool(PoolParams),
+    Rope(RopeParams),
     SoftLogic(SoftLogicParams),
     Aggregate(AggregateParams),
     Conv2d(Conv2dParams),
@@ -250,6 +258,7 @@ impl Op {
             Op::KvWrite(_) => OpKind::KvWrite,
             Op::Gather => OpKind::Gather,
             Op::Pool(_) => OpKind::Pool,
+            Op::Rope(_) => OpKind::Rope,
             Op::Reshape(_) => OpKind::Reshape,
             Op::SoftLogic { .. } => OpKind::SoftLogic,
             Op::Aggregate { .. } => OpKind::Aggregate,
@@ -298,6 +307,7 @@ impl Op {
             Op::KvWrite(_) => KvWrite::infer(inputs),
             Op::Gather => gather::infer(inputs),
             Op::Pool(_) => pool::infer(inputs),
+            Op::Rope(r) => r.infer(inputs),
             Op::Reshape(shape) => {
                 arity(inputs, 1, 1)?;
                 let from = &inputs[0];

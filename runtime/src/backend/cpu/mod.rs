@@ -162,6 +162,10 @@ impl Backend for CpuBackend {
                     }
                 }
             }
+            Op::Rope(r) => {
+                let p = r.params(inputs[0].shape);
+                ops::rope::cpu(&p, f(0), u(1), f(2), out.buf.f32_mut(n_out));
+            }
             Op::Pool(kind) => {
                 let p = ops::pool::PoolParams::new(*kind, inputs[0].shape, inputs[1].shape);
                 ops::pool::cpu(&p, f(0), u(1), out.buf.f32_mut(n_out));

@@ -58,6 +58,7 @@ pub const FILES: &[KernelFile] = &[
     },
     KernelFile { stem: "norm", source: include_str!("../../../../cuda/norm.cu"), variants: F32, f32_only: &[] },
     KernelFile { stem: "pool", source: include_str!("../../../../cuda/pool.cu"), variants: F32, f32_only: &[] },
+    KernelFile { stem: "rope", source: include_str!("../../../../cuda/rope.cu"), variants: F32, f32_only: &[] },
     KernelFile {
         stem: "softlogic",
         source: include_str!("../../../../cuda/softlogic.cu"),

@@ -16,7 +16,7 @@ use crate::ops::matmul::MatMulParams;
 use crate::ops::norm::NormParams;
 use crate::ops::pool::PoolParams;
 use crate::ops::softlogic::{AggregateParams, SoftLogicParams};
-use crate::ops::{LoraMatMul, Op, OpKind};
+use crate::ops::{LoraMatMul, Op};
 use crate::tensor::DType;
 
 /// Kernel constants shared with the `.cu` files: (file stem, macro, value).
@@ -36,6 +36,7 @@ pub const KERNEL_CONSTANTS: &[(&str, &str, u32)] = &[
     ("attention", "ATT_BQ", ATT_BQ),
     ("attention", "ATT_MAX_D", MAX_HEAD_DIM),
     ("attention", "KV_WRITE_THREADS", KV_WRITE_THREADS),
+    ("rope", "ROPE_THREADS", ROPE_THREADS),
 ];
 
 const ELEMENTWISE_THREADS: u32 = 256;
@@ -53,6 +54,7 @@ const MMH_THREADS: u32 = 128;
 const ATT_THREADS: u32 = 128;
 const ATT_BQ: u32 = 16;
 const KV_WRITE_THREADS: u32 = 256;
+const ROPE_THREADS: u32 = 256;
 /// The largest attention head dim the CUDA kernel takes (its shared-memory tiles are sized
 /// for it); larger heads are refused with an error.
 pub const MAX_HEAD_DIM: u32 = 128;
@@ -403,6 +405,21 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
             launch.block = [GATHER_THREADS, 1, 1];
             launch.params = KernelParams::Gather(p);
             launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Output(0)];
+        }
+        Op::Rope(r) => {
+            let [x, positions, inv_freq] = inputs else {
+                return Err("rope takes x, positions and inv_freq".into());
+            };
+            let floats = [x, inv_freq].into_iter().chain(outputs).all(|o| o.dtype == DType::F32);
+            if !floats || positions.dtype != DType::U32 || x.shape.len() != 2 {
+                return Err("rope takes f32 x [tokens, width], u32 positions and f32 inv_freq on CUDA".into());
+            }
+            let p = r.params(x.shape);
+            let items = p.tokens as usize * p.heads as usize * (p.rot_dims / 2 + p.head_dim - p.rot_dims) as usize;
+            launch.grid = [blocks(items, ROPE_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [ROPE_THREADS, 1, 1];
+            launch.params = KernelParams::Rope(p);
+            launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Input(2), Binding::Output(0)];
         }
         Op::Pool(kind) => {
             let (Some(x), Some(segments)) = (inputs.first(), inputs.get(1)) else {

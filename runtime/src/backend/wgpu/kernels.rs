@@ -32,6 +32,7 @@ const SHADERS: &[(&str, &str)] = &[
     shader!("pool"),
     shader!("softlogic"),
     shader!("conv"),
+    shader!("rope"),
 ];
 
 /// WebGPU's limit on workgroups per grid dimension.
@@ -94,6 +95,7 @@ pub(super) fn signature(kind: OpKind) -> Signature {
         OpKind::KvWrite => (2, 1, size_of::<ops::attention::KvWriteParams>()),
         OpKind::Gather => (2, 1, size_of::<ops::gather::GatherParams>()),
         OpKind::Pool => (2, 1, size_of::<ops::pool::PoolParams>()),
+        OpKind::Rope => (3, 1, size_of::<ops::rope::RopeParams>()),
         // a, b (bound to a for NOT).
         OpKind::SoftLogic => (2, 1, size_of::<ops::softlogic::SoftLogicParams>()),
         // qe, mask, kind, weight, essential; score, contribution.
@@ -204,6 +206,12 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
             let p = ops::gather::GatherParams::new(shape(0), shape(1));
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
+        Op::Rope(r) => {
+            let p = r.params(shape(0));
+            let per_head = (p.rot_dims / 2 + p.head_dim - p.rot_dims) as usize;
+            let items = p.tokens as usize * p.heads as usize * per_head;
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(items)? }
+        }
         Op::Pool(kind) => {
             let p = ops::pool::PoolParams::new(*kind, shape(0), shape(1));
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
@@ -279,7 +287,7 @@ mod tests {
         assert_eq!(wgsl_const("attention", "BQ"), ATTENTION_BLOCK);
         assert_eq!(wgsl_const("attention", "MAX_D4") * 4, MAX_HEAD_DIM);
         assert_eq!(wgsl_const("attention", "WG_WRITE"), 256, "grid_256 assumes 256 invocations in kv_write");
-        for stem in ["elementwise", "gather", "pool", "softlogic", "conv"] {
+        for stem in ["elementwise", "gather", "pool", "softlogic", "conv", "rope"] {
             assert_eq!(wgsl_const(stem, "WG"), 256, "grid_256 assumes 256 invocations in {stem}.wgsl");
         }
     }
