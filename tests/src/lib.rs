@@ -13,8 +13,8 @@ use rand::{Rng, SeedableRng};
 use tandem_runtime::backend::Backend;
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::ops::{
-    Activation, Attention, BinaryKind, Connective, Conv2d, KvWrite, Logic, LoraMatMul, MatMul, PoolKind, Rope, RopeLayout,
-    UnaryKind,
+    Activation, Attention, BinaryKind, Connective, Conv2d, KvWrite, Logic, LoraMatMul, MatMul, PoolKind, Rope,
+    RopeLayout, UnaryKind,
 };
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, OpKind, Outputs, Session, TensorData, TensorType};
 

@@ -216,12 +216,7 @@ pub fn binary_params(kind: BinaryKind, a: &[usize], b: &[usize], out: &[usize]) 
 
 pub fn unary_cpu(kind: UnaryKind, x: &[f32], out: &mut [f32]) {
     out.copy_from_slice(x);
-    match kind {
-        UnaryKind::Gelu => par_map_inplace(out, gelu),
-        UnaryKind::Relu => par_map_inplace(out, |v| v.max(0.0)),
-        UnaryKind::Tanh => par_map_inplace(out, f32::tanh),
-        UnaryKind::Sigmoid => par_map_inplace(out, |v| 1.0 / (1.0 + (-v).exp())),
-    }
+    par_map_inplace(out, |v| kind.apply(v));
 }
 
 pub fn binary_cpu(p: &BinaryParams, a: &[f32], b: &[f32], out: &mut [f32]) {
