@@ -465,13 +465,13 @@ fn naive_rope(case: &tandem_tests::Case, r: &tandem_runtime::ops::Rope) -> Vec<f
     let mut out = x.clone();
     for (row, chunk) in out.chunks_mut(d).enumerate() {
         let pos = positions[row / (case.inputs[0].shape[1] / d)] as f64;
-        for i in 0..rot / 2 {
+        for (i, &freq) in inv_freq.iter().enumerate().take(rot / 2) {
             let (a, b) = match r.layout {
                 tandem_runtime::ops::RopeLayout::Interleaved => (2 * i, 2 * i + 1),
                 tandem_runtime::ops::RopeLayout::Half => (i, i + rot / 2),
             };
             // The angle as the op computes it (an f32 product), turned in f64.
-            let theta = (pos as f32 * inv_freq[i]) as f64;
+            let theta = (pos as f32 * freq) as f64;
             let (xa, xb) = (x[row * d + a] as f64, x[row * d + b] as f64);
             chunk[a] = (xa * theta.cos() - xb * theta.sin()) as f32;
             chunk[b] = (xa * theta.sin() + xb * theta.cos()) as f32;
