@@ -11,6 +11,7 @@
 //! - [`vision`]: torchvision checkpoints (legacy torch pickles) and batch-norm folding.
 
 pub mod bert;
+pub mod decoder;
 pub mod embed;
 pub mod export;
 #[cfg(not(target_arch = "wasm32"))]

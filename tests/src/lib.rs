@@ -179,17 +179,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
     }
     // matmul with a stored weight (f16, bf16, GGUF blocks) [N, K]: one row, a panel and a
     // half (N = 129 > 64 rows dequantized at a time), K of one and two 256-value blocks.
-    for &dtype in &[
-        DType::F16,
-        DType::BF16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ] {
+    for dtype in DType::ALL.into_iter().filter(|d| !matches!(d, DType::F32 | DType::U32)) {
         for &(m, k, n, bias) in &[(1, 256, 1, false), (7, 512, 129, true)] {
             let mut inputs = vec![uniform(rng, &[m, k], -1.0, 1.0), random_weight(rng, dtype, n, k)];
             if bias {

@@ -508,8 +508,18 @@ impl<B: Backend> Session<B> {
                     self.graph.states.len()
                 )));
             }
-            Some(s) if s.shapes.len() != self.graph.states.len() => {
-                return Err(Error::input("the state was made for another graph"));
+            Some(s)
+                if s.shapes.len() != self.graph.states.len()
+                    || self
+                        .graph
+                        .states
+                        .iter()
+                        .zip(&s.shapes)
+                        .any(|(&v, shape)| !self.graph.value(v).ty.matches(shape)) =>
+            {
+                return Err(Error::input(
+                    "the state was made for another graph (its states differ in number or shape)",
+                ));
             }
             _ => {}
         }

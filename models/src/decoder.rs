@@ -1,0 +1,189 @@
+//! Decoder LLMs from GGUF files as tandem graphs: `llama` (SmolLM2) and `qwen2` (Qwen2.5),
+//! sized from the file's metadata, never from constants.
+//!
+//! The graph runs any mix of prefill and decode in one run over packed sequences, each with
+//! its KV cache rows in a caller-owned [`tandem_runtime::State`] (two states per layer,
+//! `l{i}.k` and `l{i}.v`, `[kv_rows, kv_heads · head_dim]`):
+//! - inputs `ids` u32 `[tokens]`, `positions` u32 `[tokens]` (each token's position in its
+//!   sequence), `table` u32 `[seqs, 4]` (new rows, kv rows: see `ops::attention`) and `last`
+//!   u32 `[seqs]` (the row whose logits each sequence wants);
+//! - output `logits` f32 `[seqs, vocab]`.
+//!
+//! Weights stay as the file stores them (Q4_1, Q8_0, Q4_K, …): matmul and gather dequantize
+//! inside the kernel. llama-arch files store the q and k rows permuted for interleaved RoPE
+//! pairs, which is the layout used for them here; qwen2 uses the half-split layout.
+
+use anyhow::{Context, Result, bail};
+use tandem_runtime::ops::{Activation, Attention, BinaryKind, KvWrite, MatMul, Rope, RopeLayout, UnaryKind, rope};
+use tandem_runtime::weights::Gguf;
+use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorType, ValueId};
+
+/// What a decoder graph is built from: the file's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub arch: String,
+    pub layers: usize,
+    pub d_model: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    /// Leading dims of each head that RoPE turns.
+    pub rope_dims: usize,
+    /// Linear RoPE scaling (`rope.scaling.factor` with type `linear`), 1 for none.
+    pub rope_scale: f32,
+    pub rope_layout: RopeLayout,
+}
+
+impl DecoderConfig {
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g.architecture()?.to_string();
+        let rope_layout = match arch.as_str() {
+            "llama" => RopeLayout::Interleaved,
+            "qwen2" => RopeLayout::Half,
+            other => bail!("{}: architecture '{other}' is not supported (llama, qwen2)", g.path().display()),
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let u = |k: &str| -> Result<usize> { Ok(g.get_u64(&key(k))? as usize) };
+        let d_model = u("embedding_length")?;
+        let heads = u("attention.head_count")?;
+        let kv_heads =
+            if g.get(&key("attention.head_count_kv")).is_some() { u("attention.head_count_kv")? } else { heads };
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !d_model.is_multiple_of(heads) {
+            bail!("{arch}: {heads} heads, {kv_heads} kv heads and width {d_model} do not fit together");
+        }
+        let head_dim = d_model / heads;
+        let rope_dims =
+            if g.get(&key("rope.dimension_count")).is_some() { u("rope.dimension_count")? } else { head_dim };
+        let rope_base =
+            if g.get(&key("rope.freq_base")).is_some() { g.get_f32(&key("rope.freq_base"))? } else { 10000.0 };
+        let rope_scale =
+            match g.get(&key("rope.scaling.type")).map(|_| g.get_str(&key("rope.scaling.type"))).transpose()? {
+                None | Some("none") => 1.0,
+                Some("linear") => g.get_f32(&key("rope.scaling.factor"))?,
+                Some(other) => bail!("{arch}: RoPE scaling '{other}' is not supported (none, linear)"),
+            };
+        let vocab = g.tensor_info("token_embd.weight")?.shape()[0];
+        Ok(DecoderConfig {
+            layers: u("block_count")?,
+            d_model,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: u("feed_forward_length")?,
+            vocab,
+            context: u("context_length")?,
+            rms_eps: g.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_base,
+            rope_dims,
+            rope_scale,
+            rope_layout,
+            arch,
+        })
+    }
+
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// A graph being built with the weights it declares, read from the file as they are added.
+struct Builder<'a> {
+    file: &'a Gguf,
+    graph: Graph,
+    weights: Vec<HostTensor>,
+}
+
+impl Builder<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.file.tensor_info(name).is_ok()
+    }
+
+    /// The file's tensor `name`, as stored (quantized or not), as a graph weight.
+    fn weight(&mut self, name: &str) -> Result<ValueId> {
+        let t = self.file.tensor(name).with_context(|| format!("{}: tensor '{name}'", self.file.path().display()))?;
+        let id = self.graph.weight(name, TensorType::fixed(t.dtype(), &t.shape));
+        self.weights.push(t);
+        Ok(id)
+    }
+
+    /// `x · Wᵀ (+ b)` for the file's `{name}.weight` (and `{name}.bias` when it has one:
+    /// qwen2's q, k and v).
+    fn linear(&mut self, name: &str, x: ValueId) -> Result<ValueId> {
+        let mut inputs = vec![x, self.weight(&format!("{name}.weight"))?];
+        if self.has(&format!("{name}.bias")) {
+            inputs.push(self.weight(&format!("{name}.bias"))?);
+        }
+        Ok(self.graph.node1(name, Op::MatMul(MatMul { trans_b: true, activation: Activation::None }), &inputs)?)
+    }
+
+    fn node(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId> {
+        Ok(self.graph.node1(name, op, inputs)?)
+    }
+}
+
+/// The decoder graph and its weights (in `graph.weights` order), read from `file`.
+pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTensor>)> {
+    let c = DecoderConfig::from_gguf(file)?;
+    let mut b = Builder { file, graph: Graph::new(&format!("{}-decoder", c.arch)), weights: Vec::new() };
+    let tokens = || Dim::sym("tokens");
+    let seqs = || Dim::sym("seqs");
+    let ids = b.graph.input("ids", TensorType::new(DType::U32, vec![tokens()]));
+    let positions = b.graph.input("positions", TensorType::new(DType::U32, vec![tokens()]));
+    let table = b.graph.input("table", TensorType::new(DType::U32, vec![seqs(), Dim::Fixed(4)]));
+    let last = b.graph.input("last", TensorType::new(DType::U32, vec![seqs()]));
+
+    let embedding = b.weight("token_embd.weight")?;
+    let freqs = rope::inv_freq(c.rope_base, c.rope_dims, c.rope_scale);
+    let inv_freq = b.graph.weight("rope.inv_freq", TensorType::fixed(DType::F32, &[freqs.len()]));
+    b.weights.push(HostTensor::f32(vec![freqs.len()], freqs)?);
+
+    let rope_op = Op::Rope(Rope { head_dim: c.head_dim as u32, rot_dims: c.rope_dims as u32, layout: c.rope_layout });
+    let attention = Op::Attention(Attention {
+        num_heads: c.heads as u32,
+        num_kv_heads: c.kv_heads as u32,
+        scale: 1.0 / (c.head_dim as f32).sqrt(),
+        causal: true,
+    });
+    let rms = Op::RmsNorm { eps: c.rms_eps };
+    let mut x = b.node("embed", Op::Gather, &[embedding, ids])?;
+    for l in 0..c.layers {
+        let n = |s: &str| format!("blk.{l}.{s}");
+        let cache = || TensorType::new(DType::F32, vec![Dim::sym("kv_rows"), Dim::Fixed(c.kv_width() as u64)]);
+        let k_cache = b.graph.state(&format!("l{l}.k"), cache());
+        let v_cache = b.graph.state(&format!("l{l}.v"), cache());
+        let norm = b.weight(&n("attn_norm.weight"))?;
+        let h = b.node(&n("attn_norm"), rms.clone(), &[x, norm])?;
+        let q = b.linear(&n("attn_q"), h)?;
+        let k = b.linear(&n("attn_k"), h)?;
+        let v = b.linear(&n("attn_v"), h)?;
+        let q = b.node(&n("q_rope"), rope_op.clone(), &[q, positions, inv_freq])?;
+        let k = b.node(&n("k_rope"), rope_op.clone(), &[k, positions, inv_freq])?;
+        let k_all = b.node(&n("k_write"), Op::KvWrite(KvWrite), &[k_cache, k, table])?;
+        let v_all = b.node(&n("v_write"), Op::KvWrite(KvWrite), &[v_cache, v, table])?;
+        let a = b.node(&n("attn"), attention.clone(), &[q, k_all, v_all, table])?;
+        let o = b.linear(&n("attn_output"), a)?;
+        x = b.node(&n("attn_residual"), Op::Binary(BinaryKind::Add), &[x, o])?;
+        let norm = b.weight(&n("ffn_norm.weight"))?;
+        let h = b.node(&n("ffn_norm"), rms.clone(), &[x, norm])?;
+        let gate = b.linear(&n("ffn_gate"), h)?;
+        let gate = b.node(&n("ffn_silu"), Op::Unary(UnaryKind::Silu), &[gate])?;
+        let up = b.linear(&n("ffn_up"), h)?;
+        let f = b.node(&n("ffn_swiglu"), Op::Binary(BinaryKind::Mul), &[gate, up])?;
+        let f = b.linear(&n("ffn_down"), f)?;
+        x = b.node(&n("ffn_residual"), Op::Binary(BinaryKind::Add), &[x, f])?;
+    }
+    let x_last = b.node("last_rows", Op::Gather, &[x, last])?;
+    let norm = b.weight("output_norm.weight")?;
+    let h = b.node("output_norm", rms, &[x_last, norm])?;
+    // Tied embeddings (SmolLM2) when the file has no separate output matrix.
+    let head = if b.has("output.weight") { b.weight("output.weight")? } else { embedding };
+    let logits = b.node("output", Op::MatMul(MatMul { trans_b: true, activation: Activation::None }), &[h, head])?;
+    b.graph.output(logits, "logits");
+    b.graph.validate()?;
+    Ok((c, b.graph, b.weights))
+}
