@@ -1,9 +1,10 @@
-//! SmolLM2-135M (Q4_1/Q8_0 GGUF) built as a tandem graph from its metadata runs a batched
-//! prefill of three prompts and then greedy decode steps with its KV caches on the CPU, and
-//! matches an independent numpy forward pass over gguf-py's dequantized weights
-//! (tests/reference/make_decoder_reference.py → decoder_smollm2.json): the same greedy tokens
-//! and the top-10 logits within 0.05 at every step. Token ids are given directly, so no
-//! tokenizer is involved. Without the file in the cache the test says so and skips.
+//! SmolLM2-135M (llama: Q4_1/Q8_0) and Qwen2.5-Coder-0.5B (qwen2: Q4_K/Q5_0/Q6_K/Q8_0), each
+//! built as a tandem graph from its GGUF metadata, run a batched prefill of three prompts and
+//! then batched greedy decode steps with their KV caches on the CPU, and match an independent
+//! numpy forward pass over gguf-py's dequantized weights (tests/reference/
+//! make_decoder_reference.py → decoder_<model>.json): the same greedy tokens and the top-10
+//! logits within 0.05 at every step. Token ids are given directly, so no tokenizer is
+//! involved. Without a file in the cache its test says so and skips.
 
 use std::path::Path;
 use tandem_models::decoder::decoder_graph;
@@ -43,16 +44,26 @@ fn check_top(what: &str, logits: &[f32], top: &[(u32, f64)]) -> f64 {
 
 #[test]
 fn smollm2_prefill_and_decode_match_the_numpy_reference() {
-    let path = cache_root().unwrap().join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    check("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", (30, 9, 3, 64));
+}
+
+#[test]
+fn qwen2_prefill_and_decode_match_the_numpy_reference() {
+    check("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", (24, 14, 2, 64));
+}
+
+/// `shape`: layers, heads, kv heads and head dim the metadata must give.
+fn check(model: &str, file_name: &str, shape: (usize, usize, usize, usize)) {
+    let path = cache_root().unwrap().join("models").join(model).join(file_name);
     if !path.is_file() {
-        eprintln!("skipped: {} is not in the cache (run `tandem fetch smollm2`)", path.display());
+        eprintln!("skipped: {} is not in the cache (run `tandem fetch {model}`)", path.display());
         return;
     }
-    let json = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/decoder_smollm2.json");
+    let json = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/reference/decoder_{model}.json"));
     let reference: Reference = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     let file = Gguf::open(&path).unwrap();
     let (config, graph, weights) = decoder_graph(&file).unwrap();
-    assert_eq!((config.layers, config.heads, config.kv_heads, config.head_dim), (30, 9, 3, 64));
+    assert_eq!((config.layers, config.heads, config.kv_heads, config.head_dim), shape);
     let session = Session::new(CpuBackend::new(), graph, &weights).unwrap();
     let capacity = 64;
     let cases = &reference.cases;
@@ -90,7 +101,7 @@ fn smollm2_prefill_and_decode_match_the_numpy_reference() {
         }
     }
     println!(
-        "{} prompts, prefill and {} greedy steps: same tokens, top-10 logits within {worst:.5}",
+        "{model}: {} prompts, prefill and {} greedy steps: same tokens, top-10 logits within {worst:.5}",
         cases.len(),
         cases[0].greedy.len()
     );

@@ -20,13 +20,32 @@ import numpy as np
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
+# Prompts as byte-level BPE pieces (Ġ a space, Ċ a newline), turned into ids by the file's own
+# vocabulary (a piece it lacks is split greedily into the longest pieces it has): a chat turn
+# in the models' template, a grading-style prompt and a plain sentence.
 PROMPTS = [
-    [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3717, 28, 7018, 411, 3365, 2],
-    [504, 3458, 282, 4649, 314],
-    [28, 2],
+    ["<|im_start|>", "user", "Ċ", "What", "Ġis", "Ġthe", "Ġcapital", "Ġof", "ĠFrance", "?", "<|im_end|>", "Ċ",
+     "<|im_start|>", "assistant", "Ċ"],
+    ["Query", ":", "Ġred", "Ġrunning", "Ġshoes", "Ċ", "Product", ":", "ĠNike", "ĠPegasus", "Ġ40", "Ġrunning", "Ġshoe",
+     ",", "Ġred", "Ċ", "Relevant", ":"],
+    ["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis"],
 ]
 STEPS = 8
 TOP = 10
+
+
+def encode(pieces, vocab):
+    ids = []
+    for piece in pieces:
+        while piece:
+            for end in range(len(piece), 0, -1):
+                if piece[:end] in vocab:
+                    ids.append(vocab[piece[:end]])
+                    piece = piece[end:]
+                    break
+            else:
+                raise SystemExit(f"no vocabulary entry starts {piece!r}")
+    return ids
 
 
 def field(reader, key, default=None):
@@ -83,6 +102,7 @@ class Decoder:
         )
         self.half = arch == "qwen2"
         self.arch = arch
+        self.vocab = {t: i for i, t in enumerate(field(r, "tokenizer.ggml.tokens"))}
         self.reset()
 
     def reset(self):
@@ -137,7 +157,8 @@ def main():
     name, path = a.model.split("=", 1)
     dec = Decoder(path)
     cases = []
-    for prompt in PROMPTS:
+    for pieces in PROMPTS:
+        prompt = encode(pieces, dec.vocab)
         dec.reset()
         for t in prompt:
             logits = dec.step(t)
