@@ -14,9 +14,11 @@ pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod gather;
+pub mod isa;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod qdot;
 pub mod rope;
 pub mod softlogic;
 
