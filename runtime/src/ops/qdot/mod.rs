@@ -392,18 +392,13 @@ fn quantize(isa: CpuIsa, format: ActFormat, a: &[f32], m: usize, k: usize, s: &m
 fn quantize_row_32(isa: CpuIsa, x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        fn wide(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
-            quantize_blocks_32(x, qs, meta)
-        }
         // SAFETY: AVX2 and FMA are there (`has_avx2` is only true for supported levels).
-        return unsafe { wide(x, qs, meta) };
+        return unsafe { x86_avx2::quantize_32(x, qs, meta) };
     }
     let _ = isa;
     quantize_blocks_32(x, qs, meta)
 }
 
-#[inline(always)]
 fn quantize_blocks_32(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
     for ((x, q), meta) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(meta.chunks_exact_mut(2)) {
         let x: &[f32; 32] = x.try_into().unwrap();
@@ -419,18 +414,13 @@ fn quantize_blocks_32(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
 fn quantize_row_256(isa: CpuIsa, x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx2() {
-        #[target_feature(enable = "avx2,fma")]
-        fn wide(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
-            quantize_blocks_256(x, qs, d, bsums)
-        }
         // SAFETY: AVX2 and FMA are there (`has_avx2` is only true for supported levels).
-        return unsafe { wide(x, qs, d, bsums) };
+        return unsafe { x86_avx2::quantize_256(x, qs, d, bsums) };
     }
     let _ = isa;
     quantize_blocks_256(x, qs, d, bsums)
 }
 
-#[inline(always)]
 fn quantize_blocks_256(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
     for (((x, q), d), bsums) in
         x.chunks_exact(256).zip(qs.chunks_exact_mut(256)).zip(d.iter_mut()).zip(bsums.chunks_exact_mut(16))
@@ -444,8 +434,9 @@ fn quantize_blocks_256(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16
     }
 }
 
-/// `q = round(x / d)` with `d = max|x| / 127` (0 for an all-zero block); returns d. The same
-/// f32 operations on every level, so every level gets the same quants.
+/// `q = round(x / d)` with `d = max|x| / 127` (0 for an all-zero block); returns d. The AVX2
+/// twin (`x86_avx2::quantize_32`) does the same f32 operations, so every level gets the same
+/// quants (for finite inputs).
 #[inline(always)]
 fn quantize_block<const N: usize>(x: &[f32; N], q: &mut [i8; N]) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -456,4 +447,33 @@ fn quantize_block<const N: usize>(x: &[f32; N], q: &mut [i8; N]) -> f32 {
         *q = (v * id).round_ties_even() as i32 as i8;
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every level quantizes to the same bytes, scales and sums (ties to even included).
+    #[test]
+    fn every_level_quantizes_alike() {
+        let k = 512;
+        let mut x: Vec<f32> = (0..3 * k).map(|i| (((i * 7919) % 2001) as f32 - 1000.0) / 37.0).collect();
+        // A block whose values land on exact halves of the step (127 · 0.5 / 127 ...).
+        for (j, v) in x[..32].iter_mut().enumerate() {
+            *v = (j as f32 - 16.0) + 0.5;
+        }
+        x[40] = 16.5;
+        x[k..k + 64].fill(0.0);
+        for format in [ActFormat::Q8x32, ActFormat::Q8x256] {
+            let mut want = Scratch::default();
+            quantize(CpuIsa::Scalar, format, &x, 3, k, &mut want);
+            for isa in CpuIsa::ALL.into_iter().filter(|l| l.supported()) {
+                let mut got = Scratch::default();
+                quantize(isa, format, &x, 3, k, &mut got);
+                assert_eq!(got.qs, want.qs, "{format:?} on {isa}");
+                assert_eq!(got.meta, want.meta, "{format:?} on {isa}");
+                assert_eq!(got.bsums, want.bsums, "{format:?} on {isa}");
+            }
+        }
+    }
 }

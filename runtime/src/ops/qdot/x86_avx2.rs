@@ -171,7 +171,13 @@ unsafe fn dot32<T: Avx2Block, const R: usize>(w: *const u8, blocks: usize, rows:
                 acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), s1, acc[r][1]);
             }
         }
-        std::array::from_fn(|r| hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + odd_sum(side[r]))
+        // (Loops, not closures: a closure would not inherit the target features, and the
+        // intrinsics in it would become calls.)
+        let mut out = [0.0f32; R];
+        for r in 0..R {
+            out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + odd_sum(side[r]);
+        }
+        out
     }
 }
 
@@ -328,7 +334,11 @@ unsafe fn k_dot<const VNNI: bool, const FIVE: bool, const R: usize>(
                 mins[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * d_a), mins[r]);
             }
         }
-        std::array::from_fn(|r| hsum(acc[r]) - hsum(mins[r]))
+        let mut out = [0.0f32; R];
+        for r in 0..R {
+            out[r] = hsum(acc[r]) - hsum(mins[r]);
+        }
+        out
     }
 }
 
@@ -413,7 +423,104 @@ impl<const VNNI: bool> Dot for Q6K<VNNI> {
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(d * d_a), acc[r]);
                 }
             }
-            std::array::from_fn(|r| hsum(acc[r]))
+            let mut out = [0.0f32; R];
+            for r in 0..R {
+                out[r] = hsum(acc[r]);
+            }
+            out
+        }
+    }
+}
+
+/// The largest |x| of 32 values at `p`, and the 4 registers holding them.
+#[inline(always)]
+unsafe fn load_amax(p: *const f32) -> ([__m256; 4], f32) {
+    unsafe {
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let sign = _mm256_set1_ps(-0.0);
+        let (a0, a1) = (_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
+        let (a2, a3) = (_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
+        let m = _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        (v, _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m))))
+    }
+}
+
+/// `round(v · id)` (ties to even) as 32 bytes at `q`; returns the i32 lanes of values 0–15
+/// and 16–31 summed lane-wise (for block and half-block sums).
+#[inline(always)]
+unsafe fn store_quants(v: [__m256; 4], id: f32, q: *mut i8) -> (__m256i, __m256i) {
+    unsafe {
+        let id = _mm256_set1_ps(id);
+        let mut i = [_mm256_setzero_si256(); 4];
+        for j in 0..4 {
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v[j], id));
+            i[j] = _mm256_cvtps_epi32(r);
+        }
+        // packs work per 128-bit lane: bytes come out in dword order 0 4 1 5 2 6 3 7.
+        let b = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // Never −128 (only a NaN input could get there): the kernels' sign tricks need ±127.
+        _mm256_storeu_si256(q.cast(), _mm256_max_epi8(b, _mm256_set1_epi8(-127)));
+        (_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]))
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    unsafe {
+        let x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let x = _mm_add_epi32(x, _mm_unpackhi_epi64(x, x));
+        _mm_cvtsi128_si32(_mm_add_epi32(x, _mm_shuffle_epi32(x, 1)))
+    }
+}
+
+/// `qdot::quantize_blocks_32` in AVX2: the same quants and scales.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_32(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
+    let blocks = (x.len() / 32).min(qs.len() / 32).min(meta.len() / 2);
+    for b in 0..blocks {
+        // SAFETY: block b lies within x, qs and meta (the bounds just above).
+        unsafe {
+            let (v, amax) = load_amax(x.as_ptr().add(32 * b));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let (lo, hi) = store_quants(v, id, qs.as_mut_ptr().add(32 * b));
+            let sum = hsum_i32(_mm256_add_epi32(lo, hi));
+            meta[2 * b] = d;
+            meta[2 * b + 1] = d * sum as f32;
+        }
+    }
+}
+
+/// `qdot::quantize_blocks_256` in AVX2: the same quants, scales and sums.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_256(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+    let blocks = (x.len() / 256).min(qs.len() / 256).min(d.len()).min(bsums.len() / 16);
+    for b in 0..blocks {
+        // SAFETY: block b lies within x, qs, d and bsums (the bounds just above).
+        unsafe {
+            let p = x.as_ptr().add(256 * b);
+            let mut amax = 0.0f32;
+            for c in 0..8 {
+                amax = amax.max(load_amax(p.add(32 * c)).1);
+            }
+            let scale = amax / 127.0;
+            let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            for c in 0..8 {
+                let (v, _) = load_amax(p.add(32 * c));
+                let (lo, hi) = store_quants(v, id, qs.as_mut_ptr().add(256 * b + 32 * c));
+                bsums[16 * b + 2 * c] = hsum_i32(lo) as i16;
+                bsums[16 * b + 2 * c + 1] = hsum_i32(hi) as i16;
+            }
+            d[b] = scale;
         }
     }
 }

@@ -110,7 +110,12 @@ unsafe fn dot32<T: Avx512Block, const R: usize>(w: *const u8, blocks: usize, row
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(d, d_a), acc[r]);
             }
         }
-        std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]) + odd_sum(side[r]))
+        // (Loops, not closures: see the AVX2 twin.)
+        let mut out = [0.0f32; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_ps(acc[r]) + odd_sum(side[r]);
+        }
+        out
     }
 }
 
@@ -247,11 +252,13 @@ unsafe fn k_dot<const VNNI: bool, const FIVE: bool, const R: usize>(
                 mins[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(dmin * d_a), mins[r]);
             }
         }
-        std::array::from_fn(|r| {
+        let mut out = [0.0f32; R];
+        for r in 0..R {
             let m = mins[r];
             let m = _mm_add_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-            _mm512_reduce_add_ps(acc[r]) - _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(m, m), m))
-        })
+            out[r] = _mm512_reduce_add_ps(acc[r]) - _mm_cvtss_f32(_mm_hadd_ps(_mm_hadd_ps(m, m), m));
+        }
+        out
     }
 }
 
@@ -324,7 +331,11 @@ impl<const VNNI: bool> Dot for Q6K<VNNI> {
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(d * d_a), acc[r]);
                 }
             }
-            std::array::from_fn(|r| _mm512_reduce_add_ps(acc[r]))
+            let mut out = [0.0f32; R];
+            for r in 0..R {
+                out[r] = _mm512_reduce_add_ps(acc[r]);
+            }
+            out
         }
     }
 }
