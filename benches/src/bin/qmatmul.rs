@@ -1,7 +1,8 @@
 //! Times matmuls with a GGUF block-quantized weight on the CPU at the shapes of SmolLM2-135M
 //! (Q4_1, Q8_0) and Qwen2.5-0.5B (Q5_0, Q4_K, Q6_K, Q8_0): the dequantize-to-f32 panel path
-//! against the integer-dot path (`ops::qdot`) on every SIMD level this CPU has, for one
-//! activation row (decode) and 128 (prefill), on 1 and 2 threads.
+//! (`ops::matmul::cpu_stored` with `StoredPath::Dequantized`) against the integer-dot path
+//! (`ops::qdot::matmul`) on every SIMD level this CPU has, for one activation row (decode) and
+//! 128 (prefill), on 1 and 2 threads.
 //!
 //! Usage: qmatmul [--quick] [--m M,...] [--threads T,...] [--step]
 //! `--step` times instead all the matmuls of one decode step of each model (distinct weights,
@@ -17,6 +18,7 @@ use tandem_runtime::DType;
 use tandem_runtime::ops::MatMul;
 use tandem_runtime::ops::isa::CpuIsa;
 use tandem_runtime::ops::matmul::{StoredPath, cpu_stored};
+use tandem_runtime::ops::qdot::{self, BlockMatrix};
 
 struct Shape {
     model: &'static str,
@@ -152,14 +154,18 @@ fn main() -> Result<()> {
                     let a: Vec<f32> = (0..m * s.k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
                     let mut out = vec![0.0f32; m * s.n];
                     let p = MatMul { trans_b: true, ..Default::default() }.params(&[m, s.k], &[s.n, s.k], false);
-                    let mut paths = vec![("f32 panels".to_string(), StoredPath::Dequantized)];
-                    paths.extend(levels.iter().map(|&l| (format!("int {l}"), StoredPath::IntegerDot(l))));
+                    let mut paths = vec![("f32 panels".to_string(), None)];
+                    paths.extend(levels.iter().map(|&l| (format!("int {l}"), Some(l))));
                     let mut base = 0.0;
                     for (name, path) in paths {
-                        let secs = time(round, t == 1, || {
-                            cpu_stored(&p, &a, s.dtype, &w, None, &mut out, path).unwrap();
+                        let secs = time(round, t == 1, || match path {
+                            None => cpu_stored(&p, &a, s.dtype, &w, None, &mut out, StoredPath::Dequantized).unwrap(),
+                            Some(isa) => {
+                                let w = BlockMatrix { dtype: s.dtype, bytes: &w, rows: s.n, cols: s.k };
+                                qdot::matmul(isa, w, &a, m, &mut out).unwrap()
+                            }
                         });
-                        if path == StoredPath::Dequantized {
+                        if path.is_none() {
                             base = secs;
                         }
                         println!(
@@ -201,9 +207,8 @@ fn step_table(threads: &[usize], levels: &[CpuIsa]) -> Result<()> {
                 let secs = pool.install(|| {
                     time(0.5, t == 1, || {
                         for (dtype, n, k, w) in &mats {
-                            let p = MatMul { trans_b: true, ..Default::default() }.params(&[1, *k], &[*n, *k], false);
-                            cpu_stored(&p, &a[..*k], *dtype, w, None, &mut out[..*n], StoredPath::IntegerDot(l))
-                                .unwrap();
+                            let w = BlockMatrix { dtype: *dtype, bytes: w, rows: *n, cols: *k };
+                            qdot::matmul(l, w, &a[..*k], 1, &mut out[..*n]).unwrap();
                         }
                     })
                 });

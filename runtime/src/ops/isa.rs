@@ -2,9 +2,10 @@
 //!
 //! Release builds target baseline x86-64, so every vectorised CPU kernel is compiled a second
 //! (third) time for AVX2 and AVX-512 and picked here from what the processor reports. The
-//! environment variable `TANDEM_CPU_ISA` (`avx512`, `avx2` or `scalar`) caps the choice at a
-//! lower level, to compare paths or to work around a machine that misreports its features; it
-//! cannot raise the level above what the processor has. It is read once per process.
+//! environment variable `TANDEM_CPU_ISA` (`avx512`, `avx2` or `scalar`; `avx512-novnni` and
+//! `avx2-novnni` leave out the VNNI dot products) caps the choice at a lower level, to compare
+//! paths or to work around a machine that misreports its features; it cannot raise the level
+//! above what the processor has. It is read once per process.
 
 use std::sync::OnceLock;
 
@@ -81,7 +82,8 @@ impl CpuIsa {
                 Some(cap) => Self::best_up_to(cap),
                 None => {
                     eprintln!(
-                        "tandem: ignoring {CPU_ISA_ENV}={value:?} (valid: avx512, avx2, scalar); using {}",
+                        "tandem: ignoring {CPU_ISA_ENV}={value:?} (valid: avx512, avx512-novnni, avx2, \
+                         avx2-novnni, scalar); using {}",
                         Self::detected().name()
                     );
                     Self::detected()
@@ -91,12 +93,15 @@ impl CpuIsa {
         })
     }
 
-    /// The cap a `TANDEM_CPU_ISA` value names: a family, within which VNNI is used where the
-    /// CPU has it.
+    /// The cap a `TANDEM_CPU_ISA` value names: a family (`avx512`, `avx2`, `scalar`), within
+    /// which VNNI is used where the CPU has it, or a family without VNNI (`avx512-novnni`,
+    /// `avx2-novnni`: the paths of older CPUs, for comparisons).
     pub fn parse_cap(value: &str) -> Option<CpuIsa> {
         match value.trim().to_ascii_lowercase().as_str() {
             "avx512" | "avx-512" => Some(CpuIsa::Avx512Vnni),
+            "avx512-novnni" => Some(CpuIsa::Avx512),
             "avx2" => Some(CpuIsa::AvxVnni),
+            "avx2-novnni" => Some(CpuIsa::Avx2),
             "scalar" | "none" => Some(CpuIsa::Scalar),
             _ => None,
         }
@@ -121,6 +126,7 @@ mod tests {
     #[test]
     fn caps_pick_the_best_level_below_them() {
         assert_eq!(CpuIsa::parse_cap("AVX2"), Some(CpuIsa::AvxVnni));
+        assert_eq!(CpuIsa::parse_cap("avx2-novnni"), Some(CpuIsa::Avx2));
         assert_eq!(CpuIsa::parse_cap("scalar"), Some(CpuIsa::Scalar));
         assert_eq!(CpuIsa::parse_cap("sse"), None);
         assert_eq!(CpuIsa::best_up_to(CpuIsa::Scalar), CpuIsa::Scalar);

@@ -42,16 +42,21 @@ unsafe fn row_slices<'a>(
     bytes: usize,
     values: usize,
     row: &ActRow,
-) -> (&'a [u8], &'a [i8]) {
+) -> (&'a [u8], &'a [u8]) {
     // SAFETY: the caller's contract.
     unsafe { (std::slice::from_raw_parts(w, blocks * bytes), std::slice::from_raw_parts(row.qs, blocks * values)) }
 }
 
-/// The 32-value block types: the integer sum of a block given its 32 activation quants,
-/// the weight's scale, and the factor of the activation's `d·Σq` (the block's min).
+/// The 32-value block types: the integer sum of a block given its 32 activation quants, the
+/// weight's scale, and the factor of the activation's `d·Σq` (the block's min).
 trait Block32 {
     const BYTES: usize;
-    fn block(b: &[u8], a: &[i8]) -> (i32, f32, f32);
+    fn block(b: &[u8], a: &[u8]) -> (i32, f32, f32);
+}
+
+/// An activation quant (an i8 stored as u8).
+fn act(a: u8) -> i32 {
+    i32::from(a as i8)
 }
 
 macro_rules! block32_dot {
@@ -81,8 +86,8 @@ macro_rules! block32_dot {
 pub(super) struct Q8_0;
 impl Block32 for Q8_0 {
     const BYTES: usize = 34;
-    fn block(b: &[u8], a: &[i8]) -> (i32, f32, f32) {
-        let isum = b[2..34].iter().zip(a).map(|(&q, &a)| i32::from(q as i8) * i32::from(a)).sum();
+    fn block(b: &[u8], a: &[u8]) -> (i32, f32, f32) {
+        let isum = b[2..34].iter().zip(a).map(|(&q, &a)| i32::from(q as i8) * act(a)).sum();
         (isum, f16_at(b, 0), 0.0)
     }
 }
@@ -91,10 +96,10 @@ block32_dot!(Q8_0);
 pub(super) struct Q4_0;
 impl Block32 for Q4_0 {
     const BYTES: usize = 18;
-    fn block(b: &[u8], a: &[i8]) -> (i32, f32, f32) {
+    fn block(b: &[u8], a: &[u8]) -> (i32, f32, f32) {
         let mut isum = 0i32;
         for (j, &q) in b[2..18].iter().enumerate() {
-            isum += (i32::from(q & 0x0f) - 8) * i32::from(a[j]) + (i32::from(q >> 4) - 8) * i32::from(a[j + 16]);
+            isum += (i32::from(q & 0x0f) - 8) * act(a[j]) + (i32::from(q >> 4) - 8) * act(a[j + 16]);
         }
         (isum, f16_at(b, 0), 0.0)
     }
@@ -104,10 +109,10 @@ block32_dot!(Q4_0);
 pub(super) struct Q4_1;
 impl Block32 for Q4_1 {
     const BYTES: usize = 20;
-    fn block(b: &[u8], a: &[i8]) -> (i32, f32, f32) {
+    fn block(b: &[u8], a: &[u8]) -> (i32, f32, f32) {
         let mut isum = 0i32;
         for (j, &q) in b[4..20].iter().enumerate() {
-            isum += i32::from(q & 0x0f) * i32::from(a[j]) + i32::from(q >> 4) * i32::from(a[j + 16]);
+            isum += i32::from(q & 0x0f) * act(a[j]) + i32::from(q >> 4) * act(a[j + 16]);
         }
         (isum, f16_at(b, 0), f16_at(b, 2))
     }
@@ -117,13 +122,13 @@ block32_dot!(Q4_1);
 pub(super) struct Q5_0;
 impl Block32 for Q5_0 {
     const BYTES: usize = 22;
-    fn block(b: &[u8], a: &[i8]) -> (i32, f32, f32) {
+    fn block(b: &[u8], a: &[u8]) -> (i32, f32, f32) {
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
         let high = |j: usize| (((qh >> j) & 1) << 4) as i32;
         let mut isum = 0i32;
         for (j, &q) in b[6..22].iter().enumerate() {
-            isum += (i32::from(q & 0x0f) + high(j) - 16) * i32::from(a[j])
-                + (i32::from(q >> 4) + high(j + 16) - 16) * i32::from(a[j + 16]);
+            isum += (i32::from(q & 0x0f) + high(j) - 16) * act(a[j])
+                + (i32::from(q >> 4) + high(j + 16) - 16) * act(a[j + 16]);
         }
         (isum, f16_at(b, 0), 0.0)
     }
@@ -167,7 +172,7 @@ fn k_dot<const R: usize>(
             let (sc, mn) = k_scales(&b[4..16]);
             let (mut isum, mut msum) = (0i32, 0i32);
             for s in 0..8 {
-                let sub: i32 = (0..32).map(|l| quant(b, 32 * s + l) * i32::from(a[32 * s + l])).sum();
+                let sub: i32 = (0..32).map(|l| quant(b, 32 * s + l) * i32::from(a[32 * s + l] as i8)).sum();
                 isum += i32::from(sc[s]) * sub;
                 msum += i32::from(mn[s]) * (i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]));
             }
@@ -219,7 +224,7 @@ impl Dot for Q6K {
                             let i = 128 * h + 32 * t + l;
                             let low = (ql[64 * h + 32 * (t % 2) + l] >> (4 * (t / 2))) & 0x0f;
                             let high = (qh[32 * h + l] >> (2 * t)) & 0x03;
-                            sub[i / 16] += (i32::from(low | (high << 4)) - 32) * i32::from(a[i]);
+                            sub[i / 16] += (i32::from(low | (high << 4)) - 32) * i32::from(a[i] as i8);
                         }
                     }
                 }

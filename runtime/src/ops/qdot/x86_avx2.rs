@@ -73,15 +73,6 @@ unsafe fn hsum(v: __m256) -> f32 {
     }
 }
 
-/// Lanes 1 and 3 summed (the min terms of block pairs).
-#[inline(always)]
-pub(super) unsafe fn odd_sum(v: __m128) -> f32 {
-    unsafe {
-        let x = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        _mm_cvtss_f32(_mm_movehdup_ps(x))
-    }
-}
-
 /// The 32 quants of a block's 16 nibble bytes: low nibbles first, then the high ones (no
 /// cross-lane shuffle: a broadcast load, a shift and a blend).
 #[inline(always)]
@@ -110,15 +101,27 @@ unsafe fn fifth_bits(bits: u32) -> __m256i {
     }
 }
 
-/// The 32-value block types, shared with the AVX-512 kernels (which take the same scales).
+/// The 32-value block types, shared with the AVX-512 kernels: values are `d·(u − OFFSET)`
+/// (+ m for Q4_1) with u the block's unsigned quants.
 pub(super) trait Block32 {
     const BYTES: usize;
-    /// `[d0, c0, d1, c1]` for the blocks at p0 and p1: the factors of the activation's `d`
-    /// and `d·Σq` (the block's min, or its offset times d).
+    const OFFSET: i8;
+    /// Has a min (Q4_1): `m · d_a·Σq_a` is added per block.
+    const MIN: bool = false;
+    /// `[d0, m0, d1, m1]` for the blocks at p0 and p1 (m = 0 without a min).
     unsafe fn scales(p0: *const u8, p1: *const u8) -> __m128;
 }
 
-/// `[d0, d0, d1, d1] · [1, off, 1, off]`: the scales of a type whose values are `d·(q + off)`.
+/// `[d0, 0, d1, 0]` from the f16 scales at the start of two blocks.
+#[inline(always)]
+pub(super) unsafe fn two_scales(p0: *const u8, p1: *const u8) -> __m128 {
+    unsafe {
+        let (h0, h1) = (u64::from(read_u16(p0)), u64::from(read_u16(p1)));
+        _mm_cvtph_ps(_mm_cvtsi64_si128((h0 | (h1 << 32)) as i64))
+    }
+}
+
+/// `[d0, d0, d1, d1] · [1, off, 1, off]`.
 #[inline(always)]
 unsafe fn offset_scales(p0: *const u8, p1: *const u8, off: f32) -> __m128 {
     unsafe {
@@ -128,54 +131,63 @@ unsafe fn offset_scales(p0: *const u8, p1: *const u8, off: f32) -> __m128 {
     }
 }
 
-/// A 32-value block type's AVX2 side: its 32 quants as a register, and their dot with 32
-/// activation quants.
+/// A 32-value block type's AVX2 side. Here the activations are signed and the weight's
+/// quants unsigned (`vpdpbusd(u, a)`), and the offset joins the min as a per-block term:
+/// `d·d_a·Σ u·a + c·d_a·Σa` with `c = m` or `−OFFSET·d` (on AVX2 the per-block correction of
+/// the AVX-512 scheme costs more than this term).
 trait Avx2Block: Block32 {
     const VNNI: bool;
     unsafe fn quants(p: *const u8) -> __m256i;
+    /// `[d0, c0, d1, c1]`: the factors of the activation's `d` and `d·Σq`.
+    unsafe fn side_scales(p0: *const u8, p1: *const u8) -> __m128;
     #[inline(always)]
-    unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
-        unsafe { if Self::VNNI { dot_u8i8::<true>(acc, w, a) } else { dot_u8i8::<false>(acc, w, a) } }
+    unsafe fn dot(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
+        unsafe { if Self::VNNI { dot_u8i8::<true>(acc, u, a) } else { dot_u8i8::<false>(acc, u, a) } }
     }
 }
 
 /// A zero block, standing in for the missing second block of an odd count (its scales are 0,
-/// and the activation's padding block is zero too).
+/// so whatever its quants give is multiplied by 0).
 pub(super) static ZERO_BLOCK: [u8; 64] = [0; 64];
 
 /// Blocks in pairs, a tile of R activation rows per weight block. Per row and block: the
 /// byte dot, its conversion, the block's scale (weight's times activation's) and an FMA;
-/// per pair one FMA of the min terms.
+/// per pair one FMA of the min terms, into the same accumulator (its low lanes 1 and 3).
 #[inline(always)]
 unsafe fn dot32<T: Avx2Block, const R: usize>(w: *const u8, blocks: usize, rows: &[ActRow; R]) -> [f32; R] {
     unsafe {
-        // One accumulator per block of the pair: two independent FMA chains.
+        // One tile row alone gets an accumulator per block of the pair, for two independent
+        // FMA chains; with more rows the chains of the rows interleave, and registers are
+        // short (16).
+        let second = if R == 1 { 1 } else { 0 };
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let mut side = [_mm_setzero_ps(); R];
         let lane2 = _mm256_set1_epi32(2);
         for pair in 0..blocks.div_ceil(2) {
             let p0 = w.add(2 * pair * T::BYTES);
             let p1 = if 2 * pair + 1 < blocks { p0.add(T::BYTES) } else { ZERO_BLOCK.as_ptr() };
-            let sc = T::scales(p0, p1);
+            let sc = T::side_scales(p0, p1);
             let (d0, d1) = (_mm256_broadcastss_ps(sc), _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sc), lane2));
+            // [0, c0, 0, c1]: the min terms land in lanes 1 and 3, the rest adds 0.
+            let mins = _mm256_zextps128_ps256(_mm_blend_ps(sc, _mm_setzero_ps(), 0b0101));
             let (w0, w1) = (T::quants(p0), T::quants(p1));
             for r in 0..R {
                 let a = rows[r].qs.add(64 * pair);
                 let meta = rows[r].meta.add(4 * pair);
-                side[r] = _mm_fmadd_ps(sc, _mm_loadu_ps(meta), side[r]);
                 let i0 = T::dot(_mm256_setzero_si256(), w0, _mm256_loadu_si256(a.cast()));
                 let i1 = T::dot(_mm256_setzero_si256(), w1, _mm256_loadu_si256(a.add(32).cast()));
                 let s0 = _mm256_mul_ps(d0, _mm256_broadcast_ss(&*meta));
                 let s1 = _mm256_mul_ps(d1, _mm256_broadcast_ss(&*meta.add(2)));
+                acc[r][0] = _mm256_fmadd_ps(mins, _mm256_zextps128_ps256(_mm_loadu_ps(meta)), acc[r][0]);
                 acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), s0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), s1, acc[r][1]);
+                acc[r][second] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), s1, acc[r][second]);
             }
         }
         // (Loops, not closures: a closure would not inherit the target features, and the
         // intrinsics in it would become calls.)
         let mut out = [0.0f32; R];
         for r in 0..R {
-            out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + odd_sum(side[r]);
+            let total = if R == 1 { _mm256_add_ps(acc[r][0], acc[r][1]) } else { acc[r][0] };
+            out[r] = hsum(total);
         }
         out
     }
@@ -196,9 +208,10 @@ macro_rules! block32 {
 block32!(Q4_0);
 impl<const VNNI: bool> Block32 for Q4_0<VNNI> {
     const BYTES: usize = 18;
+    const OFFSET: i8 = 8;
     #[inline(always)]
     unsafe fn scales(p0: *const u8, p1: *const u8) -> __m128 {
-        unsafe { offset_scales(p0, p1, -8.0) }
+        unsafe { two_scales(p0, p1) }
     }
 }
 impl<const VNNI: bool> Avx2Block for Q4_0<VNNI> {
@@ -207,11 +220,17 @@ impl<const VNNI: bool> Avx2Block for Q4_0<VNNI> {
     unsafe fn quants(p: *const u8) -> __m256i {
         unsafe { nibbles(p.add(2)) }
     }
+    #[inline(always)]
+    unsafe fn side_scales(p0: *const u8, p1: *const u8) -> __m128 {
+        unsafe { offset_scales(p0, p1, -8.0) }
+    }
 }
 
 block32!(Q4_1);
 impl<const VNNI: bool> Block32 for Q4_1<VNNI> {
     const BYTES: usize = 20;
+    const OFFSET: i8 = 0;
+    const MIN: bool = true;
     /// `d` and `m` sit side by side: one conversion gives `[d0, m0, d1, m1]`.
     #[inline(always)]
     unsafe fn scales(p0: *const u8, p1: *const u8) -> __m128 {
@@ -224,14 +243,19 @@ impl<const VNNI: bool> Avx2Block for Q4_1<VNNI> {
     unsafe fn quants(p: *const u8) -> __m256i {
         unsafe { nibbles(p.add(4)) }
     }
+    #[inline(always)]
+    unsafe fn side_scales(p0: *const u8, p1: *const u8) -> __m128 {
+        unsafe { Self::scales(p0, p1) }
+    }
 }
 
 block32!(Q5_0);
 impl<const VNNI: bool> Block32 for Q5_0<VNNI> {
     const BYTES: usize = 22;
+    const OFFSET: i8 = 16;
     #[inline(always)]
     unsafe fn scales(p0: *const u8, p1: *const u8) -> __m128 {
-        unsafe { offset_scales(p0, p1, -16.0) }
+        unsafe { two_scales(p0, p1) }
     }
 }
 impl<const VNNI: bool> Avx2Block for Q5_0<VNNI> {
@@ -240,15 +264,22 @@ impl<const VNNI: bool> Avx2Block for Q5_0<VNNI> {
     unsafe fn quants(p: *const u8) -> __m256i {
         unsafe { _mm256_or_si256(nibbles(p.add(6)), fifth_bits(read_u32(p.add(2)))) }
     }
+    #[inline(always)]
+    unsafe fn side_scales(p0: *const u8, p1: *const u8) -> __m128 {
+        unsafe { offset_scales(p0, p1, -16.0) }
+    }
 }
 
+// Q8_0: the unsigned form of its i8 quants is `q + 128` (xor 0x80): OFFSET 128, which as a
+// wrapping i8 is −128. On AVX2 with VNNI the quants go in offset (min term −128·d); without,
+// `(q + 128)·a` pairs would overflow vpmaddubsw's i16, and the product is `|q| · sign(a, q)`.
 block32!(Q8_0);
 impl<const VNNI: bool> Block32 for Q8_0<VNNI> {
     const BYTES: usize = 34;
-    /// With VNNI the quants are offset by 128 (unsigned), so the min term is −128·d.
+    const OFFSET: i8 = -128;
     #[inline(always)]
     unsafe fn scales(p0: *const u8, p1: *const u8) -> __m128 {
-        unsafe { offset_scales(p0, p1, if VNNI { -128.0 } else { 0.0 }) }
+        unsafe { two_scales(p0, p1) }
     }
 }
 impl<const VNNI: bool> Avx2Block for Q8_0<VNNI> {
@@ -261,12 +292,16 @@ impl<const VNNI: bool> Avx2Block for Q8_0<VNNI> {
         }
     }
     #[inline(always)]
-    unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+    unsafe fn side_scales(p0: *const u8, p1: *const u8) -> __m128 {
+        unsafe { offset_scales(p0, p1, if VNNI { -128.0 } else { 0.0 }) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
         unsafe {
             if VNNI {
-                dot_u8i8::<true>(acc, w, a)
+                dot_u8i8::<true>(acc, u, a)
             } else {
-                dot_u8i8::<false>(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+                dot_u8i8::<false>(acc, _mm256_abs_epi8(u), _mm256_sign_epi8(a, u))
             }
         }
     }
@@ -447,10 +482,10 @@ unsafe fn load_amax(p: *const f32) -> ([__m256; 4], f32) {
     }
 }
 
-/// `round(v · id)` (ties to even) as 32 bytes at `q`; returns the i32 lanes of values 0–15
-/// and 16–31 summed lane-wise (for block and half-block sums).
+/// `round(v · id)` (ties to even) as 32 bytes at `q`, xor `flip`; returns the i32 lanes of
+/// values 0–15 and 16–31 summed lane-wise (for block and half-block sums).
 #[inline(always)]
-unsafe fn store_quants(v: [__m256; 4], id: f32, q: *mut i8) -> (__m256i, __m256i) {
+unsafe fn store_quants(v: [__m256; 4], id: f32, flip: i8, q: *mut u8) -> (__m256i, __m256i) {
     unsafe {
         let id = _mm256_set1_ps(id);
         let mut i = [_mm256_setzero_si256(); 4];
@@ -462,7 +497,8 @@ unsafe fn store_quants(v: [__m256; 4], id: f32, q: *mut i8) -> (__m256i, __m256i
         let b = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
         let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         // Never −128 (only a NaN input could get there): the kernels' sign tricks need ±127.
-        _mm256_storeu_si256(q.cast(), _mm256_max_epi8(b, _mm256_set1_epi8(-127)));
+        let b = _mm256_max_epi8(b, _mm256_set1_epi8(-127));
+        _mm256_storeu_si256(q.cast(), _mm256_xor_si256(b, _mm256_set1_epi8(flip)));
         (_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]))
     }
 }
@@ -476,12 +512,12 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
     }
 }
 
-/// `qdot::quantize_blocks_32` in AVX2: the same quants and scales.
+/// `qdot::quantize_blocks_32` in AVX2: the same quants (xor `flip`) and scales.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn quantize_32(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
+pub(super) unsafe fn quantize_32(x: &[f32], qs: &mut [u8], meta: &mut [f32], flip: i8) {
     let blocks = (x.len() / 32).min(qs.len() / 32).min(meta.len() / 2);
     for b in 0..blocks {
         // SAFETY: block b lies within x, qs and meta (the bounds just above).
@@ -489,7 +525,7 @@ pub(super) unsafe fn quantize_32(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
             let (v, amax) = load_amax(x.as_ptr().add(32 * b));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let (lo, hi) = store_quants(v, id, qs.as_mut_ptr().add(32 * b));
+            let (lo, hi) = store_quants(v, id, flip, qs.as_mut_ptr().add(32 * b));
             let sum = hsum_i32(_mm256_add_epi32(lo, hi));
             meta[2 * b] = d;
             meta[2 * b + 1] = d * sum as f32;
@@ -502,7 +538,7 @@ pub(super) unsafe fn quantize_32(x: &[f32], qs: &mut [i8], meta: &mut [f32]) {
 /// # Safety
 /// The CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn quantize_256(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+pub(super) unsafe fn quantize_256(x: &[f32], qs: &mut [u8], d: &mut [f32], bsums: &mut [i16]) {
     let blocks = (x.len() / 256).min(qs.len() / 256).min(d.len()).min(bsums.len() / 16);
     for b in 0..blocks {
         // SAFETY: block b lies within x, qs, d and bsums (the bounds just above).
@@ -516,7 +552,7 @@ pub(super) unsafe fn quantize_256(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums
             let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             for c in 0..8 {
                 let (v, _) = load_amax(p.add(32 * c));
-                let (lo, hi) = store_quants(v, id, qs.as_mut_ptr().add(256 * b + 32 * c));
+                let (lo, hi) = store_quants(v, id, 0, qs.as_mut_ptr().add(256 * b + 32 * c));
                 bsums[16 * b + 2 * c] = hsum_i32(lo) as i16;
                 bsums[16 * b + 2 * c + 1] = hsum_i32(hi) as i16;
             }

@@ -3,7 +3,7 @@
 //! CPU has it, else `vpmaddubsw` + `vpmaddwd`; the i16 dot with the K types' scales is
 //! `vpdpwssd` or `vpmaddwd`. Fifth bits (Q5_0, Q5_K) go in through byte masks.
 
-use super::x86_avx2::{Block32, ZERO_BLOCK, odd_sum};
+use super::x86_avx2::{Block32, ZERO_BLOCK};
 use super::{ActRow, Dot, Job, Kernel, drive, k_scales_packed, read_u16, read_u32};
 use crate::tensor::DType;
 use std::arch::x86_64::*;
@@ -75,45 +75,69 @@ unsafe fn nibbles2(p: *const u8, q: *const u8) -> __m512i {
     }
 }
 
-/// A 32-value block type's AVX-512 side: the quants of two blocks as one register, and their
-/// dot with 64 activation quants.
+/// A 32-value block type's AVX-512 side: the unsigned quants of two blocks as one register,
+/// and one activation row's dot with them.
+///
+/// Here the activations come offset by 128 (unsigned, `a + 128`) and the weight's quants go
+/// in signed (`s = u − OFFSET`), so `vpdpbusd(a + 128, s) = Σ a·s + 128·Σ s`: the correction
+/// `−128·Σ s` depends on the weight alone, is made once per block pair (one more
+/// `vpdpbusd`: `−128·Σ u + 128·32·OFFSET`) and starts the sum of every activation row, which
+/// leaves no per-row offset term; the activation's scales come from its table, one load.
 trait Avx512Block: Block32 {
     const VNNI: bool;
     unsafe fn quants2(p0: *const u8, p1: *const u8) -> __m512i;
+    /// `start + Σ (a + 128)·s` per 4 bytes.
     #[inline(always)]
-    unsafe fn dot(acc: __m512i, w: __m512i, a: __m512i) -> __m512i {
-        unsafe { if Self::VNNI { dot_u8i8::<true>(acc, w, a) } else { dot_u8i8::<false>(acc, w, a) } }
+    unsafe fn dot_row(start: __m512i, a_u: __m512i, s: __m512i) -> __m512i {
+        unsafe { if Self::VNNI { dot_u8i8::<true>(start, a_u, s) } else { dot_u8i8::<false>(start, a_u, s) } }
+    }
+    /// What starts each row's sum: `−128 · Σ s` per 4 bytes.
+    #[inline(always)]
+    unsafe fn correction(u: __m512i) -> __m512i {
+        unsafe {
+            let start = _mm512_set1_epi32(512 * i32::from(Self::OFFSET));
+            let minus128 = _mm512_set1_epi8(-128);
+            if Self::VNNI { dot_u8i8::<true>(start, u, minus128) } else { dot_u8i8::<false>(start, u, minus128) }
+        }
     }
 }
 
-/// Blocks in pairs, a tile of R activation rows per pair. Per row and pair: the byte dot, its
-/// conversion, the two blocks' scales (weight's times activation's) and one FMA, and one FMA
-/// of the min terms.
+/// Blocks in pairs, a tile of up to 8 activation rows per pair. Per row and pair: the byte
+/// dot (started from the weight's correction), its conversion, the two blocks' scales
+/// (weight's times the activation's from its table) and one FMA; for Q4_1 one FMA of the min
+/// terms.
 #[inline(always)]
 unsafe fn dot32<T: Avx512Block, const R: usize>(w: *const u8, blocks: usize, rows: &[ActRow; R]) -> [f32; R] {
     unsafe {
         let mut acc = [_mm512_setzero_ps(); R];
-        let mut side = [_mm_setzero_ps(); R];
         // Block 0's scale (lane 0) in the low 8 lanes, block 1's (lane 2) in the high 8.
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+        let offset = _mm512_set1_epi8(T::OFFSET);
         for pair in 0..blocks.div_ceil(2) {
             let p0 = w.add(2 * pair * T::BYTES);
             let p1 = if 2 * pair + 1 < blocks { p0.add(T::BYTES) } else { ZERO_BLOCK.as_ptr() };
             let sc = T::scales(p0, p1);
             let d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sc));
-            let q = T::quants2(p0, p1);
+            // Q4_1: [0, m0, 0, m1] against the activation's [d0, d0·Σq0, d1, d1·Σq1]: the min
+            // terms land in lanes 1 and 3 of the accumulator, the rest adds 0.
+            let mins = _mm512_zextps128_ps512(_mm_blend_ps(sc, _mm_setzero_ps(), 0b0101));
+            let u = T::quants2(p0, p1);
+            let s = _mm512_sub_epi8(u, offset);
+            let c = T::correction(u);
             for r in 0..R {
-                let meta = rows[r].meta.add(4 * pair);
-                side[r] = _mm_fmadd_ps(sc, _mm_loadu_ps(meta), side[r]);
-                let d_a = _mm512_mask_broadcastss_ps(_mm512_set1_ps(*meta), 0xff00, _mm_load_ss(meta.add(2)));
-                let i = T::dot(_mm512_setzero_si512(), q, _mm512_loadu_si512(rows[r].qs.add(64 * pair).cast()));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(d, d_a), acc[r]);
+                if T::MIN {
+                    let meta = _mm512_zextps128_ps512(_mm_loadu_ps(rows[r].meta.add(4 * pair)));
+                    acc[r] = _mm512_fmadd_ps(mins, meta, acc[r]);
+                }
+                let i = T::dot_row(c, _mm512_loadu_si512(rows[r].qs.add(64 * pair).cast()), s);
+                let e = _mm512_mul_ps(d, _mm512_loadu_ps(rows[r].table.add(16 * pair)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), e, acc[r]);
             }
         }
         // (Loops, not closures: see the AVX2 twin.)
         let mut out = [0.0f32; R];
         for r in 0..R {
-            out[r] = _mm512_reduce_add_ps(acc[r]) + odd_sum(side[r]);
+            out[r] = _mm512_reduce_add_ps(acc[r]);
         }
         out
     }
@@ -123,6 +147,7 @@ macro_rules! block32 {
     ($t:ident) => {
         pub(super) struct $t<const VNNI: bool>;
         impl<const VNNI: bool> Dot for $t<VNNI> {
+            const MAX_ROWS: usize = 8;
             #[inline(always)]
             unsafe fn dot<const R: usize>(w: *const u8, blocks: usize, rows: &[ActRow; R]) -> [f32; R] {
                 unsafe { dot32::<Self, R>(w, blocks, rows) }
@@ -130,6 +155,8 @@ macro_rules! block32 {
         }
         impl<const VNNI: bool> Block32 for $t<VNNI> {
             const BYTES: usize = <super::x86_avx2::$t<VNNI> as Block32>::BYTES;
+            const OFFSET: i8 = <super::x86_avx2::$t<VNNI> as Block32>::OFFSET;
+            const MIN: bool = <super::x86_avx2::$t<VNNI> as Block32>::MIN;
             #[inline(always)]
             unsafe fn scales(p0: *const u8, p1: *const u8) -> __m128 {
                 unsafe { <super::x86_avx2::$t<VNNI> as Block32>::scales(p0, p1) }
@@ -169,6 +196,8 @@ impl<const VNNI: bool> Avx512Block for Q5_0<VNNI> {
     }
 }
 
+// Q8_0 as in the AVX2 twin: `q + 128` unsigned, the stored byte signed; without VNNI the
+// activation goes back to signed and the product is `|q| · sign(a, q)`.
 block32!(Q8_0);
 impl<const VNNI: bool> Avx512Block for Q8_0<VNNI> {
     const VNNI: bool = VNNI;
@@ -177,18 +206,29 @@ impl<const VNNI: bool> Avx512Block for Q8_0<VNNI> {
         unsafe {
             let q = _mm512_castsi256_si512(_mm256_loadu_si256(p0.add(2).cast()));
             let q = _mm512_mask_broadcast_i64x4(q, 0xf0, _mm256_loadu_si256(p1.add(2).cast()));
-            if VNNI { _mm512_xor_si512(q, _mm512_set1_epi8(-128)) } else { q }
+            _mm512_xor_si512(q, _mm512_set1_epi8(-128))
         }
     }
     #[inline(always)]
-    unsafe fn dot(acc: __m512i, w: __m512i, a: __m512i) -> __m512i {
+    unsafe fn correction(u: __m512i) -> __m512i {
         unsafe {
             if VNNI {
-                dot_u8i8::<true>(acc, w, a)
+                dot_u8i8::<true>(_mm512_set1_epi32(65536), u, _mm512_set1_epi8(-128))
             } else {
-                // |w| · sign(a, w): AVX-512 has no vpsignb; negate a where w < 0.
-                let a = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(w), _mm512_setzero_si512(), a);
-                dot_u8i8::<false>(acc, _mm512_abs_epi8(w), a)
+                _mm512_setzero_si512()
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot_row(start: __m512i, a_u: __m512i, s: __m512i) -> __m512i {
+        unsafe {
+            if VNNI {
+                dot_u8i8::<true>(start, a_u, s)
+            } else {
+                // |s| · sign(a, s): AVX-512 has no vpsignb; negate a where s < 0.
+                let a = _mm512_xor_si512(a_u, _mm512_set1_epi8(-128));
+                let a = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(s), _mm512_setzero_si512(), a);
+                dot_u8i8::<false>(start, _mm512_abs_epi8(s), a)
             }
         }
     }
