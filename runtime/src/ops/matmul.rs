@@ -194,7 +194,8 @@ pub fn cpu_stored(
     Ok(())
 }
 
-/// A panel of b's rows is dequantized to f32 and multiplied, panels in parallel.
+/// A panel of b's rows is dequantized to f32 (into a buffer each thread keeps) and multiplied
+/// into its columns of `out`, panels in parallel.
 fn dequantized_panels(
     m: usize,
     n: usize,
@@ -204,28 +205,65 @@ fn dequantized_panels(
     b: &[u8],
     out: &mut [f32],
 ) -> Result<()> {
-    let panels: Vec<Vec<f32>> = (0..n.div_ceil(PANEL_ROWS))
-        .into_par_iter()
-        .map(|panel| {
-            let rows = panel * PANEL_ROWS..((panel + 1) * PANEL_ROWS).min(n);
-            let mut w = vec![0.0f32; rows.len() * k];
-            for (r, dst) in rows.clone().zip(w.chunks_exact_mut(k.max(1))) {
-                crate::weights::quant::dequantize_row(b_dtype, b, r, k, dst)?;
-            }
-            let mut c = vec![0.0f32; m * rows.len()];
-            let g = Gemm { m, n: rows.len(), k, trans_b: true, accumulate: false, scale: 1.0 };
-            gemm_into(g, &a[..m * k], &w, &mut c);
-            Ok(c)
-        })
-        .collect::<Result<_>>()?;
-    for (panel, c) in panels.iter().enumerate() {
-        let n0 = panel * PANEL_ROWS;
-        let width = c.len() / m.max(1);
-        for (row, src) in out.chunks_exact_mut(n.max(1)).zip(c.chunks_exact(width.max(1))) {
-            row[n0..n0 + width].copy_from_slice(src);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out[..m * n].fill(0.0);
+        return Ok(());
+    }
+    thread_local! {
+        static PANEL: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    struct Out(*mut f32);
+    // SAFETY: the panels write disjoint columns of `out` (see below).
+    unsafe impl Sync for Out {}
+    impl Out {
+        fn column(&self, c: usize) -> *mut f32 {
+            self.0.wrapping_add(c)
         }
     }
-    Ok(())
+    let dst = Out(out[..m * n].as_mut_ptr());
+    let a = &a[..m * k];
+    (0..n.div_ceil(PANEL_ROWS)).into_par_iter().try_for_each(|panel| {
+        let rows = panel * PANEL_ROWS..((panel + 1) * PANEL_ROWS).min(n);
+        let mut w = PANEL.take();
+        if w.len() < rows.len() * k {
+            w.resize(rows.len() * k, 0.0);
+        }
+        for (r, row) in rows.clone().zip(w.chunks_exact_mut(k)) {
+            crate::weights::quant::dequantize_row(b_dtype, b, r, k, row)?;
+        }
+        // SAFETY: a is m×k (row stride k), w holds rows.len()×k (read as its transpose: row
+        // stride 1, column stride k), and the destination is columns rows.start.. of the
+        // m×n out (row stride n), which no other panel writes. Panels run in parallel, so
+        // each GEMM runs on its own thread.
+        unsafe {
+            gemm::gemm(
+                m,
+                rows.len(),
+                k,
+                dst.column(rows.start),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        PANEL.set(w);
+        Ok(())
+    })
 }
 
 /// One `c = accumulate·c + scale · a · b` product: a `[m, k]`, b `[k, n]` (or `[n, k]` with
