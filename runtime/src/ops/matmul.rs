@@ -166,8 +166,8 @@ pub enum StoredPath {
 
 /// CPU matmul with a stored weight b `[N, K]` (f16, bf16 or GGUF blocks, raw bytes), through
 /// `path` for the block types [`super::qdot`] takes where it is the faster one
-/// ([`super::qdot::preferred`]: many rows on AVX2 go the f32 way); f16 and bf16 are always
-/// dequantized.
+/// ([`super::qdot::preferred`]: many rows of a 32-value type on AVX2 go the f32 way); f16 and
+/// bf16 are always dequantized.
 pub fn cpu_stored(
     p: &MatMulParams,
     a: &[f32],
@@ -179,7 +179,7 @@ pub fn cpu_stored(
 ) -> Result<()> {
     let (m, n, k) = (p.m as usize * p.batch as usize, p.n as usize, p.k as usize);
     match path {
-        StoredPath::IntegerDot(isa) if super::qdot::supports(b_dtype) && super::qdot::preferred(isa, m) => {
+        StoredPath::IntegerDot(isa) if super::qdot::supports(b_dtype) && super::qdot::preferred(isa, b_dtype, m) => {
             let w = super::qdot::BlockMatrix { dtype: b_dtype, bytes: b, rows: n, cols: k };
             super::qdot::matmul(isa, w, &a[..m * k], m, &mut out[..m * n])?
         }

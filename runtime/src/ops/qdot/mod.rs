@@ -29,13 +29,13 @@ use rayon::prelude::*;
 use std::cell::Cell;
 use std::ops::Range;
 
-/// Whether the integer path is the faster one for `rows` activation rows on `isa` (measured
-/// with `benches/src/bin/qmatmul.rs` at SmolLM2 and Qwen2.5 shapes, one thread): always on
-/// AVX-512 (1.0–1.7× the f32 path at 128 rows, VNNI or not) and AVX2 with VNNI (even with it
-/// at 128 rows on two threads); on AVX2 without VNNI below 96 rows, beyond which dequantizing
-/// panels for the f32 GEMM wins by 5–15%.
-pub fn preferred(isa: CpuIsa, rows: usize) -> bool {
-    rows < 96 || isa >= CpuIsa::AvxVnni
+/// Whether the integer path is the faster one for `rows` activation rows of a `dtype` weight
+/// on `isa` (measured with `benches/src/bin/qmatmul.rs` at SmolLM2 and Qwen2.5 shapes, one
+/// thread, 128 rows): always on AVX-512 (1.0–1.6× the f32 path, VNNI or not) and for the K
+/// types (AVX2: 1.1–1.2×); for the 32-value types on AVX2 below 96 rows, beyond which
+/// dequantizing panels for the f32 GEMM wins (the integer path is 0.7–0.9× at 128 rows).
+pub fn preferred(isa: CpuIsa, dtype: DType, rows: usize) -> bool {
+    rows < 96 || isa >= CpuIsa::Avx512 || ActFormat::of(dtype) == ActFormat::Q8x256
 }
 
 /// Whether [`matmul`] takes weights of this dtype.
