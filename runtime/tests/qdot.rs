@@ -184,7 +184,8 @@ fn bad_operands_are_refused() {
 }
 
 /// Through the CPU backend: bias and activation after the product, and the exact option
-/// giving the dequantized product.
+/// giving the dequantized product. (With only the portable kernels, the default path is the
+/// f32 one too: `qdot::preferred`.)
 #[test]
 fn the_cpu_backend_runs_either_path() {
     let mut rng = StdRng::seed_from_u64(3);
@@ -229,7 +230,9 @@ fn the_cpu_backend_runs_either_path() {
                 worst_fast = worst_fast.max(f);
             }
         }
-        assert!(fast.iter().zip(&exact).any(|(f, e)| f != e), "{dtype}: the fast path gave the exact values");
+        if CpuIsa::active() > CpuIsa::Scalar {
+            assert!(fast.iter().zip(&exact).any(|(f, e)| f != e), "{dtype}: the fast path gave the exact values");
+        }
         println!("{dtype}: fast path within {worst_fast:.1e} of the f64 product");
     }
 }

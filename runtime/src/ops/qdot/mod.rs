@@ -34,8 +34,10 @@ use std::ops::Range;
 /// thread, 128 rows): always on AVX-512 (1.0–1.6× the f32 path, VNNI or not) and for the K
 /// types (AVX2: 1.1–1.2×); for the 32-value types on AVX2 below 96 rows, beyond which
 /// dequantizing panels for the f32 GEMM wins (the integer path is 0.7–0.9× at 128 rows).
+/// Never with the portable kernels: they are the reference for the SIMD ones, and the f32
+/// path, with the `gemm` crate's own SIMD, is faster (x86-64: 2–10 GFLOP/s against 4–96).
 pub fn preferred(isa: CpuIsa, dtype: DType, rows: usize) -> bool {
-    rows < 96 || isa >= CpuIsa::Avx512 || ActFormat::of(dtype) == ActFormat::Q8x256
+    isa > CpuIsa::Scalar && (rows < 96 || isa >= CpuIsa::Avx512 || ActFormat::of(dtype) == ActFormat::Q8x256)
 }
 
 /// Whether [`matmul`] takes weights of this dtype.
