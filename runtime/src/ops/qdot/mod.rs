@@ -104,6 +104,8 @@ thread_local! {
 pub(super) struct ActRow {
     pub qs: *const u8,
     pub meta: *const f32,
+    /// Read by the AVX-512 kernels only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub table: *const f32,
     pub bsums: *const i16,
 }
