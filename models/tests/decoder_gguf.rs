@@ -10,8 +10,9 @@ use std::path::Path;
 use tandem_models::decoder::decoder_graph;
 use tandem_models::fetch::cache_root;
 use tandem_runtime::backend::cpu::CpuBackend;
+use tandem_runtime::ops::attention::StepBatch;
 use tandem_runtime::weights::Gguf;
-use tandem_runtime::{HostTensor, Outputs, Session};
+use tandem_runtime::{Outputs, Session};
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -72,22 +73,12 @@ fn check(model: &str, file_name: &str, shape: (usize, usize, usize, usize)) {
     let mut new_tokens: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt.clone()).collect();
     let mut worst = 0.0f64;
     for step in 0..=cases[0].greedy.len() {
-        let (mut ids, mut positions, mut table, mut last) = (vec![], vec![], vec![], vec![]);
+        let mut batch = StepBatch::default();
         for (s, toks) in new_tokens.iter().enumerate() {
-            let start = ids.len() as u32;
-            ids.extend_from_slice(toks);
-            positions.extend((0..toks.len()).map(|i| (lengths[s] + i) as u32));
+            batch.push(s * capacity, lengths[s], toks);
             lengths[s] += toks.len();
-            table.extend([start, toks.len() as u32, (s * capacity) as u32, lengths[s] as u32]);
-            last.push(start + toks.len() as u32 - 1);
         }
-        let n = ids.len();
-        let inputs = [
-            HostTensor::u32(vec![n], ids).unwrap(),
-            HostTensor::u32(vec![n], positions).unwrap(),
-            HostTensor::u32(vec![cases.len(), 4], table).unwrap(),
-            HostTensor::u32(vec![cases.len()], last).unwrap(),
-        ];
+        let inputs = batch.tensors().unwrap();
         let logits = session.run_with_blocking(&inputs, Some(&mut state), Outputs::All).unwrap().remove(0);
         assert_eq!(logits.shape, [cases.len(), config.vocab]);
         let logits = logits.to_f32();

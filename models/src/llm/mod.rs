@@ -1,0 +1,248 @@
+//! Decoder LLMs from GGUF files, end to end: the graph ([`crate::decoder`]), the tokenizer
+//! and chat template the file carries ([`tokenizer`], [`template`]), choosing tokens
+//! ([`sampling`]) and the generation loop over a sequence's KV cache ([`Llm::generate`]).
+
+pub mod sampling;
+pub mod template;
+pub mod tokenizer;
+
+use crate::decoder::{DecoderConfig, decoder_graph};
+use crate::session::{AnySession, AnyState, Device};
+use anyhow::{Result, bail};
+use sampling::{Sampler, SamplingParams, top_logits};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tandem_runtime::Outputs;
+use tandem_runtime::ops::attention::StepBatch;
+use tandem_runtime::weights::Gguf;
+pub use template::{ChatTemplate, Message};
+pub use tokenizer::LlmTokenizer;
+
+/// Longest prompt piece run at once: a long prompt is prefilled in chunks of this many
+/// tokens, so the activations of one run stay bounded whatever the prompt's length.
+const PREFILL_CHUNK: usize = 512;
+
+/// A decoder loaded onto a device, with its tokenizer and chat template.
+pub struct Llm {
+    pub config: DecoderConfig,
+    pub tokenizer: LlmTokenizer,
+    template: Option<ChatTemplate>,
+    session: AnySession,
+}
+
+/// A sequence's KV cache on the device and the ids it holds.
+pub struct Sequence {
+    state: AnyState,
+    cached: Vec<u32>,
+    capacity: usize,
+}
+
+impl Sequence {
+    /// Ids whose keys and values the cache holds, in order.
+    pub fn cached(&self) -> &[u32] {
+        &self.cached
+    }
+    /// Most tokens the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets everything after the first `len` ids (the cache rows past them are simply
+    /// overwritten by what comes next).
+    pub fn truncate(&mut self, len: usize) {
+        self.cached.truncate(len);
+    }
+    /// Device bytes of the cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.state.bytes()
+    }
+}
+
+/// What to generate after a prompt.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt_ids: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Keep going past end-of-generation tokens (for timing, and for references that
+    /// generate a fixed number of tokens).
+    pub ignore_eos: bool,
+    /// How many of the best `(id, logit)` at the first generated position to report.
+    pub top_logits: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// It generated an end-of-generation token (which is in the ids, not in the text).
+    EndOfGeneration,
+    /// It reached `max_tokens`.
+    Length,
+}
+
+impl Finish {
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::EndOfGeneration => "eog",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: Finish,
+    pub first_top: Vec<(u32, f32)>,
+    /// The prompt's run (up to the first token's logits).
+    pub prefill: Duration,
+    /// The runs after the first token's, one per further token.
+    pub decode: Duration,
+    pub decode_steps: usize,
+}
+
+impl Llm {
+    /// Loads a GGUF decoder onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let file = Gguf::open(path)?;
+        let tokenizer = LlmTokenizer::from_gguf(&file)?;
+        let template = match file.get("tokenizer.chat_template") {
+            None => None,
+            Some(_) => {
+                let source = file.get_str("tokenizer.chat_template")?;
+                Some(ChatTemplate::new(source, tokenizer.bos_text(), tokenizer.eos_text())?)
+            }
+        };
+        let (config, graph, weights) = decoder_graph(&file)?;
+        if tokenizer.vocab_size() != config.vocab {
+            bail!(
+                "{}: the tokenizer has {} tokens but the embedding has {} rows",
+                path.display(),
+                tokenizer.vocab_size(),
+                config.vocab
+            );
+        }
+        let session = AnySession::on_tensors(device, graph, &weights)?;
+        Ok(Llm { config, tokenizer, template, session })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.session.backend_name()
+    }
+
+    /// The prompt text of a conversation, through the file's chat template, with the
+    /// assistant's turn opened.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<String> {
+        match &self.template {
+            Some(t) => t.render(messages, true),
+            None => bail!("the model file has no chat template (tokenizer.chat_template): use a raw prompt"),
+        }
+    }
+
+    /// KV-cache bytes per token of context (f32 keys and values of every layer).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.config.layers * 2 * self.config.kv_width() * 4
+    }
+
+    /// An empty sequence with room for `capacity` tokens (at most the model's context).
+    pub fn new_sequence(&self, capacity: usize) -> Result<Sequence> {
+        if capacity == 0 || capacity > self.config.context {
+            bail!("a sequence of {capacity} tokens does not fit the model's context of {}", self.config.context);
+        }
+        let state = self.session.new_state(&[("kv_rows", capacity)])?;
+        Ok(Sequence { state, cached: Vec::new(), capacity })
+    }
+
+    /// Runs `ids` after what `seq` holds and returns the logits after the last of them.
+    pub fn feed(&self, seq: &mut Sequence, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            bail!("nothing to run: no new tokens");
+        }
+        if seq.cached.len() + ids.len() > seq.capacity {
+            bail!(
+                "{} tokens after {} cached do not fit the sequence's {} (the context is {})",
+                ids.len(),
+                seq.cached.len(),
+                seq.capacity,
+                self.config.context
+            );
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
+            bail!("token id {bad} is past the vocabulary of {}", self.config.vocab);
+        }
+        let mut logits = Vec::new();
+        for chunk in ids.chunks(PREFILL_CHUNK) {
+            let mut batch = StepBatch::default();
+            batch.push(0, seq.cached.len(), chunk);
+            let out = self.session.run_with_blocking(&batch.tensors()?, &mut seq.state, Outputs::All)?;
+            seq.cached.extend_from_slice(chunk);
+            logits = out.into_iter().next().expect("the decoder has one output").to_f32();
+        }
+        Ok(logits)
+    }
+
+    /// Generates after `request.prompt_ids` in `seq` (which may already hold a prefix of the
+    /// prompt: only the rest is run), calling `on_text` with each piece of text as it
+    /// completes.
+    pub fn generate(
+        &self,
+        seq: &mut Sequence,
+        request: &GenerateRequest,
+        on_text: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<Generation> {
+        let prompt = &request.prompt_ids;
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        if request.max_tokens == 0 {
+            bail!("max tokens must be at least 1");
+        }
+        // Tokens the cache must hold: the prompt and every generated token but the last.
+        let needed = prompt.len() + request.max_tokens - 1;
+        if needed > seq.capacity {
+            bail!(
+                "the prompt ({} tokens) and {} new tokens need {} positions, more than the {} there are \
+                 (the model's context is {})",
+                prompt.len(),
+                request.max_tokens,
+                needed + 1,
+                seq.capacity,
+                self.config.context
+            );
+        }
+        let mut sampler = Sampler::new(request.sampling, self.config.vocab)?;
+        sampler.observe(prompt);
+        // Reuse the cached prefix the prompt shares, but always run at least its last token.
+        let shared = seq.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        seq.truncate(shared);
+
+        let started = Instant::now();
+        let mut logits = self.feed(seq, &prompt[shared..])?;
+        let prefill = started.elapsed();
+        let first_top = top_logits(&logits, request.top_logits);
+        let mut text_stream = self.tokenizer.stream();
+        let (mut ids, mut text) = (Vec::new(), String::new());
+        let mut finish = Finish::Length;
+        let decode_started = Instant::now();
+        let mut decode_steps = 0;
+        loop {
+            let id = sampler.sample(&mut logits);
+            ids.push(id);
+            if !request.ignore_eos && self.tokenizer.is_end_of_generation(id) {
+                finish = Finish::EndOfGeneration;
+                break;
+            }
+            let piece = text_stream.push(id)?;
+            if !piece.is_empty() {
+                on_text(&piece)?;
+                text.push_str(&piece);
+            }
+            if ids.len() == request.max_tokens {
+                break;
+            }
+            logits = self.feed(seq, &[id])?;
+            decode_steps += 1;
+        }
+        Ok(Generation { ids, text, finish, first_top, prefill, decode: decode_started.elapsed(), decode_steps })
+    }
+}
