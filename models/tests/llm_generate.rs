@@ -118,3 +118,33 @@ fn the_context_bounds_the_sequence() {
     let e = llm.feed(&mut seq, &[100_000]).unwrap_err().to_string();
     assert!(e.contains("past the vocabulary"), "{e}");
 }
+
+#[test]
+fn sequences_in_one_batch_give_what_they_give_alone() {
+    let (_dir, llm) = tiny_llm();
+    let prompts: Vec<Vec<u32>> =
+        ["a", "blue denim jacket", "xyz 42"].iter().map(|t| llm.tokenizer.encode(t).unwrap()).collect();
+    let mut batch = llm.new_cache(3, 24).unwrap();
+    let mut feeds = prompts.clone();
+    // Slot 1 waits a step: a slot with nothing new is skipped.
+    feeds[1].clear();
+    let first = llm.feed_batch(&mut batch, &feeds).unwrap();
+    assert!(first[1].is_empty());
+    let second = llm.feed_batch(&mut batch, &[vec![7], prompts[1].clone(), vec![9]]).unwrap();
+    for (slot, (ids, got)) in [
+        (vec![prompts[0].clone(), vec![7]].concat(), &second[0]),
+        (prompts[1].clone(), &second[1]),
+        (vec![prompts[2].clone(), vec![9]].concat(), &second[2]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut alone = llm.new_sequence(24).unwrap();
+        let want = llm.feed(&mut alone, &ids).unwrap();
+        let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "slot {slot}: batched logits differ by {diff}");
+        assert_eq!(batch.cached(slot), ids.as_slice());
+    }
+    let e = llm.feed_batch(&mut batch, &[vec![1]]).unwrap_err().to_string();
+    assert!(e.contains("1 feeds for a cache of 3 slots"), "{e}");
+}

@@ -30,28 +30,32 @@ pub struct Llm {
     session: AnySession,
 }
 
-/// A sequence's KV cache on the device and the ids it holds.
-pub struct Sequence {
+/// KV caches on the device for one or more sequences ("slots", each of up to `capacity`
+/// tokens, side by side in one state so that they run as one batch), and the ids each holds.
+pub struct KvCache {
     state: AnyState,
-    cached: Vec<u32>,
+    cached: Vec<Vec<u32>>,
     capacity: usize,
 }
 
-impl Sequence {
-    /// Ids whose keys and values the cache holds, in order.
-    pub fn cached(&self) -> &[u32] {
-        &self.cached
+impl KvCache {
+    /// Ids whose keys and values slot `slot` holds, in order.
+    pub fn cached(&self, slot: usize) -> &[u32] {
+        &self.cached[slot]
     }
-    /// Most tokens the cache holds.
+    pub fn slots(&self) -> usize {
+        self.cached.len()
+    }
+    /// Most tokens a slot holds.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
-    /// Forgets everything after the first `len` ids (the cache rows past them are simply
-    /// overwritten by what comes next).
-    pub fn truncate(&mut self, len: usize) {
-        self.cached.truncate(len);
+    /// Forgets everything in `slot` after its first `len` ids (the cache rows past them are
+    /// simply overwritten by what comes next).
+    pub fn truncate(&mut self, slot: usize, len: usize) {
+        self.cached[slot].truncate(len);
     }
-    /// Device bytes of the cache.
+    /// Device bytes of the caches.
     pub fn cache_bytes(&self) -> usize {
         self.state.bytes()
     }
@@ -144,49 +148,90 @@ impl Llm {
         self.config.layers * 2 * self.config.kv_width() * 4
     }
 
-    /// An empty sequence with room for `capacity` tokens (at most the model's context).
-    pub fn new_sequence(&self, capacity: usize) -> Result<Sequence> {
+    /// An empty cache of one sequence with room for `capacity` tokens (at most the model's
+    /// context).
+    pub fn new_sequence(&self, capacity: usize) -> Result<KvCache> {
+        self.new_cache(1, capacity)
+    }
+
+    /// Empty caches for `slots` sequences of up to `capacity` tokens each.
+    pub fn new_cache(&self, slots: usize, capacity: usize) -> Result<KvCache> {
         if capacity == 0 || capacity > self.config.context {
             bail!("a sequence of {capacity} tokens does not fit the model's context of {}", self.config.context);
         }
-        let state = self.session.new_state(&[("kv_rows", capacity)])?;
-        Ok(Sequence { state, cached: Vec::new(), capacity })
+        if slots == 0 {
+            bail!("a cache needs at least one sequence slot");
+        }
+        let rows = slots.checked_mul(capacity).ok_or_else(|| anyhow::anyhow!("{slots} × {capacity} rows overflow"))?;
+        let state = self.session.new_state(&[("kv_rows", rows)])?;
+        Ok(KvCache { state, cached: vec![Vec::new(); slots], capacity })
     }
 
-    /// Runs `ids` after what `seq` holds and returns the logits after the last of them.
-    pub fn feed(&self, seq: &mut Sequence, ids: &[u32]) -> Result<Vec<f32>> {
+    /// Runs `ids` after what slot 0 of `cache` holds and returns the logits after the last.
+    pub fn feed(&self, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
         if ids.is_empty() {
             bail!("nothing to run: no new tokens");
         }
-        if seq.cached.len() + ids.len() > seq.capacity {
-            bail!(
-                "{} tokens after {} cached do not fit the sequence's {} (the context is {})",
-                ids.len(),
-                seq.cached.len(),
-                seq.capacity,
-                self.config.context
-            );
-        }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
-            bail!("token id {bad} is past the vocabulary of {}", self.config.vocab);
-        }
-        let mut logits = Vec::new();
-        for chunk in ids.chunks(PREFILL_CHUNK) {
-            let mut batch = StepBatch::default();
-            batch.push(0, seq.cached.len(), chunk);
-            let out = self.session.run_with_blocking(&batch.tensors()?, &mut seq.state, Outputs::All)?;
-            seq.cached.extend_from_slice(chunk);
-            logits = out.into_iter().next().expect("the decoder has one output").to_f32();
-        }
-        Ok(logits)
+        let mut feeds = vec![Vec::new(); cache.slots()];
+        feeds[0] = ids.to_vec();
+        Ok(self.feed_batch(cache, &feeds)?.swap_remove(0))
     }
 
-    /// Generates after `request.prompt_ids` in `seq` (which may already hold a prefix of the
-    /// prompt: only the rest is run), calling `on_text` with each piece of text as it
+    /// Runs each slot's new ids (`feeds[slot]`, empty for a slot with nothing new) after what
+    /// it holds, all slots in the same runs, and returns the logits after each slot's last
+    /// new id (empty for a slot with nothing new). Long prompts go in chunks.
+    pub fn feed_batch(&self, cache: &mut KvCache, feeds: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        if feeds.len() != cache.slots() {
+            bail!("{} feeds for a cache of {} slots", feeds.len(), cache.slots());
+        }
+        for (slot, ids) in feeds.iter().enumerate() {
+            if cache.cached[slot].len() + ids.len() > cache.capacity {
+                bail!(
+                    "{} tokens after {} cached do not fit the sequence's {} (the context is {})",
+                    ids.len(),
+                    cache.cached[slot].len(),
+                    cache.capacity,
+                    self.config.context
+                );
+            }
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
+                bail!("token id {bad} is past the vocabulary of {}", self.config.vocab);
+            }
+        }
+        let vocab = self.config.vocab;
+        let mut logits = vec![Vec::new(); feeds.len()];
+        let mut done = vec![0usize; feeds.len()];
+        // Each run takes up to PREFILL_CHUNK more tokens of every slot that has some left.
+        loop {
+            let mut batch = StepBatch::default();
+            let mut in_batch = Vec::new();
+            for (slot, ids) in feeds.iter().enumerate() {
+                let chunk = &ids[done[slot]..(done[slot] + PREFILL_CHUNK).min(ids.len())];
+                if chunk.is_empty() {
+                    continue;
+                }
+                batch.push(slot * cache.capacity, cache.cached[slot].len(), chunk);
+                cache.cached[slot].extend_from_slice(chunk);
+                done[slot] += chunk.len();
+                in_batch.push(slot);
+            }
+            if in_batch.is_empty() {
+                return Ok(logits);
+            }
+            let out = self.session.run_with_blocking(&batch.tensors()?, &mut cache.state, Outputs::All)?;
+            let rows = out.into_iter().next().expect("the decoder has one output").to_f32();
+            for (row, &slot) in rows.chunks_exact(vocab).zip(&in_batch) {
+                logits[slot] = row.to_vec();
+            }
+        }
+    }
+
+    /// Generates after `request.prompt_ids` in slot 0 of `seq` (which may already hold a
+    /// prefix of the prompt: only the rest is run), calling `on_text` with each piece of text as it
     /// completes.
     pub fn generate(
         &self,
-        seq: &mut Sequence,
+        seq: &mut KvCache,
         request: &GenerateRequest,
         on_text: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<Generation> {
@@ -213,8 +258,8 @@ impl Llm {
         let mut sampler = Sampler::new(request.sampling, self.config.vocab)?;
         sampler.observe(prompt);
         // Reuse the cached prefix the prompt shares, but always run at least its last token.
-        let shared = seq.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
-        seq.truncate(shared);
+        let shared = seq.cached[0].iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        seq.truncate(0, shared);
 
         let started = Instant::now();
         let mut logits = self.feed(seq, &prompt[shared..])?;
