@@ -177,22 +177,51 @@ pub fn cases(seed: u64) -> Vec<Case> {
             vec![a, b],
         );
     }
-    // matmul with a stored weight (f16, bf16, GGUF blocks) [N, K]: one row, a panel and a
-    // half (N = 129 > 64 rows dequantized at a time), K of one and two 256-value blocks.
+    // matmul with a stored weight (f16, bf16, GGUF blocks) [N, K], dequantized inside the
+    // kernel: every M in {1, 7, 33} (GPUs: the matvec kernel up to 8 rows, tiles beyond) with
+    // every N in {1, 7, 129} (past a 64-row CPU panel and a 64-wide GPU tile), K of 1 to 3
+    // blocks (f16 and bf16 rows also of 67 and 130 values: not whole 8-value steps), leading
+    // batch dims (folded into rows: b is shared), bias and activations on and off.
     for dtype in DType::ALL.into_iter().filter(|d| !matches!(d, DType::F32 | DType::U32)) {
-        for &(m, k, n, bias) in &[(1, 256, 1, false), (7, 512, 129, true)] {
-            let mut inputs = vec![uniform(rng, &[m, k], -1.0, 1.0), random_weight(rng, dtype, n, k)];
+        let values = dtype.block().values;
+        let ks: Vec<usize> = if values == 1 { vec![1, 67, 2, 130, 3] } else { (1..=3).map(|b| b * values).collect() };
+        let epilogues = [
+            (false, Activation::None),
+            (true, Activation::Gelu),
+            (false, Activation::Relu),
+            (true, Activation::None),
+            (true, Activation::Relu),
+            (false, Activation::Gelu),
+        ];
+        let mut shapes: Vec<(Vec<usize>, usize)> = Vec::new(); // (a's shape but K, N)
+        for m in [1, 7, 33] {
+            for n in [1, 7, 129] {
+                shapes.push((vec![m], n));
+            }
+        }
+        shapes.extend([(vec![3, 1], 7), (vec![2, 7], 129), (vec![2, 3, 11], 33)]);
+        for (i, (lead, n)) in shapes.into_iter().enumerate() {
+            let k = ks[i % ks.len()];
+            let (bias, activation) = epilogues[i % epilogues.len()];
+            let mut inputs =
+                vec![uniform(rng, &[&lead[..], &[k]].concat(), -1.0, 1.0), random_weight(rng, dtype, n, k)];
             if bias {
                 inputs.push(uniform(rng, &[n], -1.0, 1.0));
             }
-            let op = Op::MatMul(MatMul {
-                trans_b: true,
-                activation: if bias { Activation::Gelu } else { Activation::None },
-            });
-            add(format!("matmul_{dtype}_{m}x{k}x{n}_bias{bias}"), op, inputs);
+            add(
+                format!("matmul_{dtype}_{lead:?}x{k}x{n}_bias{bias}_{activation:?}"),
+                Op::MatMul(MatMul { trans_b: true, activation }),
+                inputs,
+            );
         }
-        let ids = HostTensor::u32(vec![5], vec![0, 6, 2, 99, 6]).unwrap(); // 99: out of range
-        add(format!("gather_{dtype}_7x256"), Op::Gather, vec![random_weight(rng, dtype, 7, 256), ids]);
+        // gather from a stored table: rows of 3 and 2 blocks (f16, bf16: 3 and 67 values), ids
+        // out of range (99, 1000).
+        for (i, &(vocab, ids)) in [(7, &[0u32, 6, 2, 99, 6][..]), (30, &[29, 0, 1000, 3, 3, 17, 28])].iter().enumerate()
+        {
+            let dim = if i == 0 { ks[ks.len() - 1] } else { ks[1] };
+            let ids = HostTensor::u32(vec![ids.len()], ids.to_vec()).unwrap();
+            add(format!("gather_{dtype}_{vocab}x{dim}"), Op::Gather, vec![random_weight(rng, dtype, vocab, dim), ids]);
+        }
     }
     // LoRA matmul: ranks 1 to 65 (r off the K step of the kernels too), K and r on and off
     // the 16-byte load paths, bias, activations, leading batch dims folded into rows.

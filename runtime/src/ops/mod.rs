@@ -168,6 +168,18 @@ impl OpKind {
     }
 }
 
+/// The file stem of the stored-weight kernels: `shaders/quant.wgsl` and `cuda/quant.cu` hold
+/// the kernels of the ops whose weight operand is stored (f16, bf16 or GGUF blocks) and
+/// dequantized inside the kernel ([`Op::stored_weight`]). Each is built once per weight dtype
+/// (a WGSL pipeline-overridable constant, a CUDA `-D` define), so every build keeps these
+/// entry-point names.
+pub const STORED_WEIGHT_STEM: &str = "quant";
+
+/// The stored-weight kernels of each op, in `STORED_WEIGHT_STEM`: matmul runs `matvec_stored`
+/// for a few rows of activations (decoding) and `matmul_stored` (tiled) for more.
+pub const STORED_WEIGHT_KERNELS: &[(OpKind, &[&str])] =
+    &[(OpKind::MatMul, &["matvec_stored", "matmul_stored"]), (OpKind::Gather, &["gather_stored"])];
+
 /// Every kernel's `#[repr(C)]` params struct, in one enum: what a backend passes as a
 /// launch's first argument. WGSL (`shaders/`) and CUDA (`cuda/params.cuh`) mirror each struct
 /// field for field; tests/tests/cuda_kernels.rs checks both against [`KernelParams::STRUCTS`].
@@ -318,6 +330,18 @@ impl Op {
                 }
                 Ok(vec![TensorType::new(from.dtype, shape.clone())])
             }
+        }
+    }
+
+    /// The dtype of the weight the op dequantizes inside its kernel, when it reads one: matmul
+    /// of f32 activations by b stored as f16, bf16 or GGUF blocks, or gather from such a table.
+    /// GPU backends run these through the stored-weight kernels ([`STORED_WEIGHT_KERNELS`]).
+    pub fn stored_weight(&self, inputs: &[DType]) -> Option<DType> {
+        let stored = |d: DType| d.is_quantized() || matches!(d, DType::F16 | DType::BF16);
+        match (self, inputs) {
+            (Op::MatMul(_), [DType::F32, b, ..]) if stored(*b) => Some(*b),
+            (Op::Gather, [table, DType::U32]) if stored(*table) => Some(*table),
+            _ => None,
         }
     }
 
