@@ -88,13 +88,14 @@ fn check(model: &str, file_name: &str) {
     }
 
     // Greedy continuations of all prompts in one batch.
-    let mut seqs: Vec<_> = prompts.iter().map(|p| llm.new_sequence(p.len() + NEW_TOKENS).unwrap()).collect();
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    let mut cache = llm.new_cache(prompts.len(), longest + NEW_TOKENS).unwrap();
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); cases.len()];
     let mut first_logits: Vec<Vec<f32>> = Vec::new();
     for step in 0..NEW_TOKENS {
         let feeds: Vec<Vec<u32>> =
             if step == 0 { prompts.clone() } else { generated.iter().map(|g| vec![*g.last().unwrap()]).collect() };
-        let rows = llm.feed_batch(&mut seqs, &feeds).unwrap();
+        let rows = llm.feed_batch(&mut cache, &feeds).unwrap();
         for (s, logits) in rows.into_iter().enumerate() {
             generated[s].push(argmax(&logits));
             if step == 0 {
