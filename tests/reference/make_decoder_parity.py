@@ -21,7 +21,9 @@ last prompt token; per case an `agreement` block (same prompt ids, same first to
 NEW tokens, first step where they part, both tools' top 5 at that step, and the largest
 |logit difference| over the union of both top-10 sets at the first position). Where the two
 tokenizers disagree, llama.cpp is also run on transformers' ids so that the logits compare
-like for like. The model-level `agreement` sums it up.
+like for like. Since one near-tie sends two greedy runs apart for good, `teacher_forced` also
+compares the logits along one path: llama.cpp fed transformers' continuation, step by step
+argmax agreement and logit differences. The model-level `agreement` sums it up.
 
     python -m venv /work/venv-peers
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON ..." /work/venv-peers/bin/pip install \
@@ -221,6 +223,14 @@ class LlamaCpp:
                 llm.eval([nxt])
         return out, steps
 
+    def forced(self, ids, gen):
+        """Teacher forcing: one eval of ids + gen[:-1]; the logits before each token of gen."""
+        llm = self.llm
+        llm.reset()
+        llm.eval(list(ids) + list(gen[:-1]))
+        n = len(ids)
+        return [np.array(llm.scores[n - 1 + i], dtype=np.float32) for i in range(len(gen))]
+
     def builtin_render(self, messages):
         """llama.cpp's own C++ chat-template renderer (llama_chat_apply_template), which matches
         known template families instead of running the Jinja template."""
@@ -272,6 +282,17 @@ def compare(a_ids, a_steps, b_ids, b_steps):
     return out
 
 
+def forced_compare(a_steps, b_steps):
+    """Both tools' logits along the same token path (transformers' greedy continuation)."""
+    diffs, same = [], 0
+    for a, b in zip(a_steps, b_steps):
+        union = sorted(set(np.argsort(-a)[:DIFF_TOP].tolist()) | set(np.argsort(-b)[:DIFF_TOP].tolist()))
+        diffs.append(float(np.max(np.abs(a[union].astype(np.float64) - b[union]))))
+        same += int(np.argmax(a)) == int(np.argmax(b))
+    return {"steps": len(diffs), "argmax_same": same, "max_top10_logit_diff": round(max(diffs), 4),
+            "median_top10_logit_diff": round(float(np.median(diffs)), 4)}
+
+
 def summarize(cases):
     like = [c["agreement"] for c in cases]
     return {
@@ -284,6 +305,9 @@ def summarize(cases):
         "median_top10_logit_diff": round(float(np.median([a["max_top10_logit_diff"] for a in like])), 4),
         "max_top10_logprob_diff": max(a["max_top10_logprob_diff"] for a in like),
         "min_top10_overlap": min(a["top10_overlap"] for a in like),
+        "teacher_forced_argmax_same": f"{sum(c['teacher_forced']['argmax_same'] for c in cases)} of "
+                                      f"{sum(c['teacher_forced']['steps'] for c in cases)}",
+        "teacher_forced_max_top10_logit_diff": max(c["teacher_forced"]["max_top10_logit_diff"] for c in cases),
         "note": "per case, compared on the same prompt ids (transformers' ids where the tokenizers differ)",
     }
 
@@ -359,11 +383,13 @@ def main():
             case["agreement"] = compare(hf_gen, hf_steps, lc2_gen, lc2_steps)
             case["agreement_own_tokenizations"] = {
                 "first_token_same": hf_gen[0] == lc_gen[0], "all_same": hf_gen == lc_gen}
+        case["teacher_forced"] = forced_compare(hf_steps, lc.forced(hf_ids, hf_gen))
         cases.append(case)
         ag = case["agreement"]
         print(f"  {cname}: {len(hf_ids)} prompt tokens (same ids: {case['prompt_ids_same']}), first token "
               f"same {ag['first_token_same']}, all {NEW} same {ag['all_same']} (diverge at {ag['first_divergence']}), "
-              f"max top-10 logit diff {ag['max_top10_logit_diff']}, {time.time() - t:.0f} s", file=sys.stderr)
+              f"max top-10 logit diff {ag['max_top10_logit_diff']}, teacher-forced argmax same "
+              f"{case['teacher_forced']['argmax_same']}/{NEW}, {time.time() - t:.0f} s", file=sys.stderr)
 
     out = {
         "model": name,
@@ -390,6 +416,8 @@ def main():
             "top": TOP,
             "logit_diff": f"max |logit_transformers - logit_llama_cpp| over the union of both top-{DIFF_TOP} ids "
                           "at the first position (and the same for log-probabilities)",
+            "teacher_forced": "llama.cpp fed the prompt plus transformers' greedy tokens in one eval (logits_all); "
+                              "per step, whether the argmax agrees and the top-10 logit diff as above",
         },
         "agreement": summarize(cases),
         "cases": cases,
