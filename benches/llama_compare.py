@@ -77,6 +77,7 @@ def worker(args):
     import llama_cpp
     import numpy as np
 
+    import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Python + numpy + llama_cpp, no model
     spec = json.loads(Path(args.worker).read_text())
     llm = llama_cpp.Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
                           n_threads_batch=spec["threads"], logits_all=False, verbose=True)
@@ -115,6 +116,7 @@ def worker(args):
         "system_info": llama_cpp.llama_print_system_info().decode().strip(),
         "metadata": {k: meta[k] for k in keys if k in meta},
         "self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "import_rss_kib": import_rss,
     }))
 
 
@@ -333,6 +335,8 @@ def main():
                 "median_prefill_tokens_per_s": round(med([x["prefill_tokens_per_s"] for x in rs]), 2),
                 "median_decode_tokens_per_s": round(med([x["decode_tokens_per_s"] for x in rs]), 2),
                 "peak_rss_mib": round(max(x["peak_rss_mib"] for x in rs), 1),
+                "rss_before_model_mib": (round(rs[0]["import_rss_kib"] / 1024, 1) if "import_rss_kib" in rs[0]
+                                         else None),
                 "ids": rs[0].get("ids"),
             }
             if label == "tandem":
@@ -372,7 +376,8 @@ def main():
         print(f"tandem: {report['tandem']}")
     print(f"\n{a.prefill}-token prefill and {a.decode}-token decode, {a.threads} threads, median of {a.rounds} "
           f"rounds (tokens/s; time ratio tandem/llama.cpp, above 1 = tandem slower)")
-    print(f"{'model':20s} {'tool':15s} {'prefill':>9s} {'decode':>8s} {'peak RSS':>9s} {'KV/1000 tok':>12s}")
+    print(f"{'model':20s} {'tool':15s} {'prefill':>9s} {'decode':>8s} {'peak RSS':>9s} {'KV/1000 tok':>12s}"
+          "  (llama.cpp's RSS includes its Python interpreter, numpy and bindings: see rss_before_model_mib)")
     for e in report["models"]:
         for label, t in e["tools"].items():
             kv = t.get("kv_bytes_per_1000_tokens")
