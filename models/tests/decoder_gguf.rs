@@ -15,8 +15,8 @@ use tandem_runtime::backend::Backend;
 use tandem_runtime::backend::cpu::CpuBackend;
 #[cfg(feature = "wgpu")]
 use tandem_runtime::backend::wgpu::WgpuBackend;
-use tandem_runtime::weights::Gguf;
 use tandem_runtime::ops::attention::StepBatch;
+use tandem_runtime::weights::Gguf;
 use tandem_runtime::{Outputs, Session, State};
 
 #[derive(serde::Deserialize)]

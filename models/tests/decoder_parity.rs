@@ -21,7 +21,13 @@ use tandem_models::{BackendChoice, Device};
 
 #[derive(serde::Deserialize)]
 struct Reference {
+    gguf_tokenizer: GgufTokenizer,
     cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct GgufTokenizer {
+    llama_cpp_eog_ids: Vec<u32>,
 }
 
 #[derive(serde::Deserialize)]
@@ -70,6 +76,8 @@ fn check(model: &str, file_name: &str) {
     let reference: Reference = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     let llm = Llm::load(&path, &Device::open_blocking(BackendChoice::Cpu).unwrap()).unwrap();
     let cases = &reference.cases;
+    let eog: Vec<u32> = llm.tokenizer.end_of_generation().collect();
+    assert_eq!(eog, reference.gguf_tokenizer.llama_cpp_eog_ids, "end-of-generation ids differ from llama.cpp's");
 
     // The prompt text and its ids.
     let mut prompts = Vec::new();

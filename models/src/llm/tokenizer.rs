@@ -26,11 +26,32 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 
-/// Texts of control tokens that end a turn in the chat formats tandem knows; llama.cpp
-/// treats them as end-of-generation too even when the metadata names only one EOS id
-/// (Qwen2.5 names `<|im_end|>`, and a raw completion ends with `<|endoftext|>`).
-const END_OF_GENERATION_TEXTS: &[&str] =
-    &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>"];
+/// Texts of tokens that end a generation, whatever their type, as llama.cpp's vocabulary
+/// loader lists them (turn ends, end of text, and a code model's FIM padding, repository
+/// and file separators): it treats them as end-of-generation even when the metadata names
+/// only one EOS id (Qwen2.5 names `<|im_end|>`; a raw completion ends with `<|endoftext|>`),
+/// and the parity references hold its set for both models.
+const END_OF_GENERATION_TEXTS: &[&str] = &[
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "<｜end▁of▁sentence｜>",
+    "</s>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+];
 
 /// The regex of each pre-tokenizer type, as llama.cpp and the models' tokenizer.json split
 /// text before BPE.
@@ -149,8 +170,8 @@ impl LlmTokenizer {
                 .into_iter()
                 .flatten()
                 .collect();
-        for (i, (text, &t)) in tokens.iter().zip(&types).enumerate() {
-            if (t == TOKEN_CONTROL || t == TOKEN_USER_DEFINED) && END_OF_GENERATION_TEXTS.contains(&text.as_str()) {
+        for (i, text) in tokens.iter().enumerate() {
+            if END_OF_GENERATION_TEXTS.contains(&text.as_str()) {
                 end_of_generation.insert(i as u32);
             }
         }
