@@ -66,6 +66,7 @@ pub const FILES: &[KernelFile] = &[
         f32_only: &[],
     },
     KernelFile { stem: "conv", source: include_str!("../../../../cuda/conv.cu"), variants: F32, f32_only: &[] },
+    KernelFile { stem: "sample", source: include_str!("../../../../cuda/sample.cu"), variants: F32, f32_only: &[] },
 ];
 
 pub fn file(stem: &str) -> Option<&'static KernelFile> {

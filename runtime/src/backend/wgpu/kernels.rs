@@ -33,6 +33,7 @@ const SHADERS: &[(&str, &str)] = &[
     shader!("softlogic"),
     shader!("conv"),
     shader!("rope"),
+    shader!("sample"),
 ];
 
 /// WebGPU's limit on workgroups per grid dimension.
@@ -104,6 +105,8 @@ pub(super) fn signature(kind: OpKind) -> Signature {
         OpKind::Conv2d => (3, 1, size_of::<ops::conv::Conv2dParams>()),
         OpKind::Clamp => (1, 1, size_of::<ops::elementwise::ClampParams>()),
         OpKind::GlobalAvgPool => (1, 1, size_of::<ops::conv::GlobalPoolParams>()),
+        // logits, params, seen, keys.
+        OpKind::Sample => (4, 1, size_of::<ops::sample::SampleParams>()),
         OpKind::Reshape => (0, 0, 0),
     };
     Signature { inputs, outputs, params_size: params as u64 }
@@ -240,6 +243,11 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
             // One invocation per (image, channel) plane.
             Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(p.rows as usize)? }
         }
+        Op::Sample => {
+            let p = ops::sample::SampleParams::new(shape(0), shape(2));
+            // One workgroup per sequence row.
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.seqs as usize)? }
+        }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     })
 }
@@ -287,7 +295,7 @@ mod tests {
         assert_eq!(wgsl_const("attention", "BQ"), ATTENTION_BLOCK);
         assert_eq!(wgsl_const("attention", "MAX_D4") * 4, MAX_HEAD_DIM);
         assert_eq!(wgsl_const("attention", "WG_WRITE"), 256, "grid_256 assumes 256 invocations in kv_write");
-        for stem in ["elementwise", "gather", "pool", "softlogic", "conv", "rope"] {
+        for stem in ["elementwise", "gather", "pool", "softlogic", "conv", "rope", "sample"] {
             assert_eq!(wgsl_const(stem, "WG"), 256, "grid_256 assumes 256 invocations in {stem}.wgsl");
         }
     }
