@@ -105,6 +105,9 @@ impl PseudoRandom {
     }
 }
 
+/// A GGUF file's contents before it is written: metadata entries and named tensors.
+pub type GgufContents = (Vec<(String, MetaValue)>, Vec<(String, HostTensor)>);
+
 /// The tiny decoder's context length (`llama.context_length`).
 pub const TINY_LLAMA_CONTEXT: usize = 128;
 
@@ -113,7 +116,7 @@ pub const TINY_LLAMA_CONTEXT: usize = 128;
 /// `<|endoftext|>`, `<|im_start|>` and `<|im_end|>` (no merges), a ChatML template with a
 /// default system prompt, and a context of [`TINY_LLAMA_CONTEXT`]. Tests change entries
 /// before writing it with [`tandem_runtime::weights::gguf::to_bytes`].
-pub fn tiny_llama_gguf() -> (Vec<(String, MetaValue)>, Vec<(String, HostTensor)>) {
+pub fn tiny_llama_gguf() -> GgufContents {
     let (d, layers, heads, kv_heads, ffn) = (16usize, 2usize, 4usize, 2usize, 32usize);
     let mut tokens: Vec<String> = (0u8..=255).map(byte_level_char).map(String::from).collect();
     let mut types = vec![6i32; 256];

@@ -18,6 +18,7 @@ pub mod matmul;
 pub mod norm;
 pub mod pool;
 pub mod rope;
+pub mod sample;
 pub mod softlogic;
 
 pub use attention::{Attention, KvWrite};
@@ -104,6 +105,10 @@ pub enum Op {
     },
     /// The mean over H·W of x `[N, C, H, W]`, giving `[N, C]`.
     GlobalAvgPool,
+    /// The next token of each sequence: inputs logits f32 `[seqs, vocab]`, params f32
+    /// `[seqs, 5]` (temperature, top_k, top_p, min_p, repetition_penalty), seen u32
+    /// `[seqs, n]` and keys u32 `[seqs, 2]`; output ids u32 `[seqs]` (see `ops::sample`).
+    Sample,
 }
 
 /// The op table: for each op kind, its name (in graph files, errors and docs/ops.md) and the
@@ -160,6 +165,7 @@ op_table! {
     // Not "clamp": a WGSL function of that name would shadow the builtin.
     Clamp => "clamp", Some(("elementwise", "clip"));
     GlobalAvgPool => "global_avg_pool", Some(("pool", "global_avg_pool"));
+    Sample => "sample", Some(("sample", "sample"));
 }
 
 impl OpKind {
@@ -225,6 +231,7 @@ use matmul::MatMulParams;
 use norm::NormParams;
 use pool::PoolParams;
 use rope::RopeParams;
+use sample::SampleParams;
 use softlogic::{AggregateParams, SoftLogicParams};
 
 kernel_params! {
@@ -242,6 +249,7 @@ kernel_params! {
     Conv2d(Conv2dParams),
     Clamp(ClampParams),
     GlobalPool(GlobalPoolParams),
+    Sample(SampleParams),
 }
 
 /// What every kernel params struct is: plain `#[repr(C)]` data.
@@ -277,6 +285,7 @@ impl Op {
             Op::Conv2d(_) => OpKind::Conv2d,
             Op::Clamp { .. } => OpKind::Clamp,
             Op::GlobalAvgPool => OpKind::GlobalAvgPool,
+            Op::Sample => OpKind::Sample,
         }
     }
 
@@ -298,6 +307,7 @@ impl Op {
                 Ok(vec![inputs[0].clone()])
             }
             Op::GlobalAvgPool => conv::infer_global_avg_pool(inputs),
+            Op::Sample => sample::infer(inputs),
             Op::Unary(_) => {
                 arity(inputs, 1, 1)?;
                 float(&inputs[0], "input")?;

@@ -73,6 +73,7 @@ pub const FILES: &[KernelFile] = &[
         variants: WEIGHT_VARIANTS,
         f32_only: &[],
     },
+    KernelFile { stem: "sample", source: include_str!("../../../../cuda/sample.cu"), variants: F32, f32_only: &[] },
 ];
 
 pub fn file(stem: &str) -> Option<&'static KernelFile> {

@@ -15,6 +15,7 @@ use crate::ops::gather::GatherParams;
 use crate::ops::matmul::MatMulParams;
 use crate::ops::norm::NormParams;
 use crate::ops::pool::PoolParams;
+use crate::ops::sample::SampleParams;
 use crate::ops::softlogic::{AggregateParams, SoftLogicParams};
 use crate::ops::{LoraMatMul, Op};
 use crate::tensor::DType;
@@ -42,6 +43,7 @@ pub const KERNEL_CONSTANTS: &[(&str, &str, u32)] = &[
     ("quant", "QMM_TM", QMM_TM),
     ("quant", "QMM_TN", QMM_TN),
     ("quant", "QUANT_THREADS", QUANT_THREADS),
+    ("sample", "SAMPLE_THREADS", SAMPLE_THREADS),
 ];
 
 const ELEMENTWISE_THREADS: u32 = 256;
@@ -67,6 +69,7 @@ const QMV_ROWS: u32 = 8;
 const QMM_TM: u32 = 32;
 const QMM_TN: u32 = 64;
 const QUANT_THREADS: u32 = 256;
+const SAMPLE_THREADS: u32 = 256;
 /// The largest attention head dim the CUDA kernel takes (its shared-memory tiles are sized
 /// for it); larger heads are refused with an error.
 pub const MAX_HEAD_DIM: u32 = 128;
@@ -611,6 +614,24 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
             launch.grid = [blocks(p.rows as usize, POOL_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
             launch.block = [POOL_THREADS, 1, 1];
             launch.params = KernelParams::GlobalPool(p);
+        }
+        Op::Sample => {
+            let [logits, params, seen, keys] = inputs else {
+                return Err("sample takes logits, params, seen and keys".into());
+            };
+            let floats = logits.dtype == DType::F32 && params.dtype == DType::F32;
+            let words = seen.dtype == DType::U32 && keys.dtype == DType::U32 && out.dtype == DType::U32;
+            if !floats || !words || logits.shape.len() != 2 || seen.shape.len() != 2 {
+                return Err("sample takes f32 logits [seqs, vocab] and params [seqs, 5], u32 seen [seqs, n] and keys \
+                            [seqs, 2], and writes u32 ids on CUDA"
+                    .into());
+            }
+            let p = SampleParams::new(logits.shape, seen.shape);
+            // A block per sequence row (grid-stride over rows past the grid's limit).
+            launch.grid = [p.seqs.min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [SAMPLE_THREADS, 1, 1];
+            launch.params = KernelParams::Sample(p);
+            launch.args = (0..4).map(Binding::Input).chain([Binding::Output(0)]).collect();
         }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     }

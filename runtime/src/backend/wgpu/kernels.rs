@@ -38,6 +38,7 @@ const SHADERS: &[(&str, &str)] = &[
     shader!("conv"),
     shader!("rope"),
     shader!("quant"),
+    shader!("sample"),
 ];
 
 /// WebGPU's limit on workgroups per grid dimension.
@@ -147,6 +148,8 @@ pub(super) fn signature(kind: OpKind) -> Signature {
         OpKind::Conv2d => (3, 1, size_of::<ops::conv::Conv2dParams>()),
         OpKind::Clamp => (1, 1, size_of::<ops::elementwise::ClampParams>()),
         OpKind::GlobalAvgPool => (1, 1, size_of::<ops::conv::GlobalPoolParams>()),
+        // logits, params, seen, keys.
+        OpKind::Sample => (4, 1, size_of::<ops::sample::SampleParams>()),
         OpKind::Reshape => (0, 0, 0),
     };
     Signature { inputs, outputs, params_size: params as u64 }
@@ -289,6 +292,11 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
             // One invocation per (image, channel) plane.
             Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(p.rows as usize)? }
         }
+        Op::Sample => {
+            let p = ops::sample::SampleParams::new(shape(0), shape(2));
+            // One workgroup per sequence row.
+            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.seqs as usize)? }
+        }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     })
 }
@@ -378,7 +386,7 @@ mod tests {
         assert_eq!(wgsl_const("quant", "MV_ROWS"), MATVEC_ROWS);
         assert_eq!(wgsl_const("quant", "TM"), STORED_TILE_M);
         assert_eq!(wgsl_const("quant", "TN"), STORED_TILE_N);
-        for stem in ["elementwise", "gather", "pool", "softlogic", "conv", "rope", "quant"] {
+        for stem in ["elementwise", "gather", "pool", "softlogic", "conv", "rope", "quant", "sample"] {
             assert_eq!(wgsl_const(stem, "WG"), 256, "grid_256 assumes 256 invocations in {stem}.wgsl");
         }
     }
