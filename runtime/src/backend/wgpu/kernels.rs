@@ -295,7 +295,7 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
         Op::Sample => {
             let p = ops::sample::SampleParams::new(shape(0), shape(2));
             // One workgroup per sequence row.
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.seqs as usize)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.seqs as usize)? }
         }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     })
