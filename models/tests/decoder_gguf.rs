@@ -9,13 +9,12 @@
 //! adapter, a test says so and skips.
 
 use std::path::{Path, PathBuf};
-use tandem_models::decoder::decoder_graph;
+use tandem_models::decoder::{DecoderBatch, SampleRow, decoder_graph};
 use tandem_models::fetch::cache_root;
 use tandem_runtime::backend::Backend;
 use tandem_runtime::backend::cpu::CpuBackend;
 #[cfg(feature = "wgpu")]
 use tandem_runtime::backend::wgpu::WgpuBackend;
-use tandem_runtime::ops::attention::StepBatch;
 use tandem_runtime::weights::Gguf;
 use tandem_runtime::{Outputs, Session, State};
 
@@ -91,9 +90,9 @@ impl<'s, B: Backend> Decoding<'s, B> {
     /// Feeds sequence s the tokens `new_tokens[s]`; returns each sequence's logits after its
     /// last new token.
     fn step(&mut self, new_tokens: &[Vec<u32>]) -> Vec<Vec<f32>> {
-        let mut batch = StepBatch::default();
+        let mut batch = DecoderBatch::default();
         for (s, toks) in new_tokens.iter().enumerate() {
-            batch.push(s * self.capacity, self.lengths[s], toks);
+            batch.push(s * self.capacity, self.lengths[s], toks, SampleRow::greedy());
             self.lengths[s] += toks.len();
             assert!(self.lengths[s] <= self.capacity, "sequence {s} outgrew its KV rows");
         }

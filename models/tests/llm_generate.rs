@@ -146,5 +146,5 @@ fn sequences_in_one_batch_give_what_they_give_alone() {
         assert_eq!(batch.cached(slot), ids.as_slice());
     }
     let e = llm.feed_batch(&mut batch, &[vec![1]]).unwrap_err().to_string();
-    assert!(e.contains("1 feeds for a cache of 3 slots"), "{e}");
+    assert!(e.contains("1 feeds and 1 sampling rows for a cache of 3 slots"), "{e}");
 }

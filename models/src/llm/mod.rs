@@ -6,14 +6,13 @@ pub mod sampling;
 pub mod template;
 pub mod tokenizer;
 
-use crate::decoder::{DecoderConfig, decoder_graph};
+use crate::decoder::{DecoderBatch, DecoderConfig, SampleRow, decoder_graph};
 use crate::session::{AnySession, AnyState, Device};
 use anyhow::{Result, bail};
 use sampling::{Sampler, SamplingParams, top_logits};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tandem_runtime::Outputs;
-use tandem_runtime::ops::attention::StepBatch;
 use tandem_runtime::weights::Gguf;
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::LlmTokenizer;
@@ -59,6 +58,15 @@ impl KvCache {
     pub fn cache_bytes(&self) -> usize {
         self.state.bytes()
     }
+}
+
+/// What a run of [`Llm::step_batch`] gives per slot (None and empty for slots that did not
+/// run).
+pub struct StepOutput {
+    /// The next token, chosen on the device.
+    pub next: Vec<Option<u32>>,
+    /// The logits after the slot's last new token, when they were asked for.
+    pub logits: Vec<Vec<f32>>,
 }
 
 /// What to generate after a prompt.
@@ -181,8 +189,21 @@ impl Llm {
     /// it holds, all slots in the same runs, and returns the logits after each slot's last
     /// new id (empty for a slot with nothing new). Long prompts go in chunks.
     pub fn feed_batch(&self, cache: &mut KvCache, feeds: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        if feeds.len() != cache.slots() {
-            bail!("{} feeds for a cache of {} slots", feeds.len(), cache.slots());
+        let rows = vec![SampleRow::greedy(); feeds.len()];
+        Ok(self.step_batch(cache, feeds, &rows, true)?.logits)
+    }
+
+    /// [`Llm::feed_batch`] that also picks each slot's next token on the device by its
+    /// sampling row, and reads back the logits only when `want_logits`.
+    pub fn step_batch(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Vec<u32>],
+        rows: &[SampleRow],
+        want_logits: bool,
+    ) -> Result<StepOutput> {
+        if feeds.len() != cache.slots() || rows.len() != cache.slots() {
+            bail!("{} feeds and {} sampling rows for a cache of {} slots", feeds.len(), rows.len(), cache.slots());
         }
         for (slot, ids) in feeds.iter().enumerate() {
             if cache.cached[slot].len() + ids.len() > cache.capacity {
@@ -199,29 +220,39 @@ impl Llm {
             }
         }
         let vocab = self.config.vocab;
-        let mut logits = vec![Vec::new(); feeds.len()];
+        let mut output = StepOutput { next: vec![None; feeds.len()], logits: vec![Vec::new(); feeds.len()] };
         let mut done = vec![0usize; feeds.len()];
+        let outputs: &[&str] = if want_logits { &["next", "logits"] } else { &["next"] };
         // Each run takes up to PREFILL_CHUNK more tokens of every slot that has some left.
         loop {
-            let mut batch = StepBatch::default();
+            let mut batch = DecoderBatch::default();
             let mut in_batch = Vec::new();
             for (slot, ids) in feeds.iter().enumerate() {
                 let chunk = &ids[done[slot]..(done[slot] + PREFILL_CHUNK).min(ids.len())];
                 if chunk.is_empty() {
                     continue;
                 }
-                batch.push(slot * cache.capacity, cache.cached[slot].len(), chunk);
+                batch.push(slot * cache.capacity, cache.cached[slot].len(), chunk, rows[slot].clone());
                 cache.cached[slot].extend_from_slice(chunk);
                 done[slot] += chunk.len();
                 in_batch.push(slot);
             }
             if in_batch.is_empty() {
-                return Ok(logits);
+                return Ok(output);
             }
-            let out = self.session.run_with_blocking(&batch.tensors()?, &mut cache.state, Outputs::All)?;
-            let rows = out.into_iter().next().expect("the decoder has one output").to_f32();
-            for (row, &slot) in rows.chunks_exact(vocab).zip(&in_batch) {
-                logits[slot] = row.to_vec();
+            let mut out = self
+                .session
+                .run_with_blocking(&batch.tensors()?, &mut cache.state, Outputs::Named(outputs))?
+                .into_iter();
+            let next = out.next().expect("next was asked for");
+            let next = next.as_u32().ok_or_else(|| anyhow::anyhow!("the sampler's output is not u32"))?;
+            for (&id, &slot) in next.iter().zip(&in_batch) {
+                output.next[slot] = Some(id);
+            }
+            if let Some(logits) = out.next() {
+                for (row, &slot) in logits.to_f32().chunks_exact(vocab).zip(&in_batch) {
+                    output.logits[slot] = row.to_vec();
+                }
             }
         }
     }
@@ -255,24 +286,30 @@ impl Llm {
                 self.config.context
             );
         }
-        let mut sampler = Sampler::new(request.sampling, self.config.vocab)?;
+        let mut sampler = Sampler::new(request.sampling)?;
         sampler.observe(prompt);
         // Reuse the cached prefix the prompt shares, but always run at least its last token.
         let shared = seq.cached[0].iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
         seq.truncate(0, shared);
+        let mut feeds = vec![Vec::new(); seq.slots()];
+        let mut rows = vec![SampleRow::greedy(); seq.slots()];
 
         let started = Instant::now();
-        let mut logits = self.feed(seq, &prompt[shared..])?;
+        feeds[0] = prompt[shared..].to_vec();
+        rows[0] = sampler.next_row();
+        let first = self.step_batch(seq, &feeds, &rows, request.top_logits > 0)?;
         let prefill = started.elapsed();
-        let first_top = top_logits(&logits, request.top_logits);
+        let first_top = top_logits(&first.logits[0], request.top_logits);
+        let mut next = first.next[0].expect("slot 0 ran");
         let mut text_stream = self.tokenizer.stream();
         let (mut ids, mut text) = (Vec::new(), String::new());
         let mut finish = Finish::Length;
         let decode_started = Instant::now();
         let mut decode_steps = 0;
         loop {
-            let id = sampler.sample(&mut logits);
+            let id = next;
             ids.push(id);
+            sampler.observe(&[id]);
             if !request.ignore_eos && self.tokenizer.is_end_of_generation(id) {
                 finish = Finish::EndOfGeneration;
                 break;
@@ -285,7 +322,9 @@ impl Llm {
             if ids.len() == request.max_tokens {
                 break;
             }
-            logits = self.feed(seq, &[id])?;
+            feeds[0] = vec![id];
+            rows[0] = sampler.next_row();
+            next = self.step_batch(seq, &feeds, &rows, false)?.next[0].expect("slot 0 ran");
             decode_steps += 1;
         }
         Ok(Generation { ids, text, finish, first_top, prefill, decode: decode_started.elapsed(), decode_steps })

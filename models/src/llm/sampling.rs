@@ -1,8 +1,10 @@
-//! Choosing the next token from a row of logits: greedy, or sampled after a repetition
-//! penalty, temperature, top-k, top-p and min-p, in transformers' order, from a seeded
-//! generator so that a seed gives the same text on every run and machine.
+//! How the next token is chosen: the user's parameters (checked), and per sequence a
+//! [`Sampler`] that turns them, a seeded generator and the ids seen so far into the rows
+//! `ops::sample` takes, so that a seed gives the same text on every run, machine and backend.
 
+use crate::decoder::SampleRow;
 use anyhow::{Result, bail};
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
@@ -95,90 +97,39 @@ pub fn top_logits(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     ids.into_iter().map(|i| (i, logits[i as usize])).collect()
 }
 
-/// Picks tokens for one sequence: its parameters, its generator, and the ids the
-/// repetition penalty looks at.
+/// One sequence's sampling state: its parameters, its generator (a key per step) and the
+/// ids the repetition penalty looks at. The choice itself is made on the device by
+/// `ops::sample` (greedy, or a Gumbel-max draw after the penalty, temperature, top-k, top-p
+/// and min-p) from the [`SampleRow`] this gives for each step.
 pub struct Sampler {
     params: SamplingParams,
     rng: SeededRng,
-    /// Ids seen so far (prompt and output), for the repetition penalty.
-    seen: Vec<bool>,
-    /// Scratch: candidate (id, logit) pairs.
-    candidates: Vec<(u32, f32)>,
+    /// Ids seen so far (prompt and output), for the repetition penalty only.
+    seen: BTreeSet<u32>,
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams, vocab: usize) -> Result<Self> {
+    pub fn new(params: SamplingParams) -> Result<Self> {
         params.check()?;
-        let seen = if params.repetition_penalty != 1.0 { vec![false; vocab] } else { Vec::new() };
-        Ok(Sampler { params, rng: SeededRng::new(params.seed), seen, candidates: Vec::new() })
+        Ok(Sampler { params, rng: SeededRng::new(params.seed), seen: BTreeSet::new() })
     }
 
     /// Counts `ids` as seen (the prompt, then each chosen token).
     pub fn observe(&mut self, ids: &[u32]) {
-        for &id in ids {
-            if let Some(s) = self.seen.get_mut(id as usize) {
-                *s = true;
-            }
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.extend(ids);
         }
     }
 
-    /// The next token from `logits` (which it may modify).
-    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+    /// The device's sampling row for the next step (each call draws a new key).
+    pub fn next_row(&mut self) -> SampleRow {
         let p = self.params;
-        if p.repetition_penalty != 1.0 {
-            for (x, _) in logits.iter_mut().zip(&self.seen).filter(|(_, s)| **s) {
-                *x = if *x > 0.0 { *x / p.repetition_penalty } else { *x * p.repetition_penalty };
-            }
+        let key = self.rng.next_u64();
+        SampleRow {
+            settings: [p.temperature, p.top_k as f32, p.top_p, p.min_p, p.repetition_penalty],
+            seen: self.seen.iter().copied().collect(),
+            key: [key as u32, (key >> 32) as u32],
         }
-        let id = if p.is_greedy() { argmax(logits) } else { self.draw(logits) };
-        self.observe(&[id]);
-        id
-    }
-
-    fn draw(&mut self, logits: &[f32]) -> u32 {
-        let p = self.params;
-        let c = &mut self.candidates;
-        c.clear();
-        c.extend(logits.iter().enumerate().filter(|(_, x)| !x.is_nan()).map(|(i, &x)| (i as u32, x / p.temperature)));
-        if c.is_empty() {
-            return 0;
-        }
-        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < c.len() {
-            c.select_nth_unstable_by(p.top_k - 1, by_logit);
-            c.truncate(p.top_k);
-        }
-        c.sort_by(by_logit);
-        // Softmax in f64 over the survivors, stored back as probabilities.
-        let max = c[0].1 as f64;
-        let mut total = 0.0f64;
-        let mut probs: Vec<f64> = c.iter().map(|&(_, x)| ((x as f64) - max).exp()).collect();
-        probs.iter().for_each(|q| total += q);
-        probs.iter_mut().for_each(|q| *q /= total);
-        let mut keep = probs.len();
-        if p.top_p < 1.0 {
-            let mut cumulative = 0.0;
-            for (i, q) in probs.iter().enumerate() {
-                cumulative += q;
-                if cumulative >= p.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-        }
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p as f64;
-            keep = keep.min(probs.iter().take_while(|&&q| q >= floor).count().max(1));
-        }
-        let total: f64 = probs[..keep].iter().sum();
-        let mut u = self.rng.next_f64() * total;
-        for (i, q) in probs[..keep].iter().enumerate() {
-            if u < *q {
-                return c[i].0;
-            }
-            u -= q;
-        }
-        c[keep - 1].0
     }
 }
 
@@ -191,58 +142,35 @@ mod tests {
     }
 
     #[test]
-    fn greedy_takes_the_largest_logit_and_the_lowest_id_on_ties() {
-        let mut s = Sampler::new(params(0.0), 4).unwrap();
-        assert_eq!(s.sample(&mut [0.5, 2.0, 2.0, -1.0]), 1);
+    fn argmax_and_top_logits_take_the_lowest_id_on_ties() {
+        assert_eq!(argmax(&[0.5, 2.0, 2.0, -1.0]), 1);
         assert_eq!(argmax(&[f32::NAN, 1.0, 0.0]), 1);
         assert_eq!(top_logits(&[0.5, 2.0, 2.0, -1.0], 3), vec![(1, 2.0), (2, 2.0), (0, 0.5)]);
     }
 
     #[test]
-    fn a_seed_gives_the_same_draws_and_another_seed_others() {
-        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
-        let run = |seed| {
-            let mut s = Sampler::new(SamplingParams { seed, ..params(1.0) }, 50).unwrap();
-            (0..40).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+    fn rows_carry_the_settings_a_fresh_key_per_step_and_the_seen_ids() {
+        let p = SamplingParams { top_k: 40, top_p: 0.9, min_p: 0.05, repetition_penalty: 1.3, seed: 7, ..params(0.7) };
+        let mut s = Sampler::new(p).unwrap();
+        s.observe(&[9, 3, 9, 5]);
+        let first = s.next_row();
+        assert_eq!(first.settings, [0.7, 40.0, 0.9, 0.05, 1.3]);
+        assert_eq!(first.seen, [3, 5, 9], "sorted and unique");
+        s.observe(&[4]);
+        let second = s.next_row();
+        assert_eq!(second.seen, [3, 4, 5, 9]);
+        assert_ne!(first.key, second.key);
+        // The same seed gives the same keys; another seed others.
+        let keys = |seed| {
+            let mut s = Sampler::new(SamplingParams { seed, ..params(1.0) }).unwrap();
+            (0..4).map(|_| s.next_row().key).collect::<Vec<_>>()
         };
-        assert_eq!(run(7), run(7));
-        assert_ne!(run(7), run(8));
-    }
-
-    #[test]
-    fn draws_follow_the_softmax() {
-        // Two tokens with logits ln 3 and 0: probabilities 3/4 and 1/4.
-        let mut s = Sampler::new(SamplingParams { seed: 1, ..params(1.0) }, 2).unwrap();
-        let n = 20_000;
-        let first = (0..n).filter(|_| s.sample(&mut [3f32.ln(), 0.0]) == 0).count();
-        let share = first as f64 / n as f64;
-        assert!((share - 0.75).abs() < 0.015, "token 0 drawn {share} of the time, expected 0.75");
-    }
-
-    #[test]
-    fn top_k_top_p_and_min_p_cut_the_tail() {
-        let logits = [4.0f32, 3.0, 2.0, 1.0, 0.0];
-        let drawn = |p: SamplingParams| {
-            let mut s = Sampler::new(p, 5).unwrap();
-            let mut ids: Vec<u32> = (0..3000).map(|_| s.sample(&mut logits.clone())).collect();
-            ids.sort();
-            ids.dedup();
-            ids
-        };
-        assert_eq!(drawn(SamplingParams { top_k: 2, ..params(1.0) }), [0, 1]);
-        // Probabilities ≈ 0.64, 0.24, 0.09, 0.03, 0.01: top-p 0.8 keeps the first two.
-        assert_eq!(drawn(SamplingParams { top_p: 0.8, ..params(1.0) }), [0, 1]);
-        // min-p 0.1: tokens below 0.064 go (the last two).
-        assert_eq!(drawn(SamplingParams { min_p: 0.1, ..params(1.0) }), [0, 1, 2]);
-        assert_eq!(drawn(params(1.0)), [0, 1, 2, 3, 4]);
-    }
-
-    #[test]
-    fn the_repetition_penalty_demotes_seen_tokens() {
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..params(0.0) }, 3).unwrap();
-        s.observe(&[0]);
-        // 3.0 / 2 = 1.5 < 2.0: the seen token loses.
-        assert_eq!(s.sample(&mut [3.0, 2.0, -1.0]), 1);
+        assert_eq!(keys(7), keys(7));
+        assert_ne!(keys(7), keys(8));
+        // Without a penalty nothing is kept.
+        let mut plain = Sampler::new(params(1.0)).unwrap();
+        plain.observe(&[1, 2]);
+        assert!(plain.next_row().seen.is_empty());
     }
 
     #[test]
@@ -254,7 +182,7 @@ mod tests {
             SamplingParams { min_p: 1.5, ..params(1.0) },
             SamplingParams { repetition_penalty: 0.0, ..params(1.0) },
         ] {
-            assert!(Sampler::new(p, 3).is_err(), "{p:?}");
+            assert!(Sampler::new(p).is_err(), "{p:?}");
         }
     }
 }
