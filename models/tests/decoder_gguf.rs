@@ -3,10 +3,13 @@
 //! then batched greedy decode steps with their KV caches on the CPU, and match an independent
 //! numpy forward pass over gguf-py's dequantized weights (tests/reference/
 //! make_decoder_reference.py → decoder_<model>.json): the same greedy tokens and the top-10
-//! logits within 0.05 at every step. Token ids are given directly, so no tokenizer is
-//! involved. SmolLM2 also runs on wgpu (the stored-weight kernels dequantizing Q4_1 and Q8_0
-//! inside the kernel) against the CPU. Without a file in the cache, or without a wgpu
-//! adapter, a test says so and skips.
+//! logits within 0.05 at every step. That is the exact CPU path (`CpuBackend::exact()`: f32
+//! products, the weights dequantized); the default path, which quantizes the activations to
+//! 8 bits for integer dot products as llama.cpp does, must give the same greedy tokens but at
+//! near-ties. Token ids are given directly, so no tokenizer is involved. SmolLM2 also runs on
+//! wgpu (the stored-weight kernels dequantizing Q4_1 and Q8_0 inside the kernel) against the
+//! exact CPU path. Without a file in the cache, or without a wgpu adapter, a test says so and
+//! skips.
 
 use std::path::{Path, PathBuf};
 use tandem_models::decoder::{DecoderBatch, SampleRow, decoder_graph};
@@ -45,6 +48,17 @@ fn check_top(what: &str, logits: &[f32], top: &[(u32, f64)]) -> f64 {
     assert_eq!(argmax(logits), top[0].0, "{what}: greedy token differs from the reference");
     worst
 }
+
+/// The fast path against the same reference: llama.cpp itself (llama-cpp-python 0.3.36), which
+/// quantizes activations the same way, was 0.94 (SmolLM2) and 0.43 (Qwen2.5) from fp32
+/// transformers at worst over the top-10 logits of 416 teacher-forced positions of 13 chat
+/// prompts each, its greedy token differing at 8 and 3 of them; tandem's fast path measured
+/// 0.85 and 0.25 here.
+const FAST_TOLERANCE: f64 = 1.5;
+
+/// Where the reference's top two logits are closer than this, the fast path may pick the
+/// other one.
+const NEAR_TIE: f64 = 0.5;
 
 #[test]
 fn smollm2_prefill_and_decode_match_the_numpy_reference() {
@@ -115,26 +129,73 @@ fn check(model: &str, file_name: &str, shape: (usize, usize, usize, usize)) {
     let file = Gguf::open(&path).unwrap();
     let (config, graph, weights) = decoder_graph(&file).unwrap();
     assert_eq!((config.layers, config.heads, config.kv_heads, config.head_dim), shape);
-    let session = Session::new(CpuBackend::new(), graph, &weights).unwrap();
     let cases = &reference.cases;
-    let mut decoding = Decoding::new(&session, cases.len(), 64, config.vocab);
-    let mut new_tokens: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt.clone()).collect();
+
+    // The exact path (f32 products): the reference's logits within the tolerance.
     let mut worst = 0.0f64;
-    for step in 0..=cases[0].greedy.len() {
-        let logits = decoding.step(&new_tokens);
-        for (s, (case, row)) in cases.iter().zip(&logits).enumerate() {
-            let top = if step == 0 { &case.first_top } else { &case.step_tops[step - 1] };
-            worst = worst.max(check_top(&format!("prompt {s}, step {step}"), row, top));
-        }
-        if step < cases[0].greedy.len() {
-            new_tokens = cases.iter().map(|c| vec![c.greedy[step]]).collect();
-        }
-    }
+    let session = Session::new(CpuBackend::exact(), graph.clone(), &weights).unwrap();
+    run_greedy(&session, cases, config.vocab, |what, row, top| worst = worst.max(check_top(what, row, top)));
     println!(
         "{model}: {} prompts, prefill and {} greedy steps: same tokens, top-10 logits within {worst:.5}",
         cases.len(),
         cases[0].greedy.len()
     );
+
+    // The default, fast path (8-bit activations against the quantized weights, as llama.cpp
+    // runs): the top-10 logits within FAST_TOLERANCE, and the reference's greedy token at
+    // every step but near-ties, which are reported (the reference's tokens are fed on).
+    let (mut worst, mut flips, mut positions) = (0.0f64, Vec::new(), 0);
+    let session = Session::new(CpuBackend::new(), graph, &weights).unwrap();
+    run_greedy(&session, cases, config.vocab, |what, row, top| {
+        positions += 1;
+        for &(id, want) in top {
+            let got = row[id as usize] as f64;
+            assert!(
+                (got - want).abs() <= FAST_TOLERANCE,
+                "{what}, fast path: logit of {id} is {got}, reference {want}"
+            );
+            worst = worst.max((got - want).abs());
+        }
+        let argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        if argmax != top[0].0 {
+            let theirs = top.iter().find(|t| t.0 == argmax).map(|t| t.1);
+            let margin = theirs.map_or(f64::INFINITY, |l| top[0].1 - l);
+            assert!(
+                margin <= NEAR_TIE,
+                "{what}, fast path: token {argmax} instead of {} (reference margin {margin:.3})",
+                top[0].0
+            );
+            flips.push(format!("{what}: {argmax} for {} (reference margin {margin:.3})", top[0].0));
+        }
+    });
+    println!(
+        "{model}, 8-bit activations: top-10 logits within {worst:.3}; greedy token as the reference's at {} of \
+         {positions} positions{}",
+        positions - flips.len(),
+        if flips.is_empty() { String::new() } else { format!(", near-ties apart: {}", flips.join("; ")) }
+    );
+}
+
+/// Batched prefill of every prompt, then the reference's greedy tokens one step at a time;
+/// `each(what, logits, reference top-10)` for every prompt at every step.
+fn run_greedy(
+    session: &Session<CpuBackend>,
+    cases: &[Case],
+    vocab: usize,
+    mut each: impl FnMut(&str, &[f32], &[(u32, f64)]),
+) {
+    let mut decoding = Decoding::new(session, cases.len(), 64, vocab);
+    let mut new_tokens: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt.clone()).collect();
+    for step in 0..=cases[0].greedy.len() {
+        let logits = decoding.step(&new_tokens);
+        for (s, (case, row)) in cases.iter().zip(&logits).enumerate() {
+            let top = if step == 0 { &case.first_top } else { &case.step_tops[step - 1] };
+            each(&format!("prompt {s}, step {step}"), row, top);
+        }
+        if step < cases[0].greedy.len() {
+            new_tokens = cases.iter().map(|c| vec![c.greedy[step]]).collect();
+        }
+    }
 }
 
 /// Largest logit difference between wgpu and the CPU: the same weights and dequantized values,
@@ -180,7 +241,7 @@ fn check_wgpu(model: &str, file_name: &str, steps: usize) {
     let case = &reference(model).cases[0];
     let file = Gguf::open(&path).unwrap();
     let (config, graph, weights) = decoder_graph(&file).unwrap();
-    let cpu = Session::new(CpuBackend::new(), graph.clone(), &weights).unwrap();
+    let cpu = Session::new(CpuBackend::exact(), graph.clone(), &weights).unwrap();
     let gpu = match Session::new(gpu, graph, &weights) {
         Ok(session) => session,
         Err(tandem_runtime::Error::Backend { message, .. }) if message.contains("exceeds the device's limit") => {

@@ -154,7 +154,7 @@ pub fn limit_cases(seed: u64) -> Vec<Case> {
 pub fn check_cases<B: Backend>(make: impl Fn() -> B, cases: &[Case]) -> Vec<String> {
     let mut failures = Vec::new();
     for case in cases {
-        let want = run_case(CpuBackend::new(), case).expect("the CPU reference runs every case");
+        let want = run_case(CpuBackend::exact(), case).expect("the CPU reference runs every case");
         match run_case(make(), case) {
             Err(e) => failures.push(format!("{}: {e}", case.name)),
             Ok(got) => {
@@ -231,7 +231,7 @@ pub fn run_f16<B: Backend>(backend: &B, case: &Case) -> tandem_runtime::Result<H
 pub fn check_f16<B: Backend>(backend: &B, seed: u64) -> Vec<String> {
     let mut failures = Vec::new();
     for case in f16_cases(seed) {
-        let want = run_case(CpuBackend::new(), &case).expect("the CPU reference runs every case").remove(0);
+        let want = run_case(CpuBackend::exact(), &case).expect("the CPU reference runs every case").remove(0);
         match run_f16(backend, &case) {
             Err(e) => failures.push(format!("{}: {e}", case.name)),
             Ok(got) => {

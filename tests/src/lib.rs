@@ -628,7 +628,7 @@ pub fn check_backend<B: Backend>(make: impl Fn() -> B, seed: u64) -> Vec<String>
             continue;
         }
         let tol = tolerance(case.op.kind());
-        let want = run_case(CpuBackend::new(), &case).expect("the CPU reference runs every case");
+        let want = run_case(CpuBackend::exact(), &case).expect("the CPU reference runs every case");
         match run_case(make(), &case) {
             Err(e) => failures.push(format!("{}: {e}", case.name)),
             Ok(got) => {

@@ -112,7 +112,7 @@ fn a_multi_node_graph_matches_the_cpu() {
     let rng = &mut StdRng::seed_from_u64(seed);
     let (graph, weights) = encoder_graph(rng);
     let gpu = Session::new(backend, graph.clone(), &weights).unwrap();
-    let cpu = Session::new(CpuBackend::new(), graph, &weights).unwrap();
+    let cpu = Session::new(CpuBackend::exact(), graph, &weights).unwrap();
     // Two batch shapes, the first run twice: plans are cached and buffers come back from
     // the pool holding the previous run's data.
     let batches = [vec![5u32, 17, 1], vec![40, 3], vec![5, 17, 1]];
@@ -150,7 +150,7 @@ fn unsupported_shapes_are_errors_not_panics() {
 fn check_cases(backend: &WgpuBackend, cases: Vec<Case>) -> Vec<String> {
     let mut failures = Vec::new();
     for case in cases {
-        let want = run_case(CpuBackend::new(), &case).expect("the CPU runs every case");
+        let want = run_case(CpuBackend::exact(), &case).expect("the CPU runs every case");
         match run_case(backend.clone(), &case) {
             Err(e) => failures.push(format!("{}: {e}", case.name)),
             Ok(got) => {

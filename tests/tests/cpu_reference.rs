@@ -1,6 +1,8 @@
 //! The CPU backend is the reference for every other backend, so its fast paths (gemm,
 //! threads, strided views) are checked here against plain loops written from the op's
-//! definition.
+//! definition. The reference is `CpuBackend::exact()` (f32 products also with quantized
+//! weights); the 8-bit-activation path of `CpuBackend::new()` has its own checks in
+//! runtime/tests/qdot.rs.
 
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::ops::elementwise::gelu;
@@ -121,7 +123,7 @@ fn cpu_matmul_and_attention_match_plain_loops() {
             Op::KvWrite(_) => naive_kv_write(&case),
             _ => continue,
         };
-        let got = run_case(CpuBackend::new(), &case).unwrap().remove(0);
+        let got = run_case(CpuBackend::exact(), &case).unwrap().remove(0);
         let want = tandem_runtime::HostTensor::f32(got.shape.clone(), want).unwrap();
         compare(&got, &want, Tolerance::new(1e-4, 1e-4)).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         checked += 1;
@@ -253,7 +255,7 @@ fn cpu_lora_and_soft_logic_match_plain_loops() {
             }
             _ => continue,
         };
-        let got = run_case(CpuBackend::new(), &case).unwrap();
+        let got = run_case(CpuBackend::exact(), &case).unwrap();
         assert_eq!(got.len(), want.len(), "{}", case.name);
         for (g, w) in got.iter().zip(want) {
             let w = HostTensor::f32(g.shape.clone(), w).unwrap();
@@ -287,7 +289,7 @@ fn aggregate_case(logic: Logic, lambda: f32, rows: &[&[(f32, u32, bool)]]) -> (V
             HostTensor::u32(vec![3], vec![1, 0, 1]).unwrap(),
         ],
     };
-    let out = run_case(CpuBackend::new(), &case).unwrap();
+    let out = run_case(CpuBackend::exact(), &case).unwrap();
     (out[0].to_f32(), out[1].to_f32())
 }
 
@@ -414,7 +416,7 @@ fn cpu_conv2d_clamp_and_global_avg_pool_match_plain_loops() {
             }
             _ => continue,
         };
-        let got = run_case(CpuBackend::new(), &case).unwrap();
+        let got = run_case(CpuBackend::exact(), &case).unwrap();
         let w = HostTensor::f32(got[0].shape.clone(), want).unwrap();
         compare(&got[0], &w, tol).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         checked += 1;
@@ -429,12 +431,12 @@ fn clamp_keeps_nan_and_inverted_bounds_give_max() {
         op: Op::Clamp { min: 0.0, max: 6.0 },
         inputs: vec![HostTensor::f32(vec![5], vec![-1.0, 3.0, 7.0, f32::NAN, f32::INFINITY]).unwrap()],
     };
-    let got = run_case(CpuBackend::new(), &case).unwrap()[0].to_f32();
+    let got = run_case(CpuBackend::exact(), &case).unwrap()[0].to_f32();
     assert_eq!(&got[..3], &[0.0, 3.0, 6.0]);
     assert!(got[3].is_nan());
     assert_eq!(got[4], 6.0);
     let inverted = Case { op: Op::Clamp { min: 2.0, max: -2.0 }, ..case };
-    assert_eq!(run_case(CpuBackend::new(), &inverted).unwrap()[0].to_f32()[..3], [-2.0, -2.0, -2.0]);
+    assert_eq!(run_case(CpuBackend::exact(), &inverted).unwrap()[0].to_f32()[..3], [-2.0, -2.0, -2.0]);
 }
 
 #[test]
@@ -445,7 +447,7 @@ fn rms_norm_by_hand() {
     let gamma = g.input("gamma", tandem_runtime::TensorType::fixed(tandem_runtime::DType::F32, &[2]));
     let y = g.node1("rms", Op::RmsNorm { eps: 0.5 }, &[x, gamma]).unwrap();
     g.output(y, "y");
-    let session = tandem_runtime::Session::new(CpuBackend::new(), g, &[]).unwrap();
+    let session = tandem_runtime::Session::new(CpuBackend::exact(), g, &[]).unwrap();
     let inputs = [
         tandem_runtime::HostTensor::f32(vec![1, 2], vec![3.0, 4.0]).unwrap(),
         tandem_runtime::HostTensor::f32(vec![2], vec![1.0, 2.0]).unwrap(),
@@ -485,7 +487,7 @@ fn cpu_rope_matches_plain_loops() {
     let mut checked = 0;
     for case in cases(seed()) {
         let Op::Rope(r) = &case.op else { continue };
-        let got = run_case(CpuBackend::new(), &case).unwrap().remove(0);
+        let got = run_case(CpuBackend::exact(), &case).unwrap().remove(0);
         let want = tandem_runtime::HostTensor::f32(got.shape.clone(), naive_rope(&case, r)).unwrap();
         compare(&got, &want, Tolerance::new(1e-5, 1e-5)).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         checked += 1;

@@ -361,7 +361,7 @@ fn tiny_decoder_with_a_kv_cache_matches_the_f64_reference_through_the_emulator()
 fn f16_weights_reach_the_f16_kernels_through_a_graph() {
     let Some(emu) = emulator() else { return };
     let (graph, weights, x) = tandem_tests::f16_linear_graph(seed(), 7, 96, 33);
-    let cpu = tandem_runtime::Session::new(tandem_runtime::backend::cpu::CpuBackend::new(), graph.clone(), &weights);
+    let cpu = tandem_runtime::Session::new(tandem_runtime::backend::cpu::CpuBackend::exact(), graph.clone(), &weights);
     let want = cpu.unwrap().run_blocking(std::slice::from_ref(&x)).unwrap();
     let emulated = tandem_runtime::Session::new(EmuBackend(emu), graph, &weights);
     let got = emulated.unwrap().run_blocking(std::slice::from_ref(&x)).unwrap();

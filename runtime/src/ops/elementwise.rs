@@ -98,10 +98,10 @@ pub(crate) fn par_map_inplace(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Cop
 }
 
 /// The loop of `par_map_inplace`, compiled a second time for AVX2+FMA (picked at run time)
-/// since release builds target baseline x86-64.
+/// since release builds target baseline x86-64 (the level from [`super::isa::CpuIsa`]).
 fn map_chunk(c: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::isa::CpuIsa::active().has_avx2() {
         #[target_feature(enable = "avx2,fma")]
         fn wide(c: &mut [f32], f: impl Fn(f32) -> f32) {
             c.iter_mut().for_each(|v| *v = f(*v));

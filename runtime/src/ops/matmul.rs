@@ -161,9 +161,21 @@ pub fn cpu(p: &MatMulParams, a: &[f32], b: &[f32], bias: Option<&[f32]>, out: &m
 /// weight at a time (per thread), whatever its size.
 const PANEL_ROWS: usize = 64;
 
-/// CPU reference with a stored weight b `[N, K]` (f16, bf16 or GGUF blocks, raw bytes): a
-/// panel of b's rows is dequantized to f32 (exactly as `weights::quant` does) and multiplied,
-/// panels in parallel.
+/// How the CPU multiplies by a block-quantized weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredPath {
+    /// Panels of the weight dequantized to f32 (exactly as `weights::quant` does) and
+    /// multiplied in f32: the reference.
+    Dequantized,
+    /// The activations quantized to 8 bits and integer dot products with the weight's blocks
+    /// ([`super::qdot`]), on the [`CpuIsa`](super::isa::CpuIsa) given: llama.cpp's CPU path.
+    IntegerDot(super::isa::CpuIsa),
+}
+
+/// CPU matmul with a stored weight b `[N, K]` (f16, bf16 or GGUF blocks, raw bytes), through
+/// `path` for the block types [`super::qdot`] takes where it is the faster one
+/// ([`super::qdot::preferred`]: many rows on AVX2 go the f32 way); f16 and bf16 are always
+/// dequantized.
 pub fn cpu_stored(
     p: &MatMulParams,
     a: &[f32],
@@ -171,8 +183,35 @@ pub fn cpu_stored(
     b: &[u8],
     bias: Option<&[f32]>,
     out: &mut [f32],
+    path: StoredPath,
 ) -> Result<()> {
     let (m, n, k) = (p.m as usize * p.batch as usize, p.n as usize, p.k as usize);
+    match path {
+        StoredPath::IntegerDot(isa) if super::qdot::supports(b_dtype) && super::qdot::preferred(isa, m) => {
+            let w = super::qdot::BlockMatrix { dtype: b_dtype, bytes: b, rows: n, cols: k };
+            super::qdot::matmul(isa, w, &a[..m * k], m, &mut out[..m * n])?
+        }
+        _ => dequantized_panels(m, n, k, a, b_dtype, b, out)?,
+    }
+    if let Some(bias) = bias {
+        for row in out[..m * n].chunks_exact_mut(n.max(1)) {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+    }
+    activate_cpu(p.activation, &mut out[..m * n]);
+    Ok(())
+}
+
+/// A panel of b's rows is dequantized to f32 and multiplied, panels in parallel.
+fn dequantized_panels(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b_dtype: DType,
+    b: &[u8],
+    out: &mut [f32],
+) -> Result<()> {
     let panels: Vec<Vec<f32>> = (0..n.div_ceil(PANEL_ROWS))
         .into_par_iter()
         .map(|panel| {
@@ -194,12 +233,6 @@ pub fn cpu_stored(
             row[n0..n0 + width].copy_from_slice(src);
         }
     }
-    if let Some(bias) = bias {
-        for row in out.chunks_exact_mut(n.max(1)) {
-            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-        }
-    }
-    activate_cpu(p.activation, &mut out[..m * n]);
     Ok(())
 }
 

@@ -121,7 +121,7 @@ fn run(args: &[String]) -> Res<()> {
             let f16 = b.compute_capability() >= 80;
             run_on(b, quick, f16)?
         }
-        "cpu" => run_on(CpuBackend::new(), quick, false)?,
+        "cpu" => run_on(CpuBackend::exact(), quick, false)?,
         other => return Err(format!("unknown backend '{other}' (cuda or cpu)")),
     };
     std::fs::write(&out, serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?)

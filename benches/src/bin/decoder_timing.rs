@@ -1,0 +1,92 @@
+//! Times a GGUF decoder (SmolLM2, Qwen2.5) on the CPU backend the way llama-bench does:
+//! a prefill of P prompt tokens in one run (pp), then S greedy decode steps of one token
+//! each (tg), one sequence.
+//!
+//! Usage: decoder_timing FILE.gguf [--prompt P] [--steps S] [--exact] [--threads T]
+//! `--exact` runs the f32 reference path instead of the integer-dot one. Prints tokens per
+//! second for prefill and decode (the best of `--rounds` rounds, default 3) as JSON, and the
+//! process's CPU time for each (all threads; rayon's waiting threads spin a little, so on two
+//! threads this is an upper bound of the work).
+
+use anyhow::{Context, Result};
+use std::time::Instant;
+use tandem_models::decoder::decoder_graph;
+use tandem_runtime::backend::cpu::CpuBackend;
+use tandem_runtime::weights::Gguf;
+use tandem_runtime::{HostTensor, Outputs, Session};
+
+fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).context("a value after the flag")?.parse().context("a number"),
+        None => Ok(default),
+    }
+}
+
+/// The process's CPU time in seconds (all threads): on a shared machine, what the work
+/// cost whatever else ran; with one thread, the time it would take on a quiet one.
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill; CLOCK_PROCESS_CPUTIME_ID is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args.get(1).context("usage: decoder_timing FILE.gguf [--prompt P] [--steps S] [--exact]")?;
+    let (prompt, steps) = (flag(&args, "--prompt", 128)?, flag(&args, "--steps", 64)?);
+    let rounds = flag(&args, "--rounds", 3)?;
+    let threads = flag(&args, "--threads", rayon::current_num_threads())?;
+    let exact = args.iter().any(|a| a == "--exact");
+    let file = Gguf::open(path.as_ref())?;
+    let (config, graph, weights) = decoder_graph(&file)?;
+    let backend = if exact { CpuBackend::exact() } else { CpuBackend::new() };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let session = Session::new(backend, graph, &weights)?;
+    let (mut best_pp, mut best_tg) = (0.0f64, 0.0f64);
+    let (mut cpu_pp, mut cpu_tg) = (f64::INFINITY, f64::INFINITY);
+    let mut tokens = Vec::new();
+    for _ in 0..rounds {
+        pool.install(|| -> Result<()> {
+            let mut state = session.new_state(&[("kv_rows", prompt + steps)])?;
+            let run = |state: &mut _, ids: Vec<u32>, start: usize| -> Result<Vec<f32>> {
+                let n = ids.len();
+                let inputs = [
+                    HostTensor::u32(vec![n], ids)?,
+                    HostTensor::u32(vec![n], (start..start + n).map(|p| p as u32).collect())?,
+                    HostTensor::u32(vec![1, 4], vec![0, n as u32, 0, (start + n) as u32])?,
+                    HostTensor::u32(vec![1], vec![n as u32 - 1])?,
+                ];
+                Ok(session.run_with_blocking(&inputs, Some(state), Outputs::All)?.remove(0).to_f32())
+            };
+            // Token ids spread over the vocabulary (no tokenizer involved).
+            let ids: Vec<u32> = (0..prompt).map(|i| ((i * 7919 + 13) % config.vocab) as u32).collect();
+            let (t, c) = (Instant::now(), process_cpu_seconds());
+            let mut logits = run(&mut state, ids, 0)?;
+            best_pp = best_pp.max(prompt as f64 / t.elapsed().as_secs_f64());
+            cpu_pp = cpu_pp.min((process_cpu_seconds() - c) * 1e3);
+            let (t, c) = (Instant::now(), process_cpu_seconds());
+            tokens.clear();
+            for step in 0..steps {
+                let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+                tokens.push(next);
+                logits = run(&mut state, vec![next], prompt + step)?;
+            }
+            best_tg = best_tg.max(steps as f64 / t.elapsed().as_secs_f64());
+            cpu_tg = cpu_tg.min((process_cpu_seconds() - c) * 1e3 / steps as f64);
+            Ok(())
+        })?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "file": path, "threads": threads, "path": if exact { "exact f32" } else { "integer dot" },
+            "isa": tandem_runtime::ops::isa::CpuIsa::active().name(),
+            "prompt": prompt, "steps": steps,
+            "prefill_tok_s": (best_pp * 10.0).round() / 10.0, "decode_tok_s": (best_tg * 10.0).round() / 10.0,
+            "prefill_cpu_ms": (cpu_pp * 10.0).round() / 10.0, "decode_cpu_ms_per_token": (cpu_tg * 100.0).round() / 100.0,
+            "first_tokens": &tokens[..tokens.len().min(8)],
+        })
+    );
+    Ok(())
+}
