@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use std::future::Future;
 use std::str::FromStr;
 use tandem_runtime::backend::Backend;
-use tandem_runtime::backend::cpu::CpuBackend;
+use tandem_runtime::backend::cpu::{CpuBackend, CpuOptions};
 use tandem_runtime::graph::Weights;
 use tandem_runtime::{Graph, HostTensor, Outputs, Session, State};
 
@@ -117,6 +117,12 @@ impl Device {
             BackendChoice::Auto => Self::auto().await,
         };
         Ok(Device { backend, reason })
+    }
+
+    /// The CPU backend with `options` (e.g. exact f32 products with quantized weights
+    /// instead of llama.cpp's 8-bit activations).
+    pub fn cpu_with(options: CpuOptions) -> Device {
+        Device { backend: AnyBackend::Cpu(CpuBackend::with_options(options)), reason: String::new() }
     }
 
     /// `open` for callers without an executor (natively; see the module's note).
