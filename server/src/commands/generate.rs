@@ -12,6 +12,7 @@ use tandem_models::llm::sampling::SamplingParams;
 use tandem_models::llm::{GenerateRequest, Llm, Message};
 use tandem_models::registry::known_model;
 use tandem_models::{BackendChoice, Device};
+use tandem_runtime::backend::cpu::CpuOptions;
 
 /// Tokens generated when `--max-tokens` is not given (fewer when the context ends first).
 const DEFAULT_MAX_TOKENS: usize = 256;
@@ -25,6 +26,11 @@ pub struct ModelArgs {
     /// cpu, wgpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
+    /// On the CPU, f32 products with the weights dequantized (transformers' numbers, slower)
+    /// instead of 8-bit activations and integer dot products (llama.cpp's way). GPUs always
+    /// compute in f32.
+    #[arg(long)]
+    exact: bool,
 }
 
 impl ModelArgs {
@@ -44,12 +50,14 @@ impl ModelArgs {
     fn load(&self) -> Result<Llm> {
         let path = self.path()?;
         let device = Device::open_blocking(self.backend)?;
+        let cpu_device = || Device::cpu_with(CpuOptions { quantized_activations: !self.exact });
+        let device = if device.backend_name() == "cpu" { cpu_device() } else { device };
         let llm = match Llm::load(&path, &device) {
             // Auto found a GPU whose kernels do not cover this file's weight types: the CPU
             // covers them all.
             Err(e) if self.backend == BackendChoice::Auto && device.backend_name() != "cpu" => {
                 eprintln!("{}: {e:#}; using the CPU", device.backend_name());
-                Llm::load(&path, &Device::open_blocking(BackendChoice::Cpu)?)
+                Llm::load(&path, &cpu_device())
             }
             other => other,
         }
