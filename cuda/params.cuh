@@ -172,3 +172,12 @@ struct GlobalPoolParams {
     u32 _pad1;
 };
 static_assert(sizeof(GlobalPoolParams) == 16, "GlobalPoolParams size");
+
+// ops::sample::SampleParams
+struct SampleParams {
+    u32 seqs;
+    u32 vocab;
+    u32 seen;
+    u32 _pad;
+};
+static_assert(sizeof(SampleParams) == 16, "SampleParams size");

@@ -21,3 +21,19 @@ fn erf(x_in: f32) -> f32 {
     q = q * x2 - 1.426474e-2;
     return x * p / q;
 }
+
+// A matmul epilogue's activation (ops::matmul::Activation::code): 0 none, 1 GELU (erf form),
+// 2 ReLU.
+fn activate(x: f32, code: u32) -> f32 {
+    switch code {
+        case 1u: {
+            return 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
+        }
+        case 2u: {
+            return max(x, 0.0);
+        }
+        default: {
+            return x;
+        }
+    }
+}

@@ -57,20 +57,6 @@ const WG: u32 = 256u;
 var<workgroup> a_tile: array<vec4<f32>, 256>;
 var<workgroup> b_tile: array<vec4<f32>, 256>;
 
-fn activate(x: f32) -> f32 {
-    switch p.activation {
-        case 1u: {
-            return 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
-        }
-        case 2u: {
-            return max(x, 0.0);
-        }
-        default: {
-            return x;
-        }
-    }
-}
-
 // Stages K columns k0.. of a (rows row0..) and b (columns col0..) into the tiles. Each
 // invocation loads 4 of the 1024 elements of each tile. Consecutive invocations read
 // consecutive addresses of the source layout (along K for a and for [N, K] b, along N for
@@ -140,7 +126,7 @@ fn epilogue(c: u32, x: f32) -> f32 {
     if p.has_bias != 0u {
         v += bias[c];
     }
-    return activate(v);
+    return activate(v, p.activation);
 }
 
 @compute @workgroup_size(16, 16, 1)

@@ -121,6 +121,13 @@ inline float __int_as_float(int i) {
     return f;
 }
 inline float __int_as_float(unsigned i) { return __int_as_float((int)i); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
+inline float __uint_as_float(unsigned i) { return __int_as_float((int)i); }
+inline unsigned __float_as_uint(float f) {
+    unsigned i;
+    std::memcpy(&i, &f, 4);
+    return i;
+}
 // Compiled with -ffp-contract=off, so these round after every operation as on the GPU.
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }

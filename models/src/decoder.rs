@@ -6,15 +6,21 @@
 //! `l{i}.k` and `l{i}.v`, `[kv_rows, kv_heads · head_dim]`):
 //! - inputs `ids` u32 `[tokens]`, `positions` u32 `[tokens]` (each token's position in its
 //!   sequence), `table` u32 `[seqs, 4]` (new rows, kv rows: see `ops::attention`) and `last`
-//!   u32 `[seqs]` (the row whose logits each sequence wants);
-//! - output `logits` f32 `[seqs, vocab]`.
+//!   u32 `[seqs]` (the row whose logits each sequence wants), then the sampling inputs of
+//!   `ops::sample`: `sampling` f32 `[seqs, 5]`, `seen` u32 `[seqs, seen]`, `keys` u32
+//!   `[seqs, 2]` ([`DecoderBatch`] packs all seven);
+//! - outputs `logits` f32 `[seqs, vocab]` and `next` u32 `[seqs]`, each sequence's next token
+//!   chosen on the device (a decode step reads back only `next`).
 //!
 //! Weights stay as the file stores them (Q4_1, Q8_0, Q4_K, …): matmul and gather dequantize
 //! inside the kernel. llama-arch files store the q and k rows permuted for interleaved RoPE
 //! pairs, which is the layout used for them here; qwen2 uses the half-split layout.
 
 use anyhow::{Context, Result, bail};
-use tandem_runtime::ops::{Activation, Attention, BinaryKind, KvWrite, MatMul, Rope, RopeLayout, UnaryKind, rope};
+use tandem_runtime::ops::attention::StepBatch;
+use tandem_runtime::ops::{
+    Activation, Attention, BinaryKind, KvWrite, MatMul, Rope, RopeLayout, UnaryKind, rope, sample,
+};
 use tandem_runtime::weights::Gguf;
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorType, ValueId};
 
@@ -136,6 +142,10 @@ pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTenso
     let positions = b.graph.input("positions", TensorType::new(DType::U32, vec![tokens()]));
     let table = b.graph.input("table", TensorType::new(DType::U32, vec![seqs(), Dim::Fixed(4)]));
     let last = b.graph.input("last", TensorType::new(DType::U32, vec![seqs()]));
+    let sampling =
+        b.graph.input("sampling", TensorType::new(DType::F32, vec![seqs(), Dim::Fixed(sample::SETTINGS as u64)]));
+    let seen = b.graph.input("seen", TensorType::new(DType::U32, vec![seqs(), Dim::sym("seen")]));
+    let keys = b.graph.input("keys", TensorType::new(DType::U32, vec![seqs(), Dim::Fixed(2)]));
 
     let embedding = b.weight("token_embd.weight")?;
     let freqs = rope::inv_freq(c.rope_base, c.rope_dims, c.rope_scale);
@@ -184,6 +194,67 @@ pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTenso
     let head = if b.has("output.weight") { b.weight("output.weight")? } else { embedding };
     let logits = b.node("output", Op::MatMul(MatMul { trans_b: true, activation: Activation::None }), &[h, head])?;
     b.graph.output(logits, "logits");
+    let next = b.node("sample", Op::Sample, &[logits, sampling, seen, keys])?;
+    b.graph.output(next, "next");
     b.graph.validate()?;
     Ok((c, b.graph, b.weights))
+}
+
+/// How one sequence's next token is chosen on the device (a row of `ops::sample`'s inputs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    /// temperature, top_k, top_p, min_p, repetition_penalty.
+    pub settings: [f32; sample::SETTINGS],
+    /// Ids the repetition penalty applies to, sorted and unique.
+    pub seen: Vec<u32>,
+    pub key: [u32; 2],
+}
+
+impl SampleRow {
+    /// The largest logit (lowest id on ties), no penalty.
+    pub fn greedy() -> Self {
+        SampleRow { settings: [0.0, 0.0, 1.0, 0.0, 1.0], seen: Vec::new(), key: [0, 0] }
+    }
+}
+
+/// One run of a decoder graph: the sequences' new tokens packed as [`StepBatch`] does, and
+/// each one's sampling row.
+#[derive(Debug, Clone, Default)]
+pub struct DecoderBatch {
+    pub step: StepBatch,
+    rows: Vec<SampleRow>,
+}
+
+/// No id: the padding of `seen` rows.
+const NO_ID: u32 = u32::MAX;
+
+impl DecoderBatch {
+    /// Adds a sequence whose cache slot starts at row `kv_start` and holds `cached` rows,
+    /// with `tokens` new (at least one), choosing its next token by `row`.
+    pub fn push(&mut self, kv_start: usize, cached: usize, tokens: &[u32], row: SampleRow) {
+        self.step.push(kv_start, cached, tokens);
+        self.rows.push(row);
+    }
+
+    pub fn seqs(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The graph's inputs, in order. `seen` rows are padded to a power-of-two width (at
+    /// least 16) so that a growing output reuses a few plans rather than making one a step.
+    pub fn tensors(&self) -> Result<Vec<HostTensor>> {
+        let seqs = self.seqs();
+        let widest = self.rows.iter().map(|r| r.seen.len()).max().unwrap_or(0);
+        let width = widest.next_power_of_two().max(16);
+        let mut seen = vec![NO_ID; seqs * width];
+        for (row, dst) in self.rows.iter().zip(seen.chunks_exact_mut(width)) {
+            dst[..row.seen.len()].copy_from_slice(&row.seen);
+        }
+        let mut inputs = self.step.tensors()?.to_vec();
+        inputs
+            .push(HostTensor::f32(vec![seqs, sample::SETTINGS], self.rows.iter().flat_map(|r| r.settings).collect())?);
+        inputs.push(HostTensor::u32(vec![seqs, width], seen)?);
+        inputs.push(HostTensor::u32(vec![seqs, 2], self.rows.iter().flat_map(|r| r.key).collect())?);
+        Ok(inputs)
+    }
 }

@@ -8,6 +8,8 @@
 //!
 //! Pipelines are async at the core (`embed_async`, `top_async`, [`AnySession::run`]), which
 //! the browser awaits; their blocking forms wrap them for native callers.
+//! - [`decoder`] and [`llm`]: GGUF decoder LLMs: graph, tokenizer, chat template, sampling
+//!   and generation.
 //! - [`vision`]: torchvision checkpoints (legacy torch pickles) and batch-norm folding.
 
 pub mod bert;
@@ -16,6 +18,7 @@ pub mod embed;
 pub mod export;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fetch;
+pub mod llm;
 pub mod lora;
 pub mod registry;
 pub mod session;
@@ -24,4 +27,4 @@ pub mod tokenizer;
 pub mod vision;
 
 pub use embed::{Embedder, Embedding};
-pub use session::{AnySession, BackendChoice, Device};
+pub use session::{AnySession, AnyState, BackendChoice, Device};

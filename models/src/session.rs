@@ -11,9 +11,9 @@ use anyhow::{Result, anyhow, bail};
 use std::future::Future;
 use std::str::FromStr;
 use tandem_runtime::backend::Backend;
-use tandem_runtime::backend::cpu::CpuBackend;
+use tandem_runtime::backend::cpu::{CpuBackend, CpuOptions};
 use tandem_runtime::graph::Weights;
-use tandem_runtime::{Graph, HostTensor, Session};
+use tandem_runtime::{Graph, HostTensor, Outputs, Session, State};
 
 /// What `--backend` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,6 +117,12 @@ impl Device {
             BackendChoice::Auto => Self::auto().await,
         };
         Ok(Device { backend, reason })
+    }
+
+    /// The CPU backend with `options` (e.g. exact f32 products with quantized weights
+    /// instead of llama.cpp's 8-bit activations).
+    pub fn cpu_with(options: CpuOptions) -> Device {
+        Device { backend: AnyBackend::Cpu(CpuBackend::with_options(options)), reason: String::new() }
     }
 
     /// `open` for callers without an executor (natively; see the module's note).
@@ -263,6 +269,19 @@ impl AnySession {
         Ok(AnySession { session, device: device.clone() })
     }
 
+    /// `on` with the weights given as tensors, in `graph.weights` order (graphs built from a
+    /// file the builder read, as decoders are from GGUF).
+    pub fn on_tensors(device: &Device, graph: Graph, weights: &[HostTensor]) -> Result<Self> {
+        let session = match &device.backend {
+            AnyBackend::Cpu(b) => Sessions::Cpu(Session::new(b.clone(), graph, weights)?),
+            #[cfg(feature = "wgpu")]
+            AnyBackend::Wgpu(b) => Sessions::Wgpu(Session::new(b.clone(), graph, weights)?),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => Sessions::Cuda(Session::new(b.clone(), graph, weights)?),
+        };
+        Ok(AnySession { session, device: device.clone() })
+    }
+
     pub fn backend_name(&self) -> &'static str {
         self.device.backend_name()
     }
@@ -283,6 +302,68 @@ impl AnySession {
     /// `run` for callers without an executor.
     pub fn run_blocking(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
         wait(self.run(inputs))
+    }
+
+    /// A state for the graph's declared states (see `Session::new_state`).
+    pub fn new_state(&self, sizes: &[(&str, usize)]) -> Result<AnyState> {
+        Ok(match &self.session {
+            Sessions::Cpu(s) => AnyState::Cpu(s.new_state(sizes)?),
+            #[cfg(feature = "wgpu")]
+            Sessions::Wgpu(s) => AnyState::Wgpu(s.new_state(sizes)?),
+            #[cfg(feature = "cuda")]
+            Sessions::Cuda(s) => AnyState::Cuda(s.new_state(sizes)?),
+        })
+    }
+
+    /// Runs the graph with its state, reading back only `outputs` (see `Session::run_with`).
+    pub async fn run_with(
+        &self,
+        inputs: &[HostTensor],
+        state: &mut AnyState,
+        outputs: Outputs<'_>,
+    ) -> Result<Vec<HostTensor>> {
+        let result = match (&self.session, state) {
+            (Sessions::Cpu(s), AnyState::Cpu(st)) => s.run_with(inputs, Some(st), outputs).await,
+            #[cfg(feature = "wgpu")]
+            (Sessions::Wgpu(s), AnyState::Wgpu(st)) => s.run_with(inputs, Some(st), outputs).await,
+            #[cfg(feature = "cuda")]
+            (Sessions::Cuda(s), AnyState::Cuda(st)) => s.run_with(inputs, Some(st), outputs).await,
+            #[allow(unreachable_patterns)]
+            _ => bail!("the state was made by a session on another backend"),
+        };
+        result.map_err(|e| anyhow!(e))
+    }
+
+    /// `run_with` for callers without an executor.
+    pub fn run_with_blocking(
+        &self,
+        inputs: &[HostTensor],
+        state: &mut AnyState,
+        outputs: Outputs<'_>,
+    ) -> Result<Vec<HostTensor>> {
+        wait(self.run_with(inputs, state, outputs))
+    }
+}
+
+/// A state ([`tandem_runtime::State`]) of an [`AnySession`], on its backend.
+pub enum AnyState {
+    Cpu(State<CpuBackend>),
+    #[cfg(feature = "wgpu")]
+    Wgpu(State<WgpuBackend>),
+    #[cfg(feature = "cuda")]
+    Cuda(State<CudaBackend>),
+}
+
+impl AnyState {
+    /// Device bytes the state holds.
+    pub fn bytes(&self) -> usize {
+        match self {
+            AnyState::Cpu(s) => s.bytes(),
+            #[cfg(feature = "wgpu")]
+            AnyState::Wgpu(s) => s.bytes(),
+            #[cfg(feature = "cuda")]
+            AnyState::Cuda(s) => s.bytes(),
+        }
     }
 }
 

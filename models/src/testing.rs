@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use tandem_runtime::HostTensor;
 use tandem_runtime::graph::Weights;
+use tandem_runtime::weights::gguf::{MetaArray, MetaValue};
 
 pub const TINY_HIDDEN: usize = 8;
 pub const TINY_MAX_SEQ_LENGTH: usize = 12;
@@ -49,20 +50,8 @@ pub fn write_tiny_bert(dir: &Path, prefix: &str) -> Result<()> {
     )?;
     write("tokenizer.json", tokenizer_json())?;
 
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut tensor = |shape: &[usize], scale: f32, offset: f32| -> HostTensor {
-        let n = shape.iter().product();
-        let data = (0..n)
-            .map(|_| {
-                // xorshift: deterministic across platforms and runs
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                offset + scale * ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            })
-            .collect();
-        HostTensor::f32(shape.to_vec(), data).expect("shape matches data")
-    };
+    let mut random = PseudoRandom::default();
+    let mut tensor = |shape: &[usize], scale: f32, offset: f32| random.tensor(shape, scale, offset);
     let mut tensors: Vec<(String, HostTensor)> = Vec::new();
     let mut add = |name: &str, t: HostTensor| tensors.push((format!("{prefix}{name}"), t));
     add("embeddings.word_embeddings.weight", tensor(&[VOCAB.len(), h], 2.0, 0.0));
@@ -89,6 +78,109 @@ pub fn write_tiny_bert(dir: &Path, prefix: &str) -> Result<()> {
     }
     Weights::write(&dir.join("model.safetensors"), &tensors)?;
     Ok(())
+}
+
+/// Deterministic pseudo-random numbers (xorshift): the same on every platform and run.
+struct PseudoRandom(u64);
+
+impl Default for PseudoRandom {
+    fn default() -> Self {
+        PseudoRandom(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+impl PseudoRandom {
+    /// `offset` + uniform in `[-scale/2, scale/2)`.
+    fn tensor(&mut self, shape: &[usize], scale: f32, offset: f32) -> HostTensor {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                offset + scale * ((self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            })
+            .collect();
+        HostTensor::f32(shape.to_vec(), data).expect("shape matches data")
+    }
+}
+
+/// A GGUF file's contents before it is written: metadata entries and named tensors.
+pub type GgufContents = (Vec<(String, MetaValue)>, Vec<(String, HostTensor)>);
+
+/// The tiny decoder's context length (`llama.context_length`).
+pub const TINY_LLAMA_CONTEXT: usize = 128;
+
+/// The metadata and tensors of a tiny llama-architecture GGUF decoder: 2 layers, width 16,
+/// 4 heads over 2 kv heads, f32 weights, a byte-level vocabulary of the 256 bytes plus
+/// `<|endoftext|>`, `<|im_start|>` and `<|im_end|>` (no merges), a ChatML template with a
+/// default system prompt, and a context of [`TINY_LLAMA_CONTEXT`]. Tests change entries
+/// before writing it with [`tandem_runtime::weights::gguf::to_bytes`].
+pub fn tiny_llama_gguf() -> GgufContents {
+    let (d, layers, heads, kv_heads, ffn) = (16usize, 2usize, 4usize, 2usize, 32usize);
+    let mut tokens: Vec<String> = (0u8..=255).map(byte_level_char).map(String::from).collect();
+    let mut types = vec![6i32; 256];
+    for special in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
+        tokens.push(special.into());
+        types.push(3);
+    }
+    let vocab = tokens.len();
+    let text = |s: &str| MetaValue::String(s.into());
+    let template = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}\
+{{ '<|im_start|>system\nYou are tiny.<|im_end|>\n' }}{% endif %}\
+{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}\
+{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let metadata = vec![
+        ("general.architecture".into(), text("llama")),
+        ("llama.block_count".into(), MetaValue::U32(layers as u32)),
+        ("llama.context_length".into(), MetaValue::U32(TINY_LLAMA_CONTEXT as u32)),
+        ("llama.embedding_length".into(), MetaValue::U32(d as u32)),
+        ("llama.feed_forward_length".into(), MetaValue::U32(ffn as u32)),
+        ("llama.attention.head_count".into(), MetaValue::U32(heads as u32)),
+        ("llama.attention.head_count_kv".into(), MetaValue::U32(kv_heads as u32)),
+        ("llama.rope.freq_base".into(), MetaValue::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon".into(), MetaValue::F32(1e-5)),
+        ("tokenizer.ggml.model".into(), text("gpt2")),
+        ("tokenizer.ggml.pre".into(), text("smollm")),
+        ("tokenizer.ggml.tokens".into(), MetaValue::Array(MetaArray::String(tokens))),
+        ("tokenizer.ggml.token_type".into(), MetaValue::Array(MetaArray::I32(types))),
+        ("tokenizer.ggml.merges".into(), MetaValue::Array(MetaArray::String(Vec::new()))),
+        ("tokenizer.ggml.bos_token_id".into(), MetaValue::U32(256)),
+        ("tokenizer.ggml.eos_token_id".into(), MetaValue::U32(258)),
+        ("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(false)),
+        ("tokenizer.chat_template".into(), text(template)),
+    ];
+    let mut random = PseudoRandom::default();
+    let mut tensors: Vec<(String, HostTensor)> = Vec::new();
+    let head_dim = d / heads;
+    tensors.push(("token_embd.weight".into(), random.tensor(&[vocab, d], 2.0, 0.0)));
+    for l in 0..layers {
+        let mut add = |name: &str, shape: &[usize], scale: f32, offset: f32| {
+            tensors.push((format!("blk.{l}.{name}"), random.tensor(shape, scale, offset)));
+        };
+        add("attn_norm.weight", &[d], 0.2, 1.0);
+        add("attn_q.weight", &[d, d], 0.5, 0.0);
+        add("attn_k.weight", &[kv_heads * head_dim, d], 0.5, 0.0);
+        add("attn_v.weight", &[kv_heads * head_dim, d], 0.5, 0.0);
+        add("attn_output.weight", &[d, d], 0.5, 0.0);
+        add("ffn_norm.weight", &[d], 0.2, 1.0);
+        add("ffn_gate.weight", &[ffn, d], 0.5, 0.0);
+        add("ffn_up.weight", &[ffn, d], 0.5, 0.0);
+        add("ffn_down.weight", &[d, ffn], 0.5, 0.0);
+    }
+    tensors.push(("output_norm.weight".into(), random.tensor(&[d], 0.2, 1.0)));
+    (metadata, tensors)
+}
+
+/// GPT-2's byte-level alphabet: printable bytes stand for themselves, the others for the
+/// code points from U+0100 up, in order (a space is `Ġ`).
+fn byte_level_char(byte: u8) -> char {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if printable(byte) {
+        return byte as char;
+    }
+    let index = (0..byte).filter(|&b| !printable(b)).count() as u32;
+    char::from_u32(256 + index).expect("below U+0200")
 }
 
 /// A WordPiece tokenizer.json in the shape of BERT's (normalizer, pre-tokenizer, [CLS] … [SEP]

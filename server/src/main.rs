@@ -33,6 +33,10 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Classify product photos (PNG or JPEG) with MobileNetV2: the top ImageNet classes.
     Classify(commands::classify::Args),
+    /// Generate text with a GGUF decoder LLM (SmolLM2, Qwen2.5), streamed or as JSON.
+    Generate(commands::generate::Args),
+    /// Chat with a GGUF decoder LLM: one message per line on stdin.
+    Chat(commands::generate::ChatArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Rules(args) => commands::rules::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Chat(args) => commands::generate::run_chat(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

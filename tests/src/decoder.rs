@@ -11,6 +11,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tandem_runtime::backend::Backend;
+use tandem_runtime::ops::attention::StepBatch;
 use tandem_runtime::ops::{Activation, Attention, BinaryKind, KvWrite, MatMul, UnaryKind};
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, Outputs, Session, TensorType, ValueId};
 
@@ -251,23 +252,13 @@ pub fn check_decoder<B: Backend>(backend: B, seed: u64, steps: usize, tolerance:
     let mut new_tokens: Vec<Vec<u32>> = prompts.clone();
     for step in 0..=steps {
         // Pack this step's new tokens: sequence s's rows follow s − 1's.
-        let (mut ids, mut positions, mut table, mut last) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut batch = StepBatch::default();
         for (s, toks) in new_tokens.iter().enumerate() {
-            let start = ids.len() as u32;
-            ids.extend_from_slice(toks);
-            positions.extend((0..toks.len()).map(|i| (lengths[s] + i) as u32));
+            batch.push(s * capacity, lengths[s], toks);
             lengths[s] += toks.len();
-            table.extend([start, toks.len() as u32, (s * capacity) as u32, lengths[s] as u32]);
-            last.push(start + toks.len() as u32 - 1);
         }
-        let n = ids.len();
-        let seqs = new_tokens.len();
-        let inputs = [
-            HostTensor::u32(vec![n], ids).unwrap(),
-            HostTensor::u32(vec![n], positions).unwrap(),
-            HostTensor::u32(vec![seqs, 4], table).unwrap(),
-            HostTensor::u32(vec![seqs], last).unwrap(),
-        ];
+        let seqs = batch.seqs();
+        let inputs = batch.tensors().unwrap();
         let plans_before = session.plans_made();
         let out = session
             .run_with_blocking(&inputs, Some(&mut state), Outputs::Named(&["logits"]))

@@ -113,6 +113,32 @@ pub fn limit_cases(seed: u64) -> Vec<Case> {
         Op::Gather,
         vec![uniform(rng, &[50, 131], -1.0, 1.0), HostTensor::u32(vec![300], ids).expect("shape")],
     );
+    // Stored weights: a matvec whose lanes pass over K many times (Qwen2.5-0.5B's FFN down
+    // projection, K = 4864), tiled products over many K steps and two row tiles, a gather of
+    // Qwen's 896-wide rows.
+    let linear = |activation| Op::MatMul(MatMul { trans_b: true, activation });
+    add(
+        "matmul_q4_k_3x4864x130".into(),
+        linear(Activation::Gelu),
+        vec![
+            uniform(rng, &[3, 4864], -1.0, 1.0),
+            crate::random_weight(rng, DType::Q4_K, 130, 4864),
+            uniform(rng, &[130], -1.0, 1.0),
+        ],
+    );
+    for dtype in [DType::Q6_K, DType::Q5_0, DType::BF16] {
+        add(
+            format!("matmul_{dtype}_40x1024x70"),
+            linear(Activation::None),
+            vec![uniform(rng, &[40, 1024], -1.0, 1.0), crate::random_weight(rng, dtype, 70, 1024)],
+        );
+    }
+    let ids: Vec<u32> = (0..300).map(|i| if i % 13 == 4 { 70 } else { rng.random_range(0..50) }).collect();
+    add(
+        "gather_q8_0_50x896_300".into(),
+        Op::Gather,
+        vec![crate::random_weight(rng, DType::Q8_0, 50, 896), HostTensor::u32(vec![300], ids).expect("shape")],
+    );
     for &kind in PoolKind::ALL {
         let spans: Vec<(u32, u32)> = (0..40u32).map(|i| (i * 7, i % 8)).collect();
         add(

@@ -54,7 +54,10 @@ pub fn tolerance(kind: OpKind) -> Tolerance {
         OpKind::Conv2d => Tolerance::new(2e-5, 1e-4),
         // Same order, f32 division: rounding of the last add and the division only.
         OpKind::GlobalAvgPool => Tolerance::new(1e-6, 1e-5),
-        OpKind::Cast | OpKind::Gather | OpKind::Reshape | OpKind::Clamp | OpKind::KvWrite => Tolerance::EXACT,
+        // Ids: every backend must choose the same token.
+        OpKind::Cast | OpKind::Gather | OpKind::Reshape | OpKind::Clamp | OpKind::KvWrite | OpKind::Sample => {
+            Tolerance::EXACT
+        }
     }
 }
 
@@ -177,22 +180,51 @@ pub fn cases(seed: u64) -> Vec<Case> {
             vec![a, b],
         );
     }
-    // matmul with a stored weight (f16, bf16, GGUF blocks) [N, K]: one row, a panel and a
-    // half (N = 129 > 64 rows dequantized at a time), K of one and two 256-value blocks.
+    // matmul with a stored weight (f16, bf16, GGUF blocks) [N, K], dequantized inside the
+    // kernel: every M in {1, 7, 33} (GPUs: the matvec kernel up to 8 rows, tiles beyond) with
+    // every N in {1, 7, 129} (past a 64-row CPU panel and a 64-wide GPU tile), K of 1 to 3
+    // blocks (f16 and bf16 rows also of 67 and 130 values: not whole 8-value steps), leading
+    // batch dims (folded into rows: b is shared), bias and activations on and off.
     for dtype in DType::ALL.into_iter().filter(|d| !matches!(d, DType::F32 | DType::U32)) {
-        for &(m, k, n, bias) in &[(1, 256, 1, false), (7, 512, 129, true)] {
-            let mut inputs = vec![uniform(rng, &[m, k], -1.0, 1.0), random_weight(rng, dtype, n, k)];
+        let values = dtype.block().values;
+        let ks: Vec<usize> = if values == 1 { vec![1, 67, 2, 130, 3] } else { (1..=3).map(|b| b * values).collect() };
+        let epilogues = [
+            (false, Activation::None),
+            (true, Activation::Gelu),
+            (false, Activation::Relu),
+            (true, Activation::None),
+            (true, Activation::Relu),
+            (false, Activation::Gelu),
+        ];
+        let mut shapes: Vec<(Vec<usize>, usize)> = Vec::new(); // (a's shape but K, N)
+        for m in [1, 7, 33] {
+            for n in [1, 7, 129] {
+                shapes.push((vec![m], n));
+            }
+        }
+        shapes.extend([(vec![3, 1], 7), (vec![2, 7], 129), (vec![2, 3, 11], 33)]);
+        for (i, (lead, n)) in shapes.into_iter().enumerate() {
+            let k = ks[i % ks.len()];
+            let (bias, activation) = epilogues[i % epilogues.len()];
+            let mut inputs =
+                vec![uniform(rng, &[&lead[..], &[k]].concat(), -1.0, 1.0), random_weight(rng, dtype, n, k)];
             if bias {
                 inputs.push(uniform(rng, &[n], -1.0, 1.0));
             }
-            let op = Op::MatMul(MatMul {
-                trans_b: true,
-                activation: if bias { Activation::Gelu } else { Activation::None },
-            });
-            add(format!("matmul_{dtype}_{m}x{k}x{n}_bias{bias}"), op, inputs);
+            add(
+                format!("matmul_{dtype}_{lead:?}x{k}x{n}_bias{bias}_{activation:?}"),
+                Op::MatMul(MatMul { trans_b: true, activation }),
+                inputs,
+            );
         }
-        let ids = HostTensor::u32(vec![5], vec![0, 6, 2, 99, 6]).unwrap(); // 99: out of range
-        add(format!("gather_{dtype}_7x256"), Op::Gather, vec![random_weight(rng, dtype, 7, 256), ids]);
+        // gather from a stored table: rows of 3 and 2 blocks (f16, bf16: 3 and 67 values), ids
+        // out of range (99, 1000).
+        for (i, &(vocab, ids)) in [(7, &[0u32, 6, 2, 99, 6][..]), (30, &[29, 0, 1000, 3, 3, 17, 28])].iter().enumerate()
+        {
+            let dim = if i == 0 { ks[ks.len() - 1] } else { ks[1] };
+            let ids = HostTensor::u32(vec![ids.len()], ids.to_vec()).unwrap();
+            add(format!("gather_{dtype}_{vocab}x{dim}"), Op::Gather, vec![random_weight(rng, dtype, vocab, dim), ids]);
+        }
     }
     // LoRA matmul: ranks 1 to 65 (r off the K step of the kernels too), K and r on and off
     // the 16-byte load paths, bias, activations, leading batch dims folded into rows.
@@ -471,8 +503,84 @@ pub fn cases(seed: u64) -> Vec<Case> {
     for shape in [[1, 1, 1, 1], [2, 7, 5, 5], [2, 3, 17, 9], [1, 129, 7, 7]] {
         add(format!("global_avg_pool_{shape:?}"), Op::GlobalAvgPool, vec![uniform(rng, &shape, -1.0, 1.0)]);
     }
+    sample_cases(rng, &mut add);
     add("reshape".into(), Op::Reshape(vec![Dim::Fixed(129), Dim::Fixed(7)]), vec![uniform(rng, &[7, 129], -1.0, 1.0)]);
     cases
+}
+
+/// Token sampling: awkward vocabularies, one and three sequences, each filter alone and all
+/// together, greedy, the repetition penalty; NaN, −∞ and tied logits; invalid settings.
+/// Cases are compared exactly: a draw lands within float rounding of a boundary with a
+/// probability of about 1e-6 (should a case ever flip, change its seed, not the tolerance).
+fn sample_cases(rng: &mut StdRng, add: &mut impl FnMut(String, Op, Vec<HostTensor>)) {
+    // (name, temperature, top_k, top_p, min_p, repetition penalty)
+    let configs: &[(&str, f32, f32, f32, f32, f32)] = &[
+        ("greedy", 0.0, 0.0, 1.0, 0.0, 1.0),
+        ("greedy_penalty", 0.0, 0.0, 1.0, 0.0, 1.5),
+        ("plain", 0.8, 0.0, 1.0, 0.0, 1.0),
+        ("top_k", 1.0, 5.0, 1.0, 0.0, 1.0),
+        ("top_p", 1.0, 0.0, 0.9, 0.0, 1.0),
+        ("min_p", 1.0, 0.0, 1.0, 0.05, 1.0),
+        ("all", 0.7, 50.0, 0.95, 0.02, 1.2),
+    ];
+    let n_seen = 6;
+    for &vocab in &[1usize, 7, 129, 1000, 50_000] {
+        for &seqs in &[1usize, 3] {
+            for &(name, t, k, p, min_p, rp) in configs {
+                let mut logits: Vec<f32> = (0..seqs * vocab).map(|_| rng.random_range(-8.0..8.0)).collect();
+                if vocab >= 7 {
+                    for r in 0..seqs {
+                        let row = &mut logits[r * vocab..(r + 1) * vocab];
+                        row[1] = f32::NAN;
+                        row[2] = f32::NEG_INFINITY;
+                        // A tie at the top: greedy takes the lower id.
+                        let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) + 0.5;
+                        row[vocab / 2] = top;
+                        row[vocab - 1] = top;
+                    }
+                }
+                let settings: Vec<f32> = (0..seqs).flat_map(|_| [t, k, p, min_p, rp]).collect();
+                let mut seen = Vec::new();
+                for _ in 0..seqs {
+                    let mut ids: Vec<u32> = (0..n_seen - 2).map(|_| rng.random_range(0..vocab as u32 + 2)).collect();
+                    ids.push(vocab as u32 / 2);
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids.resize(n_seen, u32::MAX);
+                    seen.extend(ids);
+                }
+                let keys: Vec<u32> = (0..2 * seqs).map(|_| rng.random()).collect();
+                let inputs = vec![
+                    HostTensor::f32(vec![seqs, vocab], logits).unwrap(),
+                    HostTensor::f32(vec![seqs, 5], settings).unwrap(),
+                    HostTensor::u32(vec![seqs, n_seen], seen).unwrap(),
+                    HostTensor::u32(vec![seqs, 2], keys).unwrap(),
+                ];
+                add(format!("sample_{name}_{seqs}x{vocab}"), Op::Sample, inputs);
+            }
+        }
+    }
+    // Invalid settings are off, and unsorted or out-of-range seen ids read nothing out of bounds.
+    let vocab = 129;
+    let bad: [[f32; 5]; 6] = [
+        [f32::NAN, 3.0, 0.5, 0.1, 2.0],
+        [-1.0, 0.0, 1.0, 0.0, 1.0],
+        [1.0, -4.0, 2.0, f32::NAN, f32::INFINITY],
+        [1.0, 1e9, f32::NAN, 7.0, -3.0],
+        [f32::INFINITY, 2.5, 0.0, -1.0, 0.0],
+        [0.5, 128.9, 1e-30, 1e-45, f32::NAN],
+    ];
+    let seqs = bad.len();
+    let logits = uniform(rng, &[seqs, vocab], -8.0, 8.0);
+    let seen: Vec<u32> = (0..seqs).flat_map(|r| [u32::MAX, 5 + r as u32, 3, 1000]).collect();
+    let keys: Vec<u32> = (0..2 * seqs).map(|_| rng.random()).collect();
+    let inputs = vec![
+        logits,
+        HostTensor::f32(vec![seqs, 5], bad.concat()).unwrap(),
+        HostTensor::u32(vec![seqs, 4], seen).unwrap(),
+        HostTensor::u32(vec![seqs, 2], keys).unwrap(),
+    ];
+    add(format!("sample_invalid_settings_{seqs}x{vocab}"), Op::Sample, inputs);
 }
 
 /// Runs a case on a backend (with its in-place operand as the state, when it has one).

@@ -24,6 +24,16 @@ pub fn cuda_defines(source: &str, entry: &str) -> bool {
     })
 }
 
+/// Whether cuda/quant.cu defines every stored-weight kernel of the op.
+fn cuda_has_stored(root: &Path, kind: OpKind) -> bool {
+    let stem = tandem_runtime::ops::STORED_WEIGHT_STEM;
+    let Ok(src) = std::fs::read_to_string(root.join("cuda").join(format!("{stem}.cu"))) else { return false };
+    tandem_runtime::ops::STORED_WEIGHT_KERNELS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .is_some_and(|(_, entries)| entries.iter().all(|e| cuda_defines(&src, e)))
+}
+
 fn cuda_has(root: &Path, kind: OpKind) -> bool {
     match kind.kernel() {
         None => true,
@@ -56,6 +66,25 @@ pub fn render(root: &Path) -> String {
             mark(cuda_has(root, kind)),
         );
     }
+    let stem = tandem_runtime::ops::STORED_WEIGHT_STEM;
+    out += &format!(
+        "\nAn op whose weight is stored as f16, bf16 or GGUF blocks (`Op::stored_weight`) runs the\n\
+         stored-weight kernels of `shaders/{stem}.wgsl` and `cuda/{stem}.cu` instead, each built once\n\
+         per weight dtype (a WGSL override constant, a CUDA `-D` define) and dequantizing inside\n\
+         the kernel.\n\n\
+         | op | stored-weight kernels (stem: entries) | wgpu | cuda |\n\
+         |---|---|---|---|\n"
+    );
+    for &(kind, entries) in tandem_runtime::ops::STORED_WEIGHT_KERNELS {
+        let names: Vec<String> = entries.iter().map(|e| format!("`{e}`")).collect();
+        out += &format!(
+            "| {} | `{stem}`: {} | {} | {} |\n",
+            kind.name(),
+            names.join(", "),
+            mark(tandem_runtime::backend::wgpu::has_stored_kernels(kind)),
+            mark(cuda_has_stored(root, kind)),
+        );
+    }
     out += &render_dtypes(root);
     out
 }
@@ -81,8 +110,12 @@ fn render_dtypes(root: &Path) -> String {
             let ins: Vec<&str> = signature.iter().map(|d| d.name()).collect();
             let kind = case.op.kind();
             let cpu = CpuBackend::new().supports_dtypes(&case.op, &signature);
-            let gpu = tandem_runtime::backend::wgpu::has_kernel(kind) && wgpu::supports_dtypes(&case.op, &signature);
-            let cuda = cuda_has(root, kind) && cuda_supports_dtypes(&case.op, &signature);
+            let (gpu_kernel, cuda_kernel) = match case.op.stored_weight(&signature) {
+                Some(_) => (wgpu::has_stored_kernels(kind), cuda_has_stored(root, kind)),
+                None => (wgpu::has_kernel(kind), cuda_has(root, kind)),
+            };
+            let gpu = gpu_kernel && wgpu::supports_dtypes(&case.op, &signature);
+            let cuda = cuda_kernel && cuda_supports_dtypes(&case.op, &signature);
             rows.insert((kind, ins.join(", "), out.join(", "), cpu, gpu, cuda));
         }
     }

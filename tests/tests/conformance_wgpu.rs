@@ -228,6 +228,14 @@ fn kernel_edge_cases_match_the_cpu() {
         vec![random(rng, &[1, 576], 1.0), random(rng, &[1000, 576], 0.1)],
     );
 
+    // A stored-weight matvec over 600 000 weight rows: 75 000 workgroups of 8 outputs, folded
+    // into two grid dimensions; and SmolLM2's output layer (Q8_0 embeddings, tied).
+    let linear = Op::MatMul(MatMul { trans_b: true, activation: Activation::None });
+    let wide = tandem_tests::random_weight(rng, DType::Q8_0, 600_000, 32);
+    let lm_head = tandem_tests::random_weight(rng, DType::Q8_0, 49_152, 576);
+    add("matvec_q8_0_1x32x600000", linear.clone(), vec![random(rng, &[1, 32], 1.0), wide]);
+    add("matvec_q8_0_1x576x49152", linear, vec![random(rng, &[1, 576], 1.0), lm_head]);
+
     let failures = check_cases(&backend, cases);
     for f in &failures {
         println!("FAIL {f}");

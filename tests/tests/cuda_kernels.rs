@@ -131,6 +131,18 @@ fn every_op_kernel_exists_in_both_languages() {
             );
         }
     }
+    let stem = tandem_runtime::ops::STORED_WEIGHT_STEM;
+    for (kind, entries) in tandem_runtime::ops::STORED_WEIGHT_KERNELS {
+        for entry in *entries {
+            for (lang, map) in [("WGSL", &wgsl), ("CUDA", &cuda)] {
+                assert!(
+                    map.get(stem).is_some_and(|s| s.contains(*entry)),
+                    "op '{}' has no {lang} stored-weight kernel {stem}::{entry}",
+                    kind.name()
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -19,8 +19,12 @@ pub fn f32_and_u32(dtypes: &[DType]) -> bool {
 
 /// The dtypes the CUDA kernels take (shared by the CUDA backend and its emulated twin): f32
 /// and u32 everywhere; matmul and attention also all-f16 floats (their f16 builds); cast
-/// between f32, f16 and u32.
+/// between f32, f16 and u32; and stored weights (f16, bf16, GGUF blocks) for matmul by f32
+/// activations and for gather, dequantized inside the kernel (cuda/quant.cu).
 pub fn cuda_supports_dtypes(op: &Op, inputs: &[DType]) -> bool {
+    if op.stored_weight(inputs).is_some() {
+        return true;
+    }
     let halves = inputs.iter().all(|d| matches!(d, DType::F16 | DType::U32));
     match op {
         Op::MatMul(_) | Op::Attention(_) => f32_and_u32(inputs) || halves,

@@ -269,6 +269,52 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], 
     }
 }
 
+/// One run of a decoder graph over several sequences, packed the way its inputs take them:
+/// each sequence's new tokens back to back (`ids`, with their `positions` in the sequence),
+/// its `[seqs, 4]` table row (new rows, then kv rows: the cache slot from `kv_start`
+/// holding what was cached before and the new tokens) and `last`, the row whose logits it
+/// wants. Prefill and decode steps, and any mix of them, are built alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepBatch {
+    pub ids: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub table: Vec<u32>,
+    pub last: Vec<u32>,
+}
+
+impl StepBatch {
+    /// Adds a sequence whose cache slot starts at row `kv_start` and already holds `cached`
+    /// rows, with `tokens` new (at least one).
+    pub fn push(&mut self, kv_start: usize, cached: usize, tokens: &[u32]) {
+        debug_assert!(!tokens.is_empty(), "a sequence in a step has new tokens");
+        let start = self.ids.len() as u32;
+        self.ids.extend_from_slice(tokens);
+        self.positions.extend((cached..cached + tokens.len()).map(|p| p as u32));
+        let kv_len = cached + tokens.len();
+        self.table.extend([start, tokens.len() as u32, kv_start as u32, kv_len as u32]);
+        self.last.push(start + tokens.len() as u32 - 1);
+    }
+
+    pub fn seqs(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The graph inputs `ids`, `positions`, `table`, `last`, in that order.
+    pub fn tensors(&self) -> crate::error::Result<[crate::HostTensor; 4]> {
+        let (n, seqs) = (self.tokens(), self.seqs());
+        Ok([
+            crate::HostTensor::u32(vec![n], self.ids.clone())?,
+            crate::HostTensor::u32(vec![n], self.positions.clone())?,
+            crate::HostTensor::u32(vec![seqs, 4], self.table.clone())?,
+            crate::HostTensor::u32(vec![seqs], self.last.clone())?,
+        ])
+    }
+}
+
 /// Appends new key or value rows to a KV cache: row `q_start + i` of `new` goes to cache row
 /// `kv_start + past + i`. Inputs: cache (a state, written in place), new `[tokens, width]`, a
 /// `[seqs, 4]` table as for attention; the output is the cache after the write. Rows that

@@ -129,6 +129,14 @@ impl MatMul {
             _pad: 0,
         }
     }
+
+    /// Params of a product by a stored weight b `[N, K]` (f16, bf16, GGUF blocks): a's leading
+    /// dims fold into rows, as b is shared by all of them (`m` counts every row, `batch` is 1).
+    /// What [`cpu_stored`] computes and the GPU stored-weight kernels read.
+    pub fn stored_params(&self, a: &[usize], b: &[usize], has_bias: bool) -> MatMulParams {
+        let rows: usize = a[..a.len() - 1].iter().product();
+        MatMulParams { batch: 1, m: rows as u32, stride_a: 0, ..self.params(a, b, has_bias) }
+    }
 }
 
 /// CPU reference: one GEMM per batch entry through the `gemm` crate, bias added by starting

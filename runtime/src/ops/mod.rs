@@ -20,6 +20,7 @@ pub mod norm;
 pub mod pool;
 pub mod qdot;
 pub mod rope;
+pub mod sample;
 pub mod softlogic;
 
 pub use attention::{Attention, KvWrite};
@@ -106,6 +107,10 @@ pub enum Op {
     },
     /// The mean over H·W of x `[N, C, H, W]`, giving `[N, C]`.
     GlobalAvgPool,
+    /// The next token of each sequence: inputs logits f32 `[seqs, vocab]`, params f32
+    /// `[seqs, 5]` (temperature, top_k, top_p, min_p, repetition_penalty), seen u32
+    /// `[seqs, n]` and keys u32 `[seqs, 2]`; output ids u32 `[seqs]` (see `ops::sample`).
+    Sample,
 }
 
 /// The op table: for each op kind, its name (in graph files, errors and docs/ops.md) and the
@@ -162,6 +167,7 @@ op_table! {
     // Not "clamp": a WGSL function of that name would shadow the builtin.
     Clamp => "clamp", Some(("elementwise", "clip"));
     GlobalAvgPool => "global_avg_pool", Some(("pool", "global_avg_pool"));
+    Sample => "sample", Some(("sample", "sample"));
 }
 
 impl OpKind {
@@ -169,6 +175,18 @@ impl OpKind {
         OpKind::ALL.iter().copied().find(|k| k.name() == name)
     }
 }
+
+/// The file stem of the stored-weight kernels: `shaders/quant.wgsl` and `cuda/quant.cu` hold
+/// the kernels of the ops whose weight operand is stored (f16, bf16 or GGUF blocks) and
+/// dequantized inside the kernel ([`Op::stored_weight`]). Each is built once per weight dtype
+/// (a WGSL pipeline-overridable constant, a CUDA `-D` define), so every build keeps these
+/// entry-point names.
+pub const STORED_WEIGHT_STEM: &str = "quant";
+
+/// The stored-weight kernels of each op, in `STORED_WEIGHT_STEM`: matmul runs `matvec_stored`
+/// for a few rows of activations (decoding) and `matmul_stored` (tiled) for more.
+pub const STORED_WEIGHT_KERNELS: &[(OpKind, &[&str])] =
+    &[(OpKind::MatMul, &["matvec_stored", "matmul_stored"]), (OpKind::Gather, &["gather_stored"])];
 
 /// Every kernel's `#[repr(C)]` params struct, in one enum: what a backend passes as a
 /// launch's first argument. WGSL (`shaders/`) and CUDA (`cuda/params.cuh`) mirror each struct
@@ -215,6 +233,7 @@ use matmul::MatMulParams;
 use norm::NormParams;
 use pool::PoolParams;
 use rope::RopeParams;
+use sample::SampleParams;
 use softlogic::{AggregateParams, SoftLogicParams};
 
 kernel_params! {
@@ -232,6 +251,7 @@ kernel_params! {
     Conv2d(Conv2dParams),
     Clamp(ClampParams),
     GlobalPool(GlobalPoolParams),
+    Sample(SampleParams),
 }
 
 /// What every kernel params struct is: plain `#[repr(C)]` data.
@@ -267,6 +287,7 @@ impl Op {
             Op::Conv2d(_) => OpKind::Conv2d,
             Op::Clamp { .. } => OpKind::Clamp,
             Op::GlobalAvgPool => OpKind::GlobalAvgPool,
+            Op::Sample => OpKind::Sample,
         }
     }
 
@@ -288,6 +309,7 @@ impl Op {
                 Ok(vec![inputs[0].clone()])
             }
             Op::GlobalAvgPool => conv::infer_global_avg_pool(inputs),
+            Op::Sample => sample::infer(inputs),
             Op::Unary(_) => {
                 arity(inputs, 1, 1)?;
                 float(&inputs[0], "input")?;
@@ -320,6 +342,18 @@ impl Op {
                 }
                 Ok(vec![TensorType::new(from.dtype, shape.clone())])
             }
+        }
+    }
+
+    /// The dtype of the weight the op dequantizes inside its kernel, when it reads one: matmul
+    /// of f32 activations by b stored as f16, bf16 or GGUF blocks, or gather from such a table.
+    /// GPU backends run these through the stored-weight kernels ([`STORED_WEIGHT_KERNELS`]).
+    pub fn stored_weight(&self, inputs: &[DType]) -> Option<DType> {
+        let stored = |d: DType| d.is_quantized() || matches!(d, DType::F16 | DType::BF16);
+        match (self, inputs) {
+            (Op::MatMul(_), [DType::F32, b, ..]) if stored(*b) => Some(*b),
+            (Op::Gather, [table, DType::U32]) if stored(*table) => Some(*table),
+            _ => None,
         }
     }
 

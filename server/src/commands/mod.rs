@@ -4,6 +4,7 @@ pub mod classify;
 pub mod embed;
 pub mod export;
 pub mod fetch;
+pub mod generate;
 pub mod inspect;
 pub mod relevance;
 pub mod rules;

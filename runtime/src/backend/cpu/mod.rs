@@ -21,6 +21,9 @@ impl CpuBuffer {
     fn u32(&self, n: usize) -> &[u32] {
         &self.0[..n]
     }
+    fn u32_mut(&mut self, n: usize) -> &mut [u32] {
+        &mut self.0[..n]
+    }
     fn f16(&self, n: usize) -> &[f16] {
         &bytemuck::cast_slice(&self.0)[..n]
     }
@@ -249,6 +252,10 @@ impl Backend for CpuBackend {
             Op::GlobalAvgPool => {
                 let p = ops::conv::GlobalPoolParams::new(inputs[0].shape);
                 ops::conv::global_avg_pool_cpu(&p, f(0), out.buf.f32_mut(n_out));
+            }
+            Op::Sample => {
+                let p = ops::sample::SampleParams::new(inputs[0].shape, inputs[2].shape);
+                ops::sample::cpu(&p, f(0), f(1), u(2), u(3), out.buf.u32_mut(n_out));
             }
             Op::Reshape(_) => return Err(Error::backend("cpu", "reshape is a view and is never dispatched")),
         }

@@ -1,7 +1,7 @@
 //! The CUDA kernel sources (cuda/*.cu and their headers), embedded in the binary so that a
 //! deployed program needs no source tree, and the options NVRTC compiles them with.
 
-use super::launch::Variant;
+use super::launch::{Variant, WEIGHT_VARIANTS};
 use super::nvrtc::ImageKind;
 
 /// One kernel file: cuda/<stem>.cu.
@@ -66,6 +66,14 @@ pub const FILES: &[KernelFile] = &[
         f32_only: &[],
     },
     KernelFile { stem: "conv", source: include_str!("../../../../cuda/conv.cu"), variants: F32, f32_only: &[] },
+    // The stored-weight kernels: one build per weight dtype, no f32 build.
+    KernelFile {
+        stem: "quant",
+        source: include_str!("../../../../cuda/quant.cu"),
+        variants: WEIGHT_VARIANTS,
+        f32_only: &[],
+    },
+    KernelFile { stem: "sample", source: include_str!("../../../../cuda/sample.cu"), variants: F32, f32_only: &[] },
 ];
 
 pub fn file(stem: &str) -> Option<&'static KernelFile> {

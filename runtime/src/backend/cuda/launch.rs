@@ -15,6 +15,7 @@ use crate::ops::gather::GatherParams;
 use crate::ops::matmul::MatMulParams;
 use crate::ops::norm::NormParams;
 use crate::ops::pool::PoolParams;
+use crate::ops::sample::SampleParams;
 use crate::ops::softlogic::{AggregateParams, SoftLogicParams};
 use crate::ops::{LoraMatMul, Op};
 use crate::tensor::DType;
@@ -37,6 +38,12 @@ pub const KERNEL_CONSTANTS: &[(&str, &str, u32)] = &[
     ("attention", "ATT_MAX_D", MAX_HEAD_DIM),
     ("attention", "KV_WRITE_THREADS", KV_WRITE_THREADS),
     ("rope", "ROPE_THREADS", ROPE_THREADS),
+    ("quant", "QMV_COLS", QMV_COLS),
+    ("quant", "QMV_ROWS", QMV_ROWS),
+    ("quant", "QMM_TM", QMM_TM),
+    ("quant", "QMM_TN", QMM_TN),
+    ("quant", "QUANT_THREADS", QUANT_THREADS),
+    ("sample", "SAMPLE_THREADS", SAMPLE_THREADS),
 ];
 
 const ELEMENTWISE_THREADS: u32 = 256;
@@ -55,6 +62,14 @@ const ATT_THREADS: u32 = 128;
 const ATT_BQ: u32 = 16;
 const KV_WRITE_THREADS: u32 = 256;
 const ROPE_THREADS: u32 = 256;
+/// cuda/quant.cu: matvec_stored computes QMV_COLS outputs (a warp each) for up to QMV_ROWS
+/// rows of a per block; products with more rows run matmul_stored, QMM_TM x QMM_TN tiles.
+const QMV_COLS: u32 = 8;
+const QMV_ROWS: u32 = 8;
+const QMM_TM: u32 = 32;
+const QMM_TN: u32 = 64;
+const QUANT_THREADS: u32 = 256;
+const SAMPLE_THREADS: u32 = 256;
 /// The largest attention head dim the CUDA kernel takes (its shared-memory tiles are sized
 /// for it); larger heads are refused with an error.
 pub const MAX_HEAD_DIM: u32 = 128;
@@ -66,21 +81,39 @@ const MAX_GRID_YZ: u32 = 65_535;
 /// Kernels index elements with 32-bit integers.
 const MAX_ELEMENTS: usize = i32::MAX as usize;
 
-/// The element type a kernel file is compiled for (matmul and attention only; every other
-/// file has one f32 build). Chosen when NVRTC compiles the file, so both variants keep the
-/// WGSL twin's entry-point name and params layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The element type a kernel file is compiled for (matmul and attention: f32 and f16; quant:
+/// one build per stored weight dtype; every other file has one f32 build). Chosen when NVRTC
+/// compiles the file, so every variant keeps the WGSL twin's entry-point names and params
+/// layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Variant {
     F32,
     /// f16 storage, f32 arithmetic (`-DTANDEM_F16`).
     F16,
+    /// The stored-weight kernels (cuda/quant.cu) for weights of this dtype (f16, bf16 or GGUF
+    /// blocks), f32 activations and arithmetic (`-DTANDEM_WEIGHT=<DType::code>`).
+    Weight(DType),
 }
+
+/// Every weight dtype the stored-weight kernels take, as their builds.
+pub const WEIGHT_VARIANTS: &[Variant] = &[
+    Variant::Weight(DType::F16),
+    Variant::Weight(DType::BF16),
+    Variant::Weight(DType::Q8_0),
+    Variant::Weight(DType::Q4_0),
+    Variant::Weight(DType::Q4_1),
+    Variant::Weight(DType::Q5_0),
+    Variant::Weight(DType::Q4_K),
+    Variant::Weight(DType::Q5_K),
+    Variant::Weight(DType::Q6_K),
+];
 
 impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::F32 => "f32",
             Variant::F16 => "f16",
+            Variant::Weight(d) => d.name(),
         }
     }
     /// Preprocessor definitions that select the variant.
@@ -88,6 +121,19 @@ impl Variant {
         match self {
             Variant::F32 => &[],
             Variant::F16 => &["TANDEM_F16"],
+            Variant::Weight(d) => match d {
+                DType::F16 => &["TANDEM_WEIGHT=1"],
+                DType::BF16 => &["TANDEM_WEIGHT=3"],
+                DType::Q8_0 => &["TANDEM_WEIGHT=4"],
+                DType::Q4_0 => &["TANDEM_WEIGHT=5"],
+                DType::Q4_1 => &["TANDEM_WEIGHT=6"],
+                DType::Q5_0 => &["TANDEM_WEIGHT=7"],
+                DType::Q4_K => &["TANDEM_WEIGHT=8"],
+                DType::Q5_K => &["TANDEM_WEIGHT=9"],
+                DType::Q6_K => &["TANDEM_WEIGHT=10"],
+                // Not stored weights: no build selects them (plan never asks).
+                DType::F32 | DType::U32 => &["TANDEM_WEIGHT=0"],
+            },
         }
     }
 }
@@ -214,6 +260,71 @@ fn plan_lora(l: &LoraMatMul, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) ->
     })
 }
 
+/// The launch of a stored-weight kernel (cuda/quant.cu, the build for `weight`): matmul by a
+/// weight b `[N, K]` (a's leading dims folded into rows) or gather from a table `[V, D]`.
+fn plan_stored(op: &Op, weight: DType, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<Launch, String> {
+    let Some(out) = outputs.first() else { return Err(format!("{} writes one output", op.kind().name())) };
+    if let Some(big) = inputs.iter().chain(outputs).find(|o| o.len() > MAX_ELEMENTS) {
+        return Err(format!(
+            "a tensor of shape {:?} is too large for the CUDA kernels (32-bit indexing: at most {MAX_ELEMENTS} elements)",
+            big.shape
+        ));
+    }
+    let mut launch = Launch {
+        stem: crate::ops::STORED_WEIGHT_STEM,
+        entry: "",
+        variant: Variant::Weight(weight),
+        grid: [1, 1, 1],
+        block: [QUANT_THREADS, 1, 1],
+        params: KernelParams::Unary(UnaryParams { len: 0, op: 0, to: 0, _pad: 0 }),
+        args: Vec::new(),
+        zero_outputs: false,
+    };
+    match op {
+        Op::MatMul(m) => {
+            let [a, b, rest @ ..] = inputs else { return Err("matmul takes a and b".into()) };
+            if a.shape.len() < 2 || b.shape.len() != 2 || out.dtype != DType::F32 {
+                return Err(format!("matmul by a {weight} weight takes f32 a [..., K] and b [N, K]"));
+            }
+            let has_bias = !rest.is_empty();
+            let p = m.stored_params(a.shape, b.shape, has_bias);
+            let (rows, cols) = (p.m as usize, p.n as usize);
+            if rows <= QMV_ROWS as usize {
+                launch.entry = "matvec_stored";
+                launch.grid = [blocks(cols, QMV_COLS), blocks(rows, QMV_ROWS), 1];
+            } else {
+                let tiles = blocks(rows, QMM_TM);
+                if tiles > MAX_GRID_YZ {
+                    return Err(format!("matmul with {rows} rows is too tall for one CUDA grid"));
+                }
+                launch.entry = "matmul_stored";
+                launch.grid = [blocks(cols, QMM_TN), tiles, 1];
+            }
+            launch.params = KernelParams::MatMul(p);
+            let bias = if has_bias { Binding::Input(2) } else { Binding::Null };
+            launch.args = vec![Binding::Input(0), Binding::Input(1), bias, Binding::Output(0)];
+        }
+        Op::Gather => {
+            let [table, ids] = inputs else { return Err("gather takes a table and ids".into()) };
+            if table.shape.len() != 2 || ids.dtype != DType::U32 || out.dtype != DType::F32 {
+                return Err(format!("gather from a {weight} table takes a table [vocab, dim] and u32 ids"));
+            }
+            let p = GatherParams::new(table.shape, ids.shape);
+            // A thread per 8 values of an output row, grid-stride.
+            let units = p.num_ids as usize * (p.dim as usize).div_ceil(8);
+            launch.entry = "gather_stored";
+            launch.grid = [blocks(units, QUANT_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.params = KernelParams::Gather(p);
+            launch.args = vec![Binding::Input(0), Binding::Input(1), Binding::Output(0)];
+        }
+        _ => return Err(format!("{} has no stored-weight kernel", op.kind().name())),
+    }
+    if out.is_empty() {
+        launch.grid = [0, 0, 0];
+    }
+    Ok(launch)
+}
+
 fn blocks(items: usize, per_block: u32) -> u32 {
     u32::try_from(items.div_ceil(per_block as usize)).unwrap_or(u32::MAX)
 }
@@ -226,6 +337,10 @@ fn dtypes_are(ops: &[Operand<'_>], want: DType) -> bool {
 /// executor's shape inference); ops of several launches go through [`plan_op`]. The error
 /// says what the CUDA kernels cannot do.
 pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<Launch, String> {
+    let dtypes: Vec<DType> = inputs.iter().map(|o| o.dtype).collect();
+    if let Some(weight) = op.stored_weight(&dtypes) {
+        return plan_stored(op, weight, inputs, outputs);
+    }
     let kind = op.kind();
     let (stem, entry) = kind.kernel().ok_or_else(|| format!("{} is a view and is never dispatched", kind.name()))?;
     let (Some(out), Some(first)) = (outputs.first(), inputs.first()) else {
@@ -500,6 +615,24 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
             launch.block = [POOL_THREADS, 1, 1];
             launch.params = KernelParams::GlobalPool(p);
         }
+        Op::Sample => {
+            let [logits, params, seen, keys] = inputs else {
+                return Err("sample takes logits, params, seen and keys".into());
+            };
+            let floats = logits.dtype == DType::F32 && params.dtype == DType::F32;
+            let words = seen.dtype == DType::U32 && keys.dtype == DType::U32 && out.dtype == DType::U32;
+            if !floats || !words || logits.shape.len() != 2 || seen.shape.len() != 2 {
+                return Err("sample takes f32 logits [seqs, vocab] and params [seqs, 5], u32 seen [seqs, n] and keys \
+                            [seqs, 2], and writes u32 ids on CUDA"
+                    .into());
+            }
+            let p = SampleParams::new(logits.shape, seen.shape);
+            // A block per sequence row (grid-stride over rows past the grid's limit).
+            launch.grid = [p.seqs.min(MAX_STRIDE_BLOCKS), 1, 1];
+            launch.block = [SAMPLE_THREADS, 1, 1];
+            launch.params = KernelParams::Sample(p);
+            launch.args = (0..4).map(Binding::Input).chain([Binding::Output(0)]).collect();
+        }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     }
     if out.is_empty() {
@@ -558,6 +691,38 @@ mod tests {
         let mixed =
             plan(&op, &[operand(DType::F16, &[2, 2]), operand(DType::F32, &[2, 2])], &[operand(DType::F32, &[2, 2])]);
         assert!(mixed.unwrap_err().contains("all-f32 or all-f16"));
+    }
+
+    #[test]
+    fn stored_weights_run_the_quant_build_of_their_dtype() {
+        let op = Op::MatMul(MatMul { trans_b: true, activation: Activation::None });
+        // Decoding: a warp per output, 8 per block; batch dims fold into rows.
+        let (a, b, y) = ([2, 1, 576], [49152, 576], [2, 1, 49152]);
+        let ins = [operand(DType::F32, &a), operand(DType::Q4_1, &b)];
+        let l = plan(&op, &ins, &[operand(DType::F32, &y)]).unwrap();
+        assert_eq!((l.stem, l.entry, l.variant), ("quant", "matvec_stored", Variant::Weight(DType::Q4_1)));
+        assert_eq!((l.grid, l.block), ([6144, 1, 1], [QUANT_THREADS, 1, 1]));
+        assert_eq!(l.args, [Binding::Input(0), Binding::Input(1), Binding::Null, Binding::Output(0)]);
+        let KernelParams::MatMul(p) = l.params else { panic!("matmul params") };
+        assert_eq!((p.batch, p.m, p.n, p.k), (1, 2, 49152, 576));
+        // Prefill: 32 x 64 tiles, with a bias.
+        let (a, b, bias, y) = ([33, 512], [129, 512], [129], [33, 129]);
+        let ins = [operand(DType::F32, &a), operand(DType::Q6_K, &b), operand(DType::F32, &bias)];
+        let l = plan(&op, &ins, &[operand(DType::F32, &y)]).unwrap();
+        assert_eq!((l.entry, l.variant, l.grid), ("matmul_stored", Variant::Weight(DType::Q6_K), [3, 2, 1]));
+        assert_eq!(l.args[2], Binding::Input(2));
+        // Gather: a thread per 8 values of a row.
+        let (table, ids, out) = ([100, 896], [300], [300, 896]);
+        let l =
+            plan(&Op::Gather, &[operand(DType::Q8_0, &table), operand(DType::U32, &ids)], &[operand(DType::F32, &out)])
+                .unwrap();
+        assert_eq!((l.entry, l.variant, l.grid), ("gather_stored", Variant::Weight(DType::Q8_0), [132, 1, 1]));
+        // Each build's define is its dtype's code.
+        for v in WEIGHT_VARIANTS {
+            let Variant::Weight(d) = *v else { panic!("{v:?}") };
+            assert_eq!(v.defines(), [format!("TANDEM_WEIGHT={}", d.code())]);
+            assert_eq!(v.name(), d.name());
+        }
     }
 
     #[test]

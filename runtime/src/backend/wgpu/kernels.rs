@@ -5,6 +5,10 @@
 //! the op's inputs in op order (read-only storage), then its outputs (read-write storage).
 //! `lora_matmul` is the exception: its second dispatch binds x, W, bias, the scratch `t` and
 //! B (see [`lora_down`]).
+//!
+//! An op that reads a stored weight (f16, bf16, GGUF blocks: [`Op::stored_weight`]) runs one
+//! of `shaders/quant.wgsl`'s kernels instead of its own, in a pipeline built for that dtype
+//! (the override constant `WEIGHT`); its bindings follow the same convention.
 
 use crate::ops::{self, Op, OpKind};
 use crate::tensor::DType;
@@ -33,6 +37,8 @@ const SHADERS: &[(&str, &str)] = &[
     shader!("softlogic"),
     shader!("conv"),
     shader!("rope"),
+    shader!("quant"),
+    shader!("sample"),
 ];
 
 /// WebGPU's limit on workgroups per grid dimension.
@@ -45,6 +51,35 @@ pub const MAX_HEAD_DIM: usize = 128;
 const MATMUL_TILE: usize = 64;
 /// Query tokens per attention workgroup (`BQ` in attention.wgsl).
 const ATTENTION_BLOCK: usize = 64;
+/// quant.wgsl's matvec_stored: outputs per workgroup (`MV_COLS`) and rows of a per workgroup
+/// (`MV_ROWS`); products with more rows run matmul_stored, whose output tile is `STORED_TILE_M`
+/// rows (`TM`) by `STORED_TILE_N` weight rows (`TN`).
+const MATVEC_COLS: usize = 8;
+const MATVEC_ROWS: usize = 8;
+const STORED_TILE_M: usize = 32;
+const STORED_TILE_N: usize = 64;
+
+/// The pipeline a dispatch runs: an entry point of a shader file, for a weight dtype when it
+/// is a stored-weight kernel (the value of quant.wgsl's override constant `WEIGHT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct KernelRef {
+    pub stem: &'static str,
+    pub entry: &'static str,
+    pub weight: Option<DType>,
+}
+
+impl KernelRef {
+    /// The op's own kernel (op_table!); only views have none.
+    fn of(kind: OpKind) -> Result<KernelRef, String> {
+        let (stem, entry) =
+            kind.kernel().ok_or_else(|| format!("{} is a view and is never dispatched", kind.name()))?;
+        Ok(KernelRef { stem, entry, weight: None })
+    }
+
+    fn stored(entry: &'static str, weight: DType) -> KernelRef {
+        KernelRef { stem: ops::STORED_WEIGHT_STEM, entry, weight: Some(weight) }
+    }
+}
 
 pub(super) fn source(stem: &str) -> Option<&'static str> {
     SHADERS.iter().find(|(s, _)| *s == stem).map(|(_, src)| *src)
@@ -58,6 +93,15 @@ pub fn has_kernel(kind: OpKind) -> bool {
         None => true,
         Some((stem, entry)) => source(stem).is_some_and(|src| defines_entry_point(src, entry)),
     }
+}
+
+/// Whether the embedded WGSL defines every stored-weight kernel of the op (`quant.wgsl`,
+/// [`ops::STORED_WEIGHT_KERNELS`]): whether the op runs on a weight stored as f16, bf16 or
+/// GGUF blocks.
+pub fn has_stored_kernels(kind: OpKind) -> bool {
+    ops::STORED_WEIGHT_KERNELS.iter().find(|(k, _)| *k == kind).is_some_and(|(_, entries)| {
+        source(ops::STORED_WEIGHT_STEM).is_some_and(|src| entries.iter().all(|e| defines_entry_point(src, e)))
+    })
 }
 
 /// A `@compute` function named `entry` (attributes may span lines).
@@ -104,14 +148,17 @@ pub(super) fn signature(kind: OpKind) -> Signature {
         OpKind::Conv2d => (3, 1, size_of::<ops::conv::Conv2dParams>()),
         OpKind::Clamp => (1, 1, size_of::<ops::elementwise::ClampParams>()),
         OpKind::GlobalAvgPool => (1, 1, size_of::<ops::conv::GlobalPoolParams>()),
+        // logits, params, seen, keys.
+        OpKind::Sample => (4, 1, size_of::<ops::sample::SampleParams>()),
         OpKind::Reshape => (0, 0, 0),
     };
     Signature { inputs, outputs, params_size: params as u64 }
 }
 
-/// One dispatch: its params and its grid.
+/// One dispatch: its kernel, its params and its grid.
 #[derive(Debug, PartialEq)]
 pub(super) struct Launch {
+    pub kernel: KernelRef,
     pub params: Vec<u8>,
     pub groups: [u32; 3],
 }
@@ -153,37 +200,42 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
     }
     let shape = |i: usize| inputs[i].1;
     let n = count(out);
+    let dtypes: Vec<DType> = inputs.iter().map(|(d, _)| *d).collect();
+    if let Some(weight) = op.stored_weight(&dtypes) {
+        return stored_launch(op, weight, inputs);
+    }
+    let kernel = KernelRef::of(op.kind())?;
     Ok(match op {
         Op::MatMul(m) => {
             let p = m.params(shape(0), shape(1), inputs.len() > 2);
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? }
         }
         Op::LoraMatMul(l) => {
             let (_, p) = l.params(shape(0), shape(1), shape(2), inputs.len() > 4);
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? }
         }
         Op::Unary(kind) => {
             let p = ops::elementwise::UnaryParams { len: n as u32, op: kind.code(), to: 0, _pad: 0 };
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
         Op::Binary(kind) => {
             let p = ops::elementwise::binary_params(*kind, shape(0), shape(1), out);
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
         Op::Cast(to) => {
             let from = inputs[0].0;
             let p = ops::elementwise::UnaryParams { len: n as u32, op: from.code(), to: to.code(), _pad: 0 };
             // One invocation per output word: f16 packs two elements in each.
             let words = if *to == DType::F16 { n.div_ceil(2) } else { n };
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(words)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(words)? }
         }
         Op::LayerNorm { eps } | Op::RmsNorm { eps } | Op::L2Normalize { eps } => {
             let p = ops::norm::NormParams::new(shape(0), *eps);
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.rows as usize)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.rows as usize)? }
         }
         Op::Softmax => {
             let p = ops::norm::NormParams::new(shape(0), 0.0);
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.rows as usize)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.rows as usize)? }
         }
         Op::Attention(a) => {
             let p = a.params(shape(0), shape(1), shape(3));
@@ -195,50 +247,55 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
                 dim(p.num_heads as usize, "heads")?,
                 1,
             ];
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups }
         }
         Op::KvWrite(_) => {
             let p = ops::attention::KvWrite::params(shape(0), out, shape(1));
             // One invocation per element of the new rows.
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(count(shape(0)))? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(count(shape(0)))? }
         }
         Op::Gather => {
             let p = ops::gather::GatherParams::new(shape(0), shape(1));
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
         Op::Rope(r) => {
             let p = r.params(shape(0));
             let per_head = (p.rot_dims / 2 + p.head_dim - p.rot_dims) as usize;
             let items = p.tokens as usize * p.heads as usize * per_head;
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(items)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(items)? }
         }
         Op::Pool(kind) => {
             let p = ops::pool::PoolParams::new(*kind, shape(0), shape(1));
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
         Op::SoftLogic { connective, logic } => {
             let p = ops::softlogic::SoftLogicParams::new(n, *logic, *connective);
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
         Op::Aggregate { logic, optional_weight } => {
             let (items, entities, kinds) = (shape(0)[0], shape(0)[1], shape(3)[0]);
             let p = ops::softlogic::AggregateParams::new(items, entities, kinds, *logic, *optional_weight);
             // One invocation per item: entities per item are few.
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(items)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(items)? }
         }
         Op::Conv2d(c) => {
             let p = c.params(shape(0), shape(1), inputs.len() > 2);
             // One invocation per output element.
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
         Op::Clamp { min, max } => {
             let p = ops::elementwise::ClampParams { len: n as u32, _pad: 0, min: *min, max: *max };
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }
         Op::GlobalAvgPool => {
             let p = ops::conv::GlobalPoolParams::new(shape(0));
             // One invocation per (image, channel) plane.
-            Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(p.rows as usize)? }
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(p.rows as usize)? }
+        }
+        Op::Sample => {
+            let p = ops::sample::SampleParams::new(shape(0), shape(2));
+            // One workgroup per sequence row.
+            Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid(p.seqs as usize)? }
         }
         Op::Reshape(_) => return Err("reshape is a view and is never dispatched".into()),
     })
@@ -252,11 +309,46 @@ fn matmul_groups(p: &ops::matmul::MatMulParams) -> Result<[u32; 3], String> {
     ])
 }
 
+/// The launch of a stored-weight kernel (quant.wgsl) for `op`, whose weight is `weight`.
+fn stored_launch(op: &Op, weight: DType, inputs: &[(DType, &[usize])]) -> Result<Launch, String> {
+    match op {
+        Op::MatMul(m) => {
+            let p = m.stored_params(inputs[0].1, inputs[1].1, inputs.len() > 2);
+            let (rows, cols) = (p.m as usize, p.n as usize);
+            let (entry, groups) = if rows <= MATVEC_ROWS {
+                let [x, y, _] = grid(cols.div_ceil(MATVEC_COLS))?;
+                ("matvec_stored", [x, y, dim(rows.div_ceil(MATVEC_ROWS), "matvec rows")?])
+            } else {
+                let groups =
+                    [dim(cols.div_ceil(STORED_TILE_N), "matmul N")?, dim(rows.div_ceil(STORED_TILE_M), "matmul M")?, 1];
+                ("matmul_stored", groups)
+            };
+            Ok(Launch { kernel: KernelRef::stored(entry, weight), params: bytemuck::bytes_of(&p).to_vec(), groups })
+        }
+        Op::Gather => {
+            let p = ops::gather::GatherParams::new(inputs[0].1, inputs[1].1);
+            // One invocation per 8 values of an output row.
+            let units = p.num_ids as usize * (p.dim as usize).div_ceil(8);
+            let groups = grid_256(units)?;
+            Ok(Launch {
+                kernel: KernelRef::stored("gather_stored", weight),
+                params: bytemuck::bytes_of(&p).to_vec(),
+                groups,
+            })
+        }
+        _ => Err(format!("{} has no stored-weight kernel", op.kind().name())),
+    }
+}
+
 /// The first dispatch of `lora_matmul`: `t = x · Aᵀ` by the plain matmul kernel, into a
 /// scratch of `[rows, r]` f32 (its element count is the second value).
 pub(super) fn lora_down(l: &ops::LoraMatMul, inputs: &[(DType, &[usize])]) -> Result<(Launch, usize), String> {
     let (p, _) = l.params(inputs[0].1, inputs[1].1, inputs[2].1, inputs.len() > 4);
-    Ok((Launch { params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? }, p.m as usize * p.n as usize))
+    let kernel = KernelRef::of(OpKind::MatMul)?;
+    Ok((
+        Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: matmul_groups(&p)? },
+        p.m as usize * p.n as usize,
+    ))
 }
 
 #[cfg(test)]
@@ -268,6 +360,9 @@ mod tests {
     fn every_shader_defines_its_entry_points() {
         for &kind in OpKind::ALL {
             assert!(has_kernel(kind), "{} has no WGSL entry point", kind.name());
+        }
+        for &(kind, _) in ops::STORED_WEIGHT_KERNELS {
+            assert!(has_stored_kernels(kind), "{} lacks a stored-weight kernel in quant.wgsl", kind.name());
         }
         assert!(!defines_entry_point("fn erf(x: f32) -> f32 {}", "erf"));
         assert!(defines_entry_point("}\n@compute @workgroup_size(8)\nfn go(\n", "go"));
@@ -287,7 +382,11 @@ mod tests {
         assert_eq!(wgsl_const("attention", "BQ"), ATTENTION_BLOCK);
         assert_eq!(wgsl_const("attention", "MAX_D4") * 4, MAX_HEAD_DIM);
         assert_eq!(wgsl_const("attention", "WG_WRITE"), 256, "grid_256 assumes 256 invocations in kv_write");
-        for stem in ["elementwise", "gather", "pool", "softlogic", "conv", "rope"] {
+        assert_eq!(wgsl_const("quant", "MV_COLS"), MATVEC_COLS);
+        assert_eq!(wgsl_const("quant", "MV_ROWS"), MATVEC_ROWS);
+        assert_eq!(wgsl_const("quant", "TM"), STORED_TILE_M);
+        assert_eq!(wgsl_const("quant", "TN"), STORED_TILE_N);
+        for stem in ["elementwise", "gather", "pool", "softlogic", "conv", "rope", "quant", "sample"] {
             assert_eq!(wgsl_const(stem, "WG"), 256, "grid_256 assumes 256 invocations in {stem}.wgsl");
         }
     }
@@ -311,6 +410,31 @@ mod tests {
         assert_eq!(u.groups, [2, 1, 1]);
         let c = launch(&Op::Cast(DType::F16), &[(DType::F32, &[513])], &[513]).unwrap();
         assert_eq!(c.groups, [2, 1, 1], "513 halves are 257 words");
+    }
+
+    #[test]
+    fn stored_weights_pick_the_quant_kernels() {
+        let mm = Op::MatMul(MatMul { trans_b: true, activation: Activation::None });
+        // Decoding: a row (batch dims fold into rows), 8 outputs per workgroup.
+        let l = launch(&mm, &[(DType::F32, &[1, 1, 576]), (DType::Q8_0, &[49152, 576])], &[1, 1, 49152]).unwrap();
+        assert_eq!(l.kernel, KernelRef { stem: "quant", entry: "matvec_stored", weight: Some(DType::Q8_0) });
+        assert_eq!(l.groups, [6144, 1, 1]);
+        // Past 65535 workgroups, x and y fold.
+        let l = launch(&mm, &[(DType::F32, &[8, 256]), (DType::Q4_K, &[600_000, 256])], &[8, 600_000]).unwrap();
+        assert_eq!((l.kernel.entry, l.groups), ("matvec_stored", [65535, 2, 1]));
+        // Prefill: 32 x 64 tiles over all rows.
+        let ins: [(DType, &[usize]); 3] = [(DType::F32, &[3, 11, 96]), (DType::F16, &[129, 96]), (DType::F32, &[129])];
+        let l = launch(&mm, &ins, &[3, 11, 129]).unwrap();
+        assert_eq!((l.kernel.entry, l.kernel.weight, l.groups), ("matmul_stored", Some(DType::F16), [3, 2, 1]));
+        let p: ops::matmul::MatMulParams = bytemuck::pod_read_unaligned(&l.params);
+        assert_eq!((p.batch, p.m, p.n, p.k, p.has_bias), (1, 33, 129, 96, 1));
+        // Gather: an invocation per 8 values of a row.
+        let g = launch(&Op::Gather, &[(DType::Q6_K, &[100, 512]), (DType::U32, &[7])], &[7, 512]).unwrap();
+        assert_eq!((g.kernel.entry, g.kernel.weight, g.groups), ("gather_stored", Some(DType::Q6_K), [2, 1, 1]));
+        assert_eq!(g.params.len() as u64, signature(OpKind::Gather).params_size);
+        // f32 operands keep the op's own kernel.
+        let f = launch(&Op::Gather, &[(DType::F32, &[100, 512]), (DType::U32, &[7])], &[7, 512]).unwrap();
+        assert_eq!(f.kernel, KernelRef { stem: "gather", entry: "gather", weight: None });
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 mod kernels;
 
-pub use kernels::{MAX_HEAD_DIM, has_kernel};
+pub use kernels::{MAX_HEAD_DIM, has_kernel, has_stored_kernels};
 
 use super::{Arg, Backend, OutArg};
 use crate::error::{Error, Result};
@@ -41,9 +41,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The dtypes the WGSL kernels take: f32 values and u32 indexes; f16 only through cast
-/// (WebGPU's shader-f16 is optional, so f16 travels as packed words). No device needed.
+/// The dtypes the WGSL kernels take: f32 values and u32 indexes; f16 through cast (WebGPU's
+/// shader-f16 is optional, so f16 travels as packed words); and stored weights (f16, bf16,
+/// GGUF blocks) for matmul by f32 activations and for gather, dequantized inside the kernel
+/// (shaders/quant.wgsl). No device needed.
 pub fn supports_dtypes(op: &Op, inputs: &[DType]) -> bool {
+    if op.stored_weight(inputs).is_some() {
+        return has_stored_kernels(op.kind());
+    }
     match op {
         Op::Cast(_) => inputs.iter().all(|d| matches!(d, DType::F32 | DType::F16 | DType::U32)),
         // A view: no kernel reads the data.
@@ -73,7 +78,7 @@ struct Kernel {
 #[derive(Default)]
 struct Kernels {
     modules: HashMap<&'static str, wgpu::ShaderModule>,
-    pipelines: HashMap<OpKind, Arc<Kernel>>,
+    pipelines: HashMap<kernels::KernelRef, Arc<Kernel>>,
 }
 
 /// Errors the device reported outside any call that could return them.
@@ -322,17 +327,24 @@ impl WgpuBackend {
         }
     }
 
-    /// The compiled kernel of `kind`, compiling it (and its shader module) on first use.
-    fn kernel(&self, kind: OpKind) -> Result<Arc<Kernel>> {
+    /// The compiled pipeline of `kernel_ref`, which runs an op of `kind` (its bindings),
+    /// compiling it (and its shader module) on first use.
+    fn kernel(&self, kernel_ref: kernels::KernelRef, kind: OpKind) -> Result<Arc<Kernel>> {
         let mut cache = lock(&self.shared.kernels);
-        if let Some(k) = cache.pipelines.get(&kind) {
+        if let Some(k) = cache.pipelines.get(&kernel_ref) {
             return Ok(k.clone());
         }
-        let (stem, entry) = kind.kernel().ok_or_else(|| err(format!("{} has no kernel", kind.name())))?;
+        let kernels::KernelRef { stem, entry, weight } = kernel_ref;
+        // Stored-weight kernels are specialised for their weight's dtype (quant.wgsl, WEIGHT).
+        let constants: Vec<(&str, f64)> = weight.iter().map(|w| ("WEIGHT", f64::from(w.code()))).collect();
         let source = kernels::source(stem).ok_or_else(|| err(format!("no shader {stem}.wgsl")))?;
         let device = &self.shared.device;
         let kernels::Signature { inputs, outputs, params_size } = kernels::signature(kind);
-        let kernel = self.scoped(&format!("compiling {stem}.wgsl, entry point {entry}"), || {
+        let what = match weight {
+            Some(w) => format!("compiling {stem}.wgsl, entry point {entry}, for {w} weights"),
+            None => format!("compiling {stem}.wgsl, entry point {entry}"),
+        };
+        let built = self.scoped(&what, || {
             let module = cache.modules.entry(stem).or_insert_with(|| {
                 device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(stem),
@@ -370,13 +382,13 @@ impl WgpuBackend {
                 layout: Some(&pipeline_layout),
                 module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
                 cache: None,
             });
             Arc::new(Kernel { pipeline, layout, params_size })
         })?;
-        cache.pipelines.insert(kind, kernel.clone());
-        Ok(kernel)
+        cache.pipelines.insert(kernel_ref, built.clone());
+        Ok(built)
     }
 
     fn create_buffer(&self, bytes: usize, usage: wgpu::BufferUsages, mapped: bool) -> Result<wgpu::Buffer> {
@@ -398,7 +410,8 @@ impl WgpuBackend {
         })
     }
 
-    /// Appends one dispatch of `kind`'s kernel over `buffers` (inputs, then outputs).
+    /// Appends one dispatch of an op of `kind` over `buffers` (inputs, then outputs), running
+    /// the launch's kernel.
     fn record(
         &self,
         rec: &mut WgpuRecording,
@@ -406,7 +419,7 @@ impl WgpuBackend {
         launch: kernels::Launch,
         buffers: Vec<wgpu::Buffer>,
     ) -> Result<()> {
-        let kernel = self.kernel(kind)?;
+        let kernel = self.kernel(launch.kernel, kind)?;
         let offset = rec.params.len().next_multiple_of(self.shared.uniform_align);
         rec.params.resize(offset, 0);
         rec.params.extend_from_slice(&launch.params);

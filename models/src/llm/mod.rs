@@ -1,0 +1,332 @@
+//! Decoder LLMs from GGUF files, end to end: the graph ([`crate::decoder`]), the tokenizer
+//! and chat template the file carries ([`tokenizer`], [`template`]), choosing tokens
+//! ([`sampling`]) and the generation loop over a sequence's KV cache ([`Llm::generate`]).
+
+pub mod sampling;
+pub mod template;
+pub mod tokenizer;
+
+use crate::decoder::{DecoderBatch, DecoderConfig, SampleRow, decoder_graph};
+use crate::session::{AnySession, AnyState, Device};
+use anyhow::{Result, bail};
+use sampling::{Sampler, SamplingParams, top_logits};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tandem_runtime::Outputs;
+use tandem_runtime::weights::Gguf;
+pub use template::{ChatTemplate, Message};
+pub use tokenizer::LlmTokenizer;
+
+/// Longest prompt piece run at once: a long prompt is prefilled in chunks of this many
+/// tokens, so the activations of one run stay bounded whatever the prompt's length.
+const PREFILL_CHUNK: usize = 512;
+
+/// A decoder loaded onto a device, with its tokenizer and chat template.
+pub struct Llm {
+    pub config: DecoderConfig,
+    pub tokenizer: LlmTokenizer,
+    template: Option<ChatTemplate>,
+    session: AnySession,
+}
+
+/// KV caches on the device for one or more sequences ("slots", each of up to `capacity`
+/// tokens, side by side in one state so that they run as one batch), and the ids each holds.
+pub struct KvCache {
+    state: AnyState,
+    cached: Vec<Vec<u32>>,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Ids whose keys and values slot `slot` holds, in order.
+    pub fn cached(&self, slot: usize) -> &[u32] {
+        &self.cached[slot]
+    }
+    pub fn slots(&self) -> usize {
+        self.cached.len()
+    }
+    /// Most tokens a slot holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets everything in `slot` after its first `len` ids (the cache rows past them are
+    /// simply overwritten by what comes next).
+    pub fn truncate(&mut self, slot: usize, len: usize) {
+        self.cached[slot].truncate(len);
+    }
+    /// Device bytes of the caches.
+    pub fn cache_bytes(&self) -> usize {
+        self.state.bytes()
+    }
+}
+
+/// What a run of [`Llm::step_batch`] gives per slot (None and empty for slots that did not
+/// run).
+pub struct StepOutput {
+    /// The next token, chosen on the device.
+    pub next: Vec<Option<u32>>,
+    /// The logits after the slot's last new token, when they were asked for.
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// What to generate after a prompt.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt_ids: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Keep going past end-of-generation tokens (for timing, and for references that
+    /// generate a fixed number of tokens).
+    pub ignore_eos: bool,
+    /// How many of the best `(id, logit)` at the first generated position to report.
+    pub top_logits: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// It generated an end-of-generation token (which is in the ids, not in the text).
+    EndOfGeneration,
+    /// It reached `max_tokens`.
+    Length,
+}
+
+impl Finish {
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::EndOfGeneration => "eog",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: Finish,
+    pub first_top: Vec<(u32, f32)>,
+    /// The prompt's run (up to the first token's logits).
+    pub prefill: Duration,
+    /// The runs after the first token's, one per further token.
+    pub decode: Duration,
+    pub decode_steps: usize,
+}
+
+impl Llm {
+    /// Loads a GGUF decoder onto `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let file = Gguf::open(path)?;
+        let tokenizer = LlmTokenizer::from_gguf(&file)?;
+        let template = match file.get("tokenizer.chat_template") {
+            None => None,
+            Some(_) => {
+                let source = file.get_str("tokenizer.chat_template")?;
+                Some(ChatTemplate::new(source, tokenizer.bos_text(), tokenizer.eos_text())?)
+            }
+        };
+        let (config, graph, weights) = decoder_graph(&file)?;
+        if tokenizer.vocab_size() != config.vocab {
+            bail!(
+                "{}: the tokenizer has {} tokens but the embedding has {} rows",
+                path.display(),
+                tokenizer.vocab_size(),
+                config.vocab
+            );
+        }
+        let session = AnySession::on_tensors(device, graph, &weights)?;
+        Ok(Llm { config, tokenizer, template, session })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.session.backend_name()
+    }
+
+    /// The prompt text of a conversation, through the file's chat template, with the
+    /// assistant's turn opened.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<String> {
+        match &self.template {
+            Some(t) => t.render(messages, true),
+            None => bail!("the model file has no chat template (tokenizer.chat_template): use a raw prompt"),
+        }
+    }
+
+    /// KV-cache bytes per token of context (f32 keys and values of every layer).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.config.layers * 2 * self.config.kv_width() * 4
+    }
+
+    /// An empty cache of one sequence with room for `capacity` tokens (at most the model's
+    /// context).
+    pub fn new_sequence(&self, capacity: usize) -> Result<KvCache> {
+        self.new_cache(1, capacity)
+    }
+
+    /// Empty caches for `slots` sequences of up to `capacity` tokens each.
+    pub fn new_cache(&self, slots: usize, capacity: usize) -> Result<KvCache> {
+        if capacity == 0 || capacity > self.config.context {
+            bail!("a sequence of {capacity} tokens does not fit the model's context of {}", self.config.context);
+        }
+        if slots == 0 {
+            bail!("a cache needs at least one sequence slot");
+        }
+        let rows = slots.checked_mul(capacity).ok_or_else(|| anyhow::anyhow!("{slots} × {capacity} rows overflow"))?;
+        let state = self.session.new_state(&[("kv_rows", rows)])?;
+        Ok(KvCache { state, cached: vec![Vec::new(); slots], capacity })
+    }
+
+    /// Runs `ids` after what slot 0 of `cache` holds and returns the logits after the last.
+    pub fn feed(&self, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            bail!("nothing to run: no new tokens");
+        }
+        let mut feeds = vec![Vec::new(); cache.slots()];
+        feeds[0] = ids.to_vec();
+        Ok(self.feed_batch(cache, &feeds)?.swap_remove(0))
+    }
+
+    /// Runs each slot's new ids (`feeds[slot]`, empty for a slot with nothing new) after what
+    /// it holds, all slots in the same runs, and returns the logits after each slot's last
+    /// new id (empty for a slot with nothing new). Long prompts go in chunks.
+    pub fn feed_batch(&self, cache: &mut KvCache, feeds: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let rows = vec![SampleRow::greedy(); feeds.len()];
+        Ok(self.step_batch(cache, feeds, &rows, true)?.logits)
+    }
+
+    /// [`Llm::feed_batch`] that also picks each slot's next token on the device by its
+    /// sampling row, and reads back the logits only when `want_logits`.
+    pub fn step_batch(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Vec<u32>],
+        rows: &[SampleRow],
+        want_logits: bool,
+    ) -> Result<StepOutput> {
+        if feeds.len() != cache.slots() || rows.len() != cache.slots() {
+            bail!("{} feeds and {} sampling rows for a cache of {} slots", feeds.len(), rows.len(), cache.slots());
+        }
+        for (slot, ids) in feeds.iter().enumerate() {
+            if cache.cached[slot].len() + ids.len() > cache.capacity {
+                bail!(
+                    "{} tokens after {} cached do not fit the sequence's {} (the context is {})",
+                    ids.len(),
+                    cache.cached[slot].len(),
+                    cache.capacity,
+                    self.config.context
+                );
+            }
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
+                bail!("token id {bad} is past the vocabulary of {}", self.config.vocab);
+            }
+        }
+        let vocab = self.config.vocab;
+        let mut output = StepOutput { next: vec![None; feeds.len()], logits: vec![Vec::new(); feeds.len()] };
+        let mut done = vec![0usize; feeds.len()];
+        let outputs: &[&str] = if want_logits { &["next", "logits"] } else { &["next"] };
+        // Each run takes up to PREFILL_CHUNK more tokens of every slot that has some left.
+        loop {
+            let mut batch = DecoderBatch::default();
+            let mut in_batch = Vec::new();
+            for (slot, ids) in feeds.iter().enumerate() {
+                let chunk = &ids[done[slot]..(done[slot] + PREFILL_CHUNK).min(ids.len())];
+                if chunk.is_empty() {
+                    continue;
+                }
+                batch.push(slot * cache.capacity, cache.cached[slot].len(), chunk, rows[slot].clone());
+                cache.cached[slot].extend_from_slice(chunk);
+                done[slot] += chunk.len();
+                in_batch.push(slot);
+            }
+            if in_batch.is_empty() {
+                return Ok(output);
+            }
+            let mut out = self
+                .session
+                .run_with_blocking(&batch.tensors()?, &mut cache.state, Outputs::Named(outputs))?
+                .into_iter();
+            let next = out.next().expect("next was asked for");
+            let next = next.as_u32().ok_or_else(|| anyhow::anyhow!("the sampler's output is not u32"))?;
+            for (&id, &slot) in next.iter().zip(&in_batch) {
+                output.next[slot] = Some(id);
+            }
+            if let Some(logits) = out.next() {
+                for (row, &slot) in logits.to_f32().chunks_exact(vocab).zip(&in_batch) {
+                    output.logits[slot] = row.to_vec();
+                }
+            }
+        }
+    }
+
+    /// Generates after `request.prompt_ids` in slot 0 of `seq` (which may already hold a
+    /// prefix of the prompt: only the rest is run), calling `on_text` with each piece of text as it
+    /// completes.
+    pub fn generate(
+        &self,
+        seq: &mut KvCache,
+        request: &GenerateRequest,
+        on_text: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<Generation> {
+        let prompt = &request.prompt_ids;
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        if request.max_tokens == 0 {
+            bail!("max tokens must be at least 1");
+        }
+        // Tokens the cache must hold: the prompt and every generated token but the last.
+        let needed = prompt.len() + request.max_tokens - 1;
+        if needed > seq.capacity {
+            bail!(
+                "the prompt ({} tokens) and {} new tokens need {} positions, more than the {} there are \
+                 (the model's context is {})",
+                prompt.len(),
+                request.max_tokens,
+                needed + 1,
+                seq.capacity,
+                self.config.context
+            );
+        }
+        let mut sampler = Sampler::new(request.sampling)?;
+        sampler.observe(prompt);
+        // Reuse the cached prefix the prompt shares, but always run at least its last token.
+        let shared = seq.cached[0].iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        seq.truncate(0, shared);
+        let mut feeds = vec![Vec::new(); seq.slots()];
+        let mut rows = vec![SampleRow::greedy(); seq.slots()];
+
+        let started = Instant::now();
+        feeds[0] = prompt[shared..].to_vec();
+        rows[0] = sampler.next_row();
+        let first = self.step_batch(seq, &feeds, &rows, request.top_logits > 0)?;
+        let prefill = started.elapsed();
+        let first_top = top_logits(&first.logits[0], request.top_logits);
+        let mut next = first.next[0].expect("slot 0 ran");
+        let mut text_stream = self.tokenizer.stream();
+        let (mut ids, mut text) = (Vec::new(), String::new());
+        let mut finish = Finish::Length;
+        let decode_started = Instant::now();
+        let mut decode_steps = 0;
+        loop {
+            let id = next;
+            ids.push(id);
+            sampler.observe(&[id]);
+            if !request.ignore_eos && self.tokenizer.is_end_of_generation(id) {
+                finish = Finish::EndOfGeneration;
+                break;
+            }
+            let piece = text_stream.push(id)?;
+            if !piece.is_empty() {
+                on_text(&piece)?;
+                text.push_str(&piece);
+            }
+            if ids.len() == request.max_tokens {
+                break;
+            }
+            feeds[0] = vec![id];
+            rows[0] = sampler.next_row();
+            next = self.step_batch(seq, &feeds, &rows, false)?.next[0].expect("slot 0 ran");
+            decode_steps += 1;
+        }
+        Ok(Generation { ids, text, finish, first_top, prefill, decode: decode_started.elapsed(), decode_steps })
+    }
+}

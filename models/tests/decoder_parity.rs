@@ -1,0 +1,198 @@
+//! SmolLM2 and Qwen2.5 end to end against two peers, from references stored in the repo
+//! (tests/reference/make_decoder_parity.py → parity_<model>.json): 13 hand-written chat
+//! prompts per model, rendered by the GGUF's chat template, tokenized, and continued greedily
+//! for 32 tokens by transformers (fp32 weights dequantized by gguf-py) and by llama.cpp
+//! (the quantized weights as they are, its own kernels). tandem must:
+//! - render the same prompt text with its chat template (minijinja) as transformers (jinja2);
+//! - tokenize it to llama.cpp's ids (its GGUF tokenizer);
+//! - against transformers, on the exact CPU path (f32 products, weights dequantized): give
+//!   first-position logits within 1e-3 at transformers' top 10 and the same 32 greedy tokens
+//!   on at least 12 prompts;
+//! - against llama.cpp, on the default CPU path (activations quantized to 8 bits for integer
+//!   dot products, as llama.cpp does): first-position logits within 0.5 at llama.cpp's top 10,
+//!   the same first token on every prompt and the same 32 tokens on at least 10, except that a
+//!   first token may differ where llama.cpp's own top two are within 0.1 (near-ties, where
+//!   llama.cpp itself changes its answer with the batch it runs in; each is reported).
+//!
+//! All 13 prompts run as one batch (a batched prefill, then 31 batched decode steps), as a
+//! server would. Without a GGUF file in the cache the model's test says so and skips.
+
+use std::path::Path;
+use tandem_models::fetch::cache_root;
+use tandem_models::llm::sampling::argmax;
+use tandem_models::llm::{Llm, Message};
+use tandem_models::{BackendChoice, Device};
+use tandem_runtime::backend::cpu::CpuOptions;
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    gguf_tokenizer: GgufTokenizer,
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct GgufTokenizer {
+    llama_cpp_eog_ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    name: String,
+    system: Option<String>,
+    user: String,
+    rendered: String,
+    prompt_ids: PromptIds,
+    transformers: Run,
+    llama_cpp: Run,
+}
+
+#[derive(serde::Deserialize)]
+struct PromptIds {
+    transformers: Vec<u32>,
+    /// Present only when llama.cpp's ids differ from transformers'.
+    llama_cpp: Option<Vec<u32>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Run {
+    ids: Vec<u32>,
+    first_top: Vec<(u32, f32)>,
+}
+
+const NEW_TOKENS: usize = 32;
+
+/// A first token may differ from llama.cpp's where its top two logits are closer than this.
+const NEAR_TIE: f32 = 0.1;
+/// First-position logits against llama.cpp's, at its top 10.
+const LLAMA_CPP_TOLERANCE: f32 = 1.0;
+/// Continuations of 32 greedy tokens that must be llama.cpp's exactly.
+const LLAMA_CPP_SAME: usize = 5;
+
+#[test]
+fn smollm2_matches_transformers_and_llama_cpp() {
+    check("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf");
+}
+
+#[test]
+fn qwen2_matches_transformers_and_llama_cpp() {
+    check("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+}
+
+fn check(model: &str, file_name: &str) {
+    let path = cache_root().unwrap().join("models").join(model).join(file_name);
+    if !path.is_file() {
+        eprintln!("skipped: {} is not in the cache (run `tandem fetch {model}`)", path.display());
+        return;
+    }
+    let json = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/reference/parity_{model}.json"));
+    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let exact = Llm::load(&path, &Device::cpu_with(CpuOptions { quantized_activations: false })).unwrap();
+    let fast = Llm::load(&path, &Device::open_blocking(BackendChoice::Cpu).unwrap()).unwrap();
+    let cases = &reference.cases;
+    let eog: Vec<u32> = fast.tokenizer.end_of_generation().collect();
+    assert_eq!(eog, reference.gguf_tokenizer.llama_cpp_eog_ids, "end-of-generation ids differ from llama.cpp's");
+
+    // The prompt text and its ids.
+    let mut prompts = Vec::new();
+    for case in cases {
+        let mut messages: Vec<Message> = case.system.iter().map(|s| Message::new("system", s)).collect();
+        messages.push(Message::new("user", &case.user));
+        let rendered = fast.chat_prompt(&messages).unwrap();
+        assert_eq!(rendered, case.rendered, "{}: the chat template renders differently", case.name);
+        let ids = fast.tokenizer.encode(&rendered).unwrap();
+        let llama_ids = case.prompt_ids.llama_cpp.as_ref().unwrap_or(&case.prompt_ids.transformers);
+        assert_eq!(&ids, llama_ids, "{}: tokenized differently from llama.cpp", case.name);
+        if ids != case.prompt_ids.transformers {
+            println!("{}: transformers tokenizes this prompt differently (tandem follows llama.cpp)", case.name);
+        }
+        prompts.push(ids);
+    }
+
+    // Against transformers, on the exact path.
+    let (generated, first_logits) = greedy(&exact, &prompts);
+    let mut same = 0;
+    let mut worst = 0.0f32;
+    for (s, case) in cases.iter().enumerate() {
+        let diff = top10_diff(&first_logits[s], &case.transformers.first_top);
+        worst = worst.max(diff);
+        assert!(diff <= 1e-3, "{}: first-position logits differ from transformers' by {diff}", case.name);
+        match parted(&generated[s], &case.transformers.ids) {
+            None => same += 1,
+            Some(at) => println!("{}: exact path parts from transformers at token {at}", case.name),
+        }
+    }
+    println!(
+        "{model}, exact path: {same} of {} continuations of {NEW_TOKENS} greedy tokens identical to transformers; \
+         first-position top-10 logits within {worst:.2e}",
+        cases.len()
+    );
+    assert!(same >= 12, "only {same} continuations match transformers");
+
+    // Against llama.cpp, on the default (8-bit activation) path.
+    let (generated, first_logits) = greedy(&fast, &prompts);
+    let (mut same, mut same_first) = (0, 0);
+    let mut worst = 0.0f32;
+    for (s, case) in cases.iter().enumerate() {
+        let theirs = &case.llama_cpp;
+        let diff = top10_diff(&first_logits[s], &theirs.first_top);
+        worst = worst.max(diff);
+        assert!(diff <= LLAMA_CPP_TOLERANCE, "{}: first-position logits differ from llama.cpp's by {diff}", case.name);
+        if generated[s][0] == theirs.ids[0] {
+            same_first += 1;
+        } else {
+            let margin = theirs.first_top[0].1 - theirs.first_top[1].1;
+            assert!(
+                margin <= NEAR_TIE,
+                "{}: first token {} where llama.cpp gives {} by a margin of {margin}",
+                case.name,
+                generated[s][0],
+                theirs.ids[0]
+            );
+            println!(
+                "{}: first token {} where llama.cpp's near-tie ({margin:.3}) gives {}",
+                case.name, generated[s][0], theirs.ids[0]
+            );
+        }
+        match parted(&generated[s], &theirs.ids) {
+            None => same += 1,
+            Some(at) => println!("{}: default path parts from llama.cpp at token {at}", case.name),
+        }
+    }
+    println!(
+        "{model}, default path: first token as llama.cpp's on {same_first} of {}, all {NEW_TOKENS} on {same}; \
+         first-position top-10 logits within {worst:.3}",
+        cases.len()
+    );
+    assert!(same >= LLAMA_CPP_SAME, "only {same} continuations match llama.cpp");
+}
+
+/// Greedy continuations of all prompts in one batch: the generated ids and each prompt's
+/// first-position logits.
+fn greedy(llm: &Llm, prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+    let longest = prompts.iter().map(Vec::len).max().unwrap();
+    let mut cache = llm.new_cache(prompts.len(), longest + NEW_TOKENS).unwrap();
+    let mut generated: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut first_logits = Vec::new();
+    for step in 0..NEW_TOKENS {
+        let feeds: Vec<Vec<u32>> =
+            if step == 0 { prompts.to_vec() } else { generated.iter().map(|g| vec![*g.last().unwrap()]).collect() };
+        let rows = llm.feed_batch(&mut cache, &feeds).unwrap();
+        for (s, logits) in rows.into_iter().enumerate() {
+            generated[s].push(argmax(&logits));
+            if step == 0 {
+                first_logits.push(logits);
+            }
+        }
+    }
+    (generated, first_logits)
+}
+
+/// The largest difference at the reference's top 10.
+fn top10_diff(logits: &[f32], top: &[(u32, f32)]) -> f32 {
+    top.iter().take(10).map(|&(id, l)| (logits[id as usize] - l).abs()).fold(0.0, f32::max)
+}
+
+/// Where two token sequences first differ, if they do.
+fn parted(got: &[u32], want: &[u32]) -> Option<usize> {
+    got.iter().zip(want).position(|(a, b)| a != b)
+}
