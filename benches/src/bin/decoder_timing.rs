@@ -10,10 +10,10 @@
 
 use anyhow::{Context, Result};
 use std::time::Instant;
-use tandem_models::decoder::decoder_graph;
+use tandem_models::decoder::{DecoderBatch, SampleRow, decoder_graph};
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::weights::Gguf;
-use tandem_runtime::{HostTensor, Outputs, Session};
+use tandem_runtime::{Outputs, Session};
 
 fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
     match args.iter().position(|a| a == name) {
@@ -50,13 +50,9 @@ fn main() -> Result<()> {
         pool.install(|| -> Result<()> {
             let mut state = session.new_state(&[("kv_rows", prompt + steps)])?;
             let run = |state: &mut _, ids: Vec<u32>, start: usize| -> Result<Vec<f32>> {
-                let n = ids.len();
-                let inputs = [
-                    HostTensor::u32(vec![n], ids)?,
-                    HostTensor::u32(vec![n], (start..start + n).map(|p| p as u32).collect())?,
-                    HostTensor::u32(vec![1, 4], vec![0, n as u32, 0, (start + n) as u32])?,
-                    HostTensor::u32(vec![1], vec![n as u32 - 1])?,
-                ];
+                let mut batch = DecoderBatch::default();
+                batch.push(0, start, &ids, SampleRow::greedy());
+                let inputs = batch.tensors()?;
                 Ok(session.run_with_blocking(&inputs, Some(state), Outputs::All)?.remove(0).to_f32())
             };
             // Token ids spread over the vocabulary (no tokenizer involved).
