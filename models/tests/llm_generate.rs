@@ -132,9 +132,9 @@ fn sequences_in_one_batch_give_what_they_give_alone() {
     assert!(first[1].is_empty());
     let second = llm.feed_batch(&mut batch, &[vec![7], prompts[1].clone(), vec![9]]).unwrap();
     for (slot, (ids, got)) in [
-        (vec![prompts[0].clone(), vec![7]].concat(), &second[0]),
+        ([prompts[0].clone(), vec![7]].concat(), &second[0]),
         (prompts[1].clone(), &second[1]),
-        (vec![prompts[2].clone(), vec![9]].concat(), &second[2]),
+        ([prompts[2].clone(), vec![9]].concat(), &second[2]),
     ]
     .into_iter()
     .enumerate()
