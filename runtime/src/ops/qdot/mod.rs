@@ -434,8 +434,9 @@ fn quantize(isa: CpuIsa, format: ActFormat, a: &[f32], m: usize, k: usize, s: &m
     }
 }
 
-/// One row in Q8x32 blocks: `d = max|x| / 127`, `q = round(x / d)` (ties to even) stored as
-/// the bits of q xor `flip` (0x80: `q + 128`), and per block `[d, d·Σq]`. The padding block
+/// One row in Q8x32 blocks: `q = round(x · 127 / max|x|)` (ties to even) stored as the bits of
+/// q xor `flip` (0x80: `q + 128`), and per block `[d, d·Σq]` in f16 precision
+/// ([`block_32_meta`]). The padding block
 /// (if any) is left as it is.
 fn quantize_row_32(isa: CpuIsa, x: &[f32], qs: &mut [u8], meta: &mut [f32], flip: u8) {
     #[cfg(target_arch = "x86_64")]
@@ -451,10 +452,9 @@ fn quantize_blocks_32(x: &[f32], qs: &mut [u8], meta: &mut [f32], flip: u8) {
     for ((x, q), meta) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(meta.chunks_exact_mut(2)) {
         let x: &[f32; 32] = x.try_into().unwrap();
         let q: &mut [u8; 32] = q.try_into().unwrap();
-        let d = quantize_block(x, q, flip);
+        let (amax, _) = quantize_block(x, q, flip);
         let sum: i32 = q.iter().map(|&v| i32::from((v ^ flip) as i8)).sum();
-        meta[0] = d;
-        meta[1] = d * sum as f32;
+        meta.copy_from_slice(&block_32_meta(amax, sum));
     }
 }
 
@@ -476,26 +476,45 @@ fn quantize_blocks_256(x: &[f32], qs: &mut [u8], d: &mut [f32], bsums: &mut [i16
     {
         let x: &[f32; 256] = x.try_into().unwrap();
         let q: &mut [u8; 256] = q.try_into().unwrap();
-        *d = quantize_block(x, q, 0);
+        *d = block_256_scale(quantize_block(x, q, 0).1);
         for (sum, q) in bsums.iter_mut().zip(q.chunks_exact(16)) {
             *sum = q.iter().map(|&v| i16::from(v as i8)).sum();
         }
     }
 }
 
-/// `q = round(x / d)` with `d = max|x| / 127` (0 for an all-zero block), stored as the bits of
-/// q (i8) xor `flip`; returns d. The AVX2 twin (`x86_avx2::quantize_32`) does the same f32
-/// operations, so every level gets the same quants (for finite inputs).
+/// `q = round(x · 127 / max|x|)` (ties to even; 0 for an all-zero block), stored as the bits
+/// of q (i8) xor `flip`; returns `(max|x|, 127 / max|x|)`. The inverse scale is computed as
+/// llama.cpp's x86 kernels compute it (not as `1 / (max / 127)`, which rounds differently),
+/// so that the quants are the ones llama.cpp makes. The AVX2 twins (`x86_avx2::quantize_32`,
+/// `quantize_256`) do the same f32 operations, so every level gets the same quants.
 #[inline(always)]
-fn quantize_block<const N: usize>(x: &[f32; N], q: &mut [u8; N], flip: u8) -> f32 {
+fn quantize_block<const N: usize>(x: &[f32; N], q: &mut [u8; N], flip: u8) -> (f32, f32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in q.iter_mut().zip(x) {
         // |v · id| ≤ 127 (+ an ulp), so the cast never saturates beyond ±127.
         *q = ((v * id).round_ties_even() as i32 as i8 as u8) ^ flip;
     }
-    d
+    (amax, id)
+}
+
+/// A 32-block's `[d, d·Σq]`: d as llama.cpp keeps it (`block_q8_0`/`block_q8_1`: in f16,
+/// `d = max|x| / 127`), so that products with the weights round as llama.cpp's do; the sum
+/// term from that rounded d, exactly (an 11-bit d times a sum of at most 12 bits fits f32),
+/// since the kernels also use it to take out the offsets of quants (q + 128 and the like),
+/// which must cancel exactly.
+#[inline(always)]
+pub(super) fn block_32_meta(amax: f32, sum: i32) -> [f32; 2] {
+    let d = half::f16::from_f32(amax / 127.0).to_f32();
+    [d, d * sum as f32]
+}
+
+/// A 256-block's scale as llama.cpp keeps it (`block_q8_K`: f32, the inverse of the inverse
+/// scale).
+#[inline(always)]
+pub(super) fn block_256_scale(id: f32) -> f32 {
+    if id > 0.0 { 1.0 / id } else { 0.0 }
 }
 
 #[cfg(test)]

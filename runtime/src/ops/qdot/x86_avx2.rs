@@ -523,12 +523,10 @@ pub(super) unsafe fn quantize_32(x: &[f32], qs: &mut [u8], meta: &mut [f32], fli
         // SAFETY: block b lies within x, qs and meta (the bounds just above).
         unsafe {
             let (v, amax) = load_amax(x.as_ptr().add(32 * b));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             let (lo, hi) = store_quants(v, id, flip, qs.as_mut_ptr().add(32 * b));
             let sum = hsum_i32(_mm256_add_epi32(lo, hi));
-            meta[2 * b] = d;
-            meta[2 * b + 1] = d * sum as f32;
+            meta[2 * b..2 * b + 2].copy_from_slice(&super::block_32_meta(amax, sum));
         }
     }
 }
@@ -548,15 +546,14 @@ pub(super) unsafe fn quantize_256(x: &[f32], qs: &mut [u8], d: &mut [f32], bsums
             for c in 0..8 {
                 amax = amax.max(load_amax(p.add(32 * c)).1);
             }
-            let scale = amax / 127.0;
-            let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             for c in 0..8 {
                 let (v, _) = load_amax(p.add(32 * c));
                 let (lo, hi) = store_quants(v, id, 0, qs.as_mut_ptr().add(256 * b + 32 * c));
                 bsums[16 * b + 2 * c] = hsum_i32(lo) as i16;
                 bsums[16 * b + 2 * c + 1] = hsum_i32(hi) as i16;
             }
-            d[b] = scale;
+            d[b] = super::block_256_scale(id);
         }
     }
 }
