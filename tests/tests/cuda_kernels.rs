@@ -156,11 +156,23 @@ fn the_parsers_see_what_they_should() {
 /// A field as (name, element type, count).
 type Field = (String, String, usize);
 
+/// The `.rs` files under `dir`, op modules that are folders (`ops/qdot/`) included.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for path in std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// `#[repr(C)] pub struct XParams { ... }` declarations of the Rust op modules.
 fn rust_structs() -> BTreeMap<String, Vec<Field>> {
     let mut structs = BTreeMap::new();
-    let dir = repo().join("runtime/src/ops");
-    for path in std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())) {
+    for path in rust_files(&repo().join("runtime/src/ops")) {
         let src = strip_comments(&read(&path));
         for part in src.split("#[repr(C)]").skip(1) {
             let Some(at) = part.find("pub struct ") else { continue };
