@@ -115,7 +115,7 @@ fn q5_0(b: &[u8], y: &mut [f32]) {
 /// The eight 6-bit scales and mins of a Q4_K/Q5_K block, packed in 12 bytes: bytes 0–3 hold
 /// scales 0–3 (low 6 bits) and the top 2 bits of scales 4–7; bytes 4–7 the same for the
 /// mins; bytes 8–11 the low 4 bits of scales 4–7 (low nibble) and mins 4–7 (high nibble).
-fn k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
     for j in 0..4 {
         sc[j] = s[j] & 0x3f;

@@ -135,17 +135,8 @@ impl Block32 for Q5_0 {
 }
 block32_dot!(Q5_0);
 
-/// The eight 6-bit scales and mins of a Q4_K/Q5_K block (as `weights::quant`).
-pub(super) fn k_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
-    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
-    for j in 0..4 {
-        sc[j] = s[j] & 0x3f;
-        mn[j] = s[4 + j] & 0x3f;
-        sc[4 + j] = (s[8 + j] & 0x0f) | ((s[j] >> 2) & 0x30);
-        mn[4 + j] = (s[8 + j] >> 4) | ((s[4 + j] >> 2) & 0x30);
-    }
-    (sc, mn)
-}
+/// The eight 6-bit scales and mins of a Q4_K/Q5_K block: the dequantizer's own.
+pub(super) use crate::weights::quant::k_scales;
 
 /// Q4_K and Q5_K: `Σ_s sc_s · Σ q·a` scaled by `d·d_a`, minus `Σ_s m_s · (sums of sub-block
 /// s)` scaled by `dmin·d_a`.
