@@ -329,6 +329,21 @@ impl AnySession {
         })
     }
 
+    /// Copies rows `from..from + rows` of every state to the rows from `to` (see
+    /// `Session::copy_state_rows`).
+    pub fn copy_state_rows(&self, state: &mut AnyState, from: usize, to: usize, rows: usize) -> Result<()> {
+        let result = match (&self.session, state) {
+            (Sessions::Cpu(s), AnyState::Cpu(st)) => s.copy_state_rows(st, from, to, rows),
+            #[cfg(feature = "wgpu")]
+            (Sessions::Wgpu(s), AnyState::Wgpu(st)) => s.copy_state_rows(st, from, to, rows),
+            #[cfg(feature = "cuda")]
+            (Sessions::Cuda(s), AnyState::Cuda(st)) => s.copy_state_rows(st, from, to, rows),
+            #[allow(unreachable_patterns)]
+            _ => bail!("the state was made by a session on another backend"),
+        };
+        result.map_err(|e| anyhow!(e))
+    }
+
     /// Runs the graph with its state, reading back only `outputs` (see `Session::run_with`).
     pub async fn run_with(
         &self,

@@ -148,3 +148,25 @@ fn sequences_in_one_batch_give_what_they_give_alone() {
     let e = llm.feed_batch(&mut batch, &[vec![1]]).unwrap_err().to_string();
     assert!(e.contains("1 feeds and 1 sampling rows for a cache of 3 slots"), "{e}");
 }
+
+#[test]
+fn a_prefix_copied_to_another_slot_continues_as_if_computed_there() {
+    let (_dir, llm) = tiny_llm();
+    let shared = llm.tokenizer.encode("query: red running shoes; item: ").unwrap();
+    let item = llm.tokenizer.encode("trail sneaker").unwrap();
+    let mut cache = llm.new_cache(3, 64).unwrap();
+    // Slot 2 computes the whole prompt itself; slot 0 the prefix, copied to slot 1.
+    let full: Vec<u32> = shared.iter().chain(&item).copied().collect();
+    let want = llm.feed_batch(&mut cache, &[Vec::new(), Vec::new(), full.clone()]).unwrap().remove(2);
+    llm.feed(&mut cache, &shared).unwrap();
+    llm.copy_prefix(&mut cache, 0, 1, shared.len()).unwrap();
+    assert_eq!(cache.cached(1), &shared[..]);
+    let got = llm.feed_batch(&mut cache, &[Vec::new(), item.clone(), Vec::new()]).unwrap().remove(1);
+    assert_eq!(cache.cached(1), &full[..]);
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "logits after a copied prefix differ by {diff}");
+    // Copies that make no sense are refused.
+    assert!(llm.copy_prefix(&mut cache, 0, 0, 1).is_err());
+    assert!(llm.copy_prefix(&mut cache, 0, 3, 1).is_err());
+    assert!(llm.copy_prefix(&mut cache, 0, 1, shared.len() + 1).is_err());
+}

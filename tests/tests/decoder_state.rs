@@ -114,3 +114,41 @@ fn states_are_validated_in_graphs() {
     let err = g.validate().unwrap_err().to_string();
     assert!(err.contains("not a graph state"), "{err}");
 }
+
+/// `copy_state_rows` on `backend`: rows land where asked, others stay, later runs see them,
+/// and bad ranges are refused naming the state.
+fn check_copy_state_rows<B: tandem_runtime::backend::Backend>(backend: B) {
+    let session = Session::new(backend, cache_graph(), &[]).unwrap();
+    let mut state = session.new_state(&[("rows", 7)]).unwrap();
+    let initial: Vec<f32> = (0..14).map(|v| v as f32).collect();
+    session.write_state_blocking(&mut state, "cache", &HostTensor::f32(vec![7, 2], initial).unwrap()).unwrap();
+    // Rows 0..3 to 4..7 (one past the middle: an awkward, non-overlapping pair).
+    session.copy_state_rows(&mut state, 0, 4, 3).unwrap();
+    // A run after the copy writes row 3 and reads the whole cache back.
+    let inputs = [
+        HostTensor::f32(vec![1, 2], vec![-1.0, -2.0]).unwrap(),
+        HostTensor::u32(vec![1, 4], vec![0, 1, 3, 1]).unwrap(),
+    ];
+    let after = session.run_with_blocking(&inputs, Some(&mut state), Outputs::All).unwrap().remove(0).to_f32();
+    assert_eq!(after, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, -1.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    for (from, to, rows) in [(0, 5, 3), (4, 0, 5), (0, 2, 3), (usize::MAX, 0, 2)] {
+        let err = session.copy_state_rows(&mut state, from, to, rows).unwrap_err().to_string();
+        assert!(err.contains("state 'cache': cannot copy rows"), "{from} → {to} ×{rows}: {err}");
+    }
+}
+
+#[test]
+fn cpu_state_rows_copy() {
+    check_copy_state_rows(CpuBackend::new());
+}
+
+#[test]
+fn wgpu_state_rows_copy() {
+    match WgpuBackend::new_blocking() {
+        Ok(b) => check_copy_state_rows(b),
+        Err(e) if std::env::var("TANDEM_ALLOW_NO_GPU_ADAPTER").is_ok_and(|v| v == "1") => {
+            println!("skipping: no wgpu adapter ({e}) and TANDEM_ALLOW_NO_GPU_ADAPTER=1");
+        }
+        Err(e) => panic!("no wgpu adapter: {e} (install mesa-vulkan-drivers or set TANDEM_ALLOW_NO_GPU_ADAPTER=1)"),
+    }
+}

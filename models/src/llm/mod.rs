@@ -175,6 +175,22 @@ impl Llm {
         Ok(KvCache { state, cached: vec![Vec::new(); slots], capacity })
     }
 
+    /// Gives slot `to` the first `len` cached tokens of slot `from` (a shared prompt prefix
+    /// computed once): their keys and values are copied on the device, and whatever `to`
+    /// held is forgotten.
+    pub fn copy_prefix(&self, cache: &mut KvCache, from: usize, to: usize, len: usize) -> Result<()> {
+        if from >= cache.slots() || to >= cache.slots() || from == to {
+            bail!("cannot copy slot {from} to slot {to} of a cache of {} slots", cache.slots());
+        }
+        if len > cache.cached[from].len() {
+            bail!("slot {from} holds {} tokens, not {len}", cache.cached[from].len());
+        }
+        let capacity = cache.capacity;
+        self.session.copy_state_rows(&mut cache.state, from * capacity, to * capacity, len)?;
+        cache.cached[to] = cache.cached[from][..len].to_vec();
+        Ok(())
+    }
+
     /// Runs `ids` after what slot 0 of `cache` holds and returns the logits after the last.
     pub fn feed(&self, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
         if ids.is_empty() {

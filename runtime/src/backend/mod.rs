@@ -76,6 +76,10 @@ pub trait Backend {
     fn begin(&self) -> Result<Self::Recording>;
     /// Writes a host tensor into `buf` before the recorded work runs (graph inputs).
     fn write(&self, rec: &mut Self::Recording, buf: &mut Self::Buffer, tensor: &HostTensor) -> Result<()>;
+    /// Copies `bytes` bytes of `buf` from offset `src` to offset `dst` (ranges in bounds and
+    /// not overlapping, offsets multiples of 4), ordered after every run submitted before and
+    /// before every run submitted after (a KV-cache prefix shared between sequences).
+    fn copy_within(&self, buf: &mut Self::Buffer, src: usize, dst: usize, bytes: usize) -> Result<()>;
     /// Records one op. An op that writes an input in place ([`Op::in_place_input`], e.g.
     /// `kv_write` into a state) gets that input as its output and not among `inputs`.
     fn dispatch(

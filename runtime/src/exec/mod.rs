@@ -416,6 +416,28 @@ impl<B: Backend> Session<B> {
         self.backend.finish(rec, &[]).await.map(|_| ())
     }
 
+    /// Copies rows `from..from + rows` of the leading dimension of every state to the rows
+    /// starting at `to` (a KV-cache prefix computed once for one sequence, given to another).
+    pub fn copy_state_rows(&self, state: &mut State<B>, from: usize, to: usize, rows: usize) -> Result<()> {
+        for (i, &id) in self.graph.states.iter().enumerate() {
+            let shape = &state.shapes[i];
+            let name = &self.graph.value(id).name;
+            let total = shape.first().copied().unwrap_or(1);
+            if from.max(to).checked_add(rows).is_none_or(|end| end > total) || from.abs_diff(to) < rows {
+                return Err(Error::input(format!(
+                    "state '{name}': cannot copy rows {from}..{} to {to}.. of {total} rows",
+                    from.saturating_add(rows)
+                )));
+            }
+            let row: usize = shape.get(1..).unwrap_or(&[]).iter().product();
+            let row_bytes =
+                self.graph.value(id).ty.dtype.bytes_for(row).ok_or_else(|| Error::input("row too large"))?;
+            let buf = state.buffers[i].as_mut().expect("state buffers are present between runs");
+            self.backend.copy_within(buf, from * row_bytes, to * row_bytes, rows * row_bytes)?;
+        }
+        Ok(())
+    }
+
     /// The plan for these inputs, states and outputs (cached).
     fn plan_for(&self, inputs: &[HostTensor], state: Option<&State<B>>, wanted: Vec<ValueId>) -> Result<Arc<Plan>> {
         let mut bindings = bind_symbols(&self.graph, inputs)?;

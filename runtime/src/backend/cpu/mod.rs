@@ -134,6 +134,18 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn copy_within(&self, buf: &mut CpuBuffer, src: usize, dst: usize, bytes: usize) -> Result<()> {
+        let all = bytemuck::cast_slice_mut::<u32, u8>(&mut buf.0);
+        if src.max(dst).checked_add(bytes).is_none_or(|end| end > all.len()) {
+            return Err(Error::backend(
+                "cpu",
+                format!("copying {bytes} bytes from {src} to {dst} in a buffer of {}", all.len()),
+            ));
+        }
+        all.copy_within(src..src + bytes, dst);
+        Ok(())
+    }
+
     fn dispatch(
         &self,
         _rec: &mut (),

@@ -429,6 +429,26 @@ impl Backend for CudaBackend {
         self.inner.stream.memcpy_htod(bytes, &mut view).map_err(|e| driver_error("copy to the device", e))
     }
 
+    fn copy_within(&self, buf: &mut CudaBuffer, src: usize, dst: usize, bytes: usize) -> Result<()> {
+        let in_bounds = src.max(dst).checked_add(bytes).is_some_and(|end| end <= buf.bytes());
+        if !in_bounds || src.abs_diff(dst) < bytes {
+            return Err(err(format!("copying {bytes} bytes from {src} to {dst} in a buffer of {}", buf.bytes())));
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        // Through scratch, so that no source and destination view of one allocation are
+        // borrowed at once; both copies are queued on the stream in order.
+        let stream = &self.inner.stream;
+        let mut scratch = self.alloc(bytes)?;
+        stream
+            .memcpy_dtod(&buf.slice.slice(src..src + bytes), &mut scratch.slice.slice_mut(..bytes))
+            .map_err(|e| driver_error("copy on the device", e))?;
+        stream
+            .memcpy_dtod(&scratch.slice.slice(..bytes), &mut buf.slice.slice_mut(dst..dst + bytes))
+            .map_err(|e| driver_error("copy on the device", e))
+    }
+
     fn dispatch(
         &self,
         rec: &mut CudaRecording,

@@ -595,6 +595,27 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
+    fn copy_within(&self, buf: &mut WgpuBuffer, src: usize, dst: usize, bytes: usize) -> Result<()> {
+        let (src, dst, n) = (src as u64, dst as u64, bytes as u64);
+        let aligned = [src, dst, n].iter().all(|v| v % wgpu::COPY_BUFFER_ALIGNMENT == 0);
+        if !aligned || src.max(dst).checked_add(n).is_none_or(|end| end > buf.size()) || src.abs_diff(dst) < n {
+            return Err(err(format!("copying {bytes} bytes from {src} to {dst} in a buffer of {}", buf.size())));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.check_errors()?;
+        // WebGPU copies never read and write one buffer: go through a scratch buffer. The
+        // queue orders this submission between the runs before and after it.
+        let scratch = self.create_buffer(bytes, wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, false)?;
+        let device = &self.shared.device;
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tandem copy") });
+        encoder.copy_buffer_to_buffer(&buf.buffer, src, &scratch, 0, n);
+        encoder.copy_buffer_to_buffer(&scratch, 0, &buf.buffer, dst, n);
+        self.shared.queue.submit([encoder.finish()]);
+        self.check_errors()
+    }
+
     fn dispatch(
         &self,
         rec: &mut WgpuRecording,
