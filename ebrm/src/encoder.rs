@@ -111,21 +111,6 @@ impl TextEncoder for TableEncoder {
     }
 }
 
-/// Cosine similarity; 0 when either vector is zero or the lengths differ.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() != b.len() {
-        return 0.0;
-    }
-    let (mut dot, mut na, mut nb) = (0.0f32, 0.0f32, 0.0f32);
-    for (&x, &y) in a.iter().zip(b) {
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    let norm = (na * nb).sqrt();
-    if norm > 0.0 && norm.is_finite() { (dot / norm).clamp(-1.0, 1.0) } else { 0.0 }
-}
-
 /// Encodes `texts` and checks the encoder kept its contract (one finite vector per text, all
 /// of one length), so a misbehaving model gives an error here rather than wrong scores later.
 pub fn encode_checked(encoder: &dyn TextEncoder, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
@@ -259,13 +244,7 @@ impl PairScorer for CrossEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cosine_edge_cases() {
-        assert!((cosine(&[1.0, 0.0], &[2.0, 0.0]) - 1.0).abs() < 1e-6);
-        assert_eq!(cosine(&[1.0], &[1.0, 2.0]), 0.0);
-        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
-    }
+    use tandem_models::cosine;
 
     #[test]
     fn ngram_encoder_is_deterministic_and_spelling_aware() {

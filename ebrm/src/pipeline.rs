@@ -37,7 +37,7 @@
 use crate::cache::{CacheStats, LruQeCache, QeCache, QeKey};
 use crate::calibrate::Calibration;
 use crate::constraints::{ACCESSORY, ItemView, QueryConstraints, check_item};
-use crate::encoder::{PairScorer, TextEncoder, cosine, encode_checked};
+use crate::encoder::{PairScorer, TextEncoder, encode_checked};
 use crate::entities::taxonomy::{self, EmbeddedTaxonomy, KeywordTaxonomy};
 use crate::entities::{Entity, EntityKind, Extractor, Item, Source};
 use crate::logic::{AggregateInputs, AggregateParams, Logic, aggregate_cpu};
@@ -48,6 +48,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use tandem_models::cosine;
 
 /// Most items one call ranks.
 pub const MAX_ITEMS: usize = 10_000;
