@@ -10,6 +10,10 @@ pub trait TextEncoder {
     fn id(&self) -> &str;
     /// One vector per text, in order; all of the same length.
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+    /// The device the model runs on, if it runs on one: EBRM aggregates there too.
+    fn device(&self) -> Option<&tandem_models::Device> {
+        None
+    }
 }
 
 impl<T: TextEncoder + ?Sized> TextEncoder for &T {
@@ -19,6 +23,9 @@ impl<T: TextEncoder + ?Sized> TextEncoder for &T {
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         (**self).encode(texts)
     }
+    fn device(&self) -> Option<&tandem_models::Device> {
+        (**self).device()
+    }
 }
 
 impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
@@ -27,6 +34,9 @@ impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
     }
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         (**self).encode(texts)
+    }
+    fn device(&self) -> Option<&tandem_models::Device> {
+        (**self).device()
     }
 }
 
@@ -216,6 +226,9 @@ impl TextEncoder for ModelEncoder {
     }
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         self.embedder.embed(texts)
+    }
+    fn device(&self) -> Option<&tandem_models::Device> {
+        Some(self.embedder.device())
     }
 }
 

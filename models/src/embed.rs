@@ -205,6 +205,11 @@ impl Embedder {
         self.session.backend_name()
     }
 
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        self.session.device()
+    }
+
     pub fn graph(&self) -> &Graph {
         self.session.graph()
     }
