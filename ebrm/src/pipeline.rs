@@ -1106,6 +1106,14 @@ mod tests {
         }
     }
 
+    /// The server shares one engine between request threads and hands rankings between them.
+    #[test]
+    fn engines_and_rankings_cross_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Ebrm<NgramEncoder>>();
+        shared::<Ranking>();
+    }
+
     /// Rankings, interventions and other families aggregated on the engine's device: the CPU
     /// by default, wgpu when asked, with the CPU's numbers either way.
     #[test]
