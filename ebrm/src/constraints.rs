@@ -606,9 +606,13 @@ const STOP: &[&str] = &[
 /// Product types sold for another product; a query whose type is one of these wants the
 /// accessory.
 const ACCESSORY_MARKERS: &[&str] = &["for", "compatible", "fits", "适用", "适配", "兼容"];
-/// Tier words: a model's variant ("4070 Ti" is not "4070 Ti Super", "15 Pro" not "15 Pro Max").
-const TIERS: &[&str] =
-    &["pro", "max", "plus", "ultra", "mini", "lite", "se", "air", "ti", "super", "xl", "oled", "evo", "fe", "neo"];
+/// Tier words: a model's variant ("4070 Ti" is not "4070 Ti Super", "15 Pro" not "15 Pro Max"),
+/// and generations written as Roman numerals ("Z6 III" is not "Z6 II", "Alpha 7 IV").
+#[rustfmt::skip]
+const TIERS: &[&str] = &[
+    "pro", "max", "plus", "ultra", "mini", "lite", "se", "air", "ti", "super", "xl", "oled", "evo", "fe", "neo",
+    "ii", "iii", "iv",
+];
 
 /// Nouns of parts and accessories: a title naming one after the queried product type
 /// ("Instant Pot Sealing Rings", "戴森吹风机 收纳支架") sells the part, not the product.
@@ -1428,6 +1432,11 @@ mod tests {
         assert!(m("sony wh-1000xm5", "Sony WH-1000XM4 Headphones") < 0.3);
         assert!(m("nike pegasus 40", "Nike Pegasus 41 Road Running Shoes") < 0.2);
         assert_eq!(m("耐克 跑鞋 飞马40", "耐克 NIKE 飞马40 男鞋"), MATCH);
+        // Generations as Roman numerals, spaced or glued.
+        assert_eq!(m("nikon z6 iii camera body", "Nikon Z6III Mirrorless Camera Body"), MATCH);
+        assert_eq!(m("nikon z6 iii camera body", "Nikon Z 6III Mirrorless Camera Body"), MATCH);
+        assert!(m("nikon z6 iii camera body", "Nikon Z6II Full Frame Mirrorless Camera Body") < 0.2);
+        assert!(m("sony a7 iv", "Sony Alpha A7 III Mirrorless Camera") < 0.2);
         assert_eq!(q("rtx 4070 ti graphics card").product.unwrap().head, "card");
     }
 
