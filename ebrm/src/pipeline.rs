@@ -548,8 +548,10 @@ impl<E: TextEncoder> Ebrm<E> {
         }
     }
 
-    /// Aggregates on `device` instead (an encoder without a device of its own, such as the
-    /// browser's table of vectors computed on WebGPU, next to a session that has one).
+    /// Aggregates on `device` instead: for an encoder without a device of its own (a table of
+    /// vectors computed elsewhere) beside a session that has one. Natively only: `rank` is
+    /// synchronous, and in the browser a WebGPU run would have to be awaited (`rank` then
+    /// returns that error).
     pub fn with_device(mut self, device: &Device) -> Self {
         self.aggregator = Arc::new(Aggregator::on(device));
         self
