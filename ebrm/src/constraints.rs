@@ -606,9 +606,13 @@ const STOP: &[&str] = &[
 /// Product types sold for another product; a query whose type is one of these wants the
 /// accessory.
 const ACCESSORY_MARKERS: &[&str] = &["for", "compatible", "fits", "适用", "适配", "兼容"];
-/// Tier words: a model's variant ("4070 Ti" is not "4070 Ti Super", "15 Pro" not "15 Pro Max").
-const TIERS: &[&str] =
-    &["pro", "max", "plus", "ultra", "mini", "lite", "se", "air", "ti", "super", "xl", "oled", "evo", "fe", "neo"];
+/// Tier words: a model's variant ("4070 Ti" is not "4070 Ti Super", "15 Pro" not "15 Pro Max"),
+/// and generations written as Roman numerals ("Z6 III" is not "Z6 II", "Alpha 7 IV").
+#[rustfmt::skip]
+const TIERS: &[&str] = &[
+    "pro", "max", "plus", "ultra", "mini", "lite", "se", "air", "ti", "super", "xl", "oled", "evo", "fe", "neo",
+    "ii", "iii", "iv",
+];
 
 /// Nouns of parts and accessories: a title naming one after the queried product type
 /// ("Instant Pot Sealing Rings", "戴森吹风机 收纳支架") sells the part, not the product.
@@ -1214,13 +1218,24 @@ fn check_brand(q: &QueryConstraints, item: &ItemView) -> Check {
             })
         })
     };
+    // A brand that is also an ordinary word ("apple", "dove", "boss"), found in the title of an
+    // item that declares another brand, is most likely the word ("Apple Cinnamon Candle" by
+    // Yankee Candle): it is evidence only where it names what the item is made for ("Band
+    // compatible with Apple Watch").
+    let word_brand = q.brands.iter().all(|b| is_common_word(b));
+    let made_for = |text: &str| match word_brand {
+        true => {
+            ACCESSORY_MARKERS.iter().filter_map(|m| find_phrase(text, m)).min().is_some_and(|at| named_in(&text[at..]))
+        }
+        false => named_in(text),
+    };
     match &item.brand {
         Some(h) => {
             let c = if same(h) {
                 check(EntityKind::Brand, value, MATCH, format!("item: {h}"))
-            } else if named_in(&item.product_part) {
+            } else if !word_brand && named_in(&item.product_part) {
                 check(EntityKind::Brand, value, 0.6, format!("item's brand is {h}, the title names the queried one"))
-            } else if named_in(&item.text) {
+            } else if made_for(&item.text) {
                 check(EntityKind::Brand, value, 0.4, format!("item: {h}, made for the queried brand"))
             } else {
                 check(EntityKind::Brand, value, CONFLICT, format!("item: {h}"))
@@ -1230,6 +1245,12 @@ fn check_brand(q: &QueryConstraints, item: &ItemView) -> Check {
         None if named_in(&item.product_part) => check(EntityKind::Brand, value, 0.85, "named in the title"),
         None => check(EntityKind::Brand, value, UNKNOWN, "item does not say"),
     }
+}
+
+/// Whether a (lowercase) brand name is also a frequent English word.
+fn is_common_word(brand: &str) -> bool {
+    static WORDS: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
+    WORDS.get_or_init(crate::entities::brands::common_words).contains(brand)
 }
 
 fn find_seq(hay: &[String], needle: &[String]) -> Option<usize> {
@@ -1358,6 +1379,25 @@ mod tests {
         c.iter().find(|c| c.kind == kind).unwrap_or_else(|| panic!("no {kind:?} check in {c:?}")).qe
     }
 
+    fn brand_qe(query_brand: &str, title: &str, declared: &str) -> f32 {
+        let q = QueryConstraints::parse(&format!("{query_brand} thing"), &[query_brand.to_string()]);
+        let c = check_item(&q, &ItemView::new(title, Some(declared), &[]));
+        c.iter().find(|c| c.kind == EntityKind::Brand).expect("a brand check").qe
+    }
+
+    #[test]
+    fn a_brand_that_is_a_word_needs_evidence_beside_another_declared_brand() {
+        // The word, in a title whose item declares its own brand: a conflict.
+        assert_eq!(brand_qe("apple", "Apple Cinnamon Scented Jar Candle, 22 oz", "Yankee Candle"), CONFLICT);
+        assert_eq!(brand_qe("boss", "Boss Level Gaming Chair", "GTRACING"), CONFLICT);
+        // Named as what the item is made for: the accessory reading stays.
+        assert_eq!(brand_qe("apple", "Nike Sport Band Compatible with Apple Watch 45mm", "Generic"), 0.4);
+        // The declared brand itself, and a name that is no word, are read as before.
+        assert_eq!(brand_qe("apple", "Apple Watch Sport Band 45mm", "Apple"), MATCH);
+        assert_eq!(brand_qe("sony", "Sony WH-1000XM5 Headphones", "Renewed Store"), 0.6);
+        assert_eq!(brand_qe("sony", "Ear Pads for Sony WH-1000XM5", "Geekria"), 0.4);
+    }
+
     #[test]
     fn units_convert() {
         assert_eq!(qe("body wash 500 ml", "Body Wash, 16.9 fl oz", EntityKind::Size), MATCH);
@@ -1392,6 +1432,11 @@ mod tests {
         assert!(m("sony wh-1000xm5", "Sony WH-1000XM4 Headphones") < 0.3);
         assert!(m("nike pegasus 40", "Nike Pegasus 41 Road Running Shoes") < 0.2);
         assert_eq!(m("耐克 跑鞋 飞马40", "耐克 NIKE 飞马40 男鞋"), MATCH);
+        // Generations as Roman numerals, spaced or glued.
+        assert_eq!(m("nikon z6 iii camera body", "Nikon Z6III Mirrorless Camera Body"), MATCH);
+        assert_eq!(m("nikon z6 iii camera body", "Nikon Z 6III Mirrorless Camera Body"), MATCH);
+        assert!(m("nikon z6 iii camera body", "Nikon Z6II Full Frame Mirrorless Camera Body") < 0.2);
+        assert!(m("sony a7 iv", "Sony Alpha A7 III Mirrorless Camera") < 0.2);
         assert_eq!(q("rtx 4070 ti graphics card").product.unwrap().head, "card");
     }
 

@@ -10,6 +10,10 @@ pub trait TextEncoder {
     fn id(&self) -> &str;
     /// One vector per text, in order; all of the same length.
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+    /// The device the model runs on, if it runs on one: EBRM aggregates there too.
+    fn device(&self) -> Option<&tandem_models::Device> {
+        None
+    }
 }
 
 impl<T: TextEncoder + ?Sized> TextEncoder for &T {
@@ -19,6 +23,9 @@ impl<T: TextEncoder + ?Sized> TextEncoder for &T {
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         (**self).encode(texts)
     }
+    fn device(&self) -> Option<&tandem_models::Device> {
+        (**self).device()
+    }
 }
 
 impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
@@ -27,6 +34,9 @@ impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
     }
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         (**self).encode(texts)
+    }
+    fn device(&self) -> Option<&tandem_models::Device> {
+        (**self).device()
     }
 }
 
@@ -109,21 +119,6 @@ impl TextEncoder for TableEncoder {
         }
         Ok(texts.iter().map(|t| table[*t].clone()).collect())
     }
-}
-
-/// Cosine similarity; 0 when either vector is zero or the lengths differ.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() != b.len() {
-        return 0.0;
-    }
-    let (mut dot, mut na, mut nb) = (0.0f32, 0.0f32, 0.0f32);
-    for (&x, &y) in a.iter().zip(b) {
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    let norm = (na * nb).sqrt();
-    if norm > 0.0 && norm.is_finite() { (dot / norm).clamp(-1.0, 1.0) } else { 0.0 }
 }
 
 /// Encodes `texts` and checks the encoder kept its contract (one finite vector per text, all
@@ -232,6 +227,9 @@ impl TextEncoder for ModelEncoder {
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         self.embedder.embed(texts)
     }
+    fn device(&self) -> Option<&tandem_models::Device> {
+        Some(self.embedder.device())
+    }
 }
 
 /// A cross-encoder (a `BertForSequenceClassification` folder) as EBRM's QE model: the first
@@ -259,13 +257,7 @@ impl PairScorer for CrossEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cosine_edge_cases() {
-        assert!((cosine(&[1.0, 0.0], &[2.0, 0.0]) - 1.0).abs() < 1e-6);
-        assert_eq!(cosine(&[1.0], &[1.0, 2.0]), 0.0);
-        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
-    }
+    use tandem_models::cosine;
 
     #[test]
     fn ngram_encoder_is_deterministic_and_spelling_aware() {

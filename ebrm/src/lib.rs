@@ -7,7 +7,7 @@
 //! score. The aggregate says which entity decided, and an intervention (override one QE
 //! score, drop an entity) re-aggregates without encoding anything.
 //!
-//! - [`logic`]: t-norm families and the aggregate, CPU reference (to become runtime ops).
+//! - [`logic`]: t-norm families and the aggregate: the runtime's op, run on a device.
 //! - [`entities`]: items, queries and entity extraction (NSI brands, rules, taxonomy).
 //! - [`vocab`]: the name-suggestion-index brand list and its fetch.
 //! - [`cache`]: the bounded QE cache.
@@ -31,5 +31,5 @@ pub mod vocab;
 pub use cache::{CacheStats, LruQeCache, QeCache, QeKey};
 pub use encoder::{NgramEncoder, PairScorer, TextEncoder};
 pub use entities::{Entity, EntityKind, Extractor, Item};
-pub use logic::Logic;
+pub use logic::{Aggregator, Logic};
 pub use pipeline::{CategorySearch, Config, Ebrm, Grade, Intervention, Ranking};

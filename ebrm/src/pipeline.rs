@@ -20,6 +20,9 @@
 //! silence costs half the weight, and the prior (weight 0.6) orders what the checks cannot
 //! tell apart. Interventions and other logic families re-aggregate the same QE scores.
 //!
+//! The aggregate runs as the runtime's `aggregate` op on the engine's device ([`Aggregator`]):
+//! the encoder's, when it says ([`TextEncoder::device`]), else the CPU backend.
+//!
 //! # Grades (ESCI-like)
 //!
 //! - Exact: score ≥ `grades.exact`.
@@ -37,10 +40,10 @@
 use crate::cache::{CacheStats, LruQeCache, QeCache, QeKey};
 use crate::calibrate::Calibration;
 use crate::constraints::{ACCESSORY, ItemView, QueryConstraints, check_item};
-use crate::encoder::{PairScorer, TextEncoder, cosine, encode_checked};
+use crate::encoder::{PairScorer, TextEncoder, encode_checked};
 use crate::entities::taxonomy::{self, EmbeddedTaxonomy, KeywordTaxonomy};
 use crate::entities::{Entity, EntityKind, Extractor, Item, Source};
-use crate::logic::{AggregateInputs, AggregateParams, Logic, aggregate_cpu};
+use crate::logic::{AggregateInputs, AggregateParams, Aggregated, Aggregator, Logic, aggregate_cpu};
 use crate::text::{MAX_QUERY_BYTES, normalize, truncate};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -48,6 +51,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use tandem_models::{Device, cosine};
 
 /// Most items one call ranks.
 pub const MAX_ITEMS: usize = 10_000;
@@ -302,6 +306,12 @@ pub struct Ranking {
     /// Texts this request encoded (0 when every QE score, title category and the query's
     /// analysis were cached).
     pub encoded_texts: usize,
+    /// Where re-aggregations (other families, interventions) run: the engine's device.
+    #[serde(skip)]
+    aggregator: Arc<Aggregator>,
+    /// The backend the scores were last aggregated on.
+    #[serde(skip)]
+    aggregated_on: &'static str,
 }
 
 impl Ranking {
@@ -320,7 +330,7 @@ impl Ranking {
     pub fn with_logic(&self, logic: Logic) -> Ranking {
         let mut r = self.clone();
         r.config.logic = logic;
-        aggregate(&mut r.items, &r.config);
+        r.reaggregate();
         r
     }
 
@@ -337,7 +347,7 @@ impl Ranking {
                 None => {}
             }
         }
-        aggregate(&mut r.items, &r.config);
+        r.reaggregate();
         r
     }
 
@@ -367,13 +377,50 @@ impl Ranking {
                 }
             }
         }
-        aggregate(&mut r.items, &r.config);
+        r.reaggregate();
         r
+    }
+
+    /// The backend the scores were last aggregated on ("cpu", "wgpu", "cuda").
+    pub fn aggregated_on(&self) -> &'static str {
+        self.aggregated_on
+    }
+
+    /// Aggregates again on the engine's device. These methods cannot fail (callers chain
+    /// them), so when the device does (a GPU lost after the request was ranked), the CPU
+    /// reference computes the same formula, and [`Ranking::aggregated_on`] and stderr say so.
+    fn reaggregate(&mut self) {
+        self.aggregated_on = match aggregate(&mut self.items, &self.config, &self.aggregator) {
+            Ok(on) => on,
+            Err(e) => {
+                eprintln!("warning: {e:#}; aggregated with the CPU reference instead");
+                let Ok(()) = aggregate_with(&mut self.items, &self.config, |p, x| {
+                    let mut out =
+                        Aggregated { score: vec![0.0; p.items as usize], contribution: vec![0.0; x.qe.len()] };
+                    aggregate_cpu(p, x, &mut out.score, &mut out.contribution);
+                    Ok::<_, std::convert::Infallible>(out)
+                });
+                "cpu"
+            }
+        };
     }
 }
 
-/// Scores, contributions, grades and deciding entities from the items' QE scores.
-fn aggregate(items: &mut [ScoredItem], config: &Config) {
+/// Scores, contributions, grades and deciding entities from the items' QE scores, the
+/// aggregate run by `aggregator`; returns the backend it ran on.
+fn aggregate(items: &mut [ScoredItem], config: &Config, aggregator: &Aggregator) -> Result<&'static str> {
+    aggregate_with(items, config, |p, x| {
+        aggregator.run(Logic::from_code(p.logic), p.optional_weight, p.items as usize, p.entities as usize, x)
+    })?;
+    Ok(aggregator.backend_name())
+}
+
+/// [`aggregate`] with the aggregate computed by `run`.
+fn aggregate_with<E>(
+    items: &mut [ScoredItem],
+    config: &Config,
+    run: impl FnOnce(&AggregateParams, AggregateInputs<'_>) -> Result<Aggregated, E>,
+) -> Result<(), E> {
     let (weight, essential) = config.kind_table();
     let width = items.iter().map(|i| i.entities.len()).max().unwrap_or(0);
     let n = items.len() * width;
@@ -387,10 +434,8 @@ fn aggregate(items: &mut [ScoredItem], config: &Config) {
         }
     }
     let params = AggregateParams::new(items.len(), width, weight.len(), config.logic, config.optional_weight);
-    let mut score = vec![0.0f32; items.len()];
-    let mut contribution = vec![0.0f32; n];
     let inputs = AggregateInputs { qe: &qe, mask: &mask, kind: &kind, weight: &weight, essential: &essential };
-    aggregate_cpu(&params, inputs, &mut score, &mut contribution);
+    let Aggregated { score, contribution } = run(&params, inputs)?;
     for (i, item) in items.iter_mut().enumerate() {
         item.score = score[i];
         for (j, e) in item.entities.iter_mut().enumerate() {
@@ -400,6 +445,7 @@ fn aggregate(items: &mut [ScoredItem], config: &Config) {
         item.grade = grade(item, config);
         item.deciding = deciding(item);
     }
+    Ok(())
 }
 
 pub(crate) fn grade(item: &ScoredItem, config: &Config) -> Grade {
@@ -474,12 +520,16 @@ pub struct Ebrm<E> {
     config: Config,
     /// A cross-encoder scoring QE pairs directly; None: cosines of the encoder's vectors.
     pair_scorer: Option<Box<dyn PairScorer>>,
+    /// The aggregate on the engine's device.
+    aggregator: Arc<Aggregator>,
 }
 
 impl<E: TextEncoder> Ebrm<E> {
-    /// An engine with a default in-process QE cache and the defaults of [`Config::for_model`].
+    /// An engine with a default in-process QE cache and the defaults of [`Config::for_model`],
+    /// aggregating on the encoder's device (the CPU when the encoder names none).
     pub fn new(encoder: E, extractor: Extractor, search: CategorySearch) -> Ebrm<E> {
         let config = Config::for_model(encoder.id());
+        let aggregator = encoder.device().map_or_else(Aggregator::cpu, |d| Arc::new(Aggregator::on(d)));
         Ebrm {
             encoder,
             extractor,
@@ -494,7 +544,22 @@ impl<E: TextEncoder> Ebrm<E> {
             encoded: AtomicU64::new(0),
             config,
             pair_scorer: None,
+            aggregator,
         }
+    }
+
+    /// Aggregates on `device` instead: for an encoder without a device of its own (a table of
+    /// vectors computed elsewhere) beside a session that has one. Natively only: `rank` is
+    /// synchronous, and in the browser a WebGPU run would have to be awaited (`rank` then
+    /// returns that error).
+    pub fn with_device(mut self, device: &Device) -> Self {
+        self.aggregator = Arc::new(Aggregator::on(device));
+        self
+    }
+
+    /// The backend the aggregate runs on.
+    pub fn aggregates_on(&self) -> &'static str {
+        self.aggregator.backend_name()
     }
 
     /// The similarity prior from a cross-encoder: (query, item text) is read by the model as
@@ -763,12 +828,14 @@ impl<E: TextEncoder> Ebrm<E> {
                 e.qe = config.calibration.apply(EntityKind::Similarity, true, c);
             }
         }
-        aggregate(&mut scored, config);
+        let aggregated_on = aggregate(&mut scored, config, &self.aggregator)?;
         Ok(Ranking {
             query: (*q).clone(),
             items: scored,
             config: config.clone(),
             encoded_texts: (self.encoded_texts() - before) as usize,
+            aggregator: self.aggregator.clone(),
+            aggregated_on,
         })
     }
 
@@ -1038,6 +1105,50 @@ mod tests {
             let other = r.with_logic(l);
             assert_eq!(other.items.len(), r.items.len());
             assert!(other.items[1].score <= other.items[0].score);
+        }
+    }
+
+    /// The server shares one engine between request threads and hands rankings between them.
+    #[test]
+    fn engines_and_rankings_cross_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Ebrm<NgramEncoder>>();
+        shared::<Ranking>();
+    }
+
+    /// Rankings, interventions and other families aggregated on the engine's device: the CPU
+    /// by default, wgpu when asked, with the CPU's numbers either way.
+    #[test]
+    fn the_aggregate_runs_on_the_engine_device() {
+        let cpu = engine();
+        assert_eq!(cpu.aggregates_on(), "cpu");
+        let device = match Device::open_blocking(tandem_models::BackendChoice::Wgpu) {
+            Ok(d) => d,
+            Err(e) => return eprintln!("skipped: no wgpu adapter ({e:#})"),
+        };
+        let gpu = engine().with_device(&device);
+        assert_eq!(gpu.aggregates_on(), "wgpu");
+        // Awkward sizes; 257 spills one item past the kernel's workgroup of 256.
+        let many: Vec<Item> = (0..257).map(|i| items()[i % 4].clone()).collect();
+        for n in [1, 7, 129, 257] {
+            let (a, b) = (
+                cpu.rank("nike running shoes", &many[..n]).unwrap(),
+                gpu.rank("nike running shoes", &many[..n]).unwrap(),
+            );
+            let iv = [Intervention::SetQe { item: Some(0), kind: EntityKind::Brand, value: "nike".into(), qe: 0.0 }];
+            let pairs = [(a.clone(), b.clone()), (a.intervene(&iv), b.intervene(&iv))]
+                .into_iter()
+                .chain(Logic::ALL.iter().map(|&l| (a.with_logic(l), b.with_logic(l))));
+            for (a, b) in pairs {
+                assert_eq!((a.aggregated_on(), b.aggregated_on()), ("cpu", "wgpu"));
+                for (x, y) in a.items.iter().zip(&b.items) {
+                    assert!((x.score - y.score).abs() < 1e-5, "{n} items: {} vs {}", x.score, y.score);
+                    assert_eq!(x.grade, y.grade);
+                    for (ex, ey) in x.entities.iter().zip(&y.entities) {
+                        assert!((ex.contribution - ey.contribution).abs() < 1e-5);
+                    }
+                }
+            }
         }
     }
 

@@ -205,9 +205,33 @@ impl Embedder {
         self.session.backend_name()
     }
 
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        self.session.device()
+    }
+
     pub fn graph(&self) -> &Graph {
         self.session.graph()
     }
+}
+
+/// Cosine similarity of two embeddings, the workspace's one definition: accumulated in f64
+/// (parity checks read differences of 1e-6 near 1, which an f32 sum over hundreds of
+/// dimensions blurs), clamped to [-1, 1], and 0 when the lengths differ or either vector is
+/// zero or not finite, so a malformed vector scores as unrelated rather than as NaN.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    let norm = (na * nb).sqrt();
+    if norm > 0.0 && norm.is_finite() && dot.is_finite() { (dot / norm).clamp(-1.0, 1.0) as f32 } else { 0.0 }
 }
 
 /// Checks that `graph` takes only inputs a packed batch provides and outputs `[seqs, dim]`
@@ -256,6 +280,35 @@ fn split_runs(texts: &[TokenizedText], max_tokens: usize) -> Vec<&[TokenizedText
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cosine_edge_cases() {
+        assert!((cosine(&[1.0, 0.0], &[2.0, 0.0]) - 1.0).abs() < 1e-7);
+        assert!((cosine(&[1.0, 0.0], &[-3.0, 0.0]) + 1.0).abs() < 1e-7);
+        assert!(cosine(&[1.0, 0.0], &[0.0, 5.0]).abs() < 1e-7);
+        assert!((cosine(&[1.0, 1.0], &[1.0, 0.0]) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-7);
+        assert_eq!(cosine(&[1.0], &[1.0, 2.0]), 0.0, "lengths differ");
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0, "a zero vector");
+        assert_eq!(cosine(&[f32::NAN, 1.0], &[1.0, 1.0]), 0.0, "not finite");
+        assert_eq!(cosine(&[f32::INFINITY, 1.0], &[1.0, 1.0]), 0.0, "not finite");
+        assert_eq!(cosine(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn cosine_matches_an_f64_reference_near_one() {
+        // Two nearly equal 384-d vectors, as in the parity checks: the result is the f64
+        // cosine rounded once to f32.
+        let a: Vec<f32> = (0..384).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let mut b = a.clone();
+        b[7] += 0.05;
+        let exact = {
+            let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+            let n = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+            dot / (n(&a) * n(&b))
+        };
+        assert!((f64::from(cosine(&a, &b)) - exact).abs() < 1e-7, "{} vs {exact}", cosine(&a, &b));
+        assert!(cosine(&a, &b) < 1.0);
+    }
 
     fn text(len: usize) -> TokenizedText {
         TokenizedText { ids: vec![1; len], type_ids: vec![0; len] }

@@ -26,5 +26,5 @@ pub mod testing;
 pub mod tokenizer;
 pub mod vision;
 
-pub use embed::{Embedder, Embedding};
+pub use embed::{Embedder, Embedding, cosine};
 pub use session::{AnySession, AnyState, BackendChoice, Device};

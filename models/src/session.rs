@@ -286,6 +286,12 @@ impl AnySession {
         self.device.backend_name()
     }
 
+    /// The device the session runs on: other graphs that should run beside this one (EBRM's
+    /// aggregate beside its encoder) open sessions on it.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn device_description(&self) -> String {
         self.device.description()
     }

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tandem_models::registry::known_model;
-use tandem_models::{BackendChoice, Embedder, fetch};
+use tandem_models::{BackendChoice, Embedder, cosine, fetch};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -43,12 +43,6 @@ fn reference() -> Reference {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
-    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
 #[test]
 fn minilm_matches_sentence_transformers_on_cpu() {
     check_parity(BackendChoice::Cpu);
@@ -78,7 +72,7 @@ fn check_parity(backend: BackendChoice) {
     for (r, g) in reference.inputs.iter().zip(&got) {
         assert_eq!(g.tokens, r.tokens, "tokens of {:?}", r.text);
         assert_eq!(embedder.count_tokens(&r.text), r.untruncated_tokens, "untruncated tokens of {:?}", r.text);
-        let c = cosine(&g.vector, &r.embedding);
+        let c = f64::from(cosine(&g.vector, &r.embedding));
         max_abs_diff = g.vector.iter().zip(&r.embedding).map(|(a, b)| (a - b).abs()).fold(max_abs_diff, f32::max);
         if c < worst.0 {
             worst = (c, &r.text);
@@ -100,7 +94,7 @@ fn check_parity(backend: BackendChoice) {
     // Packing must not leak between texts: each alone gives what it gave in the batch.
     for (i, text) in texts.iter().enumerate().step_by(7) {
         let alone = embedder.embed(&[text]).unwrap().remove(0);
-        let c = cosine(&alone, &got[i].vector);
+        let c = f64::from(cosine(&alone, &got[i].vector));
         assert!(c > 0.999_999, "{text:?} alone vs in a batch: cosine {c}");
     }
 }

@@ -140,12 +140,6 @@ pub fn synthetic_batch(seqs: usize, len: usize, seed: u64) -> PackedBatch {
     batch
 }
 
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
-    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
 /// Per-text cosines of `got` to the reference, after checking token counts.
 pub fn cosines(reference: &Reference, batch: &PackedBatch, got: &[Vec<f32>]) -> Result<Vec<f64>, String> {
     if got.len() != reference.inputs.len() {
@@ -161,7 +155,7 @@ pub fn cosines(reference: &Reference, batch: &PackedBatch, got: &[Vec<f32>]) -> 
             if tokens != r.tokens {
                 return Err(format!("{:?}: {tokens} tokens, the reference has {}", r.text, r.tokens));
             }
-            Ok(cosine(g, &r.embedding))
+            Ok(f64::from(tandem_models::cosine(g, &r.embedding)))
         })
         .collect()
 }

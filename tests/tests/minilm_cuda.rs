@@ -40,7 +40,7 @@ fn minilm_on_cuda_matches_sentence_transformers_and_the_cpu() {
     let to_reference = minilm::cosines(&reference, &batch, &got).unwrap();
     let mut failures = Vec::new();
     for ((r, c), (g, w)) in reference.inputs.iter().zip(&to_reference).zip(got.iter().zip(&cpu)) {
-        let to_cpu = minilm::cosine(g, w);
+        let to_cpu = f64::from(tandem_models::cosine(g, w));
         if *c < MIN_COSINE || to_cpu < MIN_COSINE {
             failures.push(format!("{:?}: cosine {c:.7} to the reference, {to_cpu:.7} to the CPU", r.text));
         }

@@ -197,7 +197,7 @@ impl Tandem {
     ) -> Result<f64, JsValue> {
         let (a, b) = (text_arg(&a, "the first text")?, text_arg(&b, "the second text")?);
         let v = self.embed_texts(&[&a, &b]).await?;
-        Ok(cosine(&v[0], &v[1]))
+        Ok(f64::from(tandem_models::cosine(&v[0], &v[1])))
     }
 
     /// The `k` (default 5) most likely ImageNet classes of a PNG or JPEG photo, best first,
@@ -260,13 +260,6 @@ impl Tandem {
             .ok_or_else(|| error(code::NOT_LOADED, "no text model is loaded: call loadTextModel first"))?;
         embedder.embed_async(texts).await.map_err(|e| model_error(&self.device, e))
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let denominator = norm(a) * norm(b);
-    if denominator == 0.0 { 0.0 } else { dot / denominator }
 }
 
 /// `object[key]` as a string; None when the object or the key is absent (undefined or null).

@@ -6,13 +6,14 @@
 //! Only paths of depth 2 and more are candidates: the 21 top-level categories
 //! ("Electronics", "Hardware") are too broad to decide relevance with.
 
-use crate::encoder::{TextEncoder, cosine, encode_checked};
+use crate::encoder::{TextEncoder, encode_checked};
 use crate::text::{singular, words};
 use anyhow::{Context, Result, bail};
 use google_taxonomy::ProductCategory;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use tandem_models::cosine;
 
 /// The crate exposes categories by id only; ids are below this in the shipped release.
 const MAX_TAXONOMY_ID: u32 = 1_000_000;

@@ -169,7 +169,7 @@ fn minilm_parity<B: Backend + Clone>(backend: &B, quick: bool) -> Value {
         let got = model.embed(&model.session(backend.clone())?, &batch)?;
         let cpu = if quick { got.clone() } else { model.embed(&model.session(CpuBackend::new())?, &batch)? };
         let to_reference = minilm::cosines(&reference, &batch, &got)?;
-        let to_cpu: Vec<f64> = got.iter().zip(&cpu).map(|(g, c)| minilm::cosine(g, c)).collect();
+        let to_cpu: Vec<f64> = got.iter().zip(&cpu).map(|(g, c)| f64::from(tandem_models::cosine(g, c))).collect();
         Ok(json!({
             "model_dir": dir.display().to_string(),
             "reference": reference_path.display().to_string(),
@@ -357,7 +357,7 @@ fn report(tandem: &Path, torch: &Path) -> Res<()> {
             let w = ours
                 .iter()
                 .zip(theirs)
-                .map(|(a, b)| minilm::cosine(&to_vec(a), &to_vec(b)))
+                .map(|(a, b)| f64::from(tandem_models::cosine(&to_vec(a), &to_vec(b))))
                 .fold(f64::INFINITY, f64::min);
             line("MiniLM vs sentence-transformers", Some(w));
         }
