@@ -3,16 +3,18 @@
 //! ([`sampling`]) and the generation loop over a sequence's KV cache ([`Llm::generate`]).
 
 pub mod sampling;
+pub mod scheduler;
 pub mod template;
 pub mod tokenizer;
 
 use crate::decoder::{DecoderBatch, DecoderConfig, SampleRow, decoder_graph};
-use crate::session::{AnySession, AnyState, Device};
-use anyhow::{Result, bail};
+use crate::session::{AnySession, AnyState, BackendChoice, Device};
+use anyhow::{Context, Result, bail};
 use sampling::{Sampler, SamplingParams, top_logits};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tandem_runtime::Outputs;
+use tandem_runtime::backend::cpu::CpuOptions;
 use tandem_runtime::weights::Gguf;
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::LlmTokenizer;
@@ -114,6 +116,37 @@ pub struct Generation {
 }
 
 impl Llm {
+    /// The GGUF file `model` names: a path, else a known decoder (fetched on first use).
+    pub fn resolve(model: &str) -> Result<PathBuf> {
+        let path = PathBuf::from(model);
+        if path.is_file() || model.ends_with(".gguf") || model.contains(std::path::MAIN_SEPARATOR) {
+            return Ok(path);
+        }
+        let known = crate::registry::known_model(model)?;
+        if known.file_name().is_none_or(|f| !f.ends_with(".gguf")) {
+            bail!("model '{model}' is not a decoder (a GGUF file); try smollm2 or qwen2.5-coder-0.5b");
+        }
+        crate::fetch::ensure(known)
+    }
+
+    /// Opens `model` (a known name or a GGUF path) on `backend`. On the CPU, `exact` gives
+    /// f32 products instead of 8-bit activations; `auto` falls back to the CPU when the GPU
+    /// found lacks kernels for the file's weight types.
+    pub fn open(model: &str, backend: BackendChoice, exact: bool) -> Result<Llm> {
+        let path = Self::resolve(model)?;
+        let device = Device::open_blocking(backend)?;
+        let cpu_device = || Device::cpu_with(CpuOptions { quantized_activations: !exact });
+        let device = if device.backend_name() == "cpu" { cpu_device() } else { device };
+        match Llm::load(&path, &device) {
+            Err(e) if backend == BackendChoice::Auto && device.backend_name() != "cpu" => {
+                eprintln!("{}: {e:#}; using the CPU", device.backend_name());
+                Llm::load(&path, &cpu_device())
+            }
+            other => other,
+        }
+        .with_context(|| path.display().to_string())
+    }
+
     /// Loads a GGUF decoder onto `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let file = Gguf::open(path)?;

@@ -257,4 +257,15 @@ impl TextStream<'_> {
         self.ids.clear();
         Ok(text)
     }
+
+    /// The text of ids still held (an incomplete character at the end of a generation, as
+    /// U+FFFD), emptying the stream.
+    pub fn finish(&mut self) -> Result<String> {
+        if self.ids.is_empty() {
+            return Ok(String::new());
+        }
+        let text = self.tokenizer.decode(&self.ids)?;
+        self.ids.clear();
+        Ok(text)
+    }
 }

@@ -34,37 +34,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The GGUF file `--model` names: a path, else a known model, fetched on first use.
-    fn path(&self) -> Result<PathBuf> {
-        let path = PathBuf::from(&self.model);
-        if path.is_file() || self.model.ends_with(".gguf") || self.model.contains(std::path::MAIN_SEPARATOR) {
-            return Ok(path);
-        }
-        let known = known_model(&self.model)?;
-        if known.file_name().is_none_or(|f| !f.ends_with(".gguf")) {
-            bail!("model '{}' is not a decoder (a GGUF file); try smollm2 or qwen2.5-coder-0.5b", self.model);
-        }
-        tandem_models::fetch::ensure(known)
-    }
-
     fn load(&self) -> Result<Llm> {
-        let path = self.path()?;
-        let device = Device::open_blocking(self.backend)?;
-        let cpu_device = || Device::cpu_with(CpuOptions { quantized_activations: !self.exact });
-        let device = if device.backend_name() == "cpu" { cpu_device() } else { device };
-        let llm = match Llm::load(&path, &device) {
-            // Auto found a GPU whose kernels do not cover this file's weight types: the CPU
-            // covers them all.
-            Err(e) if self.backend == BackendChoice::Auto && device.backend_name() != "cpu" => {
-                eprintln!("{}: {e:#}; using the CPU", device.backend_name());
-                Llm::load(&path, &cpu_device())
-            }
-            other => other,
-        }
-        .with_context(|| path.display().to_string())?;
+        let llm = Llm::open(&self.model, self.backend, self.exact)?;
         eprintln!(
             "model: {} ({} layers, width {}, context {}) on {}",
-            path.display(),
+            self.model,
             llm.config.layers,
             llm.config.d_model,
             llm.config.context,
