@@ -240,3 +240,43 @@ fn cancelled_jobs_leave_and_full_queues_refuse() {
     assert_eq!(pd.wait().completion_tokens, 4);
     thread.join().unwrap();
 }
+
+#[test]
+fn grades_are_the_label_distribution_with_cumulative_tiers() {
+    use tandem_models::llm::grade::{GradeLabel, Grader, esci_labels};
+    let (_dir, llm) = tiny_llm();
+    let grader = Grader::new(&llm, esci_labels(), None).unwrap();
+    let token = |label: &str| grader.token_of(label).unwrap() as usize;
+    // E 0.2, S 0.4, C 0.1, I 0.3 of the labels' mass; another token holds as much again.
+    let mut logits = vec![f32::NEG_INFINITY; llm.config.vocab];
+    for (label, p) in [("E", 0.2f32), ("S", 0.4), ("C", 0.1), ("I", 0.3)] {
+        logits[token(label)] = p.ln();
+    }
+    logits[b'x' as usize] = 0.0;
+    let g = grader.grade(&logits, 0.5).unwrap();
+    let probs: Vec<f32> = g.probabilities.iter().map(|(_, p)| *p).collect();
+    for (got, want) in probs.iter().zip([0.2, 0.4, 0.1, 0.3]) {
+        assert!((got - want).abs() < 1e-6, "{probs:?}");
+    }
+    assert!((g.expected_grade - (0.2 * 3.0 + 0.4 * 2.0 + 0.1)).abs() < 1e-5);
+    assert!((g.label_mass - 0.5).abs() < 1e-5);
+    // Cumulative from E down: 0.2, 0.6, 0.7, 1.0.
+    assert_eq!(g.tier, "S");
+    assert_eq!(grader.grade(&logits, 0.15).unwrap().tier, "E");
+    assert_eq!(grader.grade(&logits, 0.65).unwrap().tier, "C");
+    assert_eq!(grader.grade(&logits, 1.0).unwrap().tier, "I");
+    assert!(grader.grade(&logits, 0.0).is_err());
+    // Labels must be told apart by their first token.
+    let same = vec![
+        GradeLabel { label: "Exact".into(), grade: 1.0, meaning: "x".into() },
+        GradeLabel { label: "Excellent".into(), grade: 0.0, meaning: "y".into() },
+    ];
+    let e = Grader::new(&llm, same, None).unwrap_err().to_string();
+    assert!(e.contains("start with the same token"), "{e}");
+    // The prompt puts the query before the item: items of a query share a prefix.
+    let a = grader.prompt(&llm, "red shoes", "sneaker").unwrap();
+    let b = grader.prompt(&llm, "red shoes", "boot").unwrap();
+    let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tail = llm.tokenizer.encode("sneaker\nLabel:<|im_end|>\n<|im_start|>assistant\n").unwrap().len();
+    assert_eq!(shared, a.len() - tail, "the prompts differ from the item on");
+}

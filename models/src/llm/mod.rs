@@ -2,6 +2,7 @@
 //! and chat template the file carries ([`tokenizer`], [`template`]), choosing tokens
 //! ([`sampling`]) and the generation loop over a sequence's KV cache ([`Llm::generate`]).
 
+pub mod grade;
 pub mod sampling;
 pub mod scheduler;
 pub mod template;
