@@ -42,6 +42,12 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $wasm_bindgen_vers
   cargo install -q wasm-bindgen-cli --version "$wasm_bindgen_version"
 fi
 
+step "the official openai Python client (pinned) for the OpenAI-compatible server's test, in target/venv-openai"
+if ! target/venv-openai/bin/python -c "import openai" 2>/dev/null; then
+  python3 -m venv target/venv-openai
+  target/venv-openai/bin/pip install -q "openai==3.57.0"
+fi
+
 failed=()
 step "running the tests"
 # The cuda feature builds the CUDA backend (no toolkit needed) and its tests: kernel twins,

@@ -236,3 +236,23 @@ fn the_cpu_backend_runs_either_path() {
         println!("{dtype}: fast path within {worst_fast:.1e} of the f64 product");
     }
 }
+
+/// A row's result does not depend on the other rows computed with it (how many, or where it
+/// sits): a decoder's greedy text then does not depend on what else shares its batch.
+#[test]
+fn rows_come_out_the_same_whatever_the_batch() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for isa in CpuIsa::ALL.into_iter().filter(|isa| isa.supported()).rev() {
+        for dtype in TYPES {
+            let (n, k) = (33, ks(dtype)[ks(dtype).len() - 1]);
+            let w = random_blocks(&mut rng, dtype, n, k);
+            let m = 17;
+            let a = activations(&mut rng, m, k);
+            let together = product(isa, dtype, &w, n, k, &a, m);
+            for row in [0, 5, 16] {
+                let alone = product(isa, dtype, &w, n, k, &a[row * k..(row + 1) * k], 1);
+                assert_eq!(alone, together[row * n..(row + 1) * n], "{isa} {dtype}: row {row} of {m} differs alone");
+            }
+        }
+    }
+}

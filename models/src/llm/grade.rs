@@ -118,7 +118,8 @@ impl Grader {
         }
         let probabilities: Vec<(String, f32)> =
             self.labels.iter().zip(&weights).map(|(l, w)| (l.label.clone(), (w / mass) as f32)).collect();
-        let expected_grade = self.labels.iter().zip(&weights).map(|(l, w)| l.grade as f64 * w / mass).sum::<f64>() as f32;
+        let expected_grade =
+            self.labels.iter().zip(&weights).map(|(l, w)| l.grade as f64 * w / mass).sum::<f64>() as f32;
         let mut cumulative = 0.0;
         let mut tier = self.labels.last().map(|l| l.label.clone()).unwrap_or_default();
         for (label, p) in &probabilities {
@@ -135,5 +136,28 @@ impl Grader {
     /// The token of `label` (for decoding a reason after it).
     pub fn token_of(&self, label: &str) -> Option<u32> {
         self.labels.iter().position(|l| l.label == label).map(|i| self.tokens[i])
+    }
+}
+
+/// The text of an item to grade: a string as it is, or an object's `title` followed by its
+/// other fields as `key: value` (attributes in marketplace style).
+pub fn item_text(item: &serde_json::Value) -> Result<String> {
+    match item {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Object(fields) => {
+            let Some(serde_json::Value::String(title)) = fields.get("title") else {
+                bail!("an item object needs a \"title\" string");
+            };
+            let mut text = title.clone();
+            for (key, value) in fields.iter().filter(|(k, _)| *k != "title" && *k != "id") {
+                let value = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                text.push_str(&format!("; {key}: {value}"));
+            }
+            Ok(text)
+        }
+        other => bail!("an item is a string or an object with a \"title\", not {other}"),
     }
 }

@@ -187,6 +187,11 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], 
             return;
         }
         let kvh = h / group;
+        if p.causal != 0 {
+            // SAFETY: as below; rows of this sequence, columns of this head, are this task's.
+            unsafe { causal_rows_dispatch(p, rows, h, kvh, q, k, v, out_ptr) };
+            return;
+        }
         let mut scores = vec![0.0f32; l * n];
         // SAFETY: all views stay inside q/k/v (rows < tokens or kv_tokens, columns < width)
         // and the output block (rows of this sequence, columns of this head) is this task's.
@@ -267,6 +272,125 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], 
     } else {
         tasks.iter().for_each(run);
     }
+}
+
+/// Causal attention (a decoder's), each query row on its own over exactly the keys it sees,
+/// every sum in a fixed order: a row's output is then the same bits whatever else the run
+/// holds (a whole prompt or its last token after a cached prefix, other sequences beside it),
+/// so greedy text does not depend on batching or on the prefix cache. A GEMM over the rows
+/// would pick its kernel, and so its summation order, by the number of rows. Encoders
+/// (non-causal) keep the GEMM: they always run whole sequences.
+///
+/// # Safety
+/// `rows` lie inside q, k and v as `cpu` checks them, and the output rows of this sequence and
+/// columns of head `h` are written by this call only.
+#[allow(clippy::too_many_arguments)]
+unsafe fn causal_rows_dispatch(
+    p: &AttentionParams,
+    rows: &SeqRows,
+    h: usize,
+    kvh: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: OutPtr,
+) {
+    // The same operations in the same order either way (Rust never fuses a multiply and an
+    // add): AVX2 only makes the vectors wider.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2; the rest is the caller's contract.
+        return unsafe { causal_rows_avx2(p, rows, h, kvh, q, k, v, out) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { causal_rows(p, rows, h, kvh, q, k, v, out) }
+}
+
+/// # Safety
+/// As [`causal_rows`], on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn causal_rows_avx2(
+    p: &AttentionParams,
+    rows: &SeqRows,
+    h: usize,
+    kvh: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: OutPtr,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { causal_rows(p, rows, h, kvh, q, k, v, out) }
+}
+
+/// # Safety
+/// As [`causal_rows_dispatch`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn causal_rows(
+    p: &AttentionParams,
+    rows: &SeqRows,
+    h: usize,
+    kvh: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: OutPtr,
+) {
+    let (d, qw, kw) =
+        (p.head_dim as usize, (p.num_heads * p.head_dim) as usize, (p.num_kv_heads * p.head_dim) as usize);
+    let mut weights = Vec::with_capacity(rows.kv.len());
+    for i in 0..rows.q.len() {
+        let q_row = &q[(rows.q.start + i) * qw + h * d..][..d];
+        // SAFETY: the caller's contract: this row and head's d outputs are ours.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((rows.q.start + i) * qw + h * d), d) };
+        let visible = rows.visible(i, true);
+        weights.clear();
+        // (Loops, not iterator adapters: a closure would not inherit the AVX2 target feature.)
+        for j in visible.clone() {
+            weights.push(fixed_order_dot(q_row, &k[j * kw + kvh * d..][..d]) * p.scale);
+        }
+        if weights.is_empty() {
+            continue; // sees nothing: zeros, already written
+        }
+        let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for w in &mut weights {
+            *w = (*w - max).exp();
+            sum += *w;
+        }
+        for (w, j) in weights.iter().zip(visible) {
+            let v_row = &v[j * kw + kvh * d..][..d];
+            let w = w / sum;
+            for c in 0..d {
+                dst[c] += w * v_row[c];
+            }
+        }
+    }
+}
+
+/// Σ a·b in eight interleaved partial sums, then those in order: vectorizes, and depends only
+/// on the length.
+#[inline(always)]
+fn fixed_order_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut tail = 0.0;
+    for (x, y) in a8.remainder().iter().zip(b8.remainder()) {
+        tail += x * y;
+    }
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = 0.0;
+    for a in acc {
+        sum += a;
+    }
+    sum + tail
 }
 
 /// One run of a decoder graph over several sequences, packed the way its inputs take them:

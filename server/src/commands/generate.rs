@@ -5,14 +5,11 @@
 //! `tandem chat --model …`: the same model in an interactive loop; the conversation goes
 //! through the chat template each turn and the cached prefix is reused.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use tandem_models::BackendChoice;
 use tandem_models::llm::sampling::SamplingParams;
 use tandem_models::llm::{GenerateRequest, Llm, Message};
-use tandem_models::registry::known_model;
-use tandem_models::{BackendChoice, Device};
-use tandem_runtime::backend::cpu::CpuOptions;
 
 /// Tokens generated when `--max-tokens` is not given (fewer when the context ends first).
 const DEFAULT_MAX_TOKENS: usize = 256;

@@ -24,6 +24,11 @@
 //! qe_cache_ttl_secs = 86400
 //! rules = "rules.toml"         # rule plugins (tandem-plugins config), relative to this file
 //!
+//! [llm]                        # a decoder for /v1/chat/completions, /v1/completions, /grade
+//! model = "smollm2"            # a known decoder or a GGUF file; unset: no decoder
+//! slots = 8                    # sequences decoded together; the KV pool is slots × slot_tokens
+//! slot_tokens = 2048
+//!
 //! [web]
 //! enabled = true               # the in-browser demo at /
 //! # dir = "web"                # its folder; the source tree's web/ by default
@@ -43,6 +48,7 @@ pub struct Config {
     pub batching: BatchingConfig,
     pub relevance: RelevanceConfig,
     pub web: WebConfig,
+    pub llm: LlmConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -203,6 +209,45 @@ impl Default for RelevanceConfig {
 
 /// The in-browser demo at `/` (the page, its WebAssembly package and the model files it
 /// downloads).
+/// A decoder served through OpenAI's `/v1/chat/completions` and `/v1/completions`, and
+/// `/grade`; off unless a model is named.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// A known decoder (`smollm2`, `qwen2.5-coder-0.5b`; fetched on first use) or a GGUF file.
+    pub model: Option<String>,
+    /// auto | cpu | wgpu | cuda.
+    pub backend: String,
+    /// Sequences decoded together (KV-cache slots); more requests wait.
+    pub slots: usize,
+    /// Tokens one sequence holds, prompt and output (at most the model's context; 0: the
+    /// model's context). The KV pool is slots × this.
+    pub slot_tokens: usize,
+    /// Sequences waiting for a slot; more are answered 503 + Retry-After.
+    pub max_queue: usize,
+    /// Prompt tokens prefilled per step beside the running decodes.
+    pub prefill_tokens: usize,
+    /// Tokens a chat completion may generate when the request does not say.
+    pub default_max_tokens: usize,
+    /// `/grade`'s default CumPT threshold β.
+    pub grade_beta: f32,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            model: None,
+            backend: "auto".into(),
+            slots: 8,
+            slot_tokens: 2048,
+            max_queue: 64,
+            prefill_tokens: 256,
+            default_max_tokens: 256,
+            grade_beta: 0.5,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebConfig {
@@ -234,6 +279,12 @@ impl Config {
 
     /// Paths in the file are relative to the file's folder.
     fn resolve_paths(&mut self, base: &Path) {
+        if let Some(model) = &mut self.llm.model
+            && model.ends_with(".gguf")
+            && Path::new(model.as_str()).is_relative()
+        {
+            *model = base.join(&*model).display().to_string();
+        }
         if let Some(rules) = &mut self.relevance.rules
             && rules.is_relative()
         {
@@ -268,6 +319,23 @@ impl Config {
             ("relevance.qe_cache_timeout_ms", self.relevance.qe_cache_timeout_ms as usize),
             ("relevance.qe_cache_ttl_secs", self.relevance.qe_cache_ttl_secs as usize),
         ];
+        let l = &self.llm;
+        let positive = [
+            positive.as_slice(),
+            &[
+                ("llm.slots", l.slots),
+                ("llm.max_queue", l.max_queue),
+                ("llm.prefill_tokens", l.prefill_tokens),
+                ("llm.default_max_tokens", l.default_max_tokens),
+            ],
+        ]
+        .concat();
+        if !(l.grade_beta > 0.0 && l.grade_beta <= 1.0) {
+            bail!("llm.grade_beta must be in (0, 1], not {}", l.grade_beta);
+        }
+        if l.slots > 1024 {
+            bail!("llm.slots is {}; at most 1024", l.slots);
+        }
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             bail!("{key} must be at least 1");
         }

@@ -102,6 +102,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// OpenAI's error shape, `{"error": {"message", "type", "code"}}`, which its clients
+    /// read (the chat and completion routes).
+    pub fn into_openai_error(self) -> Response {
+        let body = Json(serde_json::json!({
+            "error": {"message": self.message, "type": self.kind, "param": null, "code": self.status.as_u16()}
+        }));
+        self.with_headers((self.status, body).into_response())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         #[derive(Serialize)]

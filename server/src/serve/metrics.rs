@@ -101,6 +101,8 @@ struct Inner {
     batch_tokens: Option<Histogram>,
     forward_seconds: Option<Histogram>,
     queue_wait_seconds: Option<Histogram>,
+    llm_first_token_seconds: Option<Histogram>,
+    llm_inter_token_seconds: Option<Histogram>,
     /// (plugin, outcome) -> calls; outcome is "ok" or the failure kind. Plugin names come
     /// from the operator's config, so the set is bounded.
     rule_calls: BTreeMap<(String, &'static str), u64>,
@@ -152,6 +154,20 @@ impl Metrics {
     }
 
     /// A queued request whose client left before its forward pass: its work was skipped.
+    /// A decoder choice's time from submission to its first token.
+    pub fn observe_llm_first_token(&self, d: Duration) {
+        self.with(|m| {
+            m.llm_first_token_seconds.get_or_insert_with(|| Histogram::new(LATENCY_BUCKETS)).observe(d.as_secs_f64())
+        })
+    }
+
+    /// Time between two tokens of one decoder choice.
+    pub fn observe_llm_inter_token(&self, d: Duration) {
+        self.with(|m| {
+            m.llm_inter_token_seconds.get_or_insert_with(|| Histogram::new(LATENCY_BUCKETS)).observe(d.as_secs_f64())
+        })
+    }
+
     pub fn observe_cancelled(&self, n: u64) {
         self.cancelled_jobs.fetch_add(n, Ordering::Relaxed);
     }
@@ -208,6 +224,18 @@ impl Metrics {
                     "tandem_queue_wait_seconds",
                     "Time from admission to the start of the forward pass.",
                     &m.queue_wait_seconds,
+                    LATENCY_BUCKETS,
+                ),
+                (
+                    "tandem_llm_time_to_first_token_seconds",
+                    "Decoder: time from submission to a choice's first token.",
+                    &m.llm_first_token_seconds,
+                    LATENCY_BUCKETS,
+                ),
+                (
+                    "tandem_llm_inter_token_seconds",
+                    "Decoder: time between two tokens of a choice.",
+                    &m.llm_inter_token_seconds,
                     LATENCY_BUCKETS,
                 ),
             ];

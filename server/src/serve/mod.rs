@@ -12,6 +12,7 @@ mod batcher;
 pub mod config;
 mod errors;
 mod listener;
+mod llm;
 mod metrics;
 mod qe_cache;
 mod relevance;
@@ -40,7 +41,7 @@ pub struct Args {
     /// Port to listen on; 0 picks a free one [default: 8080].
     #[arg(long)]
     port: Option<u16>,
-    /// cpu, wgpu, cuda or auto [default: auto, the best backend found].
+    /// cpu, wgpu, cuda or auto [default: auto, the best backend found], for every model.
     #[arg(long)]
     backend: Option<String>,
     /// A sentence-transformers model folder [default: minilm, fetched on first use].
@@ -86,6 +87,16 @@ pub struct Args {
     /// Let browsers on this origin call the API (CORS); repeat for several, `*` for any.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
+    /// A decoder LLM to serve too (OpenAI chat/completions, /grade): a known name
+    /// (smollm2, qwen2.5-coder-0.5b) or a GGUF file.
+    #[arg(long, value_name = "NAME|FILE.gguf")]
+    llm: Option<String>,
+    /// Sequences the decoder runs at once (KV-cache slots).
+    #[arg(long)]
+    llm_slots: Option<usize>,
+    /// Tokens each decoder sequence holds (prompt and output).
+    #[arg(long)]
+    llm_slot_tokens: Option<usize>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -107,6 +118,7 @@ impl Args {
         }
         if let Some(v) = &self.backend {
             m.backend = v.clone();
+            c.llm.backend = v.clone();
         }
         if let Some(v) = &self.model {
             m.path = Some(v.clone());
@@ -143,6 +155,15 @@ impl Args {
         }
         if self.no_web {
             c.web.enabled = false;
+        }
+        if let Some(v) = &self.llm {
+            c.llm.model = Some(v.clone());
+        }
+        if let Some(v) = self.llm_slots {
+            c.llm.slots = v;
+        }
+        if let Some(v) = self.llm_slot_tokens {
+            c.llm.slot_tokens = v;
         }
         c.server.api_keys.extend(self.api_keys.iter().cloned());
         if let Ok(keys) = std::env::var(access::API_KEY_ENV) {
@@ -234,7 +255,18 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
     } else {
         None
     };
+    let llm = match config.llm.model.clone() {
+        None => None,
+        Some(model) => {
+            let llm_config = config.llm.clone();
+            let started = tokio::task::spawn_blocking(move || llm::LlmService::start(&llm_config)).await?;
+            let (service, thread) = started.with_context(|| format!("cannot start the decoder {model}"))?;
+            eprintln!("tandem serve: decoder {}", service.describe());
+            Some((service, thread))
+        }
+    };
     let state = Arc::new(routes::AppState {
+        llm: llm.as_ref().map(|(service, _)| service.clone()),
         model,
         relevance,
         web,
@@ -298,6 +330,12 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
     // Every connection is closed: no handler waits on the queue any more. Let the model
     // thread finish what is left and exit.
     batcher.close();
+    if let Some((service, thread)) = llm {
+        service.scheduler.close();
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the decoder thread panicked"))?;
+    }
     tokio::task::spawn_blocking(move || model_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the model thread panicked"))?;

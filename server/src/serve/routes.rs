@@ -53,11 +53,25 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
+    /// The decoder; None unless `llm.model` is set.
+    pub llm: Option<Arc<super::llm::LlmService>>,
 }
 
 type AppRef = State<Arc<AppState>>;
 
-const ROUTES: &[&str] = &["/embed", "/v1/embeddings", "/rerank", "/relevance", "/health", "/info", "/metrics"];
+const ROUTES: &[&str] = &[
+    "/embed",
+    "/v1/embeddings",
+    "/rerank",
+    "/relevance",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/grade",
+    "/health",
+    "/info",
+    "/metrics",
+];
 
 pub fn router(state: Arc<AppState>) -> anyhow::Result<axum::Router> {
     let keys = Arc::new(super::access::ApiKeys::new(&state.config.server.api_keys));
@@ -67,6 +81,13 @@ pub fn router(state: Arc<AppState>) -> anyhow::Result<axum::Router> {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/rerank", post(rerank))
         .route("/relevance", post(relevance))
+        .route(
+            "/v1/chat/completions",
+            post(async |State(s): AppRef, req: Request| super::llm::chat_completions(&s, req).await),
+        )
+        .route("/v1/completions", post(async |State(s): AppRef, req: Request| super::llm::completions(&s, req).await))
+        .route("/v1/models", get(async |State(s): AppRef| super::llm::models(&s).await))
+        .route("/grade", post(async |State(s): AppRef, req: Request| super::llm::grade(&s, req).await))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -88,7 +109,7 @@ pub fn router(state: Arc<AppState>) -> anyhow::Result<axum::Router> {
 }
 
 impl AppState {
-    fn overloaded(&self, reason: ShedReason, message: &str) -> ApiError {
+    pub(super) fn overloaded(&self, reason: ShedReason, message: &str) -> ApiError {
         self.metrics.observe_shed(reason);
         let s = &self.config.server;
         let status = StatusCode::from_u16(s.overload_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -97,7 +118,7 @@ impl AppState {
 
     /// A slot for one inference request, or an immediate refusal. Taken before the body is
     /// read, so a flood of large bodies is refused without buffering them.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub(super) fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.admission.clone().try_acquire_owned().map_err(|_| {
             self.overloaded(
                 ShedReason::QueueRequests,
@@ -109,7 +130,7 @@ impl AppState {
         })
     }
 
-    async fn read_json<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, ApiError> {
+    pub(super) async fn read_json<T: serde::de::DeserializeOwned>(&self, req: Request) -> Result<T, ApiError> {
         let limit = self.config.server.max_body_bytes;
         let too_large = || ApiError::too_large(format!("the request body is larger than the limit of {limit} bytes"));
         // A declared length over the limit is refused before reading a byte of it.
@@ -135,7 +156,7 @@ impl AppState {
         api::parse_json(&body)
     }
 
-    fn check_count(&self, n: usize, field: &str) -> Result<(), ApiError> {
+    pub(super) fn check_count(&self, n: usize, field: &str) -> Result<(), ApiError> {
         let max = self.config.server.max_client_batch_size;
         if n == 0 {
             return Err(ApiError::empty(field));
@@ -463,7 +484,11 @@ async fn info(State(s): AppRef) -> Response {
             "/v1/embeddings": "available",
             "/rerank": "available (bi-encoder cosine)",
             "/relevance": if s.relevance.is_some() { "available (EBRM)" } else { "turned off" },
+            "/v1/chat/completions": if s.llm.is_some() { "available" } else { "no decoder (--llm)" },
+            "/v1/completions": if s.llm.is_some() { "available" } else { "no decoder (--llm)" },
+            "/grade": if s.llm.is_some() { "available" } else { "no decoder (--llm)" },
         },
+        "llm": s.llm.as_ref().map(|l| l.info()),
         "relevance": s.relevance.as_ref().map(|r| r.info()),
         "web": s.web.as_ref().map_or_else(|| json!({"enabled": false}), |w| w.info()),
     }))
@@ -483,7 +508,10 @@ async fn metrics(State(s): AppRef) -> Response {
     };
     let info =
         [("version", env!("CARGO_PKG_VERSION")), ("model", s.model.id.as_str()), ("backend", s.model.backend.as_str())];
-    let text = s.metrics.render(gauges, &info);
+    let mut text = s.metrics.render(gauges, &info);
+    if let Some(llm) = &s.llm {
+        llm.render_metrics(&mut text);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

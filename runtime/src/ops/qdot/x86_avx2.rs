@@ -156,10 +156,9 @@ pub(super) static ZERO_BLOCK: [u8; 64] = [0; 64];
 #[inline(always)]
 unsafe fn dot32<T: Avx2Block, const R: usize>(w: *const u8, blocks: usize, rows: &[ActRow; R]) -> [f32; R] {
     unsafe {
-        // One tile row alone gets an accumulator per block of the pair, for two independent
-        // FMA chains; with more rows the chains of the rows interleave, and registers are
-        // short (16).
-        let second = if R == 1 { 1 } else { 0 };
+        // An accumulator per block of the pair, for two independent FMA chains, in tiles of
+        // every size alike: a row's sum must not depend on how many rows share its tile
+        // (batch invariance: a decoder's greedy text is the same whatever else runs with it).
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let lane2 = _mm256_set1_epi32(2);
         for pair in 0..blocks.div_ceil(2) {
@@ -179,14 +178,14 @@ unsafe fn dot32<T: Avx2Block, const R: usize>(w: *const u8, blocks: usize, rows:
                 let s1 = _mm256_mul_ps(d1, _mm256_broadcast_ss(&*meta.add(2)));
                 acc[r][0] = _mm256_fmadd_ps(mins, _mm256_zextps128_ps256(_mm_loadu_ps(meta)), acc[r][0]);
                 acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), s0, acc[r][0]);
-                acc[r][second] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), s1, acc[r][second]);
+                acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), s1, acc[r][1]);
             }
         }
         // (Loops, not closures: a closure would not inherit the target features, and the
         // intrinsics in it would become calls.)
         let mut out = [0.0f32; R];
         for r in 0..R {
-            let total = if R == 1 { _mm256_add_ps(acc[r][0], acc[r][1]) } else { acc[r][0] };
+            let total = _mm256_add_ps(acc[r][0], acc[r][1]);
             out[r] = hsum(total);
         }
         out

@@ -1,0 +1,922 @@
+//! The decoder behind OpenAI's `POST /v1/chat/completions` and `POST /v1/completions`
+//! (streamed as server-sent events or whole), `GET /v1/models`, and `POST /grade`.
+//!
+//! Requests become jobs of the [continuous-batching scheduler](tandem_models::llm::scheduler),
+//! which runs on its own thread; handlers only parse, tokenize, submit and relay events. The
+//! `n` choices of a request (and the items of a grading request) are submitted together, so
+//! their common prompt prefix is computed once. A client that goes away closes its channel,
+//! and its sequences leave the batch at the next step.
+
+use super::api::Inputs;
+use super::config::LlmConfig;
+use super::errors::{ApiError, ErrorKind};
+use super::metrics::{Metrics, ShedReason};
+use super::routes::AppState;
+use anyhow::{Context, Result};
+use axum::Json;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tandem_models::BackendChoice;
+use tandem_models::llm::grade::{GradeLabel, Grader, esci_labels, item_text};
+use tandem_models::llm::sampling::SamplingParams;
+use tandem_models::llm::scheduler::{Event, Finish, Job, Refused, Scheduler, SchedulerConfig, Sink, TokenLogprob};
+use tandem_models::llm::{Llm, Message};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+/// Most choices (`n`) one request may ask for.
+const MAX_CHOICES: usize = 16;
+/// Most alternatives per token (`top_logprobs`), as OpenAI allows.
+const MAX_TOP_LOGPROBS: usize = 20;
+/// Tokens of a grading rationale.
+const REASON_TOKENS: usize = 64;
+
+pub struct LlmService {
+    /// The model's name in requests and `/v1/models`.
+    pub id: String,
+    llm: Arc<Llm>,
+    pub scheduler: Scheduler,
+    /// ESCI labels with the default instructions, when the vocabulary tells them apart.
+    grader: Option<Grader>,
+    config: LlmConfig,
+    created: u64,
+}
+
+impl LlmService {
+    /// Loads `config.model` and starts its scheduler thread.
+    pub fn start(config: &LlmConfig) -> Result<(Arc<LlmService>, JoinHandle<()>)> {
+        let model = config.model.as_deref().context("llm.model is not set")?;
+        let backend: BackendChoice = config.backend.parse().context("llm.backend")?;
+        let llm = Arc::new(Llm::open(model, backend, false)?);
+        let slot_tokens =
+            if config.slot_tokens == 0 { llm.config.context } else { config.slot_tokens.min(llm.config.context) };
+        let scheduler_config = SchedulerConfig {
+            slots: config.slots,
+            slot_tokens,
+            max_queue: config.max_queue,
+            prefill_tokens: config.prefill_tokens,
+        };
+        let (scheduler, thread) = Scheduler::start(llm.clone(), scheduler_config)?;
+        let grader = Grader::new(&llm, esci_labels(), None).ok();
+        let id = std::path::Path::new(model)
+            .file_stem()
+            .filter(|_| model.ends_with(".gguf"))
+            .map_or(model.to_string(), |s| s.to_string_lossy().into_owned());
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let service = LlmService { id, llm, scheduler, grader, config: config.clone(), created };
+        Ok((Arc::new(service), thread))
+    }
+
+    pub fn describe(&self) -> String {
+        let c = self.scheduler.config();
+        let pool = c.slots * c.slot_tokens * self.llm.kv_bytes_per_token();
+        format!(
+            "{} ({} layers, context {}) on {}; {} sequences of {} tokens (KV pool {} MiB)",
+            self.id,
+            self.llm.config.layers,
+            self.llm.config.context,
+            self.llm.backend_name(),
+            c.slots,
+            c.slot_tokens,
+            pool >> 20
+        )
+    }
+
+    pub fn info(&self) -> Value {
+        let c = self.scheduler.config();
+        json!({
+            "model": self.id,
+            "backend": self.llm.backend_name(),
+            "context": self.llm.config.context,
+            "slots": c.slots,
+            "slot_tokens": c.slot_tokens,
+            "max_queue": c.max_queue,
+            "prefill_tokens": c.prefill_tokens,
+        })
+    }
+
+    /// Prometheus lines of the scheduler's counters and gauges.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = self.scheduler.stats();
+        let c = self.scheduler.config();
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        let lines: [(&str, &str, &str, f64); 10] = [
+            ("tandem_llm_steps_total", "counter", "Decoder steps run.", load(&s.steps) as f64),
+            (
+                "tandem_llm_sequence_steps_total",
+                "counter",
+                "Sum over steps of the sequences in each (÷ steps: mean batch occupancy).",
+                load(&s.sequence_steps) as f64,
+            ),
+            (
+                "tandem_llm_prompt_tokens_total",
+                "counter",
+                "Prompt tokens of admitted sequences.",
+                load(&s.prompt_tokens) as f64,
+            ),
+            (
+                "tandem_llm_reused_prompt_tokens_total",
+                "counter",
+                "Prompt tokens taken from the prefix cache instead of computed.",
+                load(&s.reused_prompt_tokens) as f64,
+            ),
+            ("tandem_llm_generated_tokens_total", "counter", "Tokens generated.", load(&s.generated_tokens) as f64),
+            (
+                "tandem_llm_cancelled_total",
+                "counter",
+                "Sequences dropped because their client left.",
+                load(&s.cancelled) as f64,
+            ),
+            (
+                "tandem_llm_running",
+                "gauge",
+                "Sequences in the running batch.",
+                s.running.load(Ordering::Relaxed) as f64,
+            ),
+            ("tandem_llm_queued", "gauge", "Sequences waiting for a KV slot.", s.queued.load(Ordering::Relaxed) as f64),
+            (
+                "tandem_llm_kv_tokens_used",
+                "gauge",
+                "Tokens the running sequences hold in the KV pool.",
+                s.kv_tokens_used.load(Ordering::Relaxed) as f64,
+            ),
+            ("tandem_llm_kv_tokens", "gauge", "Tokens the KV pool holds at most.", (c.slots * c.slot_tokens) as f64),
+        ];
+        for (name, kind, help, value) in lines {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+    }
+}
+
+/// Events of one request's jobs, tagged with the choice (or item) they belong to.
+type Tagged = (usize, Event);
+
+struct ChoiceSink {
+    index: usize,
+    tx: mpsc::UnboundedSender<Tagged>,
+}
+
+impl Sink for ChoiceSink {
+    fn send(&mut self, event: Event) -> bool {
+        self.tx.send((self.index, event)).is_ok()
+    }
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+fn service(s: &AppState) -> Result<&Arc<LlmService>, ApiError> {
+    s.llm.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, "no decoder is served here (start with --llm NAME)")
+    })
+}
+
+/// `stop`, `prompt` and `input` take a string or a list of strings.
+fn strings(v: Option<Inputs>) -> Vec<String> {
+    v.map(Inputs::into_vec).unwrap_or_default()
+}
+
+/// What chat and completion requests share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Common {
+    model: Option<String>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Inputs>,
+    n: Option<usize>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    #[allow(dead_code, reason = "accepted as OpenAI does; nothing here is per user")]
+    user: Option<String>,
+    // Beyond OpenAI, as llama.cpp's and vLLM's servers take them.
+    top_k: Option<usize>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    max_completion_tokens: Option<usize>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<usize>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Value,
+    #[allow(dead_code, reason = "accepted as OpenAI does; the template does not use it")]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompletionRequest {
+    prompt: Inputs,
+    logprobs: Option<usize>,
+    echo: Option<bool>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// A checked generation request.
+struct Plan {
+    kind: Kind,
+    model: String,
+    prompts: Vec<Vec<u32>>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    n: usize,
+    logprobs: Option<usize>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn seed_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl LlmService {
+    fn plan(
+        &self,
+        kind: Kind,
+        common: Common,
+        prompts: Vec<Vec<u32>>,
+        max_tokens: Option<usize>,
+        logprobs: Option<usize>,
+    ) -> Result<Plan, ApiError> {
+        if let Some(model) = &common.model
+            && model != &self.id
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorKind::NotFound,
+                format!("model {model:?} is not served here; this server serves {:?}", self.id),
+            ));
+        }
+        for (name, value) in
+            [("presence_penalty", common.presence_penalty), ("frequency_penalty", common.frequency_penalty)]
+        {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::invalid(format!("`{name}` is not supported (use repetition_penalty)")));
+            }
+        }
+        let n = common.n.unwrap_or(1);
+        if n == 0 || n > MAX_CHOICES {
+            return Err(ApiError::invalid(format!("`n` must be 1 to {MAX_CHOICES}, not {n}")));
+        }
+        if logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(ApiError::invalid(format!("at most {MAX_TOP_LOGPROBS} top logprobs per token")));
+        }
+        let stop = strings(common.stop);
+        if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+            return Err(ApiError::invalid("`stop`: up to 4 non-empty strings of at most 256 bytes"));
+        }
+        let slot_tokens = self.scheduler.config().slot_tokens;
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if longest >= slot_tokens {
+            return Err(ApiError::too_large(format!(
+                "the prompt has {longest} tokens; at most {} fit a sequence here (llm.slot_tokens = {slot_tokens})",
+                slot_tokens - 1
+            )));
+        }
+        let room = slot_tokens - longest;
+        let default = match kind {
+            Kind::Chat => self.config.default_max_tokens,
+            // OpenAI's default for completions.
+            Kind::Completion => 16,
+        };
+        let max_tokens = max_tokens.unwrap_or(default.min(room));
+        if max_tokens == 0 {
+            return Err(ApiError::invalid("`max_tokens` must be at least 1"));
+        }
+        if max_tokens > room {
+            return Err(ApiError::invalid(format!(
+                "the prompt ({longest} tokens) and max_tokens {max_tokens} need {} positions; a sequence here has {slot_tokens}",
+                longest + max_tokens
+            )));
+        }
+        let sampling = SamplingParams {
+            // OpenAI's default temperature is 1.
+            temperature: common.temperature.unwrap_or(1.0),
+            top_k: common.top_k.unwrap_or(0),
+            top_p: common.top_p.unwrap_or(1.0),
+            min_p: common.min_p.unwrap_or(0.0),
+            repetition_penalty: common.repetition_penalty.unwrap_or(1.0),
+            seed: common.seed.unwrap_or_else(seed_now),
+        };
+        if !(0.0..=2.0).contains(&sampling.temperature) {
+            return Err(ApiError::invalid(format!("`temperature` must be in [0, 2], not {}", sampling.temperature)));
+        }
+        sampling.check().map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        Ok(Plan {
+            kind,
+            model: self.id.clone(),
+            prompts,
+            max_tokens,
+            sampling,
+            stop,
+            n,
+            logprobs,
+            stream: common.stream.unwrap_or(false),
+            include_usage: common.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        })
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        self.llm.tokenizer.encode(text).map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e:#}")))
+    }
+
+    /// Submits `jobs` together, mapping refusals to HTTP answers.
+    fn submit(&self, s: &AppState, jobs: Vec<Job>) -> Result<(), ApiError> {
+        self.scheduler.submit(jobs).map_err(|refused| match refused {
+            Refused::Full => s.overloaded(
+                ShedReason::QueueRequests,
+                &format!("overloaded: {} sequences already wait for the decoder; retry later", self.config.max_queue),
+            ),
+            Refused::Closed => ApiError::shutting_down(),
+            Refused::Invalid(e) => ApiError::invalid(e),
+        })
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        self.llm.tokenizer.decode(&[id]).unwrap_or_default()
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(s: &AppState, req: Request) -> Response {
+    match chat_inner(s, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_openai_error(),
+    }
+}
+
+async fn chat_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
+    let svc = service(s)?.clone();
+    let permit = s.admit()?;
+    let body: ChatRequest = s.read_json(req).await?;
+    if body.messages.is_empty() {
+        return Err(ApiError::empty("messages"));
+    }
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for (i, m) in body.messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
+            return Err(ApiError::invalid(format!("`messages[{i}].role`: unknown role {:?}", m.role)));
+        }
+        let role = if m.role == "developer" { "system" } else { m.role.as_str() };
+        messages.push(Message::new(
+            role,
+            &message_text(&m.content).map_err(|e| ApiError::invalid(format!("`messages[{i}].content`: {e}")))?,
+        ));
+    }
+    let prompt = svc.llm.chat_prompt(&messages).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+    let ids = svc.encode(&prompt)?;
+    let logprobs = match (body.logprobs.unwrap_or(false), body.top_logprobs) {
+        (true, k) => Some(k.unwrap_or(0)),
+        (false, Some(_)) => return Err(ApiError::invalid("`top_logprobs` needs `logprobs: true`")),
+        (false, None) => None,
+    };
+    let max_tokens = body.max_completion_tokens.or(body.common.max_tokens);
+    let plan = svc.plan(Kind::Chat, body.common, vec![ids], max_tokens, logprobs)?;
+    generate(s, svc, plan, permit, None).await
+}
+
+/// A message's text: a string, or OpenAI's list of parts of which only text is read.
+fn message_text(content: &Value) -> Result<String, String> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (kind, _) => return Err(format!("only text parts are supported, not {kind:?}")),
+                }
+            }
+            Ok(text)
+        }
+        other => Err(format!("expected a string or a list of text parts, not {other}")),
+    }
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(s: &AppState, req: Request) -> Response {
+    match completions_inner(s, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_openai_error(),
+    }
+}
+
+async fn completions_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
+    let svc = service(s)?.clone();
+    let permit = s.admit()?;
+    let body: CompletionRequest = s.read_json(req).await?;
+    let texts = body.prompt.into_vec();
+    s.check_count(texts.len(), "prompt")?;
+    let prompts = texts.iter().map(|t| svc.encode(t)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(ApiError::invalid(format!("`prompt[{i}]` is empty")));
+    }
+    let echo = body.echo.unwrap_or(false).then_some(texts);
+    let max_tokens = body.common.max_tokens;
+    let plan = svc.plan(Kind::Completion, body.common, prompts, max_tokens, body.logprobs)?;
+    if plan.prompts.len() * plan.n > s.config.server.max_client_batch_size {
+        return Err(ApiError::too_large(format!(
+            "{} prompts × n = {} choices, more than server.max_client_batch_size ({})",
+            plan.prompts.len(),
+            plan.prompts.len() * plan.n,
+            s.config.server.max_client_batch_size
+        )));
+    }
+    generate(s, svc, plan, permit, echo).await
+}
+
+/// One choice as it is built.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    tokens: Vec<(u32, TokenLogprob)>,
+    finish: Option<Finish>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    last_token_at: Option<Instant>,
+}
+
+fn finish_reason(f: &Finish) -> &'static str {
+    match f {
+        Finish::Length => "length",
+        Finish::Stop | Finish::EndOfGeneration => "stop",
+    }
+}
+
+/// Submits the plan's jobs and answers, streamed or whole.
+async fn generate(
+    s: &AppState,
+    svc: Arc<LlmService>,
+    plan: Plan,
+    permit: OwnedSemaphorePermit,
+    echo: Option<Vec<String>>,
+) -> Result<Response, ApiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut jobs = Vec::with_capacity(plan.prompts.len() * plan.n);
+    for prompt in &plan.prompts {
+        for _ in 0..plan.n {
+            let index = jobs.len();
+            let mut sampling = plan.sampling;
+            // Each choice its own draw, reproducible from the request's seed.
+            sampling.seed = sampling.seed.wrapping_add(index as u64);
+            jobs.push(Job {
+                prompt: prompt.clone(),
+                max_tokens: plan.max_tokens,
+                sampling,
+                stop: plan.stop.clone(),
+                logprobs: plan.logprobs,
+                ignore_eos: false,
+                want_logits: false,
+                sink: Box::new(ChoiceSink { index, tx: tx.clone() }),
+            });
+        }
+    }
+    drop(tx);
+    let choices = jobs.len();
+    svc.submit(s, jobs)?;
+    let relay = Relay {
+        svc,
+        metrics: s.metrics.clone(),
+        rx,
+        choices: (0..choices).map(|_| Choice::default()).collect(),
+        open: choices,
+        started: Instant::now(),
+        id: format!("{}-{:x}", if plan.kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, seed_now()),
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        plan,
+        echo,
+        _permit: permit,
+    };
+    if relay.plan.stream { Ok(relay.stream()) } else { relay.collect().await }
+}
+
+/// Relays one request's events to its client, keeping its admission slot while it runs.
+struct Relay {
+    svc: Arc<LlmService>,
+    metrics: Arc<Metrics>,
+    rx: mpsc::UnboundedReceiver<Tagged>,
+    choices: Vec<Choice>,
+    open: usize,
+    started: Instant,
+    id: String,
+    created: u64,
+    plan: Plan,
+    echo: Option<Vec<String>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Next {
+    Token { index: usize, id: u32, text: String, logprob: Option<TokenLogprob> },
+    Done { index: usize },
+    Failed(String),
+    End,
+}
+
+impl Relay {
+    async fn next(&mut self) -> Next {
+        let Some((index, event)) = self.rx.recv().await else {
+            return if self.open == 0 {
+                Next::End
+            } else {
+                Next::Failed("the decoder stopped before answering".into())
+            };
+        };
+        let choice = &mut self.choices[index];
+        match event {
+            Event::Token { id, text, logprob } => {
+                let now = Instant::now();
+                match choice.last_token_at {
+                    None => self.metrics.observe_llm_first_token(now - self.started),
+                    Some(at) => self.metrics.observe_llm_inter_token(now - at),
+                }
+                choice.last_token_at = Some(now);
+                choice.text.push_str(&text);
+                if let Some(lp) = &logprob {
+                    choice.tokens.push((id, lp.clone()));
+                }
+                Next::Token { index, id, text, logprob }
+            }
+            Event::Done { finish, prompt_tokens, completion_tokens, .. } => {
+                choice.finish = Some(finish);
+                choice.prompt_tokens = prompt_tokens;
+                choice.completion_tokens = completion_tokens;
+                self.open -= 1;
+                Next::Done { index }
+            }
+            Event::Failed(e) => Next::Failed(e),
+        }
+    }
+
+    fn usage(&self) -> Value {
+        // Each prompt counts once, whatever `n`.
+        let prompt: usize = self.choices.iter().step_by(self.plan.n).map(|c| c.prompt_tokens).sum();
+        let completion: usize = self.choices.iter().map(|c| c.completion_tokens).sum();
+        json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+    }
+
+    fn chat_logprobs(&self, tokens: &[(u32, TokenLogprob)]) -> Value {
+        let entry = |id: u32, lp: f32| {
+            let token = self.svc.token_text(id);
+            json!({"token": token, "logprob": lp, "bytes": token.as_bytes()})
+        };
+        let content: Vec<Value> = tokens
+            .iter()
+            .map(|(id, lp)| {
+                let mut e = entry(*id, lp.logprob);
+                e["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+                e
+            })
+            .collect();
+        json!({ "content": content })
+    }
+
+    /// The legacy completions shape: tokens, their logprobs, the alternatives, offsets.
+    fn completion_logprobs(&self, tokens: &[(u32, TokenLogprob)]) -> Value {
+        let mut offset = 0;
+        let (mut texts, mut lps, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, lp) in tokens {
+            let text = self.svc.token_text(*id);
+            offsets.push(offset);
+            offset += text.len();
+            texts.push(text);
+            lps.push(lp.logprob);
+            let top: serde_json::Map<String, Value> =
+                lp.top.iter().map(|&(t, l)| (self.svc.token_text(t), json!(l))).collect();
+            tops.push(Value::Object(top));
+        }
+        json!({"tokens": texts, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+    }
+
+    async fn collect(mut self) -> Result<Response, ApiError> {
+        loop {
+            match self.next().await {
+                Next::Failed(e) => {
+                    self.metrics.observe_backend_error();
+                    return Err(ApiError::backend(e));
+                }
+                Next::End => break,
+                Next::Token { .. } | Next::Done { .. } => {
+                    if self.open == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let finish = c.finish.as_ref().map(finish_reason);
+                let logprobs = self.plan.logprobs.is_some();
+                match self.plan.kind {
+                    Kind::Chat => json!({
+                        "index": index,
+                        "message": {"role": "assistant", "content": c.text},
+                        "logprobs": if logprobs { self.chat_logprobs(&c.tokens) } else { Value::Null },
+                        "finish_reason": finish,
+                    }),
+                    Kind::Completion => {
+                        let echoed = self.echo.as_ref().map(|p| p[index / self.plan.n].clone()).unwrap_or_default();
+                        json!({
+                            "index": index,
+                            "text": echoed + &c.text,
+                            "logprobs": if logprobs { self.completion_logprobs(&c.tokens) } else { Value::Null },
+                            "finish_reason": finish,
+                        })
+                    }
+                }
+            })
+            .collect();
+        let object = if self.plan.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
+        Ok(Json(json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.plan.model,
+            "choices": choices,
+            "usage": self.usage(),
+        }))
+        .into_response())
+    }
+
+    /// A chunk of the stream for `index`.
+    fn chunk(&self, index: usize, delta: Value, logprobs: Value, finish: Option<&Finish>) -> String {
+        let finish = finish.map(finish_reason);
+        let choice = match self.plan.kind {
+            Kind::Chat => json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
+            Kind::Completion => json!({
+                "index": index,
+                "text": delta.get("content").cloned().unwrap_or(json!("")),
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }),
+        };
+        let object = if self.plan.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+        json!({"id": self.id, "object": object, "created": self.created, "model": self.plan.model, "choices": [choice]})
+            .to_string()
+    }
+
+    /// Server-sent events: a chunk per token piece, a last chunk per choice with its finish
+    /// reason, the usage when asked for, then `[DONE]`.
+    fn stream(self) -> Response {
+        let mut pending: VecDeque<String> = VecDeque::new();
+        for index in 0..self.choices.len() {
+            let first = match (self.plan.kind, &self.echo) {
+                (Kind::Chat, _) => Some(json!({"role": "assistant", "content": ""})),
+                (Kind::Completion, Some(p)) => Some(json!({"content": p[index / self.plan.n]})),
+                (Kind::Completion, None) => None,
+            };
+            if let Some(delta) = first {
+                pending.push_back(self.chunk(index, delta, Value::Null, None));
+            }
+        }
+        let events =
+            futures_util::stream::unfold((self, pending, false), |(mut relay, mut pending, mut ended)| async move {
+                loop {
+                    if let Some(data) = pending.pop_front() {
+                        return Some((Ok::<_, Infallible>(SseEvent::default().data(data)), (relay, pending, ended)));
+                    }
+                    if ended {
+                        return None;
+                    }
+                    match relay.next().await {
+                        Next::Token { index, id, text, logprob } => {
+                            let logprobs = match &logprob {
+                                None => Value::Null,
+                                Some(lp) if relay.plan.kind == Kind::Chat => relay.chat_logprobs(&[(id, lp.clone())]),
+                                Some(lp) => relay.completion_logprobs(&[(id, lp.clone())]),
+                            };
+                            if !text.is_empty() || !logprobs.is_null() {
+                                pending.push_back(relay.chunk(index, json!({"content": text}), logprobs, None));
+                            }
+                        }
+                        Next::Done { index } => {
+                            let finish = relay.choices[index].finish.clone();
+                            pending.push_back(relay.chunk(index, json!({}), Value::Null, finish.as_ref()));
+                        }
+                        Next::Failed(e) => {
+                            relay.metrics.observe_backend_error();
+                            let error = json!({"error": {"message": e, "type": "backend", "code": 424}});
+                            pending.push_back(error.to_string());
+                            pending.push_back("[DONE]".into());
+                            ended = true;
+                        }
+                        Next::End => {
+                            if relay.plan.include_usage {
+                                let usage = json!({
+                                    "id": relay.id, "object": "chat.completion.chunk", "created": relay.created,
+                                    "model": relay.plan.model, "choices": [], "usage": relay.usage(),
+                                });
+                                pending.push_back(usage.to_string());
+                            }
+                            pending.push_back("[DONE]".into());
+                            ended = true;
+                        }
+                    }
+                }
+            });
+        Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    }
+}
+
+/// `GET /v1/models`: the decoder, and the embedding model `/v1/embeddings` serves.
+pub async fn models(s: &AppState) -> Response {
+    let mut data = Vec::new();
+    if let Some(svc) = &s.llm {
+        data.push(json!({"id": svc.id, "object": "model", "created": svc.created, "owned_by": "tandem"}));
+    }
+    data.push(json!({"id": s.model.id, "object": "model", "created": 0, "owned_by": "tandem"}));
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GradeRequest {
+    query: String,
+    items: Vec<Value>,
+    beta: Option<f32>,
+    labels: Option<Vec<GradeLabel>>,
+    instructions: Option<String>,
+    #[serde(default)]
+    reason: bool,
+}
+
+/// `POST /grade`: each item's label distribution, expected grade and CumPT tier, from one
+/// prefill per item with the query's prefix computed once.
+pub async fn grade(s: &AppState, req: Request) -> Response {
+    match grade_inner(s, req).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn grade_inner(s: &AppState, req: Request) -> Result<Value, ApiError> {
+    let svc = service(s)?.clone();
+    let _permit = s.admit()?;
+    let body: GradeRequest = s.read_json(req).await?;
+    let max_items = s.config.relevance.max_items;
+    if body.items.is_empty() {
+        return Err(ApiError::empty("items"));
+    }
+    if body.items.len() > max_items {
+        return Err(ApiError::too_large(format!(
+            "`items` has {} items, more than relevance.max_items ({max_items})",
+            body.items.len()
+        )));
+    }
+    let beta = body.beta.unwrap_or(svc.config.grade_beta);
+    if !(beta > 0.0 && beta <= 1.0) {
+        return Err(ApiError::invalid(format!("`beta` must be in (0, 1], not {beta}")));
+    }
+    let grader = match (body.labels, &body.instructions, &svc.grader) {
+        (None, None, Some(g)) => g.clone(),
+        (labels, instructions, _) => Grader::new(&svc.llm, labels.unwrap_or_else(esci_labels), instructions.as_deref())
+            .map_err(|e| ApiError::invalid(format!("{e:#}")))?,
+    };
+    let mut prompts = Vec::with_capacity(body.items.len());
+    for (i, item) in body.items.iter().enumerate() {
+        let text = item_text(item).map_err(|e| ApiError::invalid(format!("`items[{i}]`: {e:#}")))?;
+        let prompt = grader.prompt(&svc.llm, &body.query, &text).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        prompts.push(prompt);
+    }
+    let logits = run_group(s, &svc, &prompts, 0, true).await?;
+    let mut items = Vec::with_capacity(prompts.len());
+    for (index, l) in logits.iter().enumerate() {
+        let g = grader.grade(&l.logits, beta).map_err(|e| ApiError::backend(format!("{e:#}")))?;
+        let probabilities: serde_json::Map<String, Value> =
+            g.probabilities.iter().map(|(label, p)| (label.clone(), json!(p))).collect();
+        items.push(json!({
+            "index": index,
+            "probabilities": probabilities,
+            "expected_grade": g.expected_grade,
+            "tier": g.tier,
+            "label_mass": g.label_mass,
+        }));
+    }
+    if body.reason {
+        // The rationale after the most likely label, greedily.
+        let with_label: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(&items)
+            .map(|(p, item)| {
+                let best = item["probabilities"]
+                    .as_object()
+                    .and_then(|m| {
+                        m.iter().max_by(|a, b| a.1.as_f64().unwrap_or(0.0).total_cmp(&b.1.as_f64().unwrap_or(0.0)))
+                    })
+                    .map(|(label, _)| label.clone())
+                    .unwrap_or_default();
+                let mut p = p.clone();
+                p.extend(grader.token_of(&best));
+                p
+            })
+            .collect();
+        let reasons = run_group(s, &svc, &with_label, REASON_TOKENS, false).await?;
+        for (item, r) in items.iter_mut().zip(reasons) {
+            item["reason"] = json!(r.text.trim());
+        }
+    }
+    let labels: Vec<Value> =
+        grader.labels().iter().map(|l| json!({"label": l.label, "grade": l.grade, "meaning": l.meaning})).collect();
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    Ok(json!({
+        "model": svc.id,
+        "query": body.query,
+        "beta": beta,
+        "labels": labels,
+        "items": items,
+        "usage": {"prompt_tokens": prompt_tokens},
+    }))
+}
+
+/// What one job of a group gave.
+#[derive(Default)]
+struct GroupResult {
+    logits: Vec<f32>,
+    text: String,
+}
+
+/// Runs `prompts` as one group (greedy, `max_tokens` each; 0 for the logits after the prompt)
+/// and waits for all.
+async fn run_group(
+    s: &AppState,
+    svc: &LlmService,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    want_logits: bool,
+) -> Result<Vec<GroupResult>, ApiError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let jobs = prompts
+        .iter()
+        .enumerate()
+        .map(|(index, prompt)| Job {
+            prompt: prompt.clone(),
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: vec!["\n\n".into()],
+            logprobs: None,
+            ignore_eos: false,
+            want_logits,
+            sink: Box::new(ChoiceSink { index, tx: tx.clone() }),
+        })
+        .collect();
+    drop(tx);
+    svc.submit(s, jobs)?;
+    let mut results: Vec<GroupResult> = (0..prompts.len()).map(|_| GroupResult::default()).collect();
+    let mut open = prompts.len();
+    while open > 0 {
+        match rx.recv().await {
+            Some((i, Event::Token { text, .. })) => results[i].text.push_str(&text),
+            Some((i, Event::Done { logits, .. })) => {
+                results[i].logits = logits;
+                open -= 1;
+            }
+            Some((_, Event::Failed(e))) => {
+                s.metrics.observe_backend_error();
+                return Err(ApiError::backend(e));
+            }
+            None => return Err(ApiError::backend("the decoder stopped before answering")),
+        }
+    }
+    Ok(results)
+}
