@@ -44,7 +44,8 @@ fi
 
 step "the official openai Python client (pinned) for the OpenAI-compatible server's test, in target/venv-openai"
 if ! target/venv-openai/bin/python -c "import openai" 2>/dev/null; then
-  python3 -m venv target/venv-openai
+  rm -rf target/venv-openai
+  python3 -m venv target/venv-openai 2>/dev/null || { apt_install python3-venv && python3 -m venv target/venv-openai; }
   target/venv-openai/bin/pip install -q "openai==3.57.0"
 fi
 
