@@ -197,6 +197,29 @@ fn completions_chat_and_grading_on_a_tiny_model() {
         let mass = item["label_mass"].as_f64().unwrap();
         assert!(mass > 0.0 && mass <= 1.0, "{item}");
     }
+    // `tandem grade` gives the same numbers from the command line.
+    let items = dir.path().join("items.jsonl");
+    std::fs::write(&items, "\"red mug\"\n\"tea\"\n{\"title\": \"blue mug\", \"color\": \"blue\", \"id\": 9}\n")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["grade", "--model", dir.path().join("tiny.gguf").to_str().unwrap(), "--backend", "cpu"])
+        .args(["--query", "red mug", "--items", items.to_str().unwrap(), "--beta", "0.7", "--instructions"])
+        .arg("Label: E S C I")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["id"], 9);
+    for (cli, http) in lines.iter().zip(graded["items"].as_array().unwrap()) {
+        assert_eq!(cli["tier"], http["tier"]);
+        for (label, _) in grades {
+            let (a, b) =
+                (cli["probabilities"][label].as_f64().unwrap(), http["probabilities"][label].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-5, "{label}: {a} from the CLI, {b} from /grade");
+        }
+    }
     let r = post(&s, "/grade", &json!({"query": "q", "items": [], "instructions": "x"}));
     assert!(r.status == 400 && r.text().contains("`items` cannot be empty"), "{}", r.text());
     let r = post(&s, "/grade", &json!({"query": "q", "items": [3], "instructions": "x"}));

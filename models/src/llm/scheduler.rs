@@ -49,6 +49,22 @@ pub trait Sink: Send {
     fn is_closed(&self) -> bool;
 }
 
+/// A [`Sink`] for blocking callers: events tagged with the job's index into one channel.
+pub struct ChannelSink {
+    pub index: usize,
+    pub tx: std::sync::mpsc::Sender<(usize, Event)>,
+}
+
+impl Sink for ChannelSink {
+    fn send(&mut self, event: Event) -> bool {
+        self.tx.send((self.index, event)).is_ok()
+    }
+    fn is_closed(&self) -> bool {
+        // A std channel cannot tell without sending: `send` finds out.
+        false
+    }
+}
+
 /// The log-probability of a chosen token, and the most likely alternatives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {

@@ -31,7 +31,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<Llm> {
+    pub fn load(&self) -> Result<Llm> {
         let llm = Llm::open(&self.model, self.backend, self.exact)?;
         eprintln!(
             "model: {} ({} layers, width {}, context {}) on {}",

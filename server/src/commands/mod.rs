@@ -5,6 +5,7 @@ pub mod embed;
 pub mod export;
 pub mod fetch;
 pub mod generate;
+pub mod grade;
 pub mod inspect;
 pub mod relevance;
 pub mod rules;
