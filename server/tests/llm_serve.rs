@@ -225,6 +225,31 @@ fn completions_chat_and_grading_on_a_tiny_model() {
     let r = post(&s, "/grade", &json!({"query": "q", "items": [3], "instructions": "x"}));
     assert!(r.status == 422 && r.text().contains("items[0]"), "{}", r.text());
 
+    // Suggestions: n samples in one batch, de-duplicated, best sequence log-probability first.
+    let suggest = json!({"queries": ["mug", "tea"], "n": 6, "max_tokens": 6, "seed": 2, "instructions": "Next:"});
+    let r = post(&s, "/suggest", &suggest);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let suggested = r.json();
+    let list = suggested["suggestions"].as_array().unwrap();
+    assert!(!list.is_empty() && list.len() <= 6, "{suggested}");
+    let logprobs: Vec<f64> = list.iter().map(|x| x["logprob"].as_f64().unwrap()).collect();
+    assert!(logprobs.windows(2).all(|w| w[0] >= w[1]) && logprobs.iter().all(|&l| l <= 0.0), "{suggested}");
+    let samples: u64 = list.iter().map(|x| x["samples"].as_u64().unwrap()).sum();
+    assert!(samples <= 6);
+    assert_eq!(post(&s, "/suggest", &suggest).json()["suggestions"], suggested["suggestions"], "seeded");
+    for (body, needle) in [
+        (json!({"n": 2}), "give `queries`"),
+        (json!({"query": "mug", "n": 0}), "`n` must be 1 to 16"),
+        (json!({"query": "mug", "mode": "poem"}), "`mode`"),
+    ] {
+        let r = post(&s, "/suggest", &body);
+        assert!(r.status == 422 && r.text().contains(needle), "{body}: {}", r.text());
+    }
+    // The tiny model answers bytes, not a JSON list: said so, with what it answered.
+    let r =
+        post(&s, "/suggest", &json!({"query": "mug", "mode": "list", "n": 2, "instructions": "L", "max_tokens": 8}));
+    assert!(r.status == 424 && r.text().contains("did not answer a JSON list"), "{}", r.text());
+
     // The metrics saw it: tokens, the shared prefix of the grading items, TTFT.
     let metrics = s.get("/metrics").text();
     let value = |name: &str| -> f64 {

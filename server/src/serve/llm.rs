@@ -819,7 +819,8 @@ async fn grade_inner(s: &AppState, req: Request) -> Result<Value, ApiError> {
         let prompt = grader.prompt(&svc.llm, &body.query, &text).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
         prompts.push(prompt);
     }
-    let logits = run_group(s, &svc, &prompts, 0, true).await?;
+    let jobs = prompts.iter().map(|p| GroupJob { want_logits: true, ..GroupJob::greedy(p.clone(), 0) }).collect();
+    let logits = run_group(s, &svc, jobs).await?;
     let mut items = Vec::with_capacity(prompts.len());
     for (index, l) in logits.iter().enumerate() {
         let g = grader.grade(&l.logits, beta).map_err(|e| ApiError::backend(format!("{e:#}")))?;
@@ -851,7 +852,8 @@ async fn grade_inner(s: &AppState, req: Request) -> Result<Value, ApiError> {
                 p
             })
             .collect();
-        let reasons = run_group(s, &svc, &with_label, REASON_TOKENS, false).await?;
+        let jobs = with_label.into_iter().map(|p| GroupJob::greedy(p, REASON_TOKENS)).collect();
+        let reasons = run_group(s, &svc, jobs).await?;
         for (item, r) in items.iter_mut().zip(reasons) {
             item["reason"] = json!(r.text.trim());
         }
@@ -869,44 +871,66 @@ async fn grade_inner(s: &AppState, req: Request) -> Result<Value, ApiError> {
     }))
 }
 
+/// One job of a group run for a handler that waits for all (grading, suggestions).
+struct GroupJob {
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    /// Sum the chosen tokens' log-probabilities.
+    logprobs: bool,
+    /// For `max_tokens` 0: the logits after the prompt.
+    want_logits: bool,
+}
+
+impl GroupJob {
+    /// Greedy, up to a blank line.
+    fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        let stop = vec!["\n\n".to_string()];
+        GroupJob { prompt, max_tokens, sampling: SamplingParams::default(), stop, logprobs: false, want_logits: false }
+    }
+}
+
 /// What one job of a group gave.
 #[derive(Default)]
 struct GroupResult {
     logits: Vec<f32>,
     text: String,
+    /// Σ log p of the generated tokens (with `logprobs`).
+    logprob: f64,
+    tokens: usize,
 }
 
-/// Runs `prompts` as one group (greedy, `max_tokens` each; 0 for the logits after the prompt)
-/// and waits for all.
-async fn run_group(
-    s: &AppState,
-    svc: &LlmService,
-    prompts: &[Vec<u32>],
-    max_tokens: usize,
-    want_logits: bool,
-) -> Result<Vec<GroupResult>, ApiError> {
+/// Runs `jobs` as one group (their common prompt prefix computed once) and waits for all.
+async fn run_group(s: &AppState, svc: &LlmService, jobs: Vec<GroupJob>) -> Result<Vec<GroupResult>, ApiError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let jobs = prompts
-        .iter()
+    let count = jobs.len();
+    let jobs = jobs
+        .into_iter()
         .enumerate()
-        .map(|(index, prompt)| Job {
-            prompt: prompt.clone(),
-            max_tokens,
-            sampling: SamplingParams::default(),
-            stop: vec!["\n\n".into()],
-            logprobs: None,
+        .map(|(index, j)| Job {
+            prompt: j.prompt,
+            max_tokens: j.max_tokens,
+            sampling: j.sampling,
+            stop: j.stop,
+            logprobs: j.logprobs.then_some(0),
             ignore_eos: false,
-            want_logits,
+            want_logits: j.want_logits,
             sink: Box::new(ChoiceSink { index, tx: tx.clone() }),
         })
         .collect();
     drop(tx);
     svc.submit(s, jobs)?;
-    let mut results: Vec<GroupResult> = (0..prompts.len()).map(|_| GroupResult::default()).collect();
-    let mut open = prompts.len();
+    let mut results: Vec<GroupResult> = (0..count).map(|_| GroupResult::default()).collect();
+    let mut open = count;
     while open > 0 {
         match rx.recv().await {
-            Some((i, Event::Token { text, .. })) => results[i].text.push_str(&text),
+            Some((i, Event::Token { text, logprob, .. })) => {
+                let r = &mut results[i];
+                r.text.push_str(&text);
+                r.logprob += logprob.map_or(0.0, |l| l.logprob as f64);
+                r.tokens += 1;
+            }
             Some((i, Event::Done { logits, .. })) => {
                 results[i].logits = logits;
                 open -= 1;
@@ -919,4 +943,170 @@ async fn run_group(
         }
     }
     Ok(results)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuggestRequest {
+    /// The user's recent queries, oldest first.
+    queries: Option<Vec<String>>,
+    /// A trigger query (what is typed now).
+    query: Option<String>,
+    n: Option<usize>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    /// "sample" (n candidates in one batch, ranked by their log-probability) or "list" (one
+    /// greedy answer asking for a JSON list of n queries).
+    mode: Option<String>,
+    instructions: Option<String>,
+}
+
+/// Candidates one `/suggest` may sample.
+const MAX_SUGGESTIONS: usize = 16;
+
+/// A suggestion's key for de-duplication: lower case, no quotes, list marks, end
+/// punctuation or repeated spaces.
+fn normalize_query(text: &str) -> String {
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let trimmed = line.trim().trim_start_matches(|c: char| c.is_ascii_digit() || matches!(c, '.' | ')' | '-' | '*'));
+    let trimmed = trimmed.trim().trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | '“' | '”'));
+    let trimmed = trimmed.trim_end_matches(['.', '!', '?', ',', ';']);
+    trimmed.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// `POST /suggest` (AIGQ's deployment): next-query suggestions from the user's recent queries
+/// or a trigger query.
+pub async fn suggest(s: &AppState, req: Request) -> Response {
+    match suggest_inner(s, req).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn suggest_inner(s: &AppState, req: Request) -> Result<Value, ApiError> {
+    let svc = service(s)?.clone();
+    let _permit = s.admit()?;
+    let body: SuggestRequest = s.read_json(req).await?;
+    let recent = body.queries.unwrap_or_default();
+    if recent.is_empty() && body.query.as_deref().is_none_or(|q| q.trim().is_empty()) {
+        return Err(ApiError::invalid("give `queries` (recent searches) or `query` (a trigger query)"));
+    }
+    if recent.len() > 32 {
+        return Err(ApiError::too_large(format!("`queries` has {} entries; at most 32", recent.len())));
+    }
+    let n = body.n.unwrap_or(8);
+    if n == 0 || n > MAX_SUGGESTIONS {
+        return Err(ApiError::invalid(format!("`n` must be 1 to {MAX_SUGGESTIONS}, not {n}")));
+    }
+    let list = match body.mode.as_deref() {
+        None | Some("sample") => false,
+        Some("list") => true,
+        Some(other) => return Err(ApiError::invalid(format!("`mode` is \"sample\" or \"list\", not {other:?}"))),
+    };
+    let mut user = String::new();
+    if !recent.is_empty() {
+        user += &format!("Recent searches, oldest first: {}\n", recent.join("; "));
+    }
+    if let Some(q) = &body.query {
+        user += &format!("Current search: {q}\n");
+    }
+    user += if list { "Next searches:" } else { "Next search:" };
+    let instructions = body.instructions.unwrap_or_else(|| {
+        if list {
+            format!(
+                "You suggest the next searches a shopper is likely to make on a shopping site. Answer with a JSON \
+                 list of {n} distinct search queries and nothing else."
+            )
+        } else {
+            "You suggest the next search a shopper is likely to make on a shopping site. Answer with one search \
+             query only."
+                .to_string()
+        }
+    });
+    let messages = [Message::new("system", &instructions), Message::new("user", &user)];
+    let prompt = svc.llm.chat_prompt(&messages).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+    let prompt = svc.encode(&prompt)?;
+    let max_tokens = body.max_tokens.unwrap_or(if list { 24 * n } else { 16 });
+    let room = svc.scheduler.config().slot_tokens.saturating_sub(prompt.len());
+    if max_tokens == 0 || max_tokens > room {
+        return Err(ApiError::invalid(format!(
+            "`max_tokens` must be 1 to {room} (the prompt has {} tokens of a sequence's {})",
+            prompt.len(),
+            svc.scheduler.config().slot_tokens
+        )));
+    }
+    let sampling = SamplingParams {
+        temperature: body.temperature.unwrap_or(if list { 0.0 } else { 0.8 }),
+        top_p: body.top_p.unwrap_or(0.95),
+        seed: body.seed.unwrap_or_else(seed_now),
+        ..SamplingParams::default()
+    };
+    sampling.check().map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+    let asked: Vec<String> = recent.iter().chain(&body.query).map(|q| normalize_query(q)).collect();
+    if list {
+        let job = GroupJob { sampling, stop: Vec::new(), ..GroupJob::greedy(prompt.clone(), max_tokens) };
+        let answer = run_group(s, &svc, vec![job]).await?.remove(0).text;
+        let parsed = answer
+            .find('[')
+            .zip(answer.rfind(']'))
+            .and_then(|(a, b)| serde_json::from_str::<Vec<String>>(&answer[a..=b]).ok())
+            .ok_or_else(|| ApiError::backend(format!("the model did not answer a JSON list of strings: {answer:?}")))?;
+        let mut seen = std::collections::HashSet::new();
+        let suggestions: Vec<Value> = parsed
+            .iter()
+            .filter(|q| {
+                let key = normalize_query(q);
+                !key.is_empty() && !asked.contains(&key) && seen.insert(key)
+            })
+            .map(|q| json!({"text": q.trim()}))
+            .collect();
+        return Ok(json!({"model": svc.id, "mode": "list", "suggestions": suggestions, "raw": answer}));
+    }
+    let jobs = (0..n)
+        .map(|i| GroupJob {
+            sampling: SamplingParams { seed: sampling.seed.wrapping_add(i as u64), ..sampling },
+            stop: vec!["\n".into()],
+            logprobs: true,
+            ..GroupJob::greedy(prompt.clone(), max_tokens)
+        })
+        .collect();
+    let candidates = run_group(s, &svc, jobs).await?;
+    // Best log-probability per normalized query; how many samples gave it.
+    let mut best: Vec<(String, String, f64, usize)> = Vec::new();
+    for c in &candidates {
+        let key = normalize_query(&c.text);
+        if key.is_empty() || asked.contains(&key) {
+            continue;
+        }
+        match best.iter_mut().find(|b| b.0 == key) {
+            Some(b) => {
+                b.3 += 1;
+                if c.logprob > b.2 {
+                    (b.1, b.2) = (c.text.trim().to_string(), c.logprob);
+                }
+            }
+            None => best.push((key, c.text.trim().to_string(), c.logprob, 1)),
+        }
+    }
+    best.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let suggestions: Vec<Value> = best
+        .into_iter()
+        .map(|(_, text, logprob, samples)| json!({"text": text, "logprob": logprob, "samples": samples}))
+        .collect();
+    Ok(json!({"model": svc.id, "mode": "sample", "candidates": n, "suggestions": suggestions}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_query;
+
+    #[test]
+    fn suggestions_are_compared_normalized() {
+        assert_eq!(normalize_query("  \"Trail Running  Shoes.\"\nmore"), "trail running shoes");
+        assert_eq!(normalize_query("1. waterproof jacket!"), "waterproof jacket");
+        assert_eq!(normalize_query("- `usb c hub`"), "usb c hub");
+        assert_eq!(normalize_query("\n\n"), "");
+    }
 }

@@ -68,6 +68,7 @@ const ROUTES: &[&str] = &[
     "/v1/completions",
     "/v1/models",
     "/grade",
+    "/suggest",
     "/health",
     "/info",
     "/metrics",
@@ -88,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> anyhow::Result<axum::Router> {
         .route("/v1/completions", post(async |State(s): AppRef, req: Request| super::llm::completions(&s, req).await))
         .route("/v1/models", get(async |State(s): AppRef| super::llm::models(&s).await))
         .route("/grade", post(async |State(s): AppRef, req: Request| super::llm::grade(&s, req).await))
+        .route("/suggest", post(async |State(s): AppRef, req: Request| super::llm::suggest(&s, req).await))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -487,6 +489,7 @@ async fn info(State(s): AppRef) -> Response {
             "/v1/chat/completions": if s.llm.is_some() { "available" } else { "no decoder (--llm)" },
             "/v1/completions": if s.llm.is_some() { "available" } else { "no decoder (--llm)" },
             "/grade": if s.llm.is_some() { "available" } else { "no decoder (--llm)" },
+            "/suggest": if s.llm.is_some() { "available" } else { "no decoder (--llm)" },
         },
         "llm": s.llm.as_ref().map(|l| l.info()),
         "relevance": s.relevance.as_ref().map(|r| r.info()),
