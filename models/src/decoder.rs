@@ -10,7 +10,9 @@
 //!   `ops::sample`: `sampling` f32 `[seqs, 5]`, `seen` u32 `[seqs, seen]`, `keys` u32
 //!   `[seqs, 2]` ([`DecoderBatch`] packs all seven);
 //! - outputs `logits` f32 `[seqs, vocab]` and `next` u32 `[seqs]`, each sequence's next token
-//!   chosen on the device (a decode step reads back only `next`).
+//!   chosen on the device (a decode step reads back only `next`), and `hidden` f32
+//!   `[seqs, d_model]`, the final-normed hidden state of each sequence's `last` row (LLM
+//!   embeddings).
 //!
 //! Weights stay as the file stores them (Q4_1, Q8_0, Q4_K, …): matmul and gather dequantize
 //! inside the kernel. llama-arch files store the q and k rows permuted for interleaved RoPE
@@ -190,6 +192,9 @@ pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTenso
     let x_last = b.node("last_rows", Op::Gather, &[x, last])?;
     let norm = b.weight("output_norm.weight")?;
     let h = b.node("output_norm", rms, &[x_last, norm])?;
+    // The last hidden state (after the final norm, as transformers' `last_hidden_state`):
+    // LLM embeddings.
+    b.graph.output(h, "hidden");
     // Tied embeddings (SmolLM2) when the file has no separate output matrix.
     let head = if b.has("output.weight") { b.weight("output.weight")? } else { embedding };
     let logits = b.node("output", Op::MatMul(MatMul { trans_b: true, activation: Activation::None }), &[h, head])?;

@@ -86,6 +86,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, Pending) {
         logprobs: None,
         ignore_eos: true,
         want_logits: false,
+        want_hidden: false,
         sink,
     };
     (job, Pending { rx, closed })
@@ -279,4 +280,31 @@ fn grades_are_the_label_distribution_with_cumulative_tiers() {
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let tail = llm.tokenizer.encode("sneaker\nLabel:<|im_end|>\n<|im_start|>assistant\n").unwrap().len();
     assert_eq!(shared, a.len() - tail, "the prompts differ from the item on");
+}
+
+#[test]
+fn the_last_hidden_state_is_what_the_tied_head_reads() {
+    let (dir, llm) = tiny_llm();
+    let (scheduler, thread) = Scheduler::start(llm.clone(), config(2)).unwrap();
+    let prompt = llm.tokenizer.encode("user history: trail shoes; rain jacket").unwrap();
+    let (mut j, p) = job(prompt.clone(), 0);
+    j.want_hidden = true;
+    scheduler.submit(vec![j]).unwrap();
+    let hidden = match p.rx.iter().last().unwrap() {
+        Event::Done { hidden, .. } => hidden,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(hidden.len(), llm.config.d_model);
+    // The tiny model ties its head to the embedding: logits = hidden · Eᵀ.
+    let file = tandem_runtime::weights::Gguf::open(&dir.path().join("tiny.gguf")).unwrap();
+    let table = file.tensor("token_embd.weight").unwrap().to_f32();
+    let mut seq = llm.new_sequence(128).unwrap();
+    let logits = llm.feed(&mut seq, &prompt).unwrap();
+    for (id, &want) in logits.iter().enumerate().step_by(37) {
+        let row = &table[id * hidden.len()..(id + 1) * hidden.len()];
+        let got: f32 = row.iter().zip(&hidden).map(|(a, b)| a * b).sum();
+        assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "token {id}: {got} from the hidden state, {want}");
+    }
+    scheduler.close();
+    thread.join().unwrap();
 }

@@ -250,6 +250,34 @@ fn completions_chat_and_grading_on_a_tiny_model() {
         post(&s, "/suggest", &json!({"query": "mug", "mode": "list", "n": 2, "instructions": "L", "max_tokens": 8}));
     assert!(r.status == 424 && r.text().contains("did not answer a JSON list"), "{}", r.text());
 
+    // LLM embeddings: the decoder's last hidden state, through the encoders' routes.
+    let r = post(&s, "/v1/embeddings", &json!({"model": "tiny", "input": ["red mug", "tea"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = r.json();
+    assert_eq!(listed["model"], "tiny");
+    let vectors: Vec<Vec<f64>> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .collect();
+    assert_eq!(vectors.len(), 2);
+    for v in &vectors {
+        assert_eq!(v.len(), 16, "the tiny decoder's width");
+        assert!((v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4, "OpenAI's embeddings are normalized");
+    }
+    assert_ne!(vectors[0], vectors[1]);
+    let raw = post(&s, "/embed", &json!({"model": "tiny", "inputs": "red mug", "normalize": false})).json();
+    let raw: Vec<f64> = raw[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt();
+    for (a, b) in raw.iter().zip(&vectors[0]) {
+        assert!((a / norm - b).abs() < 1e-5, "the same state, unnormalized");
+    }
+    let r = post(&s, "/embed", &json!({"model": "tiny", "inputs": "x".repeat(200)}));
+    assert!(r.status == 413 && r.text().contains("truncate"), "{}", r.text());
+    let r = post(&s, "/embed", &json!({"model": "nope", "inputs": "x"}));
+    assert!(r.status == 404 && r.text().contains("not served here"), "{}", r.text());
+
     // The metrics saw it: tokens, the shared prefix of the grading items, TTFT.
     let metrics = s.get("/metrics").text();
     let value = |name: &str| -> f64 {

@@ -280,6 +280,10 @@ impl Backend for EmuBackend {
         buf.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
         Ok(())
     }
+    fn copy_within(&self, buf: &mut EmuBuffer, src: usize, dst: usize, bytes: usize) -> Result<()> {
+        buf.bytes_mut().copy_within(src..src + bytes, dst);
+        Ok(())
+    }
     fn dispatch(
         &self,
         _rec: &mut (),

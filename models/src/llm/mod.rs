@@ -9,13 +9,12 @@ pub mod template;
 pub mod tokenizer;
 
 use crate::decoder::{DecoderBatch, DecoderConfig, SampleRow, decoder_graph};
-use crate::session::{AnySession, AnyState, BackendChoice, Device};
-use anyhow::{Context, Result, bail};
+use crate::session::{AnySession, AnyState, Device};
+use anyhow::{Result, bail};
 use sampling::{Sampler, SamplingParams, top_logits};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tandem_runtime::Outputs;
-use tandem_runtime::backend::cpu::CpuOptions;
 use tandem_runtime::weights::Gguf;
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::LlmTokenizer;
@@ -70,6 +69,15 @@ pub struct StepOutput {
     pub next: Vec<Option<u32>>,
     /// The logits after the slot's last new token, when they were asked for.
     pub logits: Vec<Vec<f32>>,
+    /// The final-normed hidden state of the slot's last new token, when asked for.
+    pub hidden: Vec<Vec<f32>>,
+}
+
+/// What a run reads back besides each slot's next token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub logits: bool,
+    pub hidden: bool,
 }
 
 /// What to generate after a prompt.
@@ -118,8 +126,9 @@ pub struct Generation {
 
 impl Llm {
     /// The GGUF file `model` names: a path, else a known decoder (fetched on first use).
-    pub fn resolve(model: &str) -> Result<PathBuf> {
-        let path = PathBuf::from(model);
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn resolve(model: &str) -> Result<std::path::PathBuf> {
+        let path = std::path::PathBuf::from(model);
         if path.is_file() || model.ends_with(".gguf") || model.contains(std::path::MAIN_SEPARATOR) {
             return Ok(path);
         }
@@ -133,7 +142,11 @@ impl Llm {
     /// Opens `model` (a known name or a GGUF path) on `backend`. On the CPU, `exact` gives
     /// f32 products instead of 8-bit activations; `auto` falls back to the CPU when the GPU
     /// found lacks kernels for the file's weight types.
-    pub fn open(model: &str, backend: BackendChoice, exact: bool) -> Result<Llm> {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(model: &str, backend: crate::BackendChoice, exact: bool) -> Result<Llm> {
+        use crate::BackendChoice;
+        use anyhow::Context;
+        use tandem_runtime::backend::cpu::CpuOptions;
         let path = Self::resolve(model)?;
         let device = Device::open_blocking(backend)?;
         let cpu_device = || Device::cpu_with(CpuOptions { quantized_activations: !exact });
@@ -252,6 +265,17 @@ impl Llm {
         rows: &[SampleRow],
         want_logits: bool,
     ) -> Result<StepOutput> {
+        self.step_batch_reading(cache, feeds, rows, Reads { logits: want_logits, hidden: false })
+    }
+
+    /// [`Llm::step_batch`] reading back what `reads` asks for besides the next tokens.
+    pub fn step_batch_reading(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Vec<u32>],
+        rows: &[SampleRow],
+        reads: Reads,
+    ) -> Result<StepOutput> {
         if feeds.len() != cache.slots() || rows.len() != cache.slots() {
             bail!("{} feeds and {} sampling rows for a cache of {} slots", feeds.len(), rows.len(), cache.slots());
         }
@@ -270,9 +294,19 @@ impl Llm {
             }
         }
         let vocab = self.config.vocab;
-        let mut output = StepOutput { next: vec![None; feeds.len()], logits: vec![Vec::new(); feeds.len()] };
+        let mut output = StepOutput {
+            next: vec![None; feeds.len()],
+            logits: vec![Vec::new(); feeds.len()],
+            hidden: vec![Vec::new(); feeds.len()],
+        };
         let mut done = vec![0usize; feeds.len()];
-        let outputs: &[&str] = if want_logits { &["next", "logits"] } else { &["next"] };
+        let mut outputs = vec!["next"];
+        if reads.logits {
+            outputs.push("logits");
+        }
+        if reads.hidden {
+            outputs.push("hidden");
+        }
         // Each run takes up to PREFILL_CHUNK more tokens of every slot that has some left.
         loop {
             let mut batch = DecoderBatch::default();
@@ -292,16 +326,23 @@ impl Llm {
             }
             let mut out = self
                 .session
-                .run_with_blocking(&batch.tensors()?, &mut cache.state, Outputs::Named(outputs))?
+                .run_with_blocking(&batch.tensors()?, &mut cache.state, Outputs::Named(&outputs))?
                 .into_iter();
             let next = out.next().expect("next was asked for");
             let next = next.as_u32().ok_or_else(|| anyhow::anyhow!("the sampler's output is not u32"))?;
             for (&id, &slot) in next.iter().zip(&in_batch) {
                 output.next[slot] = Some(id);
             }
-            if let Some(logits) = out.next() {
+            if reads.logits {
+                let logits = out.next().expect("logits were asked for");
                 for (row, &slot) in logits.to_f32().chunks_exact(vocab).zip(&in_batch) {
                     output.logits[slot] = row.to_vec();
+                }
+            }
+            if reads.hidden {
+                let hidden = out.next().expect("hidden was asked for");
+                for (row, &slot) in hidden.to_f32().chunks_exact(self.config.d_model).zip(&in_batch) {
+                    output.hidden[slot] = row.to_vec();
                 }
             }
         }

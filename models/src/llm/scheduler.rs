@@ -92,13 +92,14 @@ pub enum Event {
         text: String,
         logprob: Option<TokenLogprob>,
     },
-    /// The job is over. `logits`: for a prefill-only job (`max_tokens` 0) that asked for
-    /// them, the next-token logits after the prompt.
+    /// The job is over. `logits`, `hidden`: for a prefill-only job (`max_tokens` 0) that
+    /// asked for them, the next-token logits and the last hidden state after the prompt.
     Done {
         finish: Finish,
         prompt_tokens: usize,
         completion_tokens: usize,
         logits: Vec<f32>,
+        hidden: Vec<f32>,
     },
     Failed(String),
 }
@@ -115,6 +116,9 @@ pub struct Job {
     pub ignore_eos: bool,
     /// For `max_tokens` 0: send the logits after the prompt with `Done`.
     pub want_logits: bool,
+    /// For `max_tokens` 0: send the last hidden state after the prompt with `Done` (an LLM
+    /// embedding).
+    pub want_hidden: bool,
     pub sink: Box<dyn Sink>,
 }
 
@@ -366,6 +370,7 @@ impl<'a> Runner<'a> {
                         logprobs: None,
                         ignore_eos: false,
                         want_logits: false,
+                        want_hidden: false,
                         sink: Box::new(Nobody),
                     };
                     self.start(job, Some(group.jobs));
@@ -451,7 +456,7 @@ impl<'a> Runner<'a> {
         // Which sequences run, and whether their prompt is complete after this run.
         let mut ran: Vec<(usize, bool)> = Vec::new();
         let mut budget = self.shared.config.prefill_tokens;
-        let mut want_logits = false;
+        let mut reads = super::Reads::default();
         for (i, q) in self.running.iter_mut().enumerate() {
             let take = if q.prefilling { q.pending.len().min(budget) } else { 1 };
             if take == 0 {
@@ -465,14 +470,15 @@ impl<'a> Runner<'a> {
             if completes && q.job.max_tokens > 0 {
                 rows[q.slot] = q.sampler.next_row();
             }
-            want_logits |= completes && (q.job.logprobs.is_some() || q.job.want_logits);
+            reads.logits |= completes && (q.job.logprobs.is_some() || q.job.want_logits);
+            reads.hidden |= completes && q.job.want_hidden;
             ran.push((i, completes));
         }
         let stats = &self.shared.stats;
         stats.steps.fetch_add(1, Ordering::Relaxed);
         stats.sequence_steps.fetch_add(ran.len() as u64, Ordering::Relaxed);
         let outcome =
-            catch_unwind(AssertUnwindSafe(|| self.llm.step_batch(&mut self.cache, &feeds, &rows, want_logits)));
+            catch_unwind(AssertUnwindSafe(|| self.llm.step_batch_reading(&mut self.cache, &feeds, &rows, reads)));
         let output = match outcome {
             Ok(Ok(output)) => output,
             failed => {
@@ -505,8 +511,10 @@ impl<'a> Runner<'a> {
             let logits = &output.logits[slot];
             if q.job.max_tokens == 0 {
                 let logits = if q.job.want_logits { logits.clone() } else { Vec::new() };
+                let hidden = if q.job.want_hidden { output.hidden[slot].clone() } else { Vec::new() };
                 let prompt_tokens = q.job.prompt.len();
-                q.job.sink.send(Event::Done { finish: Finish::Length, prompt_tokens, completion_tokens: 0, logits });
+                let done = Event::Done { finish: Finish::Length, prompt_tokens, completion_tokens: 0, logits, hidden };
+                q.job.sink.send(done);
                 finished.push(i);
                 continue;
             }
@@ -540,7 +548,8 @@ impl<'a> Runner<'a> {
         q.sampler.observe(&[id]);
         let done = |q: &mut Sequence<'_>, finish| {
             let (prompt_tokens, completion_tokens) = (q.job.prompt.len(), q.generated);
-            q.job.sink.send(Event::Done { finish, prompt_tokens, completion_tokens, logits: Vec::new() });
+            let (logits, hidden) = (Vec::new(), Vec::new());
+            q.job.sink.send(Event::Done { finish, prompt_tokens, completion_tokens, logits, hidden });
             false
         };
         if !q.job.ignore_eos && tokenizer.is_end_of_generation(id) {

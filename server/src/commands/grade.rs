@@ -89,6 +89,7 @@ pub fn run(args: Args) -> Result<()> {
             logprobs: None,
             ignore_eos: false,
             want_logits: true,
+            want_hidden: false,
             sink: Box::new(ChannelSink { index, tx: tx.clone() }),
         })
         .collect();

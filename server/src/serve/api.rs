@@ -64,6 +64,9 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize)]
 pub struct EmbedRequest {
     pub inputs: Inputs,
+    /// Not TEI's: the decoder's id asks for LLM embeddings (`tandem serve --llm`).
+    #[serde(default)]
+    pub model: Option<String>,
     #[serde(default)]
     pub truncate: bool,
     #[serde(default = "yes")]

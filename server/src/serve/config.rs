@@ -231,6 +231,10 @@ pub struct LlmConfig {
     pub default_max_tokens: usize,
     /// `/grade`'s default CumPT threshold β.
     pub grade_beta: f32,
+    /// LLM embeddings (`/embed` and `/v1/embeddings` with `"model"` set to the decoder's id)
+    /// take the last hidden state of the final token; with this set (a special token's
+    /// text, one token of the vocabulary), that token is appended and its state taken.
+    pub embed_token: Option<String>,
 }
 
 impl Default for LlmConfig {
@@ -244,6 +248,7 @@ impl Default for LlmConfig {
             prefill_tokens: 256,
             default_max_tokens: 256,
             grade_beta: 0.5,
+            embed_token: None,
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct LlmService {
     grader: Option<Grader>,
     config: LlmConfig,
     created: u64,
+    /// `llm.embed_token`'s id.
+    embed_token: Option<u32>,
 }
 
 impl LlmService {
@@ -72,7 +74,14 @@ impl LlmService {
             .filter(|_| model.ends_with(".gguf"))
             .map_or(model.to_string(), |s| s.to_string_lossy().into_owned());
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let service = LlmService { id, llm, scheduler, grader, config: config.clone(), created };
+        let embed_token = match &config.embed_token {
+            None => None,
+            Some(text) => match llm.tokenizer.encode(text)?.as_slice() {
+                [id] => Some(*id),
+                ids => anyhow::bail!("llm.embed_token {text:?} is {} tokens, not one", ids.len()),
+            },
+        };
+        let service = LlmService { id, llm, scheduler, grader, config: config.clone(), created, embed_token };
         Ok((Arc::new(service), thread))
     }
 
@@ -155,6 +164,66 @@ impl LlmService {
         for (name, kind, help, value) in lines {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
+    }
+}
+
+impl LlmService {
+    /// Whether a request's `model` names this decoder.
+    pub fn is_named(&self, model: Option<&str>) -> bool {
+        model == Some(self.id.as_str())
+    }
+
+    /// TEI's options an LLM embedding cannot honour, refused rather than ignored.
+    pub fn check_embedding_options(&self, direction: Option<&str>, dimensions: Option<usize>) -> Result<(), ApiError> {
+        if direction.is_some_and(|d| !d.eq_ignore_ascii_case("right")) {
+            return Err(ApiError::invalid("`truncation_direction`: only \"Right\" is supported"));
+        }
+        if let Some(d) = dimensions
+            && d != self.llm.config.d_model
+        {
+            return Err(ApiError::invalid(format!(
+                "`dimensions`: this decoder gives {}-dimensional embeddings only, not {d}",
+                self.llm.config.d_model
+            )));
+        }
+        Ok(())
+    }
+
+    /// LLM embeddings: the last hidden state of each text's final token (or of
+    /// `llm.embed_token`, appended), and the tokens they took. A text over a sequence's room
+    /// is a 413 naming it unless `truncate` (its first tokens are kept).
+    pub async fn embed(
+        &self,
+        s: &AppState,
+        texts: &[String],
+        truncate: bool,
+        name: impl Fn(usize) -> String,
+    ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+        let room = self.scheduler.config().slot_tokens;
+        let mut jobs = Vec::with_capacity(texts.len());
+        let mut tokens = 0;
+        for (i, text) in texts.iter().enumerate() {
+            let mut ids = self.encode(text)?;
+            let extra = usize::from(self.embed_token.is_some());
+            if ids.len() + extra > room {
+                if !truncate {
+                    return Err(ApiError::too_large(format!(
+                        "`{}` has {} tokens, more than the {room} a decoder sequence holds here; send \"truncate\": true",
+                        name(i),
+                        ids.len() + extra
+                    )));
+                }
+                ids.truncate(room - extra);
+            }
+            ids.extend(self.embed_token);
+            if ids.is_empty() {
+                return Err(ApiError::invalid(format!("`{}` is empty", name(i))));
+            }
+            tokens += ids.len();
+            jobs.push(GroupJob { want_hidden: true, ..GroupJob::greedy(ids, 0) });
+        }
+        let vectors = run_group(s, self, jobs).await?.into_iter().map(|r| r.hidden).collect();
+        Ok((vectors, tokens))
     }
 }
 
@@ -506,6 +575,7 @@ async fn generate(
                 logprobs: plan.logprobs,
                 ignore_eos: false,
                 want_logits: false,
+                want_hidden: false,
                 sink: Box::new(ChoiceSink { index, tx: tx.clone() }),
             });
         }
@@ -881,13 +951,23 @@ struct GroupJob {
     logprobs: bool,
     /// For `max_tokens` 0: the logits after the prompt.
     want_logits: bool,
+    /// For `max_tokens` 0: the last hidden state after the prompt.
+    want_hidden: bool,
 }
 
 impl GroupJob {
     /// Greedy, up to a blank line.
     fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Self {
         let stop = vec!["\n\n".to_string()];
-        GroupJob { prompt, max_tokens, sampling: SamplingParams::default(), stop, logprobs: false, want_logits: false }
+        GroupJob {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop,
+            logprobs: false,
+            want_logits: false,
+            want_hidden: false,
+        }
     }
 }
 
@@ -895,6 +975,7 @@ impl GroupJob {
 #[derive(Default)]
 struct GroupResult {
     logits: Vec<f32>,
+    hidden: Vec<f32>,
     text: String,
     /// Σ log p of the generated tokens (with `logprobs`).
     logprob: f64,
@@ -916,6 +997,7 @@ async fn run_group(s: &AppState, svc: &LlmService, jobs: Vec<GroupJob>) -> Resul
             logprobs: j.logprobs.then_some(0),
             ignore_eos: false,
             want_logits: j.want_logits,
+            want_hidden: j.want_hidden,
             sink: Box::new(ChoiceSink { index, tx: tx.clone() }),
         })
         .collect();
@@ -931,8 +1013,9 @@ async fn run_group(s: &AppState, svc: &LlmService, jobs: Vec<GroupJob>) -> Resul
                 r.logprob += logprob.map_or(0.0, |l| l.logprob as f64);
                 r.tokens += 1;
             }
-            Some((i, Event::Done { logits, .. })) => {
+            Some((i, Event::Done { logits, hidden, .. })) => {
                 results[i].logits = logits;
+                results[i].hidden = hidden;
                 open -= 1;
             }
             Some((_, Event::Failed(e))) => {

@@ -242,6 +242,18 @@ impl AppState {
         Ok(())
     }
 
+    /// `/embed`'s `model`, when given, must name a served model.
+    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            Some(m) if m != self.model.id => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorKind::NotFound,
+                format!("model {m:?} is not served here (the encoder is {:?})", self.model.id),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A normalized graph cannot give back the unnormalized vector: refuse before any work.
     fn check_normalize(&self, normalize: bool) -> Result<(), ApiError> {
         if !normalize && self.model.normalizes {
@@ -287,16 +299,26 @@ async fn embed(State(s): AppRef, req: Request) -> Response {
 async fn embed_inner(s: &AppState, req: Request) -> Result<Vec<Vec<f32>>, ApiError> {
     let permit = s.admit()?;
     let body: EmbedRequest = s.read_json(req).await?;
-    s.check_unsupported(body.truncation_direction.as_deref(), body.dimensions)?;
     if body.prompt_name.is_some() {
         return Err(ApiError::invalid("`prompt_name`: this model has no named prompts"));
     }
-    s.check_normalize(body.normalize)?;
     let one = body.inputs.is_one();
     let texts = body.inputs.into_vec();
     s.check_count(texts.len(), "inputs")?;
-    let (texts, counts) =
-        s.count_tokens(texts, body.truncate, |i| if one { "inputs".into() } else { format!("inputs[{i}]") }).await?;
+    let name = |i: usize| if one { "inputs".to_string() } else { format!("inputs[{i}]") };
+    if let Some(llm) = s.llm.as_ref().filter(|l| l.is_named(body.model.as_deref())) {
+        llm.check_embedding_options(body.truncation_direction.as_deref(), body.dimensions)?;
+        let (mut vectors, _) = llm.embed(s, &texts, body.truncate, name).await?;
+        drop(permit);
+        if body.normalize {
+            vectors.iter_mut().for_each(|v| l2_normalize(v));
+        }
+        return Ok(vectors);
+    }
+    s.check_model(body.model.as_deref())?;
+    s.check_unsupported(body.truncation_direction.as_deref(), body.dimensions)?;
+    s.check_normalize(body.normalize)?;
+    let (texts, counts) = s.count_tokens(texts, body.truncate, name).await?;
     let mut vectors = s.infer(texts, counts.iter().sum(), permit).await?;
     s.normalize(&mut vectors, body.normalize);
     Ok(vectors)
@@ -313,7 +335,6 @@ async fn openai_embeddings(State(s): AppRef, req: Request) -> Response {
 async fn openai_inner(s: &AppState, req: Request) -> Result<OpenAiResponse, ApiError> {
     let permit = s.admit()?;
     let body: OpenAiRequest = s.read_json(req).await?;
-    s.check_unsupported(None, body.dimensions)?;
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -326,12 +347,26 @@ async fn openai_inner(s: &AppState, req: Request) -> Result<OpenAiResponse, ApiE
     let one = body.input.is_one();
     let texts = body.input.into_vec();
     s.check_count(texts.len(), "input")?;
+    if let Some(llm) = s.llm.as_ref().filter(|l| l.is_named(body.model.as_deref())) {
+        llm.check_embedding_options(None, body.dimensions)?;
+        let name = |i: usize| if one { "input".to_string() } else { format!("input[{i}]") };
+        let (mut vectors, tokens) = llm.embed(s, &texts, body.truncate, name).await?;
+        drop(permit);
+        vectors.iter_mut().for_each(|v| l2_normalize(v));
+        return Ok(openai_list(vectors, base64, llm.id.clone(), tokens));
+    }
+    s.check_unsupported(None, body.dimensions)?;
     let (texts, counts) =
         s.count_tokens(texts, body.truncate, |i| if one { "input".into() } else { format!("input[{i}]") }).await?;
     let tokens: usize = counts.iter().sum();
     let mut vectors = s.infer(texts, tokens, permit).await?;
     // OpenAI's embeddings are normalized.
     s.normalize(&mut vectors, true);
+    Ok(openai_list(vectors, base64, body.model.unwrap_or_else(|| s.model.id.clone()), tokens))
+}
+
+/// OpenAI's embedding list.
+fn openai_list(vectors: Vec<Vec<f32>>, base64: bool, model: String, tokens: usize) -> OpenAiResponse {
     let data = vectors
         .into_iter()
         .enumerate()
@@ -345,12 +380,12 @@ async fn openai_inner(s: &AppState, req: Request) -> Result<OpenAiResponse, ApiE
             index,
         })
         .collect();
-    Ok(OpenAiResponse {
+    OpenAiResponse {
         object: "list",
         data,
-        model: body.model.unwrap_or_else(|| s.model.id.clone()),
+        model,
         usage: api::OpenAiUsage { prompt_tokens: tokens, total_tokens: tokens },
-    })
+    }
 }
 
 /// `POST /rerank` (TEI) with the bi-encoder: the score of a text is the cosine of its
