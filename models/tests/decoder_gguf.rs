@@ -114,7 +114,11 @@ impl<'s, B: Backend> Decoding<'s, B> {
         }
         let seqs = new_tokens.len();
         let inputs = batch.tensors().unwrap();
-        let logits = self.session.run_with_blocking(&inputs, Some(&mut self.state), Outputs::All).unwrap().remove(0);
+        let logits = self
+            .session
+            .run_with_blocking(&inputs, Some(&mut self.state), Outputs::Named(&["logits"]))
+            .unwrap()
+            .remove(0);
         assert_eq!(logits.shape, [seqs, self.vocab]);
         logits.to_f32().chunks_exact(self.vocab).map(<[f32]>::to_vec).collect()
     }

@@ -53,7 +53,7 @@ fn main() -> Result<()> {
                 let mut batch = DecoderBatch::default();
                 batch.push(0, start, &ids, SampleRow::greedy());
                 let inputs = batch.tensors()?;
-                Ok(session.run_with_blocking(&inputs, Some(state), Outputs::All)?.remove(0).to_f32())
+                Ok(session.run_with_blocking(&inputs, Some(state), Outputs::Named(&["logits"]))?.remove(0).to_f32())
             };
             // Token ids spread over the vocabulary (no tokenizer involved).
             let ids: Vec<u32> = (0..prompt).map(|i| ((i * 7919 + 13) % config.vocab) as u32).collect();
