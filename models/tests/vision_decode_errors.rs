@@ -160,3 +160,37 @@ fn a_png_with_no_pixels_where_its_header_says_is_an_error() {
     let result = decode(&png_claiming(3, 2));
     assert!(matches!(result, Err(DecodeError::Truncated | DecodeError::Corrupt(_))), "{result:?}");
 }
+
+/// A 2x2 8-bit paletted PNG whose PLTE chunk holds `palette` and whose pixels all use entry 0.
+fn paletted_png(palette: &[u8]) -> Vec<u8> {
+    let mut header = 2u32.to_be_bytes().to_vec();
+    header.extend_from_slice(&2u32.to_be_bytes());
+    header.extend_from_slice(&[8, 3, 0, 0, 0]);
+    // Two scanlines (filter byte 0, then two indices) in one stored deflate block, in zlib.
+    let scanlines = [0u8, 0, 0, 0, 0, 0];
+    let mut idat = vec![0x78, 0x01, 0x01, 6, 0, !6, 0xFF];
+    idat.extend_from_slice(&scanlines);
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in &scanlines {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    idat.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &header));
+    png.extend(chunk(b"PLTE", palette));
+    png.extend(chunk(b"IDAT", &idat));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+#[test]
+fn a_png_palette_of_partial_entries_is_corrupt_not_a_panic() {
+    // The well-formed file first, so that the broken one is refused for its palette alone.
+    assert_eq!(decode_rgb8(&paletted_png(&[10, 20, 30])).map(|image| image.pixels), Ok(vec![10, 20, 30].repeat(4)));
+    // Found by fuzz/run.sh: the png crate panicked on a 5-byte palette.
+    for palette in [&[10u8, 20, 30, 40][..], &[10, 20, 30, 40, 50]] {
+        let Err(DecodeError::Corrupt(why)) = decode(&paletted_png(palette)) else { panic!("{} bytes", palette.len()) };
+        assert!(why.contains(&format!("palette of {} bytes", palette.len())), "{why}");
+    }
+}

@@ -79,7 +79,10 @@ pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     let format = image::guess_format(bytes).map_err(|_| DecodeError::NotAnImage)?;
     let limits = decoder_limits();
     match format {
-        ImageFormat::Png => read_rgb8(PngDecoder::with_limits(Cursor::new(bytes), limits).map_err(decode_error)?),
+        ImageFormat::Png => {
+            check_png_palette(bytes)?;
+            read_rgb8(PngDecoder::with_limits(Cursor::new(bytes), limits).map_err(decode_error)?)
+        }
         ImageFormat::Jpeg => {
             if !jpeg_has_its_end(bytes) {
                 return Err(DecodeError::Truncated);
@@ -90,6 +93,30 @@ pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
         }
         other => Err(DecodeError::Unsupported(format!("{other:?}"))),
     }
+}
+
+/// Refuses a palette (PLTE chunk) that is not a whole number of RGB entries. The `png` crate
+/// (0.18) accepts any PLTE of 3 to 768 bytes and then panics when it expands a palette of, say,
+/// 5 bytes; PIL refuses such a file too. Only the chunks before the first IDAT are read: a PLTE
+/// must come before it.
+fn check_png_palette(bytes: &[u8]) -> Result<(), DecodeError> {
+    const SIGNATURE_LEN: usize = 8;
+    let mut at = SIGNATURE_LEN;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        match &header[4..8] {
+            b"PLTE" if length % 3 != 0 => {
+                return Err(DecodeError::Corrupt(format!(
+                    "PNG palette of {length} bytes, not a whole number of 3-byte RGB entries"
+                )));
+            }
+            b"IDAT" => break,
+            _ => {}
+        }
+        // Length, type, data and CRC; a length past the end is the decoder's to report.
+        at = at.saturating_add(12).saturating_add(length);
+    }
+    Ok(())
 }
 
 /// Whether an end-of-image marker follows the last start-of-scan marker. zune-jpeg fills the
