@@ -187,7 +187,7 @@ fn paletted_png(palette: &[u8]) -> Vec<u8> {
 #[test]
 fn a_png_palette_of_partial_entries_is_corrupt_not_a_panic() {
     // The well-formed file first, so that the broken one is refused for its palette alone.
-    assert_eq!(decode_rgb8(&paletted_png(&[10, 20, 30])).map(|image| image.pixels), Ok(vec![10, 20, 30].repeat(4)));
+    assert_eq!(decode_rgb8(&paletted_png(&[10, 20, 30])).map(|image| image.pixels), Ok([10, 20, 30].repeat(4)));
     // Found by fuzz/run.sh: the png crate panicked on a 5-byte palette.
     for palette in [&[10u8, 20, 30, 40][..], &[10, 20, 30, 40, 50]] {
         let Err(DecodeError::Corrupt(why)) = decode(&paletted_png(palette)) else { panic!("{} bytes", palette.len()) };

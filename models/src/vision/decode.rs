@@ -105,7 +105,7 @@ fn check_png_palette(bytes: &[u8]) -> Result<(), DecodeError> {
     while let Some(header) = bytes.get(at..at + 8) {
         let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         match &header[4..8] {
-            b"PLTE" if length % 3 != 0 => {
+            b"PLTE" if !length.is_multiple_of(3) => {
                 return Err(DecodeError::Corrupt(format!(
                     "PNG palette of {length} bytes, not a whole number of 3-byte RGB entries"
                 )));
