@@ -2,7 +2,7 @@
 // the row's logits (greedy, or the Gumbel-max draw over the set kept by min-p, top-k and
 // top-p). Strided loops over the vocabulary with workgroup tree reductions; the top-k and
 // top-p thresholds by bisection over the order-preserving u32 encoding of f32 (32 passes
-// each, only when the filter is on). Every pass recomputes the penalized logits instead of
+// each, only when the filter is on; its reductions' barriers run either way). Every pass recomputes the penalized logits instead of
 // keeping a scratch copy. Semantics, and the hash, ln and encoding every backend shares, in
 // runtime/src/ops/sample.rs.
 //
@@ -87,46 +87,19 @@ fn seen_step(base: u32, n: u32, id: u32, pos: u32, step: u32) -> u32 {
     return select(pos, next, inside && v < id);
 }
 
-// ops::sample::is_seen, unrolled (32 steps; those past the row's largest power of two are
-// no-ops): written as a loop, it answered wrongly on llvmpipe (Mesa 22.3) once the kernel had
-// run it many times (top-k and top-p bisection with the penalty on).
+// ops::sample::is_seen: 32 steps (those past the row's largest power of two are no-ops) by a
+// loop of fixed trip count. Looping while the step is non-zero answered wrongly on llvmpipe
+// (Mesa 22.3) once the kernel had run it many times (top-k and top-p bisection with the
+// penalty on); written out 32 times, Chromium's SwiftShader spent minutes compiling the
+// kernel and lost the device. The browser tests check the second, the native ones the first.
 fn is_seen(row: u32, id: u32) -> bool {
     let n = p.seen;
     let base = row * n;
     let step = 1u << (31u - countLeadingZeros(n));
     var pos = 0u;
-    pos = seen_step(base, n, id, pos, step >> 0u);
-    pos = seen_step(base, n, id, pos, step >> 1u);
-    pos = seen_step(base, n, id, pos, step >> 2u);
-    pos = seen_step(base, n, id, pos, step >> 3u);
-    pos = seen_step(base, n, id, pos, step >> 4u);
-    pos = seen_step(base, n, id, pos, step >> 5u);
-    pos = seen_step(base, n, id, pos, step >> 6u);
-    pos = seen_step(base, n, id, pos, step >> 7u);
-    pos = seen_step(base, n, id, pos, step >> 8u);
-    pos = seen_step(base, n, id, pos, step >> 9u);
-    pos = seen_step(base, n, id, pos, step >> 10u);
-    pos = seen_step(base, n, id, pos, step >> 11u);
-    pos = seen_step(base, n, id, pos, step >> 12u);
-    pos = seen_step(base, n, id, pos, step >> 13u);
-    pos = seen_step(base, n, id, pos, step >> 14u);
-    pos = seen_step(base, n, id, pos, step >> 15u);
-    pos = seen_step(base, n, id, pos, step >> 16u);
-    pos = seen_step(base, n, id, pos, step >> 17u);
-    pos = seen_step(base, n, id, pos, step >> 18u);
-    pos = seen_step(base, n, id, pos, step >> 19u);
-    pos = seen_step(base, n, id, pos, step >> 20u);
-    pos = seen_step(base, n, id, pos, step >> 21u);
-    pos = seen_step(base, n, id, pos, step >> 22u);
-    pos = seen_step(base, n, id, pos, step >> 23u);
-    pos = seen_step(base, n, id, pos, step >> 24u);
-    pos = seen_step(base, n, id, pos, step >> 25u);
-    pos = seen_step(base, n, id, pos, step >> 26u);
-    pos = seen_step(base, n, id, pos, step >> 27u);
-    pos = seen_step(base, n, id, pos, step >> 28u);
-    pos = seen_step(base, n, id, pos, step >> 29u);
-    pos = seen_step(base, n, id, pos, step >> 30u);
-    pos = seen_step(base, n, id, pos, step >> 31u);
+    for (var j = 0u; j < 32u; j = j + 1u) {
+        pos = seen_step(base, n, id, pos, step >> j);
+    }
     let at = seen[base + min(pos, n - 1u)];
     return pos < n && at == id;
 }
@@ -140,7 +113,10 @@ fn penalized(row: u32, i: u32, rp: f32) -> f32 {
 // x_i = l_i / T with NaN as −∞.
 fn scaled(row: u32, i: u32, rp: f32, t: f32) -> f32 {
     let x = penalized(row, i, rp) / t;
-    return select(x, bitcast<f32>(0xff800000u), is_nan(x));
+    // A `var`, not a literal: browsers' WGSL compilers (Tint) evaluate `bitcast` of a
+    // constant at compile time and refuse an infinite result.
+    var negative_infinity = 0xff800000u;
+    return select(x, bitcast<f32>(negative_infinity), is_nan(x));
 }
 
 // The lowest id with the largest key over the workgroup (a thread without items passes key 0,
@@ -207,13 +183,15 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-// Σ exp(x_i − m) over x_i whose key is at least `lo`.
-fn mass(row: u32, lid: u32, rp: f32, t: f32, m: f32, lo: u32) -> f32 {
+// Σ exp(x_i − m) over x_i whose key is at least `lo` (0 when not `on`).
+fn mass(row: u32, lid: u32, rp: f32, t: f32, m: f32, lo: u32, on: bool) -> f32 {
     var s = 0.0;
-    for (var i = lid; i < p.vocab; i = i + WG) {
-        let x = scaled(row, i, rp, t);
-        if fkey(x) >= lo {
-            s = s + exp(x - m);
+    if on {
+        for (var i = lid; i < p.vocab; i = i + WG) {
+            let x = scaled(row, i, rp, t);
+            if fkey(x) >= lo {
+                s = s + exp(x - m);
+            }
         }
     }
     return reduce_sum(lid, s);
@@ -256,27 +234,16 @@ fn sample(
         rp = rp_in;
     }
 
-    if greedy {
-        var bk = 0u;
-        var bi = 0xffffffffu;
-        for (var i = lid; i < vocab; i = i + WG) {
-            let k = fkey(penalized(row, i, rp));
-            if k > bk {
-                bk = k;
-                bi = i;
-            }
-        }
-        let id = reduce_argmax(lid, bk, bi);
-        if lid == 0u {
-            out[row] = select(id, 0u, id == 0xffffffffu);
-        }
-        return;
-    }
-
-    let t = t_in;
+    // Barriers must sit in uniform control flow, and the settings, read from storage, are not
+    // uniform to browsers' WGSL compilers (Tint's uniformity analysis). So every reduction
+    // runs whatever the settings; they only decide which elements a pass reads and which
+    // result counts. A filter that is off costs its reductions' barriers, not vocabulary passes.
+    let t = select(t_in, 1.0, greedy);
     var local_max = 0u;
-    for (var i = lid; i < vocab; i = i + WG) {
-        local_max = max(local_max, fkey(scaled(row, i, rp, t)));
+    if !greedy {
+        for (var i = lid; i < vocab; i = i + WG) {
+            local_max = max(local_max, fkey(scaled(row, i, rp, t)));
+        }
     }
     let max_key = reduce_max(lid, local_max);
     let m = unkey(max_key);
@@ -284,48 +251,59 @@ fn sample(
     if min_p > 0.0 {
         lo = max(lo, fkey(m + ln_portable(min_p)));
     }
-    if top_k > 0u {
-        // The largest key with at least top_k values at or above it: the k-th largest.
-        var kth = 0u;
-        for (var bit = 31; bit >= 0; bit = bit - 1) {
-            let cand = kth | (1u << u32(bit));
-            var c = 0u;
+    // Top-k: the largest key with at least top_k values at or above it, the k-th largest.
+    let use_top_k = !greedy && top_k > 0u;
+    var kth = 0u;
+    for (var bit = 31; bit >= 0; bit = bit - 1) {
+        let cand = kth | (1u << u32(bit));
+        var c = 0u;
+        if use_top_k {
             for (var i = lid; i < vocab; i = i + WG) {
                 if fkey(scaled(row, i, rp, t)) >= cand {
                     c = c + 1u;
                 }
             }
-            if reduce_count(lid, c) >= top_k {
-                kth = cand;
-            }
         }
+        // The reduction first: `&&` would skip it for some threads.
+        if reduce_count(lid, c) >= top_k && use_top_k {
+            kth = cand;
+        }
+    }
+    if use_top_k {
         lo = max(lo, kth);
     }
+    // Top-p: the largest threshold whose mass still reaches top_p of the kept mass.
     let m_finite = (bitcast<u32>(m) & 0x7f800000u) != 0x7f800000u;
-    if top_p < 1.0 && m_finite {
-        let goal = top_p * mass(row, lid, rp, t, m, lo);
-        // The largest threshold whose mass still reaches the goal.
-        var th = 0u;
-        for (var bit = 31; bit >= 0; bit = bit - 1) {
-            let cand = th | (1u << u32(bit));
-            if mass(row, lid, rp, t, m, max(cand, lo)) >= goal {
-                th = cand;
-            }
+    let use_top_p = !greedy && top_p < 1.0 && m_finite;
+    let goal = top_p * mass(row, lid, rp, t, m, lo, use_top_p);
+    var th = 0u;
+    for (var bit = 31; bit >= 0; bit = bit - 1) {
+        let cand = th | (1u << u32(bit));
+        if mass(row, lid, rp, t, m, max(cand, lo), use_top_p) >= goal && use_top_p {
+            th = cand;
         }
+    }
+    if use_top_p {
         lo = max(lo, th);
     }
+    // Greedy: the largest penalized logit. Else the Gumbel-max draw over the kept set.
     var bk = 0u;
     var bi = 0xffffffffu;
     let k0 = keys[row * 2u];
     let k1 = keys[row * 2u + 1u];
     for (var i = lid; i < vocab; i = i + WG) {
-        let x = scaled(row, i, rp, t);
-        if fkey(x) >= lo {
-            let k = fkey(x + gumbel(k0, k1, i));
-            if k > bk {
-                bk = k;
-                bi = i;
+        var k = 0u;
+        if greedy {
+            k = fkey(penalized(row, i, rp));
+        } else {
+            let x = scaled(row, i, rp, t);
+            if fkey(x) >= lo {
+                k = fkey(x + gumbel(k0, k1, i));
             }
+        }
+        if k > bk {
+            bk = k;
+            bi = i;
         }
     }
     let id = reduce_argmax(lid, bk, bi);

@@ -307,14 +307,15 @@ impl AnySession {
 
     /// `run` for callers without an executor.
     pub fn run_blocking(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>> {
-        self.on_worker_thread(|| wait(self.run(inputs)))
+        self.blocking(|| wait(self.run(inputs)))
     }
 
-    /// Runs `work` on a thread of the CPU backend's thread pool when this is a CPU session
-    /// (natively), so that the run's many parallel ops start without waking a pool from
-    /// outside and putting the caller to sleep each time: at a decoder step of a few
-    /// milliseconds, those wake-ups cost a third of the time.
-    fn on_worker_thread<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+    /// Runs blocking `work` that runs this session (through [`wait`]) on a thread of the CPU
+    /// backend's thread pool when this is a CPU session (natively), so that the run's many
+    /// parallel ops start without waking a pool from outside and putting the caller to sleep
+    /// each time: at a decoder step of a few milliseconds, those wake-ups cost a third of the
+    /// time.
+    pub fn blocking<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
         #[cfg(not(target_arch = "wasm32"))]
         if let Sessions::Cpu(_) = self.session
             && rayon::current_thread_index().is_none()
@@ -376,7 +377,7 @@ impl AnySession {
         state: &mut AnyState,
         outputs: Outputs<'_>,
     ) -> Result<Vec<HostTensor>> {
-        self.on_worker_thread(|| wait(self.run_with(inputs, state, outputs)))
+        self.blocking(|| wait(self.run_with(inputs, state, outputs)))
     }
 }
 

@@ -585,13 +585,18 @@ fn sample_cases(rng: &mut StdRng, add: &mut impl FnMut(String, Op, Vec<HostTenso
 
 /// Runs a case on a backend (with its in-place operand as the state, when it has one).
 pub fn run_case<B: Backend>(backend: B, case: &Case) -> tandem_runtime::Result<Vec<HostTensor>> {
+    pollster::block_on(run_case_async(backend, case))
+}
+
+/// [`run_case`] for callers that await (the browser, whose WebGPU cannot be waited on).
+pub async fn run_case_async<B: Backend>(backend: B, case: &Case) -> tandem_runtime::Result<Vec<HostTensor>> {
     let session = Session::new(backend, case.graph(), &[])?;
-    let Some(i) = case.op.in_place_input() else { return session.run_blocking(&case.inputs) };
+    let Some(i) = case.op.in_place_input() else { return session.run(&case.inputs).await };
     let mut state = session.new_state(&[])?;
-    session.write_state_blocking(&mut state, &format!("in{i}"), &case.inputs[i])?;
+    session.write_state(&mut state, &format!("in{i}"), &case.inputs[i]).await?;
     let inputs: Vec<HostTensor> =
         case.inputs.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, t)| t.clone()).collect();
-    session.run_with_blocking(&inputs, Some(&mut state), Outputs::All)
+    session.run_with(&inputs, Some(&mut state), Outputs::All).await
 }
 
 /// The largest violation of a tolerance, as (index, got, want), or None when all fit.

@@ -2,11 +2,13 @@
 //!
 //! One `Tandem` opens one backend (WebGPU when the browser offers an adapter, else the CPU
 //! compiled to wasm with SIMD) and runs the text model (a sentence-transformers BERT such as
-//! all-MiniLM-L6-v2) and the image model (torchvision's MobileNetV2) on it. Everything that can
+//! all-MiniLM-L6-v2), the image model (torchvision's MobileNetV2) and a GGUF decoder
+//! (SmolLM2, Qwen2.5: [`generate`]) on it. Everything that can
 //! wait is a promise; every failure rejects with a `TandemError` (see [`error`] and the codes in
 //! [`code`]). Downloads are kept in Cache Storage ([`fetch`]).
 
 mod fetch;
+mod generate;
 mod relevance;
 mod types;
 
@@ -82,6 +84,8 @@ pub struct Tandem {
     pub(crate) image: RefCell<Option<Rc<ImageClassifier>>>,
     /// EBRM over the text model, once `loadRelevanceData` has run (see relevance.rs).
     pub(crate) relevance: RefCell<Option<Rc<relevance::Engine>>>,
+    /// The decoder `generate` runs, once `loadLanguageModel` has run (see generate.rs).
+    pub(crate) llm: RefCell<Option<Rc<tandem_models::llm::Llm>>>,
 }
 
 #[wasm_bindgen]
@@ -104,7 +108,13 @@ impl Tandem {
         };
         let device =
             Device::open(choice).await.map_err(|e| error(code::INTERNAL, format!("WebGPU is not available: {e:#}")))?;
-        Ok(Tandem { device, text: RefCell::new(None), image: RefCell::new(None), relevance: RefCell::new(None) })
+        Ok(Tandem {
+            device,
+            text: RefCell::new(None),
+            image: RefCell::new(None),
+            relevance: RefCell::new(None),
+            llm: RefCell::new(None),
+        })
     }
 
     /// "webgpu" or "cpu".

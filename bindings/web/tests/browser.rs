@@ -288,3 +288,150 @@ async fn relevance_runs_in_the_page_on_webgpu_like_on_the_cpu() {
         assert!((a - b).abs() < 1e-4, "webgpu {:?} vs cpu {:?}", answers[0], answers[1]);
     }
 }
+
+/// The tiny llama-architecture GGUF decoder of `tandem_models::testing` (f32 weights,
+/// byte-level vocabulary, a ChatML template), as file bytes.
+fn tiny_decoder() -> JsValue {
+    let (metadata, tensors) = tandem_models::testing::tiny_llama_gguf();
+    let file = tandem_runtime::weights::gguf::to_bytes(&metadata, &tensors, 32).unwrap();
+    object(&[("bytes", bytes(&file)), ("name", "tiny.gguf".into())])
+}
+
+/// `generate` with `options`, collecting what the callback streams.
+async fn generate(t: &Tandem, prompt: &str, options: JsValue) -> Result<(JsValue, String), JsValue> {
+    let pieces = std::rc::Rc::new(std::cell::RefCell::new(String::new()));
+    let sink = pieces.clone();
+    let callback = wasm_bindgen::closure::Closure::<dyn FnMut(String)>::new(move |piece: String| {
+        assert!(!piece.is_empty(), "the callback gets no empty pieces");
+        sink.borrow_mut().push_str(&piece);
+    });
+    let callback: JsValue = callback.into_js_value();
+    let result = t.generate(prompt.into(), Some(options.unchecked_into()), Some(callback.unchecked_into())).await?;
+    let streamed = pieces.borrow().clone();
+    Ok((result.into(), streamed))
+}
+
+fn ids_of(result: &JsValue) -> Vec<u32> {
+    Array::from(&get(result, &["ids"])).iter().map(|v| v.as_f64().unwrap() as u32).collect()
+}
+
+/// Greedy generation streams the same ids and text on WebGPU as on the CPU; the streamed
+/// pieces make up the result's text; a seed repeats its sample.
+#[wasm_bindgen_test]
+async fn a_decoder_generates_the_same_on_webgpu_and_cpu() {
+    let mut greedy = Vec::new();
+    for backend in ["webgpu", "cpu"] {
+        let t = tandem(backend).await;
+        t.load_language_model(tiny_decoder().unchecked_into()).await.unwrap();
+        let options = object(&[("raw", true.into()), ("maxTokens", 12.into())]);
+        let (result, streamed) = generate(&t, "red shoes", options).await.unwrap();
+        let ids = ids_of(&result);
+        assert!(!ids.is_empty() && ids.len() <= 12, "{backend}: {ids:?}");
+        assert_eq!(get(&result, &["promptTokens"]).as_f64(), Some(9.0), "{backend}: one token per byte");
+        let finish = get(&result, &["finish"]).as_string().unwrap();
+        assert_eq!(finish, if ids.len() < 12 { "eog" } else { "length" }, "{backend}: {ids:?}");
+        assert_eq!(get(&result, &["text"]).as_string().unwrap(), streamed, "{backend}: the streamed text");
+        greedy.push((ids, streamed));
+
+        // Through the chat template, sampled: the same seed gives the same text.
+        let sampled = || object(&[("maxTokens", 8.into()), ("temperature", 0.9.into()), ("seed", 7.into())]);
+        let (first, _) = generate(&t, "hi", sampled()).await.unwrap();
+        let (again, _) = generate(&t, "hi", sampled()).await.unwrap();
+        assert_eq!(ids_of(&first), ids_of(&again), "{backend}: seed 7 twice");
+        // "<|im_start|>system\nYou are tiny.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        assert_eq!(get(&first, &["promptTokens"]).as_f64(), Some(44.0), "{backend}: the chat template's prompt");
+    }
+    assert_eq!(greedy[0], greedy[1], "WebGPU then CPU");
+}
+
+/// An AbortSignal stops a generation at the next token; bad calls get typed errors.
+#[wasm_bindgen_test]
+async fn a_generation_stops_when_aborted_and_bad_calls_are_refused() {
+    let t = tandem("cpu").await;
+    let options = || object(&[("raw", true.into()), ("maxTokens", 4.into())]);
+    assert_eq!(code_of(generate(&t, "x", options()).await), "not_loaded");
+    let garbage = object(&[("bytes", bytes(b"GGUF but not really"))]);
+    assert_eq!(code_of(t.load_language_model(garbage.unchecked_into()).await), "bad_model");
+    let missing = object(&[("url", "/no/such/model.gguf".into())]);
+    assert_eq!(code_of(t.load_language_model(missing.unchecked_into()).await), "download_failed");
+    t.load_language_model(tiny_decoder().unchecked_into()).await.unwrap();
+
+    let controller = web_sys::AbortController::new().unwrap();
+    let signal: JsValue = controller.signal().into();
+    let stop = wasm_bindgen::closure::Closure::<dyn FnMut(String)>::new(move |_: String| controller.abort());
+    let options = object(&[("raw", true.into()), ("maxTokens", 40.into()), ("signal", signal)]);
+    let result: JsValue = t
+        .generate("red shoes".into(), Some(options.unchecked_into()), Some(stop.into_js_value().unchecked_into()))
+        .await
+        .unwrap()
+        .into();
+    assert_eq!(get(&result, &["finish"]).as_string().as_deref(), Some("aborted"));
+    // A piece needs at most 4 byte tokens; the abort takes effect before the next token.
+    assert!(ids_of(&result).len() <= 5, "stopped early: {:?}", ids_of(&result));
+    // Aborted before it starts: nothing runs.
+    let controller = web_sys::AbortController::new().unwrap();
+    controller.abort();
+    let options = object(&[("raw", true.into()), ("signal", controller.signal().into())]);
+    let (result, streamed) = generate(&t, "red shoes", options).await.unwrap();
+    assert_eq!(get(&result, &["finish"]).as_string().as_deref(), Some("aborted"));
+    assert!(ids_of(&result).is_empty() && streamed.is_empty());
+
+    for (bad, what) in [
+        (object(&[("maxTokens", 0.into())]), "maxTokens 0"),
+        (object(&[("maxTokens", 1.5.into())]), "maxTokens 1.5"),
+        (object(&[("maxTokens", 500.into())]), "maxTokens past the context of 128"),
+        (object(&[("temperature", (-1).into())]), "a negative temperature"),
+        (object(&[("topP", 0.into())]), "topP 0"),
+        (object(&[("seed", (-3).into())]), "a negative seed"),
+        (object(&[("raw", true.into()), ("system", "be brief".into())]), "raw with a system message"),
+        (object(&[("raw", "yes".into())]), "raw not a boolean"),
+        (object(&[("signal", 5.into())]), "a signal that is not an object"),
+        (JsValue::from(7), "options not an object"),
+    ] {
+        let result = t.generate("red shoes".into(), Some(bad.unchecked_into()), None).await;
+        assert_eq!(code_of(result), "bad_input", "{what}");
+    }
+    let long = "x".repeat(120);
+    let options = object(&[("raw", true.into()), ("maxTokens", 20.into())]);
+    assert_eq!(code_of(generate(&t, &long, options).await), "bad_input", "prompt + maxTokens past the context");
+    assert_eq!(code_of(t.generate(JsValue::from(3), None, None).await), "bad_input", "a prompt that is not a string");
+    let not_a_function = JsValue::from_str("print");
+    let result = t.generate("red shoes".into(), None, Some(not_a_function.unchecked_into())).await;
+    assert_eq!(code_of(result), "bad_input", "onText not a function");
+}
+
+/// Every conformance case of the op table (tandem-tests) on the browser's WebGPU against the
+/// CPU reference: Chromium compiles WGSL with Tint, whose uniformity and constant rules are
+/// stricter than naga's (the native wgpu tests), and a kernel it refuses or that hangs under
+/// it fails here first.
+#[wasm_bindgen_test]
+async fn every_op_conformance_case_agrees_on_webgpu_with_the_cpu() {
+    use tandem_runtime::backend::Backend;
+    use tandem_runtime::backend::cpu::CpuBackend;
+    // One device for every case, so that each kernel compiles once.
+    let wgpu = tandem_runtime::backend::wgpu::WgpuBackend::new().await.unwrap();
+    let (mut failures, mut ran, mut skipped) = (Vec::new(), 0, 0);
+    for case in tandem_tests::cases(20_261_203) {
+        let dtypes: Vec<DType> = case.inputs.iter().map(|t| t.dtype()).collect();
+        if !wgpu.supports_dtypes(&case.op, &dtypes) {
+            skipped += 1;
+            continue;
+        }
+        // Named before it runs: a kernel that hangs loses the device, and the log says which.
+        web_sys::console::log_1(&format!("case {}", case.name).into());
+        let want = tandem_tests::run_case_async(CpuBackend::exact(), &case).await.unwrap();
+        match tandem_tests::run_case_async(wgpu.clone(), &case).await {
+            Err(e) => failures.push(format!("{}: {e}", case.name)),
+            Ok(got) => {
+                for (g, w) in got.iter().zip(&want) {
+                    if let Err(e) = tandem_tests::compare(g, w, tandem_tests::tolerance(case.op.kind())) {
+                        failures.push(format!("{}: {e}", case.name));
+                    }
+                }
+            }
+        }
+        ran += 1;
+    }
+    assert!(ran > 100, "{ran} cases ran, {skipped} skipped");
+    assert!(failures.is_empty(), "{} of {ran} cases failed:\n{}", failures.len(), failures.join("\n"));
+}

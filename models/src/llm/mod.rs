@@ -9,15 +9,17 @@ pub mod template;
 pub mod tokenizer;
 
 use crate::decoder::{DecoderBatch, DecoderConfig, SampleRow, decoder_graph};
-use crate::session::{AnySession, AnyState, Device};
+use crate::session::{AnySession, AnyState, Device, wait};
 use anyhow::{Result, bail};
 use sampling::{Sampler, SamplingParams, top_logits};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// std's Instant panics in the browser; this one reads `performance.now()` there.
 use tandem_runtime::Outputs;
 use tandem_runtime::weights::Gguf;
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::LlmTokenizer;
+use web_time::Instant;
 
 /// Longest prompt piece run at once: a long prompt is prefilled in chunks of this many
 /// tokens, so the activations of one run stay bounded whatever the prompt's length.
@@ -163,8 +165,18 @@ impl Llm {
 
     /// Loads a GGUF decoder onto `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let file = Gguf::open(path)?;
-        let tokenizer = LlmTokenizer::from_gguf(&file)?;
+        Self::from_gguf(&Gguf::open(path)?, path, device)
+    }
+
+    /// Loads a GGUF decoder from its bytes (the browser, which has no files); `name` names
+    /// it in errors.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>, device: &Device) -> Result<Self> {
+        let name = Path::new(name);
+        Self::from_gguf(&Gguf::from_bytes(name, bytes)?, name, device)
+    }
+
+    fn from_gguf(file: &Gguf, path: &Path, device: &Device) -> Result<Self> {
+        let tokenizer = LlmTokenizer::from_gguf(file)?;
         let template = match file.get("tokenizer.chat_template") {
             None => None,
             Some(_) => {
@@ -172,7 +184,7 @@ impl Llm {
                 Some(ChatTemplate::new(source, tokenizer.bos_text(), tokenizer.eos_text())?)
             }
         };
-        let (config, graph, weights) = decoder_graph(&file)?;
+        let (config, graph, weights) = decoder_graph(file)?;
         if tokenizer.vocab_size() != config.vocab {
             bail!(
                 "{}: the tokenizer has {} tokens but the embedding has {} rows",
@@ -276,6 +288,17 @@ impl Llm {
         rows: &[SampleRow],
         reads: Reads,
     ) -> Result<StepOutput> {
+        self.session.blocking(|| wait(self.step_batch_reading_async(cache, feeds, rows, reads)))
+    }
+
+    /// [`Llm::step_batch_reading`] for callers that await (the browser).
+    pub async fn step_batch_reading_async(
+        &self,
+        cache: &mut KvCache,
+        feeds: &[Vec<u32>],
+        rows: &[SampleRow],
+        reads: Reads,
+    ) -> Result<StepOutput> {
         if feeds.len() != cache.slots() || rows.len() != cache.slots() {
             bail!("{} feeds and {} sampling rows for a cache of {} slots", feeds.len(), rows.len(), cache.slots());
         }
@@ -324,10 +347,8 @@ impl Llm {
             if in_batch.is_empty() {
                 return Ok(output);
             }
-            let mut out = self
-                .session
-                .run_with_blocking(&batch.tensors()?, &mut cache.state, Outputs::Named(&outputs))?
-                .into_iter();
+            let mut out =
+                self.session.run_with(&batch.tensors()?, &mut cache.state, Outputs::Named(&outputs)).await?.into_iter();
             let next = out.next().expect("next was asked for");
             let next = next.as_u32().ok_or_else(|| anyhow::anyhow!("the sampler's output is not u32"))?;
             for (&id, &slot) in next.iter().zip(&in_batch) {
@@ -357,6 +378,44 @@ impl Llm {
         request: &GenerateRequest,
         on_text: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<Generation> {
+        let mut decoding = Decoding::start(self, seq, request)?;
+        while !decoding.is_finished() {
+            let piece = decoding.step(seq)?;
+            if !piece.is_empty() {
+                on_text(&piece)?;
+            }
+        }
+        Ok(decoding.into_generation())
+    }
+}
+
+/// A generation in progress, one model run per [`Decoding::step`]: the caller owns the loop,
+/// so that it can stream each piece as it likes, stop early, or await between steps (a
+/// browser page must, to stay responsive). [`Llm::generate`] is the plain loop.
+pub struct Decoding<'a> {
+    llm: &'a Llm,
+    sampler: Sampler,
+    max_tokens: usize,
+    ignore_eos: bool,
+    top_logits: usize,
+    /// What the next run feeds each slot (only slot 0 is used) and how it samples.
+    feeds: Vec<Vec<u32>>,
+    rows: Vec<SampleRow>,
+    text_stream: tokenizer::TextStream<'a>,
+    ids: Vec<u32>,
+    text: String,
+    finish: Option<Finish>,
+    first_top: Vec<(u32, f32)>,
+    started: Instant,
+    prefill: Duration,
+    decode_started: Option<Instant>,
+    decode_steps: usize,
+}
+
+impl<'a> Decoding<'a> {
+    /// Checks the request against `seq`'s room and prepares the prompt's run (reusing the
+    /// prefix `seq` already holds, but always running at least the prompt's last token).
+    pub fn start(llm: &'a Llm, seq: &mut KvCache, request: &GenerateRequest) -> Result<Self> {
         let prompt = &request.prompt_ids;
         if prompt.is_empty() {
             bail!("the prompt is empty");
@@ -374,50 +433,113 @@ impl Llm {
                 request.max_tokens,
                 needed + 1,
                 seq.capacity,
-                self.config.context
+                llm.config.context
             );
         }
         let mut sampler = Sampler::new(request.sampling)?;
         sampler.observe(prompt);
-        // Reuse the cached prefix the prompt shares, but always run at least its last token.
         let shared = seq.cached[0].iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
         seq.truncate(0, shared);
         let mut feeds = vec![Vec::new(); seq.slots()];
         let mut rows = vec![SampleRow::greedy(); seq.slots()];
-
-        let started = Instant::now();
         feeds[0] = prompt[shared..].to_vec();
         rows[0] = sampler.next_row();
-        let first = self.step_batch(seq, &feeds, &rows, request.top_logits > 0)?;
-        let prefill = started.elapsed();
-        let first_top = top_logits(&first.logits[0], request.top_logits);
-        let mut next = first.next[0].expect("slot 0 ran");
-        let mut text_stream = self.tokenizer.stream();
-        let (mut ids, mut text) = (Vec::new(), String::new());
-        let mut finish = Finish::Length;
-        let decode_started = Instant::now();
-        let mut decode_steps = 0;
-        loop {
-            let id = next;
-            ids.push(id);
-            sampler.observe(&[id]);
-            if !request.ignore_eos && self.tokenizer.is_end_of_generation(id) {
-                finish = Finish::EndOfGeneration;
-                break;
-            }
-            let piece = text_stream.push(id)?;
-            if !piece.is_empty() {
-                on_text(&piece)?;
-                text.push_str(&piece);
-            }
-            if ids.len() == request.max_tokens {
-                break;
-            }
-            feeds[0] = vec![id];
-            rows[0] = sampler.next_row();
-            next = self.step_batch(seq, &feeds, &rows, false)?.next[0].expect("slot 0 ran");
-            decode_steps += 1;
+        Ok(Decoding {
+            llm,
+            sampler,
+            max_tokens: request.max_tokens,
+            ignore_eos: request.ignore_eos,
+            top_logits: request.top_logits,
+            feeds,
+            rows,
+            text_stream: llm.tokenizer.stream(),
+            ids: Vec::new(),
+            text: String::new(),
+            finish: None,
+            first_top: Vec::new(),
+            started: Instant::now(),
+            prefill: Duration::ZERO,
+            decode_started: None,
+            decode_steps: 0,
+        })
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Ids generated so far (with the end-of-generation token once it came).
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Runs the model once and returns the text the new token completes (often empty inside
+    /// a multi-byte character, and empty for the end-of-generation token).
+    pub fn step(&mut self, seq: &mut KvCache) -> Result<String> {
+        self.check_running()?;
+        let out = self.llm.step_batch(seq, &self.feeds, &self.rows, self.wants_logits())?;
+        self.take(out)
+    }
+
+    /// [`Decoding::step`] for callers that await (the browser).
+    pub async fn step_async(&mut self, seq: &mut KvCache) -> Result<String> {
+        self.check_running()?;
+        let reads = Reads { logits: self.wants_logits(), hidden: false };
+        let out = self.llm.step_batch_reading_async(seq, &self.feeds, &self.rows, reads).await?;
+        self.take(out)
+    }
+
+    /// The finished generation (or what there is of it, when the caller stopped early: its
+    /// finish is then `Length`).
+    pub fn into_generation(self) -> Generation {
+        let decode = self.decode_started.map_or(Duration::ZERO, |t| t.elapsed());
+        Generation {
+            ids: self.ids,
+            text: self.text,
+            finish: self.finish.unwrap_or(Finish::Length),
+            first_top: self.first_top,
+            prefill: self.prefill,
+            decode,
+            decode_steps: self.decode_steps,
         }
-        Ok(Generation { ids, text, finish, first_top, prefill, decode: decode_started.elapsed(), decode_steps })
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.finish.is_some() {
+            bail!("the generation has finished");
+        }
+        Ok(())
+    }
+
+    /// Only the prompt's run reads logits, and only when the top ones are asked for.
+    fn wants_logits(&self) -> bool {
+        self.ids.is_empty() && self.top_logits > 0
+    }
+
+    /// Takes the run's token: records it, decides whether to stop, prepares the next run.
+    fn take(&mut self, out: StepOutput) -> Result<String> {
+        if self.ids.is_empty() {
+            self.prefill = self.started.elapsed();
+            self.first_top = top_logits(&out.logits[0], self.top_logits);
+            self.decode_started = Some(Instant::now());
+        } else {
+            self.decode_steps += 1;
+        }
+        let id = out.next[0].expect("slot 0 ran");
+        self.ids.push(id);
+        self.sampler.observe(&[id]);
+        if !self.ignore_eos && self.llm.tokenizer.is_end_of_generation(id) {
+            self.finish = Some(Finish::EndOfGeneration);
+            return Ok(String::new());
+        }
+        let piece = self.text_stream.push(id)?;
+        self.text.push_str(&piece);
+        if self.ids.len() == self.max_tokens {
+            self.finish = Some(Finish::Length);
+        } else {
+            self.feeds[0] = vec![id];
+            self.rows[0] = self.sampler.next_row();
+        }
+        Ok(piece)
     }
 }
