@@ -2,7 +2,7 @@
 
 use crate::bert::{self, META_MAX_SEQ_LENGTH, SentenceHead};
 use crate::export::{META_TOKENIZER_FILE, META_WEIGHTS_FILE, sibling_file};
-use crate::lora::{LoraAdapter, LoraMode};
+use crate::lora::{AdapterSpec, LoraAdapter, LoraMode};
 use crate::session::{AnySession, BackendChoice, Device, wait};
 use crate::tokenizer::{PACKED_INPUT_NAMES, PackedBatch, TextTokenizer, TokenizedText};
 use anyhow::{Context, Result, anyhow, bail};
@@ -44,8 +44,31 @@ impl Embedder {
         mode: LoraMode,
         backend: BackendChoice,
     ) -> Result<Embedder> {
-        let adapter = LoraAdapter::load(adapter_dir)?;
-        let model = bert::load_dir_with_adapter(model_dir, Some((&adapter, mode)))?;
+        Self::load_with_loaded_adapter(model_dir, &LoraAdapter::load(adapter_dir)?, mode, backend)
+    }
+
+    /// The model in `model_dir`, with `adapter` applied when there is one; and the suffix that
+    /// names the adapter in the model's id (`+lora-<fingerprint>`, empty without one). An
+    /// adapted model is another model: what is keyed by the model's id (the QE cache, the
+    /// taxonomy embeddings) must tell them apart.
+    pub fn load_adapted(
+        model_dir: &Path,
+        adapter: Option<&AdapterSpec>,
+        backend: BackendChoice,
+    ) -> Result<(Embedder, String)> {
+        let Some(spec) = adapter else { return Ok((Self::load(model_dir, backend)?, String::new())) };
+        let adapter = LoraAdapter::load(&spec.dir)?;
+        let embedder = Self::load_with_loaded_adapter(model_dir, &adapter, spec.mode, backend)?;
+        Ok((embedder, format!("+lora-{}", adapter.fingerprint)))
+    }
+
+    fn load_with_loaded_adapter(
+        model_dir: &Path,
+        adapter: &LoraAdapter,
+        mode: LoraMode,
+        backend: BackendChoice,
+    ) -> Result<Embedder> {
+        let model = bert::load_dir_with_adapter(model_dir, Some((adapter, mode)))?;
         let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.head.max_seq_length)?;
         Self::from_parts(model.graph, &model.weights, tokenizer, backend)
     }

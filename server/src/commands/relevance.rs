@@ -10,7 +10,7 @@ use tandem_ebrm::Logic;
 use tandem_ebrm::PairScorer;
 use tandem_ebrm::cli::{RelevanceArgs, rank_cli_with, ranking_lines};
 use tandem_ebrm::encoder::{CrossEncoder, ModelEncoder};
-use tandem_models::BackendChoice;
+use tandem_models::{BackendChoice, Embedder};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,7 +46,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let logic = Logic::from_name(&args.logic)
         .ok_or_else(|| anyhow!("unknown logic '{}' (valid: product, goedel, lukasiewicz)", args.logic))?;
-    let (embedder, adapter_id) = args.adapter.load(&model_dir_or_default(args.model.as_deref())?, args.backend)?;
+    let (embedder, adapter_id) = Embedder::load_adapted(
+        &model_dir_or_default(args.model.as_deref())?,
+        args.adapter.spec().as_ref(),
+        args.backend,
+    )?;
     // The id keys the QE cache and the taxonomy embeddings: an adapter makes another model.
     let encoder = ModelEncoder::new(embedder, format!("minilm{adapter_id}"));
     let cli_args = RelevanceArgs {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tandem_models::bert::{META_MODEL, META_NORMALIZE, META_POOLING};
+use tandem_models::lora::AdapterSpec;
 use tandem_models::registry::known_model;
 use tandem_models::{BackendChoice, Embedder, fetch};
 use tokio::sync::{Semaphore, watch};
@@ -190,9 +191,9 @@ pub fn run(args: Args) -> Result<()> {
         None => fetch::ensure(known_model(&config.models.embed.name)?)?,
     };
     let m = &config.models.embed;
-    let adapter = crate::commands::AdapterArgs { adapter: m.adapter.clone(), merge_adapter: m.merge_adapter };
-    let (embedder, adapter_id) =
-        adapter.load(&dir, backend).with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let adapter = m.adapter.clone().map(|adapter_dir| AdapterSpec::new(adapter_dir, m.merge_adapter));
+    let (embedder, adapter_id) = Embedder::load_adapted(&dir, adapter.as_ref(), backend)
+        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
     let embedder = Arc::new(embedder);
     // The model id keys the QE cache and the taxonomy embeddings: an adapter makes another model.
     let model_id = format!("{}{adapter_id}", m.name);
