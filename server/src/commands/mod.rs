@@ -9,7 +9,6 @@ pub mod grade;
 pub mod inspect;
 pub mod relevance;
 pub mod rules;
-pub mod rules_apply;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};

@@ -16,7 +16,6 @@ use super::config::RelevanceConfig;
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::qe_cache::{RedisStats, SharedQeCache};
-use crate::commands::rules_apply::{candidates, plugin_query, rules_json};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tandem_ebrm::cli::{load_extractor, ranking_lines};
+use tandem_ebrm::rules::{annotate, candidates, plugin_query};
 use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, QeCache, Ranking, TextEncoder};
 use tandem_models::Embedder;
 use tandem_plugins::{Host, RuleSet, Watcher};
@@ -297,26 +297,28 @@ impl Relevance {
         }
         let ranking = if job.interventions.is_empty() { ranking } else { ranking.intervene(&job.interventions) };
         let mut lines = ranking_lines(&ranking, job.all_entities)?;
-        let rules = self.rules.as_ref().filter(|_| job.rules);
-        // Every plugin sees all items of the request in one batch.
-        let reports = rules.map(|r| r.check_many(&plugin_query(&ranking), &candidates(&ranking, &job.items)));
-        for (i, (scored, line)) in ranking.items.iter().zip(lines.iter_mut()).enumerate() {
+        match self.rules.as_ref().filter(|_| job.rules) {
+            // Every plugin sees all items of the request in one batch.
+            Some(rules) => {
+                let reports = rules.check_many(&plugin_query(&ranking), &candidates(&ranking, &job.items));
+                for report in reports.iter().flatten() {
+                    metrics.observe_rule(&report.plugin, report.error.as_ref().map(|e| e.kind.as_str()));
+                }
+                annotate(&ranking, &reports, &mut lines);
+            }
+            None => {
+                for (scored, line) in ranking.items.iter().zip(lines.iter_mut()) {
+                    line["final_score"] = json!(scored.score);
+                }
+            }
+        }
+        for line in &mut lines {
             let obj = line.as_object_mut().expect("ranking lines are objects");
             obj.remove("logic");
             if !job.explain {
                 obj.remove("explanation");
                 obj.remove("deciding");
             }
-            let mut factor = 1.0;
-            if let Some(reports) = &reports {
-                let reports = &reports[i];
-                for r in reports {
-                    metrics.observe_rule(&r.plugin, r.error.as_ref().map(|e| e.kind.as_str()));
-                }
-                factor = tandem_plugins::combine(reports).factor;
-                obj.insert("rules".into(), rules_json(reports));
-            }
-            obj.insert("final_score".into(), json!(scored.score * factor));
         }
         order_by_final_score(&mut lines);
         Ok(json!({
