@@ -235,8 +235,9 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
         max_queue_tokens: b.max_queue_tokens,
     };
     let model = embedder.clone();
+    // Token ids in: the routes tokenized each text once, to check its length.
     let (batcher, model_thread) =
-        batcher::Batcher::start(policy, metrics.clone(), Box::new(move |texts: &[&str]| model.embed(texts)))?;
+        batcher::Batcher::start(policy, metrics.clone(), Box::new(move |texts: &[&_]| model.embed_tokenized(texts)))?;
     let model = model_info(&embedder, &dir);
     let web = config.web.enabled.then(|| {
         let web_dir = config.web.dir.clone().unwrap_or_else(|| PathBuf::from(web::DEFAULT_DIR));

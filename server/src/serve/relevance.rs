@@ -1,7 +1,7 @@
 //! `POST /relevance`: entity-based relevance (EBRM) of items to a query, then the rule
 //! plugins, with explanations.
 //!
-//! The EBRM engine encodes through the same [`Batcher`] as `/embed`, so its QE misses share
+//! The EBRM engine encodes through the same [`EmbedBatcher`] as `/embed`, so its QE misses share
 //! forward passes with embedding requests and obey the same queue bounds. The engine is
 //! synchronous, so a request runs on the blocking pool and waits there for its vectors; all
 //! the rest (entity extraction, cache lookups, aggregation, rules) is CPU work that belongs
@@ -11,7 +11,7 @@
 //! ...}], "logic", "explain", "rules", "all_entities", "interventions"}`. Response: the query
 //! as understood (its entities), and one result per item, best final score first.
 
-use super::batcher::{Batcher, Refused};
+use super::batcher::{EmbedBatcher, Refused};
 use super::config::RelevanceConfig;
 use super::errors::ApiError;
 use super::metrics::Metrics;
@@ -96,8 +96,8 @@ thread_local! {
 /// the vectors come back. Call only from a blocking-pool thread (or any thread outside the
 /// tokio workers): it blocks.
 pub struct BatchedEncoder {
-    batcher: Batcher,
-    /// For token counts; forward passes run on the batcher's thread.
+    batcher: EmbedBatcher,
+    /// For tokenizing; forward passes run on the batcher's thread.
     embedder: Arc<Embedder>,
     runtime: tokio::runtime::Handle,
     id: String,
@@ -106,7 +106,7 @@ pub struct BatchedEncoder {
 
 impl BatchedEncoder {
     pub fn new(
-        batcher: Batcher,
+        batcher: EmbedBatcher,
         embedder: Arc<Embedder>,
         runtime: tokio::runtime::Handle,
         id: String,
@@ -122,23 +122,23 @@ impl TextEncoder for BatchedEncoder {
     }
 
     /// Entity texts and titles are truncated to the model's limit silently: EBRM scores what
-    /// fits, as the CLI does. Large calls (the taxonomy at start-up) go as several jobs of at
-    /// most `max_batch_tokens`, all queued before the first is awaited.
+    /// fits, as the CLI does. Each text is tokenized once, here; the batcher gets its ids.
+    /// Large calls (the taxonomy at start-up) go as several jobs of at most
+    /// `max_batch_tokens`, all queued before the first is awaited.
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let max_tokens = self.embedder.max_tokens();
         let mut jobs = Vec::new();
         let (mut chunk, mut chunk_tokens) = (Vec::new(), 0);
         for text in texts {
-            let tokens = self.embedder.count_tokens(text).min(max_tokens);
-            if !chunk.is_empty() && chunk_tokens + tokens > self.max_batch_tokens {
-                jobs.push((std::mem::take(&mut chunk), chunk_tokens));
+            let tokens = self.embedder.tokenize_counted(text)?.tokens;
+            if !chunk.is_empty() && chunk_tokens + tokens.len() > self.max_batch_tokens {
+                jobs.push(std::mem::take(&mut chunk));
                 chunk_tokens = 0;
             }
-            chunk.push(text.to_string());
-            chunk_tokens += tokens;
+            chunk_tokens += tokens.len();
+            chunk.push(tokens);
         }
         if !chunk.is_empty() {
-            jobs.push((chunk, chunk_tokens));
+            jobs.push(chunk);
         }
         let cancel = CURRENT.with(|c| c.borrow().clone());
         if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
@@ -146,7 +146,7 @@ impl TextEncoder for BatchedEncoder {
         }
         let receivers = jobs
             .into_iter()
-            .map(|(texts, tokens)| self.batcher.submit(texts, tokens).map_err(EncodeRefused))
+            .map(|job| self.batcher.submit(job).map_err(EncodeRefused))
             .collect::<Result<Vec<_>, _>>()?;
         let mut vectors = Vec::with_capacity(texts.len());
         for rx in receivers {
