@@ -3,8 +3,9 @@
 //!
 //! Generic over the work item and the forward pass, one implementation for every encoder
 //! route: `/embed`, `/v1/embeddings`, `/rerank` and `/relevance`'s QE misses all queue
-//! token ids (tokenized once, in the route) on the same `Batcher<TokenizedText, Vec<f32>>`,
-//! so they share forward passes and queue bounds. An item's cost in the budgets is its
+//! token ids on the same [`EmbedBatcher`], so they share forward passes and queue bounds.
+//! Each text is tokenized once before it queues (by the route, or by `/relevance`'s
+//! encoder); the forward pass takes ids, so it cannot tokenize again. An item's cost in the budgets is its
 //! [`BatchItem::tokens`].
 //!
 //! The model runs on one dedicated thread, never on a tokio worker. Handlers push a `Job`
