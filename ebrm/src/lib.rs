@@ -15,6 +15,8 @@
 //! - [`pipeline`]: the engine, rankings, grades, explanations and interventions.
 //! - [`eval`]: the generated ESCI-labelled set and its metrics.
 //! - [`cli`]: `tandem relevance`.
+//! - `rules` (feature `rules`): business-rule plugins applied to a ranking, for the CLI and the
+//!   server alike.
 
 pub mod cache;
 pub mod calibrate;
@@ -25,6 +27,8 @@ pub mod entities;
 pub mod eval;
 pub mod logic;
 pub mod pipeline;
+#[cfg(feature = "rules")]
+pub mod rules;
 pub mod text;
 pub mod vocab;
 

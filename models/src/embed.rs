@@ -2,10 +2,11 @@
 
 use crate::bert::{self, META_MAX_SEQ_LENGTH, SentenceHead};
 use crate::export::{META_TOKENIZER_FILE, META_WEIGHTS_FILE, sibling_file};
-use crate::lora::{LoraAdapter, LoraMode};
+use crate::lora::{AdapterSpec, LoraAdapter, LoraMode};
 use crate::session::{AnySession, BackendChoice, Device, wait};
-use crate::tokenizer::{PACKED_INPUT_NAMES, PackedBatch, TextTokenizer, TokenizedText};
+use crate::tokenizer::{CountedText, PACKED_INPUT_NAMES, PackedBatch, TextTokenizer, TokenizedText};
 use anyhow::{Context, Result, anyhow, bail};
+use std::borrow::Borrow;
 use std::path::Path;
 use tandem_runtime::graph::{Weights, read_graph_file};
 use tandem_runtime::{Dim, Graph};
@@ -44,8 +45,31 @@ impl Embedder {
         mode: LoraMode,
         backend: BackendChoice,
     ) -> Result<Embedder> {
-        let adapter = LoraAdapter::load(adapter_dir)?;
-        let model = bert::load_dir_with_adapter(model_dir, Some((&adapter, mode)))?;
+        Self::load_with_loaded_adapter(model_dir, &LoraAdapter::load(adapter_dir)?, mode, backend)
+    }
+
+    /// The model in `model_dir`, with `adapter` applied when there is one; and the suffix that
+    /// names the adapter in the model's id (`+lora-<fingerprint>`, empty without one). An
+    /// adapted model is another model: what is keyed by the model's id (the QE cache, the
+    /// taxonomy embeddings) must tell them apart.
+    pub fn load_adapted(
+        model_dir: &Path,
+        adapter: Option<&AdapterSpec>,
+        backend: BackendChoice,
+    ) -> Result<(Embedder, String)> {
+        let Some(spec) = adapter else { return Ok((Self::load(model_dir, backend)?, String::new())) };
+        let adapter = LoraAdapter::load(&spec.dir)?;
+        let embedder = Self::load_with_loaded_adapter(model_dir, &adapter, spec.mode, backend)?;
+        Ok((embedder, format!("+lora-{}", adapter.fingerprint)))
+    }
+
+    fn load_with_loaded_adapter(
+        model_dir: &Path,
+        adapter: &LoraAdapter,
+        mode: LoraMode,
+        backend: BackendChoice,
+    ) -> Result<Embedder> {
+        let model = bert::load_dir_with_adapter(model_dir, Some((adapter, mode)))?;
         let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.head.max_seq_length)?;
         Self::from_parts(model.graph, &model.weights, tokenizer, backend)
     }
@@ -156,10 +180,26 @@ impl Embedder {
     /// [`Embedder::embed_with_counts`], awaiting the device instead of blocking.
     pub async fn embed_with_counts_async(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
         let tokenized = self.tokenizer.tokenize(texts)?;
+        let vectors = self.embed_tokenized_async(&tokenized.iter().collect::<Vec<_>>()).await?;
+        Ok(tokenized.iter().zip(vectors).map(|(t, vector)| Embedding { vector, tokens: t.len() }).collect())
+    }
+
+    /// Tokenizes `text` once for [`Embedder::embed_tokenized`], truncated at the model's limit,
+    /// with the tokens it had before truncation: for callers that check that limit first
+    /// (the server answers 413 or truncates), so that no text is tokenized twice.
+    pub fn tokenize_counted(&self, text: &str) -> Result<CountedText> {
+        self.tokenizer.tokenize_counted(text)
+    }
+
+    /// One vector per text already tokenized (see [`Embedder::tokenize_counted`]), in order.
+    pub fn embed_tokenized(&self, texts: &[&TokenizedText]) -> Result<Vec<Vec<f32>>> {
+        wait(self.embed_tokenized_async(texts))
+    }
+
+    async fn embed_tokenized_async(&self, texts: &[&TokenizedText]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
-        for run in split_runs(&tokenized, MAX_TOKENS_PER_RUN) {
-            let vectors = self.run(&PackedBatch::pack(run)).await?;
-            out.extend(run.iter().zip(vectors).map(|(t, vector)| Embedding { vector, tokens: t.len() }));
+        for run in split_runs(texts, MAX_TOKENS_PER_RUN) {
+            out.extend(self.run(&PackedBatch::pack(run.iter().copied())).await?);
         }
         Ok(out)
     }
@@ -185,10 +225,9 @@ impl Embedder {
         Ok(values.chunks_exact(self.dim.max(1)).map(<[f32]>::to_vec).collect())
     }
 
-    /// Tokens `text` has before truncation, special tokens included (0 if the tokenizer
-    /// cannot encode it, which `embed` then reports as an error).
-    pub fn count_tokens(&self, text: &str) -> usize {
-        self.tokenizer.count_tokens(text).unwrap_or(0)
+    /// Texts this model's tokenizer has read (see [`TextTokenizer::texts_tokenized`]).
+    pub fn texts_tokenized(&self) -> u64 {
+        self.tokenizer.texts_tokenized()
     }
 
     /// Most tokens of one text; longer texts are truncated to this.
@@ -261,10 +300,11 @@ fn check_embedding_graph(graph: &Graph) -> Result<usize> {
 
 /// Splits texts into consecutive runs of at most `max_tokens` tokens (a longer text gets a
 /// run of its own).
-fn split_runs(texts: &[TokenizedText], max_tokens: usize) -> Vec<&[TokenizedText]> {
+fn split_runs<T: Borrow<TokenizedText>>(texts: &[T], max_tokens: usize) -> Vec<&[T]> {
     let mut runs = Vec::new();
     let (mut start, mut tokens) = (0, 0);
     for (i, text) in texts.iter().enumerate() {
+        let text = text.borrow();
         if i > start && tokens + text.len() > max_tokens {
             runs.push(&texts[start..i]);
             (start, tokens) = (i, 0);
@@ -320,7 +360,7 @@ mod tests {
         let lens: Vec<Vec<usize>> =
             split_runs(&texts, 8).iter().map(|r| r.iter().map(TokenizedText::len).collect()).collect();
         assert_eq!(lens, vec![vec![3, 4], vec![2], vec![9], vec![1, 1]]);
-        assert!(split_runs(&[], 8).is_empty());
+        assert!(split_runs::<TokenizedText>(&[], 8).is_empty());
     }
 
     #[test]

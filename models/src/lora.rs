@@ -34,6 +34,21 @@ pub enum LoraMode {
     Merged,
 }
 
+/// An adapter to load a model with: its PEFT folder and how it runs. What the CLI's
+/// `--adapter DIR [--merge-adapter]` and the server's `models.embed.adapter` both say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterSpec {
+    pub dir: PathBuf,
+    pub mode: LoraMode,
+}
+
+impl AdapterSpec {
+    /// `merge`: fold the adapter into the weights at load rather than run the fused op.
+    pub fn new(dir: PathBuf, merge: bool) -> AdapterSpec {
+        AdapterSpec { dir, mode: if merge { LoraMode::Merged } else { LoraMode::Unmerged } }
+    }
+}
+
 /// The subset of PEFT's `LoraConfig` that decides the arithmetic.
 #[derive(Debug, Deserialize)]
 struct AdapterConfig {

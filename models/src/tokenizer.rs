@@ -10,9 +10,10 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tandem_runtime::HostTensor;
 use tokenizers::utils::truncation::{TruncationDirection, TruncationParams, TruncationStrategy};
-use tokenizers::{PostProcessor, Tokenizer};
+use tokenizers::{Encoding, PostProcessor, Tokenizer};
 
 /// tokenizer.json files are a few MB at most (large vocabularies included).
 const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
@@ -31,6 +32,15 @@ impl TokenizedText {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+}
+
+/// A text tokenized once for a caller that checks a limit before embedding: its ids,
+/// truncated at the model's limit, and how many tokens it had before truncation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountedText {
+    pub tokens: TokenizedText,
+    /// Tokens before truncation, special tokens included.
+    pub untruncated: usize,
 }
 
 /// N texts packed back to back with no padding, the way the runtime takes them.
@@ -88,9 +98,15 @@ pub const PACKED_INPUT_NAMES: &[&str] = &["input_ids", "token_type_ids", "positi
 /// A model's tokenizer set up for embedding: truncating at `max_tokens`, never padding.
 pub struct TextTokenizer {
     truncating: Tokenizer,
-    /// The same tokenizer without truncation, to count what a text would need.
+    /// The same tokenizer without truncation: splits a text once, before truncation, so its
+    /// full length is known (see `tokenize_counted`).
     counting: Tokenizer,
     max_tokens: usize,
+    /// Special tokens the post-processor adds to one text ([CLS] and [SEP] for BERT).
+    special_tokens: usize,
+    /// Texts tokenized so far, pairs counting once: what shows (in tests and the server's
+    /// metrics) that a caller tokenizes each text once.
+    texts_tokenized: AtomicU64,
 }
 
 impl TextTokenizer {
@@ -107,9 +123,9 @@ impl TextTokenizer {
         let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
         // The special tokens the post-processor adds count against the limit; the library
         // subtracts them without checking, so check first.
-        let added = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
-        if max_tokens <= added {
-            bail!("a limit of {max_tokens} tokens leaves no room beside the {added} special tokens");
+        let special_tokens = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if max_tokens <= special_tokens {
+            bail!("a limit of {max_tokens} tokens leaves no room beside the {special_tokens} special tokens");
         }
         tokenizer.with_padding(None);
         let mut counting = tokenizer.clone();
@@ -122,7 +138,13 @@ impl TextTokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| anyhow!("{e}"))?;
-        Ok(TextTokenizer { truncating: tokenizer, counting, max_tokens })
+        Ok(TextTokenizer {
+            truncating: tokenizer,
+            counting,
+            max_tokens,
+            special_tokens,
+            texts_tokenized: AtomicU64::new(0),
+        })
     }
 
     /// Most tokens of one text (special tokens included); longer texts are truncated.
@@ -130,31 +152,42 @@ impl TextTokenizer {
         self.max_tokens
     }
 
-    /// Tokens `text` has before truncation, special tokens included.
-    pub fn count_tokens(&self, text: &str) -> Result<usize> {
-        let encoding = self.counting.encode_fast(text, true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
-        Ok(encoding.len())
+    /// Tokenizes `text` once, truncated as [`TextTokenizer::tokenize`] does, and says how many
+    /// tokens it had before truncation. The text is split into tokens once, without special
+    /// tokens or truncation; truncation and the special tokens are then the tokenizer's own
+    /// post-processing, the steps `tokenize` runs after the same split.
+    pub fn tokenize_counted(&self, text: &str) -> Result<CountedText> {
+        self.texts_tokenized.fetch_add(1, Ordering::Relaxed);
+        let split = self.counting.encode_fast(text, false).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        let untruncated = split.len() + self.special_tokens;
+        let encoding = self.truncating.post_process(split, None, true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        Ok(CountedText { tokens: tokenized(&encoding), untruncated })
+    }
+
+    /// Texts tokenized since the tokenizer was made (a pair counts once).
+    pub fn texts_tokenized(&self) -> u64 {
+        self.texts_tokenized.load(Ordering::Relaxed)
     }
 
     /// Tokenizes and truncates each (first, second) pair as one sequence, the way a
     /// cross-encoder reads it (`[CLS] a [SEP] b [SEP]`, token types 0 then 1, as the
     /// tokenizer's post-processor says); the longer side is cut first.
     pub fn tokenize_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<TokenizedText>> {
+        self.texts_tokenized.fetch_add(pairs.len() as u64, Ordering::Relaxed);
         let inputs: Vec<tokenizers::EncodeInput> = pairs.iter().map(|&(a, b)| (a, b).into()).collect();
         let encodings = self.truncating.encode_batch_fast(inputs, true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
-        Ok(encodings
-            .into_iter()
-            .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
-            .collect())
+        Ok(encodings.iter().map(tokenized).collect())
     }
 
     /// Tokenizes and truncates each text.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<TokenizedText>> {
+        self.texts_tokenized.fetch_add(texts.len() as u64, Ordering::Relaxed);
         let encodings =
             self.truncating.encode_batch_fast(texts.to_vec(), true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
-        Ok(encodings
-            .into_iter()
-            .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
-            .collect())
+        Ok(encodings.iter().map(tokenized).collect())
     }
+}
+
+fn tokenized(encoding: &Encoding) -> TokenizedText {
+    TokenizedText { ids: encoding.get_ids().to_vec(), type_ids: encoding.get_type_ids().to_vec() }
 }

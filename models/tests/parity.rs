@@ -71,7 +71,10 @@ fn check_parity(backend: BackendChoice) {
     let mut failures = Vec::new();
     for (r, g) in reference.inputs.iter().zip(&got) {
         assert_eq!(g.tokens, r.tokens, "tokens of {:?}", r.text);
-        assert_eq!(embedder.count_tokens(&r.text), r.untruncated_tokens, "untruncated tokens of {:?}", r.text);
+        // The server's single pass (its limit check, then the same ids to embed) agrees.
+        let counted = embedder.tokenize_counted(&r.text).unwrap();
+        assert_eq!(counted.untruncated, r.untruncated_tokens, "untruncated tokens of {:?}", r.text);
+        assert_eq!(counted.tokens.len(), r.tokens, "tokens of {:?}", r.text);
         let c = f64::from(cosine(&g.vector, &r.embedding));
         max_abs_diff = g.vector.iter().zip(&r.embedding).map(|(a, b)| (a - b).abs()).fold(max_abs_diff, f32::max);
         if c < worst.0 {

@@ -42,7 +42,21 @@ fn embeds_unit_vectors_with_the_graph_the_builder_emits() {
     let tokens: Vec<usize> = got.iter().map(|e| e.tokens).collect();
     // [CLS] red running shoe ##s [SEP]; the long one is truncated to 12; "" is [CLS] [SEP].
     assert_eq!(tokens, [6, 12, 2, 5, 3]);
-    assert_eq!(embedder.count_tokens(TEXTS[1]), 16);
+    // Tokenized once with the count before truncation, as the server does: the same ids the
+    // pipeline embeds, so the same vectors.
+    let before = embedder.texts_tokenized();
+    let counted: Vec<_> = TEXTS.iter().map(|t| embedder.tokenize_counted(t).unwrap()).collect();
+    assert_eq!(embedder.texts_tokenized() - before, TEXTS.len() as u64);
+    let untruncated: Vec<usize> = counted.iter().map(|c| c.untruncated).collect();
+    assert_eq!(untruncated, [6, 16, 2, 5, 3]);
+    let lengths: Vec<usize> = counted.iter().map(|c| c.tokens.len()).collect();
+    assert_eq!(lengths, tokens);
+    let refs: Vec<_> = counted.iter().map(|c| &c.tokens).collect();
+    let before = embedder.texts_tokenized();
+    for (from_ids, e) in embedder.embed_tokenized(&refs).unwrap().iter().zip(&got) {
+        assert!(from_ids.iter().zip(&e.vector).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+    assert_eq!(embedder.texts_tokenized(), before, "embedding token ids tokenizes nothing");
     for e in &got {
         let norm: f32 = e.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");

@@ -386,6 +386,36 @@ fn relevance_contains_hostile_rule_plugins() {
     assert_eq!(deadlines, 6.0, "3 requests of 2 items, each stopped at its deadline");
 }
 
+/// Each text of a request is tokenized once: the route tokenizes it to check its length and
+/// the batcher embeds those ids. `tandem_tokenized_texts_total` counts every call into the
+/// encoder's tokenizer, so a second tokenization anywhere (a count, then the pipeline's own)
+/// would show as twice the texts.
+#[test]
+fn each_text_is_tokenized_once() {
+    let s = Server::start(&["--no-relevance", "--no-web"]);
+    let tokenized = || s.metric("tandem_tokenized_texts_total");
+    let mut before = tokenized();
+    let mut check = |texts: f64, what: &str| {
+        let now = tokenized();
+        assert_eq!(now - before, texts, "{what}");
+        before = now;
+    };
+    let long = long_text(400);
+    let r = s.post("/embed", &json!({"inputs": ["red shoes", "blue phone case", long], "truncate": true}));
+    assert_eq!(vectors(&r).len(), 3);
+    check(3.0, "/embed");
+    let r = s.post("/v1/embeddings", &json!({"input": ["red shoes", "trail runner"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(2.0, "/v1/embeddings");
+    let r = s.post("/rerank", &json!({"query": "red shoes", "texts": ["red running shoes", "phone case"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(3.0, "/rerank: the query and its texts");
+    // Refused for its length after one tokenization, with the count that tokenization gave.
+    let r = s.post("/embed", &json!({"inputs": ["red shoes", long]}));
+    r.assert_error(413, "Validation", "`inputs[1]` has 469 tokens");
+    check(2.0, "a refused /embed");
+}
+
 /// Many concurrent clients against a queue of 4: the excess is refused at once with 503
 /// and Retry-After, every request gets an answer, and the server goes on serving.
 #[test]

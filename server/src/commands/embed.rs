@@ -38,7 +38,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     let embedder = match &args.graph {
         Some(graph) => Embedder::from_graph_file(graph, backend)?,
-        None => args.adapter.load(&super::model_dir_or_default(args.model.as_deref())?, backend)?.0,
+        None => {
+            let dir = super::model_dir_or_default(args.model.as_deref())?;
+            Embedder::load_adapted(&dir, args.adapter.spec().as_ref(), backend)?.0
+        }
     };
     let mut out = io::BufWriter::new(io::stdout().lock());
     let written = if args.texts.is_empty() {

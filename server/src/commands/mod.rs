@@ -9,13 +9,11 @@ pub mod grade;
 pub mod inspect;
 pub mod relevance;
 pub mod rules;
-pub mod rules_apply;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
-use tandem_models::lora::LoraMode;
+use tandem_models::lora::AdapterSpec;
 use tandem_models::registry::{DEFAULT_EMBED_MODEL, known_model};
-use tandem_models::{BackendChoice, Embedder};
 
 /// A PEFT LoRA adapter on top of the model.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,13 +27,9 @@ pub struct AdapterArgs {
 }
 
 impl AdapterArgs {
-    /// The model in `dir` with the adapter, if any; and a model id suffix naming the adapter.
-    pub fn load(&self, dir: &Path, backend: BackendChoice) -> Result<(Embedder, String)> {
-        let Some(adapter) = &self.adapter else { return Ok((Embedder::load(dir, backend)?, String::new())) };
-        let mode = if self.merge_adapter { LoraMode::Merged } else { LoraMode::Unmerged };
-        let loaded = tandem_models::lora::LoraAdapter::load(adapter)?;
-        let embedder = Embedder::load_with_adapter(dir, adapter, mode, backend)?;
-        Ok((embedder, format!("+lora-{}", loaded.fingerprint)))
+    /// The flags as the models crate takes them (`Embedder::load_adapted`).
+    pub fn spec(&self) -> Option<AdapterSpec> {
+        self.adapter.clone().map(|dir| AdapterSpec::new(dir, self.merge_adapter))
     }
 }
 

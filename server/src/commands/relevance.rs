@@ -1,16 +1,21 @@
 //! `tandem relevance --query "..." --items items.jsonl [--logic ...]`: entity-based relevance
 //! of items to a query, one JSON line per item with its score, grade and deciding entities.
-//! `--rules a.wasm,b.wasm` then runs business-rule plugins on each item (see `rules_apply`).
+//! `--rules a.wasm,b.wasm` then runs business-rule plugins on each item, fail-open with default
+//! limits (`tandem_ebrm::rules`: the plugins' input and the `rules` and `final_score` fields,
+//! as `/relevance` has them).
 
 use super::model_dir_or_default;
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tandem_ebrm::Logic;
 use tandem_ebrm::PairScorer;
 use tandem_ebrm::cli::{RelevanceArgs, rank_cli_with, ranking_lines};
 use tandem_ebrm::encoder::{CrossEncoder, ModelEncoder};
-use tandem_models::BackendChoice;
+use tandem_ebrm::pipeline::Ranking;
+use tandem_ebrm::rules::{annotate, candidates, plugin_query};
+use tandem_models::{BackendChoice, Embedder};
+use tandem_plugins::{Host, Plugin, PluginSpec, RuleReport};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,7 +51,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let logic = Logic::from_name(&args.logic)
         .ok_or_else(|| anyhow!("unknown logic '{}' (valid: product, goedel, lukasiewicz)", args.logic))?;
-    let (embedder, adapter_id) = args.adapter.load(&model_dir_or_default(args.model.as_deref())?, args.backend)?;
+    let (embedder, adapter_id) = Embedder::load_adapted(
+        &model_dir_or_default(args.model.as_deref())?,
+        args.adapter.spec().as_ref(),
+        args.backend,
+    )?;
     // The id keys the QE cache and the taxonomy embeddings: an adapter makes another model.
     let encoder = ModelEncoder::new(embedder, format!("minilm{adapter_id}"));
     let cli_args = RelevanceArgs {
@@ -61,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     // Load the plugins before ranking, so a bad plugin fails fast.
-    let rules = if args.rules.is_empty() { None } else { Some(super::rules_apply::Rules::load(&args.rules)?) };
+    let rules = if args.rules.is_empty() { None } else { Some(Rules::load(&args.rules)?) };
     let (items, ranking) = rank_cli_with(encoder, qe_model, &cli_args)?;
     let mut lines = ranking_lines(&ranking, cli_args.all_entities)?;
     if let Some(rules) = rules {
@@ -73,4 +82,38 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// The plugins named on the command line, loaded once. The host is dropped once they are
+/// loaded: a plugin keeps what it needs of it.
+struct Rules {
+    plugins: Vec<Plugin>,
+}
+
+impl Rules {
+    fn load(paths: &[PathBuf]) -> Result<Rules> {
+        let host = Host::new().map_err(|e| anyhow!("cannot start the plugin host: {e}"))?;
+        let plugins = paths
+            .iter()
+            .map(|path| {
+                Plugin::load(&host, &PluginSpec::new(plugin_name(path), path), Default::default())
+                    .with_context(|| format!("cannot load rule plugin {}", path.display()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Rules { plugins })
+    }
+
+    /// Adds `rules` and `final_score` to each of `lines` (`ranking_lines`' output, input order).
+    fn annotate(&self, ranking: &Ranking, items: &[tandem_ebrm::Item], lines: &mut [serde_json::Value]) {
+        let query = plugin_query(ranking);
+        let candidates = candidates(ranking, items);
+        let per_plugin: Vec<Vec<RuleReport>> = self.plugins.iter().map(|p| p.check_many(&query, &candidates)).collect();
+        let per_item: Vec<Vec<RuleReport>> =
+            (0..candidates.len()).map(|i| per_plugin.iter().map(|reports| reports[i].clone()).collect()).collect();
+        annotate(ranking, &per_item, lines);
+    }
+}
+
+fn plugin_name(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into())
 }

@@ -1,8 +1,15 @@
 //! Dynamic batching: requests that arrive while the model is busy (or within `max_wait` of
 //! each other while it is idle) go through one forward pass together.
 //!
+//! Generic over the work item and the forward pass, one implementation for every encoder
+//! route: `/embed`, `/v1/embeddings`, `/rerank` and `/relevance`'s QE misses all queue
+//! token ids on the same [`EmbedBatcher`], so they share forward passes and queue bounds.
+//! Each text is tokenized once before it queues (by the route, or by `/relevance`'s
+//! encoder); the forward pass takes ids, so it cannot tokenize again. An item's cost in the budgets is its
+//! [`BatchItem::tokens`].
+//!
 //! The model runs on one dedicated thread, never on a tokio worker. Handlers push a `Job`
-//! (all texts of one request, kept together) onto a bounded queue and await a oneshot
+//! (all items of one request, kept together) onto a bounded queue and await a oneshot
 //! reply; the model thread takes the oldest job and adds later ones in arrival order while
 //! they fit `max_batch_tokens` and `max_batch_requests` (first fit: a job too large for the
 //! remaining budget is passed over for a smaller one behind it, and goes first next time).
@@ -17,6 +24,11 @@
 //! pass. If a batch fails, its jobs are retried one by one so that one bad request cannot
 //! fail the requests it happened to be batched with; a panic in the model is caught and
 //! answered as a backend error.
+//!
+//! The decoder's scheduler (`tandem_models::llm::scheduler`, behind `--llm`) sits beside
+//! this, not on it: it batches at the iteration level, keeping each sequence's KV cache
+//! between steps so that sequences join and leave the running batch at every token. This
+//! batcher is request-level and stateless: a job is one forward pass, answered whole.
 
 use super::errors::ApiError;
 use super::metrics::{BatchStats, Metrics};
@@ -25,11 +37,27 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tandem_models::tokenizer::TokenizedText;
 use tokio::sync::oneshot;
 
-/// The model's forward pass: texts in, one L2-normalised vector per text out.
-pub type Forward = Box<dyn FnMut(&[&str]) -> anyhow::Result<Vec<Vec<f32>>> + Send>;
-pub type Reply = Result<Vec<Vec<f32>>, ApiError>;
+/// A unit of work: one text's token ids, for the encoder.
+pub trait BatchItem: Send + 'static {
+    /// What the item costs against `max_batch_tokens` and `max_queue_tokens`.
+    fn tokens(&self) -> usize;
+}
+
+impl BatchItem for TokenizedText {
+    fn tokens(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The encoder's batcher, which every encoder route shares.
+pub type EmbedBatcher = Batcher<TokenizedText, Vec<f32>>;
+
+/// The model's forward pass: the items of a batch in, one output per item, in order.
+pub type Forward<I, O> = Box<dyn FnMut(&[&I]) -> anyhow::Result<Vec<O>> + Send>;
+pub type Reply<O> = Result<Vec<O>, ApiError>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -48,54 +76,64 @@ pub enum Refused {
     Closed,
 }
 
-struct Job {
-    texts: Vec<String>,
-    /// Tokens of all texts, after truncation.
+struct Job<I, O> {
+    items: Vec<I>,
+    /// Tokens of all items.
     tokens: usize,
-    reply: oneshot::Sender<Reply>,
+    reply: oneshot::Sender<Reply<O>>,
     enqueued: Instant,
 }
 
-impl Job {
-    fn finish(self, outcome: Reply) {
+impl<I, O> Job<I, O> {
+    fn finish(self, outcome: Reply<O>) {
         // The client may have left during the forward pass; nothing to do then.
         let _ = self.reply.send(outcome);
     }
 }
 
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
+struct Queue<I, O> {
+    jobs: VecDeque<Job<I, O>>,
     tokens: usize,
     closed: bool,
 }
 
-struct Shared {
-    queue: Mutex<Queue>,
+impl<I, O> Default for Queue<I, O> {
+    fn default() -> Self {
+        Queue { jobs: VecDeque::new(), tokens: 0, closed: false }
+    }
+}
+
+struct Shared<I, O> {
+    queue: Mutex<Queue<I, O>>,
     wake: Condvar,
     policy: Policy,
     metrics: Arc<Metrics>,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+impl<I, O> Shared<I, O> {
+    fn lock(&self) -> MutexGuard<'_, Queue<I, O>> {
         // Nothing panics while holding the lock; if something did, the queue is still valid.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-#[derive(Clone)]
-pub struct Batcher {
-    shared: Arc<Shared>,
+pub struct Batcher<I, O> {
+    shared: Arc<Shared<I, O>>,
 }
 
-impl Batcher {
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Batcher { shared: self.shared.clone() }
+    }
+}
+
+impl<I: BatchItem, O: Send + 'static> Batcher<I, O> {
     /// Starts the model thread. It exits after `close` once the queue is empty.
     pub fn start(
         policy: Policy,
         metrics: Arc<Metrics>,
-        forward: Forward,
-    ) -> std::io::Result<(Batcher, JoinHandle<()>)> {
+        forward: Forward<I, O>,
+    ) -> std::io::Result<(Batcher<I, O>, JoinHandle<()>)> {
         let shared = Arc::new(Shared { queue: Mutex::default(), wake: Condvar::new(), policy, metrics });
         let for_thread = shared.clone();
         let handle =
@@ -103,13 +141,15 @@ impl Batcher {
         Ok((Batcher { shared }, handle))
     }
 
-    /// Queues one request's texts; the reply arrives on the returned receiver. Dropping the
-    /// receiver cancels the job if its forward pass has not started.
+    /// Queues one request's items; the reply (one output per item, in order) arrives on the
+    /// returned receiver. Dropping the receiver cancels the job if its forward pass has not
+    /// started.
     ///
     /// The caller holds its admission slot while it waits, so a client that leaves frees
     /// its slot at once; its job, dead in the queue until the model thread prunes it, still
     /// counts against `max_queue_tokens`, which bounds the queue either way.
-    pub fn submit(&self, texts: Vec<String>, tokens: usize) -> Result<oneshot::Receiver<Reply>, Refused> {
+    pub fn submit(&self, items: Vec<I>) -> Result<oneshot::Receiver<Reply<O>>, Refused> {
+        let tokens = items.iter().map(BatchItem::tokens).sum();
         let (reply, rx) = oneshot::channel();
         let mut q = self.shared.lock();
         if q.closed {
@@ -125,7 +165,7 @@ impl Batcher {
             }
         }
         q.tokens += tokens;
-        q.jobs.push_back(Job { texts, tokens, reply, enqueued: Instant::now() });
+        q.jobs.push_back(Job { items, tokens, reply, enqueued: Instant::now() });
         drop(q);
         self.shared.wake.notify_one();
         Ok(rx)
@@ -144,7 +184,7 @@ impl Batcher {
     }
 }
 
-fn run(shared: &Shared, mut forward: Forward) {
+fn run<I, O>(shared: &Shared<I, O>, mut forward: Forward<I, O>) {
     while let Some(batch) = next_batch(shared) {
         let started = Instant::now();
         for job in &batch {
@@ -152,7 +192,7 @@ fn run(shared: &Shared, mut forward: Forward) {
         }
         let stats = BatchStats {
             requests: batch.len(),
-            inputs: batch.iter().map(|j| j.texts.len()).sum(),
+            inputs: batch.iter().map(|j| j.items.len()).sum(),
             tokens: batch.iter().map(|j| j.tokens).sum(),
             forward: Duration::ZERO,
         };
@@ -164,7 +204,7 @@ fn run(shared: &Shared, mut forward: Forward) {
 /// Waits for work, then for company (up to `max_wait` after the oldest job arrived, unless
 /// a full batch is already there), and takes a batch off the queue. `None` once closed and
 /// empty.
-fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
+fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Job<I, O>>> {
     let p = shared.policy;
     let mut q = shared.lock();
     loop {
@@ -185,7 +225,7 @@ fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
     }
 }
 
-fn drop_cancelled(q: &mut Queue, metrics: &Metrics) {
+fn drop_cancelled<I, O>(q: &mut Queue<I, O>, metrics: &Metrics) {
     let Queue { jobs, tokens, .. } = q;
     let before = jobs.len();
     jobs.retain(|j| {
@@ -201,7 +241,7 @@ fn drop_cancelled(q: &mut Queue, metrics: &Metrics) {
 }
 
 /// The oldest job, then later ones in order while they fit (first fit).
-fn take_batch(q: &mut Queue, p: &Policy) -> Vec<Job> {
+fn take_batch<I, O>(q: &mut Queue<I, O>, p: &Policy) -> Vec<Job<I, O>> {
     let Some(first) = q.jobs.pop_front() else { return Vec::new() };
     let mut tokens = first.tokens;
     let mut batch = vec![first];
@@ -222,20 +262,20 @@ fn take_batch(q: &mut Queue, p: &Policy) -> Vec<Job> {
 
 /// Runs one forward pass for `batch` and replies to each job; on failure of a batch of
 /// several jobs, retries them one by one to find the one at fault.
-fn answer(forward: &mut Forward, batch: Vec<Job>, metrics: &Metrics) {
-    let texts: Vec<&str> = batch.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
-    let outcome = match catch_unwind(AssertUnwindSafe(|| forward(&texts))) {
-        Ok(Ok(vectors)) if vectors.len() == texts.len() => Ok(vectors),
-        Ok(Ok(vectors)) => Err(format!("the model returned {} vectors for {} texts", vectors.len(), texts.len())),
+fn answer<I, O>(forward: &mut Forward<I, O>, batch: Vec<Job<I, O>>, metrics: &Metrics) {
+    let items: Vec<&I> = batch.iter().flat_map(|j| &j.items).collect();
+    let outcome = match catch_unwind(AssertUnwindSafe(|| forward(&items))) {
+        Ok(Ok(outputs)) if outputs.len() == items.len() => Ok(outputs),
+        Ok(Ok(outputs)) => Err(format!("the model returned {} outputs for {} inputs", outputs.len(), items.len())),
         Ok(Err(e)) => Err(format!("{e:#}")),
         Err(panic) => Err(format!("the model panicked: {}", panic_message(&*panic))),
     };
-    drop(texts);
+    drop(items);
     match outcome {
-        Ok(vectors) => {
-            let mut vectors = vectors.into_iter();
+        Ok(outputs) => {
+            let mut outputs = outputs.into_iter();
             for job in batch {
-                let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.texts.len()).collect();
+                let mine: Vec<O> = outputs.by_ref().take(job.items.len()).collect();
                 job.finish(Ok(mine));
             }
         }
@@ -262,6 +302,20 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    /// A stand-in text with the cost a test gives it.
+    struct Text {
+        text: String,
+        tokens: usize,
+    }
+
+    impl BatchItem for Text {
+        fn tokens(&self) -> usize {
+            self.tokens
+        }
+    }
+
+    type Model = Batcher<Text, Vec<f32>>;
+
     fn policy(max_batch_tokens: usize, max_batch_requests: usize) -> Policy {
         Policy { max_batch_tokens, max_batch_requests, max_wait: Duration::from_millis(5), max_queue_tokens: 1000 }
     }
@@ -270,7 +324,7 @@ mod tests {
     /// fails on "bad" and panics on "panic"; on "busy" it says so and waits for a release,
     /// so a test can queue work behind a running pass without guessing at timing.
     struct Harness {
-        batcher: Batcher,
+        batcher: Model,
         thread: Option<JoinHandle<()>>,
         batches: Arc<Mutex<Vec<Vec<String>>>>,
         metrics: Arc<Metrics>,
@@ -285,7 +339,8 @@ mod tests {
             let (started_tx, started) = mpsc::channel();
             let (release, release_rx) = mpsc::channel::<()>();
             let seen = batches.clone();
-            let forward: Forward = Box::new(move |texts: &[&str]| {
+            let forward: Forward<Text, Vec<f32>> = Box::new(move |items: &[&Text]| {
+                let texts: Vec<&str> = items.iter().map(|t| t.text.as_str()).collect();
                 seen.lock().unwrap().push(texts.iter().map(|t| t.to_string()).collect());
                 if texts.contains(&"busy") {
                     started_tx.send(()).unwrap();
@@ -303,18 +358,22 @@ mod tests {
             Harness { batcher, thread: Some(thread), batches, metrics, started, release }
         }
 
-        fn submit(&self, texts: &[&str], tokens: usize) -> Result<oneshot::Receiver<Reply>, Refused> {
-            self.batcher.submit(texts.iter().map(|t| t.to_string()).collect(), tokens)
+        /// Submits `texts` as one job of `tokens` tokens (carried by its first text).
+        fn submit(&self, texts: &[&str], tokens: usize) -> Result<oneshot::Receiver<Reply<Vec<f32>>>, Refused> {
+            let items = texts.iter().enumerate();
+            self.batcher.submit(
+                items.map(|(i, t)| Text { text: t.to_string(), tokens: if i == 0 { tokens } else { 0 } }).collect(),
+            )
         }
 
         /// Starts a forward pass that runs until `release`.
-        fn hold(&self) -> oneshot::Receiver<Reply> {
+        fn hold(&self) -> oneshot::Receiver<Reply<Vec<f32>>> {
             let rx = self.submit(&["busy"], 1).unwrap();
             self.started.recv().unwrap();
             rx
         }
 
-        fn release(&self, held: oneshot::Receiver<Reply>) {
+        fn release(&self, held: oneshot::Receiver<Reply<Vec<f32>>>) {
             self.release.send(()).unwrap();
             held.blocking_recv().unwrap().unwrap();
         }
@@ -331,7 +390,7 @@ mod tests {
         }
     }
 
-    fn wait(rx: oneshot::Receiver<Reply>) -> Reply {
+    fn wait(rx: oneshot::Receiver<Reply<Vec<f32>>>) -> Reply<Vec<f32>> {
         rx.blocking_recv().unwrap()
     }
 

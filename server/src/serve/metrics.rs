@@ -84,6 +84,8 @@ pub struct Gauges {
     pub queue_tokens: usize,
     pub admitted: usize,
     pub draining: bool,
+    /// Texts the encoder's tokenizer has read (a counter kept by the model).
+    pub tokenized_texts: u64,
     /// `/relevance`'s QE cache, when it is enabled.
     pub qe_cache: Option<tandem_ebrm::CacheStats>,
     /// Its Redis tier, when the QE cache is shared.
@@ -281,6 +283,13 @@ impl Metrics {
             header(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }
+        header(
+            &mut out,
+            "tandem_tokenized_texts_total",
+            "counter",
+            "Texts the encoder tokenized: each text of a request once, and /relevance's entity texts.",
+        );
+        let _ = writeln!(out, "tandem_tokenized_texts_total {}", g.tokenized_texts);
         let gauges = [
             ("tandem_queue_depth", "Requests waiting for a forward pass.", g.queue_requests),
             ("tandem_queue_tokens", "Tokens waiting for a forward pass.", g.queue_tokens),

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tandem_models::bert::{META_MODEL, META_NORMALIZE, META_POOLING};
+use tandem_models::lora::AdapterSpec;
 use tandem_models::registry::known_model;
 use tandem_models::{BackendChoice, Embedder, fetch};
 use tokio::sync::{Semaphore, watch};
@@ -190,9 +191,9 @@ pub fn run(args: Args) -> Result<()> {
         None => fetch::ensure(known_model(&config.models.embed.name)?)?,
     };
     let m = &config.models.embed;
-    let adapter = crate::commands::AdapterArgs { adapter: m.adapter.clone(), merge_adapter: m.merge_adapter };
-    let (embedder, adapter_id) =
-        adapter.load(&dir, backend).with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let adapter = m.adapter.clone().map(|adapter_dir| AdapterSpec::new(adapter_dir, m.merge_adapter));
+    let (embedder, adapter_id) = Embedder::load_adapted(&dir, adapter.as_ref(), backend)
+        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
     let embedder = Arc::new(embedder);
     // The model id keys the QE cache and the taxonomy embeddings: an adapter makes another model.
     let model_id = format!("{}{adapter_id}", m.name);
@@ -234,8 +235,9 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
         max_queue_tokens: b.max_queue_tokens,
     };
     let model = embedder.clone();
+    // Token ids in: the routes tokenized each text once, to check its length.
     let (batcher, model_thread) =
-        batcher::Batcher::start(policy, metrics.clone(), Box::new(move |texts: &[&str]| model.embed(texts)))?;
+        batcher::Batcher::start(policy, metrics.clone(), Box::new(move |texts: &[&_]| model.embed_tokenized(texts)))?;
     let model = model_info(&embedder, &dir);
     let web = config.web.enabled.then(|| {
         let web_dir = config.web.dir.clone().unwrap_or_else(|| PathBuf::from(web::DEFAULT_DIR));

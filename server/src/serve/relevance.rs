@@ -1,7 +1,7 @@
 //! `POST /relevance`: entity-based relevance (EBRM) of items to a query, then the rule
 //! plugins, with explanations.
 //!
-//! The EBRM engine encodes through the same [`Batcher`] as `/embed`, so its QE misses share
+//! The EBRM engine encodes through the same [`EmbedBatcher`] as `/embed`, so its QE misses share
 //! forward passes with embedding requests and obey the same queue bounds. The engine is
 //! synchronous, so a request runs on the blocking pool and waits there for its vectors; all
 //! the rest (entity extraction, cache lookups, aggregation, rules) is CPU work that belongs
@@ -11,12 +11,11 @@
 //! ...}], "logic", "explain", "rules", "all_entities", "interventions"}`. Response: the query
 //! as understood (its entities), and one result per item, best final score first.
 
-use super::batcher::{Batcher, Refused};
+use super::batcher::{EmbedBatcher, Refused};
 use super::config::RelevanceConfig;
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::qe_cache::{RedisStats, SharedQeCache};
-use crate::commands::rules_apply::{candidates, plugin_query, rules_json};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tandem_ebrm::cli::{load_extractor, ranking_lines};
+use tandem_ebrm::rules::{annotate, candidates, plugin_query};
 use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, QeCache, Ranking, TextEncoder};
 use tandem_models::Embedder;
 use tandem_plugins::{Host, RuleSet, Watcher};
@@ -96,8 +96,8 @@ thread_local! {
 /// the vectors come back. Call only from a blocking-pool thread (or any thread outside the
 /// tokio workers): it blocks.
 pub struct BatchedEncoder {
-    batcher: Batcher,
-    /// For token counts; forward passes run on the batcher's thread.
+    batcher: EmbedBatcher,
+    /// For tokenizing; forward passes run on the batcher's thread.
     embedder: Arc<Embedder>,
     runtime: tokio::runtime::Handle,
     id: String,
@@ -106,7 +106,7 @@ pub struct BatchedEncoder {
 
 impl BatchedEncoder {
     pub fn new(
-        batcher: Batcher,
+        batcher: EmbedBatcher,
         embedder: Arc<Embedder>,
         runtime: tokio::runtime::Handle,
         id: String,
@@ -122,23 +122,23 @@ impl TextEncoder for BatchedEncoder {
     }
 
     /// Entity texts and titles are truncated to the model's limit silently: EBRM scores what
-    /// fits, as the CLI does. Large calls (the taxonomy at start-up) go as several jobs of at
-    /// most `max_batch_tokens`, all queued before the first is awaited.
+    /// fits, as the CLI does. Each text is tokenized once, here; the batcher gets its ids.
+    /// Large calls (the taxonomy at start-up) go as several jobs of at most
+    /// `max_batch_tokens`, all queued before the first is awaited.
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let max_tokens = self.embedder.max_tokens();
         let mut jobs = Vec::new();
         let (mut chunk, mut chunk_tokens) = (Vec::new(), 0);
         for text in texts {
-            let tokens = self.embedder.count_tokens(text).min(max_tokens);
-            if !chunk.is_empty() && chunk_tokens + tokens > self.max_batch_tokens {
-                jobs.push((std::mem::take(&mut chunk), chunk_tokens));
+            let tokens = self.embedder.tokenize_counted(text)?.tokens;
+            if !chunk.is_empty() && chunk_tokens + tokens.len() > self.max_batch_tokens {
+                jobs.push(std::mem::take(&mut chunk));
                 chunk_tokens = 0;
             }
-            chunk.push(text.to_string());
-            chunk_tokens += tokens;
+            chunk_tokens += tokens.len();
+            chunk.push(tokens);
         }
         if !chunk.is_empty() {
-            jobs.push((chunk, chunk_tokens));
+            jobs.push(chunk);
         }
         let cancel = CURRENT.with(|c| c.borrow().clone());
         if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
@@ -146,7 +146,7 @@ impl TextEncoder for BatchedEncoder {
         }
         let receivers = jobs
             .into_iter()
-            .map(|(texts, tokens)| self.batcher.submit(texts, tokens).map_err(EncodeRefused))
+            .map(|job| self.batcher.submit(job).map_err(EncodeRefused))
             .collect::<Result<Vec<_>, _>>()?;
         let mut vectors = Vec::with_capacity(texts.len());
         for rx in receivers {
@@ -297,26 +297,28 @@ impl Relevance {
         }
         let ranking = if job.interventions.is_empty() { ranking } else { ranking.intervene(&job.interventions) };
         let mut lines = ranking_lines(&ranking, job.all_entities)?;
-        let rules = self.rules.as_ref().filter(|_| job.rules);
-        // Every plugin sees all items of the request in one batch.
-        let reports = rules.map(|r| r.check_many(&plugin_query(&ranking), &candidates(&ranking, &job.items)));
-        for (i, (scored, line)) in ranking.items.iter().zip(lines.iter_mut()).enumerate() {
+        match self.rules.as_ref().filter(|_| job.rules) {
+            // Every plugin sees all items of the request in one batch.
+            Some(rules) => {
+                let reports = rules.check_many(&plugin_query(&ranking), &candidates(&ranking, &job.items));
+                for report in reports.iter().flatten() {
+                    metrics.observe_rule(&report.plugin, report.error.as_ref().map(|e| e.kind.as_str()));
+                }
+                annotate(&ranking, &reports, &mut lines);
+            }
+            None => {
+                for (scored, line) in ranking.items.iter().zip(lines.iter_mut()) {
+                    line["final_score"] = json!(scored.score);
+                }
+            }
+        }
+        for line in &mut lines {
             let obj = line.as_object_mut().expect("ranking lines are objects");
             obj.remove("logic");
             if !job.explain {
                 obj.remove("explanation");
                 obj.remove("deciding");
             }
-            let mut factor = 1.0;
-            if let Some(reports) = &reports {
-                let reports = &reports[i];
-                for r in reports {
-                    metrics.observe_rule(&r.plugin, r.error.as_ref().map(|e| e.kind.as_str()));
-                }
-                factor = tandem_plugins::combine(reports).factor;
-                obj.insert("rules".into(), rules_json(reports));
-            }
-            obj.insert("final_score".into(), json!(scored.score * factor));
         }
         order_by_final_score(&mut lines);
         Ok(json!({

@@ -3,11 +3,12 @@
 //!
 //! Every inference request goes: admission (a slot out of `max_queue_requests`, else shed at
 //! once, before the body is even read) → body (bounded in bytes and time) → JSON → limits →
-//! token counts (on the blocking pool, never on a tokio worker) → the batcher's queue
-//! (bounded in tokens) → one forward pass on the model thread → reply.
+//! tokenization, once per text (on the blocking pool, never on a tokio worker) → the
+//! batcher's queue of token ids (bounded in tokens) → one forward pass on the model thread →
+//! reply.
 
 use super::api::{self, EmbedRequest, OpenAiRequest, OpenAiResponse, Rank, RerankRequest};
-use super::batcher::{Batcher, Refused};
+use super::batcher::{EmbedBatcher, Refused};
 use super::config::Config;
 use super::errors::{ApiError, ErrorKind};
 use super::metrics::{CLIENT_CLOSED, Gauges, Metrics, ShedReason};
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tandem_models::Embedder;
+use tandem_models::tokenizer::TokenizedText;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What `/info` and the handlers need to know about the embedding model.
@@ -47,9 +49,9 @@ pub struct AppState {
     pub relevance: Option<Arc<Relevance>>,
     /// The in-browser demo; None when `web.enabled` is false.
     pub web: Option<Arc<Web>>,
-    /// For token counts only; forward passes run on the batcher's thread.
+    /// For tokenizing only; forward passes run on the batcher's thread.
     pub embedder: Arc<Embedder>,
-    pub batcher: Batcher,
+    pub batcher: EmbedBatcher,
     pub admission: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
@@ -171,45 +173,43 @@ impl AppState {
         Ok(())
     }
 
-    /// Token counts of `texts` (after truncation), or 413 naming the first text over the
-    /// model's limit when truncation was not asked for. Tokenizing is CPU work: it runs on
-    /// the blocking pool, bounded by the admission slots.
-    async fn count_tokens(
+    /// Tokenizes each text once, truncated at the model's limit, for [`AppState::infer`]; or
+    /// 413 naming the first text over the limit when truncation was not asked for.
+    /// Tokenizing is CPU work: it runs on the blocking pool, bounded by the admission slots.
+    async fn tokenize(
         &self,
         texts: Vec<String>,
         truncate: bool,
         name: impl Fn(usize) -> String,
-    ) -> Result<(Vec<String>, Vec<usize>), ApiError> {
+    ) -> Result<Vec<TokenizedText>, ApiError> {
         let embedder = self.embedder.clone();
-        let (texts, counts) = tokio::task::spawn_blocking(move || {
-            let counts: Vec<usize> = texts.iter().map(|t| embedder.count_tokens(t)).collect();
-            (texts, counts)
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, format!("tokenizer: {e}"))
-        })?;
+        let counted =
+            tokio::task::spawn_blocking(move || texts.iter().map(|t| embedder.tokenize_counted(t)).collect::<Vec<_>>())
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, format!("tokenizer: {e}"))
+                })?;
         let max = self.model.max_tokens;
-        if !truncate && let Some(i) = counts.iter().position(|&n| n > max) {
-            return Err(ApiError::too_large(format!(
-                "`{}` has {} tokens, more than the model's limit of {max}; send \"truncate\": true to truncate it",
-                name(i),
-                counts[i]
-            )));
+        let mut tokenized = Vec::with_capacity(counted.len());
+        for (i, text) in counted.into_iter().enumerate() {
+            let text = text.map_err(|e| ApiError::invalid(format!("`{}`: {e:#}", name(i))))?;
+            if !truncate && text.untruncated > max {
+                return Err(ApiError::too_large(format!(
+                    "`{}` has {} tokens, more than the model's limit of {max}; send \"truncate\": true to truncate it",
+                    name(i),
+                    text.untruncated
+                )));
+            }
+            tokenized.push(text.tokens);
         }
-        Ok((texts, counts.into_iter().map(|n| n.min(max)).collect()))
+        Ok(tokenized)
     }
 
-    /// Queues the texts for a forward pass and waits for their vectors, holding the
+    /// Queues the token ids for a forward pass and waits for their vectors, holding the
     /// admission slot until then. Dropping this future (the client went away) frees the slot
     /// at once and cancels the work if it has not started.
-    async fn infer(
-        &self,
-        texts: Vec<String>,
-        tokens: usize,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Vec<Vec<f32>>, ApiError> {
-        let rx = self.batcher.submit(texts, tokens).map_err(|refused| match refused {
+    async fn infer(&self, texts: Vec<TokenizedText>, permit: OwnedSemaphorePermit) -> Result<Vec<Vec<f32>>, ApiError> {
+        let rx = self.batcher.submit(texts).map_err(|refused| match refused {
             Refused::Full => self.overloaded(
                 ShedReason::QueueTokens,
                 &format!(
@@ -318,8 +318,8 @@ async fn embed_inner(s: &AppState, req: Request) -> Result<Vec<Vec<f32>>, ApiErr
     s.check_model(body.model.as_deref())?;
     s.check_unsupported(body.truncation_direction.as_deref(), body.dimensions)?;
     s.check_normalize(body.normalize)?;
-    let (texts, counts) = s.count_tokens(texts, body.truncate, name).await?;
-    let mut vectors = s.infer(texts, counts.iter().sum(), permit).await?;
+    let tokenized = s.tokenize(texts, body.truncate, name).await?;
+    let mut vectors = s.infer(tokenized, permit).await?;
     s.normalize(&mut vectors, body.normalize);
     Ok(vectors)
 }
@@ -356,10 +356,10 @@ async fn openai_inner(s: &AppState, req: Request) -> Result<OpenAiResponse, ApiE
         return Ok(openai_list(vectors, base64, llm.id.clone(), tokens));
     }
     s.check_unsupported(None, body.dimensions)?;
-    let (texts, counts) =
-        s.count_tokens(texts, body.truncate, |i| if one { "input".into() } else { format!("input[{i}]") }).await?;
-    let tokens: usize = counts.iter().sum();
-    let mut vectors = s.infer(texts, tokens, permit).await?;
+    let tokenized =
+        s.tokenize(texts, body.truncate, |i| if one { "input".into() } else { format!("input[{i}]") }).await?;
+    let tokens: usize = tokenized.iter().map(TokenizedText::len).sum();
+    let mut vectors = s.infer(tokenized, permit).await?;
     // OpenAI's embeddings are normalized.
     s.normalize(&mut vectors, true);
     Ok(openai_list(vectors, base64, body.model.unwrap_or_else(|| s.model.id.clone()), tokens))
@@ -402,15 +402,14 @@ async fn rerank_inner(s: &AppState, req: Request) -> Result<Vec<Rank>, ApiError>
     let body: RerankRequest = s.read_json(req).await?;
     s.check_unsupported(body.truncation_direction.as_deref(), None)?;
     s.check_count(body.texts.len(), "texts")?;
+    let returned = body.return_text.then(|| body.texts.clone());
     // The query travels with its texts: one job, one forward pass, query first.
     let mut texts = Vec::with_capacity(body.texts.len() + 1);
     texts.push(body.query);
     texts.extend(body.texts);
-    let (texts, counts) = s
-        .count_tokens(texts, body.truncate, |i| if i == 0 { "query".into() } else { format!("texts[{}]", i - 1) })
-        .await?;
-    let returned = body.return_text.then(|| texts[1..].to_vec());
-    let vectors = s.infer(texts, counts.iter().sum(), permit).await?;
+    let tokenized =
+        s.tokenize(texts, body.truncate, |i| if i == 0 { "query".into() } else { format!("texts[{}]", i - 1) }).await?;
+    let vectors = s.infer(tokenized, permit).await?;
     let (query, docs) = vectors.split_first().ok_or_else(|| ApiError::backend("the model returned no vectors"))?;
     let mut ranks: Vec<Rank> = docs
         .iter()
@@ -541,6 +540,7 @@ async fn metrics(State(s): AppRef) -> Response {
         queue_tokens,
         admitted: s.config.batching.max_queue_requests - s.admission.available_permits(),
         draining: s.draining.load(Ordering::Relaxed),
+        tokenized_texts: s.embedder.texts_tokenized(),
         qe_cache: s.relevance.as_ref().map(|r| r.cache_stats()),
         qe_cache_redis: s.relevance.as_ref().and_then(|r| r.redis_stats()),
     };
