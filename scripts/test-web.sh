@@ -47,6 +47,7 @@ bin="$root/target/$profile/tandem"
 # The models the page loads, fetched before the server starts so its first request is quick.
 "$bin" fetch minilm >/dev/null
 "$bin" fetch mobilenetv2 >/dev/null
+"$bin" fetch smollm2 >/dev/null
 
 log="$(mktemp)"
 server_pid=""

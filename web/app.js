@@ -4,6 +4,8 @@
 //
 // Hooks for tests: #status[data-state] (loading | ready | busy | error), #backend[data-backend],
 // #category / #agreement / #attributes / #relevance [data-state] (idle | busy | done | error),
+// #ask[data-state] (idle | loading | busy | done | error) with data-pieces (streamed pieces so
+// far), data-finish (eog | length | aborted) and data-tokens,
 // body[data-runs] (analyses finished), #error[data-code] (visible on errors), and
 // window.tandemDemo.timings().
 
@@ -12,6 +14,15 @@ const PKG = new URL("pkg/tandem_web.js", import.meta.url).href;
 const TEXT_MODEL = new URL("models/minilm/", import.meta.url).pathname;
 const TEXT_FILES = ["config.json", "tokenizer.json", "model.safetensors"];
 const IMAGE_MODEL = new URL("models/mobilenetv2/mobilenet_v2-b0353104.pth", import.meta.url).pathname;
+// The decoder of "Ask about this product": downloaded on the first question only (98 MB).
+const LANGUAGE_MODEL = new URL("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", import.meta.url).pathname;
+const ASK_SYSTEM = "You are a shopping assistant. Answer in one or two short sentences, using only the product details given.";
+// New tokens per answer; `?askTokens=N` (1 to 512) changes it (the end-to-end test keeps
+// answers short on software WebGPU, where SmolLM2 takes seconds a token).
+const ASK_MAX_TOKENS = (() => {
+  const n = Number(new URLSearchParams(location.search).get("askTokens"));
+  return Number.isInteger(n) && n >= 1 && n <= 512 ? n : 96;
+})();
 // What in-page relevance (EBRM) needs besides MiniLM: the brand list and the taxonomy paths
 // embedded by MiniLM, as the server and the static build publish them.
 const RELEVANCE_DATA = {
@@ -39,6 +50,9 @@ const state = {
   // In-page EBRM: true once its data loaded; else relevance comes from the server, or cosine.
   relevanceReady: false,
   imageReady: false,
+  llmReady: false,
+  // The AbortController of the answer being generated, if any.
+  asking: null,
   image: null, // { bytes: Uint8Array, name }
   busy: false,
   runs: 0,
@@ -136,10 +150,11 @@ function timings() {
   return out;
 }
 
+const fmt = (ms) => (ms == null ? "—" : ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 1 : 0)} ms`);
+
 function renderTimings() {
   const body = $("timings").tBodies[0];
   body.replaceChildren();
-  const fmt = (ms) => (ms == null ? "—" : ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 1 : 0)} ms`);
   for (const [name, t] of Object.entries(timings())) {
     const row = el("tr", {}, el("td", { textContent: name }), el("td", { textContent: fmt(t.first) }), el("td", { textContent: fmt(t.steady) }));
     row.dataset.step = name;
@@ -277,6 +292,19 @@ async function loadRelevanceData() {
   }
 }
 
+async function loadLanguageModel() {
+  try {
+    await timed("download language model", () => prefetch("dl-llm", [LANGUAGE_MODEL]), { once: true });
+    setDownload("dl-llm", "loading", "loading into the runtime…", null);
+    await timed("load language model", () => state.tandem.loadLanguageModel({ url: LANGUAGE_MODEL }), { once: true });
+    setDownload("dl-llm", "done", "ready", 1);
+    state.llmReady = true;
+  } catch (e) {
+    setDownload("dl-llm", "error", "failed", 0);
+    throw e;
+  }
+}
+
 async function loadModels() {
   clearError();
   setStatus("loading", "Downloading models…");
@@ -330,6 +358,7 @@ async function start() {
   badge.title = info;
   $("backend-name").textContent = backend === "webgpu" ? "WebGPU" : "CPU (WebAssembly SIMD)";
   $("backend-info").textContent = `${info}${requestedBackend !== "auto" ? ` (asked for ${requestedBackend})` : ""}`;
+  $("ask-button").disabled = false;
   if (await loadModels()) await analyze();
 }
 
@@ -595,6 +624,64 @@ async function analyze() {
   }
 }
 
+// ---------------------------------------------------------------- ask about this product
+
+// What the decoder is told: the typed title, the category the photo got (when it has one)
+// and the question.
+function askPrompt(question) {
+  const lines = [`Product title: ${$("title").value.trim() || "(none)"}`];
+  const category = $("taxonomy").textContent.trim();
+  if ($("category").dataset.state === "done" && category !== "No product category") {
+    lines.push(`Category, from its photo: ${category}`);
+  }
+  lines.push(`Question: ${question}`);
+  return lines.join("\n");
+}
+
+async function ask() {
+  if (state.asking || !state.tandem) return;
+  const question = $("question").value.trim();
+  if (!question) {
+    showError(tandemError("bad_input", "Type a question."));
+    return;
+  }
+  clearError();
+  const card = $("ask");
+  const answer = $("answer");
+  const controller = new AbortController();
+  state.asking = controller;
+  $("ask-button").disabled = true;
+  $("ask-stop").hidden = false;
+  answer.textContent = "";
+  Object.assign(card.dataset, { pieces: "0", finish: "", tokens: "" });
+  try {
+    if (!state.llmReady) {
+      setCard("ask", "loading");
+      $("answer-note").textContent = "Downloading the language model (98 MB, once)…";
+      await loadLanguageModel();
+    }
+    setCard("ask", "busy");
+    let pieces = 0;
+    const options = { system: ASK_SYSTEM, maxTokens: ASK_MAX_TOKENS, repetitionPenalty: 1.1, signal: controller.signal };
+    const result = await timed("answer a question", () => state.tandem.generate(askPrompt(question), options, (piece) => {
+      answer.textContent += piece;
+      card.dataset.pieces = String(++pieces);
+    }));
+    Object.assign(card.dataset, { finish: result.finish, tokens: String(result.ids.length) });
+    const stopped = result.finish === "aborted" ? " · stopped" : "";
+    $("answer-note").textContent = `${result.ids.length} tokens · first after ${fmt(result.prefillMs)} · ` +
+      `${result.tokensPerSecond >= 10 ? result.tokensPerSecond.toFixed(0) : result.tokensPerSecond.toPrecision(2)} tokens/s after it${stopped} · SmolLM2-135M-Instruct in this page`;
+    setCard("ask", "done");
+  } catch (e) {
+    setCard("ask", "error");
+    showError(e);
+  } finally {
+    state.asking = null;
+    $("ask-button").disabled = false;
+    $("ask-stop").hidden = true;
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 
 function wire() {
@@ -604,6 +691,11 @@ function wire() {
     analyze();
   });
   $("error-dismiss").addEventListener("click", clearError);
+  $("ask-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    ask();
+  });
+  $("ask-stop").addEventListener("click", () => state.asking && state.asking.abort());
   for (const b of document.querySelectorAll(".sample")) b.addEventListener("click", () => useSample(b).catch(showError));
   $("file").addEventListener("change", (ev) => {
     const f = ev.target.files && ev.target.files[0];
@@ -632,6 +724,6 @@ function wire() {
   window.addEventListener("unhandledrejection", (ev) => showError(ev.reason));
 }
 
-window.tandemDemo = { timings, state, analyze };
+window.tandemDemo = { timings, state, analyze, ask };
 wire();
 start();

@@ -54,6 +54,22 @@ function watch(page, log) {
   page.on("requestfailed", (r) => log.push(`[requestfailed] ${r.url()} ${r.failure()?.errorText}`));
 }
 
+// Asks a question in the "Ask about this product" card and waits for the whole answer.
+async function askQuestion(page, question) {
+  await page.fill("#question", question);
+  const t0 = Date.now();
+  await page.click("#ask-button");
+  await page.waitForSelector('#ask:is([data-state="done"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
+  const card = await page.$eval("#ask", (e) => ({ ...e.dataset }));
+  const answer = {
+    state: card.state, finish: card.finish, pieces: Number(card.pieces), tokens: Number(card.tokens),
+    text: await page.textContent("#answer"), note: (await page.textContent("#answer-note")).trim(), ms: Date.now() - t0,
+  };
+  console.log(`  answer (${answer.ms} ms, ${answer.pieces} pieces): ${answer.text.trim().replace(/\s+/g, " ")}`);
+  console.log(`  ${answer.note}`);
+  return answer;
+}
+
 async function runs(page) {
   return Number(await page.getAttribute("body", "data-runs"));
 }
@@ -86,7 +102,10 @@ async function mainFlow(mode) {
       };
     });
     const t0 = Date.now();
-    await page.goto(`${base}/?backend=auto`);
+    // Software WebGPU (SwiftShader) runs SmolLM2 at seconds a token: a 3-token answer there;
+    // the CPU (wasm) run checks a whole one, Stop, and the model's cache after a reload.
+    const slowDecoder = mode === "webgpu";
+    await page.goto(`${base}/?backend=auto${slowDecoder ? "&askTokens=3" : ""}`);
     await page.waitForSelector('#status:is([data-state="ready"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
     const status = await page.getAttribute("#status", "data-state");
     if (status !== "ready") {
@@ -148,6 +167,25 @@ async function mainFlow(mode) {
     await page.screenshot({ path: path.join(out, `${mode}-mobile.png`), fullPage: true });
     await page.setViewportSize({ width: 1280, height: 1000 });
 
+    console.log(`\n== ${mode}: ask about this product`);
+    const answer = await askQuestion(page, "What is this product, and who would buy it?");
+    results[mode].answer = answer;
+    results[mode].timings = await page.evaluate(() => window.tandemDemo.timings());
+    check(answer.state === "done", `the answer is done (${answer.state}: ${JSON.stringify(await errorShown(page))})`);
+    check(answer.text.trim().length > 0, "the answer has text");
+    check(answer.pieces >= 2, `the answer streamed in pieces (${answer.pieces})`);
+    check(["eog", "length"].includes(answer.finish), `it finished on an end token or the length (${answer.finish})`);
+    if (!slowDecoder) {
+      // Stop: the answer ends at once, marked aborted.
+      await page.fill("#question", "Describe this product in detail.");
+      await page.click("#ask-button");
+      await page.waitForFunction(() => Number(document.querySelector("#ask").dataset.pieces) >= 2, null, { timeout: LOAD_TIMEOUT });
+      await page.click("#ask-stop");
+      await page.waitForSelector('#ask:is([data-state="done"], [data-state="error"])', { timeout: STEP_TIMEOUT });
+      const stopped = await page.getAttribute("#ask", "data-finish");
+      check(stopped === "aborted", `Stop ends the answer (finish ${stopped})`);
+    }
+
     console.log(`\n== ${mode}: bad input`);
     // Not an image.
     await page.setInputFiles("#file", { name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("not a photo\n") });
@@ -186,6 +224,13 @@ async function mainFlow(mode) {
     console.log(`  after a reload: ${downloads.length} model/data requests ${JSON.stringify(downloads)}`);
     check((await page.getAttribute("#status", "data-state")) === "ready", "the page is ready after a reload");
     check(downloads.length === 0, "a reload takes the models and data from Cache Storage");
+    if (!slowDecoder) {
+      page.on("request", onRequest);
+      const again = await askQuestion(page, "Is it a good gift?");
+      page.off("request", onRequest);
+      check(again.state === "done" && again.text.trim().length > 0, "a question after the reload is answered");
+      check(downloads.length === 0, `the language model comes from Cache Storage after a reload (${JSON.stringify(downloads)})`);
+    }
 
     if (mode === "webgpu") {
       console.log(`\n== ${mode}: the GPU device is lost`);
@@ -221,7 +266,10 @@ async function downloadFailure(mode) {
     await page.route("**/mobilenet_v2-b0353104.pth", (route) => route.fulfill({
       status: 500, contentType: "application/json", body: JSON.stringify({ error: "injected failure", error_type: "Backend" }),
     }));
-    await page.goto(`${base}/?backend=auto`);
+    // Software WebGPU (SwiftShader) runs SmolLM2 at seconds a token: a 3-token answer there;
+    // the CPU (wasm) run checks a whole one, Stop, and the model's cache after a reload.
+    const slowDecoder = mode === "webgpu";
+    await page.goto(`${base}/?backend=auto${slowDecoder ? "&askTokens=3" : ""}`);
     await page.waitForSelector('#status:is([data-state="ready"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
     check((await page.getAttribute("#status", "data-state")) === "error", "the status says error");
     const err = await errorShown(page);

@@ -12,8 +12,9 @@
 //! - `/`, `/index.html`, `/<name>.{js,css,html,png,jpg,svg,...}`, `/samples/<image>`: `web/`
 //! - `/pkg/<file>` (up to three levels): `web/pkg/`
 //! - `/models/minilm/{config.json,tokenizer.json,model.safetensors}`: the served text model's folder
-//! - `/models/mobilenetv2/mobilenet_v2-b0353104.pth`: fetched into the cache on first request
-//!   (503 with the reason when it cannot be)
+//! - `/models/mobilenetv2/mobilenet_v2-b0353104.pth` and
+//!   `/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (the decoder of the page's "Ask about this
+//!   product"): fetched into the cache on first request (503 with the reason when it cannot be)
 //! - `/data/brands.json`: the brand list `/relevance` extracts with
 //! - `/data/taxonomy-<encoder id>.emb`: the taxonomy embeddings of the served model
 
@@ -33,8 +34,23 @@ pub const DEFAULT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../web");
 
 /// Files of the text model the page loads (the rest of the folder is not served).
 const TEXT_MODEL_FILES: &[&str] = &["config.json", "tokenizer.json", "model.safetensors"];
-const IMAGE_MODEL: &str = "mobilenetv2";
-const IMAGE_MODEL_FILE: &str = "mobilenet_v2-b0353104.pth";
+/// Models the page downloads that the server fetches into its cache on first request.
+const IMAGE_MODEL: FetchedModel = FetchedModel { name: "mobilenetv2", file: "mobilenet_v2-b0353104.pth" };
+const LANGUAGE_MODEL: FetchedModel = FetchedModel { name: "smollm2", file: "SmolLM2-135M-Instruct.Q4_1.gguf" };
+const FETCHED_MODELS: [FetchedModel; 2] = [IMAGE_MODEL, LANGUAGE_MODEL];
+
+/// A known model (`tandem fetch NAME`) the page loads one file of.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FetchedModel {
+    name: &'static str,
+    file: &'static str,
+}
+
+impl FetchedModel {
+    fn url(self) -> String {
+        format!("/models/{}/{}", self.name, self.file)
+    }
+}
 
 /// Page assets: revalidated on every load (cheap with the ETag), so a rebuilt page or
 /// package shows at once.
@@ -52,16 +68,16 @@ pub struct Web {
     /// The encoder id the taxonomy embedding file is named after.
     model_id: String,
     cache_root: Option<PathBuf>,
-    /// The image model's folder once fetched; the lock makes concurrent first requests
-    /// share one fetch.
-    image_model: tokio::sync::Mutex<Option<PathBuf>>,
+    /// Each fetched model's file once in the cache (by [`FETCHED_MODELS`] index); the lock
+    /// makes concurrent first requests share one fetch.
+    fetched: [tokio::sync::Mutex<Option<PathBuf>>; 2],
 }
 
 enum Target {
     /// A file on disk and its Cache-Control.
     File(PathBuf, &'static str),
-    /// The image model's weights, fetched on first use.
-    ImageModel,
+    /// A model's file, fetched on first use.
+    Fetched(FetchedModel),
     /// An allowed name whose file does not exist (yet): 404 with this message.
     Missing(String),
 }
@@ -70,7 +86,7 @@ impl Web {
     pub fn new(dir: PathBuf, text_model: PathBuf, model_id: String) -> Web {
         let dir = dir.canonicalize().unwrap_or(dir);
         let cache_root = fetch::cache_root().ok();
-        Web { dir, text_model, model_id, cache_root, image_model: tokio::sync::Mutex::new(None) }
+        Web { dir, text_model, model_id, cache_root, fetched: Default::default() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -100,7 +116,8 @@ impl Web {
             "pkg_built": self.pkg_built(),
             "build_pkg": "bash bindings/web/build.sh",
             "text_model": "/models/minilm/",
-            "image_model": format!("/models/{IMAGE_MODEL}/{IMAGE_MODEL_FILE}"),
+            "image_model": IMAGE_MODEL.url(),
+            "language_model": LANGUAGE_MODEL.url(),
             "brands": "/data/brands.json",
             "taxonomy": format!("/data/{}", self.taxonomy_name()),
         })
@@ -118,14 +135,14 @@ impl Web {
             Target::Missing(message) => {
                 return Some(ApiError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message).into_response());
             }
-            Target::ImageModel => match self.image_model_dir().await {
-                Ok(dir) => (dir.join(IMAGE_MODEL_FILE), CACHE_MODELS),
+            Target::Fetched(model) => match self.fetched_file(model).await {
+                Ok(file) => (file, CACHE_MODELS),
                 Err(message) => {
                     return Some(
                         ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,
                             ErrorKind::Backend,
-                            format!("the image model ({IMAGE_MODEL}) is not available: {message}"),
+                            format!("the model {} is not available: {message}", model.name),
                         )
                         .into_response(),
                     );
@@ -151,7 +168,9 @@ impl Web {
             ["models", "minilm", name] if TEXT_MODEL_FILES.contains(name) => {
                 Some(file(self.text_model.join(name), CACHE_MODELS))
             }
-            ["models", IMAGE_MODEL, IMAGE_MODEL_FILE] => Some(Target::ImageModel),
+            ["models", name, file] if FETCHED_MODELS.iter().any(|m| m.name == *name && m.file == *file) => {
+                FETCHED_MODELS.iter().find(|m| m.name == *name).map(|m| Target::Fetched(*m))
+            }
             ["data", "brands.json"] => {
                 let root = self.cache_root.as_ref()?;
                 let p = tandem_ebrm::vocab::brands_path(root);
@@ -205,20 +224,24 @@ impl Web {
         }
     }
 
-    async fn image_model_dir(&self) -> Result<PathBuf, String> {
-        let mut known = self.image_model.lock().await;
-        if let Some(dir) = &*known {
-            return Ok(dir.clone());
+    /// The file of `model` in the cache, fetched on first use.
+    async fn fetched_file(&self, model: FetchedModel) -> Result<PathBuf, String> {
+        let index = FETCHED_MODELS.iter().position(|m| *m == model).expect("one of FETCHED_MODELS");
+        let mut known = self.fetched[index].lock().await;
+        if let Some(file) = &*known {
+            return Ok(file.clone());
         }
-        let fetched = tokio::task::spawn_blocking(|| fetch::ensure(known_model(IMAGE_MODEL)?)).await;
+        let fetched = tokio::task::spawn_blocking(move || fetch::ensure(known_model(model.name)?)).await;
         match fetched {
-            Ok(Ok(dir)) => {
-                *known = Some(dir.clone());
-                Ok(dir)
+            Ok(Ok(path)) => {
+                // A folder model's file is inside its folder; a single-file model is the file.
+                let file = if path.is_dir() { path.join(model.file) } else { path };
+                *known = Some(file.clone());
+                Ok(file)
             }
             Ok(Err(e)) => {
-                eprintln!("tandem serve: cannot fetch {IMAGE_MODEL} for the web demo: {e:#}");
-                Err(format!("cannot fetch it into the cache ({e:#}); `tandem fetch {IMAGE_MODEL}` fetches it by hand"))
+                eprintln!("tandem serve: cannot fetch {} for the web demo: {e:#}", model.name);
+                Err(format!("cannot fetch it into the cache ({e:#}); `tandem fetch {}` fetches it by hand", model.name))
             }
             Err(e) => Err(format!("the fetch task failed: {e}")),
         }
@@ -255,7 +278,7 @@ fn mime(name: &str) -> Option<&'static str> {
         "webp" => "image/webp",
         "svg" => "image/svg+xml",
         "ico" => "image/x-icon",
-        "safetensors" | "pth" | "emb" => "application/octet-stream",
+        "safetensors" | "pth" | "emb" | "gguf" => "application/octet-stream",
         _ => return None,
     })
 }
@@ -405,7 +428,15 @@ mod tests {
             assert!(refused(p), "{p}");
         }
         assert!(matches!(web.resolve("/pkg/tandem_web.js"), Some(Target::Missing(m)) if m.contains("build.sh")));
-        assert!(matches!(web.resolve("/models/mobilenetv2/mobilenet_v2-b0353104.pth"), Some(Target::ImageModel)));
+        assert!(matches!(
+            web.resolve("/models/mobilenetv2/mobilenet_v2-b0353104.pth"),
+            Some(Target::Fetched(IMAGE_MODEL))
+        ));
+        assert!(matches!(
+            web.resolve("/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            Some(Target::Fetched(LANGUAGE_MODEL))
+        ));
+        assert!(web.resolve("/models/smollm2/mobilenet_v2-b0353104.pth").is_none());
         assert_eq!(mime("tandem_web_bg.wasm"), Some("application/wasm"));
     }
 }
