@@ -11,7 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 seconds="${1:-30}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(graph_file safetensors torch_pickle image_decode gguf)
+[ ${#targets[@]} -gt 0 ] || targets=(graph_file safetensors torch_pickle image_decode gguf items_jsonl http_bodies)
 
 # What cargo-fuzz passes, minus the sanitizer (-Zsanitizer needs nightly): SanitizerCoverage
 # counters and comparison tracing, and cfg(fuzzing).
