@@ -419,9 +419,10 @@ impl PlanLimits<'_> {
             return Err(ApiError::invalid("`max_tokens` must be at least 1"));
         }
         if max_tokens > room {
+            // Not `longest + max_tokens`: a client's max_tokens may be anything up to usize::MAX.
             return Err(ApiError::invalid(format!(
-                "the prompt ({longest} tokens) and max_tokens {max_tokens} need {} positions; a sequence here has {slot_tokens}",
-                longest + max_tokens
+                "`max_tokens` is {max_tokens}, but the prompt ({longest} tokens) leaves room for {room} in a sequence \
+                 of {slot_tokens} here (llm.slot_tokens)"
             )));
         }
         let sampling = SamplingParams {
@@ -1225,7 +1226,21 @@ async fn suggest_inner(s: &AppState, req: Request) -> Result<Value, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_query;
+    use super::*;
+
+    /// Found by the `http_bodies` fuzz target: the error message added the prompt's length
+    /// to the client's max_tokens, which overflowed (a panic with overflow checks on).
+    #[test]
+    fn a_huge_max_tokens_is_refused_without_overflow() {
+        let body: CompletionRequest =
+            super::super::api::parse_json(br#"{"prompt": "x", "max_tokens": 18446744073709551615}"#).unwrap();
+        let limits = PlanLimits { id: "m", slot_tokens: 2048, default_max_tokens: 256 };
+        let Err(e) = limits.plan(Kind::Completion, body.common, vec![vec![1; 5]], Some(usize::MAX), None) else {
+            panic!("planned");
+        };
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.message.contains("leaves room for 2043 in a sequence of 2048"), "{}", e.message);
+    }
 
     #[test]
     fn suggestions_are_compared_normalized() {
