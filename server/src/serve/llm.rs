@@ -421,8 +421,8 @@ impl PlanLimits<'_> {
         if max_tokens > room {
             // Not `longest + max_tokens`: a client's max_tokens may be anything up to usize::MAX.
             return Err(ApiError::invalid(format!(
-                "`max_tokens` is {max_tokens}, but the prompt ({longest} tokens) leaves room for {room} in a sequence \
-                 of {slot_tokens} here (llm.slot_tokens)"
+                "`max_tokens` is {max_tokens}, but the prompt ({longest} tokens) leaves {room} positions of the \
+                 {slot_tokens} a sequence has here (llm.slot_tokens)"
             )));
         }
         let sampling = SamplingParams {
@@ -1239,7 +1239,7 @@ mod tests {
             panic!("planned");
         };
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(e.message.contains("leaves room for 2043 in a sequence of 2048"), "{}", e.message);
+        assert!(e.message.contains("leaves 2043 positions of the 2048 a sequence has"), "{}", e.message);
     }
 
     #[test]
