@@ -56,7 +56,7 @@ step "running the tests"
 # on-device tests say so and skip.
 cargo test --workspace --no-fail-fast --features tandem-tests/cuda "$@" || failed+=("cargo test")
 
-step "fuzz smoke: each reader under libFuzzer for 15 s on its committed corpus (fuzz/README.md)"
+step "fuzz smoke: each target (readers, JSON lines, HTTP bodies) under libFuzzer for 15 s on its committed corpus (fuzz/README.md)"
 bash fuzz/run.sh 15 || failed+=("fuzz/run.sh")
 
 step "the browser bindings in headless Chromium (wasm-bindgen-test, WebGPU and CPU)"

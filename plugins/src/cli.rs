@@ -102,36 +102,21 @@ pub fn rules_check_with(
     };
     // Cases read but not yet run: in batch mode, those sharing one query.
     let mut pending: Vec<(usize, Case)> = Vec::new();
-    let mut line = String::new();
-    for number in 1.. {
-        line.clear();
-        let n = (&mut reader).take(MAX_LINE_BYTES + 1).read_line(&mut line)?;
-        if n == 0 {
-            break;
+    for line in CaseLines::new(&mut reader, cases.display().to_string()) {
+        match line? {
+            (_, CaseLine::Tables(t)) => {
+                // Cases before this line run with the tables before it.
+                run.cases(&mut pending, out)?;
+                run.set_tables(t);
+            }
+            (number, CaseLine::Case(case)) => {
+                let same_query = pending.last().is_some_and(|(_, last)| last.query == case.query);
+                if !(options.batch && same_query) {
+                    run.cases(&mut pending, out)?;
+                }
+                pending.push((number, *case));
+            }
         }
-        let at = || format!("{}:{number}", cases.display());
-        if n as u64 > MAX_LINE_BYTES {
-            bail!("{}: line longer than {MAX_LINE_BYTES} bytes", at());
-        }
-        let text = line.trim();
-        if text.is_empty() || text.starts_with('#') || text.starts_with("//") {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(text).with_context(at)?;
-        if let Some(t) = value.get("tables") {
-            let t: HashMap<String, HashMap<String, String>> =
-                serde_json::from_value(t.clone()).with_context(|| format!("{}: tables", at()))?;
-            // Cases before this line run with the tables before it.
-            run.cases(&mut pending, out)?;
-            run.set_tables(t);
-            continue;
-        }
-        let case: Case = serde_json::from_value(value).with_context(at)?;
-        let same_query = pending.last().is_some_and(|(_, last)| last.query == case.query);
-        if !(options.batch && same_query) {
-            run.cases(&mut pending, out)?;
-        }
-        pending.push((number, case));
     }
     run.cases(&mut pending, out)?;
     let Run { mut summary, time_total, .. } = run;
@@ -223,6 +208,83 @@ fn round_ns(us: f64) -> f64 {
     (us * 1e3).round() / 1e3
 }
 
+/// One line of a cases file that is not blank or a comment.
+pub enum CaseLine {
+    /// `{"tables": {...}}`: the lookup tables for the cases that follow.
+    Tables(HashMap<String, HashMap<String, String>>),
+    Case(Box<Case>),
+}
+
+/// The lines of a cases file, each with its line number, parsed; blank and comment lines
+/// skipped. An error names the file and line, and ends the iteration.
+pub struct CaseLines<R> {
+    reader: R,
+    name: String,
+    number: usize,
+    failed: bool,
+}
+
+impl<R: BufRead> CaseLines<R> {
+    /// `name` (the file's path) prefixes the errors.
+    pub fn new(reader: R, name: String) -> Self {
+        CaseLines { reader, name, number: 0, failed: false }
+    }
+
+    fn next_line(&mut self) -> anyhow::Result<Option<(usize, CaseLine)>> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            self.number += 1;
+            let at = format!("{}:{}", self.name, self.number);
+            let n =
+                (&mut self.reader).take(MAX_LINE_BYTES + 1).read_until(b'\n', &mut line).with_context(|| at.clone())?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if n as u64 > MAX_LINE_BYTES {
+                bail!("{at}: line longer than {MAX_LINE_BYTES} bytes");
+            }
+            let text = std::str::from_utf8(&line).map_err(|e| anyhow::anyhow!("{at}: not UTF-8 ({e})"))?;
+            if let Some(parsed) = parse_case_line(text).with_context(|| at.clone())? {
+                return Ok(Some((self.number, parsed)));
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for CaseLines<R> {
+    type Item = anyhow::Result<(usize, CaseLine)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let next = self.next_line().transpose();
+        self.failed = matches!(next, Some(Err(_)));
+        next
+    }
+}
+
+/// One line of a cases file: `None` when it is blank or a comment (`#`, `//`).
+pub fn parse_case_line(line: &str) -> anyhow::Result<Option<CaseLine>> {
+    let text = line.trim();
+    if text.is_empty() || text.starts_with('#') || text.starts_with("//") {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    if let Some(t) = value.get("tables") {
+        let t = serde_json::from_value(t.clone()).context("tables")?;
+        return Ok(Some(CaseLine::Tables(t)));
+    }
+    let case: Case = serde_json::from_value(value)?;
+    if let Some(expect) = &case.expect
+        && !["keep", "demote", "veto"].iter().any(|v| v.eq_ignore_ascii_case(expect))
+    {
+        bail!("expect: \"keep\", \"demote\" or \"veto\", not {expect:?}");
+    }
+    Ok(Some(CaseLine::Case(Box::new(case))))
+}
+
 fn plugin_name(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into())
 }
@@ -237,9 +299,10 @@ struct CaseRow<'a> {
     pass: Option<bool>,
 }
 
+/// A test case: a query, an item and the model's view, and the verdict expected.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Case {
+pub struct Case {
     name: Option<String>,
     query: CaseQuery,
     item: CaseItem,
@@ -306,7 +369,8 @@ struct CaseEntityScore {
 }
 
 impl Case {
-    fn input(&self) -> Input {
+    /// The plugin's input for this case.
+    pub fn input(&self) -> Input {
         let Candidate { item, model } = self.candidate();
         Input { query: self.query.to_query(), item, model }
     }
@@ -344,5 +408,57 @@ impl CaseQuery {
             text: self.text.clone(),
             entities: self.entities.iter().map(|e| Entity { kind: e.kind.clone(), value: e.value.clone() }).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(text: &[u8]) -> anyhow::Result<Vec<(usize, CaseLine)>> {
+        CaseLines::new(text, "cases.jsonl".into()).collect()
+    }
+
+    #[test]
+    fn case_lines_skip_blanks_and_comments_and_keep_line_numbers() {
+        let text = br#"# a comment
+
+{"tables": {"brand-aliases": {"apple inc": "apple"}}}
+// another
+{"query": {"text": "apple phone"}, "item": {"id": "1", "title": "iPhone 15"}, "expect": "Keep"}
+"#;
+        let lines = parse_all(text).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(matches!(&lines[0], (3, CaseLine::Tables(t)) if t["brand-aliases"]["apple inc"] == "apple"));
+        let (5, CaseLine::Case(case)) = &lines[1] else { panic!("line 5 is a case") };
+        assert_eq!(case.input().item.title, "iPhone 15");
+        assert_eq!(case.input().model.score, 1.0);
+    }
+
+    #[test]
+    fn bad_lines_name_the_file_the_line_and_the_fault() {
+        let case = r#"{"query": {"text": "q"}, "item": {"id": "1", "title": "t"}"#;
+        let (bad_expect, unknown) = (format!("{case}, \"expect\": \"kept\"}}"), format!("{case}, \"extra\": 1}}"));
+        let cases: &[(&[u8], &str)] = &[
+            (b"{\"query\": 1}\n", "cases.jsonl:1: invalid type: integer `1`"),
+            (b"\n{\"tables\": {\"t\": [1]}}", "cases.jsonl:2: tables: invalid type: sequence"),
+            (bad_expect.as_bytes(), "expect: \"keep\", \"demote\" or \"veto\", not \"kept\""),
+            (unknown.as_bytes(), "unknown field `extra`"),
+            (b"{\"query\": \"\xff\"}", "cases.jsonl:1: not UTF-8"),
+        ];
+        for (text, message) in cases {
+            let err = parse_all(text).err().unwrap_or_else(|| panic!("{} parsed", String::from_utf8_lossy(text)));
+            assert!(format!("{err:#}").contains(message), "{}: {err:#}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_refused_without_reading_on() {
+        let mut text = vec![b' '; MAX_LINE_BYTES as usize + 10];
+        text.push(b'\n');
+        let mut lines = CaseLines::new(text.as_slice(), "big.jsonl".into());
+        let err = lines.next().unwrap().err().unwrap();
+        assert!(err.to_string().contains("big.jsonl:1: line longer than"), "{err}");
+        assert!(lines.next().is_none(), "iteration ends at the first error");
     }
 }

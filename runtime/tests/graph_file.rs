@@ -272,3 +272,32 @@ fn a_quantized_weight_round_trips() {
     let e = file.tensor("w", DType::Q8_0).unwrap_err().to_string();
     assert!(e.contains("tensor 'w': holds q4_k blocks, which do not convert to q8_0"), "{e}");
 }
+
+/// The graph file seed of the fuzz target `graph_file` (fuzz/corpus/graph_file/tiny.graph):
+/// a few nodes of different ops, with metadata, in the current file version, so that the
+/// fuzzer starts past the header check. When the format changes this fails; rewrite the seed
+/// with `TANDEM_WRITE_FUZZ_SEED=1 cargo test -p tandem-runtime --test graph_file fuzz_seed`.
+#[test]
+fn the_fuzz_seed_is_a_current_graph_file() {
+    let mut g = Graph::new("fuzz-seed");
+    let f = |s: &[usize]| TensorType::fixed(DType::F32, s);
+    let x = g.input("x", TensorType::new(DType::F32, vec![Dim::sym("tokens"), Dim::Fixed(4)]));
+    let [w, a, b, bias] =
+        [("w", f(&[3, 4])), ("a", f(&[2, 4])), ("b", f(&[3, 2])), ("bias", f(&[3]))].map(|(n, t)| g.weight(n, t));
+    let lora = Op::LoraMatMul(LoraMatMul { scale: 2.0, activation: Activation::Gelu });
+    let y = g.node1("dense", lora, &[x, w, a, b, bias]).unwrap();
+    let not = g.node1("not", Op::SoftLogic { connective: Connective::Not, logic: Logic::Product }, &[y]).unwrap();
+    g.output(not, "y");
+    g.metadata.insert("tandem.model".into(), "fuzz-seed".into());
+    g.validate().unwrap();
+
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/graph_file/tiny.graph");
+    if std::env::var_os("TANDEM_WRITE_FUZZ_SEED").is_some() {
+        write_graph_file(&g, &seed).unwrap();
+    }
+    let path = tempdir().join("seed.tgraph");
+    write_graph_file(&g, &path).unwrap();
+    let want = std::fs::read(&path).unwrap();
+    assert!(std::fs::read(&seed).unwrap() == want, "{} is stale: rewrite it (see this test)", seed.display());
+    assert_eq!(read_graph_file(&seed).unwrap(), g);
+}

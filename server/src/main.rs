@@ -2,11 +2,9 @@
 //! with an `Args` struct (clap) and a `run` function; adding one (`serve`, `rules`,
 //! `relevance`, `classify`) is a module plus a line in `Command`.
 
-mod commands;
-mod serve;
-
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use tandem::{commands, serve};
 
 #[derive(Parser)]
 #[command(name = "tandem", version, about = "A model runtime for e-commerce search")]

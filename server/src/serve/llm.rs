@@ -258,9 +258,9 @@ fn strings(v: Option<Inputs>) -> Vec<String> {
 /// What chat and completion requests share.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Common {
+pub(super) struct Common {
     model: Option<String>,
-    max_tokens: Option<usize>,
+    pub(super) max_tokens: Option<usize>,
     temperature: Option<f32>,
     top_p: Option<f32>,
     seed: Option<u64>,
@@ -286,17 +286,17 @@ struct StreamOptions {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChatRequest {
-    messages: Vec<ChatMessage>,
+pub(super) struct ChatRequest {
+    pub(super) messages: Vec<ChatMessage>,
     max_completion_tokens: Option<usize>,
     logprobs: Option<bool>,
     top_logprobs: Option<usize>,
     #[serde(flatten)]
-    common: Common,
+    pub(super) common: Common,
 }
 
 #[derive(Debug, Deserialize)]
-struct ChatMessage {
+pub(super) struct ChatMessage {
     role: String,
     content: Value,
     #[allow(dead_code, reason = "accepted as OpenAI does; the template does not use it")]
@@ -305,22 +305,22 @@ struct ChatMessage {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CompletionRequest {
-    prompt: Inputs,
-    logprobs: Option<usize>,
+pub(super) struct CompletionRequest {
+    pub(super) prompt: Inputs,
+    pub(super) logprobs: Option<usize>,
     echo: Option<bool>,
     #[serde(flatten)]
-    common: Common,
+    pub(super) common: Common,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
+pub(super) enum Kind {
     Chat,
     Completion,
 }
 
 /// A checked generation request.
-struct Plan {
+pub(super) struct Plan {
     kind: Kind,
     model: String,
     prompts: Vec<Vec<u32>>,
@@ -346,8 +346,35 @@ impl LlmService {
         max_tokens: Option<usize>,
         logprobs: Option<usize>,
     ) -> Result<Plan, ApiError> {
+        let limits = PlanLimits {
+            id: &self.id,
+            slot_tokens: self.scheduler.config().slot_tokens,
+            default_max_tokens: self.config.default_max_tokens,
+        };
+        limits.plan(kind, common, prompts, max_tokens, logprobs)
+    }
+}
+
+/// What a generation request is checked against: the served model's id, the tokens a
+/// sequence holds and the default `max_tokens`. Apart from the service so that the checks
+/// run without a model (the `http_bodies` fuzz target).
+pub(super) struct PlanLimits<'a> {
+    pub(super) id: &'a str,
+    pub(super) slot_tokens: usize,
+    pub(super) default_max_tokens: usize,
+}
+
+impl PlanLimits<'_> {
+    pub(super) fn plan(
+        &self,
+        kind: Kind,
+        common: Common,
+        prompts: Vec<Vec<u32>>,
+        max_tokens: Option<usize>,
+        logprobs: Option<usize>,
+    ) -> Result<Plan, ApiError> {
         if let Some(model) = &common.model
-            && model != &self.id
+            && model != self.id
         {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -373,7 +400,7 @@ impl LlmService {
         if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
             return Err(ApiError::invalid("`stop`: up to 4 non-empty strings of at most 256 bytes"));
         }
-        let slot_tokens = self.scheduler.config().slot_tokens;
+        let slot_tokens = self.slot_tokens;
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest >= slot_tokens {
             return Err(ApiError::too_large(format!(
@@ -383,7 +410,7 @@ impl LlmService {
         }
         let room = slot_tokens - longest;
         let default = match kind {
-            Kind::Chat => self.config.default_max_tokens,
+            Kind::Chat => self.default_max_tokens,
             // OpenAI's default for completions.
             Kind::Completion => 16,
         };
@@ -392,9 +419,10 @@ impl LlmService {
             return Err(ApiError::invalid("`max_tokens` must be at least 1"));
         }
         if max_tokens > room {
+            // Not `longest + max_tokens`: a client's max_tokens may be anything up to usize::MAX.
             return Err(ApiError::invalid(format!(
-                "the prompt ({longest} tokens) and max_tokens {max_tokens} need {} positions; a sequence here has {slot_tokens}",
-                longest + max_tokens
+                "`max_tokens` is {max_tokens}, but the prompt ({longest} tokens) leaves {room} positions of the \
+                 {slot_tokens} a sequence has here (llm.slot_tokens)"
             )));
         }
         let sampling = SamplingParams {
@@ -412,7 +440,7 @@ impl LlmService {
         sampling.check().map_err(|e| ApiError::invalid(format!("{e:#}")))?;
         Ok(Plan {
             kind,
-            model: self.id.clone(),
+            model: self.id.to_string(),
             prompts,
             max_tokens,
             sampling,
@@ -423,7 +451,9 @@ impl LlmService {
             include_usage: common.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         })
     }
+}
 
+impl LlmService {
     fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
         self.llm.tokenizer.encode(text).map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e:#}")))
     }
@@ -457,11 +487,33 @@ async fn chat_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
     let svc = service(s)?.clone();
     let permit = s.admit()?;
     let body: ChatRequest = s.read_json(req).await?;
-    if body.messages.is_empty() {
+    let messages = chat_messages(&body.messages)?;
+    let prompt = svc.llm.chat_prompt(&messages).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+    let ids = svc.encode(&prompt)?;
+    let (max_tokens, logprobs) = body.options()?;
+    let plan = svc.plan(Kind::Chat, body.common, vec![ids], max_tokens, logprobs)?;
+    generate(s, svc, plan, permit, None).await
+}
+
+impl ChatRequest {
+    /// `max_tokens` (`max_completion_tokens` first) and the top logprobs asked for.
+    pub(super) fn options(&self) -> Result<(Option<usize>, Option<usize>), ApiError> {
+        let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (true, k) => Some(k.unwrap_or(0)),
+            (false, Some(_)) => return Err(ApiError::invalid("`top_logprobs` needs `logprobs: true`")),
+            (false, None) => None,
+        };
+        Ok((self.max_completion_tokens.or(self.common.max_tokens), logprobs))
+    }
+}
+
+/// The chat's messages for the template, each role and content checked.
+pub(super) fn chat_messages(body: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
+    if body.is_empty() {
         return Err(ApiError::empty("messages"));
     }
-    let mut messages = Vec::with_capacity(body.messages.len());
-    for (i, m) in body.messages.iter().enumerate() {
+    let mut messages = Vec::with_capacity(body.len());
+    for (i, m) in body.iter().enumerate() {
         if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
             return Err(ApiError::invalid(format!("`messages[{i}].role`: unknown role {:?}", m.role)));
         }
@@ -471,16 +523,7 @@ async fn chat_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
             &message_text(&m.content).map_err(|e| ApiError::invalid(format!("`messages[{i}].content`: {e}")))?,
         ));
     }
-    let prompt = svc.llm.chat_prompt(&messages).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
-    let ids = svc.encode(&prompt)?;
-    let logprobs = match (body.logprobs.unwrap_or(false), body.top_logprobs) {
-        (true, k) => Some(k.unwrap_or(0)),
-        (false, Some(_)) => return Err(ApiError::invalid("`top_logprobs` needs `logprobs: true`")),
-        (false, None) => None,
-    };
-    let max_tokens = body.max_completion_tokens.or(body.common.max_tokens);
-    let plan = svc.plan(Kind::Chat, body.common, vec![ids], max_tokens, logprobs)?;
-    generate(s, svc, plan, permit, None).await
+    Ok(messages)
 }
 
 /// A message's text: a string, or OpenAI's list of parts of which only text is read.
@@ -841,9 +884,9 @@ pub async fn models(s: &AppState) -> Response {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GradeRequest {
+pub(super) struct GradeRequest {
     query: String,
-    items: Vec<Value>,
+    pub(super) items: Vec<Value>,
     beta: Option<f32>,
     labels: Option<Vec<GradeLabel>>,
     instructions: Option<String>,
@@ -1030,7 +1073,7 @@ async fn run_group(s: &AppState, svc: &LlmService, jobs: Vec<GroupJob>) -> Resul
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SuggestRequest {
+pub(super) struct SuggestRequest {
     /// The user's recent queries, oldest first.
     queries: Option<Vec<String>>,
     /// A trigger query (what is typed now).
@@ -1183,7 +1226,21 @@ async fn suggest_inner(s: &AppState, req: Request) -> Result<Value, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_query;
+    use super::*;
+
+    /// Found by the `http_bodies` fuzz target: the error message added the prompt's length
+    /// to the client's max_tokens, which overflowed (a panic with overflow checks on).
+    #[test]
+    fn a_huge_max_tokens_is_refused_without_overflow() {
+        let body: CompletionRequest =
+            super::super::api::parse_json(br#"{"prompt": "x", "max_tokens": 18446744073709551615}"#).unwrap();
+        let limits = PlanLimits { id: "m", slot_tokens: 2048, default_max_tokens: 256 };
+        let Err(e) = limits.plan(Kind::Completion, body.common, vec![vec![1; 5]], Some(usize::MAX), None) else {
+            panic!("planned");
+        };
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.message.contains("leaves 2043 positions of the 2048 a sequence has"), "{}", e.message);
+    }
 
     #[test]
     fn suggestions_are_compared_normalized() {

@@ -11,6 +11,8 @@ mod api;
 mod batcher;
 pub mod config;
 mod errors;
+/// The request bodies without a model, for the `http_bodies` fuzz target.
+pub mod fuzzing;
 mod listener;
 mod llm;
 mod metrics;

@@ -241,43 +241,7 @@ impl Relevance {
 
     /// Parses and checks a request body before any work, naming the field at fault.
     pub fn parse(&self, body: RelevanceRequest) -> Result<Job, ApiError> {
-        if body.query.trim().is_empty() {
-            return Err(ApiError::empty("query"));
-        }
-        let max = self.config.max_items;
-        if body.items.is_empty() {
-            return Err(ApiError::empty("items"));
-        }
-        if body.items.len() > max {
-            return Err(ApiError::too_large(format!(
-                "`items` has {} items, more than the limit of {max} (relevance.max_items)",
-                body.items.len()
-            )));
-        }
-        let items = body
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Item::from_value(v).map_err(|e| ApiError::invalid(format!("`items[{i}]`: {e:#}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let logic = match &body.logic {
-            None => self.logic,
-            Some(name) => Logic::from_name(name).ok_or_else(|| {
-                ApiError::invalid(format!("`logic`: expected product, goedel or lukasiewicz, not {name:?}"))
-            })?,
-        };
-        if body.rules && self.rules.is_none() && body.rules_required {
-            return Err(ApiError::invalid("`rules_required`: no rule plugins are configured (relevance.rules)"));
-        }
-        Ok(Job {
-            query: body.query,
-            items,
-            logic,
-            explain: body.explain,
-            rules: body.rules,
-            all_entities: body.all_entities,
-            interventions: body.interventions,
-        })
+        check_request(body, self.config.max_items, self.logic, self.rules.is_some())
     }
 
     /// Ranks, runs the rules and builds the response. Blocks on the model; gives up (with
@@ -330,6 +294,53 @@ impl Relevance {
     }
 }
 
+/// A request body checked before any work, naming the field at fault: at most `max_items`
+/// items, each a valid item; `logic` defaults to the server's; `rules_required` needs
+/// plugins (`has_rules`). Needs no engine, so the `http_bodies` fuzz target runs it too.
+pub(super) fn check_request(
+    body: RelevanceRequest,
+    max_items: usize,
+    default_logic: Logic,
+    has_rules: bool,
+) -> Result<Job, ApiError> {
+    if body.query.trim().is_empty() {
+        return Err(ApiError::empty("query"));
+    }
+    if body.items.is_empty() {
+        return Err(ApiError::empty("items"));
+    }
+    if body.items.len() > max_items {
+        return Err(ApiError::too_large(format!(
+            "`items` has {} items, more than the limit of {max_items} (relevance.max_items)",
+            body.items.len()
+        )));
+    }
+    let items = body
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Item::from_value(v).map_err(|e| ApiError::invalid(format!("`items[{i}]`: {e:#}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let logic = match &body.logic {
+        None => default_logic,
+        Some(name) => Logic::from_name(name).ok_or_else(|| {
+            ApiError::invalid(format!("`logic`: expected product, goedel or lukasiewicz, not {name:?}"))
+        })?,
+    };
+    if body.rules && !has_rules && body.rules_required {
+        return Err(ApiError::invalid("`rules_required`: no rule plugins are configured (relevance.rules)"));
+    }
+    Ok(Job {
+        query: body.query,
+        items,
+        logic,
+        explain: body.explain,
+        rules: body.rules,
+        all_entities: body.all_entities,
+        interventions: body.interventions,
+    })
+}
+
 /// Best final score first; ties keep input order. `rank` follows the final order.
 fn order_by_final_score(lines: &mut [Value]) {
     let score = |v: &Value| v["final_score"].as_f64().unwrap_or(0.0);
@@ -376,13 +387,13 @@ pub struct RelevanceRequest {
 
 /// A checked request.
 pub struct Job {
-    query: String,
-    items: Vec<Item>,
-    logic: Logic,
+    pub(super) query: String,
+    pub(super) items: Vec<Item>,
+    pub(super) logic: Logic,
     explain: bool,
     rules: bool,
-    all_entities: bool,
-    interventions: Vec<Intervention>,
+    pub(super) all_entities: bool,
+    pub(super) interventions: Vec<Intervention>,
 }
 
 #[cfg(test)]
