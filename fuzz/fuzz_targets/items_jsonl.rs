@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
-use tandem::commands::rules_apply::{candidates, plugin_query};
+use tandem_ebrm::rules::{candidates, plugin_query};
 use tandem_ebrm::cli::{ranking_lines, read_items};
 use tandem_ebrm::vocab::{Brand, BrandList};
 use tandem_ebrm::{CategorySearch, Ebrm, Extractor, NgramEncoder};

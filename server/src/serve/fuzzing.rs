@@ -21,11 +21,11 @@ use super::config::Config;
 use super::errors::ApiError;
 use super::llm::{ChatRequest, CompletionRequest, GradeRequest, Kind, PlanLimits, SuggestRequest, chat_messages};
 use super::relevance::{RelevanceRequest, check_request};
-use crate::commands::rules_apply::{candidates, plugin_query};
 use std::sync::LazyLock;
 use tandem_ebrm::cli::ranking_lines;
 use tandem_ebrm::encoder::NgramEncoder;
 use tandem_ebrm::entities::Extractor;
+use tandem_ebrm::rules::{candidates, plugin_query};
 use tandem_ebrm::vocab::{Brand, BrandList};
 use tandem_ebrm::{CategorySearch, Ebrm, Logic};
 
