@@ -139,7 +139,8 @@ async def one_stream(session, url, model, prompt, max_tokens):
                 return None, [], 0, f"HTTP {r.status}: {(await r.text())[:200]}"
             buffer = b""
             async for data in r.content.iter_any():
-                buffer += data
+                # sse-starlette (llama-cpp-python) ends lines with \r\n.
+                buffer = (buffer + data).replace(b"\r\n", b"\n")
                 while b"\n\n" in buffer:
                     event, buffer = buffer.split(b"\n\n", 1)
                     for line in event.split(b"\n"):
@@ -278,7 +279,8 @@ def main():
                     results[s.name][level].append(r)
                     print(f"round {rnd + 1} {s.name:9} c={level:<3} {r['tokens_per_s']:7.1f} tok/s  "
                           f"TTFT p50 {r['ttft_p50_ms'] or 0:8.0f} ms p99 {r['ttft_p99_ms'] or 0:8.0f} ms  "
-                          f"ITL p50 {r['itl_p50_ms'] or 0:6.1f} ms  lost {r['lost']} truncated {r['truncated']}",
+                          f"ITL p50 {r['itl_p50_ms'] or 0:6.1f} ms  lost {r['lost']} truncated {r['truncated']}"
+                          + (f"  first error: {r['errors'][0]}" if r["errors"] else ""),
                           flush=True)
     finally:
         for s in servers:
@@ -293,7 +295,10 @@ def main():
     for s in servers:
         for level in levels:
             rs = results[s.name][level]
-            med = lambda k: statistics.median(r[k] for r in rs if r[k] is not None)  # noqa: E731
+            def med(k, rs=rs):
+                values = [r[k] for r in rs if r[k] is not None]
+                return statistics.median(values) if values else float("nan")
+
             print(f"| {s.name} | {level} | {med('tokens_per_s'):.1f} | {med('ttft_p50_ms'):.0f} | "
                   f"{med('ttft_p99_ms'):.0f} | {med('itl_p50_ms'):.1f} | {sum(r['lost'] for r in rs)} | "
                   f"{sum(r['truncated'] for r in rs)} |")
