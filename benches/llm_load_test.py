@@ -251,7 +251,10 @@ def main():
             "llama.cpp",
             [sys.executable, "-m", "llama_cpp.server", "--model", gguf_path, "--model_alias", args.model,
              "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads),
-             "--n_threads_batch", str(args.threads), "--n_ctx", "4096"],
+             "--n_threads_batch", str(args.threads), "--n_ctx", "4096",
+             # Its default cuts the running stream short when another request arrives; queue
+             # them instead, as a server under load must.
+             "--interrupt_requests", "False"],
             dict(os.environ), port, args.model))
 
     facts = {"cpu": cpu_facts(), "load_before": loadavg(), "threads": args.threads, "model": args.model,
