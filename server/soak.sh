@@ -27,7 +27,9 @@ out="${SOAK_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/tandem-soak.XXXXXX")}"
 mkdir -p "$out"
 server= pids=()
 # On any exit: stop the clients (a failed run must not leave curl loops behind) and the server.
-trap 'kill "${pids[@]}" 2>/dev/null; [ -n "$server" ] && kill "$server" 2>/dev/null; true' EXIT
+# Under set -e a failing command in the trap would set the exit status: kill with no pids
+# left (a passed run) exits 2.
+trap 'kill "${pids[@]}" 2>/dev/null || true; [ -n "$server" ] && kill "$server" 2>/dev/null || true' EXIT
 fail() {
     echo "FAILED: $*"
     echo "server log (last lines), kept in $out/server.log:"
