@@ -14,7 +14,7 @@ use tandem_models::llm::{Decoding, Finish, GenerateRequest, Llm, Message};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::{MAX_TEXT_BYTES, Tandem, code, error, fetch, model_error, optional_string, required_bytes};
+use crate::{MAX_TEXT_BYTES, Tandem, code, error, field, model_error, model_file, optional_string};
 
 /// New tokens when `maxTokens` is not given (fewer when the context has less room).
 pub const DEFAULT_MAX_TOKENS: usize = 128;
@@ -77,17 +77,7 @@ impl Tandem {
     /// its bytes.
     #[wasm_bindgen(js_name = loadLanguageModel)]
     pub async fn load_language_model(&self, source: LanguageModelSource) -> Result<(), JsValue> {
-        let source: JsValue = source.into();
-        let (name, bytes) = match optional_string(&source, "url")? {
-            Some(url) => {
-                let bytes = fetch::bytes(&url).await?;
-                (url, bytes)
-            }
-            None => {
-                let name = optional_string(&source, "name")?.unwrap_or_else(|| "language model".into());
-                (name, required_bytes(&source, "bytes")?)
-            }
-        };
+        let (name, bytes) = model_file(&source.into(), "language model").await?;
         let llm = Llm::from_bytes(&name, bytes, &self.device).map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))?;
         self.llm.replace(Some(Rc::new(llm)));
         Ok(())
@@ -223,18 +213,6 @@ fn request(llm: &Llm, prompt: &str, options: &JsValue) -> Result<GenerateRequest
     };
     sampling.check().map_err(|e| bad(format!("{e:#}")))?;
     Ok(GenerateRequest { prompt_ids, max_tokens, sampling, ignore_eos: false, top_logits: 0 })
-}
-
-/// `object[key]`, or None when the options or the key are absent (undefined or null).
-fn field(object: &JsValue, key: &str) -> Result<Option<JsValue>, JsValue> {
-    if object.is_undefined() || object.is_null() {
-        return Ok(None);
-    }
-    if !object.is_object() {
-        return Err(error(code::BAD_INPUT, "the options must be an object"));
-    }
-    let value = Reflect::get(object, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED);
-    Ok((!value.is_undefined() && !value.is_null()).then_some(value))
 }
 
 fn optional_number(object: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {

@@ -173,14 +173,7 @@ impl Tandem {
     /// fetches it, `{ bytes }` takes its bytes.
     #[wasm_bindgen(js_name = loadImageModel)]
     pub async fn load_image_model(&self, source: ImageModelSource) -> Result<(), JsValue> {
-        let source: JsValue = source.into();
-        let (name, bytes) = match optional_string(&source, "url")? {
-            Some(url) => {
-                let bytes = fetch::bytes(&url).await?;
-                (url, bytes)
-            }
-            None => ("image model".to_string(), required_bytes(&source, "bytes")?),
-        };
+        let (name, bytes) = model_file(&source.into(), "image model").await?;
         let classifier = ImageClassifier::from_bytes(&bytes, &name, &self.device)
             .map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))?;
         self.image.replace(Some(Rc::new(classifier)));
@@ -272,8 +265,23 @@ impl Tandem {
     }
 }
 
-/// `object[key]` as a string; None when the object or the key is absent (undefined or null).
-fn optional_string(object: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+/// A one-file model's name and bytes: `{ url }` fetched (through Cache Storage), or
+/// `{ bytes, name? }` as given (named `default_name` in errors unless `name` says otherwise).
+async fn model_file(source: &JsValue, default_name: &str) -> Result<(String, Vec<u8>), JsValue> {
+    match optional_string(source, "url")? {
+        Some(url) => {
+            let bytes = fetch::bytes(&url).await?;
+            Ok((url, bytes))
+        }
+        None => {
+            let name = optional_string(source, "name")?.unwrap_or_else(|| default_name.into());
+            Ok((name, required_bytes(source, "bytes")?))
+        }
+    }
+}
+
+/// `object[key]`; None when the object or the key is absent (undefined or null).
+fn field(object: &JsValue, key: &str) -> Result<Option<JsValue>, JsValue> {
     if object.is_undefined() || object.is_null() {
         return Ok(None);
     }
@@ -281,10 +289,15 @@ fn optional_string(object: &JsValue, key: &str) -> Result<Option<String>, JsValu
         return Err(error(code::BAD_INPUT, "the options must be an object"));
     }
     let value = Reflect::get(object, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED);
-    if value.is_undefined() || value.is_null() {
-        return Ok(None);
+    Ok((!value.is_undefined() && !value.is_null()).then_some(value))
+}
+
+/// `object[key]` as a string; None when the object or the key is absent (undefined or null).
+fn optional_string(object: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+    match field(object, key)? {
+        None => Ok(None),
+        Some(v) => v.as_string().map(Some).ok_or_else(|| error(code::BAD_INPUT, format!("'{key}' must be a string"))),
     }
-    value.as_string().map(Some).ok_or_else(|| error(code::BAD_INPUT, format!("'{key}' must be a string")))
 }
 
 /// `object[key]` as bytes (a Uint8Array or an ArrayBuffer).

@@ -19,7 +19,7 @@ export type TextModelSource =
   | { config: Uint8Array; tokenizer: Uint8Array; weights: Uint8Array };
 
 /** torchvision's MobileNetV2 checkpoint (mobilenet_v2-b0353104.pth): a URL, or its bytes. */
-export type ImageModelSource = { url: string } | { bytes: Uint8Array };
+export type ImageModelSource = { url: string } | { bytes: Uint8Array; name?: string };
 
 /** One ImageNet class of a photo. */
 export interface ClassScore {
