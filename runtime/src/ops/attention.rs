@@ -226,15 +226,7 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], 
                 row.fill(0.0);
                 continue;
             }
-            let max = row[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for x in &mut row[..visible] {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            for x in &mut row[..visible] {
-                *x /= sum;
-            }
+            super::elementwise::softmax_in_place(&mut row[..visible]);
             row[visible..].fill(0.0);
         }
         if n == 0 {

@@ -8,6 +8,8 @@ use crate::tensor::DType;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+mod few_rows;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Activation {
     #[default]
@@ -139,21 +141,16 @@ impl MatMul {
     }
 }
 
-/// CPU reference: one GEMM per batch entry through the `gemm` crate, bias added by starting
-/// from it, activation applied afterwards.
+/// CPU reference: one GEMM per batch entry (the `gemm` crate, or [`few_rows`] for a few rows
+/// by a weight), then bias and activation in one pass.
 pub fn cpu(p: &MatMulParams, a: &[f32], b: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     for batch in 0..p.batch as usize {
         let a = &a[batch * p.stride_a as usize..][..m * k];
         let b = &b[batch * p.stride_b as usize..][..k * n];
         let c = &mut out[batch * m * n..][..m * n];
-        if let Some(bias) = bias {
-            for row in c.chunks_exact_mut(n.max(1)) {
-                row.copy_from_slice(bias);
-            }
-        }
-        gemm_into(Gemm { m, n, k, trans_b: p.trans_b != 0, accumulate: bias.is_some(), scale: 1.0 }, a, b, c);
-        activate_cpu(p.activation, c);
+        gemm_into(Gemm { m, n, k, trans_b: p.trans_b != 0, accumulate: false, scale: 1.0 }, a, b, c);
+        bias_and_activation(c, n, bias, p.activation);
     }
 }
 
@@ -193,12 +190,7 @@ pub fn cpu_stored(
         }
         _ => dequantized_panels(m, n, k, a, b_dtype, b, out)?,
     }
-    if let Some(bias) = bias {
-        for row in out[..m * n].chunks_exact_mut(n.max(1)) {
-            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-        }
-    }
-    activate_cpu(p.activation, &mut out[..m * n]);
+    bias_and_activation(&mut out[..m * n], n, bias, p.activation);
     Ok(())
 }
 
@@ -298,6 +290,9 @@ pub(super) fn gemm_into(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
         }
         return;
     }
+    if g.trans_b && m <= few_rows::MAX_ROWS && few_rows::available(super::isa::CpuIsa::active()) {
+        return few_rows::multiply(g, a, b, c);
+    }
     // Row-major [K, N] has row stride n, column stride 1; transposed storage [N, K] has row
     // stride 1, column stride k.
     let (b_rs, b_cs) = if g.trans_b { (1, k as isize) } else { (n as isize, 1) };
@@ -334,11 +329,27 @@ pub(super) fn gemm_into(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     }
 }
 
-fn activate_cpu(code: u32, c: &mut [f32]) {
-    match code {
-        1 => super::elementwise::par_map_inplace(c, super::elementwise::gelu),
-        2 => super::elementwise::par_map_inplace(c, |x| x.max(0.0)),
-        _ => {}
+/// The epilogue, `c ← act(c + bias)` on rows of n, in one pass: each row gets its bias and
+/// its activation while it is in the L1 cache.
+fn bias_and_activation(c: &mut [f32], n: usize, bias: Option<&[f32]>, code: u32) {
+    if n == 0 || (bias.is_none() && code == 0) {
+        return;
+    }
+    let row = |row: &mut [f32]| {
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+        match code {
+            1 => super::elementwise::map_chunk(row, super::elementwise::gelu),
+            2 => super::elementwise::map_chunk(row, |x| x.max(0.0)),
+            _ => {}
+        }
+    };
+    let rows_per_task = (super::elementwise::PAR_MIN / n).max(1);
+    if c.len() < super::elementwise::PAR_MIN {
+        c.chunks_exact_mut(n).for_each(row);
+    } else {
+        c.par_chunks_mut(rows_per_task * n).for_each(|rows| rows.chunks_exact_mut(n).for_each(row));
     }
 }
 
@@ -418,8 +429,8 @@ impl LoraMatMul {
     }
 }
 
-/// CPU reference of [`LoraMatMul`]: `t = x · Aᵀ`, then `y = x · Wᵀ + bias`, then
-/// `y += scale · t · Bᵀ`, three GEMMs, then the activation. `p` is the main product's params
+/// CPU reference of [`LoraMatMul`]: `t = x · Aᵀ`, then `y = x · Wᵀ`, then
+/// `y += scale · t · Bᵀ`, three GEMMs, then the bias and the activation. `p` is the main product's params
 /// ([`LoraMatMul::params`]).
 pub fn lora_cpu(
     p: &MatMulParams,
@@ -434,12 +445,7 @@ pub fn lora_cpu(
     let (x, out) = (&x[..rows * k], &mut out[..rows * n]);
     let mut t = vec![0.0f32; rows * r];
     gemm_into(Gemm { m: rows, n: r, k, trans_b: true, accumulate: false, scale: 1.0 }, x, lora_a, &mut t);
-    if let Some(bias) = bias {
-        for row in out.chunks_exact_mut(n.max(1)) {
-            row.copy_from_slice(bias);
-        }
-    }
-    gemm_into(Gemm { m: rows, n, k, trans_b: true, accumulate: bias.is_some(), scale: 1.0 }, x, w, out);
+    gemm_into(Gemm { m: rows, n, k, trans_b: true, accumulate: false, scale: 1.0 }, x, w, out);
     gemm_into(Gemm { m: rows, n, k: r, trans_b: true, accumulate: true, scale: p.lora_scale }, &t, lora_b, out);
-    activate_cpu(p.activation, out);
+    bias_and_activation(out, n, bias, p.activation);
 }

@@ -1,0 +1,55 @@
+//! Times tandem's CPU f32 matmul (the op's CPU kernel, as the executor calls it) at given
+//! shapes, for `benches/cpu_compare.py`, which times OpenBLAS (numpy) on the same shapes.
+//!
+//! Usage: gemm_timing RUNS M,K,N[,t] ...   (`t`: b stored transposed, [N, K], as weights are)
+//! Prints one JSON object per shape: {"m", "k", "n", "trans_b", "median_ms", "gflops"}.
+
+use anyhow::{Context, Result, ensure};
+use std::time::Instant;
+use tandem_runtime::ops::matmul::{MatMulParams, cpu};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    ensure!(args.len() >= 3, "usage: gemm_timing RUNS M,K,N[,t] ...");
+    let runs: usize = args[1].parse().context("RUNS")?;
+    for shape in &args[2..] {
+        let parts: Vec<&str> = shape.split(',').collect();
+        ensure!(parts.len() >= 3, "shape {shape}: want M,K,N[,t]");
+        let [m, k, n] = [0, 1, 2].map(|i| parts[i].parse::<usize>());
+        let (m, k, n) = (m?, k?, n?);
+        let trans_b = parts.get(3) == Some(&"t");
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let mut c = vec![0f32; m * n];
+        let p = MatMulParams {
+            batch: 1,
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            stride_a: 0,
+            stride_b: 0,
+            trans_b: trans_b as u32,
+            activation: 0,
+            has_bias: 0,
+            lora_rank: 0,
+            lora_scale: 0.0,
+            _pad: 0,
+        };
+        cpu(&p, &a, &b, None, &mut c); // warm-up
+        let mut times: Vec<f64> = (0..runs.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                cpu(&p, &a, &b, None, &mut c);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let gflops = 2.0 * (m * n * k) as f64 / (median * 1e6);
+        println!(
+            "{}",
+            serde_json::json!({ "m": m, "k": k, "n": n, "trans_b": trans_b, "median_ms": median, "gflops": gflops })
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! Products of a few activation rows by a weight stored `[N, K]` (a `Linear` weight):
+//! `c[i, j] = Σ_p a[i, p] · w[j, p]`, straight from both layouts, with no packing.
+//!
+//! Why not the `gemm` crate here: it packs the weight into its own panels on every call.
+//! With hundreds of rows that is a small share of the work; with the 1–32 rows of a search
+//! query (batch 1) it costs as much as the product itself, and its threads split the rows,
+//! which are too few to share. Rows of `a` and of `w` are both contiguous along K, so a
+//! tile of 4 × 4 dot products runs with 16 vector accumulators, every load feeding 2 FMAs,
+//! and is reduced to the 16 results at the end of K. Threads split the weight's rows.
+
+use super::super::isa::CpuIsa;
+use rayon::prelude::*;
+
+/// Up to this many rows of `a` take this path (above it, packing pays for itself).
+pub const MAX_ROWS: usize = 32;
+
+/// Whether [`multiply`] runs on this CPU at `isa` (the active level).
+pub fn available(isa: CpuIsa) -> bool {
+    isa >= CpuIsa::Avx512 && isa.supported()
+}
+
+/// The product `g` with b a weight w stored `[n, k]` (`g.trans_b`): `c = g.accumulate·c +
+/// g.scale · a · wᵀ`, a `[m, k]`, c `[m, n]`, row-major. Call only where [`available`] says so.
+pub(super) fn multiply(g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
+    let super::Gemm { m, n, k, trans_b, accumulate, scale } = g;
+    assert!(trans_b && a.len() >= m * k && w.len() >= n * k && c.len() >= m * n && m > 0 && n > 0);
+    assert!(available(CpuIsa::active().min(CpuIsa::detected())), "few_rows::multiply needs AVX-512");
+    struct Out(*mut f32);
+    // SAFETY: each task writes its own columns of c (below).
+    unsafe impl Sync for Out {}
+    let out = Out(c.as_mut_ptr());
+    let out = &out;
+    let tile_cols = n.div_ceil(TILE);
+    let run = |cols: std::ops::Range<usize>| {
+        // K in blocks, so that a tile's rows of a and w stay in the L1 cache between tiles;
+        // the blocks after the first add to c.
+        for start in (0..k).step_by(K_BLOCK) {
+            let block = Block { start, len: K_BLOCK.min(k - start), stride: k };
+            let accumulate = accumulate || start > 0;
+            // SAFETY: the CPU has AVX-512 (asserted above); the columns are this task's only.
+            unsafe { x86::columns(m, n, block, a, w, out.0, cols.clone(), accumulate, scale) }
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if threads == 1 || 2 * m * n * k < 1 << 20 {
+        run(0..n);
+    } else {
+        // A few tasks per thread, each a run of whole tiles.
+        let tasks = (threads * 2).min(tile_cols);
+        let per_task = tile_cols.div_ceil(tasks) * TILE;
+        (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| run(t * per_task..((t + 1) * per_task).min(n)));
+    }
+}
+
+/// Rows of a and of w per tile.
+const TILE: usize = 4;
+
+/// Values of K per pass: a tile's 8 rows of this many f32 take 16 KiB of the L1 cache.
+const K_BLOCK: usize = 512;
+
+/// Columns `start..start + len` of rows that are `stride` apart.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    start: usize,
+    len: usize,
+    stride: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Block, TILE};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Columns `cols` of c, every row, from the K values in `k` (c is overwritten, or added
+    /// to with `accumulate`).
+    ///
+    /// # Safety
+    /// AVX-512 F; a holds m rows and w n rows of `k.stride` values, and c points at m×n
+    /// values, of which this call writes columns `cols` only.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn columns(
+        m: usize,
+        n: usize,
+        k: Block,
+        a: &[f32],
+        w: &[f32],
+        c: *mut f32,
+        cols: Range<usize>,
+        accumulate: bool,
+        scale: f32,
+    ) {
+        // A tile reads 4 consecutive rows of a and of w. At an edge, the rows go through a
+        // scratch copy in which rows past the edge repeat the last one; their results are
+        // not written.
+        let mut a_edge = Vec::new();
+        let mut w_edge = Vec::new();
+        let four_rows = |x: &[f32], rows: usize, first: usize, scratch: &mut Vec<f32>| -> (*const f32, usize) {
+            if first + TILE <= rows {
+                return (x[first * k.stride + k.start..].as_ptr(), k.stride);
+            }
+            scratch.clear();
+            for t in 0..TILE {
+                scratch.extend_from_slice(&x[(first + t).min(rows - 1) * k.stride + k.start..][..k.len]);
+            }
+            (scratch.as_ptr(), k.len)
+        };
+        for j0 in cols.clone().step_by(TILE) {
+            let ws = four_rows(w, n, j0, &mut w_edge);
+            // The first tile of a block of weight rows fetches the next block into the cache:
+            // rows of a few KiB are too short for the hardware prefetcher to catch up with.
+            let next = if j0 + 2 * TILE <= cols.end {
+                (w[(j0 + TILE) * k.stride + k.start..].as_ptr(), k.stride)
+            } else {
+                (std::ptr::null(), 0)
+            };
+            for i0 in (0..m).step_by(TILE) {
+                let as_ = four_rows(a, m, i0, &mut a_edge);
+                let prefetch = if i0 == 0 { next } else { (std::ptr::null(), 0) };
+                // SAFETY: 4 rows of k.len values behind `as_` and `ws`; `prefetch` is a hint.
+                let sums = unsafe { tile(as_, ws, k.len, prefetch) };
+                if i0 + TILE <= m && j0 + TILE <= cols.end {
+                    // A whole tile: row i's 4 results are quarter i of `sums`.
+                    let sums = _mm512_mul_ps(_mm512_set1_ps(scale), sums);
+                    let quarters = [
+                        _mm512_extractf32x4_ps::<0>(sums),
+                        _mm512_extractf32x4_ps::<1>(sums),
+                        _mm512_extractf32x4_ps::<2>(sums),
+                        _mm512_extractf32x4_ps::<3>(sums),
+                    ];
+                    for (di, q) in quarters.into_iter().enumerate() {
+                        // SAFETY: row i0 + di, columns j0..j0 + 4 are inside c and this call's.
+                        unsafe {
+                            let dst = c.add((i0 + di) * n + j0);
+                            let q = if accumulate { _mm_add_ps(_mm_loadu_ps(dst), q) } else { q };
+                            _mm_storeu_ps(dst, q);
+                        }
+                    }
+                    continue;
+                }
+                let mut sums_by_lane = [0f32; 16];
+                // SAFETY: 16 f32.
+                unsafe { _mm512_storeu_ps(sums_by_lane.as_mut_ptr(), sums) };
+                for di in 0..TILE.min(m - i0) {
+                    for dj in 0..TILE.min(cols.end - j0) {
+                        let v = scale * sums_by_lane[4 * di + dj];
+                        // SAFETY: (i0 + di, j0 + dj) is inside c and in this call's columns.
+                        unsafe {
+                            let dst = c.add((i0 + di) * n + j0 + dj);
+                            *dst = if accumulate { *dst + v } else { v };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lane of accumulator t after `reduce16`: level 1 pairs accumulators (2p, 2p+1)
+    /// into 256-bit halves, level 2 pairs those results into 128-bit quarters, levels 3 and 4
+    /// reduce within quarters.
+    #[cfg(test)]
+    const ORDER: [usize; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+    /// The 16 dot products of 4 rows of a with 4 rows of w (each k long, row stride k), that
+    /// of a row i and w row j in lane 4i + j: the accumulator of (i, j) is number 4j + i, and
+    /// [`ORDER`] sends that to lane 4i + j. Where `prefetch` is not null, the 4 rows of k
+    /// values there are fetched into the cache on the way.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn tile(
+        (a, a_stride): (*const f32, usize),
+        (w, w_stride): (*const f32, usize),
+        k: usize,
+        (prefetch, prefetch_stride): (*const f32, usize),
+    ) -> __m512 {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut p = 0;
+        // SAFETY (all loads): p + 16 ≤ k in the loop, and the tail's mask covers p..k only.
+        while p + 16 <= k {
+            if !prefetch.is_null() {
+                // A hint: no fault even past the end (`wrapping_add`, never dereferenced).
+                for r in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(r * prefetch_stride + p) as *const i8);
+                }
+            }
+            let av: [__m512; 4] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(a.add(r * a_stride + p)) });
+            let wv: [__m512; 4] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(w.add(r * w_stride + p)) });
+            for i in 0..4 {
+                for j in 0..4 {
+                    acc[4 * j + i] = _mm512_fmadd_ps(av[i], wv[j], acc[4 * j + i]);
+                }
+            }
+            p += 16;
+        }
+        if p < k {
+            let mask: __mmask16 = (1u32 << (k - p)) as u16 - 1;
+            let av: [__m512; 4] =
+                std::array::from_fn(|r| unsafe { _mm512_maskz_loadu_ps(mask, a.add(r * a_stride + p)) });
+            let wv: [__m512; 4] =
+                std::array::from_fn(|r| unsafe { _mm512_maskz_loadu_ps(mask, w.add(r * w_stride + p)) });
+            for i in 0..4 {
+                for j in 0..4 {
+                    acc[4 * j + i] = _mm512_fmadd_ps(av[i], wv[j], acc[4 * j + i]);
+                }
+            }
+        }
+        reduce16(acc)
+    }
+
+    /// Sums each of 16 vectors into one lane of the result (lane of vector t: `ORDER[t]`),
+    /// in 15 shuffle-and-add steps instead of 16 full horizontal sums.
+    #[target_feature(enable = "avx512f")]
+    fn reduce16(v: [__m512; 16]) -> __m512 {
+        // Level 1: [X0+X2, X1+X3 | Y0+Y2, Y1+Y3] for pairs (x, y) of 128-bit quarters.
+        let l1: [__m512; 8] = std::array::from_fn(|p| {
+            let (x, y) = (v[2 * p], v[2 * p + 1]);
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y))
+        });
+        // Level 2: each vector's 8 partial sums into one quarter.
+        let l2: [__m512; 4] = std::array::from_fn(|p| {
+            let (x, y) = (l1[2 * p], l1[2 * p + 1]);
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y))
+        });
+        // Level 3 and 4: within quarters.
+        let l3: [__m512; 2] = std::array::from_fn(|p| {
+            let (x, y) = (l2[2 * p], l2[2 * p + 1]);
+            _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
+        });
+        let (x, y) = (l3[0], l3[1]);
+        _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(x, y), _mm512_shuffle_ps::<0b11_10_11_10>(x, y))
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn reduce16_puts_each_sum_in_its_lane() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        // Vector t holds t + 1 in every lane: its sum is 16(t + 1).
+        // SAFETY: AVX-512 checked above.
+        let v: [__m512; 16] = std::array::from_fn(|t| unsafe { _mm512_set1_ps((t + 1) as f32) });
+        let mut out = [0f32; 16];
+        // SAFETY: AVX-512 checked above; out holds 16 f32.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), reduce16(v)) };
+        for t in 0..16 {
+            assert_eq!(out[ORDER[t]], 16.0 * (t + 1) as f32, "vector {t}: {out:?}");
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    pub(super) unsafe fn columns(
+        _: usize,
+        _: usize,
+        _: super::Block,
+        _: &[f32],
+        _: &[f32],
+        _: *mut f32,
+        _: std::ops::Range<usize>,
+        _: bool,
+        _: f32,
+    ) {
+        unreachable!("few_rows::available is false off x86-64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against f64 dot products, at shapes that leave partial tiles on every side (rows and
+    /// weight rows not a multiple of 4, K not a multiple of 16, K below 16), serial and split
+    /// across threads, overwriting and accumulating.
+    #[test]
+    fn matches_f64_dot_products_at_awkward_shapes() {
+        if !available(CpuIsa::active()) {
+            eprintln!("skipped: few_rows needs AVX-512 (this CPU, or TANDEM_CPU_ISA, has less)");
+            return;
+        }
+        let value = |i: usize, salt: usize| ((i * 2_654_435_761 + salt * 97) % 2001) as f32 / 1000.0 - 1.0;
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 7, 15),
+            (3, 5, 16),
+            (7, 129, 17),
+            (17, 130, 384),
+            (32, 129, 385),
+            (4, 1536, 384),
+            (5, 9, 1100),
+            (16, 64, 1536),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| value(i, 2)).collect();
+            let c0: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
+            for (accumulate, scale) in [(false, 1.0f32), (true, 0.5)] {
+                let mut c = c0.clone();
+                multiply(super::super::Gemm { m, n, k, trans_b: true, accumulate, scale }, &a, &w, &mut c);
+                for i in 0..m {
+                    for j in 0..n {
+                        let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum();
+                        let norm: f64 = (0..k).map(|p| (a[i * k + p] as f64 * w[j * k + p] as f64).abs()).sum();
+                        let want = scale as f64 * dot + if accumulate { c0[i * n + j] as f64 } else { 0.0 };
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-6 * (norm + 1.0),
+                            "{m}x{n}x{k} accumulate {accumulate}: c[{i},{j}] = {got}, want {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
