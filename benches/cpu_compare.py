@@ -186,6 +186,51 @@ def gemm_compare(args, env, gemm_bin, rounds):
     return rows
 
 
+def mobilenet_compare(args, env, so, tandem_dir: Path, out_dir: Path):
+    """MobileNetV2 at batch 1 and 8 (224 × 224): ORT on the torch.onnx export of torchvision's
+    model with the same checkpoint, PyTorch, and tandem (batch norms folded at load)."""
+    import onnxruntime as ort
+    import torch
+    import torchvision
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(torch.load(str(args.mobilenet / "mobilenet_v2-b0353104.pth"), map_location="cpu"))
+    model.eval()
+    onnx_path = out_dir / "mobilenetv2.onnx"
+    if not onnx_path.exists():
+        x = torch.zeros(1, 3, 224, 224)
+        torch.onnx.export(model, (x,), str(onnx_path), input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    rows = []
+    for batch, runs in [(1, 50), (8, 10)]:
+        pixels = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        path = out_dir / f"mobilenet_pixels_{batch}.f32"
+        pixels.tofile(path)
+        want = sess.run(None, {"pixels": pixels})[0][0, :5]
+        t = torch.from_numpy(pixels)
+
+        def run_torch():
+            with torch.inference_mode():
+                model(t)
+        times = {"ORT": [], "PyTorch": [], "tandem": []}
+        for _ in range(args.rounds):
+            times["ORT"].append(timed(lambda: sess.run(None, {"pixels": pixels}), runs))
+            times["PyTorch"].append(timed(run_torch, runs))
+            time.sleep(0.5)
+            out = subprocess.run([str(tandem_dir / "mobilenet_timing"), str(args.mobilenet), str(path), str(batch), str(runs)],
+                                 env=env, check=True, capture_output=True, text=True)
+            result = json.loads(out.stdout)
+            times["tandem"].append(result["median_ms"])
+        gap = float(np.max(np.abs(np.array(result["logits"]) - want)))
+        ratios = [t / o for t, o in zip(times["tandem"], times["ORT"])]
+        med = {n: statistics.median(v) for n, v in times.items()}
+        print(f"MobileNetV2 batch {batch}: " + "  ".join(f"{n} {v:8.2f} ms" for n, v in med.items())
+              + f"  tandem / ORT {statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)});"
+              f" first logits differ from ORT's by {gap:.1e}")
+        rows.append((batch, med, statistics.median(ratios), gap))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir", type=Path)
@@ -196,6 +241,7 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-gemm", action="store_true")
     ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--mobilenet", type=Path, help="a fetched mobilenetv2 folder: time MobileNetV2 too")
     args = ap.parse_args()
     threads = str(args.threads)
     env = dict(os.environ, RAYON_NUM_THREADS=threads, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
@@ -242,7 +288,7 @@ def main():
     if args.tandem_bin:
         tandem_bin = args.tandem_bin
     else:
-        build(["minilm_timing", "gemm_timing"])
+        build(["minilm_timing", "gemm_timing", "mobilenet_timing"])
         tandem_bin = REPO / "target" / "release" / "minilm_timing"
     gemm_bin = tandem_bin.parent / "gemm_timing"
 
@@ -272,6 +318,7 @@ def main():
         print(f"{name:24s} real tokens {real:5d}  " + "  ".join(f"{n} {statistics.median(v):8.2f} ms" for n, v in times.items())
               + f"  tandem / best ORT {statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
     gemm_rows = [] if args.no_gemm else gemm_compare(args, env, gemm_bin, args.rounds)
+    vision_rows = mobilenet_compare(args, env, so, tandem_bin.parent, out_dir) if args.mobilenet else []
     for shape, blas, ours in gemm_rows:
         print(f"gemm {shape:28s} numpy BLAS {blas:6.1f} GFLOP/s  tandem {ours:6.1f} GFLOP/s  ({ours / blas:.0%})")
     load_after = load()
@@ -294,6 +341,11 @@ def main():
     if gemm_rows:
         lines += ["", f"| f32 GEMM, m × k × n | {blas_name} GFLOP/s | tandem GFLOP/s | tandem / BLAS |", "|---|---|---|---|"]
         lines += [f"| {shape} | {blas:.0f} | {ours:.0f} | {ours / blas:.0%} |" for shape, blas, ours in gemm_rows]
+    if vision_rows:
+        lines += ["", "| MobileNetV2, 224 × 224 | ORT | PyTorch | tandem | tandem / ORT (median of rounds) | logits vs ORT |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| batch {b} | {m['ORT']:.2f} ms | {m['PyTorch']:.2f} ms | {m['tandem']:.2f} ms | **{r:.2f}** | {g:.0e} |"
+                  for b, m, r, g in vision_rows]
     table = "\n".join(lines) + "\n"
     (out_dir / f"cpu_compare.{args.isa}.md").write_text(table)
     if args.readme:

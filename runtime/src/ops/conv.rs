@@ -168,51 +168,100 @@ pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &m
     out.par_chunks_mut(plane).enumerate().for_each(|(no, y)| conv_plane(p, x, w, bias, no, y));
 }
 
-/// One output plane `y[n, o]` (`no = n·O + o`).
+/// One output plane `y[n, o]` (`no = n·O + o`), compiled again for AVX-512 and for AVX2
+/// (picked at run time: release builds target baseline x86-64, whose SSE2 is 4 lanes wide).
 fn conv_plane(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::isa::CpuIsa;
+        if CpuIsa::active() >= CpuIsa::Avx512 {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            fn wide512(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
+                conv_plane_rows(p, x, w, bias, no, y)
+            }
+            // SAFETY: the CPU has the features `wide512` was compiled for (the active level).
+            return unsafe { wide512(p, x, w, bias, no, y) };
+        }
+        if CpuIsa::active().has_avx2() {
+            #[target_feature(enable = "avx2,fma")]
+            fn wide(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
+                conv_plane_rows(p, x, w, bias, no, y)
+            }
+            // SAFETY: as above, AVX2 and FMA.
+            return unsafe { wide(p, x, w, bias, no, y) };
+        }
+    }
+    conv_plane_rows(p, x, w, bias, no, y)
+}
+
+/// The body of [`conv_plane`], arranged so that every kernel tap is one long contiguous
+/// multiply-add over the whole plane, whatever the stride and however small the plane (7 × 7
+/// in MobileNetV2's last blocks, where per-row loops would be all overhead):
+///
+/// 1. each input channel is padded with zeros and split into its stride phases: phase
+///    (ry, rx) holds the padded rows ry, ry + sh, … and, of each, the columns rx, rx + sw, …
+///    (`hq` rows of `wq`);
+/// 2. output row oy, column ox, tap (ky, kx) reads padded (oy·sh + ky, ox·sw + kx), which is
+///    phase (ky mod sh, kx mod sw) at (oy + ky div sh, ox + kx div sw): with the output laid
+///    out `wq` wide (its last columns are thrown away), the tap is `out[t] += w · phase[t +
+///    offset]` for t over the whole plane.
+#[inline(always)]
+fn conv_plane_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
     let (o_count, cg) = (p.o as usize, p.group_in());
     let (n, o) = (no / o_count, no % o_count);
     let group = o / p.group_out().max(1);
     let (h, wd, kh, kw) = (p.h as usize, p.w as usize, p.kh as usize, p.kw as usize);
     let (oh, ow, sh, sw) = (p.oh as usize, p.ow as usize, p.stride_h as usize, p.stride_w as usize);
     let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
-    y.fill(0.0);
+    // Phase planes are long enough for the farthest tap of the last output row.
+    let wq = (wd + 2 * pw).div_ceil(sw).max(ow + (kw - 1) / sw);
+    let hq = (h + 2 * ph).div_ceil(sh).max(oh + (kh - 1) / sh) + 1;
+    let plane = hq * wq;
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut scratch = SCRATCH.take();
+    scratch.clear();
+    scratch.resize(sh * sw * plane + oh * wq, 0.0);
+    let (phases, acc) = scratch.split_at_mut(sh * sw * plane);
+    acc.fill(bias.map_or(0.0, |b| b[o]));
     for ci in 0..cg {
         let chan = &x[(n * p.c as usize + group * cg + ci) * h * wd..][..h * wd];
-        let wk = &w[(o * cg + ci) * kh * kw..][..kh * kw];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let wv = wk[ky * kw + kx];
-                // Output columns whose input column ox·sw + kx − pw lies in [0, W).
-                let ox_lo = pw.saturating_sub(kx).div_ceil(sw);
-                let ox_hi = ((wd + pw).saturating_sub(kx)).div_ceil(sw).min(ow);
-                if ox_lo >= ox_hi {
+        if ci > 0 {
+            phases.fill(0.0);
+        }
+        for (iy, row) in chan.chunks_exact(wd).enumerate() {
+            let (ry, qy) = ((iy + ph) % sh, (iy + ph) / sh);
+            for rx in 0..sw {
+                // The first input column in phase rx, and its index there.
+                let ix0 = (rx + sw - pw % sw) % sw;
+                if ix0 >= wd {
                     continue;
                 }
-                for oy in 0..oh {
-                    let iy = oy * sh + ky;
-                    if iy < ph || iy - ph >= h {
-                        continue;
-                    }
-                    let row = &chan[(iy - ph) * wd..][..wd];
-                    let yrow = &mut y[oy * ow..][..ow];
-                    if sw == 1 {
-                        let start = ox_lo + kx - pw;
-                        let n = ox_hi - ox_lo;
-                        yrow[ox_lo..ox_hi].iter_mut().zip(&row[start..start + n]).for_each(|(a, &b)| *a += wv * b);
-                    } else {
-                        for ox in ox_lo..ox_hi {
-                            yrow[ox] += wv * row[ox * sw + kx - pw];
-                        }
+                let dst = &mut phases[(ry * sw + rx) * plane + qy * wq + (ix0 + pw) / sw..];
+                if sw == 1 {
+                    dst[..wd].copy_from_slice(row);
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(row[ix0..].iter().step_by(sw)) {
+                        *d = v;
                     }
                 }
             }
         }
+        let wk = &w[(o * cg + ci) * kh * kw..][..kh * kw];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let wv = wk[ky * kw + kx];
+                let phase = &phases[((ky % sh) * sw + kx % sw) * plane..][..plane];
+                let tap = &phase[(ky / sh) * wq + kx / sw..][..oh * wq];
+                acc.iter_mut().zip(tap).for_each(|(a, &v)| *a += wv * v);
+            }
+        }
     }
-    if let Some(bias) = bias {
-        let b = bias[o];
-        y.iter_mut().for_each(|v| *v += b);
+    for (yrow, arow) in y.chunks_exact_mut(ow).zip(acc.chunks_exact(wq)) {
+        yrow.copy_from_slice(&arow[..ow]);
     }
+    SCRATCH.set(scratch);
 }
 
 /// Kernel params for `global_avg_pool`, mirrored in `shaders/pool.wgsl` and

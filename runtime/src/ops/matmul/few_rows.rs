@@ -5,8 +5,9 @@
 //! With hundreds of rows that is a small share of the work; with the 1–32 rows of a search
 //! query (batch 1) it costs as much as the product itself, and its threads split the rows,
 //! which are too few to share. Rows of `a` and of `w` are both contiguous along K, so a
-//! tile of 4 × 4 dot products runs with 16 vector accumulators, every load feeding 2 FMAs,
-//! and is reduced to the 16 results at the end of K. Threads split the weight's rows.
+//! tile of 4 × 4 dot products runs with 16 vector accumulators (AVX-512; AVX2 does it in two
+//! halves of 8), every load feeding 2 FMAs, and is reduced to the 16 results at the end of
+//! K. Threads split the weight's rows.
 
 use super::super::isa::CpuIsa;
 use rayon::prelude::*;
@@ -14,17 +15,23 @@ use rayon::prelude::*;
 /// Up to this many rows of `a` take this path (above it, packing pays for itself).
 pub const MAX_ROWS: usize = 32;
 
-/// Whether [`multiply`] runs on this CPU at `isa` (the active level).
+/// Whether [`multiply`] runs on this CPU at `isa` (the active level): AVX2 or AVX-512.
 pub fn available(isa: CpuIsa) -> bool {
-    isa >= CpuIsa::Avx512 && isa.supported()
+    isa >= CpuIsa::Avx2 && isa.supported()
 }
 
 /// The product `g` with b a weight w stored `[n, k]` (`g.trans_b`): `c = g.accumulate·c +
 /// g.scale · a · wᵀ`, a `[m, k]`, c `[m, n]`, row-major. Call only where [`available`] says so.
 pub(super) fn multiply(g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
+    let isa = CpuIsa::active();
+    assert!(available(isa), "few_rows::multiply needs AVX2");
+    multiply_with(isa >= CpuIsa::Avx512, g, a, w, c)
+}
+
+/// [`multiply`] with the AVX-512 tile or the AVX2 one, which the CPU must have.
+fn multiply_with(avx512: bool, g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
     let super::Gemm { m, n, k, trans_b, accumulate, scale } = g;
     assert!(trans_b && a.len() >= m * k && w.len() >= n * k && c.len() >= m * n && m > 0 && n > 0);
-    assert!(available(CpuIsa::active().min(CpuIsa::detected())), "few_rows::multiply needs AVX-512");
     struct Out(*mut f32);
     // SAFETY: each task writes its own columns of c (below).
     unsafe impl Sync for Out {}
@@ -37,8 +44,9 @@ pub(super) fn multiply(g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
         for start in (0..k).step_by(K_BLOCK) {
             let block = Block { start, len: K_BLOCK.min(k - start), stride: k };
             let accumulate = accumulate || start > 0;
-            // SAFETY: the CPU has AVX-512 (asserted above); the columns are this task's only.
-            unsafe { x86::columns(m, n, block, a, w, out.0, cols.clone(), accumulate, scale) }
+            // SAFETY: the CPU has the tile's features (asserted above); the columns are this
+            // task's only.
+            unsafe { x86::columns(avx512, m, n, block, a, w, out.0, cols.clone(), accumulate, scale) }
         }
     };
     let threads = rayon::current_num_threads();
@@ -72,15 +80,19 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
+    /// `TILE` consecutive rows (`stride` apart) from `start`.
+    type Rows = (*const f32, usize);
+
     /// Columns `cols` of c, every row, from the K values in `k` (c is overwritten, or added
-    /// to with `accumulate`).
+    /// to with `accumulate`), with the AVX-512 tile where `avx512`, else the AVX2 one.
     ///
     /// # Safety
-    /// AVX-512 F; a holds m rows and w n rows of `k.stride` values, and c points at m×n
-    /// values, of which this call writes columns `cols` only.
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    /// AVX2 and FMA (and AVX-512 F where `avx512`); a holds m rows and w n rows of
+    /// `k.stride` values, and c points at m×n values, of which this call writes columns
+    /// `cols` only.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn columns(
+        avx512: bool,
         m: usize,
         n: usize,
         k: Block,
@@ -96,7 +108,7 @@ mod x86 {
         // not written.
         let mut a_edge = Vec::new();
         let mut w_edge = Vec::new();
-        let four_rows = |x: &[f32], rows: usize, first: usize, scratch: &mut Vec<f32>| -> (*const f32, usize) {
+        let four_rows = |x: &[f32], rows: usize, first: usize, scratch: &mut Vec<f32>| -> Rows {
             if first + TILE <= rows {
                 return (x[first * k.stride + k.start..].as_ptr(), k.stride);
             }
@@ -118,38 +130,18 @@ mod x86 {
             for i0 in (0..m).step_by(TILE) {
                 let as_ = four_rows(a, m, i0, &mut a_edge);
                 let prefetch = if i0 == 0 { next } else { (std::ptr::null(), 0) };
-                // SAFETY: 4 rows of k.len values behind `as_` and `ws`; `prefetch` is a hint.
-                let sums = unsafe { tile(as_, ws, k.len, prefetch) };
-                if i0 + TILE <= m && j0 + TILE <= cols.end {
-                    // A whole tile: row i's 4 results are quarter i of `sums`.
-                    let sums = _mm512_mul_ps(_mm512_set1_ps(scale), sums);
-                    let quarters = [
-                        _mm512_extractf32x4_ps::<0>(sums),
-                        _mm512_extractf32x4_ps::<1>(sums),
-                        _mm512_extractf32x4_ps::<2>(sums),
-                        _mm512_extractf32x4_ps::<3>(sums),
-                    ];
-                    for (di, q) in quarters.into_iter().enumerate() {
-                        // SAFETY: row i0 + di, columns j0..j0 + 4 are inside c and this call's.
-                        unsafe {
-                            let dst = c.add((i0 + di) * n + j0);
-                            let q = if accumulate { _mm_add_ps(_mm_loadu_ps(dst), q) } else { q };
-                            _mm_storeu_ps(dst, q);
-                        }
-                    }
-                    continue;
-                }
-                let mut sums_by_lane = [0f32; 16];
-                // SAFETY: 16 f32.
-                unsafe { _mm512_storeu_ps(sums_by_lane.as_mut_ptr(), sums) };
+                // SAFETY: 4 rows of k.len values behind `as_` and `ws`; `prefetch` is a hint;
+                // the caller's CPU has the tile's features.
+                let dots = unsafe {
+                    if avx512 { tile_avx512(as_, ws, k.len, prefetch) } else { tile_avx2(as_, ws, k.len, prefetch) }
+                };
                 for di in 0..TILE.min(m - i0) {
-                    for dj in 0..TILE.min(cols.end - j0) {
-                        let v = scale * sums_by_lane[4 * di + dj];
-                        // SAFETY: (i0 + di, j0 + dj) is inside c and in this call's columns.
-                        unsafe {
-                            let dst = c.add((i0 + di) * n + j0 + dj);
-                            *dst = if accumulate { *dst + v } else { v };
-                        }
+                    // SAFETY: row i0 + di, columns j0.. (up to 4, inside `cols`) are inside c
+                    // and this call's.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(c.add((i0 + di) * n + j0), TILE.min(cols.end - j0)) };
+                    for (d, v) in dst.iter_mut().zip(&dots[TILE * di..]) {
+                        *d = if accumulate { *d + scale * v } else { scale * v };
                     }
                 }
             }
@@ -162,17 +154,17 @@ mod x86 {
     #[cfg(test)]
     const ORDER: [usize; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
 
-    /// The 16 dot products of 4 rows of a with 4 rows of w (each k long, row stride k), that
-    /// of a row i and w row j in lane 4i + j: the accumulator of (i, j) is number 4j + i, and
-    /// [`ORDER`] sends that to lane 4i + j. Where `prefetch` is not null, the 4 rows of k
-    /// values there are fetched into the cache on the way.
+    /// The 16 dot products of 4 rows of a with 4 rows of w (each k long), that of a row i and
+    /// w row j at 4i + j: the accumulator of (i, j) is number 4j + i, and `reduce16` sends
+    /// that to lane 4i + j ([`ORDER`]). Where `prefetch` is not null, the 4 rows of k values
+    /// there are fetched into the cache on the way.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile(
-        (a, a_stride): (*const f32, usize),
-        (w, w_stride): (*const f32, usize),
+    unsafe fn tile_avx512(
+        (a, a_stride): Rows,
+        (w, w_stride): Rows,
         k: usize,
-        (prefetch, prefetch_stride): (*const f32, usize),
-    ) -> __m512 {
+        (prefetch, prefetch_stride): Rows,
+    ) -> [f32; 16] {
         let mut acc = [_mm512_setzero_ps(); 16];
         let mut p = 0;
         // SAFETY (all loads): p + 16 ≤ k in the loop, and the tail's mask covers p..k only.
@@ -204,7 +196,74 @@ mod x86 {
                 }
             }
         }
-        reduce16(acc)
+        let mut dots = [0f32; 16];
+        // SAFETY: 16 f32.
+        unsafe { _mm512_storeu_ps(dots.as_mut_ptr(), reduce16(acc)) };
+        dots
+    }
+
+    /// As [`tile_avx512`] with 8-wide registers: AVX2 has 16 of them, so the tile runs as two
+    /// halves of 4 rows of a × 2 rows of w (8 accumulators, 6 loads a step).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_avx2(
+        (a, a_stride): Rows,
+        (w, w_stride): Rows,
+        k: usize,
+        (prefetch, prefetch_stride): Rows,
+    ) -> [f32; 16] {
+        let mut dots = [0f32; 16];
+        for half in 0..2 {
+            let w = w.wrapping_add(2 * half * w_stride);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut p = 0;
+            // SAFETY (all loads): p + 8 ≤ k in the loop, and the tail's mask covers p..k only.
+            while p + 8 <= k {
+                if half == 0 && !prefetch.is_null() && p % 16 == 0 {
+                    for r in 0..4 {
+                        _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(r * prefetch_stride + p) as *const i8);
+                    }
+                }
+                let av: [__m256; 4] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(a.add(r * a_stride + p)) });
+                let wv: [__m256; 2] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(w.add(r * w_stride + p)) });
+                for i in 0..4 {
+                    for j in 0..2 {
+                        acc[2 * i + j] = _mm256_fmadd_ps(av[i], wv[j], acc[2 * i + j]);
+                    }
+                }
+                p += 8;
+            }
+            if p < k {
+                let mask =
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32((k - p) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                let av: [__m256; 4] =
+                    std::array::from_fn(|r| unsafe { _mm256_maskload_ps(a.add(r * a_stride + p), mask) });
+                let wv: [__m256; 2] =
+                    std::array::from_fn(|r| unsafe { _mm256_maskload_ps(w.add(r * w_stride + p), mask) });
+                for i in 0..4 {
+                    for j in 0..2 {
+                        acc[2 * i + j] = _mm256_fmadd_ps(av[i], wv[j], acc[2 * i + j]);
+                    }
+                }
+            }
+            let mut sums = [0f32; 8];
+            // SAFETY: 8 f32.
+            unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), reduce8(acc)) };
+            for i in 0..4 {
+                dots[4 * i + 2 * half..][..2].copy_from_slice(&sums[2 * i..][..2]);
+            }
+        }
+        dots
+    }
+
+    /// Sums each of 8 vectors into lane t of the result (t: the vector's index).
+    #[target_feature(enable = "avx2")]
+    fn reduce8(v: [__m256; 8]) -> __m256 {
+        // hadd pairs within 128-bit halves: after two levels, half h of u0 holds the partial
+        // sums of v0..v3 over half h of each, and u1 those of v4..v7.
+        let t: [__m256; 4] = std::array::from_fn(|p| _mm256_hadd_ps(v[2 * p], v[2 * p + 1]));
+        let u0 = _mm256_hadd_ps(t[0], t[1]);
+        let u1 = _mm256_hadd_ps(t[2], t[3]);
+        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u0, u1), _mm256_permute2f128_ps::<0x31>(u0, u1))
     }
 
     /// Sums each of 16 vectors into one lane of the result (lane of vector t: `ORDER[t]`),
@@ -252,6 +311,7 @@ mod x86 {
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
     pub(super) unsafe fn columns(
+        _: bool,
         _: usize,
         _: usize,
         _: super::Block,
@@ -275,10 +335,16 @@ mod tests {
     /// across threads, overwriting and accumulating.
     #[test]
     fn matches_f64_dot_products_at_awkward_shapes() {
-        if !available(CpuIsa::active()) {
-            eprintln!("skipped: few_rows needs AVX-512 (this CPU, or TANDEM_CPU_ISA, has less)");
-            return;
+        for (isa, avx512) in [(CpuIsa::Avx512, true), (CpuIsa::Avx2, false)] {
+            if isa.supported() {
+                check(avx512);
+            } else {
+                eprintln!("skipped: this CPU has no {isa}");
+            }
         }
+    }
+
+    fn check(avx512: bool) {
         let value = |i: usize, salt: usize| ((i * 2_654_435_761 + salt * 97) % 2001) as f32 / 1000.0 - 1.0;
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -296,7 +362,7 @@ mod tests {
             let c0: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
             for (accumulate, scale) in [(false, 1.0f32), (true, 0.5)] {
                 let mut c = c0.clone();
-                multiply(super::super::Gemm { m, n, k, trans_b: true, accumulate, scale }, &a, &w, &mut c);
+                multiply_with(avx512, super::super::Gemm { m, n, k, trans_b: true, accumulate, scale }, &a, &w, &mut c);
                 for i in 0..m {
                     for j in 0..n {
                         let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum();
@@ -305,7 +371,7 @@ mod tests {
                         let got = c[i * n + j] as f64;
                         assert!(
                             (got - want).abs() <= 1e-6 * (norm + 1.0),
-                            "{m}x{n}x{k} accumulate {accumulate}: c[{i},{j}] = {got}, want {want}"
+                            "avx512 {avx512}, {m}x{n}x{k} accumulate {accumulate}: c[{i},{j}] = {got}, want {want}"
                         );
                     }
                 }
