@@ -11,25 +11,51 @@
 
 use super::super::isa::CpuIsa;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Up to this many rows of `a` take this path (above it, packing pays for itself).
 pub const MAX_ROWS: usize = 32;
 
-/// Whether [`multiply`] runs on this CPU at `isa` (the active level): AVX2 or AVX-512.
+/// Whether [`multiply`] runs on this CPU at `isa` (the active level): AVX2 or AVX-512 on
+/// x86-64; wasm32 built with simd128 (the browser package always is).
 pub fn available(isa: CpuIsa) -> bool {
-    isa >= CpuIsa::Avx2 && isa.supported()
+    cfg!(all(target_arch = "wasm32", target_feature = "simd128")) || (isa >= CpuIsa::Avx2 && isa.supported())
 }
 
 /// The product `g` with b a weight w stored `[n, k]` (`g.trans_b`): `c = g.accumulate·c +
 /// g.scale · a · wᵀ`, a `[m, k]`, c `[m, n]`, row-major. Call only where [`available`] says so.
 pub(super) fn multiply(g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
     let isa = CpuIsa::active();
-    assert!(available(isa), "few_rows::multiply needs AVX2");
-    multiply_with(isa >= CpuIsa::Avx512, g, a, w, c)
+    assert!(available(isa), "few_rows::multiply needs AVX2 or wasm simd128");
+    multiply_with(best_tile(isa), g, a, w, c)
 }
 
-/// [`multiply`] with the AVX-512 tile or the AVX2 one, which the CPU must have.
-fn multiply_with(avx512: bool, g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
+/// The 16 dot products of 4 rows of a with 4 rows of w (each `k` long), that of a row i and
+/// w row j at 4i + j, fetching the 4 rows at the third argument (if not null) into the cache
+/// on the way. Unsafe: the rows must hold k values each, and the CPU must have the
+/// instructions the function was built for.
+type TileFn = unsafe fn(Rows, Rows, usize, Rows) -> [f32; 16];
+
+/// `TILE` consecutive rows, each `.1` values after the previous one, from `.0`.
+type Rows = (*const f32, usize);
+
+#[cfg(target_arch = "x86_64")]
+fn best_tile(isa: CpuIsa) -> TileFn {
+    if isa >= CpuIsa::Avx512 { x86::tile_avx512 } else { x86::tile_avx2 }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn best_tile(_: CpuIsa) -> TileFn {
+    wasm::tile_simd128
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
+fn best_tile(_: CpuIsa) -> TileFn {
+    unreachable!("few_rows::available is false here")
+}
+
+/// [`multiply`] with the given tile, which the CPU must run.
+fn multiply_with(tile: TileFn, g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
     let super::Gemm { m, n, k, trans_b, accumulate, scale } = g;
     assert!(trans_b && a.len() >= m * k && w.len() >= n * k && c.len() >= m * n && m > 0 && n > 0);
     struct Out(*mut f32);
@@ -38,15 +64,15 @@ fn multiply_with(avx512: bool, g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f3
     let out = Out(c.as_mut_ptr());
     let out = &out;
     let tile_cols = n.div_ceil(TILE);
-    let run = |cols: std::ops::Range<usize>| {
+    let run = |cols: Range<usize>| {
         // K in blocks, so that a tile's rows of a and w stay in the L1 cache between tiles;
         // the blocks after the first add to c.
         for start in (0..k).step_by(K_BLOCK) {
             let block = Block { start, len: K_BLOCK.min(k - start), stride: k };
             let accumulate = accumulate || start > 0;
-            // SAFETY: the CPU has the tile's features (asserted above); the columns are this
+            // SAFETY: the CPU runs `tile` (the caller's promise); the columns are this
             // task's only.
-            unsafe { x86::columns(avx512, m, n, block, a, w, out.0, cols.clone(), accumulate, scale) }
+            unsafe { columns(tile, m, n, block, a, w, out.0, cols.clone(), accumulate, scale) }
         }
     };
     let threads = rayon::current_num_threads();
@@ -74,79 +100,71 @@ struct Block {
     stride: usize,
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{Block, TILE};
-    use std::arch::x86_64::*;
-    use std::ops::Range;
-
-    /// `TILE` consecutive rows (`stride` apart) from `start`.
-    type Rows = (*const f32, usize);
-
-    /// Columns `cols` of c, every row, from the K values in `k` (c is overwritten, or added
-    /// to with `accumulate`), with the AVX-512 tile where `avx512`, else the AVX2 one.
-    ///
-    /// # Safety
-    /// AVX2 and FMA (and AVX-512 F where `avx512`); a holds m rows and w n rows of
-    /// `k.stride` values, and c points at m×n values, of which this call writes columns
-    /// `cols` only.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn columns(
-        avx512: bool,
-        m: usize,
-        n: usize,
-        k: Block,
-        a: &[f32],
-        w: &[f32],
-        c: *mut f32,
-        cols: Range<usize>,
-        accumulate: bool,
-        scale: f32,
-    ) {
-        // A tile reads 4 consecutive rows of a and of w. At an edge, the rows go through a
-        // scratch copy in which rows past the edge repeat the last one; their results are
-        // not written.
-        let mut a_edge = Vec::new();
-        let mut w_edge = Vec::new();
-        let four_rows = |x: &[f32], rows: usize, first: usize, scratch: &mut Vec<f32>| -> Rows {
-            if first + TILE <= rows {
-                return (x[first * k.stride + k.start..].as_ptr(), k.stride);
-            }
-            scratch.clear();
-            for t in 0..TILE {
-                scratch.extend_from_slice(&x[(first + t).min(rows - 1) * k.stride + k.start..][..k.len]);
-            }
-            (scratch.as_ptr(), k.len)
+/// Columns `cols` of c, every row, from the K values in `k` (c is overwritten, or added
+/// to with `accumulate`), tile by tile.
+///
+/// # Safety
+/// The CPU runs `tile`; a holds m rows and w n rows of `k.stride` values, and c points
+/// at m×n values, of which this call writes columns `cols` only.
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns(
+    tile: TileFn,
+    m: usize,
+    n: usize,
+    k: Block,
+    a: &[f32],
+    w: &[f32],
+    c: *mut f32,
+    cols: Range<usize>,
+    accumulate: bool,
+    scale: f32,
+) {
+    // A tile reads 4 consecutive rows of a and of w. At an edge, the rows go through a
+    // scratch copy in which rows past the edge repeat the last one; their results are
+    // not written.
+    let mut a_edge = Vec::new();
+    let mut w_edge = Vec::new();
+    let four_rows = |x: &[f32], rows: usize, first: usize, scratch: &mut Vec<f32>| -> Rows {
+        if first + TILE <= rows {
+            return (x[first * k.stride + k.start..].as_ptr(), k.stride);
+        }
+        scratch.clear();
+        for t in 0..TILE {
+            scratch.extend_from_slice(&x[(first + t).min(rows - 1) * k.stride + k.start..][..k.len]);
+        }
+        (scratch.as_ptr(), k.len)
+    };
+    for j0 in cols.clone().step_by(TILE) {
+        let ws = four_rows(w, n, j0, &mut w_edge);
+        // The first tile of a block of weight rows fetches the next block into the cache:
+        // rows of a few KiB are too short for the hardware prefetcher to catch up with.
+        let next = if j0 + 2 * TILE <= cols.end {
+            (w[(j0 + TILE) * k.stride + k.start..].as_ptr(), k.stride)
+        } else {
+            (std::ptr::null(), 0)
         };
-        for j0 in cols.clone().step_by(TILE) {
-            let ws = four_rows(w, n, j0, &mut w_edge);
-            // The first tile of a block of weight rows fetches the next block into the cache:
-            // rows of a few KiB are too short for the hardware prefetcher to catch up with.
-            let next = if j0 + 2 * TILE <= cols.end {
-                (w[(j0 + TILE) * k.stride + k.start..].as_ptr(), k.stride)
-            } else {
-                (std::ptr::null(), 0)
-            };
-            for i0 in (0..m).step_by(TILE) {
-                let as_ = four_rows(a, m, i0, &mut a_edge);
-                let prefetch = if i0 == 0 { next } else { (std::ptr::null(), 0) };
-                // SAFETY: 4 rows of k.len values behind `as_` and `ws`; `prefetch` is a hint;
-                // the caller's CPU has the tile's features.
-                let dots = unsafe {
-                    if avx512 { tile_avx512(as_, ws, k.len, prefetch) } else { tile_avx2(as_, ws, k.len, prefetch) }
-                };
-                for di in 0..TILE.min(m - i0) {
-                    // SAFETY: row i0 + di, columns j0.. (up to 4, inside `cols`) are inside c
-                    // and this call's.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(c.add((i0 + di) * n + j0), TILE.min(cols.end - j0)) };
-                    for (d, v) in dst.iter_mut().zip(&dots[TILE * di..]) {
-                        *d = if accumulate { *d + scale * v } else { scale * v };
-                    }
+        for i0 in (0..m).step_by(TILE) {
+            let as_ = four_rows(a, m, i0, &mut a_edge);
+            let prefetch = if i0 == 0 { next } else { (std::ptr::null(), 0) };
+            // SAFETY: 4 rows of k.len values behind `as_` and `ws`; `prefetch` is a hint;
+            // the caller's CPU runs `tile`.
+            let dots = unsafe { tile(as_, ws, k.len, prefetch) };
+            for di in 0..TILE.min(m - i0) {
+                // SAFETY: row i0 + di, columns j0.. (up to 4, inside `cols`) are inside c
+                // and this call's.
+                let dst = unsafe { std::slice::from_raw_parts_mut(c.add((i0 + di) * n + j0), TILE.min(cols.end - j0)) };
+                for (d, v) in dst.iter_mut().zip(&dots[TILE * di..]) {
+                    *d = if accumulate { *d + scale * v } else { scale * v };
                 }
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Rows;
+    use std::arch::x86_64::*;
 
     /// The lane of accumulator t after `reduce16`: level 1 pairs accumulators (2p, 2p+1)
     /// into 256-bit halves, level 2 pairs those results into 128-bit quarters, levels 3 and 4
@@ -159,7 +177,7 @@ mod x86 {
     /// that to lane 4i + j ([`ORDER`]). Where `prefetch` is not null, the 4 rows of k values
     /// there are fetched into the cache on the way.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile_avx512(
+    pub(super) unsafe fn tile_avx512(
         (a, a_stride): Rows,
         (w, w_stride): Rows,
         k: usize,
@@ -205,7 +223,7 @@ mod x86 {
     /// As [`tile_avx512`] with 8-wide registers: AVX2 has 16 of them, so the tile runs as two
     /// halves of 4 rows of a × 2 rows of w (8 accumulators, 6 loads a step).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile_avx2(
+    pub(super) unsafe fn tile_avx2(
         (a, a_stride): Rows,
         (w, w_stride): Rows,
         k: usize,
@@ -308,21 +326,46 @@ mod x86 {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-mod x86 {
-    pub(super) unsafe fn columns(
-        _: bool,
-        _: usize,
-        _: usize,
-        _: super::Block,
-        _: &[f32],
-        _: &[f32],
-        _: *mut f32,
-        _: std::ops::Range<usize>,
-        _: bool,
-        _: f32,
-    ) {
-        unreachable!("few_rows::available is false off x86-64")
+/// The browser's tile: wasm SIMD128 (4 lanes; 8 accumulators, as V8 maps them onto 16
+/// registers), in two halves of 4 rows of a × 2 rows of w. wasm has no prefetch.
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    use super::Rows;
+    use std::arch::wasm32::*;
+
+    #[target_feature(enable = "simd128")]
+    pub(super) unsafe fn tile_simd128((a, a_stride): Rows, (w, w_stride): Rows, k: usize, _: Rows) -> [f32; 16] {
+        let mut dots = [0f32; 16];
+        let load = |p: *const f32| unsafe { v128_load(p as *const v128) };
+        for half in 0..2 {
+            let w = w.wrapping_add(2 * half * w_stride);
+            let mut acc = [f32x4_splat(0.0); 8];
+            let mut p = 0;
+            // SAFETY (all loads): p + 4 ≤ k; v128_load reads unaligned.
+            while p + 4 <= k {
+                let av: [v128; 4] = std::array::from_fn(|r| load(a.wrapping_add(r * a_stride + p)));
+                let wv: [v128; 2] = std::array::from_fn(|r| load(w.wrapping_add(r * w_stride + p)));
+                for i in 0..4 {
+                    for j in 0..2 {
+                        acc[2 * i + j] = f32x4_add(acc[2 * i + j], f32x4_mul(av[i], wv[j]));
+                    }
+                }
+                p += 4;
+            }
+            for i in 0..4 {
+                for j in 0..2 {
+                    let v = acc[2 * i + j];
+                    let mut sum = (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v))
+                        + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v));
+                    for q in p..k {
+                        // SAFETY: q < k.
+                        sum += unsafe { *a.add(i * a_stride + q) * *w.add(j * w_stride + q) };
+                    }
+                    dots[4 * i + 2 * half + j] = sum;
+                }
+            }
+        }
+        dots
     }
 }
 
@@ -335,16 +378,16 @@ mod tests {
     /// across threads, overwriting and accumulating.
     #[test]
     fn matches_f64_dot_products_at_awkward_shapes() {
-        for (isa, avx512) in [(CpuIsa::Avx512, true), (CpuIsa::Avx2, false)] {
+        for isa in [CpuIsa::Avx512, CpuIsa::Avx2] {
             if isa.supported() {
-                check(avx512);
+                check(best_tile(isa));
             } else {
                 eprintln!("skipped: this CPU has no {isa}");
             }
         }
     }
 
-    fn check(avx512: bool) {
+    fn check(tile: TileFn) {
         let value = |i: usize, salt: usize| ((i * 2_654_435_761 + salt * 97) % 2001) as f32 / 1000.0 - 1.0;
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -362,7 +405,7 @@ mod tests {
             let c0: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
             for (accumulate, scale) in [(false, 1.0f32), (true, 0.5)] {
                 let mut c = c0.clone();
-                multiply_with(avx512, super::super::Gemm { m, n, k, trans_b: true, accumulate, scale }, &a, &w, &mut c);
+                multiply_with(tile, super::super::Gemm { m, n, k, trans_b: true, accumulate, scale }, &a, &w, &mut c);
                 for i in 0..m {
                     for j in 0..n {
                         let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum();
@@ -371,7 +414,7 @@ mod tests {
                         let got = c[i * n + j] as f64;
                         assert!(
                             (got - want).abs() <= 1e-6 * (norm + 1.0),
-                            "avx512 {avx512}, {m}x{n}x{k} accumulate {accumulate}: c[{i},{j}] = {got}, want {want}"
+                            "{m}x{n}x{k} accumulate {accumulate}: c[{i},{j}] = {got}, want {want}"
                         );
                     }
                 }
