@@ -20,8 +20,8 @@ load: figures taken on a busy machine are not figures.
 
 Usage: cpu_compare.py MODEL_DIR [--threads 2] [--rounds 5] [--isa avx2] [--tandem-bin PATH]
                                  [--no-torch] [--readme]
-  --isa avx2    caps tandem at AVX2 (TANDEM_CPU_ISA=avx2) and PyTorch too
-                (ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2); ONNX Runtime has no such
+  --isa avx2    caps tandem at AVX2 (TANDEM_CPU_ISA=avx2), PyTorch (ATEN_CPU_CAPABILITY=avx2,
+                MKL_ENABLE_INSTRUCTIONS=AVX2) and numpy's OpenBLAS (OPENBLAS_CORETYPE=Haswell); ONNX Runtime has no such
                 switch, so its figures stay those of its best path (the table says so). The
                 `gemm` crate's f32 kernels pick AVX-512 by themselves: build tandem's timing
                 binaries without its `x86-v4` feature for a whole-AVX2 run and pass --tandem-bin.
@@ -176,6 +176,7 @@ def gemm_compare(args, env, gemm_bin, rounds):
         blas, ours = [], []
         for _ in range(rounds):
             blas.append(timed(lambda: np.matmul(a, b, out=c), runs))
+            time.sleep(0.5)  # OpenBLAS's threads spin after a call: as in `timed`
             out = subprocess.run([str(gemm_bin), str(runs), f"{m},{k},{n}" + (",t" if t else "")], env=env,
                                  check=True, capture_output=True, text=True)
             ours.append(json.loads(out.stdout)["median_ms"])
@@ -243,6 +244,10 @@ def main():
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--mobilenet", type=Path, help="a fetched mobilenetv2 folder: time MobileNetV2 too")
     args = ap.parse_args()
+    if args.isa == "avx2" and os.environ.get("OPENBLAS_CORETYPE") != "Haswell":
+        # numpy's OpenBLAS reads its kernel choice when it loads (at import, above): start
+        # again with it capped at AVX2 (Haswell's kernels), like the other runtimes.
+        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, OPENBLAS_CORETYPE="Haswell"))
     threads = str(args.threads)
     env = dict(os.environ, RAYON_NUM_THREADS=threads, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
                MKL_NUM_THREADS=threads)

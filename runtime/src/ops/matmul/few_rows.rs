@@ -27,52 +27,58 @@ pub fn available(isa: CpuIsa) -> bool {
 pub(super) fn multiply(g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
     let isa = CpuIsa::active();
     assert!(available(isa), "few_rows::multiply needs AVX2 or wasm simd128");
-    multiply_with(best_tile(isa), g, a, w, c)
+    multiply_with(best_columns(isa), g, a, w, c)
 }
-
-/// The 16 dot products of 4 rows of a with 4 rows of w (each `k` long), that of a row i and
-/// w row j at 4i + j, fetching the 4 rows at the third argument (if not null) into the cache
-/// on the way. Unsafe: the rows must hold k values each, and the CPU must have the
-/// instructions the function was built for.
-type TileFn = unsafe fn(Rows, Rows, usize, Rows) -> [f32; 16];
 
 /// `TILE` consecutive rows, each `.1` values after the previous one, from `.0`.
 type Rows = (*const f32, usize);
 
+/// One instruction set's tile.
+trait Tile {
+    /// The 16 dot products of 4 rows of a with 4 rows of w (each `k` long), that of a row i
+    /// and w row j at 4i + j, fetching the 4 rows of `prefetch` (if not null) into the cache
+    /// on the way.
+    ///
+    /// # Safety
+    /// The rows hold k values each, and the CPU has the tile's instructions.
+    unsafe fn dots(a: Rows, w: Rows, k: usize, prefetch: Rows) -> [f32; 16];
+}
+
+/// [`columns`] compiled for one instruction set (its tile inlined, its stores vectorised).
+/// Unsafe: as `columns`, on a CPU with that instruction set.
+type ColumnsFn = unsafe fn(&Pass, Range<usize>);
+
 #[cfg(target_arch = "x86_64")]
-fn best_tile(isa: CpuIsa) -> TileFn {
-    if isa >= CpuIsa::Avx512 { x86::tile_avx512 } else { x86::tile_avx2 }
+fn best_columns(isa: CpuIsa) -> ColumnsFn {
+    if isa >= CpuIsa::Avx512 { x86::columns_avx512 } else { x86::columns_avx2 }
 }
 
 #[cfg(target_arch = "wasm32")]
-fn best_tile(_: CpuIsa) -> TileFn {
-    wasm::tile_simd128
+fn best_columns(_: CpuIsa) -> ColumnsFn {
+    wasm::columns_simd128
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
-fn best_tile(_: CpuIsa) -> TileFn {
+fn best_columns(_: CpuIsa) -> ColumnsFn {
     unreachable!("few_rows::available is false here")
 }
 
-/// [`multiply`] with the given tile, which the CPU must run.
-fn multiply_with(tile: TileFn, g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
+/// [`multiply`] with the given columns function, which the CPU must run.
+fn multiply_with(columns: ColumnsFn, g: super::Gemm, a: &[f32], w: &[f32], c: &mut [f32]) {
     let super::Gemm { m, n, k, trans_b, accumulate, scale } = g;
     assert!(trans_b && a.len() >= m * k && w.len() >= n * k && c.len() >= m * n && m > 0 && n > 0);
-    struct Out(*mut f32);
-    // SAFETY: each task writes its own columns of c (below).
-    unsafe impl Sync for Out {}
-    let out = Out(c.as_mut_ptr());
-    let out = &out;
+    let whole = Pass { m, n, k: Block { start: 0, len: k, stride: k }, a, w, c: c.as_mut_ptr(), accumulate, scale };
+    let whole = &whole;
     let tile_cols = n.div_ceil(TILE);
     let run = |cols: Range<usize>| {
         // K in blocks, so that a tile's rows of a and w stay in the L1 cache between tiles;
         // the blocks after the first add to c.
         for start in (0..k).step_by(K_BLOCK) {
-            let block = Block { start, len: K_BLOCK.min(k - start), stride: k };
-            let accumulate = accumulate || start > 0;
-            // SAFETY: the CPU runs `tile` (the caller's promise); the columns are this
+            let k = Block { start, len: K_BLOCK.min(k - start), stride: k };
+            let pass = Pass { k, accumulate: accumulate || start > 0, ..*whole };
+            // SAFETY: the CPU runs `columns` (the caller's promise); the columns are this
             // task's only.
-            unsafe { columns(tile, m, n, block, a, w, out.0, cols.clone(), accumulate, scale) }
+            unsafe { columns(&pass, cols.clone()) }
         }
     };
     let threads = rayon::current_num_threads();
@@ -100,25 +106,29 @@ struct Block {
     stride: usize,
 }
 
-/// Columns `cols` of c, every row, from the K values in `k` (c is overwritten, or added
-/// to with `accumulate`), tile by tile.
-///
-/// # Safety
-/// The CPU runs `tile`; a holds m rows and w n rows of `k.stride` values, and c points
-/// at m×n values, of which this call writes columns `cols` only.
-#[allow(clippy::too_many_arguments)]
-unsafe fn columns(
-    tile: TileFn,
+/// One pass of a product over a block of K: `c = accumulate·c + scale · a · wᵀ` over the K
+/// values in `k`; a holds m rows and w n rows (of `k.stride` values), c points at m×n.
+struct Pass<'a> {
     m: usize,
     n: usize,
     k: Block,
-    a: &[f32],
-    w: &[f32],
+    a: &'a [f32],
+    w: &'a [f32],
     c: *mut f32,
-    cols: Range<usize>,
     accumulate: bool,
     scale: f32,
-) {
+}
+
+// SAFETY: threads share a pass to write disjoint columns of c (`multiply_with`).
+unsafe impl Sync for Pass<'_> {}
+
+/// Columns `cols` of the pass's c, every row, tile by tile.
+///
+/// # Safety
+/// The CPU runs `T`; c points at m×n values, of which this call alone writes columns `cols`.
+#[inline(always)]
+unsafe fn columns<T: Tile>(pass: &Pass, cols: Range<usize>) {
+    let Pass { m, n, k, a, w, c, accumulate, scale } = *pass;
     // A tile reads 4 consecutive rows of a and of w. At an edge, the rows go through a
     // scratch copy in which rows past the edge repeat the last one; their results are
     // not written.
@@ -147,12 +157,12 @@ unsafe fn columns(
             let as_ = four_rows(a, m, i0, &mut a_edge);
             let prefetch = if i0 == 0 { next } else { (std::ptr::null(), 0) };
             // SAFETY: 4 rows of k.len values behind `as_` and `ws`; `prefetch` is a hint;
-            // the caller's CPU runs `tile`.
-            let dots = unsafe { tile(as_, ws, k.len, prefetch) };
+            // the caller's CPU runs `T`.
+            let dots = unsafe { T::dots(as_, ws, k.len, prefetch) };
+            let width = TILE.min(cols.end - j0);
             for di in 0..TILE.min(m - i0) {
-                // SAFETY: row i0 + di, columns j0.. (up to 4, inside `cols`) are inside c
-                // and this call's.
-                let dst = unsafe { std::slice::from_raw_parts_mut(c.add((i0 + di) * n + j0), TILE.min(cols.end - j0)) };
+                // SAFETY: row i0 + di, columns j0..j0 + width are inside c and this call's.
+                let dst = unsafe { std::slice::from_raw_parts_mut(c.add((i0 + di) * n + j0), width) };
                 for (d, v) in dst.iter_mut().zip(&dots[TILE * di..]) {
                     *d = if accumulate { *d + scale * v } else { scale * v };
                 }
@@ -163,8 +173,44 @@ unsafe fn columns(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Rows;
+    use super::{Pass, Rows, Tile};
     use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    struct Avx512;
+    struct Avx2;
+
+    impl Tile for Avx512 {
+        #[inline(always)]
+        unsafe fn dots(a: Rows, w: Rows, k: usize, prefetch: Rows) -> [f32; 16] {
+            // SAFETY: the caller's contract.
+            unsafe { tile_avx512(a, w, k, prefetch) }
+        }
+    }
+
+    impl Tile for Avx2 {
+        #[inline(always)]
+        unsafe fn dots(a: Rows, w: Rows, k: usize, prefetch: Rows) -> [f32; 16] {
+            // SAFETY: the caller's contract.
+            unsafe { tile_avx2(a, w, k, prefetch) }
+        }
+    }
+
+    /// # Safety
+    /// As `columns`, on a CPU with AVX-512 F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn columns_avx512(pass: &Pass, cols: Range<usize>) {
+        // SAFETY: the caller's contract.
+        unsafe { super::columns::<Avx512>(pass, cols) }
+    }
+
+    /// # Safety
+    /// As `columns`, on a CPU with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn columns_avx2(pass: &Pass, cols: Range<usize>) {
+        // SAFETY: the caller's contract.
+        unsafe { super::columns::<Avx2>(pass, cols) }
+    }
 
     /// The lane of accumulator t after `reduce16`: level 1 pairs accumulators (2p, 2p+1)
     /// into 256-bit halves, level 2 pairs those results into 128-bit quarters, levels 3 and 4
@@ -177,7 +223,8 @@ mod x86 {
     /// that to lane 4i + j ([`ORDER`]). Where `prefetch` is not null, the 4 rows of k values
     /// there are fetched into the cache on the way.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn tile_avx512(
+    #[inline]
+    unsafe fn tile_avx512(
         (a, a_stride): Rows,
         (w, w_stride): Rows,
         k: usize,
@@ -223,7 +270,8 @@ mod x86 {
     /// As [`tile_avx512`] with 8-wide registers: AVX2 has 16 of them, so the tile runs as two
     /// halves of 4 rows of a × 2 rows of w (8 accumulators, 6 loads a step).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_avx2(
+    #[inline]
+    unsafe fn tile_avx2(
         (a, a_stride): Rows,
         (w, w_stride): Rows,
         k: usize,
@@ -330,11 +378,31 @@ mod x86 {
 /// registers), in two halves of 4 rows of a × 2 rows of w. wasm has no prefetch.
 #[cfg(target_arch = "wasm32")]
 mod wasm {
-    use super::Rows;
+    use super::{Pass, Rows, Tile};
     use std::arch::wasm32::*;
+    use std::ops::Range;
 
+    struct Simd128;
+
+    impl Tile for Simd128 {
+        #[inline(always)]
+        unsafe fn dots(a: Rows, w: Rows, k: usize, prefetch: Rows) -> [f32; 16] {
+            // SAFETY: the caller's contract.
+            unsafe { tile_simd128(a, w, k, prefetch) }
+        }
+    }
+
+    /// # Safety
+    /// As `columns`.
     #[target_feature(enable = "simd128")]
-    pub(super) unsafe fn tile_simd128((a, a_stride): Rows, (w, w_stride): Rows, k: usize, _: Rows) -> [f32; 16] {
+    pub(super) unsafe fn columns_simd128(pass: &Pass, cols: Range<usize>) {
+        // SAFETY: the caller's contract.
+        unsafe { super::columns::<Simd128>(pass, cols) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "simd128")]
+    unsafe fn tile_simd128((a, a_stride): Rows, (w, w_stride): Rows, k: usize, _: Rows) -> [f32; 16] {
         let mut dots = [0f32; 16];
         let load = |p: *const f32| unsafe { v128_load(p as *const v128) };
         for half in 0..2 {
@@ -380,14 +448,14 @@ mod tests {
     fn matches_f64_dot_products_at_awkward_shapes() {
         for isa in [CpuIsa::Avx512, CpuIsa::Avx2] {
             if isa.supported() {
-                check(best_tile(isa));
+                check(best_columns(isa));
             } else {
                 eprintln!("skipped: this CPU has no {isa}");
             }
         }
     }
 
-    fn check(tile: TileFn) {
+    fn check(columns: ColumnsFn) {
         let value = |i: usize, salt: usize| ((i * 2_654_435_761 + salt * 97) % 2001) as f32 / 1000.0 - 1.0;
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -405,7 +473,13 @@ mod tests {
             let c0: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
             for (accumulate, scale) in [(false, 1.0f32), (true, 0.5)] {
                 let mut c = c0.clone();
-                multiply_with(tile, super::super::Gemm { m, n, k, trans_b: true, accumulate, scale }, &a, &w, &mut c);
+                multiply_with(
+                    columns,
+                    super::super::Gemm { m, n, k, trans_b: true, accumulate, scale },
+                    &a,
+                    &w,
+                    &mut c,
+                );
                 for i in 0..m {
                     for j in 0..n {
                         let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * w[j * k + p] as f64).sum();
