@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tandem_models::Embedder;
+use tandem_models::embed::cosine;
 use tandem_models::tokenizer::TokenizedText;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -275,12 +276,6 @@ impl AppState {
 fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= norm);
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norms = a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norms > 0.0 { dot / norms } else { 0.0 }
 }
 
 fn respond<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
@@ -613,10 +608,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cosine_and_normalize() {
-        assert!((cosine(&[1.0, 0.0], &[2.0, 0.0]) - 1.0).abs() < 1e-6);
-        assert!((cosine(&[1.0, 0.0], &[0.0, 3.0])).abs() < 1e-6);
-        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
+    fn l2_normalize_makes_unit_vectors() {
         let mut v = vec![3.0, 4.0];
         l2_normalize(&mut v);
         assert_eq!(v, vec![0.6, 0.8]);
