@@ -44,6 +44,12 @@ function check(cond, what) {
   console.log(`  ok: ${what}`);
 }
 
+// The webgpu mode's only adapter is SwiftShader, which auto skips for the CPU: that mode asks
+// for WebGPU by name; the cpu mode (WebGPU off) lets auto choose.
+function pageBackend(mode) {
+  return mode === "webgpu" ? "webgpu" : "auto";
+}
+
 async function launch(mode) {
   return chromium.launch({ executablePath: chromiumPath, headless: false, args: FLAGS[mode] });
 }
@@ -105,7 +111,7 @@ async function mainFlow(mode) {
     // Software WebGPU (SwiftShader) runs SmolLM2 at seconds a token: a 3-token answer there;
     // the CPU (wasm) run checks a whole one, Stop, and the model's cache after a reload.
     const slowDecoder = mode === "webgpu";
-    await page.goto(`${base}/?backend=auto${slowDecoder ? "&askTokens=3" : ""}`);
+    await page.goto(`${base}/?backend=${pageBackend(mode)}${slowDecoder ? "&askTokens=3" : ""}`);
     await page.waitForSelector('#status:is([data-state="ready"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
     const status = await page.getAttribute("#status", "data-state");
     if (status !== "ready") {
@@ -269,7 +275,7 @@ async function downloadFailure(mode) {
     // Software WebGPU (SwiftShader) runs SmolLM2 at seconds a token: a 3-token answer there;
     // the CPU (wasm) run checks a whole one, Stop, and the model's cache after a reload.
     const slowDecoder = mode === "webgpu";
-    await page.goto(`${base}/?backend=auto${slowDecoder ? "&askTokens=3" : ""}`);
+    await page.goto(`${base}/?backend=${pageBackend(mode)}${slowDecoder ? "&askTokens=3" : ""}`);
     await page.waitForSelector('#status:is([data-state="ready"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
     check((await page.getAttribute("#status", "data-state")) === "error", "the status says error");
     const err = await errorShown(page);
