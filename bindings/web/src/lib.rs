@@ -47,7 +47,9 @@ pub mod code {
     pub const DEVICE_LOST: &str = "device_lost";
     /// An argument of the wrong type or out of range.
     pub const BAD_INPUT: &str = "bad_input";
-    /// Anything else (a backend error, WebGPU asked for and not available).
+    /// `backend: "webgpu"` asked for, and the browser gives no WebGPU adapter or device.
+    pub const WEBGPU_UNAVAILABLE: &str = "webgpu_unavailable";
+    /// Anything else (a backend error).
     pub const INTERNAL: &str = "internal";
 }
 
@@ -127,8 +129,10 @@ impl Tandem {
             },
             other => (other, String::new()),
         };
-        let device =
-            Device::open(choice).await.map_err(|e| error(code::INTERNAL, format!("WebGPU is not available: {e:#}")))?;
+        // Only an explicit "webgpu" can fail to open: auto and "cpu" end on the CPU.
+        let device = Device::open(choice)
+            .await
+            .map_err(|e| error(code::WEBGPU_UNAVAILABLE, format!("WebGPU is not available: {e:#}")))?;
         Ok(Tandem {
             device,
             reason,

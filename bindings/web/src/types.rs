@@ -41,6 +41,7 @@ export type TandemErrorCode =
   | "not_loaded"
   | "device_lost"
   | "bad_input"
+  | "webgpu_unavailable"
   | "internal";
 
 /** What every promise of the API rejects with. */
