@@ -6,8 +6,8 @@
 // #category / #agreement / #attributes / #relevance [data-state] (idle | busy | done | error),
 // #ask[data-state] (idle | loading | busy | done | error) with data-pieces (streamed pieces so
 // far), data-finish (eog | length | aborted) and data-tokens,
-// body[data-runs] (analyses finished), #error[data-code] (visible on errors), and
-// window.tandemDemo.timings().
+// body[data-runs] (analyses finished; one superseded by a newer photo or title does not
+// count), #error[data-code] (visible on errors), and window.tandemDemo.timings().
 
 // Relative to this file, so the static site works from any folder.
 const PKG = new URL("pkg/tandem_web.js", import.meta.url).href;
@@ -55,6 +55,9 @@ const state = {
   asking: null,
   image: null, // { bytes: Uint8Array, name }
   busy: false,
+  // The input changed while an analysis ran: that one stops at its next step, unrendered,
+  // and a new one starts for the latest photo, title and query.
+  pending: false,
   runs: 0,
   // step -> [ms, ...] (the first is the cold run)
   times: new Map(),
@@ -79,6 +82,8 @@ const HINTS = {
   not_loaded: "Wait for the models to finish loading.",
   bad_input: "Check the title and the query.",
   no_pkg: `Build it with <code>${BUILD_COMMAND}</code> and reload.`,
+  webgpu_unavailable: "This page was opened with <code>?backend=webgpu</code>, and this browser gives it no WebGPU " +
+    "(turned off, not supported here, or blocked for this GPU). Use the CPU backend, or a browser with WebGPU.",
   internal: "This is a bug; reloading the page usually helps.",
 };
 
@@ -91,7 +96,7 @@ function showError(err, { action } = {}) {
   $("error-message").textContent = message;
   $("error-hint").innerHTML = HINTS[code] || "";
   const button = $("error-action");
-  const act = action || (code === "device_lost" && requestedBackend !== "cpu"
+  const act = action || ((code === "device_lost" || code === "webgpu_unavailable") && requestedBackend !== "cpu"
     ? { label: "Switch to the CPU", run: () => switchBackend("cpu") } : null);
   if (act) {
     button.hidden = false;
@@ -346,7 +351,7 @@ async function start() {
   try {
     state.tandem = await timed("create runtime", () => mod.Tandem.create({ backend: requestedBackend }), { once: true });
   } catch (e) {
-    setStatus("error", "No backend");
+    setStatus("error", e && e.code === "webgpu_unavailable" ? "No WebGPU" : "No backend");
     showError(e, requestedBackend !== "cpu" ? { action: { label: "Use the CPU", run: () => switchBackend("cpu") } } : undefined);
     return;
   }
@@ -389,6 +394,7 @@ async function useFile(file) {
   $("preview").src = previewUrl;
   $("preview").alt = `Your photo: ${file.name}`;
   state.image = { bytes, name: file.name };
+  clearAnswer();
   await analyze();
 }
 
@@ -401,6 +407,7 @@ async function useSample(button) {
   if (button.dataset.title) $("title").value = button.dataset.title;
   const r = await fetch(src);
   state.image = { bytes: new Uint8Array(await r.arrayBuffer()), name: src };
+  clearAnswer();
   await analyze();
 }
 
@@ -464,14 +471,31 @@ function agreementLabel(cos) {
 const shortPath = (v) => (typeof v === "string" && v.includes(" > ") ? `… ${v.split(" > ").slice(-2).join(" > ")}` : v);
 const cell = (text, props = {}) => el("td", { textContent: shortPath(text), title: text, ...props });
 
-function renderAttributes(entities, note) {
+// The title's attributes among an item's scored entities: those extracted from the title (or
+// given), and, for the kinds the query names, what the title has (`item_value`). Skipped: the
+// stand-ins EBRM scores for kinds the title lacks ("missing", or a query kind without an
+// item value) and the query-title similarity, which is no attribute.
+function titleAttributes(entities) {
+  const seen = new Set();
+  const out = [];
+  for (const e of entities) {
+    if (e.source === "missing" || e.kind === "similarity") continue;
+    const value = String((e.source === "query" ? e.item_value : e.value ?? e.item_value) ?? "").trim();
+    const key = `${e.kind}\u0000${value.toLowerCase()}`;
+    if (!value || seen.has(key)) continue;
+    seen.add(key);
+    out.push({ kind: e.kind, value });
+  }
+  return out;
+}
+
+function renderAttributes(attributes, note) {
   const list = $("attribute-list");
   list.replaceChildren();
-  for (const e of entities) {
-    const value = e.value ?? e.item ?? "";
-    list.append(el("li", { title: value }, el("span", { className: "kind", textContent: e.kind }), shortPath(value)));
+  for (const { kind, value } of attributes) {
+    list.append(el("li", { title: value }, el("span", { className: "kind", textContent: kind }), shortPath(value)));
   }
-  if (!entities.length) list.append(el("li", { textContent: "none found" }));
+  if (!list.children.length) list.append(el("li", { className: "none", textContent: "none found" }));
   if (note) $("attributes-note").textContent = note;
 }
 
@@ -542,8 +566,21 @@ async function relevanceOf(query, title) {
   return { result: { score: cos, grade, deciding: [], explanation: [`cosine of query and title: ${cos.toFixed(3)}`] }, query: null, entities: null, source: "Cosine similarity in the page (no entity model in this build)." };
 }
 
+// Thrown by a step of an analysis whose input changed meanwhile.
+const SUPERSEDED = Symbol("superseded");
+
+function stopIfSuperseded() {
+  if (state.pending) throw SUPERSEDED;
+}
+
 async function analyze() {
-  if (state.busy || !state.tandem || !(state.imageReady || state.textReady)) return;
+  if (!state.tandem || !(state.imageReady || state.textReady)) return;
+  if (state.busy) {
+    // A call into the package cannot be interrupted: the running analysis stops at its next
+    // step without showing its results, and this one runs after it.
+    state.pending = true;
+    return;
+  }
   const title = $("title").value.trim();
   const query = $("query").value.trim();
   if (!title || !query) {
@@ -551,6 +588,7 @@ async function analyze() {
     return;
   }
   state.busy = true;
+  state.pending = false;
   setStatus("busy", "Analyzing…");
   $("analyze").disabled = true;
   const cards = ["category", "agreement", "attributes", "relevance"];
@@ -564,6 +602,7 @@ async function analyze() {
         try {
           // A copy: the package may take ownership of the buffer.
           const top = await timed("classify image", () => state.tandem.classify(bytes.slice(), 5));
+          stopIfSuperseded();
           best = renderCategory(top);
           setCard("category", "done");
         } catch (e) {
@@ -578,6 +617,7 @@ async function analyze() {
         if (best) {
           const label = best.category ? `${best.name}: ${best.category.split(" > ").slice(-2).join(", ")}` : best.name;
           const [a, b] = await timed("embed title + category", () => state.tandem.embed([title, label]));
+          stopIfSuperseded();
           const cos = cosine(a, b);
           const [text, level] = agreementLabel(cos);
           $("agreement-meter").value = Math.max(0, cos);
@@ -591,10 +631,11 @@ async function analyze() {
           setCard("agreement", "error");
         }
         const rel = await relevanceOf(query, title);
+        stopIfSuperseded();
         renderRelevance(rel.result, rel.query, rel.source);
         setCard("relevance", "done");
         if (rel.entities) {
-          renderAttributes(rel.entities.filter((e) => e.source !== "query"), "As the relevance model reads the title.");
+          renderAttributes(titleAttributes(rel.entities), "As the relevance model reads the title.");
         } else {
           renderAttributes([], "Attribute extraction needs the entity model (EBRM), not in this build.");
         }
@@ -604,24 +645,31 @@ async function analyze() {
       }
     });
   } catch (e) {
-    failed = e;
-    cards.filter((c) => $(c).dataset.state === "busy").forEach((c) => setCard(c, "error"));
-    showError(e);
+    if (e !== SUPERSEDED) {
+      failed = e;
+      cards.filter((c) => $(c).dataset.state === "busy").forEach((c) => setCard(c, "error"));
+      showError(e);
+    }
   } finally {
     state.busy = false;
-    state.runs += 1;
-    if (!failed && !state.once.has("page open → first result")) {
-      // performance.now() counts from the navigation's start.
-      state.once.set("page open → first result", performance.now());
-      renderTimings();
-    }
-    document.body.dataset.runs = String(state.runs);
-    $("analyze").disabled = false;
-    if (failed && failed.code === "device_lost") setStatus("error", "GPU lost");
-    else if (!state.imageReady) setStatus("error", "The image model is not available");
-    else if (!state.textReady) setStatus("error", "The text model is not available");
-    else setStatus("ready", "Ready");
   }
+  if (state.pending) {
+    // Superseded (or the input changed after its last step): the latest input's turn.
+    await analyze();
+    return;
+  }
+  state.runs += 1;
+  if (!failed && !state.once.has("page open → first result")) {
+    // performance.now() counts from the navigation's start.
+    state.once.set("page open → first result", performance.now());
+    renderTimings();
+  }
+  document.body.dataset.runs = String(state.runs);
+  $("analyze").disabled = false;
+  if (failed && failed.code === "device_lost") setStatus("error", "GPU lost");
+  else if (!state.imageReady) setStatus("error", "The image model is not available");
+  else if (!state.textReady) setStatus("error", "The text model is not available");
+  else setStatus("ready", "Ready");
 }
 
 // ---------------------------------------------------------------- ask about this product
@@ -636,6 +684,18 @@ function askPrompt(question) {
   }
   lines.push(`Question: ${question}`);
   return lines.join("\n");
+}
+
+// A new photo makes the answer about the old one stale: clear it, stopping a generation.
+function clearAnswer() {
+  if (state.asking) {
+    state.asking.cleared = true;
+    state.asking.abort();
+  }
+  $("answer").textContent = "";
+  $("answer-note").textContent = "Ask again about this photo.";
+  Object.assign($("ask").dataset, { pieces: "0", finish: "", tokens: "" });
+  setCard("ask", "idle");
 }
 
 async function ask() {
@@ -664,19 +724,22 @@ async function ask() {
     let pieces = 0;
     const options = { system: ASK_SYSTEM, maxTokens: ASK_MAX_TOKENS, repetitionPenalty: 1.1, signal: controller.signal };
     const result = await timed("answer a question", () => state.tandem.generate(askPrompt(question), options, (piece) => {
+      if (controller.cleared) return;
       answer.textContent += piece;
       card.dataset.pieces = String(++pieces);
     }));
+    if (controller.cleared) return; // the photo changed: clearAnswer has reset the card
     Object.assign(card.dataset, { finish: result.finish, tokens: String(result.ids.length) });
     const stopped = result.finish === "aborted" ? " · stopped" : "";
     $("answer-note").textContent = `${result.ids.length} tokens · first after ${fmt(result.prefillMs)} · ` +
       `${result.tokensPerSecond >= 10 ? result.tokensPerSecond.toFixed(0) : result.tokensPerSecond.toPrecision(2)} tokens/s after it${stopped} · SmolLM2-135M-Instruct in this page`;
     setCard("ask", "done");
   } catch (e) {
+    if (controller.cleared) return;
     setCard("ask", "error");
     showError(e);
   } finally {
-    state.asking = null;
+    if (state.asking === controller) state.asking = null;
     $("ask-button").disabled = false;
     $("ask-stop").hidden = true;
   }

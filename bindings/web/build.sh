@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the browser package: tandem_web.js, tandem_web.d.ts, tandem_web_bg.wasm and a
-# package.json in web/pkg (git-ignored), then prints the wasm's size raw and gzipped.
+# package.json in web/pkg (git-ignored), with precompressed copies of the wasm and the JS
+# (.gz always, .br with the brotli CLI or node's zlib) that `tandem serve` sends to browsers
+# that accept them, then prints the wasm's sizes.
 # Idempotent: cargo rebuilds only what changed, and the wasm-bindgen step is skipped when its
 # input and this script are unchanged.
 #
@@ -49,6 +51,22 @@ else
             -o "$out/tandem_web_bg.wasm.opt" "$out/tandem_web_bg.wasm"
         mv "$out/tandem_web_bg.wasm.opt" "$out/tandem_web_bg.wasm"
     fi
+    # Precompressed copies for servers that send them by Accept-Encoding (tandem serve does).
+    # brotli from the brotli CLI, else node's zlib; without either, gzip only.
+    for f in tandem_web_bg.wasm tandem_web.js; do
+        gzip -9 -n -c "$out/$f" > "$out/$f.gz"
+        if command -v brotli >/dev/null; then
+            brotli -q 11 -f -o "$out/$f.br" "$out/$f"
+        elif command -v node >/dev/null; then
+            node -e 'const z = require("zlib"), fs = require("fs"); const [src, dst] = process.argv.slice(1);
+                fs.writeFileSync(dst, z.brotliCompressSync(fs.readFileSync(src), { params: {
+                    [z.constants.BROTLI_PARAM_QUALITY]: 11, [z.constants.BROTLI_PARAM_SIZE_HINT]: fs.statSync(src).size } }));' \
+                "$out/$f" "$out/$f.br"
+        else
+            rm -f "$out/$f.br"
+            echo "note: no brotli CLI and no node: $f.br not written (gzip only)" >&2
+        fi
+    done
     version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
     cat > "$out/package.json" <<JSON
 {
@@ -71,7 +89,8 @@ JSON
     echo "$stamp" > "$out/.stamp"
 fi
 
-raw=$(stat -c %s "$out/tandem_web_bg.wasm")
-gz=$(gzip -9c "$out/tandem_web_bg.wasm" | wc -c)
-printf '%s: %d bytes (%.2f MiB), gzip -9: %d bytes (%.2f MiB)\n' \
-    "$out/tandem_web_bg.wasm" "$raw" "$(echo "$raw / 1048576" | bc -l)" "$gz" "$(echo "$gz / 1048576" | bc -l)"
+size() { printf '%d bytes (%.2f MiB)' "$1" "$(echo "$1 / 1048576" | bc -l)"; }
+wasm_out="$out/tandem_web_bg.wasm"
+line="$wasm_out: $(size "$(stat -c %s "$wasm_out")"), gzip -9: $(size "$(stat -c %s "$wasm_out.gz")")"
+if [[ -f "$wasm_out.br" ]]; then line="$line, brotli: $(size "$(stat -c %s "$wasm_out.br")")"; fi
+echo "$line"

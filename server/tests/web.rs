@@ -189,6 +189,63 @@ fn serves_the_page_its_package_and_the_model_files() {
     assert!(server.log().contains("demo page at http://"), "{}", server.log());
 }
 
+/// The package's precompressed siblings (build.sh writes `.br` and `.gz`) go to browsers that
+/// accept them, brotli first, with the file's own Content-Type, a tag of their own and
+/// `Vary: Accept-Encoding`; an older sibling than its file is never sent.
+#[test]
+fn the_package_is_sent_precompressed_when_the_browser_accepts_it() {
+    let web = site(true);
+    let pkg = web.path().join("pkg");
+    let wasm = b"\0asm".repeat(100);
+    std::fs::write(pkg.join("tandem_web_bg.wasm"), &wasm).unwrap();
+    std::fs::write(pkg.join("tandem_web_bg.wasm.br"), b"brotli bytes").unwrap();
+    std::fs::write(pkg.join("tandem_web_bg.wasm.gz"), b"gzip bytes").unwrap();
+    // A stale sibling: written before the file it would stand for.
+    std::fs::write(web.path().join("app.js.gz"), b"old gzip").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(web.path().join("app.js"), "export const v = 2;").unwrap();
+    let server = start(&["--no-relevance", "--web-dir", web.path().to_str().unwrap()], &[]);
+    let get = |accept: &str| server.request("GET", "/pkg/tandem_web_bg.wasm", &[("accept-encoding", accept)], b"");
+
+    let br = get("gzip, deflate, br, zstd");
+    br.assert_ok("application/wasm");
+    assert_eq!(br.header("content-encoding"), Some("br"), "{:?}", br.headers);
+    assert_eq!(br.body, b"brotli bytes");
+    assert_eq!(br.header("content-length"), Some("12"));
+    assert_eq!(br.header("vary"), Some("accept-encoding"));
+    let gz = get("gzip");
+    gz.assert_ok("application/wasm");
+    assert_eq!((gz.header("content-encoding"), gz.body.as_slice()), (Some("gzip"), &b"gzip bytes"[..]));
+    let refused = get("br;q=0, gzip;q=0.5");
+    assert_eq!((refused.header("content-encoding"), refused.body.as_slice()), (Some("gzip"), &b"gzip bytes"[..]));
+    for plain in [server.get("/pkg/tandem_web_bg.wasm"), get("identity"), get("br;q=0")] {
+        plain.assert_ok("application/wasm");
+        assert_eq!(plain.header("content-encoding"), None, "{:?}", plain.headers);
+        assert_eq!(plain.body, wasm);
+        assert_eq!(plain.header("vary"), Some("accept-encoding"));
+    }
+    // Each representation has its own tag, and revalidates against it.
+    let tags = [&br, &gz, &server.get("/pkg/tandem_web_bg.wasm")].map(|r| r.header("etag").unwrap().to_string());
+    assert!(tags[0] != tags[1] && tags[1] != tags[2] && tags[0] != tags[2], "{tags:?}");
+    let again = server.request(
+        "GET",
+        "/pkg/tandem_web_bg.wasm",
+        &[("accept-encoding", "br"), ("if-none-match", &tags[0])],
+        b"",
+    );
+    assert_eq!(again.status, 304, "{}", again.text());
+    let head = server.request("HEAD", "/pkg/tandem_web_bg.wasm", &[("accept-encoding", "br")], b"");
+    assert_eq!((head.status, head.header("content-length"), head.body.len()), (200, Some("12"), 0));
+
+    // The stale sibling is not sent; the siblings are never served by their own names.
+    let app = server.request("GET", "/app.js", &[("accept-encoding", "gzip")], b"");
+    app.assert_ok("text/javascript; charset=utf-8");
+    assert_eq!((app.header("content-encoding"), app.text().as_str()), (None, "export const v = 2;"));
+    for path in ["/pkg/tandem_web_bg.wasm.br", "/pkg/tandem_web_bg.wasm.gz", "/app.js.gz"] {
+        server.get(path).assert_not_found(path);
+    }
+}
+
 #[test]
 fn no_web_answers_404_as_before() {
     let server = start(&["--no-relevance", "--no-web"], &[]);

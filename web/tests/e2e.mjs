@@ -5,8 +5,11 @@
 //   node web/tests/e2e.mjs --url http://127.0.0.1:8080 [--out target/web-e2e] [--modes webgpu,cpu]
 //
 // Each mode loads the page, classifies the coffee photo (expects "espresso" and a coffee or
-// beverages category), checks the relevance card and the backend shown, runs the analysis
-// again for steady-state timings and saves a screenshot. Then the bad-input flows: a file
+// beverages category), checks the relevance card and the backend shown, that nothing the page
+// asks for is a 404, that the relevance table fits its card (desktop and phone) and that no
+// attribute chip is empty, runs the analysis again for steady-state timings and saves a
+// screenshot; a photo picked while an analysis runs replaces it (the cards and the answer
+// follow the last photo). Then the bad-input flows: a file
 // that is not an image, a huge image, and a model download that fails (route interception).
 // Prints the timings of every mode as a table and writes them to <out>/timings.json.
 
@@ -44,6 +47,12 @@ function check(cond, what) {
   console.log(`  ok: ${what}`);
 }
 
+// The webgpu mode's only adapter is SwiftShader, which auto skips for the CPU: that mode asks
+// for WebGPU by name; the cpu mode (WebGPU off) lets auto choose.
+function pageBackend(mode) {
+  return mode === "webgpu" ? "webgpu" : "auto";
+}
+
 async function launch(mode) {
   return chromium.launch({ executablePath: chromiumPath, headless: false, args: FLAGS[mode] });
 }
@@ -78,6 +87,15 @@ async function waitRuns(page, n) {
   await page.waitForFunction((n) => Number(document.body.dataset.runs) >= n, n, { timeout: STEP_TIMEOUT });
 }
 
+// Whether the relevance table fits its card: nothing to scroll, its last column in view.
+async function tableFits(page) {
+  return page.$eval("#relevance .table-wrap", (wrap) => {
+    const last = wrap.querySelector("thead th:last-child").getBoundingClientRect();
+    const box = wrap.getBoundingClientRect();
+    return { fits: wrap.scrollWidth <= wrap.clientWidth + 1 && last.right <= box.right + 1, scroll: wrap.scrollWidth, client: wrap.clientWidth };
+  });
+}
+
 async function errorShown(page) {
   const visible = await page.isVisible("#error");
   return visible ? { code: await page.getAttribute("#error", "data-code"), text: await page.textContent("#error") } : null;
@@ -91,6 +109,9 @@ async function mainFlow(mode) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
     const page = await context.newPage();
     watch(page, log);
+    const notFound = [];
+    const on404 = (r) => r.status() === 404 && notFound.push(new URL(r.url()).pathname);
+    page.on("response", on404);
     // Keeps the GPU devices the page opens, so the test can lose them on purpose.
     await page.addInitScript(() => {
       if (!self.GPUAdapter) return;
@@ -105,7 +126,7 @@ async function mainFlow(mode) {
     // Software WebGPU (SwiftShader) runs SmolLM2 at seconds a token: a 3-token answer there;
     // the CPU (wasm) run checks a whole one, Stop, and the model's cache after a reload.
     const slowDecoder = mode === "webgpu";
-    await page.goto(`${base}/?backend=auto${slowDecoder ? "&askTokens=3" : ""}`);
+    await page.goto(`${base}/?backend=${pageBackend(mode)}${slowDecoder ? "&askTokens=3" : ""}`);
     await page.waitForSelector('#status:is([data-state="ready"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
     const status = await page.getAttribute("#status", "data-state");
     if (status !== "ready") {
@@ -117,6 +138,10 @@ async function mainFlow(mode) {
     const backendInfo = await page.getAttribute("#backend", "title");
     console.log(`  backend: ${backend} (${backendInfo})`);
     check(backend === mode, `the backend shown is ${mode}`);
+    page.off("response", on404);
+    // The relevance data is optional (a server may not have it); everything else must be there.
+    const missing = notFound.filter((p) => !p.startsWith("/data/"));
+    check(missing.length === 0, `no request of the page load is a 404 (${JSON.stringify(notFound)})`);
     check((await errorShown(page)) === null, "no error shown");
     check((await page.getAttribute("#category", "data-state")) === "done", "#category is done");
     const top = await page.$$eval("#top5 li", (lis) => lis.map((li) => ({
@@ -148,8 +173,16 @@ async function mainFlow(mode) {
     const cos = Number(await page.getAttribute("#agreement", "data-cosine"));
     console.log(`  agreement: ${(await page.textContent("#agreement-label")).trim()} (${cos.toFixed(3)})`);
     check(Number.isFinite(cos), "photo-title agreement is shown");
-    const attributes = await page.$$eval("#attribute-list li", (lis) => lis.map((li) => li.textContent));
-    console.log(`  attributes: ${attributes.join(", ")}`);
+    const attributes = await page.$$eval("#attribute-list li", (lis) => lis.map((li) => ({
+      text: li.textContent, kind: li.querySelector(".kind")?.textContent ?? null, none: li.classList.contains("none"),
+    })));
+    console.log(`  attributes: ${attributes.map((a) => a.text).join(", ")}`);
+    check(attributes.length > 0 && attributes.every((a) => a.none || (a.kind !== null && a.text.length > a.kind.length)),
+      "every attribute chip has a value (none for kinds the title lacks)");
+    check(attributes.some((a) => a.kind === "brand" && /lavazza/i.test(a.text)), "the title's brand (Lavazza) is among its attributes");
+    check(!attributes.some((a) => a.kind === "similarity"), "the query-title similarity is not shown as an attribute");
+    const fits = await tableFits(page);
+    check(fits.fits, `the relevance table fits its card on a desktop (${fits.scroll} px in ${fits.client})`);
 
     // Steady state: the same analysis again.
     for (let i = 0; i < steadyRuns; i++) {
@@ -165,6 +198,8 @@ async function mainFlow(mode) {
     // The same page on a phone-sized screen.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.screenshot({ path: path.join(out, `${mode}-mobile.png`), fullPage: true });
+    const phone = await tableFits(page);
+    check(phone.fits, `the relevance table fits its card on a phone (${phone.scroll} px in ${phone.client})`);
     await page.setViewportSize({ width: 1280, height: 1000 });
 
     console.log(`\n== ${mode}: ask about this product`);
@@ -185,6 +220,38 @@ async function mainFlow(mode) {
       const stopped = await page.getAttribute("#ask", "data-finish");
       check(stopped === "aborted", `Stop ends the answer (finish ${stopped})`);
     }
+
+    console.log(`\n== ${mode}: a photo picked while an analysis runs`);
+    check((await page.textContent("#answer")).trim().length > 0, "an answer about the coffee is shown");
+    // The first analysis is held after its classification until the second photo is picked.
+    await page.evaluate(() => {
+      const t = window.tandemDemo.state.tandem;
+      const classify = Object.getPrototypeOf(t).classify;
+      t.classify = async function (...args) {
+        const top = await classify.apply(this, args);
+        if (!window.__e2eHeld) {
+          window.__e2eHeld = true;
+          await new Promise((release) => (window.__e2eRelease = release));
+        }
+        return top;
+      };
+    });
+    const before = await runs(page);
+    await page.click('.sample[data-src="samples/camera.png"]');
+    await page.waitForFunction(() => typeof window.__e2eRelease === "function", null, { timeout: STEP_TIMEOUT });
+    await page.click('.sample[data-src="samples/chelsea.png"]');
+    await page.waitForFunction(() => window.tandemDemo.state.pending, null, { timeout: STEP_TIMEOUT });
+    await page.evaluate(() => window.__e2eRelease());
+    await page.waitForFunction((n) => Number(document.body.dataset.runs) > n && !window.tandemDemo.state.busy && !window.tandemDemo.state.pending,
+      before, { timeout: STEP_TIMEOUT });
+    await page.evaluate(() => delete window.tandemDemo.state.tandem.classify);
+    const latest = await page.$$eval("#top5 li .name", (names) => names.map((n) => n.textContent));
+    console.log(`  cards after camera, then the cat while it ran: ${latest.join(" | ")}`);
+    check(/cat/i.test(latest[0] || ""), "the cards show the photo picked last (the cat), not the camera");
+    check((await runs(page)) === before + 1, "the superseded analysis is not counted as a run");
+    check((await page.getAttribute("#category", "data-state")) === "done" && (await errorShown(page)) === null, "the cat's analysis is done, no error");
+    check((await page.textContent("#answer")).trim() === "" && (await page.getAttribute("#ask", "data-state")) === "idle",
+      "the answer about the coffee is cleared when the photo changes");
 
     console.log(`\n== ${mode}: bad input`);
     // Not an image.
@@ -245,6 +312,22 @@ async function mainFlow(mode) {
       check(await page.isVisible("#error-action"), "the page offers to switch to the CPU");
       check((await page.getAttribute("#status", "data-state")) !== "busy", "the page is not stuck");
       await page.screenshot({ path: path.join(out, `${mode}-device-lost.png`), fullPage: true });
+
+      console.log(`\n== ${mode}: auto skips the software adapter`);
+      await page.goto(`${base}/?backend=auto`);
+      await page.waitForSelector('#backend:not([data-backend=""])', { timeout: LOAD_TIMEOUT });
+      const auto = { backend: await page.getAttribute("#backend", "data-backend"), info: await page.getAttribute("#backend", "title") };
+      console.log(`  auto: ${auto.backend} (${auto.info})`);
+      check(auto.backend === "cpu" && /software/.test(auto.info), "auto takes the CPU over SwiftShader and says why");
+    } else {
+      console.log(`\n== ${mode}: ?backend=webgpu without WebGPU`);
+      await page.goto(`${base}/?backend=webgpu`);
+      await page.waitForSelector('#status[data-state="error"]', { timeout: LOAD_TIMEOUT });
+      err = await errorShown(page);
+      console.log(`  message: [${err?.code}] ${err?.text.replace(/\s+/g, " ").trim()}`);
+      check(err && err.code === "webgpu_unavailable", "a webgpu_unavailable message is shown");
+      check(!/bug/i.test(err.text) && /WebGPU/.test(err.text), "it says WebGPU is missing, not that this is a bug");
+      check(await page.isVisible("#error-action"), "the page offers the CPU");
     }
     await context.close();
   } catch (e) {
@@ -269,7 +352,7 @@ async function downloadFailure(mode) {
     // Software WebGPU (SwiftShader) runs SmolLM2 at seconds a token: a 3-token answer there;
     // the CPU (wasm) run checks a whole one, Stop, and the model's cache after a reload.
     const slowDecoder = mode === "webgpu";
-    await page.goto(`${base}/?backend=auto${slowDecoder ? "&askTokens=3" : ""}`);
+    await page.goto(`${base}/?backend=${pageBackend(mode)}${slowDecoder ? "&askTokens=3" : ""}`);
     await page.waitForSelector('#status:is([data-state="ready"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
     check((await page.getAttribute("#status", "data-state")) === "error", "the status says error");
     const err = await errorShown(page);

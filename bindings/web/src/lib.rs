@@ -1,12 +1,13 @@
 //! tandem in the browser: the `Tandem` class of `tandem_web.js` (wasm-bindgen, `--target web`).
 //!
-//! One `Tandem` opens one backend (WebGPU when the browser offers an adapter, else the CPU
+//! One `Tandem` opens one backend (WebGPU when the browser offers a hardware adapter, else the CPU
 //! compiled to wasm with SIMD) and runs the text model (a sentence-transformers BERT such as
 //! all-MiniLM-L6-v2), the image model (torchvision's MobileNetV2) and a GGUF decoder
 //! (SmolLM2, Qwen2.5: [`generate`]) on it. Everything that can
 //! wait is a promise; every failure rejects with a `TandemError` (see [`error`] and the codes in
 //! [`code`]). Downloads are kept in Cache Storage ([`fetch`]).
 
+mod adapter;
 mod fetch;
 mod generate;
 mod relevance;
@@ -46,7 +47,9 @@ pub mod code {
     pub const DEVICE_LOST: &str = "device_lost";
     /// An argument of the wrong type or out of range.
     pub const BAD_INPUT: &str = "bad_input";
-    /// Anything else (a backend error, WebGPU asked for and not available).
+    /// `backend: "webgpu"` asked for, and the browser gives no WebGPU adapter or device.
+    pub const WEBGPU_UNAVAILABLE: &str = "webgpu_unavailable";
+    /// Anything else (a backend error).
     pub const INTERNAL: &str = "internal";
 }
 
@@ -80,6 +83,9 @@ fn model_error(device: &Device, e: anyhow::Error) -> JsValue {
 #[wasm_bindgen]
 pub struct Tandem {
     pub(crate) device: Device,
+    /// Why auto did not take the browser's adapter, when it skipped a software one (the
+    /// device's own reason is empty then: the CPU was opened by name).
+    reason: String,
     pub(crate) text: RefCell<Option<Rc<Embedder>>>,
     pub(crate) image: RefCell<Option<Rc<ImageClassifier>>>,
     /// EBRM over the text model, once `loadRelevanceData` has run (see relevance.rs).
@@ -91,7 +97,8 @@ pub struct Tandem {
 #[wasm_bindgen]
 impl Tandem {
     /// Opens a backend: `{ backend: "auto" | "webgpu" | "cpu" }`, auto by default (WebGPU
-    /// when the browser gives an adapter, else the CPU).
+    /// when the browser gives a hardware adapter, else the CPU; a software adapter such as
+    /// SwiftShader only when "webgpu" is asked for).
     pub async fn create(options: Option<TandemOptions>) -> Result<Tandem, JsValue> {
         console_error_panic_hook::set_once();
         let options: JsValue = options.map(Into::into).unwrap_or(JsValue::UNDEFINED);
@@ -106,10 +113,29 @@ impl Tandem {
                 ));
             }
         };
-        let device =
-            Device::open(choice).await.map_err(|e| error(code::INTERNAL, format!("WebGPU is not available: {e:#}")))?;
+        // A software adapter (SwiftShader, WARP, llvmpipe) runs WebGPU on the CPU through an
+        // emulated GPU, tens of times slower than the wasm CPU backend in the same page: auto
+        // takes the CPU then, and only an explicit "webgpu" gets such an adapter.
+        let (choice, reason) = match choice {
+            BackendChoice::Auto => match adapter::software().await {
+                Some(adapter) => (
+                    BackendChoice::Cpu,
+                    format!(
+                        "auto: the browser's WebGPU adapter ({adapter}) is a software one, slower than the CPU; \
+                         ask for backend \"webgpu\" to use it anyway"
+                    ),
+                ),
+                None => (BackendChoice::Auto, String::new()),
+            },
+            other => (other, String::new()),
+        };
+        // Only an explicit "webgpu" can fail to open: auto and "cpu" end on the CPU.
+        let device = Device::open(choice)
+            .await
+            .map_err(|e| error(code::WEBGPU_UNAVAILABLE, format!("WebGPU is not available: {e:#}")))?;
         Ok(Tandem {
             device,
+            reason,
             text: RefCell::new(None),
             image: RefCell::new(None),
             relevance: RefCell::new(None),
@@ -129,7 +155,8 @@ impl Tandem {
     /// The WebGPU adapter's description, or why auto fell back to the CPU.
     #[wasm_bindgen(getter, js_name = backendInfo)]
     pub fn backend_info(&self) -> String {
-        match (self.device.backend_name(), self.device.reason()) {
+        let reason = if self.reason.is_empty() { self.device.reason() } else { &self.reason };
+        match (self.device.backend_name(), reason) {
             ("cpu", "") => "CPU (WebAssembly, SIMD128), as asked".into(),
             ("cpu", reason) => format!("CPU (WebAssembly, SIMD128): {reason}"),
             _ => format!("WebGPU: {}", self.device.description()),

@@ -6,7 +6,7 @@ use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &str = r#"
-/** Which backend `Tandem.create` opens. "auto": WebGPU when the browser gives an adapter, else the CPU. */
+/** Which backend `Tandem.create` opens. "auto": WebGPU when the browser gives a hardware adapter, else the CPU (a software adapter such as SwiftShader only when "webgpu" is asked for). */
 export type TandemBackend = "auto" | "webgpu" | "cpu";
 
 export interface TandemOptions {
@@ -41,6 +41,7 @@ export type TandemErrorCode =
   | "not_loaded"
   | "device_lost"
   | "bad_input"
+  | "webgpu_unavailable"
   | "internal";
 
 /** What every promise of the API rejects with. */
