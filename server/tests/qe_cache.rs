@@ -106,7 +106,14 @@ fn redis_faults_cost_speed_never_answers() {
         for h in handles {
             let (answer, query, items) = h.join().unwrap_or_else(|_| panic!("{what}: a request was lost"));
             let expected = relevance(&plain.addr, &query, &items);
-            assert_eq!(scores(&answer), scores(&expected), "{what}: {query}");
+            // The same answer up to float rounding: the shared replica encodes these texts
+            // batched with the other phase's requests and the plain server one request at a
+            // time, and the CPU's matmul kernel depends on the batch's row count (a few rows
+            // read the weights in place, many go through a packing GEMM).
+            let (got, want) = (scores(&answer), scores(&expected));
+            let same = got.len() == want.len()
+                && got.iter().zip(&want).all(|((a, x), (b, y))| a == b && (x - y).abs() <= 1e-5);
+            assert!(same, "{what}: {query}: {got:?} vs {want:?}");
         }
     };
     phase("healthy", &mut || {});
