@@ -314,13 +314,25 @@ impl AnySession {
     /// backend's thread pool when this is a CPU session (natively), so that the run's many
     /// parallel ops start without waking a pool from outside and putting the caller to sleep
     /// each time: at a decoder step of a few milliseconds, those wake-ups cost a third of the
-    /// time.
+    /// time; and with the pool's other threads kept awake until the run ends.
     pub fn blocking<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
         #[cfg(not(target_arch = "wasm32"))]
         if let Sessions::Cpu(_) = self.session
             && rayon::current_thread_index().is_none()
         {
-            return rayon_pool().install(work);
+            // The other threads of the pool stay awake for the run ([`keep_awake`]): an op
+            // every few tens of microseconds (a query at batch 1) would otherwise find them
+            // asleep each time, and waking them cost a quarter of MiniLM's batch-1 time.
+            let pool = rayon_pool();
+            let busy = std::sync::atomic::AtomicBool::new(true);
+            return pool.scope(|scope| {
+                for _ in 1..pool.current_num_threads() {
+                    scope.spawn(|_| keep_awake(&busy));
+                }
+                let out = work();
+                busy.store(false, std::sync::atomic::Ordering::Release);
+                out
+            });
         }
         work()
     }
@@ -378,6 +390,25 @@ impl AnySession {
         outputs: Outputs<'_>,
     ) -> Result<Vec<HostTensor>> {
         self.blocking(|| wait(self.run_with(inputs, state, outputs)))
+    }
+}
+
+/// Keeps a pool thread looking for work while a run is `busy` (so that the run's next
+/// parallel op finds it awake instead of waking it), and returns once the run is over or after
+/// `IDLE` without work: a keeper that runs nested under the run's own thread (which can pick it
+/// up while waiting for stolen work) must not wait for the run to end.
+#[cfg(not(target_arch = "wasm32"))]
+fn keep_awake(busy: &std::sync::atomic::AtomicBool) {
+    const IDLE: std::time::Duration = std::time::Duration::from_micros(200);
+    let mut idle_since = std::time::Instant::now();
+    while busy.load(std::sync::atomic::Ordering::Acquire) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle_since = std::time::Instant::now();
+        } else if idle_since.elapsed() > IDLE {
+            return;
+        } else {
+            std::hint::spin_loop();
+        }
     }
 }
 
