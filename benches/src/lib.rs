@@ -1,4 +1,4 @@
-//! Shared helpers for the benches: nothing here is timed.
+//! Shared helpers for the benches and their timing binaries.
 
 use tandem_runtime::backend::Backend;
 use tandem_runtime::ops::{Activation, MatMul};
@@ -20,4 +20,17 @@ pub fn matmul_session<B: Backend>(backend: B, m: usize, k: usize, n: usize) -> t
 pub fn ramp(shape: &[usize]) -> HostTensor {
     let len: usize = shape.iter().product();
     HostTensor::f32(shape.to_vec(), (0..len).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()).unwrap()
+}
+
+/// The median wall time of `runs` calls of `f` (at least one), in milliseconds. Warm-up is the
+/// caller's: the first call here is timed like the others.
+pub fn median_ms<E>(runs: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let t = std::time::Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

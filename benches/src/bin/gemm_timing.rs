@@ -5,7 +5,6 @@
 //! Prints one JSON object per shape: {"m", "k", "n", "trans_b", "median_ms", "gflops"}.
 
 use anyhow::{Context, Result, ensure};
-use std::time::Instant;
 use tandem_runtime::ops::matmul::{MatMulParams, cpu};
 
 fn main() -> Result<()> {
@@ -36,15 +35,11 @@ fn main() -> Result<()> {
             _pad: 0,
         };
         cpu(&p, &a, &b, None, &mut c); // warm-up
-        let mut times: Vec<f64> = (0..runs.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                cpu(&p, &a, &b, None, &mut c);
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
+        let median = tandem_benches::median_ms(runs, || {
+            cpu(&p, &a, &b, None, &mut c);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
         let gflops = 2.0 * (m * n * k) as f64 / (median * 1e6);
         println!(
             "{}",

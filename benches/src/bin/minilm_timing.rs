@@ -5,7 +5,6 @@
 //! BATCH.json is a list of token-id lists. Prints {"median_ms": .., "tokens": ..} on stdout.
 
 use anyhow::{Context, Result};
-use std::time::Instant;
 use tandem_models::session::{AnySession, BackendChoice};
 use tandem_models::tokenizer::{PackedBatch, TokenizedText};
 
@@ -23,13 +22,7 @@ fn main() -> Result<()> {
     let inputs: Vec<_> =
         session.graph().inputs.iter().map(|&id| packed.input(&session.graph().value(id).name).unwrap()).collect();
     session.run_blocking(&inputs)?; // warm-up: plans, buffers, pipelines
-    let mut times: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            session.run_blocking(&inputs).map(|_| t.elapsed().as_secs_f64() * 1e3)
-        })
-        .collect::<Result<_>>()?;
-    times.sort_by(f64::total_cmp);
-    println!("{}", serde_json::json!({ "median_ms": times[times.len() / 2], "tokens": packed.tokens() }));
+    let median = tandem_benches::median_ms(runs, || session.run_blocking(&inputs).map(drop))?;
+    println!("{}", serde_json::json!({ "median_ms": median, "tokens": packed.tokens() }));
     Ok(())
 }

@@ -8,7 +8,6 @@
 
 use anyhow::{Context, Result, ensure};
 use std::path::Path;
-use std::time::Instant;
 use tandem_models::session::{AnySession, BackendChoice};
 use tandem_models::vision::{self, mobilenet};
 use tandem_runtime::HostTensor;
@@ -31,13 +30,7 @@ fn main() -> Result<()> {
     let input = [HostTensor::f32(vec![batch, 3, size, size], pixels)?];
     let first = session.run_blocking(&input)?; // warm-up: plans and buffers
     let logits = first[0].as_f32().context("no logits")?[..5].to_vec();
-    let mut times: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            session.run_blocking(&input).map(|_| t.elapsed().as_secs_f64() * 1e3)
-        })
-        .collect::<Result<_>>()?;
-    times.sort_by(f64::total_cmp);
-    println!("{}", serde_json::json!({ "median_ms": times[times.len() / 2], "logits": logits }));
+    let median = tandem_benches::median_ms(runs, || session.run_blocking(&input).map(drop))?;
+    println!("{}", serde_json::json!({ "median_ms": median, "logits": logits }));
     Ok(())
 }

@@ -225,11 +225,10 @@ fn conv_plane_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>,
     scratch.resize(sh * sw * plane + oh * wq, 0.0);
     let (phases, acc) = scratch.split_at_mut(sh * sw * plane);
     acc.fill(bias.map_or(0.0, |b| b[o]));
+    // Every input channel writes the same (unpadded) positions of the phases, so the padding
+    // stays zero from the fill above.
     for ci in 0..cg {
         let chan = &x[(n * p.c as usize + group * cg + ci) * h * wd..][..h * wd];
-        if ci > 0 {
-            phases.fill(0.0);
-        }
         for (iy, row) in chan.chunks_exact(wd).enumerate() {
             let (ry, qy) = ((iy + ph) % sh, (iy + ph) / sh);
             for rx in 0..sw {
