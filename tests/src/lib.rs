@@ -371,7 +371,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
     }
     // attention over a KV cache ([seqs, 4] tables: q_start, q_len, kv_start, kv_len): decode
     // (a query per sequence, kv lengths 1 to 130), prefill after a cached prefix, a sequence
-    // with no new rows, GQA, causal and not, kv rows clamped to the cache.
+    // with no new rows, GQA, causal and not, kv rows clamped to the cache, visual rows.
     type CacheCase = (&'static [[u32; 4]], usize, u32, u32, u32, bool);
     let cached: &[CacheCase] = &[
         (&[[0, 1, 0, 1]], 1, 1, 1, 1, true),
@@ -379,6 +379,10 @@ pub fn cases(seed: u64) -> Vec<Case> {
         (&[[0, 5, 3, 12], [5, 0, 40, 3], [5, 9, 64, 9]], 96, 6, 3, 7, true),
         (&[[0, 3, 10, 20], [3, 129, 40, 129]], 200, 2, 1, 64, false),
         (&[[0, 4, 0, 9], [4, 2, 90, 20]], 100, 3, 3, 8, true),
+        // A visual adapter's attention: every query over its picture's rows (more queries
+        // than rows, or fewer), a sequence without a picture (0 rows: zeros).
+        (&[[0, 7, 0, 9], [7, 13, 9, 0], [20, 1, 18, 9]], 27, 9, 3, 64, false),
+        (&[[0, 129, 4, 4], [129, 2, 0, 4]], 8, 2, 2, 7, false),
     ];
     for &(table, kv_tokens, heads, kv_heads, d, causal) in cached {
         let tokens = table.iter().map(|r| r[0] + r[1]).max().unwrap() as usize + 1; // +1: a row in no sequence

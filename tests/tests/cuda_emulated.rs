@@ -269,15 +269,15 @@ impl Backend for EmuBackend {
     }
     fn upload(&self, tensor: &HostTensor) -> Result<EmuBuffer> {
         let mut buf = self.alloc(tensor.data.as_bytes().len())?;
-        self.write(&mut (), &mut buf, tensor)?;
+        self.write(&mut (), &mut buf, 0, tensor)?;
         Ok(buf)
     }
     fn begin(&self) -> Result<()> {
         Ok(())
     }
-    fn write(&self, _rec: &mut (), buf: &mut EmuBuffer, tensor: &HostTensor) -> Result<()> {
+    fn write(&self, _rec: &mut (), buf: &mut EmuBuffer, at: usize, tensor: &HostTensor) -> Result<()> {
         let bytes = tensor.data.as_bytes();
-        buf.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        buf.bytes_mut()[at..at + bytes.len()].copy_from_slice(bytes);
         Ok(())
     }
     fn copy_within(&self, buf: &mut EmuBuffer, src: usize, dst: usize, bytes: usize) -> Result<()> {

@@ -123,7 +123,7 @@ fn check_copy_state_rows<B: tandem_runtime::backend::Backend>(backend: B) {
     let initial: Vec<f32> = (0..14).map(|v| v as f32).collect();
     session.write_state_blocking(&mut state, "cache", &HostTensor::f32(vec![7, 2], initial).unwrap()).unwrap();
     // Rows 0..3 to 4..7 (one past the middle: an awkward, non-overlapping pair).
-    session.copy_state_rows(&mut state, 0, 4, 3).unwrap();
+    session.copy_state_rows(&mut state, "rows", 0, 4, 3).unwrap();
     // A run after the copy writes row 3 and reads the whole cache back.
     let inputs = [
         HostTensor::f32(vec![1, 2], vec![-1.0, -2.0]).unwrap(),
@@ -132,8 +132,24 @@ fn check_copy_state_rows<B: tandem_runtime::backend::Backend>(backend: B) {
     let after = session.run_with_blocking(&inputs, Some(&mut state), Outputs::All).unwrap().remove(0).to_f32();
     assert_eq!(after, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, -1.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
     for (from, to, rows) in [(0, 5, 3), (4, 0, 5), (0, 2, 3), (usize::MAX, 0, 2)] {
-        let err = session.copy_state_rows(&mut state, from, to, rows).unwrap_err().to_string();
+        let err = session.copy_state_rows(&mut state, "rows", from, to, rows).unwrap_err().to_string();
         assert!(err.contains("state 'cache': cannot copy rows"), "{from} → {to} ×{rows}: {err}");
+    }
+    // States of another leading dim are not copied.
+    session.copy_state_rows(&mut state, "other_rows", 0, 1, 6).unwrap();
+    let unchanged = session.run_with_blocking(&inputs, Some(&mut state), Outputs::All).unwrap().remove(0).to_f32();
+    assert_eq!(unchanged, after);
+
+    // Rows 2..4 overwritten from the host; the rest stay; bad writes are refused.
+    session
+        .write_state_rows_blocking(&mut state, "cache", 2, &HostTensor::f32(vec![2, 2], vec![7.0; 4]).unwrap())
+        .unwrap();
+    let written = session.run_with_blocking(&inputs, Some(&mut state), Outputs::All).unwrap().remove(0).to_f32();
+    assert_eq!(written, [0.0, 1.0, 2.0, 3.0, 7.0, 7.0, -1.0, -2.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    for (first, rows, width) in [(6, 2, 2), (0, 1, 3), (usize::MAX, 1, 2)] {
+        let tensor = HostTensor::f32(vec![rows, width], vec![0.0; rows * width]).unwrap();
+        let err = session.write_state_rows_blocking(&mut state, "cache", first, &tensor).unwrap_err().to_string();
+        assert!(err.contains("state 'cache' is f32 [7, 2]: cannot write"), "{first} ×{rows}×{width}: {err}");
     }
 }
 

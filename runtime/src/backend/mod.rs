@@ -74,8 +74,9 @@ pub trait Backend {
     fn upload(&self, tensor: &HostTensor) -> Result<Self::Buffer>;
 
     fn begin(&self) -> Result<Self::Recording>;
-    /// Writes a host tensor into `buf` before the recorded work runs (graph inputs).
-    fn write(&self, rec: &mut Self::Recording, buf: &mut Self::Buffer, tensor: &HostTensor) -> Result<()>;
+    /// Writes a host tensor into `buf` from byte offset `at` (a multiple of 4) before the
+    /// recorded work runs (graph inputs at 0; rows of a state).
+    fn write(&self, rec: &mut Self::Recording, buf: &mut Self::Buffer, at: usize, tensor: &HostTensor) -> Result<()>;
     /// Copies `bytes` bytes of `buf` from offset `src` to offset `dst` (ranges in bounds and
     /// not overlapping, offsets multiples of 4), ordered after every run submitted before and
     /// before every run submitted after (a KV-cache prefix shared between sequences).

@@ -394,32 +394,66 @@ impl<B: Backend> Session<B> {
 
     /// Overwrites state `name` with `tensor` (same dtype and shape).
     pub async fn write_state(&self, state: &mut State<B>, name: &str, tensor: &HostTensor) -> Result<()> {
-        let i = self
-            .graph
-            .states
-            .iter()
-            .position(|&s| self.graph.value(s).name == name)
-            .ok_or_else(|| Error::input(format!("the graph has no state '{name}'")))?;
+        let i = self.state_index(name)?;
+        if tensor.shape != state.shapes[i] {
+            return Err(Error::input(format!("state '{name}' is {:?}, not {:?}", state.shapes[i], tensor.shape)));
+        }
+        self.write_state_rows(state, name, 0, tensor).await
+    }
+
+    /// Overwrites rows `first..first + n` of the leading dimension of state `name` with
+    /// `tensor` (`[n, …]`, the state's dtype and trailing dims): what one sequence of a
+    /// batch's state gets, computed elsewhere (a picture's visual keys and values).
+    pub async fn write_state_rows(
+        &self,
+        state: &mut State<B>,
+        name: &str,
+        first: usize,
+        tensor: &HostTensor,
+    ) -> Result<()> {
+        let i = self.state_index(name)?;
         let value = self.graph.value(self.graph.states[i]);
-        if tensor.dtype() != value.ty.dtype || tensor.shape != state.shapes[i] {
+        let shape = &state.shapes[i];
+        let fits = tensor.shape.len() == shape.len()
+            && tensor.shape.get(1..) == shape.get(1..)
+            && tensor.shape.first().zip(shape.first()).is_some_and(|(&n, &total)| first.saturating_add(n) <= total);
+        if tensor.dtype() != value.ty.dtype || !fits {
             return Err(Error::input(format!(
-                "state '{name}' is {} {:?}, not {} {:?}",
+                "state '{name}' is {} {shape:?}: cannot write {} {:?} at row {first}",
                 value.ty.dtype,
-                state.shapes[i],
                 tensor.dtype(),
                 tensor.shape
             )));
         }
+        let row: usize = shape.get(1..).unwrap_or(&[]).iter().product();
+        let at = value.ty.dtype.bytes_for(row * first).ok_or_else(|| Error::input("row offset too large"))?;
+        // GPU writes move whole 4-byte words: a part of a state must start and end on one.
+        let whole = first == 0 && tensor.shape == *shape;
+        if !whole && (!at.is_multiple_of(4) || !tensor.data.as_bytes().len().is_multiple_of(4)) {
+            return Err(Error::input(format!("state '{name}': rows {first}.. do not start and end on 4-byte words")));
+        }
         let mut rec = self.backend.begin()?;
         let buf = state.buffers[i].as_mut().expect("state buffers are present between runs");
-        self.backend.write(&mut rec, buf, tensor)?;
+        self.backend.write(&mut rec, buf, at, tensor)?;
         self.backend.finish(rec, &[]).await.map(|_| ())
     }
 
-    /// Copies rows `from..from + rows` of the leading dimension of every state to the rows
-    /// starting at `to` (a KV-cache prefix computed once for one sequence, given to another).
-    pub fn copy_state_rows(&self, state: &mut State<B>, from: usize, to: usize, rows: usize) -> Result<()> {
+    fn state_index(&self, name: &str) -> Result<usize> {
+        self.graph
+            .states
+            .iter()
+            .position(|&s| self.graph.value(s).name == name)
+            .ok_or_else(|| Error::input(format!("the graph has no state '{name}'")))
+    }
+
+    /// Copies rows `from..from + rows` of the leading dimension of every state whose leading
+    /// dimension is the symbol `dim` to the rows starting at `to` (a KV-cache prefix computed
+    /// once for one sequence, given to another: `"kv_rows"`, not a picture's visual rows).
+    pub fn copy_state_rows(&self, state: &mut State<B>, dim: &str, from: usize, to: usize, rows: usize) -> Result<()> {
         for (i, &id) in self.graph.states.iter().enumerate() {
+            if self.graph.value(id).ty.shape.first() != Some(&Dim::Sym(dim.to_string())) {
+                continue;
+            }
             let shape = &state.shapes[i];
             let name = &self.graph.value(id).name;
             let total = shape.first().copied().unwrap_or(1);
@@ -601,7 +635,7 @@ impl<B: Backend> Session<B> {
         for (&id, tensor) in self.graph.inputs.iter().zip(inputs) {
             let Some(Loc::Slot(s)) = plan.loc[id.index()] else { unreachable!("inputs live in slots") };
             let buf = &mut slots[s].as_mut().expect("slot present").1;
-            self.backend.write(&mut rec, buf, tensor)?;
+            self.backend.write(&mut rec, buf, 0, tensor)?;
         }
         for step in &plan.steps {
             let node = &self.graph.nodes[step.node];
@@ -680,6 +714,17 @@ impl<B: Backend> Session<B> {
     /// `write_state` for callers without an executor.
     pub fn write_state_blocking(&self, state: &mut State<B>, name: &str, tensor: &HostTensor) -> Result<()> {
         pollster::block_on(self.write_state(state, name, tensor))
+    }
+
+    /// `write_state_rows` for callers without an executor.
+    pub fn write_state_rows_blocking(
+        &self,
+        state: &mut State<B>,
+        name: &str,
+        first: usize,
+        tensor: &HostTensor,
+    ) -> Result<()> {
+        pollster::block_on(self.write_state_rows(state, name, first, tensor))
     }
 }
 

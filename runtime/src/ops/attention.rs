@@ -187,9 +187,9 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], 
             return;
         }
         let kvh = h / group;
-        if p.causal != 0 {
+        if cols == 4 {
             // SAFETY: as below; rows of this sequence, columns of this head, are this task's.
-            unsafe { causal_rows_dispatch(p, rows, h, kvh, q, k, v, out_ptr) };
+            unsafe { fixed_order_rows_dispatch(p, rows, h, kvh, q, k, v, out_ptr) };
             return;
         }
         let mut scores = vec![0.0f32; l * n];
@@ -266,18 +266,19 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], 
     }
 }
 
-/// Causal attention (a decoder's), each query row on its own over exactly the keys it sees,
-/// every sum in a fixed order: a row's output is then the same bits whatever else the run
-/// holds (a whole prompt or its last token after a cached prefix, other sequences beside it),
-/// so greedy text does not depend on batching or on the prefix cache. A GEMM over the rows
-/// would pick its kernel, and so its summation order, by the number of rows. Encoders
-/// (non-causal) keep the GEMM: they always run whole sequences.
+/// A decoder's attention (a `[seqs, 4]` table: causal over its KV cache, or over a picture's
+/// visual keys), each query row on its own over exactly the keys it sees, every sum in a
+/// fixed order: a row's output is then the same bits whatever else the run holds (a whole
+/// prompt or its last token after a cached prefix, other sequences beside it), so greedy text
+/// does not depend on batching or on the prefix cache. A GEMM over the rows would pick its
+/// kernel, and so its summation order, by the number of rows. Encoders (`[seqs, 2]` tables)
+/// keep the GEMM: they always run whole sequences.
 ///
 /// # Safety
 /// `rows` lie inside q, k and v as `cpu` checks them, and the output rows of this sequence and
 /// columns of head `h` are written by this call only.
 #[allow(clippy::too_many_arguments)]
-unsafe fn causal_rows_dispatch(
+unsafe fn fixed_order_rows_dispatch(
     p: &AttentionParams,
     rows: &SeqRows,
     h: usize,
@@ -292,18 +293,18 @@ unsafe fn causal_rows_dispatch(
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2; the rest is the caller's contract.
-        return unsafe { causal_rows_avx2(p, rows, h, kvh, q, k, v, out) };
+        return unsafe { fixed_order_rows_avx2(p, rows, h, kvh, q, k, v, out) };
     }
     // SAFETY: the caller's contract.
-    unsafe { causal_rows(p, rows, h, kvh, q, k, v, out) }
+    unsafe { fixed_order_rows(p, rows, h, kvh, q, k, v, out) }
 }
 
 /// # Safety
-/// As [`causal_rows`], on a CPU with AVX2.
+/// As [`fixed_order_rows`], on a CPU with AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn causal_rows_avx2(
+unsafe fn fixed_order_rows_avx2(
     p: &AttentionParams,
     rows: &SeqRows,
     h: usize,
@@ -314,14 +315,14 @@ unsafe fn causal_rows_avx2(
     out: OutPtr,
 ) {
     // SAFETY: the caller's contract.
-    unsafe { causal_rows(p, rows, h, kvh, q, k, v, out) }
+    unsafe { fixed_order_rows(p, rows, h, kvh, q, k, v, out) }
 }
 
 /// # Safety
-/// As [`causal_rows_dispatch`].
+/// As [`fixed_order_rows_dispatch`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn causal_rows(
+unsafe fn fixed_order_rows(
     p: &AttentionParams,
     rows: &SeqRows,
     h: usize,
@@ -338,7 +339,7 @@ unsafe fn causal_rows(
         let q_row = &q[(rows.q.start + i) * qw + h * d..][..d];
         // SAFETY: the caller's contract: this row and head's d outputs are ours.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((rows.q.start + i) * qw + h * d), d) };
-        let visible = rows.visible(i, true);
+        let visible = rows.visible(i, p.causal != 0);
         weights.clear();
         // (Loops, not iterator adapters: a closure would not inherit the AVX2 target feature.)
         for j in visible.clone() {

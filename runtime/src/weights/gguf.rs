@@ -195,6 +195,10 @@ impl Gguf {
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// The whole file (what its sha256 is taken of).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
     pub fn version(&self) -> u32 {
         self.version
     }

@@ -120,7 +120,7 @@ impl Backend for CpuBackend {
 
     fn upload(&self, tensor: &HostTensor) -> Result<CpuBuffer> {
         let mut buf = self.alloc(tensor.data.as_bytes().len())?;
-        self.write(&mut (), &mut buf, tensor)?;
+        self.write(&mut (), &mut buf, 0, tensor)?;
         Ok(buf)
     }
 
@@ -128,9 +128,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn write(&self, _rec: &mut (), buf: &mut CpuBuffer, tensor: &HostTensor) -> Result<()> {
+    fn write(&self, _rec: &mut (), buf: &mut CpuBuffer, at: usize, tensor: &HostTensor) -> Result<()> {
         let bytes = tensor.data.as_bytes();
-        bytemuck::cast_slice_mut::<u32, u8>(&mut buf.0)[..bytes.len()].copy_from_slice(bytes);
+        let all = bytemuck::cast_slice_mut::<u32, u8>(&mut buf.0);
+        let Some(dst) = at.checked_add(bytes.len()).and_then(|end| all.get_mut(at..end)) else {
+            return Err(Error::backend(
+                "cpu",
+                format!("writing {} bytes at {at} into a buffer of {}", bytes.len(), all.len()),
+            ));
+        };
+        dst.copy_from_slice(bytes);
         Ok(())
     }
 

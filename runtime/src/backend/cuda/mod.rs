@@ -408,7 +408,7 @@ impl Backend for CudaBackend {
 
     fn upload(&self, tensor: &HostTensor) -> Result<CudaBuffer> {
         let mut buf = self.alloc(tensor.data.as_bytes().len())?;
-        self.write(&mut CudaRecording::default(), &mut buf, tensor)?;
+        self.write(&mut CudaRecording::default(), &mut buf, 0, tensor)?;
         Ok(buf)
     }
 
@@ -416,16 +416,16 @@ impl Backend for CudaBackend {
         Ok(CudaRecording::default())
     }
 
-    fn write(&self, _rec: &mut CudaRecording, buf: &mut CudaBuffer, tensor: &HostTensor) -> Result<()> {
+    fn write(&self, _rec: &mut CudaRecording, buf: &mut CudaBuffer, at: usize, tensor: &HostTensor) -> Result<()> {
         let bytes = tensor.data.as_bytes();
-        if bytes.len() > buf.bytes() {
-            return Err(err(format!("cannot write {} bytes into a buffer of {}", bytes.len(), buf.bytes())));
+        if at.checked_add(bytes.len()).is_none_or(|end| end > buf.bytes()) {
+            return Err(err(format!("cannot write {} bytes at {at} into a buffer of {}", bytes.len(), buf.bytes())));
         }
         if bytes.is_empty() {
             return Ok(());
         }
         // From pageable memory the copy is staged before this returns, so `tensor` may go.
-        let mut view = buf.slice.slice_mut(..bytes.len());
+        let mut view = buf.slice.slice_mut(at..at + bytes.len());
         self.inner.stream.memcpy_htod(bytes, &mut view).map_err(|e| driver_error("copy to the device", e))
     }
 

@@ -578,19 +578,20 @@ impl Backend for WgpuBackend {
         Ok(WgpuRecording::default())
     }
 
-    fn write(&self, _rec: &mut WgpuRecording, buf: &mut WgpuBuffer, tensor: &HostTensor) -> Result<()> {
+    fn write(&self, _rec: &mut WgpuRecording, buf: &mut WgpuBuffer, at: usize, tensor: &HostTensor) -> Result<()> {
         let bytes = tensor.data.as_bytes();
-        if bytes.len() as u64 > buf.size() {
-            return Err(err(format!("writing {} bytes into a buffer of {}", bytes.len(), buf.size())));
+        let end = (at as u64).checked_add(bytes.len().next_multiple_of(4) as u64);
+        if !(at as u64).is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT) || end.is_none_or(|end| end > buf.size()) {
+            return Err(err(format!("writing {} bytes at {at} into a buffer of {}", bytes.len(), buf.size())));
         }
         // Queue writes land before the run's single submission. They move whole words, so
         // an odd number of f16 values gets a padding half.
         if bytes.len().is_multiple_of(4) {
-            self.shared.queue.write_buffer(&buf.buffer, 0, bytes);
+            self.shared.queue.write_buffer(&buf.buffer, at as u64, bytes);
         } else {
             let mut padded = bytes.to_vec();
             padded.resize(bytes.len().next_multiple_of(4), 0);
-            self.shared.queue.write_buffer(&buf.buffer, 0, &padded);
+            self.shared.queue.write_buffer(&buf.buffer, at as u64, &padded);
         }
         Ok(())
     }
