@@ -100,19 +100,30 @@ impl DecoderConfig {
 }
 
 /// A graph being built with the weights it declares, read from the file as they are added.
-struct Builder<'a> {
+pub(crate) struct Builder<'a> {
     file: &'a Gguf,
-    graph: Graph,
-    weights: Vec<HostTensor>,
+    pub graph: Graph,
+    pub weights: Vec<HostTensor>,
 }
 
-impl Builder<'_> {
-    fn has(&self, name: &str) -> bool {
+impl<'a> Builder<'a> {
+    pub fn new(file: &'a Gguf, name: &str) -> Self {
+        Builder { file, graph: Graph::new(name), weights: Vec::new() }
+    }
+
+    /// A weight that does not come from the file.
+    pub fn constant(&mut self, name: &str, tensor: HostTensor) -> ValueId {
+        let id = self.graph.weight(name, TensorType::fixed(tensor.dtype(), &tensor.shape));
+        self.weights.push(tensor);
+        id
+    }
+
+    pub fn has(&self, name: &str) -> bool {
         self.file.tensor_info(name).is_ok()
     }
 
     /// The file's tensor `name`, as stored (quantized or not), as a graph weight.
-    fn weight(&mut self, name: &str) -> Result<ValueId> {
+    pub fn weight(&mut self, name: &str) -> Result<ValueId> {
         let t = self.file.tensor(name).with_context(|| format!("{}: tensor '{name}'", self.file.path().display()))?;
         let id = self.graph.weight(name, TensorType::fixed(t.dtype(), &t.shape));
         self.weights.push(t);
@@ -121,7 +132,7 @@ impl Builder<'_> {
 
     /// `x · Wᵀ (+ b)` for the file's `{name}.weight` (and `{name}.bias` when it has one:
     /// qwen2's q, k and v).
-    fn linear(&mut self, name: &str, x: ValueId) -> Result<ValueId> {
+    pub fn linear(&mut self, name: &str, x: ValueId) -> Result<ValueId> {
         let mut inputs = vec![x, self.weight(&format!("{name}.weight"))?];
         if self.has(&format!("{name}.bias")) {
             inputs.push(self.weight(&format!("{name}.bias"))?);
@@ -129,15 +140,37 @@ impl Builder<'_> {
         Ok(self.graph.node1(name, Op::MatMul(MatMul { trans_b: true, activation: Activation::None }), &inputs)?)
     }
 
-    fn node(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId> {
+    pub fn node(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId> {
         Ok(self.graph.node1(name, op, inputs)?)
     }
 }
 
+/// The decoder side of a layer-wise visual adapter ([`crate::llm::visual`]): the layers it
+/// enters and each one's gate (`[heads]` f32, before its tanh).
+#[derive(Debug, Clone)]
+pub struct VisualGates {
+    pub layers: Vec<(usize, HostTensor)>,
+}
+
 /// The decoder graph and its weights (in `graph.weights` order), read from `file`.
 pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTensor>)> {
+    decoder_graph_with(file, None)
+}
+
+/// [`decoder_graph`] with a visual adapter's gated attention in the layers it names. The
+/// graph then also has the input `vis_table` u32 `[seqs, 4]` (each sequence's new rows and
+/// its visual rows: see [`DecoderBatch::visual_table`]) and per adapted layer the states
+/// `l{i}.vk` and `l{i}.vv` (`[vis_rows, kv_width]`), which hold each picture's visual keys
+/// and values, written once per picture. In those layers every query also attends to its
+/// sequence's visual rows in a softmax of its own (no positions, not causal), and that result,
+/// scaled per head by tanh(gate), is added to the text attention's before the output
+/// projection: all gates 0 leaves the base decoder's numbers as they were.
+pub fn decoder_graph_with(
+    file: &Gguf,
+    visual: Option<&VisualGates>,
+) -> Result<(DecoderConfig, Graph, Vec<HostTensor>)> {
     let c = DecoderConfig::from_gguf(file)?;
-    let mut b = Builder { file, graph: Graph::new(&format!("{}-decoder", c.arch)), weights: Vec::new() };
+    let mut b = Builder::new(file, &format!("{}-decoder", c.arch));
     let tokens = || Dim::sym("tokens");
     let seqs = || Dim::sym("seqs");
     let ids = b.graph.input("ids", TensorType::new(DType::U32, vec![tokens()]));
@@ -148,6 +181,8 @@ pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTenso
         b.graph.input("sampling", TensorType::new(DType::F32, vec![seqs(), Dim::Fixed(sample::SETTINGS as u64)]));
     let seen = b.graph.input("seen", TensorType::new(DType::U32, vec![seqs(), Dim::sym("seen")]));
     let keys = b.graph.input("keys", TensorType::new(DType::U32, vec![seqs(), Dim::Fixed(2)]));
+    let vis_table =
+        visual.map(|_| b.graph.input("vis_table", TensorType::new(DType::U32, vec![seqs(), Dim::Fixed(4)])));
 
     let embedding = b.weight("token_embd.weight")?;
     let freqs = rope::inv_freq(c.rope_base, c.rope_dims, c.rope_scale);
@@ -155,12 +190,13 @@ pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTenso
     b.weights.push(HostTensor::f32(vec![freqs.len()], freqs)?);
 
     let rope_op = Op::Rope(Rope { head_dim: c.head_dim as u32, rot_dims: c.rope_dims as u32, layout: c.rope_layout });
-    let attention = Op::Attention(Attention {
+    let attention_params = Attention {
         num_heads: c.heads as u32,
         num_kv_heads: c.kv_heads as u32,
         scale: 1.0 / (c.head_dim as f32).sqrt(),
         causal: true,
-    });
+    };
+    let attention = Op::Attention(attention_params);
     let rms = Op::RmsNorm { eps: c.rms_eps };
     let mut x = b.node("embed", Op::Gather, &[embedding, ids])?;
     for l in 0..c.layers {
@@ -177,7 +213,25 @@ pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTenso
         let k = b.node(&n("k_rope"), rope_op.clone(), &[k, positions, inv_freq])?;
         let k_all = b.node(&n("k_write"), Op::KvWrite(KvWrite), &[k_cache, k, table])?;
         let v_all = b.node(&n("v_write"), Op::KvWrite(KvWrite), &[v_cache, v, table])?;
-        let a = b.node(&n("attn"), attention.clone(), &[q, k_all, v_all, table])?;
+        let mut a = b.node(&n("attn"), attention.clone(), &[q, k_all, v_all, table])?;
+        let gate = visual.and_then(|v| v.layers.iter().find(|(at, _)| *at == l));
+        if let (Some((_, gate)), Some(vis_table)) = (gate, vis_table) {
+            let visual_rows =
+                || TensorType::new(DType::F32, vec![Dim::sym("vis_rows"), Dim::Fixed(c.kv_width() as u64)]);
+            let vk = b.graph.state(&format!("l{l}.vk"), visual_rows());
+            let vv = b.graph.state(&format!("l{l}.vv"), visual_rows());
+            let seen = Op::Attention(Attention { causal: false, ..attention_params });
+            let av = b.node(&n("attn_visual"), seen, &[q, vk, vv, vis_table])?;
+            let g = b.constant(&format!("adapter.{l}.gate"), gate.clone());
+            let g = b.node(&n("visual_gate_tanh"), Op::Unary(UnaryKind::Tanh), &[g])?;
+            let g = b.node(&n("visual_gate"), Op::Reshape(vec![Dim::Fixed(c.heads as u64), Dim::Fixed(1)]), &[g])?;
+            let per_head = vec![tokens(), Dim::Fixed(c.heads as u64), Dim::Fixed(c.head_dim as u64)];
+            let av = b.node(&n("attn_visual_heads"), Op::Reshape(per_head), &[av])?;
+            let av = b.node(&n("attn_visual_gated"), Op::Binary(BinaryKind::Mul), &[av, g])?;
+            let flat = vec![tokens(), Dim::Fixed((c.heads * c.head_dim) as u64)];
+            let av = b.node(&n("attn_visual_flat"), Op::Reshape(flat), &[av])?;
+            a = b.node(&n("attn_with_visual"), Op::Binary(BinaryKind::Add), &[a, av])?;
+        }
         let o = b.linear(&n("attn_output"), a)?;
         x = b.node(&n("attn_residual"), Op::Binary(BinaryKind::Add), &[x, o])?;
         let norm = b.weight(&n("ffn_norm.weight"))?;
@@ -243,6 +297,23 @@ impl DecoderBatch {
 
     pub fn seqs(&self) -> usize {
         self.rows.len()
+    }
+
+    /// The `vis_table` input of a graph with a visual adapter: for each sequence (in push
+    /// order) its new rows, and `visual[s]` = (first row, rows) of its picture's visual keys
+    /// and values (0 rows: no picture, and the visual attention adds nothing).
+    pub fn visual_table(&self, visual: &[(usize, usize)]) -> Result<HostTensor> {
+        if visual.len() != self.seqs() {
+            bail!("{} visual rows for {} sequences", visual.len(), self.seqs());
+        }
+        let table = self
+            .step
+            .table
+            .chunks_exact(4)
+            .zip(visual)
+            .flat_map(|(row, &(start, len))| [row[0], row[1], start as u32, len as u32])
+            .collect();
+        Ok(HostTensor::u32(vec![self.seqs(), 4], table)?)
     }
 
     /// The graph's inputs, in order. `seen` rows are padded to a power-of-two width (at

@@ -350,13 +350,34 @@ impl AnySession {
 
     /// Copies rows `from..from + rows` of every state to the rows from `to` (see
     /// `Session::copy_state_rows`).
-    pub fn copy_state_rows(&self, state: &mut AnyState, from: usize, to: usize, rows: usize) -> Result<()> {
+    pub fn copy_state_rows(&self, state: &mut AnyState, dim: &str, from: usize, to: usize, rows: usize) -> Result<()> {
         let result = match (&self.session, state) {
-            (Sessions::Cpu(s), AnyState::Cpu(st)) => s.copy_state_rows(st, from, to, rows),
+            (Sessions::Cpu(s), AnyState::Cpu(st)) => s.copy_state_rows(st, dim, from, to, rows),
             #[cfg(feature = "wgpu")]
-            (Sessions::Wgpu(s), AnyState::Wgpu(st)) => s.copy_state_rows(st, from, to, rows),
+            (Sessions::Wgpu(s), AnyState::Wgpu(st)) => s.copy_state_rows(st, dim, from, to, rows),
             #[cfg(feature = "cuda")]
-            (Sessions::Cuda(s), AnyState::Cuda(st)) => s.copy_state_rows(st, from, to, rows),
+            (Sessions::Cuda(s), AnyState::Cuda(st)) => s.copy_state_rows(st, dim, from, to, rows),
+            #[allow(unreachable_patterns)]
+            _ => bail!("the state was made by a session on another backend"),
+        };
+        result.map_err(|e| anyhow!(e))
+    }
+
+    /// Overwrites rows `first..` of state `name` with `tensor` (see
+    /// `Session::write_state_rows`).
+    pub async fn write_state_rows(
+        &self,
+        state: &mut AnyState,
+        name: &str,
+        first: usize,
+        tensor: &HostTensor,
+    ) -> Result<()> {
+        let result = match (&self.session, state) {
+            (Sessions::Cpu(s), AnyState::Cpu(st)) => s.write_state_rows(st, name, first, tensor).await,
+            #[cfg(feature = "wgpu")]
+            (Sessions::Wgpu(s), AnyState::Wgpu(st)) => s.write_state_rows(st, name, first, tensor).await,
+            #[cfg(feature = "cuda")]
+            (Sessions::Cuda(s), AnyState::Cuda(st)) => s.write_state_rows(st, name, first, tensor).await,
             #[allow(unreachable_patterns)]
             _ => bail!("the state was made by a session on another backend"),
         };

@@ -87,6 +87,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize) -> (Job, Pending) {
         ignore_eos: true,
         want_logits: false,
         want_hidden: false,
+        picture: None,
         sink,
     };
     (job, Pending { rx, closed })

@@ -35,6 +35,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Chat with a GGUF decoder LLM: one message per line on stdin.
     Chat(commands::generate::ChatArgs),
+    /// Describe a product photo with a GGUF decoder and a layer-wise visual adapter.
+    Describe(commands::generate::DescribeArgs),
     /// Grade query-item relevance with a GGUF decoder LLM (label probabilities, CumPT tiers).
     Grade(commands::grade::Args),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Chat(args) => commands::generate::run_chat(args),
+        Command::Describe(args) => commands::generate::run_describe(args),
         Command::Grade(args) => commands::grade::run(args),
     };
     match result {

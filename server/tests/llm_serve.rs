@@ -224,6 +224,10 @@ fn completions_chat_and_grading_on_a_tiny_model() {
     assert!(r.status == 400 && r.text().contains("`items` cannot be empty"), "{}", r.text());
     let r = post(&s, "/grade", &json!({"query": "q", "items": [3], "instructions": "x"}));
     assert!(r.status == 422 && r.text().contains("items[0]"), "{}", r.text());
+    // A photo for a model served without a visual adapter.
+    let photo = json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]);
+    let r = post(&s, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": photo}]}));
+    assert!(r.status == 422 && r.text().contains("no visual adapter"), "{}", r.text());
 
     // Suggestions: n samples in one batch, de-duplicated, best sequence log-probability first.
     let suggest = json!({"queries": ["mug", "tea"], "n": 6, "max_tokens": 6, "seed": 2, "instructions": "Next:"});

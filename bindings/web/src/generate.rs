@@ -78,7 +78,7 @@ impl Tandem {
     #[wasm_bindgen(js_name = loadLanguageModel)]
     pub async fn load_language_model(&self, source: LanguageModelSource) -> Result<(), JsValue> {
         let (name, bytes) = model_file(&source.into(), "language model").await?;
-        let llm = Llm::from_bytes(&name, bytes, &self.device).map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))?;
+        let llm = Llm::from_bytes(&name, bytes, &self.device, None).map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))?;
         self.llm.replace(Some(Rc::new(llm)));
         Ok(())
     }

@@ -7,10 +7,11 @@ pub mod sampling;
 pub mod scheduler;
 pub mod template;
 pub mod tokenizer;
+pub mod visual;
 
-use crate::decoder::{DecoderBatch, DecoderConfig, SampleRow, decoder_graph};
+use crate::decoder::{DecoderBatch, DecoderConfig, SampleRow, decoder_graph_with};
 use crate::session::{AnySession, AnyState, Device, wait};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use sampling::{Sampler, SamplingParams, top_logits};
 use std::path::Path;
 use std::time::Duration;
@@ -25,12 +26,17 @@ use web_time::Instant;
 /// tokens, so the activations of one run stay bounded whatever the prompt's length.
 const PREFILL_CHUNK: usize = 512;
 
+/// A visual adapter to load with a decoder, and its image encoder's folded checkpoint.
+pub type VisualParts<'a> = (&'a visual::VisualAdapter, &'a tandem_runtime::weights::torch::StateDict);
+
 /// A decoder loaded onto a device, with its tokenizer and chat template.
 pub struct Llm {
     pub config: DecoderConfig,
     pub tokenizer: LlmTokenizer,
     template: Option<ChatTemplate>,
     session: AnySession,
+    /// The picture side of a visual adapter, when one is loaded.
+    visual: Option<visual::VisualEncoder>,
 }
 
 /// KV caches on the device for one or more sequences ("slots", each of up to `capacity`
@@ -39,6 +45,8 @@ pub struct KvCache {
     state: AnyState,
     cached: Vec<Vec<u32>>,
     capacity: usize,
+    /// Whether each slot's visual rows hold a picture (with a visual adapter).
+    pictures: Vec<bool>,
 }
 
 impl KvCache {
@@ -52,6 +60,10 @@ impl KvCache {
     /// Most tokens a slot holds.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+    /// Whether slot `slot` sees a picture.
+    pub fn has_picture(&self, slot: usize) -> bool {
+        self.pictures[slot]
     }
     /// Forgets everything in `slot` after its first `len` ids (the cache rows past them are
     /// simply overwritten by what comes next).
@@ -163,19 +175,44 @@ impl Llm {
         .with_context(|| path.display().to_string())
     }
 
+    /// [`Llm::open`] with the visual adapter in folder `adapter` (its encoder fetched on first
+    /// use).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_with_adapter(model: &str, backend: crate::BackendChoice, exact: bool, adapter: &Path) -> Result<Llm> {
+        use anyhow::Context;
+        use tandem_runtime::backend::cpu::CpuOptions;
+        let adapter = visual::VisualAdapter::load(adapter)?;
+        let encoder_dir = crate::fetch::ensure(crate::registry::known_model("mobilenetv2")?)?;
+        let encoder = crate::vision::load_mobilenet_v2_folded(&encoder_dir)?;
+        let path = Self::resolve(model)?;
+        let device = Device::open_blocking(backend)?;
+        let device = if device.backend_name() == "cpu" {
+            Device::cpu_with(CpuOptions { quantized_activations: !exact })
+        } else {
+            device
+        };
+        Self::load_with_adapter(&path, &device, Some((&adapter, &encoder))).with_context(|| path.display().to_string())
+    }
+
     /// Loads a GGUF decoder onto `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Self::from_gguf(&Gguf::open(path)?, path, device)
+        Self::load_with_adapter(path, device, None)
+    }
+
+    /// Loads a GGUF decoder onto `device` with a visual adapter and its encoder's folded
+    /// checkpoint.
+    pub fn load_with_adapter(path: &Path, device: &Device, adapter: Option<VisualParts<'_>>) -> Result<Self> {
+        Self::from_gguf(&Gguf::open(path)?, path, device, adapter)
     }
 
     /// Loads a GGUF decoder from its bytes (the browser, which has no files); `name` names
     /// it in errors.
-    pub fn from_bytes(name: &str, bytes: Vec<u8>, device: &Device) -> Result<Self> {
+    pub fn from_bytes(name: &str, bytes: Vec<u8>, device: &Device, adapter: Option<VisualParts<'_>>) -> Result<Self> {
         let name = Path::new(name);
-        Self::from_gguf(&Gguf::from_bytes(name, bytes)?, name, device)
+        Self::from_gguf(&Gguf::from_bytes(name, bytes)?, name, device, adapter)
     }
 
-    fn from_gguf(file: &Gguf, path: &Path, device: &Device) -> Result<Self> {
+    fn from_gguf(file: &Gguf, path: &Path, device: &Device, adapter: Option<VisualParts<'_>>) -> Result<Self> {
         let tokenizer = LlmTokenizer::from_gguf(file)?;
         let template = match file.get("tokenizer.chat_template") {
             None => None,
@@ -184,7 +221,16 @@ impl Llm {
                 Some(ChatTemplate::new(source, tokenizer.bos_text(), tokenizer.eos_text())?)
             }
         };
-        let (config, graph, weights) = decoder_graph(file)?;
+        let config = DecoderConfig::from_gguf(file)?;
+        let (gates, visual) = match adapter {
+            None => (None, None),
+            Some((adapter, encoder)) => {
+                let layers = adapter.check(file, &config).context("adapter")?;
+                let encoder = visual::VisualEncoder::new(adapter, &layers, encoder, file, &config, device)?;
+                (Some(adapter.gates(&layers)?), Some(encoder))
+            }
+        };
+        let (config, graph, weights) = decoder_graph_with(file, gates.as_ref())?;
         if tokenizer.vocab_size() != config.vocab {
             bail!(
                 "{}: the tokenizer has {} tokens but the embedding has {} rows",
@@ -194,7 +240,7 @@ impl Llm {
             );
         }
         let session = AnySession::on_tensors(device, graph, &weights)?;
-        Ok(Llm { config, tokenizer, template, session })
+        Ok(Llm { config, tokenizer, template, session, visual })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -230,8 +276,50 @@ impl Llm {
             bail!("a cache needs at least one sequence slot");
         }
         let rows = slots.checked_mul(capacity).ok_or_else(|| anyhow::anyhow!("{slots} × {capacity} rows overflow"))?;
-        let state = self.session.new_state(&[("kv_rows", rows)])?;
-        Ok(KvCache { state, cached: vec![Vec::new(); slots], capacity })
+        let visual_rows = slots * self.visual.as_ref().map_or(0, |v| v.tokens);
+        let state = self.session.new_state(&[("kv_rows", rows), ("vis_rows", visual_rows)])?;
+        Ok(KvCache { state, cached: vec![Vec::new(); slots], capacity, pictures: vec![false; slots] })
+    }
+
+    /// Whether a visual adapter is loaded (so that [`Llm::show_picture`] works).
+    pub fn sees_pictures(&self) -> bool {
+        self.visual.is_some()
+    }
+
+    /// Gives slot `slot` a photo (PNG or JPEG bytes) to see: its visual keys and values are
+    /// computed once and kept in the cache's state. The slot's cached tokens are forgotten,
+    /// since with a picture they would have other keys and values.
+    pub fn show_picture(&self, cache: &mut KvCache, slot: usize, photo: &[u8]) -> Result<()> {
+        self.session.blocking(|| wait(self.show_picture_async(cache, slot, photo)))
+    }
+
+    /// [`Llm::show_picture`] for callers that await (the browser).
+    pub async fn show_picture_async(&self, cache: &mut KvCache, slot: usize, photo: &[u8]) -> Result<()> {
+        let Some(visual) = &self.visual else {
+            bail!("this model has no visual adapter: it cannot see pictures");
+        };
+        if slot >= cache.slots() {
+            bail!("slot {slot} of a cache of {} slots", cache.slots());
+        }
+        let pixels = crate::vision::preprocess::imagenet_input(photo).map_err(anyhow::Error::new)?;
+        let keys_and_values = visual.keys_and_values(pixels).await?;
+        cache.cached[slot].clear();
+        cache.pictures[slot] = false;
+        for (&l, (k, v)) in visual.layers.iter().zip(&keys_and_values) {
+            let first = slot * visual.tokens;
+            self.session.write_state_rows(&mut cache.state, &format!("l{l}.vk"), first, k).await?;
+            self.session.write_state_rows(&mut cache.state, &format!("l{l}.vv"), first, v).await?;
+        }
+        cache.pictures[slot] = true;
+        Ok(())
+    }
+
+    /// Takes slot `slot`'s picture away (and its cached tokens, computed with it).
+    pub fn hide_picture(&self, cache: &mut KvCache, slot: usize) {
+        if cache.pictures[slot] {
+            cache.cached[slot].clear();
+            cache.pictures[slot] = false;
+        }
     }
 
     /// Gives slot `to` the first `len` cached tokens of slot `from` (a shared prompt prefix
@@ -244,8 +332,11 @@ impl Llm {
         if len > cache.cached[from].len() {
             bail!("slot {from} holds {} tokens, not {len}", cache.cached[from].len());
         }
+        if cache.pictures[from] || cache.pictures[to] {
+            bail!("a prefix seen with a picture is not shared (its keys and values depend on the picture)");
+        }
         let capacity = cache.capacity;
-        self.session.copy_state_rows(&mut cache.state, from * capacity, to * capacity, len)?;
+        self.session.copy_state_rows(&mut cache.state, "kv_rows", from * capacity, to * capacity, len)?;
         cache.cached[to] = cache.cached[from][..len].to_vec();
         Ok(())
     }
@@ -347,8 +438,15 @@ impl Llm {
             if in_batch.is_empty() {
                 return Ok(output);
             }
-            let mut out =
-                self.session.run_with(&batch.tensors()?, &mut cache.state, Outputs::Named(&outputs)).await?.into_iter();
+            let mut inputs = batch.tensors()?;
+            if let Some(v) = &self.visual {
+                let rows: Vec<(usize, usize)> = in_batch
+                    .iter()
+                    .map(|&slot| (slot * v.tokens, if cache.pictures[slot] { v.tokens } else { 0 }))
+                    .collect();
+                inputs.push(batch.visual_table(&rows)?);
+            }
+            let mut out = self.session.run_with(&inputs, &mut cache.state, Outputs::Named(&outputs)).await?.into_iter();
             let next = out.next().expect("next was asked for");
             let next = next.as_u32().ok_or_else(|| anyhow::anyhow!("the sampler's output is not u32"))?;
             for (&id, &slot) in next.iter().zip(&in_batch) {

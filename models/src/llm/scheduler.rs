@@ -119,6 +119,9 @@ pub struct Job {
     /// For `max_tokens` 0: send the last hidden state after the prompt with `Done` (an LLM
     /// embedding).
     pub want_hidden: bool,
+    /// A photo (PNG or JPEG bytes) the sequence sees through the model's visual adapter. Its
+    /// prompt then shares no cached prefix: keys and values depend on the picture.
+    pub picture: Option<std::sync::Arc<[u8]>>,
     pub sink: Box<dyn Sink>,
 }
 
@@ -180,6 +183,7 @@ impl Shared {
 pub struct Scheduler {
     shared: Arc<Shared>,
     vocab: usize,
+    sees_pictures: bool,
 }
 
 impl Scheduler {
@@ -194,11 +198,11 @@ impl Scheduler {
             stats: SchedulerStats::default(),
         });
         let for_thread = shared.clone();
-        let vocab = llm.config.vocab;
+        let (vocab, sees_pictures) = (llm.config.vocab, llm.sees_pictures());
         let handle = std::thread::Builder::new()
             .name("tandem-llm".into())
             .spawn(move || Runner::new(&llm, cache, &for_thread).run())?;
-        Ok((Scheduler { shared, vocab }, handle))
+        Ok((Scheduler { shared, vocab, sees_pictures }, handle))
     }
 
     pub fn config(&self) -> SchedulerConfig {
@@ -218,7 +222,9 @@ impl Scheduler {
         if jobs.is_empty() {
             return Ok(());
         }
-        let shared_prefix = (jobs.len() > 1).then(|| common_prefix(&jobs)).filter(|p| p.len() >= MIN_SHARED_PREFIX);
+        let with_pictures = jobs.iter().any(|j| j.picture.is_some());
+        let shared_prefix =
+            (jobs.len() > 1 && !with_pictures).then(|| common_prefix(&jobs)).filter(|p| p.len() >= MIN_SHARED_PREFIX);
         let mut q = self.shared.lock();
         if q.closed {
             return Err(Refused::Closed);
@@ -238,6 +244,9 @@ impl Scheduler {
     fn check(&self, job: &Job, c: &SchedulerConfig) -> Result<(), String> {
         if job.prompt.is_empty() {
             return Err("the prompt is empty".into());
+        }
+        if job.picture.is_some() && !self.sees_pictures {
+            return Err("this model has no visual adapter: it cannot see pictures".into());
         }
         if let Some(&bad) = job.prompt.iter().find(|&&id| id as usize >= self.vocab) {
             return Err(format!("token id {bad} is past the vocabulary of {}", self.vocab));
@@ -371,6 +380,7 @@ impl<'a> Runner<'a> {
                         ignore_eos: false,
                         want_logits: false,
                         want_hidden: false,
+                        picture: None,
                         sink: Box::new(Nobody),
                     };
                     self.start(job, Some(group.jobs));
@@ -398,9 +408,16 @@ impl<'a> Runner<'a> {
     /// shared prefix from another slot when one has it.
     fn start(&mut self, job: Job, then: Option<Vec<Job>>) {
         let prompt = &job.prompt;
-        // At least the prompt's last token is run, for its logits.
-        let shared: Vec<usize> =
-            (0..self.cache.slots()).map(|s| lcp(self.cache.cached(s), prompt).min(prompt.len() - 1)).collect();
+        // At least the prompt's last token is run, for its logits. Slots that saw a picture,
+        // and jobs with one, share nothing.
+        let shared: Vec<usize> = (0..self.cache.slots())
+            .map(|s| {
+                if job.picture.is_some() || self.cache.has_picture(s) {
+                    return 0;
+                }
+                lcp(self.cache.cached(s), prompt).min(prompt.len() - 1)
+            })
+            .collect();
         let free = self.free_slots();
         let slot = *free
             .iter()
@@ -412,6 +429,18 @@ impl<'a> Runner<'a> {
             reused = shared[best];
         } else {
             self.cache.truncate(slot, reused);
+        }
+        let shown = match &job.picture {
+            Some(photo) => self.llm.show_picture(&mut self.cache, slot, photo),
+            None => {
+                self.llm.hide_picture(&mut self.cache, slot);
+                Ok(())
+            }
+        };
+        if let Err(e) = shown {
+            let mut job = job;
+            job.sink.send(Event::Failed(format!("the picture: {e:#}")));
+            return;
         }
         let stats = &self.shared.stats;
         stats.prompt_tokens.fetch_add(prompt.len() as u64, Ordering::Relaxed);

@@ -32,7 +32,7 @@ fn block_strides() -> Vec<u32> {
 }
 
 struct Builder<'a> {
-    g: Graph,
+    g: &'a mut Graph,
     state: &'a StateDict,
 }
 
@@ -65,9 +65,11 @@ impl Builder<'_> {
     }
 }
 
-/// The graph of the folded checkpoint `state`.
-pub fn build_graph(state: &StateDict) -> Result<Graph> {
-    let mut b = Builder { g: Graph::new("mobilenet_v2"), state };
+/// Adds torchvision's `features` to `g`: input `pixels` f32 `[images, 3, 224, 224]`, output
+/// the last block's map (after its 1×1 convolution and ReLU6: `[images, 1280, 7, 7]`) and its
+/// channel count. The classifier pools it; visual adapters read it whole.
+pub fn features(g: &mut Graph, state: &StateDict) -> Result<(ValueId, usize)> {
+    let mut b = Builder { g, state };
     let image = Dim::Fixed(INPUT_SIZE as u64);
     let pixels =
         b.g.input("pixels", TensorType::new(DType::F32, vec![Dim::sym("images"), Dim::Fixed(3), image.clone(), image]));
@@ -76,7 +78,6 @@ pub fn build_graph(state: &StateDict) -> Result<Graph> {
         let block = i + 1;
         let at = |part: &str| format!("features.{block}.conv.{part}");
         let input = (x, channels);
-        // Expansion 1 (block 1) has no 1×1 expand convolution: depthwise, then project.
         let (depthwise, project) = if block == 1 { ("0.0", "1") } else { ("1.0", "2") };
         if block != 1 {
             (x, channels) = b.conv(x, &at("0.0"), channels, 1, false)?;
@@ -87,7 +88,14 @@ pub fn build_graph(state: &StateDict) -> Result<Graph> {
             x = b.g.node1(&format!("features.{block}.residual"), Op::Binary(BinaryKind::Add), &[x, input.0])?;
         }
     }
-    (x, channels) = b.conv(x, "features.18.0", channels, 1, false)?;
+    b.conv(x, "features.18.0", channels, 1, false)
+}
+
+/// The graph of the folded checkpoint `state`.
+pub fn build_graph(state: &StateDict) -> Result<Graph> {
+    let mut g = Graph::new("mobilenet_v2");
+    let (x, channels) = features(&mut g, state)?;
+    let b = Builder { g: &mut g, state };
     let pooled = b.g.node1("pool", Op::GlobalAvgPool, &[x])?;
     let (shape, _) = state.f32("classifier.1.weight")?;
     if shape.len() != 2 || shape[1] != channels {
@@ -99,7 +107,7 @@ pub fn build_graph(state: &StateDict) -> Result<Graph> {
     let logits = b.g.node1("classifier", matmul, &[pooled, weight, bias])?;
     b.g.output(logits, "logits");
     b.g.validate().map_err(|e| anyhow!("building MobileNetV2: {e}"))?;
-    Ok(b.g)
+    Ok(g)
 }
 
 /// One class of a prediction.

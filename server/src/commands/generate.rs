@@ -32,7 +32,15 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Llm> {
-        let llm = Llm::open(&self.model, self.backend, self.exact)?;
+        self.load_with(None)
+    }
+
+    /// The model with a visual adapter folder, when given.
+    fn load_with(&self, adapter: Option<&std::path::Path>) -> Result<Llm> {
+        let llm = match adapter {
+            None => Llm::open(&self.model, self.backend, self.exact)?,
+            Some(dir) => Llm::open_with_adapter(&self.model, self.backend, self.exact, dir)?,
+        };
         eprintln!(
             "model: {} ({} layers, width {}, context {}) on {}",
             self.model,
@@ -89,19 +97,9 @@ impl SamplingArgs {
     }
 }
 
+/// What one completion prints; shared by `generate` and `describe`.
 #[derive(clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    sampling: SamplingArgs,
-    /// Tokenize the prompt as it is (special tokens parsed) instead of as one user message
-    /// through the chat template.
-    #[arg(long)]
-    raw: bool,
-    /// A system message before the prompt (instead of the template's default one).
-    #[arg(long, conflicts_with = "raw")]
-    system: Option<String>,
+pub struct OutputArgs {
     /// With --json: the K best [id, logit] at the first generated position.
     #[arg(long, value_name = "K", default_value_t = 0)]
     top_logits: usize,
@@ -112,15 +110,30 @@ pub struct Args {
     /// One JSON object instead of streamed text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Tokenize the prompt as it is (special tokens parsed) instead of as one user message
+    /// through the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// A system message before the prompt (instead of the template's default one).
+    #[arg(long, conflicts_with = "raw")]
+    system: Option<String>,
     /// The prompt.
     prompt: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let sampling = args.sampling.params()?;
-    if args.top_logits > 1000 {
-        bail!("--top-logits is at most 1000, not {}", args.top_logits);
-    }
+    args.sampling.params()?;
+    args.output.check()?;
     let llm = args.model.load()?;
     let text = if args.raw {
         args.prompt.clone()
@@ -132,9 +145,70 @@ pub fn run(args: Args) -> Result<()> {
         messages.push(Message::new("user", &args.prompt));
         llm.chat_prompt(&messages)?
     };
-    let mut prompt_ids = llm.tokenizer.encode(&text)?;
+    complete(&llm, &text, None, &args.sampling, &args.output)
+}
+
+/// `tandem describe IMAGE --model smollm2 --adapter DIR [--prompt TEXT]`: what a decoder
+/// with a visual adapter says about a photo. The prompt is one user message through the
+/// chat template, as without a picture; the picture enters through the adapter.
+#[derive(clap::Args)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// The visual adapter's folder (adapter_config.json + adapter.safetensors).
+    #[arg(long, value_name = "DIR")]
+    adapter: std::path::PathBuf,
+    /// What to ask about the photo.
+    #[arg(long, default_value = "Describe this product.")]
+    prompt: String,
+    /// A system message before the prompt (instead of the template's default one).
+    #[arg(long)]
+    system: Option<String>,
+    /// The photo (PNG or JPEG).
+    image: std::path::PathBuf,
+}
+
+pub fn run_describe(args: DescribeArgs) -> Result<()> {
+    args.sampling.params()?;
+    args.output.check()?;
+    let photo = std::fs::read(&args.image).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
+    // A bad photo is found before the models load.
+    tandem_models::vision::decode::decode_rgb8(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
+    let llm = args.model.load_with(Some(&args.adapter))?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(Message::new("system", system));
+    }
+    messages.push(Message::new("user", &args.prompt));
+    let text = llm.chat_prompt(&messages)?;
+    complete(&llm, &text, Some(&photo), &args.sampling, &args.output)
+}
+
+impl OutputArgs {
+    fn check(&self) -> Result<()> {
+        if self.top_logits > 1000 {
+            bail!("--top-logits is at most 1000, not {}", self.top_logits);
+        }
+        Ok(())
+    }
+}
+
+/// Generates after `text` (seeing `picture` when given) and prints as `out` says.
+fn complete(
+    llm: &Llm,
+    text: &str,
+    picture: Option<&[u8]>,
+    sampling_args: &SamplingArgs,
+    out: &OutputArgs,
+) -> Result<()> {
+    let sampling = sampling_args.params()?;
+    let mut prompt_ids = llm.tokenizer.encode(text)?;
     let context = llm.config.context;
-    let max_tokens = match args.sampling.max_tokens {
+    let max_tokens = match sampling_args.max_tokens {
         Some(n) => n,
         None => DEFAULT_MAX_TOKENS.min(context.saturating_sub(prompt_ids.len())).max(1),
     };
@@ -145,7 +219,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--max-tokens {max_tokens} leaves no room for the prompt in the model's context of {context}");
     }
     if prompt_ids.len() + max_tokens > context {
-        if !args.truncate {
+        if !out.truncate {
             bail!(
                 "the prompt is {} tokens; with --max-tokens {max_tokens} it needs {} positions, over the model's \
                  context of {context} (pass --truncate to keep its last {} tokens)",
@@ -160,12 +234,15 @@ pub fn run(args: Args) -> Result<()> {
         prompt_ids,
         max_tokens,
         sampling,
-        ignore_eos: args.sampling.ignore_eos,
-        top_logits: args.top_logits,
+        ignore_eos: sampling_args.ignore_eos,
+        top_logits: out.top_logits,
     };
     let mut seq = llm.new_sequence(request.prompt_ids.len() + max_tokens)?;
+    if let Some(photo) = picture {
+        llm.show_picture(&mut seq, 0, photo)?;
+    }
     let mut stdout = std::io::stdout().lock();
-    let streaming = !args.json;
+    let streaming = !out.json;
     let generation = llm.generate(&mut seq, &request, &mut |piece| {
         if streaming {
             stdout.write_all(piece.as_bytes())?;
@@ -176,7 +253,7 @@ pub fn run(args: Args) -> Result<()> {
     let per_second = |n: usize, t: std::time::Duration| {
         if t.is_zero() { serde_json::Value::Null } else { (n as f64 / t.as_secs_f64()).into() }
     };
-    if args.json {
+    if out.json {
         let line = serde_json::json!({
             "prompt_ids": request.prompt_ids,
             "ids": generation.ids,

@@ -90,6 +90,7 @@ pub fn run(args: Args) -> Result<()> {
             ignore_eos: false,
             want_logits: true,
             want_hidden: false,
+            picture: None,
             sink: Box::new(ChannelSink { index, tx: tx.clone() }),
         })
         .collect();

@@ -235,6 +235,9 @@ pub struct LlmConfig {
     /// take the last hidden state of the final token; with this set (a special token's
     /// text, one token of the vocabulary), that token is appended and its state taken.
     pub embed_token: Option<String>,
+    /// A layer-wise visual adapter folder for the decoder (docs/visual-adapters.md): chat
+    /// messages may then carry a photo (`image_url` parts with a data URL).
+    pub visual_adapter: Option<PathBuf>,
 }
 
 impl Default for LlmConfig {
@@ -249,6 +252,7 @@ impl Default for LlmConfig {
             default_max_tokens: 256,
             grade_beta: 0.5,
             embed_token: None,
+            visual_adapter: None,
         }
     }
 }
@@ -295,8 +299,14 @@ impl Config {
         {
             *rules = base.join(&*rules);
         }
-        for path in
-            [&mut self.models.embed.path, &mut self.models.embed.adapter, &mut self.web.dir].into_iter().flatten()
+        for path in [
+            &mut self.models.embed.path,
+            &mut self.models.embed.adapter,
+            &mut self.web.dir,
+            &mut self.llm.visual_adapter,
+        ]
+        .into_iter()
+        .flatten()
         {
             if path.is_relative() {
                 *path = base.join(&*path);

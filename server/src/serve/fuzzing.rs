@@ -100,7 +100,7 @@ fn check(route: &str, body: &[u8]) -> Result<(), ApiError> {
         }
         "/v1/chat/completions" => {
             let body: ChatRequest = api::parse_json(body)?;
-            let messages = chat_messages(&body.messages)?;
+            let (messages, _picture) = chat_messages(&body.messages)?;
             let (max_tokens, logprobs) = body.options()?;
             let tokens = messages.iter().map(|m| m.content.len()).sum();
             plan_limits().plan(Kind::Chat, body.common, vec![vec![0; tokens]], max_tokens, logprobs).map(drop)

@@ -58,7 +58,10 @@ impl LlmService {
     pub fn start(config: &LlmConfig) -> Result<(Arc<LlmService>, JoinHandle<()>)> {
         let model = config.model.as_deref().context("llm.model is not set")?;
         let backend: BackendChoice = config.backend.parse().context("llm.backend")?;
-        let llm = Arc::new(Llm::open(model, backend, false)?);
+        let llm = Arc::new(match &config.visual_adapter {
+            None => Llm::open(model, backend, false)?,
+            Some(dir) => Llm::open_with_adapter(model, backend, false, dir)?,
+        });
         let slot_tokens =
             if config.slot_tokens == 0 { llm.config.context } else { config.slot_tokens.min(llm.config.context) };
         let scheduler_config = SchedulerConfig {
@@ -331,6 +334,8 @@ pub(super) struct Plan {
     logprobs: Option<usize>,
     stream: bool,
     include_usage: bool,
+    /// The photo every sequence sees (a chat message's image part).
+    picture: Option<Arc<[u8]>>,
 }
 
 fn seed_now() -> u64 {
@@ -449,6 +454,7 @@ impl PlanLimits<'_> {
             logprobs,
             stream: common.stream.unwrap_or(false),
             include_usage: common.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+            picture: None,
         })
     }
 }
@@ -487,11 +493,21 @@ async fn chat_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
     let svc = service(s)?.clone();
     let permit = s.admit()?;
     let body: ChatRequest = s.read_json(req).await?;
-    let messages = chat_messages(&body.messages)?;
+    let (messages, picture) = chat_messages(&body.messages)?;
+    if let Some(photo) = &picture {
+        if !svc.llm.sees_pictures() {
+            return Err(ApiError::invalid(
+                "this model has no visual adapter, so messages cannot carry images (serve with --llm-visual-adapter)",
+            ));
+        }
+        tandem_models::vision::decode::decode_rgb8(photo)
+            .map_err(|e| ApiError::invalid(format!("the image_url part's image: {e}")))?;
+    }
     let prompt = svc.llm.chat_prompt(&messages).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
     let ids = svc.encode(&prompt)?;
     let (max_tokens, logprobs) = body.options()?;
-    let plan = svc.plan(Kind::Chat, body.common, vec![ids], max_tokens, logprobs)?;
+    let mut plan = svc.plan(Kind::Chat, body.common, vec![ids], max_tokens, logprobs)?;
+    plan.picture = picture.map(Arc::from);
     generate(s, svc, plan, permit, None).await
 }
 
@@ -507,41 +523,83 @@ impl ChatRequest {
     }
 }
 
-/// The chat's messages for the template, each role and content checked.
-pub(super) fn chat_messages(body: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
+/// The chat's messages for the template, each role and content checked, and the photo of an
+/// `image_url` part (bytes from its data URL; at most one per request, in a user message).
+/// The image is not a token of the prompt: a visual adapter shows it to every layer.
+pub(super) fn chat_messages(body: &[ChatMessage]) -> Result<(Vec<Message>, Option<Vec<u8>>), ApiError> {
     if body.is_empty() {
         return Err(ApiError::empty("messages"));
     }
     let mut messages = Vec::with_capacity(body.len());
+    let mut picture = None;
     for (i, m) in body.iter().enumerate() {
         if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
             return Err(ApiError::invalid(format!("`messages[{i}].role`: unknown role {:?}", m.role)));
         }
         let role = if m.role == "developer" { "system" } else { m.role.as_str() };
-        messages.push(Message::new(
-            role,
-            &message_text(&m.content).map_err(|e| ApiError::invalid(format!("`messages[{i}].content`: {e}")))?,
-        ));
+        let bad = |e: String| ApiError::invalid(format!("`messages[{i}].content`: {e}"));
+        let (text, image) = message_parts(&m.content).map_err(bad)?;
+        if let Some(image) = image {
+            if role != "user" {
+                return Err(bad(format!("an image is given in a user message, not in a {role} message")));
+            }
+            if picture.replace(image).is_some() {
+                return Err(bad("a request carries one image (the adapter sees one photo per sequence)".into()));
+            }
+        }
+        messages.push(Message::new(role, &text));
     }
-    Ok(messages)
+    Ok((messages, picture))
 }
 
-/// A message's text: a string, or OpenAI's list of parts of which only text is read.
-fn message_text(content: &Value) -> Result<String, String> {
+/// A message's text (a string, or OpenAI's list of parts) and the bytes of its image part.
+fn message_parts(content: &Value) -> Result<(String, Option<Vec<u8>>), String> {
     match content {
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => Ok((s.clone(), None)),
         Value::Array(parts) => {
             let mut text = String::new();
+            let mut image = None;
             for part in parts {
-                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    (kind, _) => return Err(format!("only text parts are supported, not {kind:?}")),
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => match part.get("text").and_then(Value::as_str) {
+                        Some(t) => text.push_str(t),
+                        None => return Err("a text part without a `text` string".into()),
+                    },
+                    Some("image_url") => {
+                        let url = part.pointer("/image_url/url").and_then(Value::as_str);
+                        let url = url.ok_or("an image_url part without `image_url.url`")?;
+                        if image.replace(data_url_bytes(url)?).is_some() {
+                            return Err("a request carries one image".into());
+                        }
+                    }
+                    kind => return Err(format!("parts are text or image_url, not {kind:?}")),
                 }
             }
-            Ok(text)
+            Ok((text, image))
         }
-        other => Err(format!("expected a string or a list of text parts, not {other}")),
+        other => Err(format!("expected a string or a list of text and image_url parts, not {other}")),
     }
+}
+
+/// The bytes of a `data:image/…;base64,…` URL (the server fetches nothing from elsewhere).
+fn data_url_bytes(url: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let Some(rest) = url.strip_prefix("data:") else {
+        let shown: String = url.chars().take(40).collect();
+        return Err(format!(
+            "image_url must be a data URL (data:image/png;base64,…): the server fetches nothing, not {shown:?}"
+        ));
+    };
+    let (header, payload) = rest.split_once(',').ok_or("a data URL without a comma")?;
+    let Some(mime) = header.strip_suffix(";base64") else {
+        return Err("the image's data URL must be base64 (…;base64,…)".into());
+    };
+    if !matches!(mime, "image/png" | "image/jpeg" | "image/jpg") {
+        return Err(format!("the image must be image/png or image/jpeg, not {mime:?}"));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|e| format!("the image's base64 does not decode: {e}"))
 }
 
 /// `POST /v1/completions`.
@@ -619,6 +677,7 @@ async fn generate(
                 ignore_eos: false,
                 want_logits: false,
                 want_hidden: false,
+                picture: plan.picture.clone(),
                 sink: Box::new(ChoiceSink { index, tx: tx.clone() }),
             });
         }
@@ -1041,6 +1100,7 @@ async fn run_group(s: &AppState, svc: &LlmService, jobs: Vec<GroupJob>) -> Resul
             ignore_eos: false,
             want_logits: j.want_logits,
             want_hidden: j.want_hidden,
+            picture: None,
             sink: Box::new(ChoiceSink { index, tx: tx.clone() }),
         })
         .collect();

@@ -100,6 +100,10 @@ pub struct Args {
     /// Tokens each decoder sequence holds (prompt and output).
     #[arg(long)]
     llm_slot_tokens: Option<usize>,
+    /// A layer-wise visual adapter folder for the decoder: chat messages may then carry a
+    /// photo (OpenAI's `image_url` part with a data URL).
+    #[arg(long, value_name = "DIR", requires = "llm")]
+    llm_visual_adapter: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -167,6 +171,9 @@ impl Args {
         }
         if let Some(v) = self.llm_slot_tokens {
             c.llm.slot_tokens = v;
+        }
+        if let Some(v) = &self.llm_visual_adapter {
+            c.llm.visual_adapter = Some(v.clone());
         }
         c.server.api_keys.extend(self.api_keys.iter().cloned());
         if let Ok(keys) = std::env::var(access::API_KEY_ENV) {
