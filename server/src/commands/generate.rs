@@ -135,16 +135,8 @@ pub fn run(args: Args) -> Result<()> {
     args.sampling.params()?;
     args.output.check()?;
     let llm = args.model.load()?;
-    let text = if args.raw {
-        args.prompt.clone()
-    } else {
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(Message::new("system", system));
-        }
-        messages.push(Message::new("user", &args.prompt));
-        llm.chat_prompt(&messages)?
-    };
+    let text =
+        if args.raw { args.prompt.clone() } else { llm.chat_prompt(&user_turn(args.system.as_deref(), &args.prompt))? };
     complete(&llm, &text, None, &args.sampling, &args.output)
 }
 
@@ -179,13 +171,14 @@ pub fn run_describe(args: DescribeArgs) -> Result<()> {
     // A bad photo is found before the models load.
     tandem_models::vision::decode::decode_rgb8(&photo).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     let llm = args.model.load_with(Some(&args.adapter))?;
-    let mut messages = Vec::new();
-    if let Some(system) = &args.system {
-        messages.push(Message::new("system", system));
-    }
-    messages.push(Message::new("user", &args.prompt));
-    let text = llm.chat_prompt(&messages)?;
+    let text = llm.chat_prompt(&user_turn(args.system.as_deref(), &args.prompt))?;
     complete(&llm, &text, Some(&photo), &args.sampling, &args.output)
+}
+
+/// One user message, after a system message when one is given.
+fn user_turn(system: Option<&str>, prompt: &str) -> Vec<Message> {
+    let system = system.map(|s| Message::new("system", s));
+    system.into_iter().chain([Message::new("user", prompt)]).collect()
 }
 
 impl OutputArgs {
