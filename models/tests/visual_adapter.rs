@@ -2,7 +2,8 @@
 //! independent torch implementation of the same formula (tests/reference/
 //! make_visual_adapter_reference.py → visual_adapter/: a seeded random adapter with non-zero
 //! gates, grid 3 (overlapping pooling bins), rank 8, GELU, every layer; three photos × two
-//! prompts). tandem must:
+//! prompts; and visual_adapter_silu/: another seed, grid 2, rank 4, SiLU, layers 0, 3, 11
+//! and 29). tandem must:
 //! - on the exact CPU path, with all six sequences in one batch (each slot its own picture),
 //!   give the reference's top-10 logits within 1e-3 after the prompt and at each of 12 greedy
 //!   steps, and the reference's greedy tokens exactly, also through `Llm::generate`;
@@ -48,7 +49,11 @@ fn adapter_dir() -> PathBuf {
 }
 
 fn reference() -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(adapter_dir().join("reference.json")).unwrap()).unwrap()
+    reference_in(&adapter_dir())
+}
+
+fn reference_in(dir: &Path) -> Reference {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
 }
 
 /// The GGUF and the folded MobileNetV2 checkpoint from the cache, or None (saying so).
@@ -94,9 +99,15 @@ fn check_top(what: &str, logits: &[f32], top: &[(u32, f64)]) -> f64 {
 #[test]
 fn adapter_matches_the_independent_reference_on_the_cpu() {
     let Some((gguf, encoder)) = base_and_encoder() else { return };
-    let adapter = VisualAdapter::load(&adapter_dir()).unwrap();
-    let llm = Llm::load_with_adapter(&gguf, &exact_cpu(), Some((&adapter, &encoder))).unwrap();
-    let cases = reference().cases;
+    check_on_the_cpu(&gguf, &encoder, &adapter_dir());
+    // Another seed, grid 2, rank 4, SiLU, four of the 30 layers (`layers` in the config).
+    check_on_the_cpu(&gguf, &encoder, &reference_dir().join("visual_adapter_silu"));
+}
+
+fn check_on_the_cpu(gguf: &Path, encoder: &StateDict, dir: &Path) {
+    let adapter = VisualAdapter::load(dir).unwrap();
+    let llm = Llm::load_with_adapter(gguf, &exact_cpu(), Some((&adapter, encoder))).unwrap();
+    let cases = reference_in(dir).cases;
     let steps = cases[0].greedy.len();
     let capacity = cases.iter().map(|c| c.prompt.len()).max().unwrap() + steps + 1;
     let mut cache = llm.new_cache(cases.len(), capacity).unwrap();
@@ -118,7 +129,8 @@ fn adapter_matches_the_independent_reference_on_the_cpu() {
         feeds = cases.iter().map(|c| vec![c.greedy[step.min(steps - 1)]]).collect();
     }
     println!(
-        "{} sequences, prefill and {steps} greedy steps: the reference's tokens, logits within {worst:.2e}",
+        "{}: {} sequences, prefill and {steps} greedy steps: the reference's tokens, logits within {worst:.2e}",
+        dir.file_name().unwrap().to_string_lossy(),
         cases.len()
     );
 

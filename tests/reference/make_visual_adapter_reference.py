@@ -19,6 +19,9 @@ file); the reference computes with exactly those f16 values.
         --mobilenet $CACHE/models/mobilenetv2/mobilenet_v2-b0353104.pth \\
         --out tests/reference/visual_adapter
 
+The repo holds two: visual_adapter/ (the defaults: grid 3, rank 8, GELU, every layer) and
+visual_adapter_silu/ (`--seed 7 --grid 2 --rank 4 --act silu --layers 0,3,11,29`).
+
 Writes OUT/adapter_config.json, OUT/adapter.safetensors and OUT/reference.json (for each
 photo and prompt: the prompt ids, the top-10 logits after the prompt, 12 greedy tokens and
 each step's top-10 logits).
@@ -66,7 +69,7 @@ def adapter_weights(rng, d, heads, layers, rank, channels):
     t = {}
     t["visual.proj.weight"] = rng.normal(0.0, 1.0 / np.sqrt(channels), (d, channels))
     t["visual.proj.bias"] = rng.normal(0.0, 0.1, d)
-    for layer in range(layers):
+    for layer in layers:
         p = f"layers.{layer}.adapter."
         t[p + "down.weight"] = rng.normal(0.0, 1.0 / np.sqrt(d), (rank, d))
         t[p + "down.bias"] = rng.normal(0.0, 0.1, rank)
@@ -186,6 +189,7 @@ def main():
     ap.add_argument("--grid", type=int, default=3)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--act", choices=["gelu", "silu"], default="gelu")
+    ap.add_argument("--layers", help="adapted layers, comma-separated (default: all, and absent from the config)")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,9 +198,9 @@ def main():
     act = {"gelu": lambda x: torch.nn.functional.gelu(x), "silu": torch.nn.functional.silu}[a.act]
     dec = AdaptedDecoder(a.gguf, {}, act, [])
     d = dec.w["token_embd.weight"].shape[1]
-    layers = list(range(dec.layers))
+    layers = [int(v) for v in a.layers.split(",")] if a.layers else list(range(dec.layers))
     rng = np.random.default_rng(a.seed)
-    adapter = adapter_weights(rng, d, dec.heads, dec.layers, a.rank, 1280)
+    adapter = adapter_weights(rng, d, dec.heads, layers, a.rank, 1280)
     dec.adapter = {k: torch.from_numpy(v.astype(np.float32)) for k, v in adapter.items()}
     dec.adapted = layers
     save_file(adapter, str(out / "adapter.safetensors"))
@@ -208,6 +212,8 @@ def main():
         "base_model": "smollm2",
         "base_sha256": sha,
     }
+    if a.layers:
+        config["layers"] = layers
     (out / "adapter_config.json").write_text(json.dumps(config, indent=1) + "\n")
 
     # The torch decoder without a picture against make_decoder_reference's float64 numpy one.
