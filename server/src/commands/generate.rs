@@ -231,9 +231,12 @@ fn complete(
         top_logits: out.top_logits,
     };
     let mut seq = llm.new_sequence(request.prompt_ids.len() + max_tokens)?;
+    // The picture's run (encoder, adapters, visual keys and values), once per sequence.
+    let started = std::time::Instant::now();
     if let Some(photo) = picture {
         llm.show_picture(&mut seq, 0, photo)?;
     }
+    let picture_ms = picture.map(|_| started.elapsed().as_secs_f64() * 1e3);
     let mut stdout = std::io::stdout().lock();
     let streaming = !out.json;
     let generation = llm.generate(&mut seq, &request, &mut |piece| {
@@ -247,7 +250,7 @@ fn complete(
         if t.is_zero() { serde_json::Value::Null } else { (n as f64 / t.as_secs_f64()).into() }
     };
     if out.json {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "prompt_ids": request.prompt_ids,
             "ids": generation.ids,
             "text": generation.text,
@@ -258,6 +261,9 @@ fn complete(
             "backend": llm.backend_name(),
             "kv_cache_bytes": seq.cache_bytes(),
         });
+        if let Some(ms) = picture_ms {
+            line["picture_ms"] = ms.into();
+        }
         serde_json::to_writer(&mut stdout, &line)?;
     }
     writeln!(stdout)?;
