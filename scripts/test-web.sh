@@ -62,7 +62,10 @@ trap cleanup EXIT INT TERM
 
 say "starting tandem serve"
 # The page runs the models; the server only serves files and /relevance, so the CPU backend.
-"$bin" serve --port 0 --backend cpu >"$log" 2>&1 &
+# It also serves the repository's seeded visual adapter (and so SmolLM2, in one small slot),
+# which the page's "Ask about this product" then shows the photo through.
+"$bin" serve --port 0 --backend cpu --llm smollm2 --llm-slots 1 --llm-slot-tokens 256 \
+  --llm-visual-adapter tests/reference/visual_adapter >"$log" 2>&1 &
 server_pid=$!
 addr=""
 for _ in $(seq 1 600); do
@@ -82,7 +85,7 @@ echo "server at http://$addr (pid $server_pid)"
 say "e2e in Chromium"
 mkdir -p "$out"
 status=0
-node web/tests/e2e.mjs --url "http://$addr" --out "$out" --modes "${E2E_MODES:-webgpu,cpu}" || status=$?
+node web/tests/e2e.mjs --url "http://$addr" --out "$out" --modes "${E2E_MODES:-webgpu,cpu}" --visual-adapter yes || status=$?
 if [ "$status" -ne 0 ]; then
   echo "--- server log (last 40 lines)"
   tail -n 40 "$log"

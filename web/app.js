@@ -16,6 +16,10 @@ const TEXT_FILES = ["config.json", "tokenizer.json", "model.safetensors"];
 const IMAGE_MODEL = new URL("models/mobilenetv2/mobilenet_v2-b0353104.pth", import.meta.url).pathname;
 // The decoder of "Ask about this product": downloaded on the first question only (98 MB).
 const LANGUAGE_MODEL = new URL("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", import.meta.url).pathname;
+// A layer-wise visual adapter for the decoder, when the server has one (`tandem serve --llm …
+// --llm-visual-adapter DIR`, said in /info): the answer then sees the photo itself
+// (docs/visual-adapters.md).
+const VISUAL_ADAPTER = new URL("models/visual-adapter/", import.meta.url).pathname;
 const ASK_SYSTEM = "You are a shopping assistant. Answer in one or two short sentences, using only the product details given.";
 // New tokens per answer; `?askTokens=N` (1 to 512) changes it (the end-to-end test keeps
 // answers short on software WebGPU, where SmolLM2 takes seconds a token).
@@ -51,6 +55,8 @@ const state = {
   relevanceReady: false,
   imageReady: false,
   llmReady: false,
+  // Whether the loaded decoder sees the photo (the server serves a visual adapter).
+  llmSeesPhotos: false,
   // The AbortController of the answer being generated, if any.
   asking: null,
   image: null, // { bytes: Uint8Array, name }
@@ -301,7 +307,12 @@ async function loadLanguageModel() {
   try {
     await timed("download language model", () => prefetch("dl-llm", [LANGUAGE_MODEL]), { once: true });
     setDownload("dl-llm", "loading", "loading into the runtime…", null);
-    await timed("load language model", () => state.tandem.loadLanguageModel({ url: LANGUAGE_MODEL }), { once: true });
+    // The server says in /info whether it serves one (no 404 asked for when it does not).
+    const info = await fetch(new URL("info", import.meta.url)).then((r) => (r.ok ? r.json() : null), () => null);
+    const adapter = Boolean(info?.web?.visual_adapter);
+    const options = adapter ? { visualAdapter: { baseUrl: VISUAL_ADAPTER }, imageModel: { url: IMAGE_MODEL } } : undefined;
+    await timed("load language model", () => state.tandem.loadLanguageModel({ url: LANGUAGE_MODEL }, options), { once: true });
+    state.llmSeesPhotos = adapter;
     setDownload("dl-llm", "done", "ready", 1);
     state.llmReady = true;
   } catch (e) {
@@ -723,16 +734,23 @@ async function ask() {
     setCard("ask", "busy");
     let pieces = 0;
     const options = { system: ASK_SYSTEM, maxTokens: ASK_MAX_TOKENS, repetitionPenalty: 1.1, signal: controller.signal };
-    const result = await timed("answer a question", () => state.tandem.generate(askPrompt(question), options, (piece) => {
+    const onPiece = (piece) => {
       if (controller.cleared) return;
       answer.textContent += piece;
       card.dataset.pieces = String(++pieces);
-    }));
+    };
+    // With a visual adapter the decoder sees the photo itself, besides the title.
+    const photo = state.llmSeesPhotos && state.image ? state.image.bytes : null;
+    card.dataset.seesPhoto = photo ? "1" : "0";
+    const result = photo
+      ? await timed("answer about the photo", () => state.tandem.describe(photo.slice(), { ...options, prompt: askPrompt(question) }, onPiece))
+      : await timed("answer a question", () => state.tandem.generate(askPrompt(question), options, onPiece));
     if (controller.cleared) return; // the photo changed: clearAnswer has reset the card
     Object.assign(card.dataset, { finish: result.finish, tokens: String(result.ids.length) });
     const stopped = result.finish === "aborted" ? " · stopped" : "";
     $("answer-note").textContent = `${result.ids.length} tokens · first after ${fmt(result.prefillMs)} · ` +
-      `${result.tokensPerSecond >= 10 ? result.tokensPerSecond.toFixed(0) : result.tokensPerSecond.toPrecision(2)} tokens/s after it${stopped} · SmolLM2-135M-Instruct in this page`;
+      `${result.tokensPerSecond >= 10 ? result.tokensPerSecond.toFixed(0) : result.tokensPerSecond.toPrecision(2)} tokens/s after it${stopped} · SmolLM2-135M-Instruct in this page` +
+      (photo ? ", seeing the photo through its visual adapter" : "");
     setCard("ask", "done");
   } catch (e) {
     if (controller.cleared) return;

@@ -3,13 +3,15 @@
 // server and runs this; by hand:
 //
 //   node web/tests/e2e.mjs --url http://127.0.0.1:8080 [--out target/web-e2e] [--modes webgpu,cpu]
+//                          [--visual-adapter yes]   (the server has --llm-visual-adapter)
 //
 // Each mode loads the page, classifies the coffee photo (expects "espresso" and a coffee or
 // beverages category), checks the relevance card and the backend shown, that nothing the page
 // asks for is a 404, that the relevance table fits its card (desktop and phone) and that no
 // attribute chip is empty, runs the analysis again for steady-state timings and saves a
 // screenshot; a photo picked while an analysis runs replaces it (the cards and the answer
-// follow the last photo). Then the bad-input flows: a file
+// follow the last photo); when the server serves a visual adapter (scripts/test-web.sh starts it
+// with the repository's seeded one), the answer sees the photo through it. Then the bad-input flows: a file
 // that is not an image, a huge image, and a model download that fails (route interception).
 // Prints the timings of every mode as a table and writes them to <out>/timings.json.
 
@@ -21,6 +23,8 @@ const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
 );
 const base = (args.url || process.env.TANDEM_URL || "http://127.0.0.1:8080").replace(/\/$/, "");
+// What the server serves besides the page (a visual adapter for the decoder, say).
+const serverInfo = await fetch(`${base}/info`).then((r) => r.json(), () => null);
 const out = args.out || "target/web-e2e";
 const modes = (args.modes || "webgpu,cpu").split(",");
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -71,7 +75,7 @@ async function askQuestion(page, question) {
   await page.waitForSelector('#ask:is([data-state="done"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
   const card = await page.$eval("#ask", (e) => ({ ...e.dataset }));
   const answer = {
-    state: card.state, finish: card.finish, pieces: Number(card.pieces), tokens: Number(card.tokens),
+    state: card.state, finish: card.finish, pieces: Number(card.pieces), tokens: Number(card.tokens), seesPhoto: card.seesPhoto,
     text: await page.textContent("#answer"), note: (await page.textContent("#answer-note")).trim(), ms: Date.now() - t0,
   };
   console.log(`  answer (${answer.ms} ms, ${answer.pieces} pieces): ${answer.text.trim().replace(/\s+/g, " ")}`);
@@ -208,6 +212,10 @@ async function mainFlow(mode) {
     results[mode].timings = await page.evaluate(() => window.tandemDemo.timings());
     check(answer.state === "done", `the answer is done (${answer.state}: ${JSON.stringify(await errorShown(page))})`);
     check(answer.text.trim().length > 0, "the answer has text");
+    if (args["visual-adapter"] === "yes") {
+      check(Boolean(serverInfo?.web?.visual_adapter), "the server serves a visual adapter (/info)");
+      check(answer.seesPhoto === "1" && answer.note.includes("visual adapter"), `the answer saw the photo through the visual adapter (${answer.note})`);
+    }
     check(answer.pieces >= 2, `the answer streamed in pieces (${answer.pieces})`);
     check(["eog", "length"].includes(answer.finish), `it finished on an end token or the length (${answer.finish})`);
     if (!slowDecoder) {

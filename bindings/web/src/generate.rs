@@ -14,7 +14,14 @@ use tandem_models::llm::{Decoding, Finish, GenerateRequest, Llm, Message};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::{MAX_TEXT_BYTES, Tandem, code, error, field, model_error, model_file, optional_string};
+use crate::{
+    MAX_TEXT_BYTES, Tandem, code, error, fetch, field, image_bytes, model_error, model_file, optional_string,
+    required_bytes,
+};
+use tandem_models::llm::visual::{self, VisualAdapter};
+use tandem_models::vision::decode::DecodeError;
+use tandem_models::vision::mobilenet_v2_folded_from_bytes;
+use tandem_runtime::weights::torch::StateDict;
 
 /// New tokens when `maxTokens` is not given (fewer when the context has less room).
 pub const DEFAULT_MAX_TOKENS: usize = 128;
@@ -23,6 +30,18 @@ pub const DEFAULT_MAX_TOKENS: usize = 128;
 const GENERATE_TYPES: &str = r#"
 /** A GGUF decoder (SmolLM2, Qwen2.5): a URL, or its bytes. */
 export type LanguageModelSource = { url: string } | { bytes: Uint8Array; name?: string };
+/** A layer-wise visual adapter (docs/visual-adapters.md): its folder's URL (adapter_config.json and adapter.safetensors under it), or the two files' bytes. */
+export type VisualAdapterSource = { baseUrl: string } | { config: Uint8Array; weights: Uint8Array; name?: string };
+export interface LanguageModelOptions {
+  /** Lets the decoder see a product photo (`describe`). Needs `imageModel`. */
+  visualAdapter?: VisualAdapterSource;
+  /** The adapter's image encoder: torchvision's MobileNetV2 checkpoint (mobilenet_v2-b0353104.pth). */
+  imageModel?: ImageModelSource;
+}
+export interface DescribeOptions extends GenerateOptions {
+  /** What to ask about the photo (default "Describe this product."). */
+  prompt?: string;
+}
 export interface GenerateOptions {
   /** Tokenize the prompt as is (special tokens parsed) instead of one user message through the chat template. */
   raw?: boolean;
@@ -64,6 +83,12 @@ extern "C" {
     #[wasm_bindgen(typescript_type = "GenerateOptions")]
     pub type GenerateOptions;
 
+    #[wasm_bindgen(typescript_type = "LanguageModelOptions")]
+    pub type LanguageModelOptions;
+
+    #[wasm_bindgen(typescript_type = "DescribeOptions")]
+    pub type DescribeOptions;
+
     #[wasm_bindgen(typescript_type = "GenerateResult")]
     pub type GenerateResult;
 
@@ -74,13 +99,71 @@ extern "C" {
 #[wasm_bindgen]
 impl Tandem {
     /// Loads a GGUF decoder: `{ url }` fetches it (kept in Cache Storage), `{ bytes }` takes
-    /// its bytes.
+    /// its bytes. With `visualAdapter` (and the `imageModel` it reads photos with), the
+    /// decoder can also see a photo: `describe`.
     #[wasm_bindgen(js_name = loadLanguageModel)]
-    pub async fn load_language_model(&self, source: LanguageModelSource) -> Result<(), JsValue> {
+    pub async fn load_language_model(
+        &self,
+        source: LanguageModelSource,
+        options: Option<LanguageModelOptions>,
+    ) -> Result<(), JsValue> {
+        let options: JsValue = options.map(Into::into).unwrap_or(JsValue::UNDEFINED);
+        // The adapter's files first: a bad one is found before the decoder's download.
+        let visual = match field(&options, "visualAdapter")? {
+            None => None,
+            Some(adapter) => {
+                let encoder = field(&options, "imageModel")?.ok_or_else(|| {
+                    error(
+                        code::BAD_INPUT,
+                        "visualAdapter needs imageModel, the MobileNetV2 checkpoint it reads photos with",
+                    )
+                })?;
+                Some((visual_adapter(&adapter).await?, image_encoder(&encoder).await?))
+            }
+        };
         let (name, bytes) = model_file(&source.into(), "language model").await?;
-        let llm = Llm::from_bytes(&name, bytes, &self.device, None).map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))?;
+        let parts = visual.as_ref().map(|(adapter, encoder)| (adapter, encoder));
+        let llm =
+            Llm::from_bytes(&name, bytes, &self.device, parts).map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))?;
         self.llm.replace(Some(Rc::new(llm)));
         Ok(())
+    }
+
+    /// Generates about a PNG or JPEG photo, which the decoder sees through its visual adapter
+    /// (`loadLanguageModel` with `visualAdapter`): `prompt` (default "Describe this
+    /// product.") is one user message through the chat template, as without a photo.
+    pub async fn describe(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array")] image: JsValue,
+        options: Option<DescribeOptions>,
+        #[wasm_bindgen(js_name = onText)] on_text: Option<TextCallback>,
+    ) -> Result<GenerateResult, JsValue> {
+        let photo = image_bytes(&image)?;
+        // The photo first: a bad one is the caller's error whatever is loaded.
+        tandem_models::vision::decode::decode_rgb8(&photo).map_err(|e| match e {
+            DecodeError::TooLarge(_) => error(code::IMAGE_TOO_LARGE, e),
+            _ => error(code::BAD_IMAGE, e),
+        })?;
+        let options: JsValue = options.map(Into::into).unwrap_or(JsValue::UNDEFINED);
+        let on_text = callback(on_text)?;
+        let prompt = optional_string(&options, "prompt")?.unwrap_or_else(|| "Describe this product.".into());
+        if prompt.len() > MAX_TEXT_BYTES {
+            return Err(error(code::BAD_INPUT, format!("the prompt is {} bytes, over {MAX_TEXT_BYTES}", prompt.len())));
+        }
+        if optional_bool(&options, "raw")?.unwrap_or(false) {
+            return Err(error(
+                code::BAD_INPUT,
+                "describe's prompt goes through the chat template: 'raw' does not apply",
+            ));
+        }
+        let llm = self.loaded_llm()?;
+        if !llm.sees_pictures() {
+            return Err(error(
+                code::NOT_LOADED,
+                "the language model has no visual adapter: load it with visualAdapter and imageModel",
+            ));
+        }
+        self.run_generation(llm, &prompt, &options, on_text, Some(photo)).await
     }
 
     /// Generates after `prompt` (one user message through the model's chat template, or
@@ -96,22 +179,36 @@ impl Tandem {
             return Err(error(code::BAD_INPUT, format!("the prompt is {} bytes, over {MAX_TEXT_BYTES}", prompt.len())));
         }
         let options: JsValue = options.map(Into::into).unwrap_or(JsValue::UNDEFINED);
-        let on_text: Option<Function> = match on_text.map(JsValue::from) {
-            None => None,
-            Some(f) if f.is_undefined() || f.is_null() => None,
-            Some(f) => Some(f.dyn_into().map_err(|_| error(code::BAD_INPUT, "onText must be a function"))?),
-        };
-        let llm = self
-            .llm
+        let on_text = callback(on_text)?;
+        let llm = self.loaded_llm()?;
+        self.run_generation(llm, &prompt, &options, on_text, None).await
+    }
+
+    fn loaded_llm(&self) -> Result<Rc<Llm>, JsValue> {
+        self.llm
             .borrow()
             .clone()
-            .ok_or_else(|| error(code::NOT_LOADED, "no language model is loaded: call loadLanguageModel first"))?;
-        let request = request(&llm, &prompt, &options)?;
-        let signal = object_field(&options, "signal")?;
+            .ok_or_else(|| error(code::NOT_LOADED, "no language model is loaded: call loadLanguageModel first"))
+    }
+
+    /// The generation loop of `generate` and `describe` (which gives a photo).
+    async fn run_generation(
+        &self,
+        llm: Rc<Llm>,
+        prompt: &str,
+        options: &JsValue,
+        on_text: Option<Function>,
+        photo: Option<Vec<u8>>,
+    ) -> Result<GenerateResult, JsValue> {
+        let request = request(&llm, prompt, options)?;
+        let signal = object_field(options, "signal")?;
         let prompt_tokens = request.prompt_ids.len();
         let mut seq = llm
             .new_sequence(prompt_tokens + request.max_tokens)
             .map_err(|e| error(code::BAD_INPUT, format!("{e:#}")))?;
+        if let Some(photo) = &photo {
+            llm.show_picture_async(&mut seq, 0, photo).await.map_err(|e| model_error(&self.device, e))?;
+        }
         let mut decoding =
             Decoding::start(&llm, &mut seq, &request).map_err(|e| error(code::BAD_INPUT, format!("{e:#}")))?;
         let on_cpu = self.device.backend_name() == "cpu";
@@ -158,6 +255,39 @@ impl Tandem {
         }
         Ok(out.unchecked_into())
     }
+}
+
+/// `onText` as a function, or None.
+fn callback(on_text: Option<TextCallback>) -> Result<Option<Function>, JsValue> {
+    match on_text.map(JsValue::from) {
+        None => Ok(None),
+        Some(f) if f.is_undefined() || f.is_null() => Ok(None),
+        Some(f) => Ok(Some(f.dyn_into().map_err(|_| error(code::BAD_INPUT, "onText must be a function"))?)),
+    }
+}
+
+/// A visual adapter's two files: `{ baseUrl }` fetched, or `{ config, weights }` as given.
+async fn visual_adapter(source: &JsValue) -> Result<VisualAdapter, JsValue> {
+    let (name, config, weights) = match optional_string(source, "baseUrl")? {
+        Some(base) => {
+            let base = if base.ends_with('/') { base } else { format!("{base}/") };
+            let config = fetch::bytes(&format!("{base}{}", visual::CONFIG_FILE)).await?;
+            let weights = fetch::bytes(&format!("{base}{}", visual::WEIGHTS_FILE)).await?;
+            (base.trim_end_matches('/').to_string(), config, weights)
+        }
+        None => (
+            optional_string(source, "name")?.unwrap_or_else(|| "visual adapter".into()),
+            required_bytes(source, "config")?,
+            required_bytes(source, "weights")?,
+        ),
+    };
+    VisualAdapter::from_bytes(&name, &config, weights).map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))
+}
+
+/// The adapter's image encoder: MobileNetV2's checkpoint with its batch norms folded.
+async fn image_encoder(source: &JsValue) -> Result<StateDict, JsValue> {
+    let (name, bytes) = model_file(source, "image model").await?;
+    mobilenet_v2_folded_from_bytes(&bytes, &name).map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))
 }
 
 /// The prompt's ids and the options, checked.

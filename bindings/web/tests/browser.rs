@@ -328,7 +328,7 @@ async fn a_decoder_generates_the_same_on_webgpu_and_cpu() {
     let mut greedy = Vec::new();
     for backend in ["webgpu", "cpu"] {
         let t = tandem(backend).await;
-        t.load_language_model(tiny_decoder().unchecked_into()).await.unwrap();
+        t.load_language_model(tiny_decoder().unchecked_into(), None).await.unwrap();
         let options = object(&[("raw", true.into()), ("maxTokens", 12.into())]);
         let (result, streamed) = generate(&t, "red shoes", options).await.unwrap();
         let ids = ids_of(&result);
@@ -357,10 +357,10 @@ async fn a_generation_stops_when_aborted_and_bad_calls_are_refused() {
     let options = || object(&[("raw", true.into()), ("maxTokens", 4.into())]);
     assert_eq!(code_of(generate(&t, "x", options()).await), "not_loaded");
     let garbage = object(&[("bytes", bytes(b"GGUF but not really"))]);
-    assert_eq!(code_of(t.load_language_model(garbage.unchecked_into()).await), "bad_model");
+    assert_eq!(code_of(t.load_language_model(garbage.unchecked_into(), None).await), "bad_model");
     let missing = object(&[("url", "/no/such/model.gguf".into())]);
-    assert_eq!(code_of(t.load_language_model(missing.unchecked_into()).await), "download_failed");
-    t.load_language_model(tiny_decoder().unchecked_into()).await.unwrap();
+    assert_eq!(code_of(t.load_language_model(missing.unchecked_into(), None).await), "download_failed");
+    t.load_language_model(tiny_decoder().unchecked_into(), None).await.unwrap();
 
     let controller = web_sys::AbortController::new().unwrap();
     let signal: JsValue = controller.signal().into();
@@ -404,6 +404,37 @@ async fn a_generation_stops_when_aborted_and_bad_calls_are_refused() {
     let not_a_function = JsValue::from_str("print");
     let result = t.generate("red shoes".into(), None, Some(not_a_function.unchecked_into())).await;
     assert_eq!(code_of(result), "bad_input", "onText not a function");
+}
+
+/// `describe` needs a decoder loaded with a visual adapter, a photo, and the adapter's image
+/// encoder; each missing or bad piece gets its own error code. (Its numbers are the native
+/// code's, checked against an independent implementation in models/tests/visual_adapter.rs;
+/// a browser run of a real one needs the 14 MB MobileNetV2 checkpoint, which the demo's
+/// Playwright test serves.)
+#[wasm_bindgen_test]
+async fn describe_refuses_what_it_cannot_see() {
+    let t = tandem("cpu").await;
+    let photo: JsValue = bytes(SMALL_PNG);
+    assert_eq!(code_of(t.describe(photo.clone(), None, None).await), "not_loaded");
+    t.load_language_model(tiny_decoder().unchecked_into(), None).await.unwrap();
+    let Err(err) = t.describe(photo.clone(), None, None).await else { panic!("described without an adapter") };
+    assert_eq!(code_of(Err::<(), _>(err.clone())), "not_loaded");
+    let message = get(&err, &["message"]).as_string().unwrap();
+    assert!(message.contains("no visual adapter"), "{message}");
+    assert_eq!(code_of(t.describe(bytes(b"not a photo"), None, None).await), "bad_image");
+    assert_eq!(code_of(t.describe(JsValue::from(3), None, None).await), "bad_input");
+    let raw = object(&[("raw", true.into())]);
+    assert_eq!(code_of(t.describe(photo, Some(raw.unchecked_into()), None).await), "bad_input");
+
+    let config = br#"{"encoder": "mobilenetv2", "grid": 2, "rank": 0, "act": "gelu", "base_model": "tiny", "base_sha256": "00"}"#;
+    let adapter = object(&[("config", bytes(config)), ("weights", bytes(b"not safetensors"))]);
+    let without_encoder = object(&[("visualAdapter", adapter.clone())]);
+    let result = t.load_language_model(tiny_decoder().unchecked_into(), Some(without_encoder.unchecked_into())).await;
+    assert_eq!(code_of(result), "bad_input", "an adapter without its image model");
+    let encoder = object(&[("bytes", bytes(b"not a checkpoint"))]);
+    let bad = object(&[("visualAdapter", adapter), ("imageModel", encoder)]);
+    let result = t.load_language_model(tiny_decoder().unchecked_into(), Some(bad.unchecked_into())).await;
+    assert_eq!(code_of(result), "bad_model", "unreadable adapter files");
 }
 
 /// Every conformance case of the op table (tandem-tests) on the browser's WebGPU against the

@@ -250,7 +250,10 @@ async fn serve(config: Config, embedder: Arc<Embedder>, dir: PathBuf, model_id: 
     let model = model_info(&embedder, &dir);
     let web = config.web.enabled.then(|| {
         let web_dir = config.web.dir.clone().unwrap_or_else(|| PathBuf::from(web::DEFAULT_DIR));
-        Arc::new(web::Web::new(web_dir, dir.clone(), model_id.clone()))
+        Arc::new(
+            web::Web::new(web_dir, dir.clone(), model_id.clone())
+                .with_visual_adapter(config.llm.visual_adapter.clone()),
+        )
     });
     let relevance = if config.relevance.enabled {
         let encoder = relevance::BatchedEncoder::new(

@@ -20,6 +20,8 @@
 //! - `/models/mobilenetv2/mobilenet_v2-b0353104.pth` and
 //!   `/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (the decoder of the page's "Ask about this
 //!   product"): fetched into the cache on first request (503 with the reason when it cannot be)
+//! - `/models/visual-adapter/{adapter_config.json,adapter.safetensors}`: the decoder's visual
+//!   adapter, when the server has one (`--llm-visual-adapter`)
 //! - `/data/brands.json`: the brand list `/relevance` extracts with
 //! - `/data/taxonomy-<encoder id>.emb`: the taxonomy embeddings of the served model
 
@@ -32,6 +34,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tandem_models::fetch;
+use tandem_models::llm::visual;
 use tandem_models::registry::known_model;
 
 /// The web/ folder of the source tree: the default when `--web-dir` is not given.
@@ -43,6 +46,8 @@ const TEXT_MODEL_FILES: &[&str] = &["config.json", "tokenizer.json", "model.safe
 const IMAGE_MODEL: FetchedModel = FetchedModel { name: "mobilenetv2", file: "mobilenet_v2-b0353104.pth" };
 const LANGUAGE_MODEL: FetchedModel = FetchedModel { name: "smollm2", file: "SmolLM2-135M-Instruct.Q4_1.gguf" };
 const FETCHED_MODELS: [FetchedModel; 2] = [IMAGE_MODEL, LANGUAGE_MODEL];
+/// Where the decoder's visual adapter (`--llm-visual-adapter`) is served, when there is one.
+const VISUAL_ADAPTER_URL: &str = "/models/visual-adapter/";
 
 /// A known model (`tandem fetch NAME`) the page loads one file of.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -80,6 +85,9 @@ pub struct Web {
     /// Each fetched model's file once in the cache (by [`FETCHED_MODELS`] index); the lock
     /// makes concurrent first requests share one fetch.
     fetched: [tokio::sync::Mutex<Option<PathBuf>>; 2],
+    /// The decoder's visual adapter folder, when the server has one: the page's "Ask about
+    /// this product" then shows the photo to the decoder.
+    visual_adapter: Option<PathBuf>,
 }
 
 enum Target {
@@ -95,7 +103,13 @@ impl Web {
     pub fn new(dir: PathBuf, text_model: PathBuf, model_id: String) -> Web {
         let dir = dir.canonicalize().unwrap_or(dir);
         let cache_root = fetch::cache_root().ok();
-        Web { dir, text_model, model_id, cache_root, fetched: Default::default() }
+        Web { dir, text_model, model_id, cache_root, fetched: Default::default(), visual_adapter: None }
+    }
+
+    /// Serves the adapter's two files at `/models/visual-adapter/`.
+    pub fn with_visual_adapter(mut self, dir: Option<PathBuf>) -> Web {
+        self.visual_adapter = dir;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -127,6 +141,7 @@ impl Web {
             "text_model": "/models/minilm/",
             "image_model": IMAGE_MODEL.url(),
             "language_model": LANGUAGE_MODEL.url(),
+            "visual_adapter": self.visual_adapter.as_ref().map(|_| VISUAL_ADAPTER_URL),
             "brands": "/data/brands.json",
             "taxonomy": format!("/data/{}", self.taxonomy_name()),
         })
@@ -176,6 +191,11 @@ impl Web {
         match segments.as_slice() {
             ["models", "minilm", name] if TEXT_MODEL_FILES.contains(name) => {
                 Some(file(self.text_model.join(name), CACHE_MODELS))
+            }
+            ["models", "visual-adapter", name]
+                if [visual::CONFIG_FILE, visual::WEIGHTS_FILE].contains(name) && self.visual_adapter.is_some() =>
+            {
+                Some(file(self.visual_adapter.as_ref()?.join(name), CACHE_ASSETS))
             }
             ["models", name, file] if FETCHED_MODELS.iter().any(|m| m.name == *name && m.file == *file) => {
                 FETCHED_MODELS.iter().find(|m| m.name == *name).map(|m| Target::Fetched(*m))
@@ -493,5 +513,14 @@ mod tests {
         ));
         assert!(web.resolve("/models/smollm2/mobilenet_v2-b0353104.pth").is_none());
         assert_eq!(mime("tandem_web_bg.wasm"), Some("application/wasm"));
+        // The visual adapter's two files, only when the server has one.
+        assert!(refused("/models/visual-adapter/adapter_config.json"));
+        let adapter = dir.path().join("adapter");
+        std::fs::create_dir(&adapter).unwrap();
+        std::fs::write(adapter.join("adapter_config.json"), "{}").unwrap();
+        let web = web.with_visual_adapter(Some(adapter));
+        assert!(matches!(web.resolve("/models/visual-adapter/adapter_config.json"), Some(Target::File(..))));
+        assert!(matches!(web.resolve("/models/visual-adapter/adapter.safetensors"), Some(Target::Missing(_))));
+        assert!(web.resolve("/models/visual-adapter/other.json").is_none());
     }
 }
