@@ -500,7 +500,11 @@ async fn chat_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
                 "this model has no visual adapter, so messages cannot carry images (serve with --llm-visual-adapter)",
             ));
         }
-        tandem_models::vision::decode::decode_rgb8(photo)
+        // Decoding a large photo takes tens of milliseconds: off the async threads.
+        let bytes = photo.clone();
+        tokio::task::spawn_blocking(move || tandem_models::vision::decode::decode_rgb8(&bytes).map(drop))
+            .await
+            .map_err(|e| ApiError::backend(format!("decoding the image: {e}")))?
             .map_err(|e| ApiError::invalid(format!("the image_url part's image: {e}")))?;
     }
     let prompt = svc.llm.chat_prompt(&messages).map_err(|e| ApiError::invalid(format!("{e:#}")))?;
