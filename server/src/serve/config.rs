@@ -28,6 +28,7 @@
 //! model = "smollm2"            # a known decoder or a GGUF file; unset: no decoder
 //! slots = 8                    # sequences decoded together; the KV pool is slots × slot_tokens
 //! slot_tokens = 2048
+//! # visual_adapter = "adapter"  # a visual adapter folder: chat messages may carry a photo
 //!
 //! [web]
 //! enabled = true               # the in-browser demo at /
