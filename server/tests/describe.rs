@@ -52,7 +52,7 @@ fn ids(v: &Value) -> Vec<u32> {
 #[test]
 fn describe_generates_what_the_library_does_with_the_picture() {
     let coffee = describe(&photo("coffee.png"), &["--exact", "--ignore-eos"]);
-    let llm = Llm::open_with_adapter("smollm2", BackendChoice::Cpu, true, Path::new(&adapter())).unwrap();
+    let llm = Llm::open_with_adapter("smollm2", BackendChoice::Cpu, true, Some(Path::new(&adapter()))).unwrap();
     let prompt_ids = llm.tokenizer.encode(&llm.chat_prompt(&[Message::new("user", PROMPT)]).unwrap()).unwrap();
     let got_prompt: Vec<u32> =
         coffee["prompt_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();

@@ -158,40 +158,41 @@ impl Llm {
     /// found lacks kernels for the file's weight types.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(model: &str, backend: crate::BackendChoice, exact: bool) -> Result<Llm> {
+        Self::open_with_adapter(model, backend, exact, None)
+    }
+
+    /// [`Llm::open`] with the visual adapter in folder `adapter`, when given (its encoder
+    /// fetched on first use).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_with_adapter(
+        model: &str,
+        backend: crate::BackendChoice,
+        exact: bool,
+        adapter: Option<&Path>,
+    ) -> Result<Llm> {
         use crate::BackendChoice;
-        use anyhow::Context;
         use tandem_runtime::backend::cpu::CpuOptions;
+        let visual = match adapter {
+            None => None,
+            Some(dir) => {
+                let adapter = visual::VisualAdapter::load(dir)?;
+                let encoder_dir = crate::fetch::ensure(crate::registry::known_model("mobilenetv2")?)?;
+                Some((adapter, crate::vision::load_mobilenet_v2_folded(&encoder_dir)?))
+            }
+        };
+        let visual = visual.as_ref().map(|(adapter, encoder)| (adapter, encoder));
         let path = Self::resolve(model)?;
         let device = Device::open_blocking(backend)?;
         let cpu_device = || Device::cpu_with(CpuOptions { quantized_activations: !exact });
         let device = if device.backend_name() == "cpu" { cpu_device() } else { device };
-        match Llm::load(&path, &device) {
+        match Llm::load_with_adapter(&path, &device, visual) {
             Err(e) if backend == BackendChoice::Auto && device.backend_name() != "cpu" => {
                 eprintln!("{}: {e:#}; using the CPU", device.backend_name());
-                Llm::load(&path, &cpu_device())
+                Llm::load_with_adapter(&path, &cpu_device(), visual)
             }
             other => other,
         }
         .with_context(|| path.display().to_string())
-    }
-
-    /// [`Llm::open`] with the visual adapter in folder `adapter` (its encoder fetched on first
-    /// use).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn open_with_adapter(model: &str, backend: crate::BackendChoice, exact: bool, adapter: &Path) -> Result<Llm> {
-        use anyhow::Context;
-        use tandem_runtime::backend::cpu::CpuOptions;
-        let adapter = visual::VisualAdapter::load(adapter)?;
-        let encoder_dir = crate::fetch::ensure(crate::registry::known_model("mobilenetv2")?)?;
-        let encoder = crate::vision::load_mobilenet_v2_folded(&encoder_dir)?;
-        let path = Self::resolve(model)?;
-        let device = Device::open_blocking(backend)?;
-        let device = if device.backend_name() == "cpu" {
-            Device::cpu_with(CpuOptions { quantized_activations: !exact })
-        } else {
-            device
-        };
-        Self::load_with_adapter(&path, &device, Some((&adapter, &encoder))).with_context(|| path.display().to_string())
     }
 
     /// Loads a GGUF decoder onto `device`.

@@ -114,7 +114,7 @@ impl VisualAdapter {
     /// Checks the adapter against the decoder `file` (its sha256, the layers, every tensor's
     /// presence and shape; no tensor left over) and returns the adapted layers in order.
     pub fn check(&self, file: &Gguf, c: &DecoderConfig) -> Result<Vec<usize>> {
-        let sha = hex(&Sha256::digest(file.bytes()));
+        let sha = format!("{:x}", Sha256::digest(file.bytes()));
         if !sha.eq_ignore_ascii_case(self.config.base_sha256.trim()) {
             bail!(
                 "made for {} with sha256 {}, but {} has sha256 {sha}",
@@ -185,10 +185,6 @@ impl VisualAdapter {
 
 /// Channels of MobileNetV2's last feature map.
 const ENCODER_CHANNELS: usize = 1280;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// `adaptive_avg_pool2d` from an `h × w` map to `grid × grid` as a matrix `[grid², h·w]`
 /// (cells row-major): the visual tokens are this matrix times the map.
@@ -285,10 +281,6 @@ impl VisualEncoder {
         let input = HostTensor::f32(vec![1, 3, size, size], pixels)?;
         let mut out = self.session.run(&[input]).await?.into_iter();
         self.layers.iter().map(|_| Ok((out.next().context("no keys")?, out.next().context("no values")?))).collect()
-    }
-
-    pub fn session(&self) -> &AnySession {
-        &self.session
     }
 }
 

@@ -78,6 +78,7 @@ pub fn features(g: &mut Graph, state: &StateDict) -> Result<(ValueId, usize)> {
         let block = i + 1;
         let at = |part: &str| format!("features.{block}.conv.{part}");
         let input = (x, channels);
+        // Expansion 1 (block 1) has no 1×1 expand convolution: depthwise, then project.
         let (depthwise, project) = if block == 1 { ("0.0", "1") } else { ("1.0", "2") };
         if block != 1 {
             (x, channels) = b.conv(x, &at("0.0"), channels, 1, false)?;

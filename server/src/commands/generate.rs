@@ -37,10 +37,7 @@ impl ModelArgs {
 
     /// The model with a visual adapter folder, when given.
     fn load_with(&self, adapter: Option<&std::path::Path>) -> Result<Llm> {
-        let llm = match adapter {
-            None => Llm::open(&self.model, self.backend, self.exact)?,
-            Some(dir) => Llm::open_with_adapter(&self.model, self.backend, self.exact, dir)?,
-        };
+        let llm = Llm::open_with_adapter(&self.model, self.backend, self.exact, adapter)?;
         eprintln!(
             "model: {} ({} layers, width {}, context {}) on {}",
             self.model,

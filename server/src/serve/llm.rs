@@ -58,10 +58,7 @@ impl LlmService {
     pub fn start(config: &LlmConfig) -> Result<(Arc<LlmService>, JoinHandle<()>)> {
         let model = config.model.as_deref().context("llm.model is not set")?;
         let backend: BackendChoice = config.backend.parse().context("llm.backend")?;
-        let llm = Arc::new(match &config.visual_adapter {
-            None => Llm::open(model, backend, false)?,
-            Some(dir) => Llm::open_with_adapter(model, backend, false, dir)?,
-        });
+        let llm = Arc::new(Llm::open_with_adapter(model, backend, false, config.visual_adapter.as_deref())?);
         let slot_tokens =
             if config.slot_tokens == 0 { llm.config.context } else { config.slot_tokens.min(llm.config.context) };
         let scheduler_config = SchedulerConfig {
