@@ -112,7 +112,8 @@ impl Aggregator {
         if let Some(s) = sessions.get(&key) {
             return Ok(s.clone());
         }
-        let session = Arc::new(AnySession::on_tensors(&self.device, aggregate_graph(logic, optional_weight)?, &[])?);
+        let session =
+            Arc::new(AnySession::on_tensors(&self.device, aggregate_graph(logic, optional_weight)?, Vec::new())?);
         if sessions.len() >= MAX_SESSIONS {
             sessions.clear();
         }

@@ -270,14 +270,14 @@ impl AnySession {
     }
 
     /// `on` with the weights given as tensors, in `graph.weights` order (graphs built from a
-    /// file the builder read, as decoders are from GGUF).
-    pub fn on_tensors(device: &Device, graph: Graph, weights: &[HostTensor]) -> Result<Self> {
+    /// file the builder read, as decoders are from GGUF); each is freed once uploaded.
+    pub fn on_tensors(device: &Device, graph: Graph, weights: Vec<HostTensor>) -> Result<Self> {
         let session = match &device.backend {
-            AnyBackend::Cpu(b) => Sessions::Cpu(Session::new(b.clone(), graph, weights)?),
+            AnyBackend::Cpu(b) => Sessions::Cpu(Session::new_owned(b.clone(), graph, weights)?),
             #[cfg(feature = "wgpu")]
-            AnyBackend::Wgpu(b) => Sessions::Wgpu(Session::new(b.clone(), graph, weights)?),
+            AnyBackend::Wgpu(b) => Sessions::Wgpu(Session::new_owned(b.clone(), graph, weights)?),
             #[cfg(feature = "cuda")]
-            AnyBackend::Cuda(b) => Sessions::Cuda(Session::new(b.clone(), graph, weights)?),
+            AnyBackend::Cuda(b) => Sessions::Cuda(Session::new_owned(b.clone(), graph, weights)?),
         };
         Ok(AnySession { session, device: device.clone() })
     }

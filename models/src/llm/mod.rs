@@ -203,17 +203,21 @@ impl Llm {
     /// Loads a GGUF decoder onto `device` with a visual adapter and its encoder's folded
     /// checkpoint.
     pub fn load_with_adapter(path: &Path, device: &Device, adapter: Option<VisualParts<'_>>) -> Result<Self> {
-        Self::from_gguf(&Gguf::open(path)?, path, device, adapter)
+        Self::from_gguf(Gguf::open(path)?, path, device, adapter)
     }
 
     /// Loads a GGUF decoder from its bytes (the browser, which has no files); `name` names
     /// it in errors.
     pub fn from_bytes(name: &str, bytes: Vec<u8>, device: &Device, adapter: Option<VisualParts<'_>>) -> Result<Self> {
         let name = Path::new(name);
-        Self::from_gguf(&Gguf::from_bytes(name, bytes)?, name, device, adapter)
+        Self::from_gguf(Gguf::from_bytes(name, bytes)?, name, device, adapter)
     }
 
-    fn from_gguf(file: &Gguf, path: &Path, device: &Device, adapter: Option<VisualParts<'_>>) -> Result<Self> {
+    /// Takes the file to drop it (its map, or its bytes in the browser) once the weights are
+    /// copied out, before they go to the device: loading then peaks at about two copies of the
+    /// weights, not three.
+    fn from_gguf(gguf: Gguf, path: &Path, device: &Device, adapter: Option<VisualParts<'_>>) -> Result<Self> {
+        let file = &gguf;
         let tokenizer = LlmTokenizer::from_gguf(file)?;
         let template = match file.get("tokenizer.chat_template") {
             None => None,
@@ -240,7 +244,8 @@ impl Llm {
                 config.vocab
             );
         }
-        let session = AnySession::on_tensors(device, graph, &weights)?;
+        drop(gguf);
+        let session = AnySession::on_tensors(device, graph, weights)?;
         Ok(Llm { config, tokenizer, template, session, visual })
     }
 

@@ -270,7 +270,7 @@ impl VisualEncoder {
         }
         b.graph.validate()?;
         weights.extend(b.weights);
-        let session = AnySession::on_tensors(device, b.graph, &weights)?;
+        let session = AnySession::on_tensors(device, b.graph, weights)?;
         Ok(VisualEncoder { session, layers: layers.to_vec(), tokens: k })
     }
 

@@ -290,6 +290,22 @@ pub struct Session<B: Backend> {
 impl<B: Backend> Session<B> {
     /// Validates the graph, checks the backend has every op it uses, uploads the weights.
     pub fn new(backend: B, graph: Graph, weights: &[HostTensor]) -> Result<Self> {
+        Self::with_weights(backend, graph, weights.len(), weights.iter())
+    }
+
+    /// [`Session::new`] that frees each host weight as soon as it is on the backend, so that
+    /// loading holds the backend's copy and at most one host tensor beside the rest of the
+    /// host copies, never two full copies of a large model.
+    pub fn new_owned(backend: B, graph: Graph, weights: Vec<HostTensor>) -> Result<Self> {
+        Self::with_weights(backend, graph, weights.len(), weights.into_iter())
+    }
+
+    fn with_weights<T: std::borrow::Borrow<HostTensor>>(
+        backend: B,
+        graph: Graph,
+        count: usize,
+        weights: impl Iterator<Item = T>,
+    ) -> Result<Self> {
         graph.validate()?;
         for node in &graph.nodes {
             let what = || format!("op '{}' (node '{}')", node.op.kind().name(), node.name);
@@ -305,18 +321,15 @@ impl<B: Backend> Session<B> {
                 ));
             }
         }
-        if weights.len() != graph.weights.len() {
-            return Err(Error::graph(format!(
-                "the graph declares {} weights, {} given",
-                graph.weights.len(),
-                weights.len()
-            )));
+        if count != graph.weights.len() {
+            return Err(Error::graph(format!("the graph declares {} weights, {count} given", graph.weights.len())));
         }
         let weights = graph
             .weights
             .iter()
             .zip(weights)
             .map(|(&id, t)| {
+                let t = t.borrow();
                 let v = graph.value(id);
                 if t.dtype() != v.ty.dtype || !v.ty.matches(&t.shape) {
                     return Err(Error::graph(format!(

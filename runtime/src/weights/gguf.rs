@@ -304,7 +304,14 @@ impl Gguf {
         let info = self.tensor_info(name)?;
         let bad = |e: Error| Error::file(&self.path, format!("tensor '{name}': {e}"));
         let data = TensorData::from_bytes(info.dtype, self.tensor_bytes(name)?).map_err(bad)?;
+        self.release(info);
         HostTensor::new(info.shape(), data).map_err(bad)
+    }
+
+    /// The file's bytes of a tensor that was copied out need not stay resident.
+    fn release(&self, info: &TensorInfo) {
+        let start = self.data_start + info.offset as usize;
+        self.bytes.release(start..start + info.bytes);
     }
 
     /// A tensor dequantized to f32 (exactly as gguf-py's `quants.dequantize`).
@@ -313,6 +320,7 @@ impl Gguf {
         let bad = |e: Error| Error::file(&self.path, format!("tensor '{name}': {e}"));
         let mut values = vec![0f32; info.bytes / info.dtype.block().bytes * info.dtype.block().values];
         super::quant::dequantize(info.dtype, self.tensor_bytes(name)?, &mut values).map_err(bad)?;
+        self.release(info);
         HostTensor::f32(info.shape(), values).map_err(bad)
     }
 }

@@ -40,6 +40,28 @@ impl FileBytes {
     }
 }
 
+impl FileBytes {
+    /// Tells the kernel that `range` has been copied out and need not stay in this process's
+    /// memory: a mapped file's pages otherwise count in its resident set until it is dropped,
+    /// which made loading a model peak at the file plus its copies. The bytes stay readable
+    /// (read again from the file). No-op for owned bytes.
+    pub(crate) fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(all(not(target_arch = "wasm32"), unix))]
+        if let FileBytes::Mapped(map) = self {
+            // Whole pages inside the range only: a page shared with a neighbour stays.
+            const PAGE: usize = 4096;
+            let (start, end) = (range.start.next_multiple_of(PAGE), range.end.min(map.len()) / PAGE * PAGE);
+            if start < end {
+                // SAFETY: the map is a read-only private file mapping that nothing wrote, so
+                // dropping its pages loses nothing: the next read maps the file's pages again.
+                // An error only means the pages stay, which is harmless.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+        let _ = range;
+    }
+}
+
 impl std::ops::Deref for FileBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
