@@ -478,6 +478,13 @@ pub fn cases(seed: u64) -> Vec<Case> {
         (2, 6, 9, 5, 4, [3, 3], [2, 1], [0, 1], 2),
         (1, 4, 17, 9, 6, [1, 1], [1, 1], [0, 0], 2),
         (1, 3, 9, 5, 2, [3, 1], [1, 2], [1, 0], 1),
+        // Depthwise 3 × 3 (MobileNetV2's own kernel): one pixel, two columns at stride 2,
+        // even and odd sizes, a row 129 wide.
+        (1, 5, 1, 1, 5, [3, 3], [2, 2], [1, 1], 5),
+        (1, 4, 8, 2, 4, [3, 3], [2, 2], [1, 1], 4),
+        (2, 3, 2, 129, 3, [3, 3], [1, 1], [1, 1], 3),
+        (1, 6, 14, 14, 6, [3, 3], [2, 2], [1, 1], 6),
+        (1, 2, 7, 7, 2, [3, 3], [1, 1], [1, 1], 2),
     ];
     for (i, &(n, c, h, w, o, [kh, kw], stride, padding, groups)) in convs.iter().enumerate() {
         let bias = i % 2 == 0;

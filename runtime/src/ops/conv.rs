@@ -165,93 +165,232 @@ pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &m
         }
         return;
     }
-    out.par_chunks_mut(plane).enumerate().for_each(|(no, y)| conv_plane(p, x, w, bias, no, y));
-}
-
-/// One output plane `y[n, o]` (`no = n·O + o`), compiled again for AVX-512 and for AVX2
-/// (picked at run time: release builds target baseline x86-64, whose SSE2 is 4 lanes wide).
-fn conv_plane(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::isa::CpuIsa;
-        if CpuIsa::active() >= CpuIsa::Avx512 {
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            fn wide512(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
-                conv_plane_rows(p, x, w, bias, no, y)
-            }
-            // SAFETY: the CPU has the features `wide512` was compiled for (the active level).
-            return unsafe { wide512(p, x, w, bias, no, y) };
-        }
-        if CpuIsa::active().has_avx2() {
-            #[target_feature(enable = "avx2,fma")]
-            fn wide(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
-                conv_plane_rows(p, x, w, bias, no, y)
-            }
-            // SAFETY: as above, AVX2 and FMA.
-            return unsafe { wide(p, x, w, bias, no, y) };
-        }
+    if is_depthwise_3x3(p) {
+        out.par_chunks_mut(plane).enumerate().for_each(|(no, y)| depthwise_plane(p, x, w, bias, no, y));
+        return;
     }
-    conv_plane_rows(p, x, w, bias, no, y)
+    // Every input channel's stride phases, made once and read by all the output planes of its
+    // group (made per plane, the first layer of MobileNetV2 copied its three 224 × 224
+    // channels 32 times).
+    let phases = Phases::of(p);
+    let mut all = vec![0.0f32; x.len() / (h_w(p)).max(1) * phases.len()];
+    all.par_chunks_mut(phases.len().max(1))
+        .zip(x.par_chunks(h_w(p).max(1)))
+        .for_each(|(dst, chan)| fill_phases(p, &phases, chan, dst));
+    out.par_chunks_mut(plane).enumerate().for_each(|(no, y)| general_plane(p, &phases, &all, w, bias, no, y));
 }
 
-/// The body of [`conv_plane`], arranged so that every kernel tap is one long contiguous
-/// multiply-add over the whole plane, whatever the stride and however small the plane (7 × 7
-/// in MobileNetV2's last blocks, where per-row loops would be all overhead):
+fn h_w(p: &Conv2dParams) -> usize {
+    p.h as usize * p.w as usize
+}
+
+/// Defines `$name`, which runs `$body` (an `#[inline(always)]` fn) compiled again for
+/// AVX-512 and for AVX2, picked at run time: release builds target baseline x86-64, whose SSE2
+/// is 4 lanes wide. (A closure would not do: it does not inherit a target feature.)
+macro_rules! by_isa {
+    (fn $name:ident => $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use super::isa::CpuIsa;
+                if CpuIsa::active() >= CpuIsa::Avx512 {
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    fn wide512($($arg: $ty),*) {
+                        $body($($arg),*)
+                    }
+                    // SAFETY: the CPU has the features `wide512` was compiled for.
+                    return unsafe { wide512($($arg),*) };
+                }
+                if CpuIsa::active().has_avx2() {
+                    #[target_feature(enable = "avx2,fma")]
+                    fn wide($($arg: $ty),*) {
+                        $body($($arg),*)
+                    }
+                    // SAFETY: as above, AVX2 and FMA.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+by_isa!(fn depthwise_plane => depthwise_3x3_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]));
+by_isa!(fn fill_phases => fill_phases_body(p: &Conv2dParams, phases: &Phases, chan: &[f32], dst: &mut [f32]));
+by_isa!(fn general_plane => conv_plane_rows(p: &Conv2dParams, phases: &Phases, all: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]));
+
+/// Whether `p` is a 3 × 3 depthwise convolution with padding 1 and stride 1 or 2 (every
+/// depthwise layer of MobileNetV2), which [`depthwise_3x3_rows`] computes.
+fn is_depthwise_3x3(p: &Conv2dParams) -> bool {
+    p.groups == p.c
+        && p.o == p.c
+        && (p.kh, p.kw, p.pad_h, p.pad_w) == (3, 3, 1, 1)
+        && p.stride_h == p.stride_w
+        && matches!(p.stride_h, 1 | 2)
+}
+
+/// One output plane of a 3 × 3 depthwise convolution ([`is_depthwise_3x3`]), row by row: each
+/// output row is one pass that sums its nine taps from three input rows held in L1, written
+/// once. (The general body makes nine passes over the whole plane, which at MobileNetV2's
+/// 112 × 112 planes run from L2 and cost twice as much.)
 ///
-/// 1. each input channel is padded with zeros and split into its stride phases: phase
-///    (ry, rx) holds the padded rows ry, ry + sh, … and, of each, the columns rx, rx + sw, …
-///    (`hq` rows of `wq`);
-/// 2. output row oy, column ox, tap (ky, kx) reads padded (oy·sh + ky, ox·sw + kx), which is
-///    phase (ky mod sh, kx mod sw) at (oy + ky div sh, ox + kx div sw): with the output laid
-///    out `wq` wide (its last columns are thrown away), the tap is `out[t] += w · phase[t +
-///    offset]` for t over the whole plane.
+/// Every input row is first padded with a zero column on each side and split into its
+/// stride phases (phase r holds padded columns r, r + s, …), so that tap kx of output column
+/// ox, padded column ox·s + kx, is element ox + kx / s of phase kx mod s: contiguous loads.
+/// Rows above and below the input read a row of zeros.
 #[inline(always)]
-fn conv_plane_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
-    let (o_count, cg) = (p.o as usize, p.group_in());
-    let (n, o) = (no / o_count, no % o_count);
-    let group = o / p.group_out().max(1);
-    let (h, wd, kh, kw) = (p.h as usize, p.w as usize, p.kh as usize, p.kw as usize);
-    let (oh, ow, sh, sw) = (p.oh as usize, p.ow as usize, p.stride_h as usize, p.stride_w as usize);
-    let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
-    // Phase planes are long enough for the farthest tap of the last output row.
-    let wq = (wd + 2 * pw).div_ceil(sw).max(ow + (kw - 1) / sw);
-    let hq = (h + 2 * ph).div_ceil(sh).max(oh + (kh - 1) / sh) + 1;
-    let plane = hq * wq;
+fn depthwise_3x3_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]) {
+    let (h, wd, ow, s) = (p.h as usize, p.w as usize, p.ow as usize, p.stride_h as usize);
+    let o = no % p.o as usize;
+    let chan = &x[no * h * wd..][..h * wd];
+    let k: &[f32; 9] = w[o * 9..][..9].try_into().expect("nine taps");
+    let bias_o = bias.map_or(0.0, |b| b[o]);
+    // Output rows are computed in whole blocks of 16 columns (one AVX-512 vector, two AVX2
+    // ones) into `wide`, of which the first ow are kept; a phase is long enough for the
+    // farthest tap of the last block.
+    let wide = ow.next_multiple_of(16);
+    let len = wide + 2;
     thread_local! {
         static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
     let mut scratch = SCRATCH.take();
     scratch.clear();
-    scratch.resize(sh * sw * plane + oh * wq, 0.0);
-    let (phases, acc) = scratch.split_at_mut(sh * sw * plane);
-    acc.fill(bias.map_or(0.0, |b| b[o]));
-    // Every input channel writes the same (unpadded) positions of the phases, so the padding
-    // stays zero from the fill above.
-    for ci in 0..cg {
-        let chan = &x[(n * p.c as usize + group * cg + ci) * h * wd..][..h * wd];
-        for (iy, row) in chan.chunks_exact(wd).enumerate() {
-            let (ry, qy) = ((iy + ph) % sh, (iy + ph) / sh);
-            for rx in 0..sw {
-                // The first input column in phase rx, and its index there.
-                let ix0 = (rx + sw - pw % sw) % sw;
-                if ix0 >= wd {
-                    continue;
+    // h rows of s phases, then one row of zeros (s phases) for the padding above and below,
+    // then the output row.
+    scratch.resize((h + 1) * s * len + wide, 0.0);
+    let (rows, acc_row) = scratch.split_at_mut((h + 1) * s * len);
+    for (row, padded) in chan.chunks_exact(wd).zip(rows.chunks_exact_mut(s * len)) {
+        if s == 1 {
+            padded[1..=wd].copy_from_slice(row);
+        } else {
+            // Phase 0 holds padded columns 0, 2, … (input −1, 1, 3, …); phase 1 holds 1, 3, …
+            // (input 0, 2, …). The zeros of the fill are the padding.
+            let (even, odd) = padded.split_at_mut(len);
+            for (d, &v) in even[1..].iter_mut().zip(row.iter().skip(1).step_by(2)) {
+                *d = v;
+            }
+            for (d, &v) in odd.iter_mut().zip(row.iter().step_by(2)) {
+                *d = v;
+            }
+        }
+    }
+    let zeros = h;
+    for (oy, out) in y.chunks_exact_mut(ow).enumerate() {
+        let row = |ky: usize| {
+            let iy = (oy * s + ky).wrapping_sub(1);
+            &rows[if iy < h { iy } else { zeros } * s * len..][..s * len]
+        };
+        let (r0, r1, r2) = (row(0), row(1), row(2));
+        let t = |row: usize, kx: usize| &[r0, r1, r2][row][(kx % s) * len + kx / s..][..wide];
+        let taps = [t(0, 0), t(0, 1), t(0, 2), t(1, 0), t(1, 1), t(1, 2), t(2, 0), t(2, 1), t(2, 2)];
+        // The taps summed from the bias in row-major order, as the general body sums them.
+        for (at, acc_out) in acc_row.chunks_exact_mut(16).enumerate() {
+            let mut acc = [bias_o; 16];
+            for (kv, tap) in k.iter().zip(&taps) {
+                let tap: &[f32; 16] = tap[at * 16..][..16].try_into().expect("16 columns");
+                for l in 0..16 {
+                    acc[l] += kv * tap[l];
                 }
-                let dst = &mut phases[(ry * sw + rx) * plane + qy * wq + (ix0 + pw) / sw..];
-                if sw == 1 {
-                    dst[..wd].copy_from_slice(row);
-                } else {
-                    for (d, &v) in dst.iter_mut().zip(row[ix0..].iter().step_by(sw)) {
-                        *d = v;
-                    }
+            }
+            acc_out.copy_from_slice(&acc);
+        }
+        out.copy_from_slice(&acc_row[..ow]);
+    }
+    SCRATCH.set(scratch);
+}
+
+/// How the general body lays out an input channel: padded with zeros and split into its
+/// stride phases. Phase (ry, rx) holds the padded rows ry, ry + sh, … and, of each, the
+/// columns rx, rx + sw, … (`hq` rows of `wq`). Output row oy, column ox, tap (ky, kx) reads
+/// padded (oy·sh + ky, ox·sw + kx), which is phase (ky mod sh, kx mod sw) at (oy + ky div sh,
+/// ox + kx div sw): with the output laid out `wq` wide (its last columns thrown away), each
+/// tap is `out[t] += w · phase[t + offset]` for t over the whole plane, one long contiguous
+/// multiply-add whatever the stride and however small the plane (7 × 7 in MobileNetV2's last
+/// blocks, where per-row loops would be all overhead).
+struct Phases {
+    hq: usize,
+    wq: usize,
+    /// sh · sw.
+    count: usize,
+}
+
+impl Phases {
+    fn of(p: &Conv2dParams) -> Phases {
+        let (h, wd, kh, kw) = (p.h as usize, p.w as usize, p.kh as usize, p.kw as usize);
+        let (oh, ow, sh, sw) = (p.oh as usize, p.ow as usize, p.stride_h as usize, p.stride_w as usize);
+        let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
+        // Long enough for the farthest tap of the last output row.
+        let wq = (wd + 2 * pw).div_ceil(sw).max(ow + (kw - 1) / sw);
+        let hq = (h + 2 * ph).div_ceil(sh).max(oh + (kh - 1) / sh) + 1;
+        Phases { hq, wq, count: sh * sw }
+    }
+
+    fn plane(&self) -> usize {
+        self.hq * self.wq
+    }
+
+    /// Floats per input channel.
+    fn len(&self) -> usize {
+        self.plane() * self.count
+    }
+}
+
+/// Writes channel `chan` (`h × w`) as its phases into `dst` (zeros, [`Phases::len`]).
+#[inline(always)]
+fn fill_phases_body(p: &Conv2dParams, phases: &Phases, chan: &[f32], dst: &mut [f32]) {
+    let (wd, sh, sw) = (p.w as usize, p.stride_h as usize, p.stride_w as usize);
+    let (ph, pw) = (p.pad_h as usize, p.pad_w as usize);
+    for (iy, row) in chan.chunks_exact(wd).enumerate() {
+        let (ry, qy) = ((iy + ph) % sh, (iy + ph) / sh);
+        for rx in 0..sw {
+            // The first input column in phase rx, and its index there.
+            let ix0 = (rx + sw - pw % sw) % sw;
+            if ix0 >= wd {
+                continue;
+            }
+            let at = (ry * sw + rx) * phases.plane() + qy * phases.wq + (ix0 + pw) / sw;
+            if sw == 1 {
+                dst[at..][..wd].copy_from_slice(row);
+            } else {
+                for (d, &v) in dst[at..].iter_mut().zip(row[ix0..].iter().step_by(sw)) {
+                    *d = v;
                 }
             }
         }
+    }
+}
+
+/// One output plane `y[n, o]` (`no = n·O + o`) of any convolution, from the phases of every
+/// input channel (`all`, [`Phases`]).
+#[inline(always)]
+fn conv_plane_rows(
+    p: &Conv2dParams,
+    phases: &Phases,
+    all: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    no: usize,
+    y: &mut [f32],
+) {
+    let (o_count, cg) = (p.o as usize, p.group_in());
+    let (n, o) = (no / o_count, no % o_count);
+    let group = o / p.group_out().max(1);
+    let (kh, kw) = (p.kh as usize, p.kw as usize);
+    let (oh, ow, sh, sw) = (p.oh as usize, p.ow as usize, p.stride_h as usize, p.stride_w as usize);
+    let (wq, plane, len) = (phases.wq, phases.plane(), phases.len());
+    thread_local! {
+        static ACC: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut acc = ACC.take();
+    acc.clear();
+    acc.resize(oh * wq, bias.map_or(0.0, |b| b[o]));
+    for ci in 0..cg {
+        let chan = &all[(n * p.c as usize + group * cg + ci) * len..][..len];
         let wk = &w[(o * cg + ci) * kh * kw..][..kh * kw];
         for ky in 0..kh {
             for kx in 0..kw {
                 let wv = wk[ky * kw + kx];
-                let phase = &phases[((ky % sh) * sw + kx % sw) * plane..][..plane];
+                let phase = &chan[((ky % sh) * sw + kx % sw) * plane..][..plane];
                 let tap = &phase[(ky / sh) * wq + kx / sw..][..oh * wq];
                 acc.iter_mut().zip(tap).for_each(|(a, &v)| *a += wv * v);
             }
@@ -260,7 +399,7 @@ fn conv_plane_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>,
     for (yrow, arow) in y.chunks_exact_mut(ow).zip(acc.chunks_exact(wq)) {
         yrow.copy_from_slice(&arow[..ow]);
     }
-    SCRATCH.set(scratch);
+    ACC.set(acc);
 }
 
 /// Kernel params for `global_avg_pool`, mirrored in `shaders/pool.wgsl` and
