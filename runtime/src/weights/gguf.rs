@@ -376,17 +376,17 @@ pub fn ggml_type_of(dtype: DType) -> Option<u32> {
     (0..=30).find(|&c| dtype_of_ggml_type(c) == Ok(dtype))
 }
 
-/// A cursor over the file that never reads past its end.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+/// A cursor over the file that never reads past its end (the E5S1 reader uses it too).
+pub(super) struct Reader<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn left(&self) -> u64 {
+    pub(super) fn left(&self) -> u64 {
         (self.bytes.len() - self.pos) as u64
     }
-    fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> std::result::Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> std::result::Result<&'a [u8], String> {
         if n > self.left() {
             return Err(format!(
                 "truncated: {} needs {n} bytes at offset {} but the file has {} left",
@@ -399,13 +399,13 @@ impl<'a> Reader<'a> {
         self.pos += n as usize;
         Ok(out)
     }
-    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> std::result::Result<[u8; N], String> {
+    pub(super) fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> std::result::Result<[u8; N], String> {
         Ok(self.take(N as u64, what)?.try_into().expect("took N bytes"))
     }
-    fn u32(&mut self, what: &dyn Fn() -> String) -> std::result::Result<u32, String> {
+    pub(super) fn u32(&mut self, what: &dyn Fn() -> String) -> std::result::Result<u32, String> {
         self.array(what).map(u32::from_le_bytes)
     }
-    fn u64(&mut self, what: &dyn Fn() -> String) -> std::result::Result<u64, String> {
+    pub(super) fn u64(&mut self, what: &dyn Fn() -> String) -> std::result::Result<u64, String> {
         self.array(what).map(u64::from_le_bytes)
     }
     fn string(&mut self, what: &dyn Fn() -> String) -> std::result::Result<String, String> {
@@ -414,7 +414,12 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| format!("{} is not valid UTF-8", what()))
     }
     /// Checks that `count` values of at least `min_bytes` each can fit in what is left.
-    fn check_count(&self, count: u64, min_bytes: u64, what: &dyn Fn() -> String) -> std::result::Result<(), String> {
+    pub(super) fn check_count(
+        &self,
+        count: u64,
+        min_bytes: u64,
+        what: &dyn Fn() -> String,
+    ) -> std::result::Result<(), String> {
         if count.checked_mul(min_bytes).is_none_or(|n| n > self.left()) {
             return Err(format!(
                 "{} declares {count} entries, more than the {} bytes left in the file can hold (truncated or lying count)",

