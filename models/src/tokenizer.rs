@@ -9,6 +9,7 @@
 //!   becomes a token), which the parity inputs with surrounding whitespace check.
 
 use anyhow::{Context, Result, anyhow, bail};
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tandem_runtime::HostTensor;
@@ -95,6 +96,41 @@ impl PackedBatch {
 
 pub const PACKED_INPUT_NAMES: &[&str] = &["input_ids", "token_type_ids", "position_ids", "segments"];
 
+/// What a text is to the model: a search query, or one of the texts searched (a passage: what
+/// embedding a collection means, and so the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TextRole {
+    Query,
+    #[default]
+    Passage,
+}
+
+/// What a model wants written before a text of each role (sentence-transformers' `prompts`):
+/// E5 was trained with "query: " before search queries and "passage: " before the texts
+/// searched. Most models want nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prompts {
+    pub query: String,
+    pub passage: String,
+}
+
+impl Prompts {
+    pub fn of(&self, role: TextRole) -> &str {
+        match role {
+            TextRole::Query => &self.query,
+            TextRole::Passage => &self.passage,
+        }
+    }
+
+    /// `text` with the prompt of `role` before it (borrowed as is when there is none).
+    pub fn apply<'a>(&self, role: TextRole, text: &'a str) -> Cow<'a, str> {
+        match self.of(role) {
+            "" => Cow::Borrowed(text),
+            prompt => Cow::Owned(format!("{prompt}{text}")),
+        }
+    }
+}
+
 /// A model's tokenizer set up for embedding: truncating at `max_tokens`, never padding.
 pub struct TextTokenizer {
     truncating: Tokenizer,
@@ -104,6 +140,8 @@ pub struct TextTokenizer {
     max_tokens: usize,
     /// Special tokens the post-processor adds to one text ([CLS] and [SEP] for BERT).
     special_tokens: usize,
+    /// What goes before a text of each role (nothing, for most models).
+    prompts: Prompts,
     /// Texts tokenized so far, pairs counting once: what shows (in tests and the server's
     /// metrics) that a caller tokenizes each text once.
     texts_tokenized: AtomicU64,
@@ -120,7 +158,12 @@ impl TextTokenizer {
     }
 
     pub fn from_bytes(bytes: &[u8], max_tokens: usize) -> Result<Self> {
-        let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
+        let tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| anyhow!("not a valid tokenizer.json: {e}"))?;
+        Self::new(tokenizer, max_tokens)
+    }
+
+    /// A tokenizer already made (built from a model file's vocabulary, as E5's is).
+    pub fn new(mut tokenizer: Tokenizer, max_tokens: usize) -> Result<Self> {
         // The special tokens the post-processor adds count against the limit; the library
         // subtracts them without checking, so check first.
         let special_tokens = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
@@ -143,8 +186,18 @@ impl TextTokenizer {
             counting,
             max_tokens,
             special_tokens,
+            prompts: Prompts::default(),
             texts_tokenized: AtomicU64::new(0),
         })
+    }
+
+    /// The tokenizer writing `prompts` before each text of their role.
+    pub fn with_prompts(self, prompts: Prompts) -> Self {
+        TextTokenizer { prompts, ..self }
+    }
+
+    pub fn prompts(&self) -> &Prompts {
+        &self.prompts
     }
 
     /// Most tokens of one text (special tokens included); longer texts are truncated.
@@ -157,8 +210,14 @@ impl TextTokenizer {
     /// tokens or truncation; truncation and the special tokens are then the tokenizer's own
     /// post-processing, the steps `tokenize` runs after the same split.
     pub fn tokenize_counted(&self, text: &str) -> Result<CountedText> {
+        self.tokenize_counted_as(text, TextRole::Passage)
+    }
+
+    /// [`TextTokenizer::tokenize_counted`] for a text of `role`, its prompt included.
+    pub fn tokenize_counted_as(&self, text: &str, role: TextRole) -> Result<CountedText> {
         self.texts_tokenized.fetch_add(1, Ordering::Relaxed);
-        let split = self.counting.encode_fast(text, false).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        let text = self.prompts.apply(role, text);
+        let split = self.counting.encode_fast(text.as_ref(), false).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
         let untruncated = split.len() + self.special_tokens;
         let encoding = self.truncating.post_process(split, None, true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
         Ok(CountedText { tokens: tokenized(&encoding), untruncated })
@@ -179,11 +238,16 @@ impl TextTokenizer {
         Ok(encodings.iter().map(tokenized).collect())
     }
 
-    /// Tokenizes and truncates each text.
+    /// Tokenizes and truncates each text, read as passages (the texts searched).
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<TokenizedText>> {
+        self.tokenize_as(texts, TextRole::Passage)
+    }
+
+    /// Tokenizes and truncates each text of `role`, its prompt included.
+    pub fn tokenize_as(&self, texts: &[&str], role: TextRole) -> Result<Vec<TokenizedText>> {
         self.texts_tokenized.fetch_add(texts.len() as u64, Ordering::Relaxed);
-        let encodings =
-            self.truncating.encode_batch_fast(texts.to_vec(), true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        let texts: Vec<Cow<str>> = texts.iter().map(|t| self.prompts.apply(role, t)).collect();
+        let encodings = self.truncating.encode_batch_fast(texts, true).map_err(|e| anyhow!("cannot tokenize: {e}"))?;
         Ok(encodings.iter().map(tokenized).collect())
     }
 }
