@@ -1,6 +1,7 @@
 //! The text encoder EBRM scores with: any model that turns texts into vectors.
 
 use anyhow::{Result, bail};
+pub use tandem_models::TextRole;
 
 /// A text encoder: the MiniLM bi-encoder of tandem-models in production, [`NgramEncoder`] in
 /// tests and wherever no model is at hand.
@@ -8,8 +9,15 @@ pub trait TextEncoder {
     /// Names the model and its version: cache keys and the taxonomy embedding file use it, so
     /// two encoders with the same id must give the same vectors.
     fn id(&self) -> &str;
-    /// One vector per text, in order; all of the same length.
+    /// One vector per text, in order; all of the same length. The texts are what is searched
+    /// (item texts, taxonomy paths).
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+    /// [`TextEncoder::encode`] for search queries. Models that read both alike (MiniLM) keep
+    /// this default; E5 writes "query: " before a query where it writes "passage: " before
+    /// the texts searched.
+    fn encode_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encode(texts)
+    }
     /// The device the model runs on, if it runs on one: EBRM aggregates there too.
     fn device(&self) -> Option<&tandem_models::Device> {
         None
@@ -23,6 +31,9 @@ impl<T: TextEncoder + ?Sized> TextEncoder for &T {
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         (**self).encode(texts)
     }
+    fn encode_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        (**self).encode_queries(texts)
+    }
     fn device(&self) -> Option<&tandem_models::Device> {
         (**self).device()
     }
@@ -34,6 +45,9 @@ impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
     }
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         (**self).encode(texts)
+    }
+    fn encode_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        (**self).encode_queries(texts)
     }
     fn device(&self) -> Option<&tandem_models::Device> {
         (**self).device()
@@ -121,13 +135,17 @@ impl TextEncoder for TableEncoder {
     }
 }
 
-/// Encodes `texts` and checks the encoder kept its contract (one finite vector per text, all
-/// of one length), so a misbehaving model gives an error here rather than wrong scores later.
-pub fn encode_checked(encoder: &dyn TextEncoder, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+/// Encodes `texts` of `role` and checks the encoder kept its contract (one finite vector per
+/// text, all of one length), so a misbehaving model gives an error here rather than wrong
+/// scores later.
+pub fn encode_checked(encoder: &dyn TextEncoder, texts: &[&str], role: TextRole) -> Result<Vec<Vec<f32>>> {
     if texts.is_empty() {
         return Ok(Vec::new());
     }
-    let out = encoder.encode(texts)?;
+    let out = match role {
+        TextRole::Query => encoder.encode_queries(texts)?,
+        TextRole::Passage => encoder.encode(texts)?,
+    };
     if out.len() != texts.len() {
         bail!("encoder '{}' returned {} vectors for {} texts", encoder.id(), out.len(), texts.len());
     }
@@ -193,20 +211,20 @@ impl TextEncoder for NgramEncoder {
     }
 }
 
-/// A tandem-models embedding pipeline (the MiniLM bi-encoder) as a [`TextEncoder`].
+/// A tandem-models embedding pipeline (MiniLM or multilingual E5) as a [`TextEncoder`].
 pub struct ModelEncoder {
     embedder: tandem_models::Embedder,
     id: String,
 }
 
 impl ModelEncoder {
-    /// `id` names the model for cache keys and calibration: the registry name ("minilm")
-    /// selects the fitted MiniLM calibration.
+    /// `id` names the model for cache keys and calibration: a registry name ("minilm",
+    /// "multilingual-e5-small") selects that model's fitted calibration.
     pub fn new(embedder: tandem_models::Embedder, id: impl Into<String>) -> ModelEncoder {
         ModelEncoder { embedder, id: id.into() }
     }
 
-    /// Loads a sentence-transformers model folder on the given backend.
+    /// Loads a sentence-transformers model folder or an E5S1 file on the given backend.
     pub fn load(
         dir: &std::path::Path,
         backend: tandem_models::BackendChoice,
@@ -226,6 +244,9 @@ impl TextEncoder for ModelEncoder {
     }
     fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         self.embedder.embed(texts)
+    }
+    fn encode_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embedder.embed_queries(texts)
     }
     fn device(&self) -> Option<&tandem_models::Device> {
         Some(self.embedder.device())
@@ -280,8 +301,9 @@ mod tests {
 
     #[test]
     fn contract_violations_are_errors() {
-        assert!(encode_checked(&Broken, &["a", "b"]).is_err());
-        assert!(encode_checked(&Broken, &["a", "b", "c"]).unwrap_err().to_string().contains("vectors for 3"));
-        assert!(encode_checked(&Broken, &[]).unwrap().is_empty());
+        assert!(encode_checked(&Broken, &["a", "b"], TextRole::Passage).is_err());
+        let err = encode_checked(&Broken, &["a", "b", "c"], TextRole::Query).unwrap_err();
+        assert!(err.to_string().contains("vectors for 3"));
+        assert!(encode_checked(&Broken, &[], TextRole::Passage).unwrap().is_empty());
     }
 }

@@ -40,7 +40,7 @@
 use crate::cache::{CacheStats, LruQeCache, QeCache, QeKey};
 use crate::calibrate::Calibration;
 use crate::constraints::{ACCESSORY, ItemView, QueryConstraints, check_item};
-use crate::encoder::{PairScorer, TextEncoder, encode_checked};
+use crate::encoder::{PairScorer, TextEncoder, TextRole, encode_checked};
 use crate::entities::taxonomy::{self, EmbeddedTaxonomy, KeywordTaxonomy};
 use crate::entities::{Entity, EntityKind, Extractor, Item, Source};
 use crate::logic::{AggregateInputs, AggregateParams, Aggregated, Aggregator, Logic, aggregate_cpu};
@@ -633,9 +633,9 @@ impl<E: TextEncoder> Ebrm<E> {
         self.encoded.load(Ordering::Relaxed)
     }
 
-    fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    fn encode(&self, texts: &[&str], role: TextRole) -> Result<Vec<Vec<f32>>> {
         self.encoded.fetch_add(texts.len() as u64, Ordering::Relaxed);
-        encode_checked(&self.encoder, texts)
+        encode_checked(&self.encoder, texts, role)
     }
 
     fn embedded_taxonomy(&self, cache_dir: &Option<PathBuf>) -> Result<&EmbeddedTaxonomy> {
@@ -675,7 +675,7 @@ impl<E: TextEncoder> Ebrm<E> {
         if let Some(a) = self.queries.get(&normalized) {
             return Ok(a);
         }
-        let embedding = self.encode(&[text])?.remove(0);
+        let embedding = self.encode(&[text], TextRole::Query)?.remove(0);
         let entities = self.extractor.from_text(text, Source::Query, false);
         let brands: Vec<String> =
             entities.iter().filter(|e| e.kind == EntityKind::Brand).map(|e| e.value.clone()).collect();
@@ -716,7 +716,8 @@ impl<E: TextEncoder> Ebrm<E> {
             let mut unique: Vec<&str> = todo.iter().map(|(_, t)| t.as_str()).collect();
             unique.sort_unstable();
             unique.dedup();
-            let embeddings = if self.embeds_for_categories() { self.encode(&unique)? } else { Vec::new() };
+            let embeddings =
+                if self.embeds_for_categories() { self.encode(&unique, TextRole::Passage)? } else { Vec::new() };
             let found = self.categories_of(&unique, &embeddings)?;
             let by_title: HashMap<&str, Option<(String, f32)>> = unique.iter().copied().zip(found).collect();
             for (i, title) in &todo {
@@ -845,7 +846,7 @@ impl<E: TextEncoder> Ebrm<E> {
         let todo: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
         if !todo.is_empty() {
             let batch: Vec<&str> = todo.iter().map(|&i| texts[i]).collect();
-            for (&i, v) in todo.iter().zip(self.encode(&batch)?) {
+            for (&i, v) in todo.iter().zip(self.encode(&batch, TextRole::Passage)?) {
                 let v = Arc::new(v);
                 self.item_vectors.put(texts[i].to_string(), v.clone());
                 out[i] = Some(v);
@@ -886,10 +887,9 @@ impl<E: TextEncoder> Ebrm<E> {
     pub fn cosine_baseline(&self, query: &str, items: &[Item], with_attributes: bool) -> Result<Vec<f32>> {
         let item_texts: Vec<String> =
             items.iter().map(|i| if with_attributes { similarity_text(i) } else { i.title.clone() }).collect();
-        let mut texts: Vec<&str> = vec![query];
-        texts.extend(item_texts.iter().map(String::as_str));
-        let v = self.encode(&texts)?;
-        Ok(v[1..].iter().map(|t| cosine(&v[0], t)).collect())
+        let q = self.encode(&[query], TextRole::Query)?.remove(0);
+        let texts: Vec<&str> = item_texts.iter().map(String::as_str).collect();
+        Ok(self.encode(&texts, TextRole::Passage)?.iter().map(|t| cosine(&q, t)).collect())
     }
 }
 

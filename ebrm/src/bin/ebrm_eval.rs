@@ -1,29 +1,29 @@
-//! Evaluates EBRM (each logic family) against plain query-title cosine on the generated set.
+//! Evaluates EBRM (each logic family) against plain query-title cosine on the generated set,
+//! or on the hand-labelled set (`--hand`).
 //!
-//! `cargo run --release -p tandem-ebrm --bin ebrm_eval -- [--set FILE] [--encoder minilm|ngram]
-//! [--model-dir DIR] [--json FILE]`. The MiniLM model and the brand list are fetched into
-//! tandem's cache when missing. Calibration is fitted on the even query ids and the figures
-//! that count are those of the odd (held-out) ones.
+//! `cargo run --release -p tandem-ebrm --bin ebrm_eval -- [--set FILE | --hand FILE --split
+//! dev|held|all] [--model minilm|multilingual-e5-small|PATH|ngram] [--json FILE]`. The model
+//! and the brand list are fetched into tandem's cache when missing. On the generated set,
+//! calibration is fitted on the even query ids and the figures that count are those of the
+//! odd (held-out) ones.
 
 use anyhow::Result;
 use clap::Parser;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tandem_ebrm::encoder::ModelEncoder;
-use tandem_ebrm::eval::hand::{HandQuery, HandReport, SCORERS, hand_report, read_hand};
+use tandem_ebrm::eval::hand::{HandReport, SCORERS, fit_similarity, hand_report, read_hand};
 use tandem_ebrm::eval::{Report, eval_cache, evaluate, group, read_pairs};
 use tandem_ebrm::vocab::{BrandList, fetch_brands};
-use tandem_ebrm::{CategorySearch, Ebrm, Extractor, NgramEncoder, TextEncoder};
+use tandem_ebrm::{CategorySearch, Ebrm, EntityKind, Extractor, NgramEncoder, TextEncoder};
 
 #[derive(Parser)]
 struct Args {
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/eval/esci-generated.jsonl"))]
     set: PathBuf,
-    /// minilm or ngram (model-free, for a quick check).
+    /// The encoder: a known text encoder (minilm, multilingual-e5-small), a model folder or
+    /// E5S1 file, or ngram (model-free, for a quick check).
     #[arg(long, default_value = "minilm")]
-    encoder: String,
-    /// A sentence-transformers folder; default: the fetched MiniLM.
-    #[arg(long)]
-    model_dir: Option<PathBuf>,
+    model: PathBuf,
     /// cpu, wgpu or auto.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -31,12 +31,16 @@ struct Args {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Evaluate on the hand-labelled set instead (eval/esci-hand.jsonl), per language and
-    /// hard-case kind, against MiniLM cosine.
+    /// hard-case kind, against the encoder's cosine.
     #[arg(long)]
     hand: Option<PathBuf>,
     /// With --hand: dev (tuned on), held (the held-out split) or all.
     #[arg(long, default_value = "dev")]
     split: String,
+    /// With --hand --split dev: fit the similarity prior's calibration (σ(a·cos + b), the
+    /// probability that an item is exact) for this encoder and print it.
+    #[arg(long)]
+    fit: bool,
     /// With --hand: print the ranking and explanations of the queries containing this text.
     #[arg(long)]
     show: Option<String>,
@@ -48,14 +52,22 @@ fn main() -> Result<()> {
     let brands = BrandList::load(&fetch_brands(&cache)?)?;
     if let Some(hand) = &args.hand {
         let queries = read_hand(hand)?;
-        let report = match args.encoder.as_str() {
-            "ngram" => run_hand(NgramEncoder::default(), &brands, &queries, &args.split)?,
-            "minilm" => run_hand(minilm(&args)?, &brands, &queries, &args.split)?,
-            other => anyhow::bail!("unknown encoder '{other}' (minilm, ngram)"),
-        };
+        let engine =
+            Ebrm::new(encoder(&args)?, Extractor::new(&brands)?, CategorySearch::Keywords).with_cache(eval_cache());
+        let report = hand_report(&engine, &queries, &args.split)?;
         print_hand(&report);
+        if args.fit {
+            let fitted = fit_similarity(&engine, &queries, &args.split)?;
+            let l = fitted.constrained[EntityKind::Similarity.index()];
+            println!(
+                "similarity prior fitted on {}: a {:.2}, b {:.2} (cosine {:.3} is even odds)",
+                args.split,
+                l.a,
+                l.b,
+                -l.b / l.a
+            );
+        }
         if let Some(needle) = &args.show {
-            let engine = Ebrm::new(minilm(&args)?, Extractor::new(&brands)?, CategorySearch::Keywords);
             for q in queries.iter().filter(|q| q.query.contains(needle.as_str())) {
                 let r = engine.rank(&q.query, &q.items)?;
                 println!("\n{} [{}]", q.query, q.hard.join(", "));
@@ -74,11 +86,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let queries = group(read_pairs(&args.set)?);
-    let report = match args.encoder.as_str() {
-        "ngram" => run(NgramEncoder::default(), &brands, &cache, &queries)?,
-        "minilm" => run(minilm(&args)?, &brands, &cache, &queries)?,
-        other => anyhow::bail!("unknown encoder '{other}' (minilm, ngram)"),
-    };
+    let report = run(encoder(&args)?, &brands, &cache, &queries)?;
     print_report(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
@@ -86,17 +94,14 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn minilm(args: &Args) -> Result<ModelEncoder> {
-    let dir = match &args.model_dir {
-        Some(d) => d.clone(),
-        None => tandem_models::fetch::ensure(tandem_models::registry::known_model("minilm")?)?,
-    };
-    ModelEncoder::load(&dir, args.backend.parse()?, "minilm")
-}
-
-fn run_hand<E: TextEncoder>(encoder: E, brands: &BrandList, queries: &[HandQuery], split: &str) -> Result<HandReport> {
-    let engine = Ebrm::new(encoder, Extractor::new(brands)?, CategorySearch::Keywords).with_cache(eval_cache());
-    hand_report(&engine, queries, split)
+/// The encoder `--model` names; a model's id is its registry name (or its folder's or file's).
+fn encoder(args: &Args) -> Result<Box<dyn TextEncoder>> {
+    if args.model == Path::new("ngram") {
+        return Ok(Box::new(NgramEncoder::default()));
+    }
+    let path = tandem_models::fetch::encoder_path(Some(&args.model))?;
+    let id = tandem_models::embed::model_id(&path);
+    Ok(Box::new(ModelEncoder::load(&path, args.backend.parse()?, id)?))
 }
 
 fn print_hand(r: &HandReport) {
@@ -120,8 +125,8 @@ fn print_hand(r: &HandReport) {
     }
 }
 
-fn run<E: TextEncoder>(
-    encoder: E,
+fn run(
+    encoder: Box<dyn TextEncoder>,
     brands: &BrandList,
     cache: &std::path::Path,
     queries: &[tandem_ebrm::eval::Query],

@@ -6,7 +6,7 @@
 //! Only paths of depth 2 and more are candidates: the 21 top-level categories
 //! ("Electronics", "Hardware") are too broad to decide relevance with.
 
-use crate::encoder::{TextEncoder, encode_checked};
+use crate::encoder::{TextEncoder, TextRole, encode_checked};
 use crate::text::{singular, words};
 use anyhow::{Context, Result, bail};
 use google_taxonomy::ProductCategory;
@@ -159,7 +159,7 @@ impl EmbeddedTaxonomy {
         let mut vectors = Vec::new();
         let mut dim = 0;
         for chunk in paths.chunks(EMBED_CHUNK) {
-            for v in encode_checked(encoder, chunk).context("embedding the product taxonomy")? {
+            for v in encode_checked(encoder, chunk, TextRole::Passage).context("embedding the product taxonomy")? {
                 dim = v.len();
                 vectors.extend(v);
             }

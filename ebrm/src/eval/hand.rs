@@ -10,8 +10,9 @@
 //! [`Item::from_value`], so it is exactly what `tandem relevance --items` reads.
 
 use super::{Metrics, graded_metrics};
+use crate::calibrate::{Calibration, Sample};
 use crate::encoder::TextEncoder;
-use crate::entities::Item;
+use crate::entities::{EntityKind, Item};
 use crate::logic::Logic;
 use crate::pipeline::{Ebrm, Grade};
 use anyhow::{Context, Result, bail};
@@ -147,6 +148,32 @@ pub fn hand_report<E: TextEncoder>(engine: &Ebrm<E>, queries: &[HandQuery], spli
     worst.sort_by(|a, b| a.1.total_cmp(&b.1));
     worst.truncate(12);
     Ok(HandReport { encoder: engine.encoder().id().to_string(), split: split.to_string(), groups, worst })
+}
+
+/// Fits the similarity prior's calibration on `split` (dev, never held: what is fitted there
+/// is tuned there): the probability that an item is exact given its query-item cosine, by
+/// logistic regression over every (query, item) of the split. The other kinds keep the
+/// generic constants (their QE comes from exact checks).
+pub fn fit_similarity<E: TextEncoder>(engine: &Ebrm<E>, queries: &[HandQuery], split: &str) -> Result<Calibration> {
+    if split != "dev" {
+        bail!("the calibration is fitted on the dev split only, not on '{split}'");
+    }
+    let mut samples = Vec::new();
+    for q in queries.iter().filter(|q| q.split == split) {
+        let r = engine.rank(&q.query, &q.items).with_context(|| format!("query {} '{}'", q.id, q.query))?;
+        for (item, label) in r.items.iter().zip(&q.labels) {
+            let similarity = item.entities.iter().find(|e| e.entity.kind == EntityKind::Similarity);
+            if let Some(cosine) = similarity.and_then(|e| e.cosine) {
+                samples.push(Sample {
+                    kind: EntityKind::Similarity,
+                    constrained: true,
+                    cosine,
+                    label: *label == Grade::Exact,
+                });
+            }
+        }
+    }
+    Ok(Calibration::fit(&samples, &Calibration::generic()))
 }
 
 #[cfg(test)]
