@@ -186,6 +186,7 @@ fn bad_requests_get_json_4xx_naming_the_field() {
         "Validation",
         "`truncation_direction`",
     );
+    post("/embed", br#"{"inputs": "a", "prompt_name": "query"}"#).assert_error(422, "Validation", "no named prompts");
 
     // Over the token limit: 413 unless truncation is asked for.
     let long = long_text(400);
@@ -390,6 +391,34 @@ fn relevance_contains_hostile_rule_plugins() {
 /// the batcher embeds those ids. `tandem_tokenized_texts_total` counts every call into the
 /// encoder's tokenizer, so a second tokenization anywhere (a count, then the pipeline's own)
 /// would show as twice the texts.
+/// `--model multilingual-e5-small` by name: TEI's `prompt_name` picks E5's prompt ("passage"
+/// when absent), and `/rerank` reads its query as a query. Skips only when the model cannot
+/// be fetched.
+#[test]
+fn e5_is_served_by_name_with_its_prompts() {
+    if let Err(e) = tandem_models::fetch::ensure(tandem_models::registry::known_model("multilingual-e5-small").unwrap())
+    {
+        eprintln!("skipped: multilingual-e5-small cannot be fetched: {e:#}");
+        return;
+    }
+    let s = Server::start(&["--backend", "cpu", "--model", "multilingual-e5-small", "--no-relevance", "--no-web"]);
+    assert_eq!(s.get("/info").json()["model_id"], "multilingual-e5-small");
+    let embed = |body: Value| vectors(&s.post("/embed", &body)).remove(0);
+    let query = embed(json!({"inputs": "无线降噪耳机", "prompt_name": "query"}));
+    let passage = embed(json!({"inputs": "无线降噪耳机", "prompt_name": "passage"}));
+    assert_eq!(embed(json!({"inputs": "无线降噪耳机"})), passage);
+    let dot: f32 = query.iter().zip(&passage).map(|(a, b)| a * b).sum();
+    assert!(dot < 0.99, "a query and a passage differ: cosine {dot}");
+    s.post("/embed", &json!({"inputs": "a", "prompt_name": "title"})).assert_error(
+        422,
+        "Validation",
+        "\"title\" is not one of this model's prompts (query, passage)",
+    );
+    let ranks =
+        s.post("/rerank", &json!({"query": "无线降噪耳机", "texts": ["Pro 2 登山杖", "索尼 WF-1000XM5 降噪耳机"]}));
+    assert_eq!(ranks.json()[0]["index"], 1, "{}", ranks.text());
+}
+
 #[test]
 fn each_text_is_tokenized_once() {
     let s = Server::start(&["--no-relevance", "--no-web"]);

@@ -1,26 +1,33 @@
-//! `tandem embed [--backend cpu|wgpu|auto] [--model DIR | --graph FILE] [TEXT...]`
+//! `tandem embed [--backend cpu|wgpu|auto] [--model NAME|PATH | --graph FILE] [--query] [TEXT...]`
 //!
 //! Without TEXT, reads JSON lines from stdin (each a JSON string or `{"text": ...}`). Prints
-//! one JSON line per input: `{"text": ..., "tokens": n, "embedding": [...]}`.
+//! one JSON line per input: `{"text": ..., "tokens": n, "embedding": [...]}`. Texts are
+//! embedded as passages (the texts searched), `--query` as search queries: the same for most
+//! models, a different prompt for E5 ("passage: ", "query: ").
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{self, BufRead, Read, Write};
 use std::path::PathBuf;
-use tandem_models::{BackendChoice, Embedder};
+use tandem_models::{BackendChoice, Embedder, TextRole};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// cpu, wgpu or auto (a GPU when there is one, else the CPU).
     #[arg(long, default_value = "auto")]
     backend: String,
-    /// A sentence-transformers model folder (default: the minilm model, fetched on first use).
-    #[arg(long, value_name = "DIR", conflicts_with = "graph")]
+    /// A known text encoder (minilm, multilingual-e5-small; fetched on first use), a
+    /// sentence-transformers model folder or an E5S1 file [default: minilm].
+    #[arg(long, value_name = "NAME|PATH", conflicts_with = "graph")]
     model: Option<PathBuf>,
     /// A graph file written by `tandem export`.
     #[arg(long, value_name = "FILE")]
     graph: Option<PathBuf>,
     #[command(flatten)]
     adapter: super::AdapterArgs,
+    /// Embed the texts as search queries rather than as the texts searched (E5 prompts them
+    /// "query: " rather than "passage: ").
+    #[arg(long)]
+    query: bool,
     /// Texts to embed; none: read JSON lines from stdin.
     texts: Vec<String>,
 }
@@ -39,15 +46,16 @@ pub fn run(args: Args) -> Result<()> {
     let embedder = match &args.graph {
         Some(graph) => Embedder::from_graph_file(graph, backend)?,
         None => {
-            let dir = super::model_dir_or_default(args.model.as_deref())?;
+            let dir = super::model_or_default(args.model.as_deref())?;
             Embedder::load_adapted(&dir, args.adapter.spec().as_ref(), backend)?.0
         }
     };
+    let role = if args.query { TextRole::Query } else { TextRole::Passage };
     let mut out = io::BufWriter::new(io::stdout().lock());
     let written = if args.texts.is_empty() {
-        embed_stdin(&embedder, &mut out)
+        embed_stdin(&embedder, role, &mut out)
     } else {
-        embed_batch(&embedder, &args.texts, &mut out)
+        embed_batch(&embedder, &args.texts, role, &mut out)
     };
     match written.and_then(|()| out.flush().map_err(anyhow::Error::from)) {
         // The reader went away (`| head`): not an error of ours.
@@ -60,7 +68,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
-fn embed_stdin(embedder: &Embedder, out: &mut impl Write) -> Result<()> {
+fn embed_stdin(embedder: &Embedder, role: TextRole, out: &mut impl Write) -> Result<()> {
     let mut input = io::stdin().lock();
     let mut batch: Vec<String> = Vec::new();
     let mut line_number = 0;
@@ -71,11 +79,11 @@ fn embed_stdin(embedder: &Embedder, out: &mut impl Write) -> Result<()> {
         }
         batch.push(parse_line(&line).with_context(|| format!("stdin line {line_number}"))?);
         if batch.len() == LINES_PER_BATCH {
-            embed_batch(embedder, &batch, out)?;
+            embed_batch(embedder, &batch, role, out)?;
             batch.clear();
         }
     }
-    embed_batch(embedder, &batch, out)
+    embed_batch(embedder, &batch, role, out)
 }
 
 /// The next line without its newline, at most `MAX_LINE_BYTES`; `None` at the end.
@@ -108,9 +116,9 @@ fn parse_line(line: &str) -> Result<String> {
     }
 }
 
-fn embed_batch(embedder: &Embedder, texts: &[String], out: &mut impl Write) -> Result<()> {
+fn embed_batch(embedder: &Embedder, texts: &[String], role: TextRole, out: &mut impl Write) -> Result<()> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    for (text, embedding) in texts.iter().zip(embedder.embed_with_counts(&refs)?) {
+    for (text, embedding) in texts.iter().zip(embedder.embed_with_counts_as(&refs, role)?) {
         let line = OutputLine { text, tokens: embedding.tokens, embedding: &embedding.vector };
         writeln!(out, "{}", serde_json::to_string(&line)?)?;
     }

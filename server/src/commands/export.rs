@@ -1,12 +1,13 @@
-//! `tandem export [--model DIR] -o FILE`
+//! `tandem export [--model NAME|DIR] -o FILE`
 
 use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A sentence-transformers model folder (default: the minilm model, fetched on first use).
-    #[arg(long, value_name = "DIR")]
+    /// A sentence-transformers model folder, or minilm by name [default: minilm, fetched on
+    /// first use].
+    #[arg(long, value_name = "NAME|DIR")]
     model: Option<PathBuf>,
     /// The graph file to write; its weights go to FILE's stem + `.safetensors` and its
     /// tokenizer to stem + `.tokenizer.json`, beside it.
@@ -15,7 +16,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model_dir = super::model_dir_or_default(args.model.as_deref())?;
+    let model_dir = super::model_or_default(args.model.as_deref())?;
     let exported = tandem_models::export::export(&model_dir, &args.output)?;
     for file in [&exported.graph, &exported.weights, &exported.tokenizer] {
         println!("{}", file.display());

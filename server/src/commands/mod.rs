@@ -13,7 +13,6 @@ pub mod rules;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use tandem_models::lora::AdapterSpec;
-use tandem_models::registry::{DEFAULT_EMBED_MODEL, known_model};
 
 /// A PEFT LoRA adapter on top of the model.
 #[derive(clap::Args, Debug, Clone)]
@@ -33,10 +32,8 @@ impl AdapterArgs {
     }
 }
 
-/// `--model DIR` if given, else the default model's cache folder, fetched on first use.
-pub fn model_dir_or_default(model: Option<&Path>) -> Result<PathBuf> {
-    match model {
-        Some(dir) => Ok(dir.to_path_buf()),
-        None => tandem_models::fetch::ensure(known_model(DEFAULT_EMBED_MODEL)?),
-    }
+/// `--model NAME|PATH`: a known text encoder by name or a model folder or file, else the
+/// default (minilm); known models are fetched on first use.
+pub fn model_or_default(model: Option<&Path>) -> Result<PathBuf> {
+    tandem_models::fetch::encoder_path(model)
 }

@@ -4,7 +4,7 @@
 //! limits (`tandem_ebrm::rules`: the plugins' input and the `rules` and `final_score` fields,
 //! as `/relevance` has them).
 
-use super::model_dir_or_default;
+use super::model_or_default;
 use anyhow::{Context, Result, anyhow};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use tandem_ebrm::cli::{RelevanceArgs, rank_cli_with, ranking_lines};
 use tandem_ebrm::encoder::{CrossEncoder, ModelEncoder};
 use tandem_ebrm::pipeline::Ranking;
 use tandem_ebrm::rules::{annotate, candidates, plugin_query};
+use tandem_models::embed::model_id;
 use tandem_models::{BackendChoice, Embedder};
 use tandem_plugins::{Host, Plugin, PluginSpec, RuleReport};
 
@@ -31,8 +32,9 @@ pub struct Args {
     /// Print every entity of every item, not only the deciding ones.
     #[arg(long)]
     all_entities: bool,
-    /// The encoder model folder (default: minilm, fetched on first use).
-    #[arg(long)]
+    /// The encoder: a known text encoder (minilm, multilingual-e5-small; fetched on first
+    /// use), a sentence-transformers folder or an E5S1 file [default: minilm].
+    #[arg(long, value_name = "NAME|PATH")]
     model: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
@@ -51,13 +53,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let logic = Logic::from_name(&args.logic)
         .ok_or_else(|| anyhow!("unknown logic '{}' (valid: product, goedel, lukasiewicz)", args.logic))?;
-    let (embedder, adapter_id) = Embedder::load_adapted(
-        &model_dir_or_default(args.model.as_deref())?,
-        args.adapter.spec().as_ref(),
-        args.backend,
-    )?;
-    // The id keys the QE cache and the taxonomy embeddings: an adapter makes another model.
-    let encoder = ModelEncoder::new(embedder, format!("minilm{adapter_id}"));
+    let model = model_or_default(args.model.as_deref())?;
+    let (embedder, adapter_id) = Embedder::load_adapted(&model, args.adapter.spec().as_ref(), args.backend)?;
+    // The id keys the QE cache and the taxonomy embeddings (and picks the calibration): an
+    // adapter makes another model.
+    let encoder = ModelEncoder::new(embedder, format!("{}{adapter_id}", model_id(&model)));
     let cli_args = RelevanceArgs {
         query: args.query,
         items: args.items,

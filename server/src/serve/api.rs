@@ -74,7 +74,8 @@ pub struct EmbedRequest {
     /// TEI: "Right" (default) or "Left"; tandem truncates on the right only.
     #[serde(default)]
     pub truncation_direction: Option<String>,
-    /// TEI: a named prompt prepended to each input; tandem has none.
+    /// TEI: the named prompt prepended to each input: "query" or "passage" for a model with
+    /// prompts (E5); none: "passage" for such a model.
     #[serde(default)]
     pub prompt_name: Option<String>,
     /// TEI: Matryoshka truncation; tandem gives the model's full dimension only.

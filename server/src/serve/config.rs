@@ -7,8 +7,8 @@
 //! port = 8080
 //!
 //! [models.embed]
-//! name = "minilm"          # a model `tandem fetch` knows, fetched on first use
-//! # path = "/models/minilm" # or a local model folder
+//! name = "minilm"          # minilm or multilingual-e5-small, fetched on first use
+//! # path = "/models/minilm" # or a local model folder (or E5S1 file)
 //! backend = "auto"         # auto | cpu | wgpu | cuda
 //!
 //! [batching]
@@ -113,9 +113,10 @@ pub struct ModelsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbedModelConfig {
-    /// A model the registry knows (`tandem fetch NAME`); fetched into the cache on first use.
+    /// A text encoder the registry knows (minilm, multilingual-e5-small); fetched into the
+    /// cache on first use.
     pub name: String,
-    /// A local model folder; wins over `name`.
+    /// A local model folder (or E5S1 file); wins over `name`.
     pub path: Option<PathBuf>,
     /// auto | cpu | wgpu | cuda.
     pub backend: String,

@@ -28,8 +28,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tandem_models::bert::{META_MODEL, META_NORMALIZE, META_POOLING};
+use tandem_models::embed::model_id;
 use tandem_models::lora::AdapterSpec;
-use tandem_models::registry::known_model;
+use tandem_models::registry::{known_model, known_text_encoder};
 use tandem_models::{BackendChoice, Embedder, fetch};
 use tokio::sync::{Semaphore, watch};
 
@@ -47,8 +48,9 @@ pub struct Args {
     /// cpu, wgpu, cuda or auto [default: auto, the best backend found], for every model.
     #[arg(long)]
     backend: Option<String>,
-    /// A sentence-transformers model folder [default: minilm, fetched on first use].
-    #[arg(long, value_name = "DIR")]
+    /// The text encoder: a known one (minilm, multilingual-e5-small; fetched on first use), a
+    /// sentence-transformers folder or an E5S1 file [default: minilm].
+    #[arg(long, value_name = "NAME|PATH")]
     model: Option<PathBuf>,
     /// A PEFT LoRA adapter folder applied to the model.
     #[arg(long, value_name = "DIR")]
@@ -128,7 +130,13 @@ impl Args {
             c.llm.backend = v.clone();
         }
         if let Some(v) = &self.model {
-            m.path = Some(v.clone());
+            match v.to_str() {
+                Some(name) if !v.exists() && known_model(name).is_ok() => {
+                    m.name = name.to_string();
+                    m.path = None;
+                }
+                _ => m.path = Some(v.clone()),
+            }
         }
         if let Some(v) = &self.adapter {
             m.adapter = Some(v.clone());
@@ -197,7 +205,7 @@ pub fn run(args: Args) -> Result<()> {
     let backend: BackendChoice = config.models.embed.backend.parse().context("models.embed.backend")?;
     let dir = match &config.models.embed.path {
         Some(dir) => dir.clone(),
-        None => fetch::ensure(known_model(&config.models.embed.name)?)?,
+        None => fetch::ensure(known_text_encoder(&config.models.embed.name)?)?,
     };
     let m = &config.models.embed;
     let adapter = m.adapter.clone().map(|adapter_dir| AdapterSpec::new(adapter_dir, m.merge_adapter));
@@ -205,7 +213,7 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;
     let embedder = Arc::new(embedder);
     // The model id keys the QE cache and the taxonomy embeddings: an adapter makes another model.
-    let model_id = format!("{}{adapter_id}", m.name);
+    let model_id = format!("{}{adapter_id}", model_id(&dir));
     // Token counting and /relevance run on the blocking pool. The default (512) would let a
     // burst start hundreds of threads that fight for the cores the model needs; a few per core
     // leave room for /relevance requests that wait there for the model thread.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tandem_ebrm::cli::{load_extractor, ranking_lines};
 use tandem_ebrm::rules::{annotate, candidates, plugin_query};
 use tandem_ebrm::{CategorySearch, Ebrm, Intervention, Item, Logic, LruQeCache, QeCache, Ranking, TextEncoder};
-use tandem_models::Embedder;
+use tandem_models::{Embedder, TextRole};
 use tandem_plugins::{Host, RuleSet, Watcher};
 
 /// Why an encode through the batcher failed, kept typed through `anyhow` so the handler can
@@ -114,22 +114,16 @@ impl BatchedEncoder {
     ) -> Self {
         BatchedEncoder { batcher, embedder, runtime, id, max_batch_tokens }
     }
-}
-
-impl TextEncoder for BatchedEncoder {
-    fn id(&self) -> &str {
-        &self.id
-    }
 
     /// Entity texts and titles are truncated to the model's limit silently: EBRM scores what
-    /// fits, as the CLI does. Each text is tokenized once, here; the batcher gets its ids.
-    /// Large calls (the taxonomy at start-up) go as several jobs of at most
-    /// `max_batch_tokens`, all queued before the first is awaited.
-    fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    /// fits, as the CLI does. Each text is tokenized once, here (with the model's prompt for
+    /// `role`); the batcher gets its ids. Large calls (the taxonomy at start-up) go as several
+    /// jobs of at most `max_batch_tokens`, all queued before the first is awaited.
+    fn encode_as(&self, texts: &[&str], role: TextRole) -> Result<Vec<Vec<f32>>> {
         let mut jobs = Vec::new();
         let (mut chunk, mut chunk_tokens) = (Vec::new(), 0);
         for text in texts {
-            let tokens = self.embedder.tokenize_counted(text)?.tokens;
+            let tokens = self.embedder.tokenize_counted_as(text, role)?.tokens;
             if !chunk.is_empty() && chunk_tokens + tokens.len() > self.max_batch_tokens {
                 jobs.push(std::mem::take(&mut chunk));
                 chunk_tokens = 0;
@@ -164,6 +158,20 @@ impl TextEncoder for BatchedEncoder {
             vectors.extend(reply.map_err(|e| anyhow::anyhow!("{}", e.message))?);
         }
         Ok(vectors)
+    }
+}
+
+impl TextEncoder for BatchedEncoder {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encode_as(texts, TextRole::Passage)
+    }
+
+    fn encode_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encode_as(texts, TextRole::Query)
     }
 }
 

@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tandem_models::Embedder;
 use tandem_models::embed::cosine;
 use tandem_models::tokenizer::TokenizedText;
+use tandem_models::{Embedder, TextRole};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What `/info` and the handlers need to know about the embedding model.
@@ -174,22 +174,25 @@ impl AppState {
         Ok(())
     }
 
-    /// Tokenizes each text once, truncated at the model's limit, for [`AppState::infer`]; or
-    /// 413 naming the first text over the limit when truncation was not asked for.
-    /// Tokenizing is CPU work: it runs on the blocking pool, bounded by the admission slots.
+    /// Tokenizes each text once, with the model's prompt for its role (`role` of its index),
+    /// truncated at the model's limit, for [`AppState::infer`]; or 413 naming the first text
+    /// over the limit when truncation was not asked for. Tokenizing is CPU work: it runs on
+    /// the blocking pool, bounded by the admission slots.
     async fn tokenize(
         &self,
         texts: Vec<String>,
+        role: impl Fn(usize) -> TextRole + Send + 'static,
         truncate: bool,
         name: impl Fn(usize) -> String,
     ) -> Result<Vec<TokenizedText>, ApiError> {
         let embedder = self.embedder.clone();
-        let counted =
-            tokio::task::spawn_blocking(move || texts.iter().map(|t| embedder.tokenize_counted(t)).collect::<Vec<_>>())
-                .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, format!("tokenizer: {e}"))
-                })?;
+        let counted = tokio::task::spawn_blocking(move || {
+            texts.iter().enumerate().map(|(i, t)| embedder.tokenize_counted_as(t, role(i))).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, format!("tokenizer: {e}"))
+        })?;
         let max = self.model.max_tokens;
         let mut tokenized = Vec::with_capacity(counted.len());
         for (i, text) in counted.into_iter().enumerate() {
@@ -243,6 +246,23 @@ impl AppState {
         Ok(())
     }
 
+    /// TEI's `prompt_name`: the role whose prompt goes before each input, for a model that
+    /// has prompts (E5: "query", "passage"); none: the texts searched.
+    fn prompt_role(&self, prompt_name: Option<&str>) -> Result<TextRole, ApiError> {
+        let prompts = self.embedder.prompts();
+        match prompt_name {
+            None => Ok(TextRole::Passage),
+            Some(_) if prompts.query.is_empty() && prompts.passage.is_empty() => {
+                Err(ApiError::invalid("`prompt_name`: this model has no named prompts"))
+            }
+            Some("query") => Ok(TextRole::Query),
+            Some("passage") => Ok(TextRole::Passage),
+            Some(other) => Err(ApiError::invalid(format!(
+                "`prompt_name`: {other:?} is not one of this model's prompts (query, passage)"
+            ))),
+        }
+    }
+
     /// `/embed`'s `model`, when given, must name a served model.
     fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
         match model {
@@ -294,14 +314,14 @@ async fn embed(State(s): AppRef, req: Request) -> Response {
 async fn embed_inner(s: &AppState, req: Request) -> Result<Vec<Vec<f32>>, ApiError> {
     let permit = s.admit()?;
     let body: EmbedRequest = s.read_json(req).await?;
-    if body.prompt_name.is_some() {
-        return Err(ApiError::invalid("`prompt_name`: this model has no named prompts"));
-    }
     let one = body.inputs.is_one();
     let texts = body.inputs.into_vec();
     s.check_count(texts.len(), "inputs")?;
     let name = |i: usize| if one { "inputs".to_string() } else { format!("inputs[{i}]") };
     if let Some(llm) = s.llm.as_ref().filter(|l| l.is_named(body.model.as_deref())) {
+        if body.prompt_name.is_some() {
+            return Err(ApiError::invalid("`prompt_name`: this model has no named prompts"));
+        }
         llm.check_embedding_options(body.truncation_direction.as_deref(), body.dimensions)?;
         let (mut vectors, _) = llm.embed(s, &texts, body.truncate, name).await?;
         drop(permit);
@@ -313,7 +333,8 @@ async fn embed_inner(s: &AppState, req: Request) -> Result<Vec<Vec<f32>>, ApiErr
     s.check_model(body.model.as_deref())?;
     s.check_unsupported(body.truncation_direction.as_deref(), body.dimensions)?;
     s.check_normalize(body.normalize)?;
-    let tokenized = s.tokenize(texts, body.truncate, name).await?;
+    let role = s.prompt_role(body.prompt_name.as_deref())?;
+    let tokenized = s.tokenize(texts, move |_| role, body.truncate, name).await?;
     let mut vectors = s.infer(tokenized, permit).await?;
     s.normalize(&mut vectors, body.normalize);
     Ok(vectors)
@@ -351,8 +372,8 @@ async fn openai_inner(s: &AppState, req: Request) -> Result<OpenAiResponse, ApiE
         return Ok(openai_list(vectors, base64, llm.id.clone(), tokens));
     }
     s.check_unsupported(None, body.dimensions)?;
-    let tokenized =
-        s.tokenize(texts, body.truncate, |i| if one { "input".into() } else { format!("input[{i}]") }).await?;
+    let name = |i| if one { "input".into() } else { format!("input[{i}]") };
+    let tokenized = s.tokenize(texts, |_| TextRole::Passage, body.truncate, name).await?;
     let tokens: usize = tokenized.iter().map(TokenizedText::len).sum();
     let mut vectors = s.infer(tokenized, permit).await?;
     // OpenAI's embeddings are normalized.
@@ -402,8 +423,9 @@ async fn rerank_inner(s: &AppState, req: Request) -> Result<Vec<Rank>, ApiError>
     let mut texts = Vec::with_capacity(body.texts.len() + 1);
     texts.push(body.query);
     texts.extend(body.texts);
-    let tokenized =
-        s.tokenize(texts, body.truncate, |i| if i == 0 { "query".into() } else { format!("texts[{}]", i - 1) }).await?;
+    let role = |i| if i == 0 { TextRole::Query } else { TextRole::Passage };
+    let name = |i| if i == 0 { "query".into() } else { format!("texts[{}]", i - 1) };
+    let tokenized = s.tokenize(texts, role, body.truncate, name).await?;
     let vectors = s.infer(tokenized, permit).await?;
     let (query, docs) = vectors.split_first().ok_or_else(|| ApiError::backend("the model returned no vectors"))?;
     let mut ranks: Vec<Rank> = docs
