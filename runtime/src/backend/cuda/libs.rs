@@ -53,7 +53,8 @@ pub fn nvrtc() -> Result<(), String> {
             Err(match preloaded {
                 Some(path) => format!(
                     "NVRTC was opened from {} but is not one of the names the CUDA bindings look for ({}): \
-                     use an NVRTC 12.x library",
+                     use an NVRTC 12.x library, or give a CUDA 13 one the plain name libnvrtc.so (a link to it \
+                     in a folder on LD_LIBRARY_PATH, set before tandem starts)",
                     path.display(),
                     candidates("nvrtc")
                 ),
