@@ -120,18 +120,7 @@ pub fn gelu(x: f32) -> f32 {
 /// Below this many elements, threads cost more than they save.
 pub(crate) const PAR_MIN: usize = 1 << 14;
 
-/// Applies `f` to every element, across threads when the slice is large. `f` should be
-/// simple enough for the compiler to vectorise (no branching on an op code per element).
-pub(crate) fn par_map_inplace(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Copy) {
-    let chunk = |c: &mut [f32]| map_chunk(c, f);
-    if x.len() < PAR_MIN {
-        chunk(x);
-    } else {
-        x.par_chunks_mut(4096).for_each(chunk);
-    }
-}
-
-/// The loop of `par_map_inplace`, compiled again for AVX2+FMA and for AVX-512 (picked at run
+/// `f` applied in place, compiled again for AVX2+FMA and for AVX-512 (picked at run
 /// time) since release builds target baseline x86-64 (the level from [`super::isa::CpuIsa`]).
 pub(crate) fn map_chunk(c: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     #[cfg(target_arch = "x86_64")]
@@ -258,8 +247,7 @@ pub fn binary_params(kind: BinaryKind, a: &[usize], b: &[usize], out: &[usize]) 
 }
 
 pub fn unary_cpu(kind: UnaryKind, x: &[f32], out: &mut [f32]) {
-    out.copy_from_slice(x);
-    par_map_inplace(out, |v| kind.apply(v));
+    par_map_into(out, x, |v| kind.apply(v));
 }
 
 pub fn binary_cpu(p: &BinaryParams, a: &[f32], b: &[f32], out: &mut [f32]) {
@@ -308,9 +296,14 @@ pub fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
 
 pub fn clamp_cpu(p: &ClampParams, x: &[f32], out: &mut [f32]) {
     let (lo, hi) = (p.min, p.max);
-    // One pass, read and written once (it was a copy then a clamp in place: MobileNetV2's
-    // ReLU6 layers spent a quarter of its time there).
-    let chunk = |(o, x): (&mut [f32], &[f32])| map_into_chunk(o, x, |v| clamp(v, lo, hi));
+    par_map_into(out, x, |v| clamp(v, lo, hi));
+}
+
+/// `out[i] = f(x[i])`, across threads when the slice is large: one pass, each element read
+/// and written once (a copy then a map in place cost MobileNetV2's ReLU6 layers a quarter of
+/// its time).
+pub(crate) fn par_map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Sync + Copy) {
+    let chunk = |(o, x): (&mut [f32], &[f32])| map_into_chunk(o, x, f);
     if out.len() < PAR_MIN {
         let n = out.len();
         chunk((out, &x[..n]));
