@@ -9,6 +9,8 @@
 # - the CUDA conformance tests, the MiniLM parity test, then tandem-gpu-check (the same
 #   checks, MiniLM embeddings, timings) and benches/gpu_compare.py (PyTorch on the same
 #   shapes), and prints the table;
+# - with both: `tandem serve` on MiniLM, backend auto, asked over HTTP
+#   (benches/gpu_serve_check.py: the backend it picked, cosines, first and single-text times);
 # - the decoders (bin/tandem and decoders/*.gguf): benches/gpu_llm_compare.py, tandem's CUDA
 #   backend against PyTorch (needs the gguf Python package beside transformers).
 # Exits non-zero when a check fails.
@@ -73,6 +75,10 @@ if [ -d "$here/minilm" ]; then
     tail -n 20 "$out/torch.log"
   fi
   "$here/bin/tandem-gpu-check" report "$out/tandem.json" "$out/torch.json" | tee "$out/table.txt" || status=1
+fi
+if [ -x "$here/bin/tandem" ] && [ -d "$here/minilm" ]; then
+  echo "== tandem serve, backend auto, over HTTP"
+  python3 "$here/gpu_serve_check.py" "$here/bin/tandem" "$here/minilm" "$here/minilm_embeddings.json" || status=1
 fi
 if [ -x "$here/bin/tandem" ]; then
   echo "== decoders: tandem CUDA against PyTorch"

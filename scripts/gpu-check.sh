@@ -61,7 +61,7 @@ for t in "${tests[@]}"; do cp "${t#*=}" "$bundle/bin/${t%%=*}"; done
 cp target/release/tandem-gpu-check "$bundle/bin/"
 strip "$bundle"/bin/* 2>/dev/null || echo "gpu-check.sh: strip not found; the bundle may exceed 64 MiB" >&2
 target/release/tandem-gpu-check pack-model "$model" "$bundle/minilm"
-cp tests/reference/minilm_embeddings.json benches/gpu_compare.py "$bundle/"
+cp tests/reference/minilm_embeddings.json benches/gpu_compare.py benches/gpu_serve_check.py "$bundle/"
 cp cuda/gpu_run.sh "$bundle/run.sh"
 chmod +x "$bundle/run.sh"
 
