@@ -6,7 +6,8 @@
 #
 #   scripts/gpu-check.sh                 build + bundle, and run it if there is a GPU here
 #   scripts/gpu-check.sh --bundle-only   build + bundle only (to carry to a GPU machine; also
-#                                        written as <bundle>.tar.xz, which is smaller)
+#                                        written as <bundle>.tar.xz and, with the decoders,
+#                                        <bundle>-decoders.tar.xz, which are smaller)
 #   BUNDLE=dir scripts/gpu-check.sh      bundle somewhere else (default target/gpu-bundle)
 #
 # The bundle needs no Rust toolchain on the GPU machine: on it, run `<bundle>/run.sh` (it
@@ -59,7 +60,7 @@ rm -rf "$bundle"
 mkdir -p "$bundle/bin"
 for t in "${tests[@]}"; do cp "${t#*=}" "$bundle/bin/${t%%=*}"; done
 cp target/release/tandem-gpu-check "$bundle/bin/"
-strip "$bundle"/bin/* 2>/dev/null || echo "gpu-check.sh: strip not found; the bundle may exceed 64 MiB" >&2
+strip "$bundle"/bin/* 2>/dev/null || echo "gpu-check.sh: strip not found; the archives may not fit a 64 MiB transfer" >&2
 target/release/tandem-gpu-check pack-model "$model" "$bundle/minilm"
 cp tests/reference/minilm_embeddings.json benches/gpu_compare.py benches/gpu_serve_check.py "$bundle/"
 cp cuda/gpu_run.sh "$bundle/run.sh"
