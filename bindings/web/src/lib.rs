@@ -5,11 +5,13 @@
 //! all-MiniLM-L6-v2), the image model (torchvision's MobileNetV2) and a GGUF decoder
 //! (SmolLM2, Qwen2.5: [`generate`]) on it. Everything that can
 //! wait is a promise; every failure rejects with a `TandemError` (see [`error`] and the codes in
-//! [`code`]). Downloads are kept in Cache Storage ([`fetch`]).
+//! [`code`]). Downloads are kept in Cache Storage ([`fetch`]). On the CPU, `threads` embeds
+//! batches on a pool of Web Workers ([`pool`]).
 
 mod adapter;
 mod fetch;
 mod generate;
+mod pool;
 mod relevance;
 mod types;
 
@@ -92,16 +94,22 @@ pub struct Tandem {
     pub(crate) relevance: RefCell<Option<Rc<relevance::Engine>>>,
     /// The decoder `generate` runs, once `loadLanguageModel` has run (see generate.rs).
     pub(crate) llm: RefCell<Option<Rc<tandem_models::llm::Llm>>>,
+    /// The workers that embed with this instance, when `threads` asked for more than one on
+    /// the CPU backend (see pool.rs).
+    pool: Option<pool::Pool>,
 }
 
 #[wasm_bindgen]
 impl Tandem {
     /// Opens a backend: `{ backend: "auto" | "webgpu" | "cpu" }`, auto by default (WebGPU
     /// when the browser gives a hardware adapter, else the CPU; a software adapter such as
-    /// SwiftShader only when "webgpu" is asked for).
+    /// SwiftShader only when "webgpu" is asked for). `threads` (1 by default, a number up to
+    /// 16, or "max": the browser's `navigator.hardwareConcurrency`) embeds batches on that
+    /// many threads when the backend is the CPU: this one and Web Workers.
     pub async fn create(options: Option<TandemOptions>) -> Result<Tandem, JsValue> {
         console_error_panic_hook::set_once();
         let options: JsValue = options.map(Into::into).unwrap_or(JsValue::UNDEFINED);
+        let threads = threads_option(&options)?;
         let choice = match optional_string(&options, "backend")?.as_deref() {
             None | Some("auto") => BackendChoice::Auto,
             Some("webgpu") => BackendChoice::Wgpu,
@@ -133,6 +141,12 @@ impl Tandem {
         let device = Device::open(choice)
             .await
             .map_err(|e| error(code::WEBGPU_UNAVAILABLE, format!("WebGPU is not available: {e:#}")))?;
+        // The workers run the CPU backend: on WebGPU a batch already runs on the GPU, and each
+        // worker would open a device of its own.
+        let pool = match threads {
+            n if n > 1 && device.backend_name() == "cpu" => Some(pool::Pool::start(n - 1).await?),
+            _ => None,
+        };
         Ok(Tandem {
             device,
             reason,
@@ -140,7 +154,15 @@ impl Tandem {
             image: RefCell::new(None),
             relevance: RefCell::new(None),
             llm: RefCell::new(None),
+            pool,
         })
+    }
+
+    /// Threads `embed` runs on: 1, or this instance and its workers still running (a worker
+    /// that failed for good leaves the pool).
+    #[wasm_bindgen(getter)]
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, pool::Pool::threads)
     }
 
     /// "webgpu" or "cpu".
@@ -190,10 +212,16 @@ impl Tandem {
                 required_bytes(&source, "weights")?,
             ),
         };
+        // The workers' copy is taken before the weights move into this instance's model; they
+        // load it once this instance has, so a bad file fails here once and changes nothing.
+        let copy = self.pool.as_ref().map(|_| pool::model_source(&config, &tokenizer, &weights));
         let embedder = Embedder::from_bytes(&name, &config, &tokenizer, weights, SentenceHead::MINILM, &self.device)
             .map_err(|e| error(code::BAD_MODEL, format!("{e:#}")))?;
         self.text.replace(Some(Rc::new(embedder)));
-        Ok(())
+        match (&self.pool, copy) {
+            (Some(pool), Some(copy)) => pool.load_text_model(&copy).await,
+            _ => Ok(()),
+        }
     }
 
     /// Loads torchvision's MobileNetV2 checkpoint (`mobilenet_v2-b0353104.pth`): `{ url }`
@@ -288,7 +316,24 @@ impl Tandem {
             .borrow()
             .clone()
             .ok_or_else(|| error(code::NOT_LOADED, "no text model is loaded: call loadTextModel first"))?;
-        embedder.embed_async(texts).await.map_err(|e| model_error(&self.device, e))
+        match &self.pool {
+            // One text stays here: a worker's round trip would only add to it.
+            Some(pool) if texts.len() > 1 && pool.threads() > 1 => pool.embed(&embedder, texts).await,
+            _ => embedder.embed_async(texts).await.map_err(|e| model_error(&self.device, e)),
+        }
+    }
+
+    /// For the tests of the pool's error paths: sends worker `i` (from 0) a request that
+    /// fails as `kind` says ("throw", "trap" or "uncaught"; see worker.js), posted at once.
+    #[doc(hidden)]
+    pub fn fault_worker(&self, i: usize, kind: &str) -> impl Future<Output = Result<JsValue, JsValue>> + use<> {
+        let call = self.pool.as_ref().and_then(|pool| pool.fault(i, kind));
+        async move {
+            match call {
+                Some(call) => call.await,
+                None => Err(error(code::BAD_INPUT, "no such worker")),
+            }
+        }
     }
 }
 
@@ -317,6 +362,28 @@ fn field(object: &JsValue, key: &str) -> Result<Option<JsValue>, JsValue> {
     }
     let value = Reflect::get(object, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED);
     Ok((!value.is_undefined() && !value.is_null()).then_some(value))
+}
+
+/// The `threads` option: 1 when absent, a whole number from 1 to [`pool::MAX_THREADS`], or
+/// "max": the browser's `navigator.hardwareConcurrency` (clamped to that range).
+fn threads_option(options: &JsValue) -> Result<usize, JsValue> {
+    let Some(value) = field(options, "threads")? else { return Ok(1) };
+    if value.as_string().as_deref() == Some("max") {
+        let navigator = Reflect::get(&js_sys::global(), &"navigator".into()).unwrap_or(JsValue::UNDEFINED);
+        let cores = Reflect::get(&navigator, &"hardwareConcurrency".into()).ok().and_then(|n| n.as_f64());
+        return Ok((cores.unwrap_or(1.0) as usize).clamp(1, pool::MAX_THREADS));
+    }
+    match value.as_f64() {
+        Some(n) if n.fract() == 0.0 && (1.0..=pool::MAX_THREADS as f64).contains(&n) => Ok(n as usize),
+        _ => {
+            let shown = value.as_f64().map(|n| n.to_string()).or_else(|| value.as_string().map(|s| format!("\"{s}\"")));
+            let shown = shown.unwrap_or_else(|| "not a number".into());
+            Err(error(
+                code::BAD_INPUT,
+                format!("threads is {shown}, expected a whole number from 1 to {} or \"max\"", pool::MAX_THREADS),
+            ))
+        }
+    }
 }
 
 /// `object[key]` as a string; None when the object or the key is absent (undefined or null).

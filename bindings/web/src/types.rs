@@ -11,6 +11,8 @@ export type TandemBackend = "auto" | "webgpu" | "cpu";
 
 export interface TandemOptions {
   backend?: TandemBackend;
+  /** Threads that embed a batch on the CPU backend: this instance and Web Workers, each with its own copy of the text model. 1 by default; "max" is navigator.hardwareConcurrency; at most 16. Ignored on WebGPU. */
+  threads?: number | "max";
 }
 
 /** A sentence-transformers BERT (all-MiniLM-L6-v2): a folder URL, or the bytes of its three files. */

@@ -41,7 +41,10 @@ async fn tandem(backend: &str) -> Tandem {
 }
 
 async fn with_tiny_text_model(backend: &str) -> Tandem {
-    let t = tandem(backend).await;
+    with_tiny_text_model_on(tandem(backend).await).await
+}
+
+async fn with_tiny_text_model_on(t: Tandem) -> Tandem {
     let source = object(&[
         ("config", bytes(TINY_CONFIG)),
         ("tokenizer", bytes(TINY_TOKENIZER)),
@@ -186,6 +189,102 @@ async fn a_missing_file_fails_the_download() {
     assert_eq!(code_of(Err::<(), _>(e)), "download_failed");
     let source = object(&[("url", "/no/such/mobilenet_v2.pth".into())]);
     assert_eq!(code_of(t.load_image_model(source.unchecked_into()).await), "download_failed");
+}
+
+/// `Tandem.create({ backend: "cpu", threads })`.
+async fn on_threads(threads: JsValue) -> Result<Tandem, JsValue> {
+    Tandem::create(Some(object(&[("backend", "cpu".into()), ("threads", threads)]).unchecked_into())).await
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
+}
+
+/// Texts of uneven lengths (the tiny model's limit cuts the longest), so that the shares
+/// differ in size.
+const UNEVEN: &[&str] = &[
+    "red running shoes",
+    "a",
+    "shoes for running in the rain, red, with a sole that grips on wet stone and mud, size 44, \
+     waterproof, breathable, light, and made to last through a thousand kilometres of trails",
+    "",
+    "blue phone case",
+    "espresso coffee beans, dark roast, 1 kg bag, whole bean, from a single farm",
+    "x y z",
+];
+
+fn assert_same_vectors(pool: &[Vec<f32>], one: &[Vec<f32>], what: &str) {
+    assert_eq!(pool.len(), one.len(), "{what}: count");
+    for (i, (p, o)) in pool.iter().zip(one).enumerate() {
+        let c = cosine(p, o);
+        assert!(c >= 0.99999, "{what}: text {i} has cosine {c} with the single instance's");
+    }
+}
+
+/// A pool of two (this instance and one worker) gives the single instance's embeddings, in
+/// order, for batches of 1, 3 and 7 texts of uneven lengths; bad `threads` are refused.
+#[wasm_bindgen_test]
+async fn a_pool_of_two_embeds_like_one_instance() {
+    let one = with_tiny_text_model("cpu").await;
+    let two = with_tiny_text_model_on(on_threads(2.into()).await.unwrap()).await;
+    assert_eq!((one.threads(), two.threads()), (1, 2));
+    for n in [1, 3, 7] {
+        let (a, b) = (embed(&two, &UNEVEN[..n]).await, embed(&one, &UNEVEN[..n]).await);
+        assert_same_vectors(&a, &b, &format!("{n} texts"));
+    }
+    // Reversed, the long text lands in another share; a second call reuses the workers.
+    let reversed: Vec<&str> = UNEVEN.iter().rev().copied().collect();
+    assert_same_vectors(&embed(&two, &reversed).await, &embed(&one, &reversed).await, "reversed");
+    let s = two.similarity(UNEVEN[0].into(), UNEVEN[4].into()).await.unwrap();
+    let e = embed(&one, &[UNEVEN[0], UNEVEN[4]]).await;
+    assert!((s as f32 - cosine(&e[0], &e[1])).abs() < 1e-5, "similarity {s}");
+    assert!(embed(&two, &[]).await.is_empty());
+
+    let max = on_threads("max".into()).await.unwrap();
+    let cores = Reflect::get(&js_sys::global(), &"navigator".into())
+        .and_then(|n| Reflect::get(&n, &"hardwareConcurrency".into()))
+        .unwrap()
+        .as_f64()
+        .unwrap() as usize;
+    assert_eq!(max.threads(), cores.clamp(1, 16));
+    for bad in [JsValue::from(0), JsValue::from(1.5), JsValue::from(17), "many".into()] {
+        assert_eq!(code_of(on_threads(bad).await), "bad_input");
+    }
+    // WebGPU takes no workers.
+    let gpu = Tandem::create(Some(object(&[("backend", "webgpu".into()), ("threads", 2.into())]).unchecked_into()));
+    assert_eq!(gpu.await.unwrap().threads(), 1);
+}
+
+/// A worker's error rejects the call with the worker's message; a worker that fails for good
+/// (a trap, an uncaught error) rejects what it owed, leaves the pool, and the rest go on.
+#[wasm_bindgen_test]
+async fn a_worker_error_rejects_and_a_dead_worker_leaves_the_pool() {
+    let one = with_tiny_text_model("cpu").await;
+    let t = with_tiny_text_model_on(on_threads(3.into()).await.unwrap()).await;
+    let message = |e: &JsValue| Reflect::get(e, &"message".into()).unwrap().as_string().unwrap();
+
+    let e = t.fault_worker(0, "throw").await.unwrap_err();
+    assert!(message(&e).contains("worker 1: an error asked for by a test"), "{}", message(&e));
+    assert_eq!(code_of(Err::<(), _>(e)), "internal");
+    assert_eq!(t.threads(), 3, "an error answered is not a death");
+
+    // A trap ends worker 1; the embed queued behind it there is rejected, not left waiting.
+    let trap = t.fault_worker(0, "trap");
+    let during = t.embed(texts(UNEVEN)).await;
+    assert!(message(&trap.await.unwrap_err()).contains("unreachable (a trap asked for by a test)"));
+    let e = during.err().expect("the embed worker 1 owed is rejected");
+    assert!(message(&e).contains("worker 1 died"), "{}", message(&e));
+    assert_eq!(t.threads(), 2);
+    assert_same_vectors(&embed(&t, UNEVEN).await, &embed(&one, UNEVEN).await, "on 2 threads");
+
+    // An uncaught error gets no answer: the worker's error event rejects the call.
+    let e = t.fault_worker(1, "uncaught").await.unwrap_err();
+    assert!(message(&e).contains("worker 2 died") && message(&e).contains("uncaught error"), "{}", message(&e));
+    assert_eq!(t.threads(), 1);
+    let e = t.fault_worker(1, "throw").await.unwrap_err();
+    assert!(message(&e).contains("worker 2 died"), "{}", message(&e));
+    assert_same_vectors(&embed(&t, UNEVEN).await, &embed(&one, UNEVEN).await, "on 1 thread");
 }
 
 /// A taxonomy embedding file as the server publishes it (`TDMTAX01`, paths, dim, floats),
