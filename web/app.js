@@ -47,6 +47,10 @@ const el = (tag, props = {}, ...children) => {
 
 const params = new URLSearchParams(location.search);
 const requestedBackend = ["auto", "webgpu", "cpu"].includes(params.get("backend")) ? params.get("backend") : "auto";
+// `?threads=N` or `?threads=max`: embed on N threads on the CPU backend (this page and N - 1
+// Web Workers, each with its own copy of MiniLM). 1 by default: the page embeds two or three
+// texts at a time, which gain little from more.
+const requestedThreads = params.get("threads") === "max" ? "max" : Number(params.get("threads") || 1);
 
 const state = {
   tandem: null,
@@ -360,7 +364,7 @@ async function start() {
     return;
   }
   try {
-    state.tandem = await timed("create runtime", () => mod.Tandem.create({ backend: requestedBackend }), { once: true });
+    state.tandem = await timed("create runtime", () => mod.Tandem.create({ backend: requestedBackend, threads: requestedThreads }), { once: true });
   } catch (e) {
     setStatus("error", e && e.code === "webgpu_unavailable" ? "No WebGPU" : "No backend");
     showError(e, requestedBackend !== "cpu" ? { action: { label: "Use the CPU", run: () => switchBackend("cpu") } } : undefined);
@@ -373,7 +377,8 @@ async function start() {
   badge.textContent = backend === "webgpu" ? "WebGPU" : "CPU · wasm";
   badge.title = info;
   $("backend-name").textContent = backend === "webgpu" ? "WebGPU" : "CPU (WebAssembly SIMD)";
-  $("backend-info").textContent = `${info}${requestedBackend !== "auto" ? ` (asked for ${requestedBackend})` : ""}`;
+  const threads = state.tandem.threads > 1 ? `; embeddings on ${state.tandem.threads} threads` : "";
+  $("backend-info").textContent = `${info}${threads}${requestedBackend !== "auto" ? ` (asked for ${requestedBackend})` : ""}`;
   $("ask-button").disabled = false;
   if (await loadModels()) await analyze();
 }

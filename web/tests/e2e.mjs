@@ -13,6 +13,8 @@
 // follow the last photo); when the server serves a visual adapter (scripts/test-web.sh starts it
 // with the repository's seeded one), the answer sees the photo through it. Then the bad-input flows: a file
 // that is not an image, a huge image, and a model download that fails (route interception).
+// In the cpu mode, the page again with ?threads=2: its analysis runs through the pool of Web
+// Workers, and MiniLM's embeddings there equal a one-thread instance's in the same page.
 // Prints the timings of every mode as a table and writes them to <out>/timings.json.
 
 import { chromium } from "playwright-core";
@@ -379,6 +381,63 @@ async function downloadFailure(mode) {
   }
 }
 
+// Texts of uneven lengths: the pool's shares differ in size.
+const UNEVEN = [
+  "lavazza espresso",
+  "Lavazza Super Crema Whole Bean Espresso Coffee, Medium Roast, 2.2 lb Bag, a blend of Arabica and Robusta " +
+    "from Brazil, India, Indonesia and Vietnam, mild and creamy, with notes of hazelnut and brown sugar",
+  "a",
+  "Nike Revolution 7 Men's Road Running Shoes, Black/White, Size 10",
+  "",
+  "stainless steel water bottle",
+  "Hydro Flask 32 oz Wide Mouth Stainless Steel Water Bottle with Flex Cap",
+];
+
+async function threadsFlow(mode) {
+  console.log(`\n== ${mode}: ?threads=2`);
+  const browser = await launch(mode);
+  const log = [];
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+    const page = await context.newPage();
+    watch(page, log);
+    const notFound = [];
+    context.on("response", (r) => r.status() === 404 && notFound.push(new URL(r.url()).pathname));
+    await page.goto(`${base}/?backend=${pageBackend(mode)}&threads=2`);
+    await page.waitForSelector('#status:is([data-state="ready"], [data-state="error"])', { timeout: LOAD_TIMEOUT });
+    check((await page.getAttribute("#status", "data-state")) === "ready", "the page is ready on two threads");
+    await waitRuns(page, 1);
+    check((await page.getAttribute("#category", "data-state")) === "done", "its analysis ran through the pool");
+    check(await page.evaluate(() => window.tandemDemo.state.tandem.threads) === 2, "the runtime has two threads");
+    check(/2 threads/.test(await page.textContent("#backend-info")), "the page says so");
+    const cosines = await page.evaluate(async (texts) => {
+      const mod = await import("/pkg/tandem_web.js"); // the page's module, initialized
+      const one = await mod.Tandem.create({ backend: "cpu" });
+      await one.loadTextModel({ baseUrl: "/models/minilm/" });
+      const two = window.tandemDemo.state.tandem;
+      const cos = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0) / Math.hypot(...a) / Math.hypot(...b);
+      const out = {};
+      for (const n of [1, 3, 7]) {
+        const [a, b] = [await two.embed(texts.slice(0, n)), await one.embed(texts.slice(0, n))];
+        out[n] = a.map((v, i) => cos(v, b[i]));
+      }
+      one.free();
+      return out;
+    }, UNEVEN);
+    console.log(`  cosines with one thread: ${JSON.stringify(cosines)}`);
+    for (const n of [1, 3, 7]) {
+      check(cosines[n].length === n && cosines[n].every((c) => c >= 0.99999), `${n} texts on two threads embed as on one, in order`);
+    }
+    check(notFound.length === 0, `nothing the page or its workers ask for is a 404 (${notFound.join(", ")})`);
+    await context.close();
+  } catch (e) {
+    failures.push(`${mode} threads: ${e.message}`);
+    console.log(`  FAILED: ${e.message}\n  page log:\n    ${log.slice(-40).join("\n    ")}`);
+  } finally {
+    await browser.close();
+  }
+}
+
 // A PNG signature and IHDR chunk for a width x height RGB image, then a truncated IDAT.
 function hugePng(width, height) {
   const crcTable = Array.from({ length: 256 }, (_, n) => {
@@ -427,6 +486,7 @@ function table() {
 
 for (const mode of modes) await mainFlow(mode);
 await downloadFailure(modes[modes.length - 1]);
+if (modes.includes("cpu")) await threadsFlow("cpu");
 
 if (modes.every((m) => results[m])) {
   const classes = modes.map((m) => results[m].top.class);
