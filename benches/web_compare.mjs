@@ -14,8 +14,13 @@
 // --model: tandem's MiniLM folder (config.json, tokenizer.json, model.safetensors; `tandem
 //   fetch minilm` puts it in ~/.cache/tandem/models/minilm).
 //
+// --threads: the thread counts to run ("max": the browser's navigator.hardwareConcurrency);
+// at each, both engines get that many threads: tandem as Tandem.create({ threads }) (its pool
+// of Web Workers, each with its own wasm instance and copy of the model), transformers.js as
+// onnxruntime-web's numThreads. A run where an engine did not get them fails.
 // The page is served by this script with COOP/COEP headers (cross-origin isolated), so
-// onnxruntime-web may use its SharedArrayBuffer threads; every engine gets the same page.
+// onnxruntime-web may use its SharedArrayBuffer threads (tandem's workers need no such
+// headers); every engine gets the same page.
 // Each thread count gets a fresh browser; each engine embeds every workload once to warm
 // up, then the rounds interleave the engines (alternating which goes first) and the table
 // shows medians (5x the rounds for the one-text workload). Before timing, the embeddings of the engines are compared (cosine per
@@ -106,7 +111,7 @@ window.bench = {
       const t = await mod.Tandem.create({ backend: "cpu", threads });
       await t.loadTextModel({ baseUrl: "/minilm/" });
       engines.tandem = { embed: (texts) => t.embed(texts) };
-      info.tandem = { backend: t.backendInfo, threads: t.threads ?? 1 };
+      info.tandem = { backend: t.backendInfo, threads: t.threads };
     }
     if (which.includes("tjs")) {
       const { AutoTokenizer, AutoModel, env } = await import("/tjs/transformers.min.js");
@@ -210,6 +215,12 @@ try {
       await page.waitForFunction(() => window.benchReady);
       const info = await page.evaluate(([e, t]) => window.bench.setup(e, t), [engines, threads]);
       console.log(`\n== ${threads} thread(s): ${JSON.stringify(info)}`);
+      for (const e of engines) {
+        if (info[e].threads !== threads) {
+          console.error(`FAIL: ${e} runs ${info[e].threads} thread(s), not ${threads}`);
+          failed = true;
+        }
+      }
       const run = { threads, info, workloads: {} };
       for (const [name, texts] of Object.entries(WORKLOADS)) {
         const tokens = await page.evaluate((t) => window.bench.tokens(t), texts);
