@@ -21,9 +21,9 @@ alternating which goes first, so that load from elsewhere on a shared machine hi
 
 Reported per model: median tokens/s per tool (prefill and decode), the median over rounds of
 the time ratio tandem / llama.cpp (above 1: tandem is slower), peak RSS, and KV-cache bytes per
-1000 tokens (llama.cpp: its own report of the cache it allocated, per cell; tandem: from the GGUF
-metadata, layers x 2 x kv_heads x head_dim x 4 bytes, an f32 cache). Also the CPU model, its ISA
-flags, the load average before and after, and tool versions. Raw results go to
+1000 tokens (llama.cpp: its own report of the cache it allocated, per cell; tandem: its
+`generate --json` kv_cache_bytes_per_token, or from the GGUF metadata as an f32 cache for an
+older binary). Also the CPU model, its ISA flags, the load average before and after, and tool versions. Raw results go to
 benches/out/llama_compare.json.
 
 Usage (the Python running it needs llama-cpp-python and numpy):
@@ -181,6 +181,7 @@ def tandem_run(binary, model, text, a):
             raise SystemExit(f"tandem printed no JSON object:\n{out[-2000:]}")
     return {"n_prompt": len(obj.get("prompt_ids", [])), "prefill_tokens_per_s": obj["prefill_tokens_per_s"],
             "decode_tokens_per_s": obj["decode_tokens_per_s"], "ids": obj.get("ids"), "finish": obj.get("finish"),
+            "kv_cache_bytes_per_token": obj.get("kv_cache_bytes_per_token"), "kv_cache_dtype": obj.get("kv_cache_dtype"),
             "peak_rss_mib": rss / 1024, "wall_s": wall}
 
 
@@ -340,8 +341,13 @@ def main():
                 "ids": rs[0].get("ids"),
             }
             if label == "tandem":
-                t["kv_bytes_per_1000_tokens"] = tandem_kv_bytes_per_1000(meta)
-                t["kv_note"] = "computed: layers x 2 x kv_heads x head_dim x 4 bytes (f32) x 1000"
+                per_token = rs[0].get("kv_cache_bytes_per_token")
+                if per_token:
+                    t["kv_bytes_per_1000_tokens"] = per_token * 1000
+                    t["kv_note"] = f"tandem generate --json: {per_token} bytes per token, {rs[0].get('kv_cache_dtype')}"
+                else:
+                    t["kv_bytes_per_1000_tokens"] = tandem_kv_bytes_per_1000(meta)
+                    t["kv_note"] = "computed: layers x 2 x kv_heads x head_dim x 4 bytes (f32) x 1000"
                 t["finish"] = rs[0].get("finish")
             else:
                 t["warm_median_prefill_tokens_per_s"] = round(med([x["warm"]["prefill_tokens_per_s"] for x in rs]), 2)

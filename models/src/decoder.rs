@@ -154,7 +154,7 @@ pub struct VisualGates {
 
 /// The decoder graph and its weights (in `graph.weights` order), read from `file`.
 pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTensor>)> {
-    decoder_graph_with(file, None)
+    decoder_graph_with(file, None, DType::F32)
 }
 
 /// [`decoder_graph`] with a visual adapter's gated attention in the layers it names. The
@@ -165,10 +165,17 @@ pub fn decoder_graph(file: &Gguf) -> Result<(DecoderConfig, Graph, Vec<HostTenso
 /// sequence's visual rows in a softmax of its own (no positions, not causal), and that result,
 /// scaled per head by tanh(gate), is added to the text attention's before the output
 /// projection: all gates 0 leaves the base decoder's numbers as they were.
+///
+/// `kv_cache` is the KV states' element type: f32, or f16 (half the memory; each key and
+/// value rounded once when stored, as llama.cpp's default cache does).
 pub fn decoder_graph_with(
     file: &Gguf,
     visual: Option<&VisualGates>,
+    kv_cache: DType,
 ) -> Result<(DecoderConfig, Graph, Vec<HostTensor>)> {
+    if !matches!(kv_cache, DType::F32 | DType::F16) {
+        bail!("a KV cache is f32 or f16, not {kv_cache}");
+    }
     let c = DecoderConfig::from_gguf(file)?;
     let mut b = Builder::new(file, &format!("{}-decoder", c.arch));
     let tokens = || Dim::sym("tokens");
@@ -201,7 +208,7 @@ pub fn decoder_graph_with(
     let mut x = b.node("embed", Op::Gather, &[embedding, ids])?;
     for l in 0..c.layers {
         let n = |s: &str| format!("blk.{l}.{s}");
-        let cache = || TensorType::new(DType::F32, vec![Dim::sym("kv_rows"), Dim::Fixed(c.kv_width() as u64)]);
+        let cache = || TensorType::new(kv_cache, vec![Dim::sym("kv_rows"), Dim::Fixed(c.kv_width() as u64)]);
         let k_cache = b.graph.state(&format!("l{l}.k"), cache());
         let v_cache = b.graph.state(&format!("l{l}.v"), cache());
         let norm = b.weight(&n("attn_norm.weight"))?;

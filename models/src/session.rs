@@ -179,6 +179,27 @@ impl Device {
         &self.reason
     }
 
+    /// Whether the backend runs `op` on inputs of these dtypes (see
+    /// [`Backend::supports_dtypes`]).
+    pub fn supports_dtypes(&self, op: &tandem_runtime::Op, inputs: &[tandem_runtime::DType]) -> bool {
+        match &self.backend {
+            AnyBackend::Cpu(b) => b.supports_dtypes(op, inputs),
+            #[cfg(feature = "wgpu")]
+            AnyBackend::Wgpu(b) => b.supports_dtypes(op, inputs),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.supports_dtypes(op, inputs),
+        }
+    }
+
+    /// The CPU's options, on the CPU backend.
+    pub fn cpu_options(&self) -> Option<CpuOptions> {
+        match &self.backend {
+            AnyBackend::Cpu(b) => Some(b.options()),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Why the GPU device was lost, once it has been (it stays lost); None on backends
     /// without a device to lose.
     pub fn lost(&self) -> Option<String> {

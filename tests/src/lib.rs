@@ -95,6 +95,12 @@ fn uniform(rng: &mut StdRng, shape: &[usize], lo: f32, hi: f32) -> HostTensor {
     HostTensor::f32(shape.to_vec(), (0..n).map(|_| rng.random_range(lo..hi)).collect()).unwrap()
 }
 
+/// An f32 tensor rounded to f16.
+fn to_f16(t: &HostTensor) -> HostTensor {
+    let halves = t.to_f32().iter().map(|&x| half::f16::from_f32(x)).collect();
+    HostTensor::new(t.shape.clone(), TensorData::F16(halves)).expect("same element count")
+}
+
 /// A random weight `[rows, k]` stored as `dtype` (f16, bf16 or GGUF blocks): random bytes with
 /// every block's f16 scales (and mins) set so that the values stay below about 1, as real
 /// weights do (sums of K products then keep f32 rounding far below the tolerances).
@@ -400,7 +406,14 @@ pub fn cases(seed: u64) -> Vec<Case> {
             uniform(rng, &[kv_tokens, kw], -1.0, 1.0),
             HostTensor::u32(vec![rows, 4], table.iter().flatten().copied().collect()).unwrap(),
         ];
-        add(format!("attention_cache_{table:?}_kv{kv_tokens}_h{heads}_kv{kv_heads}_d{d}_causal{causal}"), op, inputs);
+        let name = format!("attention_cache_{table:?}_kv{kv_tokens}_h{heads}_kv{kv_heads}_d{d}_causal{causal}");
+        // The same over an f16 KV cache (f32 queries): a decoder's cache at half the memory.
+        let mut halves = inputs.clone();
+        for kv in &mut halves[1..3] {
+            *kv = to_f16(kv);
+        }
+        add(format!("{name}_f16cache"), op.clone(), halves);
+        add(name, op, inputs);
     }
     // kv_write: new rows appended at each sequence's cursor (decode, prefill after a prefix,
     // a first prefill, an empty sequence), widths 1, 7 and 129.
@@ -416,6 +429,9 @@ pub fn cases(seed: u64) -> Vec<Case> {
             uniform(rng, &[tokens.max(1), width], -1.0, 1.0),
             HostTensor::u32(vec![table.len(), 4], table.iter().flatten().copied().collect()).unwrap(),
         ];
+        let mut f16_cache = inputs.clone();
+        f16_cache[0] = to_f16(&f16_cache[0]);
+        add(format!("kv_write_{table:?}_rows{cache_rows}_w{width}_f16cache"), Op::KvWrite(KvWrite), f16_cache);
         add(format!("kv_write_{table:?}_rows{cache_rows}_w{width}"), Op::KvWrite(KvWrite), inputs);
     }
     // gather, with ids out of range

@@ -99,11 +99,15 @@ fn naive_kv_write(case: &tandem_tests::Case) -> Vec<f32> {
     let mut cache = case.inputs[0].to_f32();
     let new = case.inputs[1].to_f32();
     let width = case.inputs[0].shape[1];
+    let f16_cache = case.inputs[0].dtype() == tandem_runtime::tensor::DType::F16;
     for row in case.inputs[2].as_u32().unwrap().chunks(4) {
         let [q_start, q_len, kv_start, kv_len] = [row[0], row[1], row[2], row[3]].map(|x| x as usize);
         for i in 0..q_len {
             let dst = kv_start + kv_len - q_len + i;
-            cache[dst * width..][..width].copy_from_slice(&new[(q_start + i) * width..][..width]);
+            for (c, &x) in cache[dst * width..][..width].iter_mut().zip(&new[(q_start + i) * width..][..width]) {
+                // An f16 cache holds each value rounded to nearest.
+                *c = if f16_cache { half::f16::from_f32(x).to_f32() } else { x };
+            }
         }
     }
     cache
@@ -124,6 +128,8 @@ fn cpu_matmul_and_attention_match_plain_loops() {
             _ => continue,
         };
         let got = run_case(CpuBackend::exact(), &case).unwrap().remove(0);
+        // (An f16 cache is compared as the f32 values it holds.)
+        let got = tandem_runtime::HostTensor::f32(got.shape.clone(), got.to_f32()).unwrap();
         let want = tandem_runtime::HostTensor::f32(got.shape.clone(), want).unwrap();
         compare(&got, &want, Tolerance::new(1e-4, 1e-4)).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         checked += 1;

@@ -2,18 +2,19 @@
 //! a prefill of P prompt tokens in one run (pp), then S greedy decode steps of one token
 //! each (tg), one sequence.
 //!
-//! Usage: decoder_timing FILE.gguf [--prompt P] [--steps S] [--exact] [--threads T]
-//! `--exact` runs the f32 reference path instead of the integer-dot one. Prints tokens per
+//! Usage: decoder_timing FILE.gguf [--prompt P] [--steps S] [--exact] [--f32-cache] [--threads T]
+//! `--exact` runs the f32 reference path instead of the integer-dot one; the KV cache is f16
+//! as `tandem generate` keeps it on the CPU, or f32 with `--f32-cache` (or `--exact`). Prints tokens per
 //! second for prefill and decode (the best of `--rounds` rounds, default 3) as JSON, and the
 //! process's CPU time for each (all threads; rayon's waiting threads spin a little, so on two
 //! threads this is an upper bound of the work).
 
 use anyhow::{Context, Result};
 use std::time::Instant;
-use tandem_models::decoder::{DecoderBatch, SampleRow, decoder_graph};
+use tandem_models::decoder::{DecoderBatch, SampleRow, decoder_graph_with};
 use tandem_runtime::backend::cpu::CpuBackend;
 use tandem_runtime::weights::Gguf;
-use tandem_runtime::{Outputs, Session};
+use tandem_runtime::{DType, Outputs, Session};
 
 fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
     match args.iter().position(|a| a == name) {
@@ -39,7 +40,8 @@ fn main() -> Result<()> {
     let threads = flag(&args, "--threads", rayon::current_num_threads())?;
     let exact = args.iter().any(|a| a == "--exact");
     let file = Gguf::open(path.as_ref())?;
-    let (config, graph, weights) = decoder_graph(&file)?;
+    let kv_cache = if exact || args.iter().any(|a| a == "--f32-cache") { DType::F32 } else { DType::F16 };
+    let (config, graph, weights) = decoder_graph_with(&file, None, kv_cache)?;
     let backend = if exact { CpuBackend::exact() } else { CpuBackend::new() };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let session = Session::new(backend, graph, &weights)?;
@@ -77,7 +79,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({
             "file": path, "threads": threads, "path": if exact { "exact f32" } else { "integer dot" },
-            "isa": tandem_runtime::ops::isa::CpuIsa::active().name(),
+            "isa": tandem_runtime::ops::isa::CpuIsa::active().name(), "kv_cache": kv_cache.to_string(),
             "prompt": prompt, "steps": steps,
             "prefill_tok_s": (best_pp * 10.0).round() / 10.0, "decode_tok_s": (best_tg * 10.0).round() / 10.0,
             "prefill_cpu_ms": (cpu_pp * 10.0).round() / 10.0, "decode_cpu_ms_per_token": (cpu_tg * 100.0).round() / 100.0,

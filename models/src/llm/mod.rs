@@ -16,8 +16,8 @@ use sampling::{Sampler, SamplingParams, top_logits};
 use std::path::Path;
 use std::time::Duration;
 // std's Instant panics in the browser; this one reads `performance.now()` there.
-use tandem_runtime::Outputs;
 use tandem_runtime::weights::Gguf;
+use tandem_runtime::{DType, Op, Outputs};
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::LlmTokenizer;
 use web_time::Instant;
@@ -37,6 +37,22 @@ pub struct Llm {
     session: AnySession,
     /// The picture side of a visual adapter, when one is loaded.
     visual: Option<visual::VisualEncoder>,
+    /// The KV cache's element type: see [`kv_cache_dtype`].
+    kv_cache: DType,
+}
+
+/// The KV cache's element type on `device`: f16 where the backend has kernels that store and
+/// read an f16 cache (half the memory per token of context, as llama.cpp keeps it by
+/// default), f32 elsewhere and on the CPU's exact path, which stays the f32 reference.
+pub fn kv_cache_dtype(device: &Device) -> DType {
+    use tandem_runtime::ops::{Attention, KvWrite};
+    if device.cpu_options().is_some_and(|o| !o.quantized_activations) {
+        return DType::F32;
+    }
+    let attention = Op::Attention(Attention { num_heads: 1, num_kv_heads: 1, scale: 1.0, causal: true });
+    let f16_cache = device.supports_dtypes(&Op::KvWrite(KvWrite), &[DType::F16, DType::F32, DType::U32])
+        && device.supports_dtypes(&attention, &[DType::F32, DType::F16, DType::F16, DType::U32]);
+    if f16_cache { DType::F16 } else { DType::F32 }
 }
 
 /// KV caches on the device for one or more sequences ("slots", each of up to `capacity`
@@ -235,7 +251,8 @@ impl Llm {
                 (Some(adapter.gates(&layers)?), Some(encoder))
             }
         };
-        let (config, graph, weights) = decoder_graph_with(file, gates.as_ref())?;
+        let kv_cache = kv_cache_dtype(device);
+        let (config, graph, weights) = decoder_graph_with(file, gates.as_ref(), kv_cache)?;
         if tokenizer.vocab_size() != config.vocab {
             bail!(
                 "{}: the tokenizer has {} tokens but the embedding has {} rows",
@@ -246,7 +263,7 @@ impl Llm {
         }
         drop(gguf);
         let session = AnySession::on_tensors(device, graph, weights)?;
-        Ok(Llm { config, tokenizer, template, session, visual })
+        Ok(Llm { config, tokenizer, template, session, visual, kv_cache })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -262,9 +279,14 @@ impl Llm {
         }
     }
 
-    /// KV-cache bytes per token of context (f32 keys and values of every layer).
+    /// KV-cache bytes per token of context (keys and values of every layer).
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.config.layers * 2 * self.config.kv_width() * 4
+        self.config.layers * self.kv_cache.bytes_for(2 * self.config.kv_width()).expect("f16 or f32: any count")
+    }
+
+    /// The KV cache's element type (f16 or f32).
+    pub fn kv_cache_dtype(&self) -> DType {
+        self.kv_cache
     }
 
     /// An empty cache of one sequence with room for `capacity` tokens (at most the model's

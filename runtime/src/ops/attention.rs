@@ -17,11 +17,17 @@
 //! `causal`, query i of a sequence sees kv rows `kv_start .. kv_start + past + i + 1`.
 //! Ranges are clamped to the tensors (as on every GPU backend), so a bad table reads nothing
 //! out of bounds; query rows in no sequence get zeros.
+//!
+//! Keys and values may be f16 under f32 queries: an f16 KV cache (half the memory, as
+//! llama.cpp keeps it), rounded once when `kv_write` stores a row and widened exactly when
+//! attention reads it, all arithmetic in f32.
 
 use super::pool::segment_rows;
 use super::{arity, dtype_is, float, rank_is, same_dim};
 use crate::graph::{Dim, TensorType};
 use crate::tensor::DType;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -105,9 +111,11 @@ impl Attention {
     pub(crate) fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         arity(inputs, 4, 4)?;
         let (q, k, v, table) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3]);
-        // All f32, or all f16 (the f16 kernels: f16 storage, f32 arithmetic).
+        // All f32, all f16 (the f16 kernels: f16 storage, f32 arithmetic), or f32 queries
+        // over f16 keys and values (an f16 KV cache).
         let dtype = if q.dtype == DType::F16 { DType::F16 } else { DType::F32 };
-        for (t, what) in [(q, "q"), (k, "k"), (v, "v")] {
+        let kv_dtype = if dtype == DType::F32 && k.dtype == DType::F16 { DType::F16 } else { dtype };
+        for (t, dtype, what) in [(q, dtype, "q"), (k, kv_dtype, "k"), (v, kv_dtype, "v")] {
             dtype_is(t, dtype, what)?;
             rank_is(t, 2, what)?;
         }
@@ -166,30 +174,48 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Keys or values as the CPU reads them: f32, or f16 (an f16 KV cache).
+#[derive(Debug, Clone, Copy)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl KvRows<'_> {
+    fn widened(self) -> Vec<f32> {
+        match self {
+            KvRows::F32(x) => x.to_vec(),
+            KvRows::F16(x) => x.iter().map(|h| h.to_f32()).collect(),
+        }
+    }
+}
+
 /// CPU reference: per (sequence, head), S = q·kᵀ·scale and O = softmax(S)·v through `gemm`
-/// on strided views.
-pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], out: &mut [f32]) {
+/// on strided views (decoders, with a `[seqs, 4]` table: each query row on its own in a fixed
+/// order, see [`fixed_order_rows_dispatch`]).
+pub fn cpu(p: &AttentionParams, q: &[f32], k: KvRows<'_>, v: KvRows<'_>, table: &[u32], out: &mut [f32]) {
     let (heads, kv_heads, d) = (p.num_heads as usize, p.num_kv_heads as usize, p.head_dim as usize);
-    let (tokens, kv_tokens, cols) = (p.tokens as usize, p.kv_tokens as usize, p.table_cols as usize);
+    let cols = p.table_cols as usize;
     let (qw, kw) = (heads * d, kv_heads * d);
     out.fill(0.0);
     if d == 0 {
         return;
     }
+    let (k, v) = match (k, v) {
+        (KvRows::F32(k), KvRows::F32(v)) => (k, v),
+        (KvRows::F16(k16), KvRows::F16(v16)) if cols == 4 => return fixed_order_f16(p, q, k16, v16, table, out),
+        // f16 keys and values of whole sequences (no decoder builds this): widened whole.
+        (k, v) => return cpu(p, q, KvRows::F32(&k.widened()), KvRows::F32(&v.widened()), table, out),
+    };
     let group = heads / kv_heads;
-    let seqs: Vec<SeqRows> = (0..p.num_seqs as usize).map(|s| SeqRows::of(table, cols, s, tokens, kv_tokens)).collect();
-    let tasks: Vec<(usize, usize)> = (0..seqs.len()).flat_map(|s| (0..heads).map(move |h| (s, h))).collect();
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let run = |&(s, h): &(usize, usize)| {
-        let rows = &seqs[s];
+    each_sequence_head(p, table, |rows, h| {
         let (l, n) = (rows.q.len(), rows.kv.len());
-        if l == 0 {
-            return;
-        }
         let kvh = h / group;
         if cols == 4 {
+            let kv = F32Head { k: &k[kvh * d..], v: &v[kvh * d..], stride: kw, d };
             // SAFETY: as below; rows of this sequence, columns of this head, are this task's.
-            unsafe { fixed_order_rows_dispatch(p, rows, h, kvh, q, k, v, out_ptr) };
+            unsafe { fixed_order_rows_dispatch(p, rows, h, &kv, q, out_ptr) };
             return;
         }
         let mut scores = vec![0.0f32; l * n];
@@ -256,13 +282,113 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], 
                 gemm::Parallelism::None,
             );
         }
-    };
-    // Parallel tasks must write disjoint rows: only when sequences are ordered and apart.
+    });
+}
+
+/// Runs `task(rows, h)` for every sequence with query rows and every head: in parallel when
+/// the sequences' query rows are ordered and apart (each task writes only its sequence's rows
+/// and its head's columns), else one after another.
+fn each_sequence_head(p: &AttentionParams, table: &[u32], task: impl Fn(&SeqRows, usize) + Sync) {
+    let (tokens, kv_tokens, cols) = (p.tokens as usize, p.kv_tokens as usize, p.table_cols as usize);
+    let seqs: Vec<SeqRows> = (0..p.num_seqs as usize).map(|s| SeqRows::of(table, cols, s, tokens, kv_tokens)).collect();
+    let tasks: Vec<(usize, usize)> = (0..seqs.len())
+        .filter(|&s| !seqs[s].q.is_empty())
+        .flat_map(|s| (0..p.num_heads as usize).map(move |h| (s, h)))
+        .collect();
+    let run = |&(s, h): &(usize, usize)| task(&seqs[s], h);
     let disjoint = seqs.windows(2).all(|w| w[0].q.end <= w[1].q.start);
     if tasks.len() > 1 && disjoint {
         tasks.par_iter().for_each(run);
     } else {
         tasks.iter().for_each(run);
+    }
+}
+
+/// A decoder's attention over an f16 KV cache: the fixed-order rows reading f16 keys and
+/// values in place, each widened exactly as it is read. The result is the same bits as an f32
+/// cache holding the same rounded values.
+fn fixed_order_f16(p: &AttentionParams, q: &[f32], k: &[f16], v: &[f16], table: &[u32], out: &mut [f32]) {
+    let d = p.head_dim as usize;
+    let kw = p.num_kv_heads as usize * d;
+    let group = (p.num_heads / p.num_kv_heads) as usize;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let f16c = f16c_available();
+    each_sequence_head(p, table, |rows, h| {
+        let kvh = h / group;
+        let kv = F16Head { k: &k[kvh * d..], v: &v[kvh * d..], stride: kw, d, f16c };
+        // SAFETY: `rows` are clamped to the tensors; this task owns its rows and head.
+        unsafe { fixed_order_rows_dispatch(p, rows, h, &kv, q, out_ptr) };
+    });
+}
+
+/// AVX2 and F16C (every AVX2 processor has both).
+fn f16c_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// One kv head's keys and values as the fixed-order rows read them; `j` is a kv row of the
+/// tensors. Both sums run in the order of [`fixed_order_dot`] and [`add_scaled`], whatever the
+/// element type and SIMD level.
+trait KvHead {
+    /// Σ q·k_j.
+    fn dot(&self, q: &[f32], j: usize) -> f32;
+    /// dst += w·v_j.
+    fn add_scaled(&self, w: f32, j: usize, dst: &mut [f32]);
+}
+
+/// An f32 head, read in place: row j at `j * stride` of `k` and `v` (which start at the head's
+/// first column).
+struct F32Head<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+    d: usize,
+}
+
+impl KvHead for F32Head<'_> {
+    #[inline(always)]
+    fn dot(&self, q: &[f32], j: usize) -> f32 {
+        fixed_order_dot(q, &self.k[j * self.stride..][..self.d])
+    }
+    #[inline(always)]
+    fn add_scaled(&self, w: f32, j: usize, dst: &mut [f32]) {
+        add_scaled(w, &self.v[j * self.stride..][..self.d], dst)
+    }
+}
+
+/// An f16 head of a KV cache, laid out as [`F32Head`]; `f16c`: the CPU converts with F16C.
+struct F16Head<'a> {
+    k: &'a [f16],
+    v: &'a [f16],
+    stride: usize,
+    d: usize,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    f16c: bool,
+}
+
+impl KvHead for F16Head<'_> {
+    #[inline(always)]
+    fn dot(&self, q: &[f32], j: usize) -> f32 {
+        let k = &self.k[j * self.stride..][..self.d];
+        #[cfg(target_arch = "x86_64")]
+        if self.f16c {
+            // SAFETY: the CPU has AVX2 and F16C (checked when `f16c` was set).
+            return unsafe { f16c::fixed_order_dot(q, k) };
+        }
+        fixed_order_dot(q, k)
+    }
+    #[inline(always)]
+    fn add_scaled(&self, w: f32, j: usize, dst: &mut [f32]) {
+        let v = &self.v[j * self.stride..][..self.d];
+        #[cfg(target_arch = "x86_64")]
+        if self.f16c {
+            // SAFETY: as above.
+            return unsafe { f16c::add_scaled(w, v, dst) };
+        }
+        add_scaled(w, v, dst)
     }
 }
 
@@ -277,63 +403,46 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: &[f32], v: &[f32], table: &[u32], 
 /// # Safety
 /// `rows` lie inside q, k and v as `cpu` checks them, and the output rows of this sequence and
 /// columns of head `h` are written by this call only.
-#[allow(clippy::too_many_arguments)]
 unsafe fn fixed_order_rows_dispatch(
     p: &AttentionParams,
     rows: &SeqRows,
     h: usize,
-    kvh: usize,
+    kv: &impl KvHead,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
     out: OutPtr,
 ) {
     // The same operations in the same order either way (Rust never fuses a multiply and an
     // add): AVX2 only makes the vectors wider.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
+    if f16c_available() {
         // SAFETY: the CPU has AVX2; the rest is the caller's contract.
-        return unsafe { fixed_order_rows_avx2(p, rows, h, kvh, q, k, v, out) };
+        return unsafe { fixed_order_rows_avx2(p, rows, h, kv, q, out) };
     }
     // SAFETY: the caller's contract.
-    unsafe { fixed_order_rows(p, rows, h, kvh, q, k, v, out) }
+    unsafe { fixed_order_rows(p, rows, h, kv, q, out) }
 }
 
 /// # Safety
-/// As [`fixed_order_rows`], on a CPU with AVX2.
+/// As [`fixed_order_rows`], on a CPU with AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn fixed_order_rows_avx2(
     p: &AttentionParams,
     rows: &SeqRows,
     h: usize,
-    kvh: usize,
+    kv: &impl KvHead,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
     out: OutPtr,
 ) {
     // SAFETY: the caller's contract.
-    unsafe { fixed_order_rows(p, rows, h, kvh, q, k, v, out) }
+    unsafe { fixed_order_rows(p, rows, h, kv, q, out) }
 }
 
 /// # Safety
 /// As [`fixed_order_rows_dispatch`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fixed_order_rows(
-    p: &AttentionParams,
-    rows: &SeqRows,
-    h: usize,
-    kvh: usize,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: OutPtr,
-) {
-    let (d, qw, kw) =
-        (p.head_dim as usize, (p.num_heads * p.head_dim) as usize, (p.num_kv_heads * p.head_dim) as usize);
+unsafe fn fixed_order_rows(p: &AttentionParams, rows: &SeqRows, h: usize, kv: &impl KvHead, q: &[f32], out: OutPtr) {
+    let (d, qw) = (p.head_dim as usize, (p.num_heads * p.head_dim) as usize);
     let mut weights = Vec::with_capacity(rows.kv.len());
     for i in 0..rows.q.len() {
         let q_row = &q[(rows.q.start + i) * qw + h * d..][..d];
@@ -343,7 +452,7 @@ unsafe fn fixed_order_rows(
         weights.clear();
         // (Loops, not iterator adapters: a closure would not inherit the AVX2 target feature.)
         for j in visible.clone() {
-            weights.push(fixed_order_dot(q_row, &k[j * kw + kvh * d..][..d]) * p.scale);
+            weights.push(kv.dot(q_row, j) * p.scale);
         }
         if weights.is_empty() {
             continue; // sees nothing: zeros, already written
@@ -355,11 +464,7 @@ unsafe fn fixed_order_rows(
             sum += *w;
         }
         for (w, j) in weights.iter().zip(visible) {
-            let v_row = &v[j * kw + kvh * d..][..d];
-            let w = w / sum;
-            for c in 0..d {
-                dst[c] += w * v_row[c];
-            }
+            kv.add_scaled(w / sum, j, dst);
         }
     }
 }
@@ -367,16 +472,16 @@ unsafe fn fixed_order_rows(
 /// Σ a·b in eight interleaved partial sums, then those in order: vectorizes, and depends only
 /// on the length.
 #[inline(always)]
-fn fixed_order_dot(a: &[f32], b: &[f32]) -> f32 {
+fn fixed_order_dot<T: Copy + Into<f32>>(a: &[f32], b: &[T]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let mut tail = 0.0;
-    for (x, y) in a8.remainder().iter().zip(b8.remainder()) {
-        tail += x * y;
+    for (x, &y) in a8.remainder().iter().zip(b8.remainder()) {
+        tail += x * y.into();
     }
     for (x, y) in a8.zip(b8) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].into();
         }
     }
     let mut sum = 0.0;
@@ -384,6 +489,70 @@ fn fixed_order_dot(a: &[f32], b: &[f32]) -> f32 {
         sum += a;
     }
     sum + tail
+}
+
+/// dst += w·v, element by element.
+#[inline(always)]
+fn add_scaled<T: Copy + Into<f32>>(w: f32, v: &[T], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(v) {
+        *d += w * x.into();
+    }
+}
+
+/// [`fixed_order_dot`] and [`add_scaled`] over f16 rows with F16C's conversions: the same
+/// operations in the same order, so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has AVX2 and F16C; `a` and `b` have the same length.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    pub unsafe fn fixed_order_dot(a: &[f32], b: &[f16]) -> f32 {
+        let whole = a.len() / 8 * 8;
+        let mut tail = 0.0f32;
+        for i in whole..a.len() {
+            tail += a[i] * f32::from(b[i]);
+        }
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 <= whole <= the length of both.
+            let (x, y) = unsafe {
+                (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i).cast())))
+            };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: room for 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        let mut sum = 0.0;
+        for l in lanes {
+            sum += l;
+        }
+        sum + tail
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and F16C; `v` and `dst` have the same length.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    pub unsafe fn add_scaled(w: f32, v: &[f16], dst: &mut [f32]) {
+        let whole = dst.len() / 8 * 8;
+        let wv = _mm256_set1_ps(w);
+        for i in (0..whole).step_by(8) {
+            // SAFETY: i + 8 <= whole <= the length of both.
+            unsafe {
+                let y = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
+                let d = _mm256_loadu_ps(dst.as_ptr().add(i));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_add_ps(d, _mm256_mul_ps(wv, y)));
+            }
+        }
+        for i in whole..dst.len() {
+            dst[i] += w * f32::from(v[i]);
+        }
+    }
 }
 
 /// One run of a decoder graph over several sequences, packed the way its inputs take them:
@@ -455,7 +624,10 @@ impl KvWrite {
     pub(crate) fn infer(inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         arity(inputs, 3, 3)?;
         let (cache, new, table) = (&inputs[0], &inputs[1], &inputs[2]);
-        float(cache, "cache")?;
+        // New rows are activations (f32); the cache keeps them as f32, or as f16 (half the memory).
+        if !matches!(cache.dtype, DType::F32 | DType::F16) {
+            return Err(format!("cache must be f32 or f16, is {cache}"));
+        }
         float(new, "new rows")?;
         rank_is(cache, 2, "cache")?;
         rank_is(new, 2, "new rows")?;
@@ -505,16 +677,64 @@ pub fn check_kv_table(table: &[u32], tokens: usize, cache_rows: usize) -> Result
     Ok(())
 }
 
+/// An element of a KV cache: f32, or f16 (rounded to nearest when a row is stored).
+pub trait CacheElement: Copy {
+    fn store(row: &[f32], into: &mut [Self]);
+}
+
+impl CacheElement for f32 {
+    fn store(row: &[f32], into: &mut [f32]) {
+        into.copy_from_slice(row);
+    }
+}
+
+impl CacheElement for f16 {
+    fn store(row: &[f32], into: &mut [f16]) {
+        into.convert_from_f32_slice(row);
+    }
+}
+
 /// CPU reference of `kv_write`.
-pub fn kv_write_cpu(p: &KvWriteParams, new: &[f32], table: &[u32], cache: &mut [f32]) {
+pub fn kv_write_cpu<T: CacheElement>(p: &KvWriteParams, new: &[f32], table: &[u32], cache: &mut [T]) {
     let w = p.width as usize;
     for s in 0..p.num_seqs as usize {
         let rows = SeqRows::of(table, 4, s, p.tokens as usize, p.kv_tokens as usize);
         for (i, r) in rows.q.enumerate() {
             let dst = rows.kv.start.saturating_add(rows.past + i);
             if dst < rows.kv.end {
-                cache[dst * w..][..w].copy_from_slice(&new[r * w..][..w]);
+                T::store(&new[r * w..][..w], &mut cache[dst * w..][..w]);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The F16C kernels give the portable ones' bits (the f16 cache's results must not depend
+    /// on the CPU), at lengths that leave tails.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f16c_sums_match_the_portable_ones_bit_for_bit() {
+        if !f16c_available() {
+            println!("skipped: this CPU has no AVX2 and F16C");
+            return;
+        }
+        for n in [1, 7, 8, 64, 129] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+            let b: Vec<f16> = (0..n).map(|i| f16::from_f32(((i * 53 % 31) as f32 - 15.0) / 3.0)).collect();
+            // SAFETY: AVX2 and F16C checked above; equal lengths.
+            let fast = unsafe { f16c::fixed_order_dot(&a, &b) };
+            assert_eq!(fast.to_bits(), fixed_order_dot(&a, &b).to_bits(), "dot of {n}");
+            let (mut x, mut y) = (a.clone(), a.clone());
+            // SAFETY: as above.
+            unsafe { f16c::add_scaled(0.37, &b, &mut x) };
+            add_scaled(0.37, &b, &mut y);
+            assert_eq!(
+                x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 }

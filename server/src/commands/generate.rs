@@ -257,6 +257,8 @@ fn complete(
             "decode_tokens_per_s": per_second(generation.decode_steps, generation.decode),
             "backend": llm.backend_name(),
             "kv_cache_bytes": seq.cache_bytes(),
+            "kv_cache_dtype": llm.kv_cache_dtype().to_string(),
+            "kv_cache_bytes_per_token": llm.kv_bytes_per_token(),
         });
         if let Some(ms) = picture_ms {
             line["picture_ms"] = ms.into();

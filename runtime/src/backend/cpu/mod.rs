@@ -27,6 +27,9 @@ impl CpuBuffer {
     fn f16(&self, n: usize) -> &[f16] {
         &bytemuck::cast_slice(&self.0)[..n]
     }
+    fn f16_mut(&mut self, n: usize) -> &mut [f16] {
+        &mut bytemuck::cast_slice_mut(&mut self.0)[..n]
+    }
     fn bytes(&self, n: usize) -> &[u8] {
         &bytemuck::cast_slice(&self.0)[..n]
     }
@@ -160,16 +163,41 @@ impl Backend for CpuBackend {
         inputs: &[Arg<'_, CpuBuffer>],
         outputs: &mut [OutArg<'_, CpuBuffer>],
     ) -> Result<()> {
-        // f16 operands (matmul and attention: the f16 kernels' reference) compute in f32 and
-        // round the result once, as the f16 kernels do.
+        let n_out = count(outputs[0].shape);
+        let f = |i: usize| inputs[i].buf.f32(count(inputs[i].shape));
+        let h = |i: usize| inputs[i].buf.f16(count(inputs[i].shape));
+        let u = |i: usize| inputs[i].buf.u32(count(inputs[i].shape));
+        let out_shape = outputs[0].shape;
+        // An f16 KV cache: rows rounded as they are stored, widened as attention reads them
+        // (never the whole cache copied per step, as the widening below would).
+        let f16_cache = match op {
+            Op::KvWrite(_) => outputs[0].dtype == DType::F16,
+            Op::Attention(_) => inputs[0].dtype == DType::F32 && inputs[1].dtype == DType::F16,
+            _ => false,
+        };
+        if f16_cache {
+            let out = &mut outputs[0];
+            match op {
+                Op::KvWrite(_) => {
+                    let p = ops::attention::KvWrite::params(inputs[0].shape, out_shape, inputs[1].shape);
+                    ops::attention::kv_write_cpu(&p, f(0), u(1), out.buf.f16_mut(n_out));
+                }
+                Op::Attention(a) => {
+                    use ops::attention::KvRows;
+                    let p = a.params(inputs[0].shape, inputs[1].shape, inputs[3].shape);
+                    let (k, v) = (KvRows::F16(h(1)), KvRows::F16(h(2)));
+                    ops::attention::cpu(&p, f(0), k, v, u(3), out.buf.f32_mut(n_out));
+                }
+                _ => unreachable!("only kv_write and attention read an f16 cache"),
+            }
+            return Ok(());
+        }
+        // Other f16 operands (matmul and attention: the f16 kernels' reference) compute in f32
+        // and round the result once, as the f16 kernels do.
         let has_f16 = inputs.iter().any(|a| a.dtype == DType::F16) || outputs.iter().any(|o| o.dtype == DType::F16);
         if has_f16 && op.kind() != OpKind::Cast {
             return self.dispatch_widened(op, inputs, outputs);
         }
-        let n_out = count(outputs[0].shape);
-        let f = |i: usize| inputs[i].buf.f32(count(inputs[i].shape));
-        let u = |i: usize| inputs[i].buf.u32(count(inputs[i].shape));
-        let out_shape = outputs[0].shape;
         let out = &mut outputs[0];
         match op {
             Op::MatMul(m) => {
@@ -213,7 +241,8 @@ impl Backend for CpuBackend {
             }
             Op::Attention(a) => {
                 let p = a.params(inputs[0].shape, inputs[1].shape, inputs[3].shape);
-                ops::attention::cpu(&p, f(0), f(1), f(2), u(3), out.buf.f32_mut(n_out));
+                use ops::attention::KvRows;
+                ops::attention::cpu(&p, f(0), KvRows::F32(f(1)), KvRows::F32(f(2)), u(3), out.buf.f32_mut(n_out));
             }
             Op::KvWrite(_) => {
                 // The cache is the output (written in place); inputs are new rows and table.
