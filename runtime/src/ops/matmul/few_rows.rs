@@ -35,8 +35,10 @@ type Rows = (*const f32, usize);
 
 /// One instruction set's tile.
 trait Tile {
-    /// The 16 dot products of 4 rows of a with 4 rows of w (each `k` long), that of a row i
-    /// and w row j at 4i + j, fetching the 4 rows of `prefetch` (if not null) into the cache
+    /// Rows of w per tile (at most 4).
+    const W_ROWS: usize = TILE;
+    /// The dot products of 4 rows of a with `W_ROWS` rows of w (each `k` long), that of a row
+    /// i and w row j at 4i + j, fetching the rows of `prefetch` (if not null) into the cache
     /// on the way.
     ///
     /// # Safety
@@ -69,7 +71,7 @@ fn multiply_with(columns: ColumnsFn, g: super::Gemm, a: &[f32], w: &[f32], c: &m
     assert!(trans_b && a.len() >= m * k && w.len() >= n * k && c.len() >= m * n && m > 0 && n > 0);
     let whole = Pass { m, n, k: Block { start: 0, len: k, stride: k }, a, w, c: c.as_mut_ptr(), accumulate, scale };
     let whole = &whole;
-    let tile_cols = n.div_ceil(TILE);
+    let tile_cols = n.div_ceil(SPLIT);
     let run = |cols: Range<usize>| {
         // K in blocks, so that a tile's rows of a and w stay in the L1 cache between tiles;
         // the blocks after the first add to c.
@@ -85,15 +87,18 @@ fn multiply_with(columns: ColumnsFn, g: super::Gemm, a: &[f32], w: &[f32], c: &m
     if threads == 1 || 2 * m * n * k < 1 << 20 {
         run(0..n);
     } else {
-        // A few tasks per thread, each a run of whole tiles.
+        // A few tasks per thread, each a run of whole tiles (of 3 or 4 weight rows).
         let tasks = (threads * 2).min(tile_cols);
-        let per_task = tile_cols.div_ceil(tasks) * TILE;
+        let per_task = (n.div_ceil(tasks)).div_ceil(SPLIT) * SPLIT;
         (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| run(t * per_task..((t + 1) * per_task).min(n)));
     }
 }
 
-/// Rows of a and of w per tile.
+/// Rows of a per tile, and of w in most tiles.
 const TILE: usize = 4;
+
+/// Columns of c per parallel task are a multiple of this: whole tiles of 3 or 4 weight rows.
+const SPLIT: usize = 12;
 
 /// Values of K per pass: a tile's 8 rows of this many f32 take 16 KiB of the L1 cache.
 const K_BLOCK: usize = 512;
@@ -134,32 +139,32 @@ unsafe fn columns<T: Tile>(pass: &Pass, cols: Range<usize>) {
     // not written.
     let mut a_edge = Vec::new();
     let mut w_edge = Vec::new();
-    let four_rows = |x: &[f32], rows: usize, first: usize, scratch: &mut Vec<f32>| -> Rows {
-        if first + TILE <= rows {
+    let tile_rows = |x: &[f32], rows: usize, first: usize, count: usize, scratch: &mut Vec<f32>| -> Rows {
+        if first + count <= rows {
             return (x[first * k.stride + k.start..].as_ptr(), k.stride);
         }
         scratch.clear();
-        for t in 0..TILE {
+        for t in 0..count {
             scratch.extend_from_slice(&x[(first + t).min(rows - 1) * k.stride + k.start..][..k.len]);
         }
         (scratch.as_ptr(), k.len)
     };
-    for j0 in cols.clone().step_by(TILE) {
-        let ws = four_rows(w, n, j0, &mut w_edge);
+    for j0 in cols.clone().step_by(T::W_ROWS) {
+        let ws = tile_rows(w, n, j0, T::W_ROWS, &mut w_edge);
         // The first tile of a block of weight rows fetches the next block into the cache:
         // rows of a few KiB are too short for the hardware prefetcher to catch up with.
-        let next = if j0 + 2 * TILE <= cols.end {
-            (w[(j0 + TILE) * k.stride + k.start..].as_ptr(), k.stride)
+        let next = if j0 + 2 * T::W_ROWS <= cols.end {
+            (w[(j0 + T::W_ROWS) * k.stride + k.start..].as_ptr(), k.stride)
         } else {
             (std::ptr::null(), 0)
         };
         for i0 in (0..m).step_by(TILE) {
-            let as_ = four_rows(a, m, i0, &mut a_edge);
+            let as_ = tile_rows(a, m, i0, TILE, &mut a_edge);
             let prefetch = if i0 == 0 { next } else { (std::ptr::null(), 0) };
             // SAFETY: 4 rows of k.len values behind `as_` and `ws`; `prefetch` is a hint;
             // the caller's CPU runs `T`.
             let dots = unsafe { T::dots(as_, ws, k.len, prefetch) };
-            let width = TILE.min(cols.end - j0);
+            let width = T::W_ROWS.min(cols.end - j0);
             for di in 0..TILE.min(m - i0) {
                 // SAFETY: row i0 + di, columns j0..j0 + width are inside c and this call's.
                 let dst = unsafe { std::slice::from_raw_parts_mut(c.add((i0 + di) * n + j0), width) };
@@ -189,6 +194,7 @@ mod x86 {
     }
 
     impl Tile for Avx2 {
+        const W_ROWS: usize = 3;
         #[inline(always)]
         unsafe fn dots(a: Rows, w: Rows, k: usize, prefetch: Rows) -> [f32; 16] {
             // SAFETY: the caller's contract.
@@ -267,8 +273,9 @@ mod x86 {
         dots
     }
 
-    /// As [`tile_avx512`] with 8-wide registers: AVX2 has 16 of them, so the tile runs as two
-    /// halves of 4 rows of a × 2 rows of w (8 accumulators, 6 loads a step).
+    /// 4 rows of a × 3 rows of w with 8-wide registers: 12 accumulators, the 3 w vectors of a
+    /// step held while each a row is loaded once, so a step is 7 loads for 12 FMAs (AVX2 has
+    /// 16 registers; a 4 × 4 tile would have to run in halves, reloading a: 6 loads for 8).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn tile_avx2(
@@ -277,45 +284,48 @@ mod x86 {
         k: usize,
         (prefetch, prefetch_stride): Rows,
     ) -> [f32; 16] {
-        let mut dots = [0f32; 16];
-        for half in 0..2 {
-            let w = w.wrapping_add(2 * half * w_stride);
-            let mut acc = [_mm256_setzero_ps(); 8];
-            let mut p = 0;
-            // SAFETY (all loads): p + 8 ≤ k in the loop, and the tail's mask covers p..k only.
-            while p + 8 <= k {
-                if half == 0 && !prefetch.is_null() && p % 16 == 0 {
-                    for r in 0..4 {
-                        _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(r * prefetch_stride + p) as *const i8);
-                    }
-                }
-                let av: [__m256; 4] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(a.add(r * a_stride + p)) });
-                let wv: [__m256; 2] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(w.add(r * w_stride + p)) });
-                for i in 0..4 {
-                    for j in 0..2 {
-                        acc[2 * i + j] = _mm256_fmadd_ps(av[i], wv[j], acc[2 * i + j]);
-                    }
-                }
-                p += 8;
-            }
-            if p < k {
-                let mask =
-                    _mm256_cmpgt_epi32(_mm256_set1_epi32((k - p) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                let av: [__m256; 4] =
-                    std::array::from_fn(|r| unsafe { _mm256_maskload_ps(a.add(r * a_stride + p), mask) });
-                let wv: [__m256; 2] =
-                    std::array::from_fn(|r| unsafe { _mm256_maskload_ps(w.add(r * w_stride + p), mask) });
-                for i in 0..4 {
-                    for j in 0..2 {
-                        acc[2 * i + j] = _mm256_fmadd_ps(av[i], wv[j], acc[2 * i + j]);
-                    }
-                }
-            }
-            let mut sums = [0f32; 8];
-            // SAFETY: 8 f32.
-            unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), reduce8(acc)) };
+        let mut acc = [_mm256_setzero_ps(); 12];
+        let mut step = |av: [__m256; 4], wv: [__m256; 3]| {
             for i in 0..4 {
-                dots[4 * i + 2 * half..][..2].copy_from_slice(&sums[2 * i..][..2]);
+                for j in 0..3 {
+                    acc[3 * i + j] = _mm256_fmadd_ps(av[i], wv[j], acc[3 * i + j]);
+                }
+            }
+        };
+        let mut p = 0;
+        // SAFETY (all loads): p + 8 ≤ k in the loop, and the tail's mask covers p..k only.
+        while p + 8 <= k {
+            if !prefetch.is_null() && p % 16 == 0 {
+                for r in 0..3 {
+                    _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(r * prefetch_stride + p) as *const i8);
+                }
+            }
+            let wv: [__m256; 3] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(w.add(r * w_stride + p)) });
+            let av: [__m256; 4] = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(a.add(r * a_stride + p)) });
+            step(av, wv);
+            p += 8;
+        }
+        if p < k {
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - p) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            let wv: [__m256; 3] = std::array::from_fn(|r| unsafe { _mm256_maskload_ps(w.add(r * w_stride + p), mask) });
+            let av: [__m256; 4] = std::array::from_fn(|r| unsafe { _mm256_maskload_ps(a.add(r * a_stride + p), mask) });
+            step(av, wv);
+        }
+        let zero = _mm256_setzero_ps();
+        let mut sums = [0f32; 16];
+        // SAFETY: 8 f32 each.
+        unsafe {
+            _mm256_storeu_ps(sums.as_mut_ptr(), reduce8(std::array::from_fn(|t| acc[t])));
+            _mm256_storeu_ps(
+                sums.as_mut_ptr().add(8),
+                reduce8(std::array::from_fn(|t| if t < 4 { acc[8 + t] } else { zero })),
+            );
+        }
+        // Accumulator 3i + j holds (i, j); the result wants it at 4i + j.
+        let mut dots = [0f32; 16];
+        for i in 0..4 {
+            for j in 0..3 {
+                dots[4 * i + j] = sums[3 * i + j];
             }
         }
         dots
