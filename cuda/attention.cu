@@ -11,8 +11,9 @@
 // to those at or before its own position, past + i). Rows in no sequence are zeroed by the
 // host (a memset before the launch), since no block is responsible for them.
 //
-// One source, two element types, chosen when NVRTC compiles it: f32 by default, f16 storage
-// with TANDEM_F16 (q, k, v and out f16; everything inside is f32).
+// One source, three element layouts, chosen when NVRTC compiles it: f32 by default, f16
+// storage with TANDEM_F16 (q, k, v and out f16), and f32 q and out over an f16 KV cache with
+// TANDEM_F16_KV (k, v and kv_write's cache f16). Everything inside is f32.
 //
 // Work split: a block takes a tile of 16 query rows of one sequence and one head; grid
 // (tiles, heads), where the tiles of all sequences are numbered one after the other (the
@@ -38,17 +39,38 @@
 #define KV_WRITE_THREADS 256             // threads per kv_write block (the host launches this many)
 static_assert(ATT_BQ == ATT_WARPS * ATT_ROWS, "a tile is every warp's rows");
 
-#ifdef TANDEM_F16
-typedef u16 elem_t;
-#define ATT_VEC 8  // elements per 16-byte load
-__device__ __forceinline__ float load_elem(const u16* p) { return f16_to_f32(*p); }
-__device__ __forceinline__ void store_elem(u16* p, float v) { *p = f32_to_f16(v); }
+#if defined(TANDEM_F16)
+typedef u16 q_t;   // q and out
+typedef u16 kv_t;  // k, v and a KV cache
+#elif defined(TANDEM_F16_KV)
+typedef float q_t;
+typedef u16 kv_t;
 #else
-typedef float elem_t;
-#define ATT_VEC 4
-__device__ __forceinline__ float load_elem(const float* p) { return *p; }
-__device__ __forceinline__ void store_elem(float* p, float v) { *p = v; }
+typedef float q_t;
+typedef float kv_t;
 #endif
+__device__ __forceinline__ float load_elem(const u16* p) { return f16_to_f32(*p); }
+__device__ __forceinline__ float load_elem(const float* p) { return *p; }
+__device__ __forceinline__ void store_elem(u16* p, float v) { *p = f32_to_f16(v); }
+__device__ __forceinline__ void store_elem(float* p, float v) { *p = v; }
+// 16 bytes of elements, widened and scaled into v (8 halves or 4 floats).
+__device__ __forceinline__ void load_vec16(const u16* s, float scale, float* v) {
+    const uint4 w = *reinterpret_cast<const uint4*>(s);
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const float2 f = unpack_f16x2(ws[j]);
+        v[2 * j] = f.x * scale;
+        v[2 * j + 1] = f.y * scale;
+    }
+}
+__device__ __forceinline__ void load_vec16(const float* s, float scale, float* v) {
+    const float4 w = *reinterpret_cast<const float4*>(s);
+    v[0] = w.x * scale;
+    v[1] = w.y * scale;
+    v[2] = w.z * scale;
+    v[3] = w.w * scale;
+}
 
 struct AttentionSmem {
     float q[ATT_BQ][ATT_MAX_D];       // the tile's query rows, pre-scaled by scale*log2(e)
@@ -106,32 +128,17 @@ __device__ void locate_tile(const u32* __restrict__ segments, u32 cols, u32 num_
 // dst[r][c] = src[(row0 + r) * ld + col0 + c] * scale for r < nvalid and c < d, and 0 for
 // nvalid <= r < nrows or d <= c < d4 (d rounded up to 4, so the score loop can step by 4).
 // 16-byte loads when d keeps every row's slice aligned.
-template <int STRIDE>
-__device__ __forceinline__ void load_rows(float* dst, const elem_t* __restrict__ src, u64 row0, u32 nvalid, u32 nrows,
+template <int STRIDE, typename T>
+__device__ __forceinline__ void load_rows(float* dst, const T* __restrict__ src, u64 row0, u32 nvalid, u32 nrows,
                                           u32 ld, u32 col0, u32 d, u32 d4, float scale) {
+    constexpr u32 ATT_VEC = 16 / sizeof(T);  // elements per 16-byte load
     if (d % ATT_VEC == 0 && aligned16(src)) {
         const u32 units = d / ATT_VEC;
         for (u32 i = threadIdx.x; i < nrows * units; i += ATT_THREADS) {
             const u32 r = i / units, c = (i % units) * ATT_VEC;
             float v[ATT_VEC];
             if (r < nvalid) {
-                const elem_t* s = src + (row0 + r) * ld + col0 + c;
-#ifdef TANDEM_F16
-                const uint4 w = *reinterpret_cast<const uint4*>(s);
-                const u32 ws[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const float2 f = unpack_f16x2(ws[j]);
-                    v[2 * j] = f.x * scale;
-                    v[2 * j + 1] = f.y * scale;
-                }
-#else
-                const float4 w = *reinterpret_cast<const float4*>(s);
-                v[0] = w.x * scale;
-                v[1] = w.y * scale;
-                v[2] = w.z * scale;
-                v[3] = w.w * scale;
-#endif
+                load_vec16(src + (row0 + r) * ld + col0 + c, scale, v);
             } else {
 #pragma unroll
                 for (int j = 0; j < ATT_VEC; ++j) v[j] = 0.0f;
@@ -150,8 +157,8 @@ __device__ __forceinline__ void load_rows(float* dst, const elem_t* __restrict__
 
 // Grid (tiles, heads), 128 threads. See the top of the file.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attention(const AttentionParams p, const elem_t* __restrict__ q, const elem_t* __restrict__ k,
-              const elem_t* __restrict__ v, const u32* __restrict__ segments, elem_t* __restrict__ out) {
+    attention(const AttentionParams p, const q_t* __restrict__ q, const kv_t* __restrict__ k,
+              const kv_t* __restrict__ v, const u32* __restrict__ segments, q_t* __restrict__ out) {
     __shared__ __align__(16) AttentionSmem sm;
     const u32 lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
     const u32 h = blockIdx.y;
@@ -252,7 +259,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
         for (int r = 0; r < ATT_ROWS; ++r) {
             if (row0 + r >= rows) break;
             const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-            elem_t* dst = out + ((u64)start + first + row0 + r) * qw + h * d;
+            q_t* dst = out + ((u64)start + first + row0 + r) * qw + h * d;
 #pragma unroll
             for (int i = 0; i < ATT_DW; ++i) {
                 const u32 c = lane + i * WARP_SIZE;
@@ -265,9 +272,10 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 // kv_write: appends new key or value rows to a cache in place (semantics in
 // ops::attention::kv_write_cpu; twin of the WGSL kv_write). Row q_start + i of `rows` goes to
 // cache row kv_lo + past + i when that is below kv_hi. A block per sequence (grid-stride over
-// sequences), threads over the sequence's elements.
+// sequences), threads over the sequence's elements. The rows are f32; an f16 cache
+// (TANDEM_F16_KV) gets each value rounded to nearest even.
 extern "C" __global__ void kv_write(const KvWriteParams p, const float* __restrict__ rows,
-                                    const u32* __restrict__ table, float* __restrict__ cache) {
+                                    const u32* __restrict__ table, kv_t* __restrict__ cache) {
     const u32 w = p.width;
     for (u32 s = blockIdx.x; s < p.num_seqs; s += gridDim.x) {
         const SeqRows sr = seq_rows(table, 4, s, p.tokens, p.kv_tokens);
@@ -277,7 +285,7 @@ extern "C" __global__ void kv_write(const KvWriteParams p, const float* __restri
         const u32 n = q_n < avail - sr.past ? q_n : avail - sr.past;  // rows that land inside
         for (u64 e = threadIdx.x; e < (u64)n * w; e += blockDim.x) {
             const u64 i = e / w, c = e % w;
-            cache[((u64)sr.kv_lo + sr.past + i) * w + c] = rows[((u64)sr.q_start + i) * w + c];
+            store_elem(&cache[((u64)sr.kv_lo + sr.past + i) * w + c], rows[((u64)sr.q_start + i) * w + c]);
         }
     }
 }

@@ -18,7 +18,8 @@ pub fn f32_and_u32(dtypes: &[DType]) -> bool {
 }
 
 /// The dtypes the CUDA kernels take (shared by the CUDA backend and its emulated twin): f32
-/// and u32 everywhere; matmul and attention also all-f16 floats (their f16 builds); cast
+/// and u32 everywhere; matmul and attention also all-f16 floats (their f16 builds), attention
+/// and kv_write an f16 KV cache under f32 queries and rows; cast
 /// between f32, f16 and u32; and stored weights (f16, bf16, GGUF blocks) for matmul by f32
 /// activations and for gather, dequantized inside the kernel (cuda/quant.cu).
 pub fn cuda_supports_dtypes(op: &Op, inputs: &[DType]) -> bool {
@@ -27,7 +28,10 @@ pub fn cuda_supports_dtypes(op: &Op, inputs: &[DType]) -> bool {
     }
     let halves = inputs.iter().all(|d| matches!(d, DType::F16 | DType::U32));
     match op {
-        Op::MatMul(_) | Op::Attention(_) => f32_and_u32(inputs) || halves,
+        Op::MatMul(_) => f32_and_u32(inputs) || halves,
+        // Also f32 queries over an f16 KV cache, and kv_write (cache, rows, table) into one.
+        Op::Attention(_) => f32_and_u32(inputs) || halves || inputs == [DType::F32, DType::F16, DType::F16, DType::U32],
+        Op::KvWrite(_) => f32_and_u32(inputs) || inputs == [DType::F16, DType::F32, DType::U32],
         Op::Cast(to) => {
             matches!(to, DType::F32 | DType::F16)
                 && inputs.iter().all(|d| matches!(d, DType::F32 | DType::F16 | DType::U32))

@@ -34,13 +34,15 @@ pub const HEADERS: &[(&str, &str)] = &[
 
 const F32: &[Variant] = &[Variant::F32];
 const BOTH: &[Variant] = &[Variant::F32, Variant::F16];
+/// Attention also reads (and kv_write writes) an f16 KV cache under f32 queries.
+const ATTENTION: &[Variant] = &[Variant::F32, Variant::F16, Variant::F16Cache];
 
 /// Every kernel file, one per WGSL file of the same stem.
 pub const FILES: &[KernelFile] = &[
     KernelFile {
         stem: "attention",
         source: include_str!("../../../../cuda/attention.cu"),
-        variants: BOTH,
+        variants: ATTENTION,
         f32_only: &[],
     },
     KernelFile {

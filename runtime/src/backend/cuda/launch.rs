@@ -90,6 +90,9 @@ pub enum Variant {
     F32,
     /// f16 storage, f32 arithmetic (`-DTANDEM_F16`).
     F16,
+    /// Attention's f32 queries and output over an f16 KV cache, and `kv_write` into one
+    /// (`-DTANDEM_F16_KV`).
+    F16Cache,
     /// The stored-weight kernels (cuda/quant.cu) for weights of this dtype (f16, bf16 or GGUF
     /// blocks), f32 activations and arithmetic (`-DTANDEM_WEIGHT=<DType::code>`).
     Weight(DType),
@@ -113,6 +116,7 @@ impl Variant {
         match self {
             Variant::F32 => "f32",
             Variant::F16 => "f16",
+            Variant::F16Cache => "f16kv",
             Variant::Weight(d) => d.name(),
         }
     }
@@ -121,6 +125,7 @@ impl Variant {
         match self {
             Variant::F32 => &[],
             Variant::F16 => &["TANDEM_F16"],
+            Variant::F16Cache => &["TANDEM_F16_KV"],
             Variant::Weight(d) => match d {
                 DType::F16 => &["TANDEM_WEIGHT=1"],
                 DType::BF16 => &["TANDEM_WEIGHT=3"],
@@ -450,12 +455,15 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
                 return Err("attention takes q, k, v and segments".into());
             };
             let floats: Vec<Operand<'_>> = inputs[..3].iter().chain(outputs).copied().collect();
+            let f32_queries = [q].into_iter().chain(outputs).all(|o| o.dtype == DType::F32);
             launch.variant = if dtypes_are(&floats, DType::F32) {
                 Variant::F32
             } else if dtypes_are(&floats, DType::F16) {
                 Variant::F16
+            } else if f32_queries && dtypes_are(&inputs[1..3], DType::F16) {
+                Variant::F16Cache
             } else {
-                return Err("attention takes all-f32 or all-f16 q, k, v on CUDA".into());
+                return Err("attention takes all-f32 or all-f16 q, k, v, or f32 q over f16 k and v, on CUDA".into());
             };
             if segments.dtype != DType::U32
                 || segments.shape.len() != 2
@@ -494,11 +502,14 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
                 return Err("kv_write takes new rows and a table, and writes the cache".into());
             };
             if rows.dtype != DType::F32
-                || out.dtype != DType::F32
+                || !matches!(out.dtype, DType::F32 | DType::F16)
                 || table.dtype != DType::U32
                 || table.shape.len() != 2
             {
-                return Err("kv_write takes f32 rows, a u32 table [seqs, 4] and an f32 cache on CUDA".into());
+                return Err("kv_write takes f32 rows, a u32 table [seqs, 4] and an f32 or f16 cache on CUDA".into());
+            }
+            if out.dtype == DType::F16 {
+                launch.variant = Variant::F16Cache;
             }
             let p = KvWrite::params(rows.shape, out.shape, table.shape);
             launch.grid = [p.num_seqs.min(MAX_STRIDE_BLOCKS), 1, 1];
