@@ -23,9 +23,9 @@ pub struct ModelArgs {
     /// cpu, wgpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
-    /// On the CPU, f32 products with the weights dequantized (transformers' numbers, slower)
-    /// instead of 8-bit activations and integer dot products (llama.cpp's way). GPUs always
-    /// compute in f32.
+    /// On the CPU, f32 products with the weights dequantized and an f32 KV cache
+    /// (transformers' numbers, slower) instead of 8-bit activations, integer dot products and
+    /// an f16 cache (llama.cpp's way). GPUs always compute in f32.
     #[arg(long)]
     exact: bool,
 }
