@@ -181,11 +181,12 @@ pub enum KvRows<'a> {
     F16(&'a [f16]),
 }
 
-impl KvRows<'_> {
-    fn widened(self) -> Vec<f32> {
+impl<'a> KvRows<'a> {
+    /// As f32: f32 rows in place, f16 ones widened (a copy).
+    fn widened(self) -> std::borrow::Cow<'a, [f32]> {
         match self {
-            KvRows::F32(x) => x.to_vec(),
-            KvRows::F16(x) => x.iter().map(|h| h.to_f32()).collect(),
+            KvRows::F32(x) => x.into(),
+            KvRows::F16(x) => x.iter().map(|h| h.to_f32()).collect::<Vec<f32>>().into(),
         }
     }
 }
@@ -201,9 +202,22 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: KvRows<'_>, v: KvRows<'_>, table: 
     if d == 0 {
         return;
     }
+    if cols == 4 {
+        // Kv head h's keys and values start at column h·d of each row.
+        return match (k, v) {
+            (KvRows::F16(k), KvRows::F16(v)) => {
+                let f16c = f16c_available();
+                fixed_order(p, q, table, out, |h| F16Head { k: &k[h * d..], v: &v[h * d..], stride: kw, d, f16c })
+            }
+            // f32 (read in place), or mixed (no graph builds it: widened).
+            (k, v) => {
+                let (k, v) = (k.widened(), v.widened());
+                fixed_order(p, q, table, out, |h| F32Head { k: &k[h * d..], v: &v[h * d..], stride: kw, d })
+            }
+        };
+    }
     let (k, v) = match (k, v) {
         (KvRows::F32(k), KvRows::F32(v)) => (k, v),
-        (KvRows::F16(k16), KvRows::F16(v16)) if cols == 4 => return fixed_order_f16(p, q, k16, v16, table, out),
         // f16 keys and values of whole sequences (no decoder builds this): widened whole.
         (k, v) => return cpu(p, q, KvRows::F32(&k.widened()), KvRows::F32(&v.widened()), table, out),
     };
@@ -212,12 +226,6 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: KvRows<'_>, v: KvRows<'_>, table: 
     each_sequence_head(p, table, |rows, h| {
         let (l, n) = (rows.q.len(), rows.kv.len());
         let kvh = h / group;
-        if cols == 4 {
-            let kv = F32Head { k: &k[kvh * d..], v: &v[kvh * d..], stride: kw, d };
-            // SAFETY: as below; rows of this sequence, columns of this head, are this task's.
-            unsafe { fixed_order_rows_dispatch(p, rows, h, &kv, q, out_ptr) };
-            return;
-        }
         let mut scores = vec![0.0f32; l * n];
         // SAFETY: all views stay inside q/k/v (rows < tokens or kv_tokens, columns < width)
         // and the output block (rows of this sequence, columns of this head) is this task's.
@@ -304,20 +312,21 @@ fn each_sequence_head(p: &AttentionParams, table: &[u32], task: impl Fn(&SeqRows
     }
 }
 
-/// A decoder's attention over an f16 KV cache: the fixed-order rows reading f16 keys and
-/// values in place, each widened exactly as it is read. The result is the same bits as an f32
-/// cache holding the same rounded values.
-fn fixed_order_f16(p: &AttentionParams, q: &[f32], k: &[f16], v: &[f16], table: &[u32], out: &mut [f32]) {
-    let d = p.head_dim as usize;
-    let kw = p.num_kv_heads as usize * d;
+/// A decoder's attention (a `[seqs, 4]` table) through [`fixed_order_rows_dispatch`], kv head
+/// `h`'s keys and values read through `head(h)`: f32 in place, or an f16 cache widened exactly
+/// as it is read (the same bits as an f32 cache holding the same rounded values).
+fn fixed_order<H: KvHead>(
+    p: &AttentionParams,
+    q: &[f32],
+    table: &[u32],
+    out: &mut [f32],
+    head: impl Fn(usize) -> H + Sync,
+) {
     let group = (p.num_heads / p.num_kv_heads) as usize;
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let f16c = f16c_available();
     each_sequence_head(p, table, |rows, h| {
-        let kvh = h / group;
-        let kv = F16Head { k: &k[kvh * d..], v: &v[kvh * d..], stride: kw, d, f16c };
-        // SAFETY: `rows` are clamped to the tensors; this task owns its rows and head.
-        unsafe { fixed_order_rows_dispatch(p, rows, h, &kv, q, out_ptr) };
+        // SAFETY: `rows` are clamped to the tensors; this task owns its rows and head's columns.
+        unsafe { fixed_order_rows_dispatch(p, rows, h, &head(h / group), q, out_ptr) };
     });
 }
 
@@ -415,7 +424,7 @@ unsafe fn fixed_order_rows_dispatch(
     // add): AVX2 only makes the vectors wider.
     #[cfg(target_arch = "x86_64")]
     if f16c_available() {
-        // SAFETY: the CPU has AVX2; the rest is the caller's contract.
+        // SAFETY: the CPU has AVX2 and F16C; the rest is the caller's contract.
         return unsafe { fixed_order_rows_avx2(p, rows, h, kv, q, out) };
     }
     // SAFETY: the caller's contract.
