@@ -561,7 +561,8 @@ async function relevanceOf(query, title) {
   if (state.relevanceReady) {
     const r = await timed("relevance", () => t.relevance(query, [{ title }], { explain: true, allEntities: true }));
     const result = r.results[0];
-    return { result, query: r.query, entities: result.entities, source: "EBRM in the page." };
+    const on = r.aggregated_on === "wgpu" ? "WebGPU" : "the CPU (wasm)";
+    return { result, query: r.query, entities: result.entities, source: `EBRM in the page, aggregated on ${on}.` };
   }
   if (await hasServerRelevance()) {
     const r = await timed("relevance (server)", async () => {

@@ -13,6 +13,9 @@ if [[ "$have" != "$pinned" ]]; then
     echo "  cargo install wasm-bindgen-cli --version $pinned" >&2
     exit 1
 fi
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    rustup target add wasm32-unknown-unknown
+fi
 # The browser build must never link the server's stack or the CUDA loader.
 if forbidden=$(cargo tree --target wasm32-unknown-unknown -e normal --prefix none 2>/dev/null | grep -oE '^(wasmtime|tokio|cudarc|ureq)[^ ]* ' | sort -u | tr -d ' ') && [[ -n "$forbidden" ]]; then
     echo "error: the browser build depends on: $forbidden" >&2

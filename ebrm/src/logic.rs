@@ -61,7 +61,8 @@ impl Aggregator {
     }
 
     /// Scores `items` items of `entities` entity cells each (`x` row-major, formula in
-    /// `tandem_runtime::ops::softlogic`) on the device.
+    /// `tandem_runtime::ops::softlogic`) on the device. Natively only where the device is a
+    /// GPU: in a browser its answer has to be awaited ([`Aggregator::run_async`]).
     pub fn run(
         &self,
         logic: Logic,
@@ -70,6 +71,31 @@ impl Aggregator {
         entities: usize,
         x: AggregateInputs<'_>,
     ) -> Result<Aggregated> {
+        let Some(inputs) = self.inputs(items, entities, &x)? else {
+            return Ok(Aggregated { score: Vec::new(), contribution: Vec::new() });
+        };
+        let outputs = self.session(logic, optional_weight)?.run_blocking(&inputs);
+        self.outputs(outputs, items, entities)
+    }
+
+    /// [`Aggregator::run`], awaiting the device: what a page's WebGPU needs.
+    pub async fn run_async(
+        &self,
+        logic: Logic,
+        optional_weight: f32,
+        items: usize,
+        entities: usize,
+        x: AggregateInputs<'_>,
+    ) -> Result<Aggregated> {
+        let Some(inputs) = self.inputs(items, entities, &x)? else {
+            return Ok(Aggregated { score: Vec::new(), contribution: Vec::new() });
+        };
+        let outputs = self.session(logic, optional_weight)?.run(&inputs).await;
+        self.outputs(outputs, items, entities)
+    }
+
+    /// The graph's inputs, checked against the sizes; None when there are no items.
+    fn inputs(&self, items: usize, entities: usize, x: &AggregateInputs<'_>) -> Result<Option<[HostTensor; 5]>> {
         let cells = items.checked_mul(entities).ok_or_else(|| anyhow!("{items} × {entities} cells overflow"))?;
         for (what, len) in [("qe", x.qe.len()), ("mask", x.mask.len()), ("kind", x.kind.len())] {
             if len != cells {
@@ -84,19 +110,20 @@ impl Aggregator {
             );
         }
         if items == 0 {
-            return Ok(Aggregated { score: Vec::new(), contribution: Vec::new() });
+            return Ok(None);
         }
-        let inputs = [
+        Ok(Some([
             HostTensor::f32(vec![items, entities], x.qe.to_vec())?,
             HostTensor::u32(vec![items, entities], x.mask.to_vec())?,
             HostTensor::u32(vec![items, entities], x.kind.to_vec())?,
             HostTensor::f32(vec![x.weight.len()], x.weight.to_vec())?,
             HostTensor::u32(vec![x.essential.len()], x.essential.to_vec())?,
-        ];
-        let session = self.session(logic, optional_weight)?;
-        let outputs = session
-            .run_blocking(&inputs)
-            .with_context(|| format!("the aggregate failed on {}", self.backend_name()))?;
+        ]))
+    }
+
+    /// Score and contribution from the graph's outputs, checked against the sizes.
+    fn outputs(&self, outputs: Result<Vec<HostTensor>>, items: usize, entities: usize) -> Result<Aggregated> {
+        let outputs = outputs.with_context(|| format!("the aggregate failed on {}", self.backend_name()))?;
         let [score, contribution] = outputs.as_slice() else {
             bail!("the aggregate graph gave {} outputs, expected score and contribution", outputs.len());
         };

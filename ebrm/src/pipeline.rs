@@ -386,66 +386,132 @@ impl Ranking {
         self.aggregated_on
     }
 
+    /// [`Ranking::with_logic`] awaiting the device, as a page's WebGPU needs; an error where
+    /// the device fails (no CPU fallback: the page would rather say so).
+    pub async fn with_logic_async(&self, logic: Logic) -> Result<Ranking> {
+        let mut r = self.clone();
+        r.config.logic = logic;
+        r.aggregate_async().await?;
+        Ok(r)
+    }
+
+    /// Aggregates on the engine's device, awaiting it.
+    async fn aggregate_async(&mut self) -> Result<()> {
+        let table = AggregateTable::gather(&self.items, &self.config);
+        let out = table.run_async(&self.aggregator).await?;
+        table.scatter(&mut self.items, &self.config, out);
+        self.aggregated_on = self.aggregator.backend_name();
+        Ok(())
+    }
+
     /// Aggregates again on the engine's device. These methods cannot fail (callers chain
     /// them), so when the device does (a GPU lost after the request was ranked), the CPU
     /// reference computes the same formula, and [`Ranking::aggregated_on`] and stderr say so.
     fn reaggregate(&mut self) {
-        self.aggregated_on = match aggregate(&mut self.items, &self.config, &self.aggregator) {
-            Ok(on) => on,
+        let table = AggregateTable::gather(&self.items, &self.config);
+        let out = match table.run(&self.aggregator) {
+            Ok(out) => {
+                self.aggregated_on = self.aggregator.backend_name();
+                out
+            }
             Err(e) => {
                 eprintln!("warning: {e:#}; aggregated with the CPU reference instead");
-                let Ok(()) = aggregate_with(&mut self.items, &self.config, |p, x| {
-                    let mut out =
-                        Aggregated { score: vec![0.0; p.items as usize], contribution: vec![0.0; x.qe.len()] };
-                    aggregate_cpu(p, x, &mut out.score, &mut out.contribution);
-                    Ok::<_, std::convert::Infallible>(out)
-                });
-                "cpu"
+                self.aggregated_on = "cpu";
+                table.run_cpu()
             }
         };
+        table.scatter(&mut self.items, &self.config, out);
+    }
+
+    /// Scores, contributions, grades and deciding entities from the items' QE scores, the
+    /// aggregate run by the engine's device.
+    fn aggregate(&mut self) -> Result<()> {
+        let table = AggregateTable::gather(&self.items, &self.config);
+        let out = table.run(&self.aggregator)?;
+        table.scatter(&mut self.items, &self.config, out);
+        self.aggregated_on = self.aggregator.backend_name();
+        Ok(())
     }
 }
 
-/// Scores, contributions, grades and deciding entities from the items' QE scores, the
-/// aggregate run by `aggregator`; returns the backend it ran on.
-fn aggregate(items: &mut [ScoredItem], config: &Config, aggregator: &Aggregator) -> Result<&'static str> {
-    aggregate_with(items, config, |p, x| {
-        aggregator.run(Logic::from_code(p.logic), p.optional_weight, p.items as usize, p.entities as usize, x)
-    })?;
-    Ok(aggregator.backend_name())
+/// The aggregate's inputs gathered from the items' entities, in the op's layout: one row per
+/// item, as wide as the item with the most entities (the rest masked out).
+struct AggregateTable {
+    params: AggregateParams,
+    qe: Vec<f32>,
+    mask: Vec<u32>,
+    kind: Vec<u32>,
+    weight: Vec<f32>,
+    essential: Vec<u32>,
 }
 
-/// [`aggregate`] with the aggregate computed by `run`.
-fn aggregate_with<E>(
-    items: &mut [ScoredItem],
-    config: &Config,
-    run: impl FnOnce(&AggregateParams, AggregateInputs<'_>) -> Result<Aggregated, E>,
-) -> Result<(), E> {
-    let (weight, essential) = config.kind_table();
-    let width = items.iter().map(|i| i.entities.len()).max().unwrap_or(0);
-    let n = items.len() * width;
-    let (mut qe, mut mask, mut kind) = (vec![0.0f32; n], vec![0u32; n], vec![0u32; n]);
-    for (i, item) in items.iter().enumerate() {
-        for (j, e) in item.entities.iter().enumerate() {
-            let at = i * width + j;
-            qe[at] = e.qe;
-            mask[at] = 1;
-            kind[at] = 2 * e.entity.kind.index() as u32 + u32::from(e.constrained);
+impl AggregateTable {
+    fn gather(items: &[ScoredItem], config: &Config) -> AggregateTable {
+        let (weight, essential) = config.kind_table();
+        let width = items.iter().map(|i| i.entities.len()).max().unwrap_or(0);
+        let n = items.len() * width;
+        let (mut qe, mut mask, mut kind) = (vec![0.0f32; n], vec![0u32; n], vec![0u32; n]);
+        for (i, item) in items.iter().enumerate() {
+            for (j, e) in item.entities.iter().enumerate() {
+                let at = i * width + j;
+                qe[at] = e.qe;
+                mask[at] = 1;
+                kind[at] = 2 * e.entity.kind.index() as u32 + u32::from(e.constrained);
+            }
+        }
+        let params = AggregateParams::new(items.len(), width, weight.len(), config.logic, config.optional_weight);
+        AggregateTable { params, qe, mask, kind, weight, essential }
+    }
+
+    fn inputs(&self) -> AggregateInputs<'_> {
+        AggregateInputs {
+            qe: &self.qe,
+            mask: &self.mask,
+            kind: &self.kind,
+            weight: &self.weight,
+            essential: &self.essential,
         }
     }
-    let params = AggregateParams::new(items.len(), width, weight.len(), config.logic, config.optional_weight);
-    let inputs = AggregateInputs { qe: &qe, mask: &mask, kind: &kind, weight: &weight, essential: &essential };
-    let Aggregated { score, contribution } = run(&params, inputs)?;
-    for (i, item) in items.iter_mut().enumerate() {
-        item.score = score[i];
-        for (j, e) in item.entities.iter_mut().enumerate() {
-            e.contribution = contribution[i * width + j];
-            e.essential = essential[kind[i * width + j] as usize] != 0;
-        }
-        item.grade = grade(item, config);
-        item.deciding = deciding(item);
+
+    fn items(&self) -> usize {
+        self.params.items as usize
     }
-    Ok(())
+
+    fn width(&self) -> usize {
+        self.params.entities as usize
+    }
+
+    fn run(&self, aggregator: &Aggregator) -> Result<Aggregated> {
+        let p = &self.params;
+        aggregator.run(Logic::from_code(p.logic), p.optional_weight, self.items(), self.width(), self.inputs())
+    }
+
+    async fn run_async(&self, aggregator: &Aggregator) -> Result<Aggregated> {
+        let p = &self.params;
+        aggregator
+            .run_async(Logic::from_code(p.logic), p.optional_weight, self.items(), self.width(), self.inputs())
+            .await
+    }
+
+    /// The CPU reference, for when the device fails.
+    fn run_cpu(&self) -> Aggregated {
+        let mut out = Aggregated { score: vec![0.0; self.items()], contribution: vec![0.0; self.qe.len()] };
+        aggregate_cpu(&self.params, self.inputs(), &mut out.score, &mut out.contribution);
+        out
+    }
+
+    fn scatter(&self, items: &mut [ScoredItem], config: &Config, out: Aggregated) {
+        let width = self.width();
+        for (i, item) in items.iter_mut().enumerate() {
+            item.score = out.score[i];
+            for (j, e) in item.entities.iter_mut().enumerate() {
+                e.contribution = out.contribution[i * width + j];
+                e.essential = self.essential[self.kind[i * width + j] as usize] != 0;
+            }
+            item.grade = grade(item, config);
+            item.deciding = deciding(item);
+        }
+    }
 }
 
 pub(crate) fn grade(item: &ScoredItem, config: &Config) -> Grade {
@@ -549,9 +615,8 @@ impl<E: TextEncoder> Ebrm<E> {
     }
 
     /// Aggregates on `device` instead: for an encoder without a device of its own (a table of
-    /// vectors computed elsewhere) beside a session that has one. Natively only: `rank` is
-    /// synchronous, and in the browser a WebGPU run would have to be awaited (`rank` then
-    /// returns that error).
+    /// vectors computed elsewhere) beside a session that has one. In a browser on WebGPU,
+    /// rank with [`Ebrm::rank_async`] (`rank` cannot wait for the GPU there and fails).
     pub fn with_device(mut self, device: &Device) -> Self {
         self.aggregator = Arc::new(Aggregator::on(device));
         self
@@ -730,8 +795,24 @@ impl<E: TextEncoder> Ebrm<E> {
     }
 
     /// Scores every item against the query: each query constraint checked against the item
-    /// ([`crate::constraints`]), plus the calibrated query-item similarity, aggregated.
+    /// ([`crate::constraints`]), plus the calibrated query-item similarity, aggregated on the
+    /// engine's device.
     pub fn rank(&self, query: &str, items: &[Item]) -> Result<Ranking> {
+        let mut ranking = self.rank_unaggregated(query, items)?;
+        ranking.aggregate()?;
+        Ok(ranking)
+    }
+
+    /// [`Ebrm::rank`] awaiting the aggregate on the engine's device: how a page ranks on
+    /// WebGPU, whose answers come through the event loop.
+    pub async fn rank_async(&self, query: &str, items: &[Item]) -> Result<Ranking> {
+        let mut ranking = self.rank_unaggregated(query, items)?;
+        ranking.aggregate_async().await?;
+        Ok(ranking)
+    }
+
+    /// Every item's entities with their QE scores, not yet aggregated (scores 0).
+    fn rank_unaggregated(&self, query: &str, items: &[Item]) -> Result<Ranking> {
         if items.len() > MAX_ITEMS {
             bail!("{} items in one request, at most {MAX_ITEMS}", items.len());
         }
@@ -829,14 +910,13 @@ impl<E: TextEncoder> Ebrm<E> {
                 e.qe = config.calibration.apply(EntityKind::Similarity, true, c);
             }
         }
-        let aggregated_on = aggregate(&mut scored, config, &self.aggregator)?;
         Ok(Ranking {
             query: (*q).clone(),
             items: scored,
             config: config.clone(),
             encoded_texts: (self.encoded_texts() - before) as usize,
             aggregator: self.aggregator.clone(),
-            aggregated_on,
+            aggregated_on: "",
         })
     }
 
@@ -1148,6 +1228,29 @@ mod tests {
                         assert!((ex.contribution - ey.contribution).abs() < 1e-5);
                     }
                 }
+            }
+        }
+    }
+
+    /// The awaited path a page takes: the same numbers as `rank`, aggregated on the same
+    /// device, for every family.
+    #[test]
+    fn rank_async_awaits_the_same_aggregate() {
+        let cpu = engine();
+        let device = match Device::open_blocking(tandem_models::BackendChoice::Wgpu) {
+            Ok(d) => d,
+            Err(e) => return eprintln!("skipped: no wgpu adapter ({e:#})"),
+        };
+        let gpu = engine().with_device(&device);
+        let many: Vec<Item> = (0..7).map(|i| items()[i % 4].clone()).collect();
+        let expected = cpu.rank("nike running shoes", &many).unwrap();
+        let awaited = pollster::block_on(gpu.rank_async("nike running shoes", &many)).unwrap();
+        for &l in Logic::ALL {
+            let (a, b) = (expected.with_logic(l), pollster::block_on(awaited.with_logic_async(l)).unwrap());
+            assert_eq!((b.aggregated_on(), b.config.logic), ("wgpu", l));
+            for (x, y) in a.items.iter().zip(&b.items) {
+                assert!((x.score - y.score).abs() < 1e-5, "{l:?}: {} vs {}", x.score, y.score);
+                assert_eq!((x.grade, &x.deciding), (y.grade, &y.deciding));
             }
         }
     }

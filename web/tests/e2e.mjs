@@ -167,6 +167,8 @@ async function mainFlow(mode) {
     // (same model, same data: only float rounding may differ).
     const source = (await page.textContent("#relevance-source")).trim();
     check(/in the page/.test(source), `relevance ran in the page (${source})`);
+    const aggregatedOn = mode === "webgpu" ? /aggregated on WebGPU/ : /aggregated on the CPU/;
+    check(aggregatedOn.test(source), `the aggregate ran on the page's backend (${source})`);
     const [title, query] = [await page.inputValue("#title"), await page.inputValue("#query")];
     const server = await (await fetch(`${base}/relevance`, {
       method: "POST", headers: { "content-type": "application/json" },

@@ -5,7 +5,9 @@
 //! EBRM encodes synchronously; a browser's GPU answers through the event loop. So the engine
 //! reads vectors from a [`TableEncoder`]: a request runs until it needs texts the table lacks,
 //! those are embedded (awaited) and inserted, and the request runs again. EBRM caches nothing
-//! from a failed call, so a request takes a few rounds cold and one warm.
+//! from a failed call, so a request takes a few rounds cold and one warm. The soft-logic
+//! aggregate runs on the page's backend (WebGPU or the wasm CPU), awaited
+//! ([`Ebrm::rank_async`]).
 //!
 //! The brand list and the taxonomy embeddings come from the server (`/data/brands.json`,
 //! `/data/taxonomy-minilm.emb`), so the page does not embed 5,561 taxonomy paths itself; they
@@ -77,6 +79,8 @@ export interface RelevanceAnswer {
   encoded_texts: number;
   /** Rounds of embedding the call took. */
   rounds: number;
+  /** The backend the soft-logic aggregate ran on: the page's ("wgpu" on WebGPU, else "cpu"). */
+  aggregated_on: "wgpu" | "cpu";
   results: RelevanceResult[];
 }
 "#;
@@ -120,7 +124,8 @@ impl Tandem {
             extractor,
             CategorySearch::Embedding { cache_dir: None },
         )
-        .with_embedded_taxonomy(taxonomy);
+        .with_embedded_taxonomy(taxonomy)
+        .with_device(&self.device);
         self.relevance.replace(Some(Rc::new(engine)));
         Ok(())
     }
@@ -153,11 +158,11 @@ impl Tandem {
         let mut rounds = 0;
         let mut encoded = 0;
         let ranking = loop {
-            match engine.rank(&query, &items) {
+            match engine.rank_async(&query, &items).await {
                 Ok(ranking) => break ranking,
                 Err(e) => {
                     let Some(MissingTexts(missing)) = MissingTexts::in_error(&e).cloned() else {
-                        return Err(error(code::INTERNAL, format!("{e:#}")));
+                        return Err(crate::model_error(&self.device, e));
                     };
                     rounds += 1;
                     if rounds > MAX_ROUNDS {
@@ -173,7 +178,11 @@ impl Tandem {
                 }
             }
         };
-        let ranking = ranking.with_logic(logic);
+        let ranking = if logic == ranking.config.logic {
+            ranking
+        } else {
+            ranking.with_logic_async(logic).await.map_err(|e| crate::model_error(&self.device, e))?
+        };
         let mut lines = tandem_ebrm::cli::ranking_lines(&ranking, all_entities)
             .map_err(|e| error(code::INTERNAL, format!("{e:#}")))?;
         for (line, scored) in lines.iter_mut().zip(&ranking.items) {
@@ -193,6 +202,7 @@ impl Tandem {
             "logic": ranking.config.logic,
             "encoded_texts": encoded,
             "rounds": rounds,
+            "aggregated_on": ranking.aggregated_on(),
             "results": lines,
         });
         JSON::parse(&answer.to_string()).map_err(|_| error(code::INTERNAL, "cannot hand the answer to JavaScript"))

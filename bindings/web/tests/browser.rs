@@ -6,6 +6,7 @@
 
 use js_sys::{Array, Float32Array, Object, Reflect, Uint8Array};
 use std::path::Path;
+use tandem_models::cosine;
 use tandem_models::session::{AnySession, BackendChoice, Device};
 use tandem_runtime::graph::Weights;
 use tandem_runtime::ops::{Activation, Conv2d, MatMul};
@@ -196,11 +197,6 @@ async fn on_threads(threads: JsValue) -> Result<Tandem, JsValue> {
     Tandem::create(Some(object(&[("backend", "cpu".into()), ("threads", threads)]).unchecked_into())).await
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
-    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
-}
-
 /// Texts of uneven lengths (the tiny model's limit cuts the longest), so that the shares
 /// differ in size.
 const UNEVEN: &[&str] = &[
@@ -334,11 +330,12 @@ fn scores(answer: &JsValue) -> Vec<f64> {
 }
 
 /// EBRM in the page: the engine encodes through the async model (WebGPU here) in rounds, then
-/// answers from its caches; answers agree with the CPU's; bad calls get typed errors.
+/// answers from its caches, the soft-logic aggregate run on the page's backend (every family);
+/// answers agree with the CPU's; bad calls get typed errors.
 #[wasm_bindgen_test]
 async fn relevance_runs_in_the_page_on_webgpu_like_on_the_cpu() {
     let mut answers = Vec::new();
-    for backend in ["webgpu", "cpu"] {
+    for (backend, aggregated_on) in [("webgpu", "wgpu"), ("cpu", "cpu")] {
         let t = with_tiny_text_model(backend).await;
         let query = JsValue::from_str("nike running shoes");
         let two =
@@ -379,7 +376,15 @@ async fn relevance_runs_in_the_page_on_webgpu_like_on_the_cpu() {
         assert_eq!(get(&warm, &["rounds"]).as_f64(), Some(0.0), "a repeated request encodes nothing");
         assert_eq!(get(&warm, &["encoded_texts"]).as_f64(), Some(0.0));
         assert_eq!(scores(&warm), scores(&cold));
-        answers.push(scores(&cold));
+        let mut these = scores(&cold);
+        for logic in ["goedel", "lukasiewicz", "product"] {
+            let answer = t.relevance(query.clone(), two.clone(), object(&[("logic", logic.into())])).await.unwrap();
+            assert_eq!(get(&answer, &["logic"]).as_string().as_deref(), Some(logic));
+            assert_eq!(get(&answer, &["aggregated_on"]).as_string().as_deref(), Some(aggregated_on), "{logic}");
+            these.extend(scores(&answer));
+        }
+        assert_eq!(get(&cold, &["aggregated_on"]).as_string().as_deref(), Some(aggregated_on), "on {backend}");
+        answers.push(these);
 
         assert_eq!(code_of(t.relevance(query.clone(), JsValue::from_str("x"), JsValue::UNDEFINED).await), "bad_input");
         assert_eq!(code_of(t.relevance(query.clone(), Array::new().into(), JsValue::UNDEFINED).await), "bad_input");
