@@ -213,6 +213,33 @@ mod tests {
         assert!(format!("{err:#}").contains("not to E5S1 files"), "{err:#}");
     }
 
+    /// `tandem export` of an E5S1 file: the graph, its Q4_0 blocks and the tokenizer built
+    /// from the file's pieces run without the file, prompts included, to the same numbers.
+    #[test]
+    fn an_exported_e5_embeds_as_the_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny-e5.bin");
+        std::fs::write(&path, tiny_e5s1()).unwrap();
+        let graph_path = dir.path().join("out").join("e5.tgraph");
+        std::fs::create_dir(graph_path.parent().unwrap()).unwrap();
+        let exported = crate::export::export(&path, &graph_path).unwrap();
+        let from_file = Embedder::load(&path, BackendChoice::Cpu).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let weights = Weights::open(&exported.weights).unwrap();
+        assert_eq!(weights.quantized("embeddings.word_embeddings.weight"), Some(tandem_runtime::DType::Q4_0));
+        let from_graph = Embedder::from_graph_file(&graph_path, BackendChoice::Cpu).unwrap();
+        assert_eq!(from_graph.prompts(), &prompts());
+        let texts = ["Ｒed\u{3000}  shoes", "phone", "x", ""];
+        for role in [TextRole::Query, TextRole::Passage] {
+            for text in texts {
+                let ids = |e: &Embedder| e.tokenize_counted_as(text, role).unwrap().tokens.ids;
+                assert_eq!(ids(&from_graph), ids(&from_file), "{text:?} as {role:?}");
+            }
+        }
+        assert_eq!(from_graph.embed_queries(&texts).unwrap(), from_file.embed_queries(&texts).unwrap());
+        assert_eq!(from_graph.embed(&texts).unwrap(), from_file.embed(&texts).unwrap());
+    }
+
     #[test]
     fn tensors_the_header_contradicts_are_named() {
         let dir = tempfile::tempdir().unwrap();

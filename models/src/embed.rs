@@ -109,7 +109,7 @@ impl Embedder {
     }
 
     /// Loads a graph file written by `tandem export`, with the weights and tokenizer beside
-    /// it; the builder is not involved.
+    /// it and the prompts its metadata names; the builder is not involved.
     pub fn from_graph_file(graph_path: &Path, backend: BackendChoice) -> Result<Embedder> {
         let graph = read_graph_file(graph_path)?;
         let at = graph_path.display();
@@ -123,7 +123,8 @@ impl Embedder {
         let tokenizer = TextTokenizer::from_file(
             &sibling_file(graph_path, &graph, META_TOKENIZER_FILE, "tokenizer.json")?,
             max_tokens,
-        )?;
+        )?
+        .with_prompts(Prompts::from_metadata(&graph.metadata));
         Self::from_parts(graph, &weights, tokenizer, backend).map_err(|e| anyhow!("{at}: {e}"))
     }
 

@@ -1,8 +1,11 @@
-//! `tandem export`: a model folder → a graph file that runs without its builder.
+//! `tandem export`: a model (a sentence-transformers folder, or an E5S1 file) → a graph file
+//! that runs without its builder.
 //!
 //! `-o NAME.tgraph` writes three files side by side: the graph `NAME.tgraph`, the weights it
-//! declares `NAME.safetensors` and the tokenizer `NAME.tokenizer.json`. The graph's metadata
-//! names the two others (plain file names, looked up beside the graph).
+//! declares `NAME.safetensors` (block-quantized ones, E5's Q4_0, stay blocks) and the
+//! tokenizer `NAME.tokenizer.json` (E5's, built from the pieces inside its file, written out).
+//! The graph's metadata names the two others (plain file names, looked up beside the graph)
+//! and the model's prompts ("query: " / "passage: " for E5).
 
 use crate::bert;
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,6 +18,13 @@ pub const META_WEIGHTS_FILE: &str = "weights_file";
 /// Graph metadata: the tokenizer.json beside the graph.
 pub const META_TOKENIZER_FILE: &str = "tokenizer_file";
 
+/// Where an exported tokenizer comes from: a model folder's `tokenizer.json`, or one built
+/// from a model file.
+enum TokenizerSource {
+    File(PathBuf),
+    Json(String),
+}
+
 /// The files `export` wrote.
 #[derive(Debug)]
 pub struct Exported {
@@ -23,8 +33,8 @@ pub struct Exported {
     pub tokenizer: PathBuf,
 }
 
-/// Exports the sentence-transformers BERT model in `model_dir` to `graph_path` and its
-/// siblings.
+/// Exports the sentence-transformers BERT model in `model_dir` (or the E5S1 file it names)
+/// to `graph_path` and its siblings.
 pub fn export(model_dir: &Path, graph_path: &Path) -> Result<Exported> {
     let stem = graph_path
         .file_stem()
@@ -37,10 +47,15 @@ pub fn export(model_dir: &Path, graph_path: &Path) -> Result<Exported> {
             graph_path.display()
         );
     }
-    if crate::e5::is_e5s1(model_dir) {
-        bail!("{}: E5S1 files are not exported yet (export takes a sentence-transformers folder)", model_dir.display());
-    }
-    let mut model = bert::load_dir(model_dir)?;
+    let (mut graph, weights, tokenizer) = if crate::e5::is_e5s1(model_dir) {
+        let model = crate::e5::load(model_dir)?;
+        let mut graph = model.graph;
+        model.tokenizer.prompts().write_metadata(&mut graph.metadata);
+        (graph, model.weights, TokenizerSource::Json(model.tokenizer.to_json()?))
+    } else {
+        let model = bert::load_dir(model_dir)?;
+        (model.graph, model.weights, TokenizerSource::File(model.tokenizer_path))
+    };
     let weights_name = format!("{stem}.safetensors");
     let tokenizer_name = format!("{stem}.tokenizer.json");
     let dir = graph_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -50,16 +65,19 @@ pub fn export(model_dir: &Path, graph_path: &Path) -> Result<Exported> {
         tokenizer: dir.join(&tokenizer_name),
     };
 
-    let tensors = load_weights(&model.graph, &model.weights)?;
-    let named: Vec<(String, _)> =
-        model.graph.weights.iter().map(|&id| model.graph.value(id).name.clone()).zip(tensors).collect();
+    let tensors = load_weights(&graph, &weights)?;
+    let named: Vec<(String, _)> = graph.weights.iter().map(|&id| graph.value(id).name.clone()).zip(tensors).collect();
     Weights::write(&exported.weights, &named)?;
-    std::fs::copy(&model.tokenizer_path, &exported.tokenizer).with_context(|| {
-        format!("cannot copy {} to {}", model.tokenizer_path.display(), exported.tokenizer.display())
-    })?;
-    model.graph.metadata.insert(META_WEIGHTS_FILE.into(), weights_name);
-    model.graph.metadata.insert(META_TOKENIZER_FILE.into(), tokenizer_name);
-    write_graph_file(&model.graph, graph_path)?;
+    match tokenizer {
+        TokenizerSource::File(path) => std::fs::copy(&path, &exported.tokenizer)
+            .map(drop)
+            .with_context(|| format!("cannot copy {} to {}", path.display(), exported.tokenizer.display()))?,
+        TokenizerSource::Json(json) => std::fs::write(&exported.tokenizer, json)
+            .with_context(|| format!("cannot write {}", exported.tokenizer.display()))?,
+    }
+    graph.metadata.insert(META_WEIGHTS_FILE.into(), weights_name);
+    graph.metadata.insert(META_TOKENIZER_FILE.into(), tokenizer_name);
+    write_graph_file(&graph, graph_path)?;
     Ok(exported)
 }
 

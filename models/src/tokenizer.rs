@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tandem_runtime::HostTensor;
@@ -105,6 +106,11 @@ pub enum TextRole {
     Passage,
 }
 
+/// Graph metadata: the prompt written before a search query ("query: " for E5).
+pub const META_PROMPT_QUERY: &str = "prompt_query";
+/// Graph metadata: the prompt written before a searched text ("passage: " for E5).
+pub const META_PROMPT_PASSAGE: &str = "prompt_passage";
+
 /// What a model wants written before a text of each role (sentence-transformers' `prompts`):
 /// E5 was trained with "query: " before search queries and "passage: " before the texts
 /// searched. Most models want nothing.
@@ -119,6 +125,23 @@ impl Prompts {
         match role {
             TextRole::Query => &self.query,
             TextRole::Passage => &self.passage,
+        }
+    }
+
+    /// The prompts a graph file's metadata names ([`Prompts::write_metadata`]); none where
+    /// it names none.
+    pub fn from_metadata(metadata: &BTreeMap<String, String>) -> Prompts {
+        let get = |key: &str| metadata.get(key).cloned().unwrap_or_default();
+        Prompts { query: get(META_PROMPT_QUERY), passage: get(META_PROMPT_PASSAGE) }
+    }
+
+    /// Records the prompts in a graph's metadata, so that an exported graph embeds as its
+    /// model does (only those that are not empty).
+    pub fn write_metadata(&self, metadata: &mut BTreeMap<String, String>) {
+        for (key, prompt) in [(META_PROMPT_QUERY, &self.query), (META_PROMPT_PASSAGE, &self.passage)] {
+            if !prompt.is_empty() {
+                metadata.insert(key.into(), prompt.clone());
+            }
         }
     }
 
@@ -198,6 +221,12 @@ impl TextTokenizer {
 
     pub fn prompts(&self) -> &Prompts {
         &self.prompts
+    }
+
+    /// The tokenizer as a `tokenizer.json` (without the truncation, which the limit sets when
+    /// it is read back), for tokenizers built from a model file (E5's) that an export writes.
+    pub fn to_json(&self) -> Result<String> {
+        self.counting.to_string(false).map_err(|e| anyhow!("cannot write the tokenizer as JSON: {e}"))
     }
 
     /// Most tokens of one text (special tokens included); longer texts are truncated.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A sentence-transformers model folder, or minilm by name [default: minilm, fetched on
-    /// first use].
+    /// A sentence-transformers model folder, an E5S1 file, or a name (minilm,
+    /// multilingual-e5-small) [default: minilm, fetched on first use].
     #[arg(long, value_name = "NAME|DIR")]
     model: Option<PathBuf>,
     /// The graph file to write; its weights go to FILE's stem + `.safetensors` and its
