@@ -21,6 +21,10 @@
 // per invocation). Rows are stored as zero-padded vec4s, so dot products read four dims per
 // load. Workgroup memory: the 8 KiB key/value tile and the block's key ranges.
 //
+// The KV cache is f32 or f16 (the override constant KV_CACHE, a DType code): k and v are bound
+// as words, f32 bits or two f16 halves each (WebGPU's shader-f16 is optional), widened
+// exactly as they are read, so the result is the CPU's over the same f16 values.
+//
 // Mirrors runtime/src/ops/attention.rs (AttentionParams) and cuda/attention.cu.
 
 struct AttentionParams {
@@ -43,13 +47,15 @@ const BK: u32 = 16u; // keys per tile
 const WG: u32 = 64u;
 // Head dims in vec4s (head_dim ≤ 128; MAX_HEAD_DIM in runtime/src/backend/wgpu/kernels.rs).
 const MAX_D4: u32 = 32u;
+// The dtype of k and v, and of kv_write's cache: F32 or F16 (common.wgsl).
+override KV_CACHE: u32 = 0u;
 // A finite stand-in for −∞: exp(NEG - m) is 0 without any inf − inf = NaN.
 const NEG: f32 = -1e30;
 
 @group(0) @binding(0) var<uniform> p: AttentionParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<u32>;
+@group(0) @binding(3) var<storage, read> v: array<u32>;
 @group(0) @binding(4) var<storage, read> table: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
@@ -119,10 +125,21 @@ fn load_kv(li: u32, src_is_v: bool, row0: u32, end: u32, width: u32, col0: u32) 
         var val = 0.0;
         if row0 + r < end && c < d {
             let at = (row0 + r) * width + col0 + c;
-            if src_is_v {
-                val = v[at];
+            var word = 0u;
+            if KV_CACHE == F16 {
+                if src_is_v {
+                    word = v[at >> 1u];
+                } else {
+                    word = k[at >> 1u];
+                }
+                val = bitcast<f32>(f16_to_f32_bits((word >> ((at & 1u) * 16u)) & 0xffffu));
             } else {
-                val = k[at];
+                if src_is_v {
+                    word = v[at];
+                } else {
+                    word = k[at];
+                }
+                val = bitcast<f32>(word);
             }
         }
         kv_tile[r * d4 + c / 4u][c % 4u] = val;
@@ -229,7 +246,10 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 // kv_write: appends new key or value rows to a cache in place. Row q_start + i of the new
 // rows goes to cache row kv_start + past + i (past = kv_len − q_len) when that row is inside
 // both the sequence's kv rows and the cache. Table [seqs, 4] as above, sorted by q_start; one
-// invocation per element of the new rows. Mirrors ops::attention::kv_write_cpu.
+// invocation per element of the new rows. An f16 cache (KV_CACHE) gets each value rounded to
+// nearest even; two values share a word, and with an odd row width a word can hold one value
+// written here and one of another row that must stay, so each half is set by atomics that
+// touch only its own bits. Mirrors ops::attention::kv_write_cpu.
 
 struct KvWriteParams {
     num_seqs: u32,
@@ -243,7 +263,7 @@ const WG_WRITE: u32 = 256u;
 @group(0) @binding(0) var<uniform> wp: KvWriteParams;
 @group(0) @binding(1) var<storage, read> new_rows: array<f32>;
 @group(0) @binding(2) var<storage, read> write_table: array<u32>;
-@group(0) @binding(3) var<storage, read_write> cache: array<f32>;
+@group(0) @binding(3) var<storage, read_write> cache: array<atomic<u32>>;
 
 @compute @workgroup_size(256)
 fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
@@ -284,5 +304,13 @@ fn kv_write(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) grou
     if past >= kv_hi - kv_lo || i >= kv_hi - kv_lo - past {
         return;
     }
-    cache[(kv_lo + past + i) * wp.width + c] = new_rows[e];
+    let dst = (kv_lo + past + i) * wp.width + c;
+    let bits = bitcast<u32>(new_rows[e]);
+    if KV_CACHE == F16 {
+        let shift = (dst & 1u) * 16u;
+        atomicAnd(&cache[dst >> 1u], ~(0xffffu << shift));
+        atomicOr(&cache[dst >> 1u], f32_to_f16_bits(bits) << shift);
+    } else {
+        atomicStore(&cache[dst], bits);
+    }
 }

@@ -37,3 +37,70 @@ fn activate(x: f32, code: u32) -> f32 {
         }
     }
 }
+
+// DType codes (DType::code in runtime/src/tensor.rs).
+const F32: u32 = 0u;
+const F16: u32 = 1u;
+const U32: u32 = 2u;
+
+// f32 bits to f16 bits with round-to-nearest-even, overflow to infinity and NaNs kept quiet:
+// the software path of the `half` crate, step for step, so results are bit-exact with the
+// CPU. (pack2x16float leaves rounding and overflow to the implementation.)
+fn f32_to_f16_bits(bits: u32) -> u32 {
+    let sign = (bits >> 16u) & 0x8000u;
+    let exp = bits & 0x7f800000u;
+    let man = bits & 0x007fffffu;
+    if exp == 0x7f800000u {
+        var nan_bit = 0u;
+        if man != 0u {
+            nan_bit = 0x0200u;
+        }
+        return sign | 0x7c00u | nan_bit | (man >> 13u);
+    }
+    let half_exp = i32(exp >> 23u) - 127 + 15;
+    if half_exp >= 0x1f {
+        return sign | 0x7c00u;
+    }
+    if half_exp <= 0 {
+        // Subnormal in f16 (or zero).
+        if 14 - half_exp > 24 {
+            return sign;
+        }
+        let m = man | 0x00800000u;
+        let shift = u32(14 - half_exp);
+        var half_man = m >> shift;
+        let round_bit = 1u << (shift - 1u);
+        if (m & round_bit) != 0u && (m & (3u * round_bit - 1u)) != 0u {
+            half_man += 1u;
+        }
+        return sign | half_man;
+    }
+    let h = sign | (u32(half_exp) << 10u) | (man >> 13u);
+    let round_bit = 0x1000u;
+    if (man & round_bit) != 0u && (man & (3u * round_bit - 1u)) != 0u {
+        return h + 1u;
+    }
+    return h;
+}
+
+// f16 bits to f32 bits (exact; subnormals normalised rather than flushed).
+fn f16_to_f32_bits(h: u32) -> u32 {
+    let sign = (h & 0x8000u) << 16u;
+    let exp = h & 0x7c00u;
+    let man = h & 0x03ffu;
+    if (h & 0x7fffu) == 0u {
+        return sign;
+    }
+    if exp == 0x7c00u {
+        if man == 0u {
+            return sign | 0x7f800000u;
+        }
+        return sign | 0x7fc00000u | (man << 13u);
+    }
+    if exp == 0u {
+        // Leading zeros of the 10-bit mantissa within 16 bits, less the 6 sign/exponent bits.
+        let e = countLeadingZeros(man) - 22u;
+        return sign | ((112u - e) << 23u) | ((man << (14u + e)) & 0x7fffffu);
+    }
+    return sign | (((exp >> 10u) + 112u) << 23u) | (man << 13u);
+}

@@ -42,8 +42,8 @@ pub struct Llm {
 }
 
 /// The KV cache's element type on `device`: f16 where the backend has kernels that store and
-/// read an f16 cache (the CPU and CUDA: half the memory per token of context, as llama.cpp
-/// keeps it by default), f32 elsewhere (wgpu) and on the CPU's exact path, which stays the
+/// read an f16 cache (the CPU, CUDA and wgpu: half the memory per token of context, as
+/// llama.cpp keeps it by default), f32 elsewhere and on the CPU's exact path, which stays the
 /// f32 reference.
 pub fn kv_cache_dtype(device: &Device) -> DType {
     use tandem_runtime::ops::{Attention, KvWrite};

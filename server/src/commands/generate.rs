@@ -25,7 +25,7 @@ pub struct ModelArgs {
     backend: BackendChoice,
     /// On the CPU, f32 products with the weights dequantized and an f32 KV cache
     /// (transformers' numbers, slower) instead of 8-bit activations, integer dot products and
-    /// an f16 cache (llama.cpp's way). GPUs always compute in f32 (CUDA with an f16 cache).
+    /// an f16 cache (llama.cpp's way). GPUs always compute in f32, over an f16 cache.
     #[arg(long)]
     exact: bool,
 }

@@ -60,12 +60,14 @@ const STORED_TILE_M: usize = 32;
 const STORED_TILE_N: usize = 64;
 
 /// The pipeline a dispatch runs: an entry point of a shader file, for a weight dtype when it
-/// is a stored-weight kernel (the value of quant.wgsl's override constant `WEIGHT`).
+/// is a stored-weight kernel (the value of quant.wgsl's override constant `WEIGHT`), for an
+/// f16 KV cache when attention or kv_write has one (attention.wgsl's `KV_CACHE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct KernelRef {
     pub stem: &'static str,
     pub entry: &'static str,
     pub weight: Option<DType>,
+    pub kv_cache: Option<DType>,
 }
 
 impl KernelRef {
@@ -73,11 +75,18 @@ impl KernelRef {
     fn of(kind: OpKind) -> Result<KernelRef, String> {
         let (stem, entry) =
             kind.kernel().ok_or_else(|| format!("{} is a view and is never dispatched", kind.name()))?;
-        Ok(KernelRef { stem, entry, weight: None })
+        Ok(KernelRef { stem, entry, weight: None, kv_cache: None })
     }
 
     fn stored(entry: &'static str, weight: DType) -> KernelRef {
-        KernelRef { stem: ops::STORED_WEIGHT_STEM, entry, weight: Some(weight) }
+        KernelRef { stem: ops::STORED_WEIGHT_STEM, entry, weight: Some(weight), kv_cache: None }
+    }
+
+    /// The override constants the pipeline is built with.
+    pub fn constants(&self) -> Vec<(&'static str, f64)> {
+        let weight = self.weight.map(|w| ("WEIGHT", f64::from(w.code())));
+        let kv_cache = self.kv_cache.map(|d| ("KV_CACHE", f64::from(d.code())));
+        weight.into_iter().chain(kv_cache).collect()
     }
 }
 
@@ -190,9 +199,10 @@ fn count(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
-/// Params and grid of `op` for these input and output shapes. Kernels index with u32, so
-/// every tensor must have fewer than 2³² elements.
-pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Result<Launch, String> {
+/// Params and grid of `op` for these inputs and output (dtypes and shapes). Kernels index
+/// with u32, so every tensor must have fewer than 2³² elements.
+pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], output: (DType, &[usize])) -> Result<Launch, String> {
+    let (out_dtype, out) = output;
     for shape in inputs.iter().map(|(_, s)| *s).chain([out]) {
         if count(shape) > u32::MAX as usize {
             return Err(format!("a tensor of shape {shape:?} has 2³² elements or more"));
@@ -204,7 +214,16 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], out: &[usize]) -> Re
     if let Some(weight) = op.stored_weight(&dtypes) {
         return stored_launch(op, weight, inputs);
     }
-    let kernel = KernelRef::of(op.kind())?;
+    let mut kernel = KernelRef::of(op.kind())?;
+    // An f16 KV cache: what attention reads as k and v, what kv_write writes.
+    let cache_dtype = match op {
+        Op::Attention(_) => inputs.get(1).map(|(d, _)| *d),
+        Op::KvWrite(_) => Some(out_dtype),
+        _ => None,
+    };
+    if cache_dtype == Some(DType::F16) {
+        kernel.kv_cache = Some(DType::F16);
+    }
     Ok(match op {
         Op::MatMul(m) => {
             let p = m.params(shape(0), shape(1), inputs.len() > 2);
@@ -403,38 +422,55 @@ mod tests {
     #[test]
     fn launches_match_the_kernels_tiling() {
         let mm = Op::MatMul(MatMul { trans_b: true, activation: Activation::Gelu });
-        let l = launch(&mm, &[(DType::F32, &[2, 129, 384]), (DType::F32, &[1536, 384])], &[2, 129, 1536]).unwrap();
+        let l = launch(&mm, &[(DType::F32, &[2, 129, 384]), (DType::F32, &[1536, 384])], (DType::F32, &[2, 129, 1536]))
+            .unwrap();
         assert_eq!(l.groups, [24, 3, 2]);
         assert_eq!(l.params.len() as u64, signature(OpKind::MatMul).params_size);
-        let u = launch(&Op::Unary(UnaryKind::Relu), &[(DType::F32, &[257])], &[257]).unwrap();
+        let u = launch(&Op::Unary(UnaryKind::Relu), &[(DType::F32, &[257])], (DType::F32, &[257])).unwrap();
         assert_eq!(u.groups, [2, 1, 1]);
-        let c = launch(&Op::Cast(DType::F16), &[(DType::F32, &[513])], &[513]).unwrap();
+        let c = launch(&Op::Cast(DType::F16), &[(DType::F32, &[513])], (DType::F16, &[513])).unwrap();
         assert_eq!(c.groups, [2, 1, 1], "513 halves are 257 words");
+        // An f16 KV cache picks attention.wgsl's f16 build, for attention and kv_write alike.
+        let attention = Op::Attention(ops::Attention { num_heads: 2, num_kv_heads: 1, scale: 0.5, causal: true });
+        let (q, kv, table): (&[usize], &[usize], &[usize]) = (&[3, 14], &[10, 7], &[1, 4]);
+        for cache in [DType::F32, DType::F16] {
+            let want = (cache == DType::F16).then_some(DType::F16);
+            let ins = [(DType::F32, q), (cache, kv), (cache, kv), (DType::U32, table)];
+            assert_eq!(launch(&attention, &ins, (DType::F32, q)).unwrap().kernel.kv_cache, want);
+            let write = launch(&Op::KvWrite(ops::KvWrite), &[(DType::F32, &[3, 7]), (DType::U32, table)], (cache, kv));
+            assert_eq!(write.unwrap().kernel.kv_cache, want);
+        }
     }
 
     #[test]
     fn stored_weights_pick_the_quant_kernels() {
         let mm = Op::MatMul(MatMul { trans_b: true, activation: Activation::None });
         // Decoding: a row (batch dims fold into rows), 8 outputs per workgroup.
-        let l = launch(&mm, &[(DType::F32, &[1, 1, 576]), (DType::Q8_0, &[49152, 576])], &[1, 1, 49152]).unwrap();
-        assert_eq!(l.kernel, KernelRef { stem: "quant", entry: "matvec_stored", weight: Some(DType::Q8_0) });
+        let l = launch(&mm, &[(DType::F32, &[1, 1, 576]), (DType::Q8_0, &[49152, 576])], (DType::F32, &[1, 1, 49152]))
+            .unwrap();
+        assert_eq!(
+            l.kernel,
+            KernelRef { stem: "quant", entry: "matvec_stored", weight: Some(DType::Q8_0), kv_cache: None }
+        );
         assert_eq!(l.groups, [6144, 1, 1]);
         // Past 65535 workgroups, x and y fold.
-        let l = launch(&mm, &[(DType::F32, &[8, 256]), (DType::Q4_K, &[600_000, 256])], &[8, 600_000]).unwrap();
+        let l = launch(&mm, &[(DType::F32, &[8, 256]), (DType::Q4_K, &[600_000, 256])], (DType::F32, &[8, 600_000]))
+            .unwrap();
         assert_eq!((l.kernel.entry, l.groups), ("matvec_stored", [65535, 2, 1]));
         // Prefill: 32 x 64 tiles over all rows.
         let ins: [(DType, &[usize]); 3] = [(DType::F32, &[3, 11, 96]), (DType::F16, &[129, 96]), (DType::F32, &[129])];
-        let l = launch(&mm, &ins, &[3, 11, 129]).unwrap();
+        let l = launch(&mm, &ins, (DType::F32, &[3, 11, 129])).unwrap();
         assert_eq!((l.kernel.entry, l.kernel.weight, l.groups), ("matmul_stored", Some(DType::F16), [3, 2, 1]));
         let p: ops::matmul::MatMulParams = bytemuck::pod_read_unaligned(&l.params);
         assert_eq!((p.batch, p.m, p.n, p.k, p.has_bias), (1, 33, 129, 96, 1));
         // Gather: an invocation per 8 values of a row.
-        let g = launch(&Op::Gather, &[(DType::Q6_K, &[100, 512]), (DType::U32, &[7])], &[7, 512]).unwrap();
+        let g =
+            launch(&Op::Gather, &[(DType::Q6_K, &[100, 512]), (DType::U32, &[7])], (DType::F32, &[7, 512])).unwrap();
         assert_eq!((g.kernel.entry, g.kernel.weight, g.groups), ("gather_stored", Some(DType::Q6_K), [2, 1, 1]));
         assert_eq!(g.params.len() as u64, signature(OpKind::Gather).params_size);
         // f32 operands keep the op's own kernel.
-        let f = launch(&Op::Gather, &[(DType::F32, &[100, 512]), (DType::U32, &[7])], &[7, 512]).unwrap();
-        assert_eq!(f.kernel, KernelRef { stem: "gather", entry: "gather", weight: None });
+        let f = launch(&Op::Gather, &[(DType::F32, &[100, 512]), (DType::U32, &[7])], (DType::F32, &[7, 512])).unwrap();
+        assert_eq!(f.kernel, KernelRef { stem: "gather", entry: "gather", weight: None, kv_cache: None });
     }
 
     #[test]
@@ -442,13 +478,13 @@ mod tests {
         use crate::ops::Conv2d;
         let dw = Op::Conv2d(Conv2d { stride: [2, 2], padding: [1, 1], groups: 32 });
         let ins: [(DType, &[usize]); 2] = [(DType::F32, &[2, 32, 112, 112]), (DType::F32, &[32, 1, 3, 3])];
-        let l = launch(&dw, &ins, &[2, 32, 56, 56]).unwrap();
+        let l = launch(&dw, &ins, (DType::F32, &[2, 32, 56, 56])).unwrap();
         assert_eq!((l.groups, l.params.len() as u64), ([784, 1, 1], signature(OpKind::Conv2d).params_size));
-        let big = launch(&dw, &[(DType::F32, &[64, 32, 224, 224]), ins[1]], &[64, 32, 112, 112]).unwrap();
+        let big = launch(&dw, &[(DType::F32, &[64, 32, 224, 224]), ins[1]], (DType::F32, &[64, 32, 112, 112])).unwrap();
         assert_eq!(big.groups, [65535, 2, 1], "more than 65535 workgroups fold into rows");
-        let gap = launch(&Op::GlobalAvgPool, &[(DType::F32, &[3, 1280, 7, 7])], &[3, 1280]).unwrap();
+        let gap = launch(&Op::GlobalAvgPool, &[(DType::F32, &[3, 1280, 7, 7])], (DType::F32, &[3, 1280])).unwrap();
         assert_eq!((gap.groups, gap.params.len() as u64), ([15, 1, 1], signature(OpKind::GlobalAvgPool).params_size));
-        let clip = launch(&Op::Clamp { min: 0.0, max: 6.0 }, &[(DType::F32, &[257])], &[257]).unwrap();
+        let clip = launch(&Op::Clamp { min: 0.0, max: 6.0 }, &[(DType::F32, &[257])], (DType::F32, &[257])).unwrap();
         assert_eq!((clip.groups, clip.params.len() as u64), ([2, 1, 1], signature(OpKind::Clamp).params_size));
     }
 
@@ -459,7 +495,7 @@ mod tests {
             [(DType::F32, &[3, 50, 96]), (DType::F32, &[130, 96]), (DType::F32, &[16, 96]), (DType::F32, &[130, 16])];
         let (down, t_len) = lora_down(&lora, &ins).unwrap();
         assert_eq!((down.groups, t_len), ([1, 3, 1], 150 * 16), "rows fold: W is shared");
-        let main = launch(&Op::LoraMatMul(lora), &ins, &[3, 50, 130]).unwrap();
+        let main = launch(&Op::LoraMatMul(lora), &ins, (DType::F32, &[3, 50, 130])).unwrap();
         assert_eq!(main.groups, [3, 3, 1]);
         let sig = signature(OpKind::LoraMatMul);
         assert_eq!((sig.inputs, sig.outputs, sig.params_size), (5, 1, main.params.len() as u64));
@@ -470,7 +506,7 @@ mod tests {
         let l = launch(
             &op,
             &[(DType::F32, cells), (DType::U32, cells), (DType::U32, cells), (DType::F32, &[3]), (DType::U32, &[3])],
-            &[300],
+            (DType::F32, &[300]),
         )
         .unwrap();
         assert_eq!((l.groups, l.params.len() as u64), ([2, 1, 1], agg.params_size), "an invocation per item");

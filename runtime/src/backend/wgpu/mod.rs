@@ -41,7 +41,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The dtypes the WGSL kernels take: f32 values and u32 indexes; f16 through cast (WebGPU's
+/// The dtypes the WGSL kernels take: f32 values and u32 indexes; f16 through cast and as a KV
+/// cache under f32 queries and rows (attention, and kv_write's (cache, rows, table); WebGPU's
 /// shader-f16 is optional, so f16 travels as packed words); and stored weights (f16, bf16,
 /// GGUF blocks) for matmul by f32 activations and for gather, dequantized inside the kernel
 /// (shaders/quant.wgsl). No device needed.
@@ -51,6 +52,8 @@ pub fn supports_dtypes(op: &Op, inputs: &[DType]) -> bool {
     }
     match op {
         Op::Cast(_) => inputs.iter().all(|d| matches!(d, DType::F32 | DType::F16 | DType::U32)),
+        Op::Attention(_) => super::f32_and_u32(inputs) || inputs == [DType::F32, DType::F16, DType::F16, DType::U32],
+        Op::KvWrite(_) => super::f32_and_u32(inputs) || inputs == [DType::F16, DType::F32, DType::U32],
         // A view: no kernel reads the data.
         Op::Reshape(_) => true,
         _ => super::f32_and_u32(inputs),
@@ -334,15 +337,17 @@ impl WgpuBackend {
         if let Some(k) = cache.pipelines.get(&kernel_ref) {
             return Ok(k.clone());
         }
-        let kernels::KernelRef { stem, entry, weight } = kernel_ref;
-        // Stored-weight kernels are specialised for their weight's dtype (quant.wgsl, WEIGHT).
-        let constants: Vec<(&str, f64)> = weight.iter().map(|w| ("WEIGHT", f64::from(w.code()))).collect();
+        let kernels::KernelRef { stem, entry, weight, kv_cache } = kernel_ref;
+        // Stored-weight kernels are specialised for their weight's dtype (quant.wgsl, WEIGHT),
+        // attention and kv_write for an f16 cache (attention.wgsl, KV_CACHE).
+        let constants = kernel_ref.constants();
         let source = kernels::source(stem).ok_or_else(|| err(format!("no shader {stem}.wgsl")))?;
         let device = &self.shared.device;
         let kernels::Signature { inputs, outputs, params_size } = kernels::signature(kind);
-        let what = match weight {
-            Some(w) => format!("compiling {stem}.wgsl, entry point {entry}, for {w} weights"),
-            None => format!("compiling {stem}.wgsl, entry point {entry}"),
+        let what = match (weight, kv_cache) {
+            (Some(w), _) => format!("compiling {stem}.wgsl, entry point {entry}, for {w} weights"),
+            (None, Some(c)) => format!("compiling {stem}.wgsl, entry point {entry}, for an {c} KV cache"),
+            (None, None) => format!("compiling {stem}.wgsl, entry point {entry}"),
         };
         let built = self.scoped(&what, || {
             let module = cache.modules.entry(stem).or_insert_with(|| {
@@ -642,7 +647,7 @@ impl Backend for WgpuBackend {
             )));
         }
         let shapes: Vec<(DType, &[usize])> = inputs.iter().map(|a| (a.dtype, a.shape)).collect();
-        let launch = kernels::launch(op, &shapes, outputs[0].shape).map_err(named)?;
+        let launch = kernels::launch(op, &shapes, (outputs[0].dtype, outputs[0].shape)).map_err(named)?;
         let mut buffers: Vec<wgpu::Buffer> = inputs.iter().map(|a| a.buf.buffer.clone()).collect();
         if let Op::LoraMatMul(l) = op {
             // First t = x · Aᵀ into a scratch, then the main product reads it as its LoRA
