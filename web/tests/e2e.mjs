@@ -107,14 +107,28 @@ async function errorShown(page) {
   return visible ? { code: await page.getAttribute("#error", "data-code"), text: await page.textContent("#error") } : null;
 }
 
-async function mainFlow(mode) {
-  console.log(`\n== ${mode}: the coffee photo`);
+// Runs `flow` on a fresh page of a browser launched for `mode`, then closes both; a failure
+// is recorded under `label`, with the page's last log lines.
+async function onPage(mode, label, flow) {
   const browser = await launch(mode);
   const log = [];
   try {
     const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
     const page = await context.newPage();
     watch(page, log);
+    await flow(page, context);
+    await context.close();
+  } catch (e) {
+    failures.push(`${label}: ${e.message}`);
+    console.log(`  FAILED: ${e.message}\n  page log:\n    ${log.slice(-40).join("\n    ")}`);
+  } finally {
+    await browser.close();
+  }
+}
+
+async function mainFlow(mode) {
+  console.log(`\n== ${mode}: the coffee photo`);
+  await onPage(mode, `${mode}`, async (page) => {
     const notFound = [];
     const on404 = (r) => r.status() === 404 && notFound.push(new URL(r.url()).pathname);
     page.on("response", on404);
@@ -341,23 +355,12 @@ async function mainFlow(mode) {
       check(!/bug/i.test(err.text) && /WebGPU/.test(err.text), "it says WebGPU is missing, not that this is a bug");
       check(await page.isVisible("#error-action"), "the page offers the CPU");
     }
-    await context.close();
-  } catch (e) {
-    failures.push(`${mode}: ${e.message}`);
-    console.log(`  FAILED: ${e.message}\n  page log:\n    ${log.slice(-40).join("\n    ")}`);
-  } finally {
-    await browser.close();
-  }
+  });
 }
 
 async function downloadFailure(mode) {
   console.log(`\n== ${mode}: the image model's download fails (HTTP 500)`);
-  const browser = await launch(mode);
-  const log = [];
-  try {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
-    const page = await context.newPage();
-    watch(page, log);
+  await onPage(mode, `${mode} download failure`, async (page) => {
     await page.route("**/mobilenet_v2-b0353104.pth", (route) => route.fulfill({
       status: 500, contentType: "application/json", body: JSON.stringify({ error: "injected failure", error_type: "Backend" }),
     }));
@@ -374,13 +377,7 @@ async function downloadFailure(mode) {
     check(await page.isVisible("#error-action"), "a Retry button is offered");
     check((await page.getAttribute("#dl-image", "data-state")) === "error", "the image model's download shows failed");
     await page.screenshot({ path: path.join(out, `${mode}-download-failure.png`), fullPage: true });
-    await context.close();
-  } catch (e) {
-    failures.push(`${mode} download failure: ${e.message}`);
-    console.log(`  FAILED: ${e.message}\n  page log:\n    ${log.slice(-40).join("\n    ")}`);
-  } finally {
-    await browser.close();
-  }
+  });
 }
 
 // Texts of uneven lengths: the pool's shares differ in size.
@@ -397,12 +394,7 @@ const UNEVEN = [
 
 async function threadsFlow(mode) {
   console.log(`\n== ${mode}: ?threads=2`);
-  const browser = await launch(mode);
-  const log = [];
-  try {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
-    const page = await context.newPage();
-    watch(page, log);
+  await onPage(mode, `${mode} threads`, async (page, context) => {
     const notFound = [];
     context.on("response", (r) => r.status() === 404 && notFound.push(new URL(r.url()).pathname));
     await page.goto(`${base}/?backend=${pageBackend(mode)}&threads=2`);
@@ -431,13 +423,7 @@ async function threadsFlow(mode) {
       check(cosines[n].length === n && cosines[n].every((c) => c >= 0.99999), `${n} texts on two threads embed as on one, in order`);
     }
     check(notFound.length === 0, `nothing the page or its workers ask for is a 404 (${notFound.join(", ")})`);
-    await context.close();
-  } catch (e) {
-    failures.push(`${mode} threads: ${e.message}`);
-    console.log(`  FAILED: ${e.message}\n  page log:\n    ${log.slice(-40).join("\n    ")}`);
-  } finally {
-    await browser.close();
-  }
+  });
 }
 
 // A PNG signature and IHDR chunk for a width x height RGB image, then a truncated IDAT.
