@@ -16,6 +16,28 @@ pub use tandem_runtime::ops::softlogic::{
     AggregateInputs, AggregateParams, Connective, Logic, SoftLogicParams, aggregate_cpu, clamp01, soft_logic_cpu,
 };
 
+/// The aggregate's inputs, owned ([`AggregateInputs`] borrows them).
+#[derive(Debug, Clone, Default)]
+pub struct AggregateCells {
+    pub qe: Vec<f32>,
+    pub mask: Vec<u32>,
+    pub kind: Vec<u32>,
+    pub weight: Vec<f32>,
+    pub essential: Vec<u32>,
+}
+
+impl AggregateCells {
+    pub fn inputs(&self) -> AggregateInputs<'_> {
+        AggregateInputs {
+            qe: &self.qe,
+            mask: &self.mask,
+            kind: &self.kind,
+            weight: &self.weight,
+            essential: &self.essential,
+        }
+    }
+}
+
 /// The aggregate's outputs: one score per item, one contribution per (item, entity) cell.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aggregated {
@@ -169,19 +191,10 @@ fn aggregate_graph(logic: Logic, optional_weight: f32) -> Result<Graph> {
 mod tests {
     use super::*;
 
-    /// Owned aggregate inputs.
-    struct Cells {
-        qe: Vec<f32>,
-        mask: Vec<u32>,
-        kind: Vec<u32>,
-        weight: Vec<f32>,
-        essential: Vec<u32>,
-    }
-
-    impl Cells {
+    impl AggregateCells {
         /// Deterministic awkward inputs: QE and weights outside [0, 1] and NaN, absent
         /// cells, kinds out of range.
-        fn new(items: usize, entities: usize, kinds: usize) -> Cells {
+        fn awkward(items: usize, entities: usize, kinds: usize) -> AggregateCells {
             let cells = items * entities;
             // Mostly high QE, so that Lukasiewicz over a dozen entities does not zero every row.
             let qe = (0..cells)
@@ -191,22 +204,12 @@ mod tests {
                     _ => 0.55 + (i * 37 % 113) as f32 / 200.0,
                 })
                 .collect();
-            Cells {
+            AggregateCells {
                 qe,
                 mask: (0..cells).map(|i| u32::from(i % 7 != 3)).collect(),
                 kind: (0..cells).map(|i| (i * 5 % (kinds + 1)) as u32).collect(),
                 weight: (0..kinds).map(|k| 0.2 + 0.35 * k as f32).collect(),
                 essential: (0..kinds).map(|k| u32::from(k % 3 != 1)).collect(),
-            }
-        }
-
-        fn inputs(&self) -> AggregateInputs<'_> {
-            AggregateInputs {
-                qe: &self.qe,
-                mask: &self.mask,
-                kind: &self.kind,
-                weight: &self.weight,
-                essential: &self.essential,
             }
         }
     }
@@ -215,7 +218,7 @@ mod tests {
     fn check_against_reference(device: &Device) {
         let aggregator = Aggregator::on(device);
         for &(items, entities, kinds) in &[(1, 1, 1), (7, 5, 4), (129, 13, 6), (3, 0, 2)] {
-            let cells = Cells::new(items, entities, kinds);
+            let cells = AggregateCells::awkward(items, entities, kinds);
             let x = cells.inputs();
             for &logic in Logic::ALL {
                 let got = aggregator.run(logic, 0.3, items, entities, x).unwrap();

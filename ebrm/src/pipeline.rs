@@ -43,7 +43,7 @@ use crate::constraints::{ACCESSORY, ItemView, QueryConstraints, check_item};
 use crate::encoder::{PairScorer, TextEncoder, TextRole, encode_checked};
 use crate::entities::taxonomy::{self, EmbeddedTaxonomy, KeywordTaxonomy};
 use crate::entities::{Entity, EntityKind, Extractor, Item, Source};
-use crate::logic::{AggregateInputs, AggregateParams, Aggregated, Aggregator, Logic, aggregate_cpu};
+use crate::logic::{AggregateCells, AggregateInputs, AggregateParams, Aggregated, Aggregator, Logic, aggregate_cpu};
 use crate::text::{MAX_QUERY_BYTES, normalize, truncate};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -438,11 +438,7 @@ impl Ranking {
 /// item, as wide as the item with the most entities (the rest masked out).
 struct AggregateTable {
     params: AggregateParams,
-    qe: Vec<f32>,
-    mask: Vec<u32>,
-    kind: Vec<u32>,
-    weight: Vec<f32>,
-    essential: Vec<u32>,
+    cells: AggregateCells,
 }
 
 impl AggregateTable {
@@ -460,17 +456,11 @@ impl AggregateTable {
             }
         }
         let params = AggregateParams::new(items.len(), width, weight.len(), config.logic, config.optional_weight);
-        AggregateTable { params, qe, mask, kind, weight, essential }
+        AggregateTable { params, cells: AggregateCells { qe, mask, kind, weight, essential } }
     }
 
     fn inputs(&self) -> AggregateInputs<'_> {
-        AggregateInputs {
-            qe: &self.qe,
-            mask: &self.mask,
-            kind: &self.kind,
-            weight: &self.weight,
-            essential: &self.essential,
-        }
+        self.cells.inputs()
     }
 
     fn items(&self) -> usize {
@@ -495,7 +485,7 @@ impl AggregateTable {
 
     /// The CPU reference, for when the device fails.
     fn run_cpu(&self) -> Aggregated {
-        let mut out = Aggregated { score: vec![0.0; self.items()], contribution: vec![0.0; self.qe.len()] };
+        let mut out = Aggregated { score: vec![0.0; self.items()], contribution: vec![0.0; self.cells.qe.len()] };
         aggregate_cpu(&self.params, self.inputs(), &mut out.score, &mut out.contribution);
         out
     }
@@ -506,7 +496,7 @@ impl AggregateTable {
             item.score = out.score[i];
             for (j, e) in item.entities.iter_mut().enumerate() {
                 e.contribution = out.contribution[i * width + j];
-                e.essential = self.essential[self.kind[i * width + j] as usize] != 0;
+                e.essential = self.cells.essential[self.cells.kind[i * width + j] as usize] != 0;
             }
             item.grade = grade(item, config);
             item.deciding = deciding(item);
