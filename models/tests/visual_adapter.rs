@@ -39,6 +39,11 @@ struct Case {
 }
 
 const TOLERANCE: f64 = 1e-3;
+/// The same where the decoder keeps an f16 KV cache (wgpu): keys and values rounded to halves
+/// (2⁻¹¹ relative) move logits of about 30 from the f32 reference (measured on lavapipe: 1.4e-3
+/// at the prompt, 8.9e-3 at worst over the three steps after it).
+#[cfg(feature = "wgpu")]
+const F16_CACHE_TOLERANCE: f64 = 3e-2;
 
 fn reference_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference")
@@ -85,12 +90,12 @@ fn argmax(logits: &[f32]) -> u32 {
     logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32
 }
 
-/// The largest difference at the reference's top ids, checked against `TOLERANCE`.
-fn check_top(what: &str, logits: &[f32], top: &[(u32, f64)]) -> f64 {
+/// The largest difference at the reference's top ids, checked against `tolerance`.
+fn check_top(what: &str, logits: &[f32], top: &[(u32, f64)], tolerance: f64) -> f64 {
     let mut worst = 0.0f64;
     for &(id, want) in top {
         let diff = (logits[id as usize] as f64 - want).abs();
-        assert!(diff <= TOLERANCE, "{what}: logit of {id} is {}, reference {want}", logits[id as usize]);
+        assert!(diff <= tolerance, "{what}: logit of {id} is {}, reference {want}", logits[id as usize]);
         worst = worst.max(diff);
     }
     worst
@@ -121,7 +126,7 @@ fn check_on_the_cpu(gguf: &Path, encoder: &StateDict, dir: &Path) {
         let logits = llm.feed_batch(&mut cache, &feeds).unwrap();
         for (s, (case, row)) in cases.iter().zip(&logits).enumerate() {
             let top = if step == 0 { &case.first_top } else { &case.step_tops[step - 1] };
-            worst = worst.max(check_top(&format!("{} prompt {s}, step {step}", case.photo), row, top));
+            worst = worst.max(check_top(&format!("{} prompt {s}, step {step}", case.photo), row, top, TOLERANCE));
             if step < steps {
                 assert_eq!(argmax(row), case.greedy[step], "{} prompt {s}, step {step}: greedy token", case.photo);
             }
@@ -278,6 +283,7 @@ fn adapter_on_wgpu_matches_the_reference() {
     println!("wgpu on {}", device.description());
     let adapter = VisualAdapter::load(&adapter_dir()).unwrap();
     let llm = Llm::load_with_adapter(&gguf, &device, Some((&adapter, &encoder))).unwrap();
+    assert_eq!(llm.kv_cache_dtype(), tandem_runtime::DType::F16, "wgpu keeps an f16 KV cache");
     let case = &reference().cases[0];
     let mut seq = llm.new_sequence(case.prompt.len() + 4).unwrap();
     llm.show_picture(&mut seq, 0, &photo(case)).unwrap();
@@ -286,9 +292,11 @@ fn adapter_on_wgpu_matches_the_reference() {
     for step in 0..=3 {
         let logits = llm.feed(&mut seq, &tokens).unwrap();
         let top = if step == 0 { &case.first_top } else { &case.step_tops[step - 1] };
-        worst = worst.max(check_top(&format!("wgpu step {step}"), &logits, top));
+        worst = worst.max(check_top(&format!("wgpu step {step}"), &logits, top, F16_CACHE_TOLERANCE));
         assert_eq!(argmax(&logits), case.greedy[step], "wgpu step {step}: greedy token");
         tokens = vec![case.greedy[step]];
     }
-    println!("wgpu: prefill and 3 greedy steps with the picture: the reference's tokens, logits within {worst:.2e}");
+    println!(
+        "wgpu (f16 KV cache): prefill and 3 greedy steps with the picture: the reference's tokens, logits within {worst:.2e}"
+    );
 }
