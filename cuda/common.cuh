@@ -41,6 +41,12 @@ typedef float f32;
 #define POOL_FIRST 1u
 #define POOL_MAX 2u
 
+// The Clamp op's function: min(max(x, min), max) with NaN kept (torch.clamp); min > max
+// gives max. Also a convolution's fused clamp.
+__device__ __forceinline__ float clamp_apply(float v, float lo, float hi) {
+    return v != v ? v : fminf(fmaxf(v, lo), hi);
+}
+
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
 #ifndef TANDEM_EMU

@@ -4,8 +4,8 @@
 //
 // A thread per output element, grid-stride; neighbouring threads own neighbouring output
 // columns, so at stride 1 their input reads coalesce. Each output sums its window in the CPU
-// reference's order (input channel, kernel row, kernel column) from zero and adds the bias
-// last. Not tiled: depthwise 3x3 convolutions read 9 inputs per output, where tiling buys
+// reference's order (input channel, kernel row, kernel column) from zero, adds the bias
+// last, then clamps if the op says so (MobileNetV2's ReLU6). Not tiled: depthwise 3x3 convolutions read 9 inputs per output, where tiling buys
 // little; 1x1 pointwise convolutions would gain from a shared-memory (matmul) tile and do
 // not have one yet.
 #include "params.cuh"
@@ -43,6 +43,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
             }
         }
         if (p.has_bias) acc += bias[o];
+        if (p.has_clamp) acc = clamp_apply(acc, p.clamp_min, p.clamp_max);
         y[i] = acc;
     }
 }

@@ -177,10 +177,6 @@ extern "C" __global__ void __launch_bounds__(ELEMENTWISE_THREADS)
     }
 }
 
-// clamp: min(max(x, min), max) with NaN kept (torch.clamp); min > max gives max.
-__device__ __forceinline__ float clamp_apply(float v, float lo, float hi) {
-    return v != v ? v : fminf(fmaxf(v, lo), hi);
-}
 
 // The Clamp op, named clip as in shaders/elementwise.wgsl. Grid: as unary (float4s, capped
 // by the host).

@@ -160,9 +160,12 @@ struct Conv2dParams {
     u32 pad_w;
     u32 groups;
     u32 has_bias;
-    u32 _pad;
+    u32 has_clamp;
+    float clamp_min;
+    float clamp_max;
+    u32 _pad[2];
 };
-static_assert(sizeof(Conv2dParams) == 64, "Conv2dParams size");
+static_assert(sizeof(Conv2dParams) == 80, "Conv2dParams size");
 
 // ops::conv::GlobalPoolParams (global_avg_pool)
 struct GlobalPoolParams {

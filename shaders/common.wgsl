@@ -38,6 +38,18 @@ fn activate(x: f32, code: u32) -> f32 {
     }
 }
 
+// Whether x is a NaN, tested on the bits: drivers may assume floats are never NaN and fold
+// `x != x` away (lavapipe does).
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// The Clamp op's function (ops::elementwise::clamp): min(max(v, lo), hi), NaN kept as
+// torch.clamp does; lo > hi gives hi.
+fn clamp_nan_kept(v: f32, lo: f32, hi: f32) -> f32 {
+    return select(min(max(v, lo), hi), v, is_nan(v));
+}
+
 // DType codes (DType::code in runtime/src/tensor.rs).
 const F32: u32 = 0u;
 const F16: u32 = 1u;

@@ -4,10 +4,11 @@
 //
 // One invocation per output element, 256 per workgroup, on a 2-D grid of workgroups that the
 // kernel flattens back (WebGPU allows 65535 per dimension). Each output sums its window in the
-// CPU reference's order (input channel, then kernel row, then kernel column) from zero and
-// adds the bias last. Not tiled: depthwise convolutions (MobileNetV2's 3x3s) read 9 inputs
-// per output, where tiling buys little; 1x1 pointwise convolutions would gain from a shared-
-// memory tile (a matmul) and do not have one yet.
+// CPU reference's order (input channel, then kernel row, then kernel column) from zero, adds
+// the bias last, then clamps if the op says so (MobileNetV2's ReLU6). Not tiled: depthwise
+// convolutions (MobileNetV2's 3x3s) read 9 inputs per output, where tiling buys little; 1x1
+// pointwise convolutions would gain from a shared-memory tile (a matmul) and do not have one
+// yet.
 //
 // Mirrors runtime/src/ops/conv.rs (Conv2dParams) and cuda/conv.cu.
 
@@ -27,7 +28,11 @@ struct Conv2dParams {
     pad_w: u32,
     groups: u32,
     has_bias: u32,
-    _pad: u32,
+    has_clamp: u32,
+    clamp_min: f32,
+    clamp_max: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const WG: u32 = 256u;
@@ -78,6 +83,9 @@ fn conv2d(
     }
     if p.has_bias != 0u {
         acc += bias[o];
+    }
+    if p.has_clamp != 0u {
+        acc = clamp_nan_kept(acc, p.clamp_min, p.clamp_max);
     }
     y[i] = acc;
 }

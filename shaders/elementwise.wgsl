@@ -185,9 +185,5 @@ fn clip(
     if i >= cp.len {
         return;
     }
-    let v = x[i];
-    // NaN tested on the bits: drivers may assume floats are never NaN and fold `v != v` away
-    // (lavapipe does).
-    let nan = (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-    y[i] = select(min(max(v, cp.min), cp.max), v, nan);
+    y[i] = clamp_nan_kept(x[i], cp.min, cp.max);
 }

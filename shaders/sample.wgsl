@@ -29,10 +29,6 @@ var<workgroup> red_u: array<u32, 256>;
 var<workgroup> red_id: array<u32, 256>;
 var<workgroup> red_f: array<f32, 256>;
 
-fn is_nan(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
-}
-
 fn fkey(x: f32) -> u32 {
     var b = bitcast<u32>(x);
     b = select(b, 0xff800000u, is_nan(x));

@@ -189,10 +189,10 @@ fn conv_clamp_and_global_avg_pool_nodes_round_trip() {
     let [w1, b1] = [("w1", f(&[12, 3, 1, 1])), ("b1", f(&[12]))].map(|(n, t)| g.weight(n, t));
     let w2 = g.weight("w2", f(&[12, 1, 3, 3]));
     let w3 = g.weight("w3", f(&[5, 12, 1, 1]));
-    let pw = Conv2d { stride: [1, 1], padding: [0, 0], groups: 1 };
+    let pw = Conv2d { stride: [1, 1], padding: [0, 0], groups: 1, clamp: None };
     let expand = g.node1("expand", Op::Conv2d(pw), &[x, w1, b1]).unwrap();
     let relu6 = g.node1("relu6", Op::Clamp { min: 0.0, max: 6.0 }, &[expand]).unwrap();
-    let dw = Conv2d { stride: [2, 2], padding: [1, 1], groups: 12 };
+    let dw = Conv2d { stride: [2, 2], padding: [1, 1], groups: 12, clamp: None };
     let depthwise = g.node1("depthwise", Op::Conv2d(dw), &[relu6, w2]).unwrap();
     let project = g.node1("project", Op::Conv2d(pw), &[depthwise, w3]).unwrap();
     assert_eq!(
@@ -213,7 +213,8 @@ fn conv_clamp_and_global_avg_pool_nodes_round_trip() {
 #[test]
 fn bad_conv2d_operands_name_the_node() {
     use tandem_runtime::ops::Conv2d;
-    let conv = |stride: [u32; 2], padding: [u32; 2], groups: u32| Op::Conv2d(Conv2d { stride, padding, groups });
+    let conv =
+        |stride: [u32; 2], padding: [u32; 2], groups: u32| Op::Conv2d(Conv2d { stride, padding, groups, clamp: None });
     let f = |s: &[usize]| TensorType::fixed(DType::F32, s);
     /// x, w, bias, op, what the error must say.
     type BadConv<'a> = (&'a [usize], &'a [usize], Option<&'a [usize]>, Op, &'a str);

@@ -504,14 +504,18 @@ pub fn cases(seed: u64) -> Vec<Case> {
     ];
     for (i, &(n, c, h, w, o, [kh, kw], stride, padding, groups)) in convs.iter().enumerate() {
         let bias = i % 2 == 0;
+        // Two cases in three clamp their output (as MobileNetV2's ReLU6 does, with bounds that
+        // both bite at these values), with and without bias, on every kernel path.
+        let clamp = (i % 3 > 0).then_some([-1.0, 1.0]);
         let mut inputs =
             vec![uniform(rng, &[n, c, h, w], -1.0, 1.0), uniform(rng, &[o, c / groups as usize, kh, kw], -1.0, 1.0)];
         if bias {
             inputs.push(uniform(rng, &[o], -1.0, 1.0));
         }
+        let clamped = if clamp.is_some() { "_clamp" } else { "" };
         add(
-            format!("conv2d_{n}x{c}x{h}x{w}_o{o}_k{kh}x{kw}_s{stride:?}_p{padding:?}_g{groups}_bias{bias}"),
-            Op::Conv2d(Conv2d { stride, padding, groups }),
+            format!("conv2d_{n}x{c}x{h}x{w}_o{o}_k{kh}x{kw}_s{stride:?}_p{padding:?}_g{groups}_bias{bias}{clamped}"),
+            Op::Conv2d(Conv2d { stride, padding, groups, clamp }),
             inputs,
         );
     }

@@ -390,7 +390,8 @@ fn naive_conv2d(case: &Case, c2: &tandem_runtime::ops::Conv2d) -> Vec<f32> {
                             }
                         }
                     }
-                    out.push(acc as f32);
+                    let v = acc as f32;
+                    out.push(c2.clamp.map_or(v, |[lo, hi]| if v.is_nan() { v } else { v.max(lo).min(hi) }));
                 }
             }
         }

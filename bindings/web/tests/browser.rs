@@ -139,7 +139,7 @@ async fn a_conv_graph_agrees_on_webgpu_and_cpu() {
     let (w0, b0) = (weight(&mut g, "c0.w", &[8, 3, 3, 3], numbers(216)), weight(&mut g, "c0.b", &[8], numbers(8)));
     let (w1, b1) = (weight(&mut g, "c1.w", &[8, 1, 3, 3], numbers(72)), weight(&mut g, "c1.b", &[8], numbers(8)));
     let (w2, b2) = (weight(&mut g, "fc.w", &[5, 8], numbers(40)), weight(&mut g, "fc.b", &[5], numbers(5)));
-    let conv = |stride, groups| Op::Conv2d(Conv2d { stride: [stride; 2], padding: [1, 1], groups });
+    let conv = |stride, groups| Op::Conv2d(Conv2d { stride: [stride; 2], padding: [1, 1], groups, clamp: None });
     let y = g.node1("c0", conv(2, 1), &[x, w0, b0]).unwrap();
     let y = g.node1("c0.relu6", Op::Clamp { min: 0.0, max: 6.0 }, &[y]).unwrap();
     let y = g.node1("c1", conv(1, 8), &[y, w1, b1]).unwrap();

@@ -3,7 +3,7 @@
 //! The graph takes `pixels` f32 `[images, 3, 224, 224]` (the ImageNet transform of
 //! [`super::preprocess`]) and outputs `logits` f32 `[images, 1000]`. Batch norms are folded
 //! into the convolutions at load ([`super::load_mobilenet_v2_folded`]), so every block is
-//! convolutions with bias, ReLU6 as a clamp, and residual adds.
+//! convolutions with bias, ReLU6 as the convolution's clamp, and residual adds.
 //!
 //! What the checkpoint does not say, the builder encodes from torchvision's definition: the
 //! stride of each block (the inverted-residual table below), padding `(k − 1) / 2`, ReLU6
@@ -56,11 +56,10 @@ impl Builder<'_> {
         let groups = (in_channels / per_group) as u32;
         let weight = self.g.weight(&format!("{at}.weight"), TensorType::fixed(DType::F32, shape));
         let bias = self.g.weight(&format!("{at}.bias"), TensorType::fixed(DType::F32, &[out]));
-        let conv = Conv2d { stride: [stride; 2], padding: [(kh as u32 - 1) / 2, (kw as u32 - 1) / 2], groups };
-        let mut y = self.g.node1(at, Op::Conv2d(conv), &[x, weight, bias])?;
-        if !linear {
-            y = self.g.node1(&format!("{at}.relu6"), Op::Clamp { min: 0.0, max: 6.0 }, &[y])?;
-        }
+        // ReLU6 runs inside the convolution, on its output as it is written.
+        let clamp = (!linear).then_some([0.0, 6.0]);
+        let conv = Conv2d { stride: [stride; 2], padding: [(kh as u32 - 1) / 2, (kw as u32 - 1) / 2], groups, clamp };
+        let y = self.g.node1(at, Op::Conv2d(conv), &[x, weight, bias])?;
         Ok((y, out))
     }
 }

@@ -16,8 +16,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const GRAPH_MAGIC: &[u8; 8] = b"TNDMGRPH";
-/// 2: graphs declare states.
-pub const GRAPH_FILE_VERSION: u32 = 2;
+/// 2: graphs declare states. 3: conv2d carries its clamp ([`crate::ops::Conv2d::clamp`]).
+pub const GRAPH_FILE_VERSION: u32 = 3;
+/// Version 2 files still load: their conv2d params end before the clamp, read as none.
+const OLDEST_READABLE_VERSION: u32 = 2;
 /// Graph files hold structure only (weights are elsewhere), so this is generous.
 const MAX_GRAPH_FILE_BYTES: u64 = 64 << 20;
 const HEADER_BYTES: usize = 8 + 4 + 8;
@@ -48,12 +50,17 @@ fn bincode_config() -> impl bincode::config::Config {
 }
 
 pub fn write_graph_file(graph: &Graph, path: &Path) -> Result<()> {
+    let bytes = encode_graph(graph).map_err(|message| Error::file(path, message))?;
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+fn encode_graph(graph: &Graph) -> std::result::Result<Vec<u8>, String> {
     let nodes = graph
         .nodes
         .iter()
         .map(|n| {
             let params = bincode::serde::encode_to_vec(&n.op, bincode_config())
-                .map_err(|e| Error::file(path, format!("cannot encode node '{}': {e}", n.name)))?;
+                .map_err(|e| format!("cannot encode node '{}': {e}", n.name))?;
             Ok(DiskNode {
                 name: n.name.clone(),
                 op: n.op.kind().name().to_string(),
@@ -62,7 +69,7 @@ pub fn write_graph_file(graph: &Graph, path: &Path) -> Result<()> {
                 outputs: n.outputs.clone(),
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<std::result::Result<Vec<_>, String>>()?;
     let disk = DiskGraph {
         name: graph.name.clone(),
         values: graph.values.clone(),
@@ -73,14 +80,18 @@ pub fn write_graph_file(graph: &Graph, path: &Path) -> Result<()> {
         states: graph.states.clone(),
         metadata: graph.metadata.clone(),
     };
-    let payload = bincode::serde::encode_to_vec(&disk, bincode_config())
-        .map_err(|e| Error::file(path, format!("cannot encode graph: {e}")))?;
+    with_header(GRAPH_FILE_VERSION, &disk)
+}
+
+fn with_header(version: u32, disk: &DiskGraph) -> std::result::Result<Vec<u8>, String> {
+    let payload =
+        bincode::serde::encode_to_vec(disk, bincode_config()).map_err(|e| format!("cannot encode graph: {e}"))?;
     let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
     bytes.extend_from_slice(GRAPH_MAGIC);
-    bytes.extend_from_slice(&GRAPH_FILE_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&version.to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&payload);
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    Ok(bytes)
 }
 
 /// Reads and validates a graph file. Every failure names the file and the fault.
@@ -101,8 +112,10 @@ fn decode_graph(bytes: &[u8]) -> std::result::Result<Graph, String> {
         return Err("not a tandem graph file (bad magic bytes)".into());
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-    if version != GRAPH_FILE_VERSION {
-        return Err(format!("graph file version {version}; this build reads version {GRAPH_FILE_VERSION}"));
+    if !(OLDEST_READABLE_VERSION..=GRAPH_FILE_VERSION).contains(&version) {
+        return Err(format!(
+            "graph file version {version}; this build reads versions {OLDEST_READABLE_VERSION} to {GRAPH_FILE_VERSION}"
+        ));
     }
     let declared = u64::from_le_bytes(bytes[12..20].try_into().unwrap());
     let payload = &bytes[HEADER_BYTES..];
@@ -122,7 +135,13 @@ fn decode_graph(bytes: &[u8]) -> std::result::Result<Graph, String> {
         .into_iter()
         .map(|n| {
             let kind = OpKind::from_name(&n.op).ok_or_else(|| format!("node '{}': unknown op '{}'", n.name, n.op))?;
-            let (op, _): (Op, usize) = bincode::serde::decode_from_slice(&n.params, bincode_config())
+            let mut params = n.params;
+            if version < 3 && kind == OpKind::Conv2d {
+                // Version 2's conv2d ended before its clamp, the last field: bincode writes
+                // an absent option as one zero byte.
+                params.push(0);
+            }
+            let (op, _): (Op, usize) = bincode::serde::decode_from_slice(&params, bincode_config())
                 .map_err(|e| format!("node '{}': corrupt params for op '{}': {e}", n.name, n.op))?;
             if op.kind() != kind {
                 return Err(format!("node '{}': params are for op '{}', not '{}'", n.name, op.kind().name(), n.op));
@@ -175,5 +194,35 @@ impl TensorType {
     pub fn matches(&self, shape: &[usize]) -> bool {
         self.shape.len() == shape.len()
             && self.shape.iter().zip(shape).all(|(d, &s)| d.fixed().is_none_or(|n| n as usize == s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Dim;
+    use crate::ops::Conv2d;
+    use crate::tensor::DType;
+
+    /// A version 2 file (conv2d without its clamp) reads as the same graph with no clamp.
+    #[test]
+    fn a_version_2_convolution_reads_without_a_clamp() {
+        let mut g = Graph::new("v2");
+        let x = g.input("x", TensorType::new(DType::F32, [1, 3, 5, 5].map(Dim::Fixed).to_vec()));
+        let w = g.weight("w", TensorType::fixed(DType::F32, &[4, 3, 3, 3]));
+        let conv = Conv2d { stride: [1, 1], padding: [1, 1], groups: 1, clamp: None };
+        let y = g.node1("conv", Op::Conv2d(conv), &[x, w]).unwrap();
+        g.output(y, "y");
+        let current = encode_graph(&g).unwrap();
+        let (mut disk, _): (DiskGraph, usize) =
+            bincode::serde::decode_from_slice(&current[HEADER_BYTES..], bincode_config()).unwrap();
+        assert_eq!(disk.nodes[0].params.pop(), Some(0), "the clamp's none is the last byte");
+        let v2 = with_header(2, &disk).unwrap();
+        assert_eq!(decode_graph(&v2).unwrap(), g);
+        // And a version-2 node cut any shorter is still an error that names it.
+        disk.nodes[0].params.pop();
+        let err = decode_graph(&with_header(2, &disk).unwrap()).unwrap_err();
+        assert!(err.contains("node 'conv': corrupt params"), "{err}");
+        assert!(decode_graph(&with_header(1, &disk).unwrap()).unwrap_err().contains("versions 2 to 3"));
     }
 }

@@ -4,7 +4,7 @@
 //! y `[N, O, OH, OW]` with `OH = (H + 2·pad_h − KH) / stride_h + 1` (likewise OW), symmetric
 //! zero padding, and input channel `g·C/groups + ci` feeding output channels of group `g`.
 //! Each output is `bias[o] + Σ_{ci, ky, kx} w[o, ci, ky, kx] · x[n, c, iy, ix]`, summed in
-//! that order (ci, then ky, then kx) from zero, bias last, on every backend.
+//! that order (ci, then ky, then kx), then clamped if the op says so ([`Conv2d::clamp`]).
 //!
 //! `global_avg_pool`: x `[N, C, H, W]` -> `[N, C]`, the mean over H·W summed in memory order.
 
@@ -19,11 +19,15 @@ pub struct Conv2d {
     pub stride: [u32; 2],
     pub padding: [u32; 2],
     pub groups: u32,
+    /// `[min, max]`: the output clamped as [`Op::Clamp`](super::Op::Clamp) does, in the same
+    /// pass (MobileNetV2's ReLU6 is `[0, 6]`); a separate clamp op reads and writes the whole
+    /// map again. Graph files of version 2 have none (`graph::file`).
+    pub clamp: Option<[f32; 2]>,
 }
 
 /// Kernel params for `conv2d`, mirrored in `shaders/conv.wgsl` and `cuda/params.cuh`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Conv2dParams {
     pub n: u32,
     pub c: u32,
@@ -40,7 +44,11 @@ pub struct Conv2dParams {
     pub pad_w: u32,
     pub groups: u32,
     pub has_bias: u32,
-    pub _pad: u32,
+    /// 1: clamp the output to `[clamp_min, clamp_max]` ([`Conv2d::clamp`]).
+    pub has_clamp: u32,
+    pub clamp_min: f32,
+    pub clamp_max: f32,
+    pub _pad: [u32; 2],
 }
 
 impl Conv2dParams {
@@ -51,6 +59,10 @@ impl Conv2dParams {
     /// Output channels per group.
     pub fn group_out(&self) -> usize {
         (self.o / self.groups.max(1)) as usize
+    }
+    /// The clamp's bounds, if any ([`Conv2d::clamp`]).
+    pub fn clamp(&self) -> Option<(f32, f32)> {
+        (self.has_clamp != 0).then_some((self.clamp_min, self.clamp_max))
     }
     /// Elements of the output.
     pub fn len(&self) -> usize {
@@ -91,7 +103,10 @@ impl Conv2d {
             pad_w: self.padding[1],
             groups: self.groups,
             has_bias: has_bias as u32,
-            _pad: 0,
+            has_clamp: self.clamp.is_some() as u32,
+            clamp_min: self.clamp.map_or(0.0, |[lo, _]| lo),
+            clamp_max: self.clamp.map_or(0.0, |[_, hi]| hi),
+            _pad: [0; 2],
         }
     }
 
@@ -149,21 +164,10 @@ pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &m
     if p.is_empty() || plane == 0 {
         return;
     }
-    let (c, o, hw) = (p.c as usize, p.o as usize, p.h as usize * p.w as usize);
-    let pointwise =
+    let is_pointwise =
         p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1;
-    if pointwise {
-        for (img, y) in out.chunks_exact_mut(o * plane).enumerate() {
-            if let Some(bias) = bias {
-                for (row, &b) in y.chunks_exact_mut(plane).zip(bias) {
-                    row.fill(b);
-                }
-            }
-            let g =
-                super::matmul::Gemm { m: o, n: plane, k: c, trans_b: false, accumulate: bias.is_some(), scale: 1.0 };
-            super::matmul::gemm_into(g, w, &x[img * c * hw..][..c * hw], y);
-        }
-        return;
+    if is_pointwise {
+        return pointwise(p, x, w, bias, out);
     }
     if is_depthwise_3x3(p) {
         out.par_chunks_mut(plane).enumerate().for_each(|(no, y)| depthwise_plane(p, x, w, bias, no, y));
@@ -178,6 +182,45 @@ pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &m
         .zip(x.par_chunks(h_w(p).max(1)))
         .for_each(|(dst, chan)| fill_phases(p, &phases, chan, dst));
     out.par_chunks_mut(plane).enumerate().for_each(|(no, y)| general_plane(p, &phases, &all, w, bias, no, y));
+}
+
+/// A 1 × 1 convolution (stride 1, no padding or groups): per image the product `y = W · x`
+/// (`[O, C]` by `[C, H·W]`) added to the bias, then the clamp in place (in place, it saves the
+/// separate op's second map). A batch that shares out evenly runs an image per thread: the
+/// products of small planes (7 × 7 in MobileNetV2's last blocks) split poorly (batch 8: 65 →
+/// 54 ms on 2 threads). Tried and not kept: blocks of columns shared by threads, each block's
+/// bias and clamp applied while it was in the cache: slower at batch 1.
+fn pointwise(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    use super::elementwise::{PAR_MIN, map_chunk};
+    let (c, o, plane) = (p.c as usize, p.o as usize, p.oh as usize * p.ow as usize);
+    let image = |img: usize, y: &mut [f32], threads: bool| {
+        if let Some(bias) = bias {
+            for (row, &b) in y.chunks_exact_mut(plane).zip(bias) {
+                row.fill(b);
+            }
+        }
+        let g = super::matmul::Gemm { m: o, n: plane, k: c, trans_b: false, accumulate: bias.is_some(), scale: 1.0 };
+        let x = &x[img * c * plane..][..c * plane];
+        if threads {
+            super::matmul::gemm_into(g, w, x, y);
+        } else {
+            super::matmul::gemm_into_serial(g, w, x, y);
+        }
+        if let Some((lo, hi)) = p.clamp() {
+            let clamp = |y: &mut [f32]| map_chunk(y, |v| super::elementwise::clamp(v, lo, hi));
+            if threads {
+                y.par_chunks_mut(PAR_MIN).for_each(clamp);
+            } else {
+                clamp(y);
+            }
+        }
+    };
+    let (images, threads) = (p.n as usize, rayon::current_num_threads());
+    if threads > 1 && (images % threads == 0 || images >= 4 * threads) {
+        out.par_chunks_exact_mut(o * plane).enumerate().for_each(|(img, y)| image(img, y, false));
+    } else {
+        out.chunks_exact_mut(o * plane).enumerate().for_each(|(img, y)| image(img, y, true));
+    }
 }
 
 fn h_w(p: &Conv2dParams) -> usize {
@@ -245,6 +288,7 @@ fn depthwise_3x3_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32
     let chan = &x[no * h * wd..][..h * wd];
     let k: &[f32; 9] = w[o * 9..][..9].try_into().expect("nine taps");
     let bias_o = bias.map_or(0.0, |b| b[o]);
+    let (bounds, clamp) = (p.clamp(), super::elementwise::clamp);
     // Output rows are computed in whole blocks of 16 columns (one AVX-512 vector, two AVX2
     // ones) into `wide`, of which the first ow are kept; a phase is long enough for the
     // farthest tap of the last block.
@@ -294,7 +338,12 @@ fn depthwise_3x3_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32
             }
             acc_out.copy_from_slice(&acc);
         }
-        out.copy_from_slice(&acc_row[..ow]);
+        // Kept columns out, clamped on the way (in its own loop, which vectorises; the clamp
+        // applied to `acc` above made the whole loop scalar).
+        match bounds {
+            Some((lo, hi)) => out.iter_mut().zip(&*acc_row).for_each(|(y, &v)| *y = clamp(v, lo, hi)),
+            None => out.copy_from_slice(&acc_row[..ow]),
+        }
     }
     SCRATCH.set(scratch);
 }
@@ -397,7 +446,10 @@ fn conv_plane_rows(
         }
     }
     for (yrow, arow) in y.chunks_exact_mut(ow).zip(acc.chunks_exact(wq)) {
-        yrow.copy_from_slice(&arow[..ow]);
+        match p.clamp() {
+            Some((lo, hi)) => yrow.iter_mut().zip(arow).for_each(|(y, &v)| *y = super::elementwise::clamp(v, lo, hi)),
+            None => yrow.copy_from_slice(&arow[..ow]),
+        }
     }
     ACC.set(acc);
 }

@@ -807,7 +807,7 @@ mod tests {
     #[test]
     fn image_ops_launch_a_thread_per_output_or_plane() {
         use crate::ops::Conv2d;
-        let dw = Op::Conv2d(Conv2d { stride: [1, 1], padding: [1, 1], groups: 7 });
+        let dw = Op::Conv2d(Conv2d { stride: [1, 1], padding: [1, 1], groups: 7, clamp: None });
         let (x, w, y) = ([2, 7, 9, 9], [7, 1, 3, 3], [2, 7, 9, 9]);
         let l = plan(&dw, &[operand(DType::F32, &x), operand(DType::F32, &w)], &[operand(DType::F32, &y)]).unwrap();
         assert_eq!((l.entry, l.grid, l.args[2]), ("conv2d", [5, 1, 1], Binding::Null));

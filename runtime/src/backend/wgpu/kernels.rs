@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn image_ops_launch_an_invocation_per_output() {
         use crate::ops::Conv2d;
-        let dw = Op::Conv2d(Conv2d { stride: [2, 2], padding: [1, 1], groups: 32 });
+        let dw = Op::Conv2d(Conv2d { stride: [2, 2], padding: [1, 1], groups: 32, clamp: None });
         let ins: [(DType, &[usize]); 2] = [(DType::F32, &[2, 32, 112, 112]), (DType::F32, &[32, 1, 3, 3])];
         let l = launch(&dw, &ins, (DType::F32, &[2, 32, 56, 56])).unwrap();
         assert_eq!((l.groups, l.params.len() as u64), ([784, 1, 1], signature(OpKind::Conv2d).params_size));
