@@ -309,12 +309,14 @@ fn depthwise_3x3_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32
         } else {
             // Phase 0 holds padded columns 0, 2, … (input −1, 1, 3, …); phase 1 holds 1, 3, …
             // (input 0, 2, …). The zeros of the fill are the padding.
+            // One pass over pairs of input columns (2i, 2i + 1), which vectorises.
             let (even, odd) = padded.split_at_mut(len);
-            for (d, &v) in even[1..].iter_mut().zip(row.iter().skip(1).step_by(2)) {
-                *d = v;
+            for ((o, e), pair) in odd.iter_mut().zip(&mut even[1..]).zip(row.chunks_exact(2)) {
+                *o = pair[0];
+                *e = pair[1];
             }
-            for (d, &v) in odd.iter_mut().zip(row.iter().step_by(2)) {
-                *d = v;
+            if wd % 2 == 1 {
+                odd[wd / 2] = row[wd - 1];
             }
         }
     }
