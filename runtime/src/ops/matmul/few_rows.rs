@@ -44,6 +44,18 @@ trait Tile {
     /// # Safety
     /// The rows hold k values each, and the CPU has the tile's instructions.
     unsafe fn dots(a: Rows, w: Rows, k: usize, prefetch: Rows) -> [f32; 16];
+
+    /// Rows of w per [`Tile::one_row`] call; 0 where the instruction set has none (a single
+    /// row of a then takes the 4-row tile, three of whose rows are copies).
+    const ONE_ROW_W_ROWS: usize = 0;
+    /// The dot products of one row of a (k long) with `ONE_ROW_W_ROWS` rows of w: that of w
+    /// row j at j.
+    ///
+    /// # Safety
+    /// As `dots`.
+    unsafe fn one_row(_a: *const f32, _w: Rows, _k: usize) -> [f32; 16] {
+        unreachable!("no one-row tile")
+    }
 }
 
 /// [`columns`] compiled for one instruction set (its tile inlined, its stores vectorised).
@@ -149,6 +161,26 @@ unsafe fn columns<T: Tile>(pass: &Pass, cols: Range<usize>) {
         }
         (scratch.as_ptr(), k.len)
     };
+    // A single row of a (a matrix-vector product): whole groups of weight rows through the
+    // one-row tile, which does a quarter of the 4-row tile's multiplications for the same
+    // loads; what is left (fewer rows than a group) takes the 4-row tile below.
+    let mut cols = cols;
+    if m == 1 && T::ONE_ROW_W_ROWS > 0 {
+        let a_row = a[k.start..].as_ptr();
+        while cols.start + T::ONE_ROW_W_ROWS <= cols.end {
+            let j0 = cols.start;
+            let ws = (w[j0 * k.stride + k.start..].as_ptr(), k.stride);
+            // SAFETY: one row of k.len values at a_row and ONE_ROW_W_ROWS at ws; the
+            // caller's CPU runs `T`.
+            let dots = unsafe { T::one_row(a_row, ws, k.len) };
+            // SAFETY: row 0, columns j0..j0 + ONE_ROW_W_ROWS are inside c and this call's.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(j0), T::ONE_ROW_W_ROWS) };
+            for (d, v) in dst.iter_mut().zip(dots) {
+                *d = if accumulate { *d + scale * v } else { scale * v };
+            }
+            cols.start += T::ONE_ROW_W_ROWS;
+        }
+    }
     for j0 in cols.clone().step_by(T::W_ROWS) {
         let ws = tile_rows(w, n, j0, T::W_ROWS, &mut w_edge);
         // The first tile of a block of weight rows fetches the next block into the cache:
@@ -191,6 +223,12 @@ mod x86 {
             // SAFETY: the caller's contract.
             unsafe { tile_avx512(a, w, k, prefetch) }
         }
+        const ONE_ROW_W_ROWS: usize = 16;
+        #[inline(always)]
+        unsafe fn one_row(a: *const f32, w: Rows, k: usize) -> [f32; 16] {
+            // SAFETY: the caller's contract.
+            unsafe { one_row_avx512(a, w, k) }
+        }
     }
 
     impl Tile for Avx2 {
@@ -200,6 +238,69 @@ mod x86 {
             // SAFETY: the caller's contract.
             unsafe { tile_avx2(a, w, k, prefetch) }
         }
+        const ONE_ROW_W_ROWS: usize = 8;
+        #[inline(always)]
+        unsafe fn one_row(a: *const f32, w: Rows, k: usize) -> [f32; 16] {
+            // SAFETY: the caller's contract.
+            unsafe { one_row_avx2(a, w, k) }
+        }
+    }
+
+    /// One row of a by 16 rows of w: 16 accumulators, a step loads a once and each w row once
+    /// for 16 FMAs, all of them useful. The dot with w row j lands at j.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn one_row_avx512(a: *const f32, (w, w_stride): Rows, k: usize) -> [f32; 16] {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut p = 0;
+        // SAFETY (all loads): p + 16 ≤ k in the loop, and the tail's mask covers p..k only.
+        while p + 16 <= k {
+            let av = unsafe { _mm512_loadu_ps(a.add(p)) };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(av, unsafe { _mm512_loadu_ps(w.add(j * w_stride + p)) }, *acc);
+            }
+            p += 16;
+        }
+        if p < k {
+            let mask: __mmask16 = (1u32 << (k - p)) as u16 - 1;
+            let av = unsafe { _mm512_maskz_loadu_ps(mask, a.add(p)) };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(av, unsafe { _mm512_maskz_loadu_ps(mask, w.add(j * w_stride + p)) }, *acc);
+            }
+        }
+        let mut lanes = [0f32; 16];
+        // SAFETY: 16 f32.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), reduce16(acc)) };
+        // reduce16 puts vector t at lane ORDER[t].
+        std::array::from_fn(|j| lanes[ORDER[j]])
+    }
+
+    /// One row of a by 8 rows of w with 8-wide registers (the dot with w row j at j; lanes 8
+    /// to 15 unused).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn one_row_avx2(a: *const f32, (w, w_stride): Rows, k: usize) -> [f32; 16] {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut p = 0;
+        // SAFETY (all loads): p + 8 ≤ k in the loop, and the tail's mask covers p..k only.
+        while p + 8 <= k {
+            let av = unsafe { _mm256_loadu_ps(a.add(p)) };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(av, unsafe { _mm256_loadu_ps(w.add(j * w_stride + p)) }, *acc);
+            }
+            p += 8;
+        }
+        if p < k {
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - p) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            let av = unsafe { _mm256_maskload_ps(a.add(p), mask) };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(av, unsafe { _mm256_maskload_ps(w.add(j * w_stride + p), mask) }, *acc);
+            }
+        }
+        let mut dots = [0f32; 16];
+        // SAFETY: 8 f32.
+        unsafe { _mm256_storeu_ps(dots.as_mut_ptr(), reduce8(acc)) };
+        dots
     }
 
     /// # Safety
@@ -221,7 +322,6 @@ mod x86 {
     /// The lane of accumulator t after `reduce16`: level 1 pairs accumulators (2p, 2p+1)
     /// into 256-bit halves, level 2 pairs those results into 128-bit quarters, levels 3 and 4
     /// reduce within quarters.
-    #[cfg(test)]
     const ORDER: [usize; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
 
     /// The 16 dot products of 4 rows of a with 4 rows of w (each k long), that of a row i and
@@ -477,6 +577,12 @@ mod tests {
             (4, 1536, 384),
             (5, 9, 1100),
             (16, 64, 1536),
+            // One row: groups of 16 (8) weight rows and what is left, K with and without a
+            // tail, across threads.
+            (1, 16, 16),
+            (1, 37, 129),
+            (1, 129, 7),
+            (1, 1000, 1280),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
             let w: Vec<f32> = (0..n * k).map(|i| value(i, 2)).collect();
