@@ -68,11 +68,36 @@ fn for_rows(x: &[f32], out: &mut [f32], cols: usize, f: impl Fn(&[f32], &mut [f3
     }
 }
 
+/// `Σ f(v)` over a row in 16 interleaved partial sums (lane l takes elements l, l + 16, …)
+/// added pairwise at the end: it vectorises, and runs 16 independent additions where a single
+/// running sum waits on the previous one for each element (MiniLM's layer norms on a 634-token
+/// batch took 4% of the run that way). A little more accurate than one running sum too.
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(v);
+    }
+    for chunk in chunks {
+        for l in 0..16 {
+            acc[l] += f(chunk[l]);
+        }
+    }
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+    }
+    acc[0]
+}
+
 pub fn layer_norm_cpu(p: &NormParams, x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
     let n = p.cols as f32;
     for_rows(x, out, p.cols as usize, |row, o| {
-        let mean = row.iter().sum::<f32>() / n;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let mean = lane_sum(row, |v| v) / n;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
         let inv = 1.0 / (var + p.eps).sqrt();
         for (i, v) in o.iter_mut().enumerate() {
             *v = (row[i] - mean) * inv * gamma[i] + beta[i];
