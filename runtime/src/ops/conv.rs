@@ -355,9 +355,9 @@ fn depthwise_3x3_rows(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32
 /// columns rx, rx + sw, … (`hq` rows of `wq`). Output row oy, column ox, tap (ky, kx) reads
 /// padded (oy·sh + ky, ox·sw + kx), which is phase (ky mod sh, kx mod sw) at (oy + ky div sh,
 /// ox + kx div sw): with the output laid out `wq` wide (its last columns thrown away), each
-/// tap is `out[t] += w · phase[t + offset]` for t over the whole plane, one long contiguous
-/// multiply-add whatever the stride and however small the plane (7 × 7 in MobileNetV2's last
-/// blocks, where per-row loops would be all overhead).
+/// tap is `out[t] += w · phase[t + offset]` for t over the whole plane, contiguous whatever
+/// the stride and however small the plane (7 × 7 in MobileNetV2's last blocks, where per-row
+/// loops would be all overhead), so blocks of 16 consecutive t sum all taps in registers.
 struct Phases {
     hq: usize,
     wq: usize,
@@ -432,20 +432,36 @@ fn conv_plane_rows(
     thread_local! {
         static ACC: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
+    // Every tap (ci, ky, kx) in summation order: its weight and where in `all` its run of
+    // oh·wq values starts.
+    let taps: Vec<(f32, usize)> = (0..cg)
+        .flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ci, ky, kx))))
+        .map(|(ci, ky, kx)| {
+            let chan = (n * p.c as usize + group * cg + ci) * len;
+            let phase = ((ky % sh) * sw + kx % sw) * plane;
+            (w[((o * cg + ci) * kh + ky) * kw + kx], chan + phase + (ky / sh) * wq + kx / sw)
+        })
+        .collect();
     let mut acc = ACC.take();
     acc.clear();
-    acc.resize(oh * wq, bias.map_or(0.0, |b| b[o]));
-    for ci in 0..cg {
-        let chan = &all[(n * p.c as usize + group * cg + ci) * len..][..len];
-        let wk = &w[(o * cg + ci) * kh * kw..][..kh * kw];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let wv = wk[ky * kw + kx];
-                let phase = &chan[((ky % sh) * sw + kx % sw) * plane..][..plane];
-                let tap = &phase[(ky / sh) * wq + kx / sw..][..oh * wq];
-                acc.iter_mut().zip(tap).for_each(|(a, &v)| *a += wv * v);
+    acc.resize(oh * wq, 0.0);
+    let bias_o = bias.map_or(0.0, |b| b[o]);
+    // Blocks of 16 outputs summing every tap in registers (one pass over the output, where a
+    // pass per tap read and wrote it cg·kh·kw times); the last few outputs one by one.
+    let mut blocks = acc.chunks_exact_mut(16);
+    for (at, out) in (&mut blocks).enumerate() {
+        let mut block = [bias_o; 16];
+        for &(wv, start) in &taps {
+            let tap: &[f32; 16] = all[start + at * 16..][..16].try_into().expect("16 values");
+            for l in 0..16 {
+                block[l] += wv * tap[l];
             }
         }
+        out.copy_from_slice(&block);
+    }
+    let done = (oh * wq) / 16 * 16;
+    for (t, out) in blocks.into_remainder().iter_mut().enumerate() {
+        *out = taps.iter().fold(bias_o, |sum, &(wv, start)| sum + wv * all[start + done + t]);
     }
     for (yrow, arow) in y.chunks_exact_mut(ow).zip(acc.chunks_exact(wq)) {
         match p.clamp() {
