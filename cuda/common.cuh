@@ -25,6 +25,7 @@ typedef float f32;
 #define ACT_NONE 0u
 #define ACT_GELU 1u
 #define ACT_RELU 2u
+#define ACT_SILU 3u
 
 #define UNARY_GELU 0u
 #define UNARY_RELU 1u
@@ -116,6 +117,7 @@ __device__ __forceinline__ float gelu(float x) {
 __device__ __forceinline__ float activate(float x, u32 activation) {
     if (activation == ACT_GELU) return gelu(x);
     if (activation == ACT_RELU) return fmaxf(x, 0.0f);
+    if (activation == ACT_SILU) return x / (1.0f + expf(-x));  // as the CPU and unary silu
     return x;
 }
 

@@ -23,7 +23,7 @@ fn erf(x_in: f32) -> f32 {
 }
 
 // A matmul epilogue's activation (ops::matmul::Activation::code): 0 none, 1 GELU (erf form),
-// 2 ReLU.
+// 2 ReLU, 3 SiLU (as the CPU and the unary op: x / (1 + e^-x)).
 fn activate(x: f32, code: u32) -> f32 {
     switch code {
         case 1u: {
@@ -31,6 +31,9 @@ fn activate(x: f32, code: u32) -> f32 {
         }
         case 2u: {
             return max(x, 0.0);
+        }
+        case 3u: {
+            return x / (1.0 + exp(-x));
         }
         default: {
             return x;

@@ -133,11 +133,16 @@ impl<'a> Builder<'a> {
     /// `x · Wᵀ (+ b)` for the file's `{name}.weight` (and `{name}.bias` when it has one:
     /// qwen2's q, k and v).
     pub fn linear(&mut self, name: &str, x: ValueId) -> Result<ValueId> {
+        self.linear_with(name, x, Activation::None)
+    }
+
+    /// [`Self::linear`] with `activation` applied as the product is written.
+    pub fn linear_with(&mut self, name: &str, x: ValueId, activation: Activation) -> Result<ValueId> {
         let mut inputs = vec![x, self.weight(&format!("{name}.weight"))?];
         if self.has(&format!("{name}.bias")) {
             inputs.push(self.weight(&format!("{name}.bias"))?);
         }
-        Ok(self.graph.node1(name, Op::MatMul(MatMul { trans_b: true, activation: Activation::None }), &inputs)?)
+        Ok(self.graph.node1(name, Op::MatMul(MatMul { trans_b: true, activation }), &inputs)?)
     }
 
     pub fn node(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId> {
@@ -243,8 +248,8 @@ pub fn decoder_graph_with(
         x = b.node(&n("attn_residual"), Op::Binary(BinaryKind::Add), &[x, o])?;
         let norm = b.weight(&n("ffn_norm.weight"))?;
         let h = b.node(&n("ffn_norm"), rms.clone(), &[x, norm])?;
-        let gate = b.linear(&n("ffn_gate"), h)?;
-        let gate = b.node(&n("ffn_silu"), Op::Unary(UnaryKind::Silu), &[gate])?;
+        // SwiGLU: the gate's SiLU runs in its product's epilogue.
+        let gate = b.linear_with(&n("ffn_gate"), h, Activation::Silu)?;
         let up = b.linear(&n("ffn_up"), h)?;
         let f = b.node(&n("ffn_swiglu"), Op::Binary(BinaryKind::Mul), &[gate, up])?;
         let f = b.linear(&n("ffn_down"), f)?;

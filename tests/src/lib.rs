@@ -161,6 +161,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
                 (true, Activation::None),
                 (true, Activation::Gelu),
                 (false, Activation::Relu),
+                (true, Activation::Silu),
             ] {
                 let a = uniform(rng, &[m, k], -1.0, 1.0);
                 let b = uniform(rng, &if trans_b { [n, k] } else { [k, n] }, -1.0, 1.0);
@@ -201,6 +202,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
             (true, Activation::None),
             (true, Activation::Relu),
             (false, Activation::Gelu),
+            (true, Activation::Silu),
         ];
         let mut shapes: Vec<(Vec<usize>, usize)> = Vec::new(); // (a's shape but K, N)
         for m in [1, 7, 33] {

@@ -37,11 +37,7 @@ fn naive_matmul(case: &tandem_tests::Case, trans_b: bool, act: Activation) -> Ve
                     acc += av[t * m * k + i * k + p] as f64 * bval as f64;
                 }
                 let x = acc as f32 + bias.as_ref().map_or(0.0, |b| b[j]);
-                out[t * m * n + i * n + j] = match act {
-                    Activation::None => x,
-                    Activation::Gelu => gelu(x),
-                    Activation::Relu => x.max(0.0),
-                };
+                out[t * m * n + i * n + j] = activate(act, x);
             }
         }
     }
@@ -142,6 +138,7 @@ fn activate(act: Activation, x: f32) -> f32 {
         Activation::None => x,
         Activation::Gelu => gelu(x),
         Activation::Relu => x.max(0.0),
+        Activation::Silu => (x as f64 / (1.0 + (-x as f64).exp())) as f32,
     }
 }
 
