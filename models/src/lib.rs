@@ -30,5 +30,5 @@ pub mod tokenizer;
 pub mod vision;
 
 pub use embed::{Embedder, Embedding, cosine};
-pub use session::{AnySession, AnyState, BackendChoice, Device};
+pub use session::{AnySession, AnyState, BackendChoice, Device, Precision};
 pub use tokenizer::{Prompts, TextRole};

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tandem_models::registry::known_model;
-use tandem_models::{BackendChoice, Embedder, cosine, fetch};
+use tandem_models::{BackendChoice, Embedder, Precision, cosine, fetch};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -27,6 +27,10 @@ struct ReferenceInput {
 /// Per-input floor, in float64 cosine.
 const MIN_COSINE: f64 = 0.9999;
 
+/// The floor with the linear layers in bf16 (`--precision bf16`): weights rounded to 8
+/// significant bits, and on a CPU with AVX-512 BF16 the activations too.
+const MIN_COSINE_BF16: f64 = 0.999;
+
 fn cached_minilm() -> Option<PathBuf> {
     let model = known_model("minilm").unwrap();
     let dir = fetch::model_dir(model).ok()?;
@@ -45,21 +49,29 @@ fn reference() -> Reference {
 
 #[test]
 fn minilm_matches_sentence_transformers_on_cpu() {
-    check_parity(BackendChoice::Cpu);
+    check_parity(BackendChoice::Cpu, Precision::F32, MIN_COSINE);
+}
+
+/// bf16 products where the CPU has AVX-512 BF16 (else bf16 weights widened to f32: the
+/// device line printed says which ISA ran).
+#[test]
+fn minilm_in_bf16_stays_close_to_sentence_transformers_on_cpu() {
+    check_parity(BackendChoice::Cpu, Precision::Bf16, MIN_COSINE_BF16);
 }
 
 /// On lavapipe (CI's Vulkan on the CPU) this takes tens of seconds: it is the same graph and
 /// the same WGSL a real GPU or a browser runs.
 #[test]
 fn minilm_matches_sentence_transformers_on_wgpu() {
-    check_parity(BackendChoice::Wgpu);
+    check_parity(BackendChoice::Wgpu, Precision::F32, MIN_COSINE);
 }
 
-fn check_parity(backend: BackendChoice) {
+fn check_parity(backend: BackendChoice, precision: Precision, min_cosine: f64) {
     let Some(dir) = cached_minilm() else { return };
     let reference = reference();
     assert!(reference.inputs.len() >= 48);
-    let embedder = Embedder::load(&dir, backend).unwrap();
+    let (embedder, variant) = Embedder::load_adapted(&dir, None, backend, precision).unwrap();
+    assert_eq!(variant, if precision == Precision::F32 { "" } else { "+bf16" }, "the model id's suffix");
     assert_eq!(embedder.max_tokens(), reference.max_seq_length, "truncation limit (sentence_bert_config.json)");
     assert_eq!(embedder.dim(), reference.dim);
 
@@ -80,19 +92,20 @@ fn check_parity(backend: BackendChoice) {
         if c < worst.0 {
             worst = (c, &r.text);
         }
-        if c < MIN_COSINE {
+        if c < min_cosine {
             failures.push(format!("{:?}: cosine {c:.7}", r.text));
         }
     }
     let shown: String = worst.1.chars().take(60).collect();
     println!(
-        "{backend:?}: min cosine vs sentence-transformers over {} inputs: {:.9} (1 - min = {:.1e}, at {shown:?}); \
-         max |difference| of a component: {max_abs_diff:.1e}",
+        "{backend:?} {precision} ({}): min cosine vs sentence-transformers over {} inputs: {:.9} (1 - min = {:.1e}, \
+         at {shown:?}); max |difference| of a component: {max_abs_diff:.1e}",
+        embedder.device().description(),
         got.len(),
         worst.0,
         1.0 - worst.0
     );
-    assert!(failures.is_empty(), "below {MIN_COSINE}: {failures:#?}");
+    assert!(failures.is_empty(), "below {min_cosine}: {failures:#?}");
 
     // Packing must not leak between texts: each alone gives what it gave in the batch.
     for (i, text) in texts.iter().enumerate().step_by(7) {

@@ -22,7 +22,7 @@ enum Command {
     /// Write a model as a graph file that runs without its builder.
     Export(commands::export::Args),
     /// Serve the models over HTTP (TEI-compatible /embed, /rerank, /v1/embeddings).
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Entity-based relevance of items to a query (EBRM), with the deciding entities.
     Relevance(commands::relevance::Args),
     /// Business-rule plugins: check a plugin against test cases.
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Command::Fetch(args) => commands::fetch::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Export(args) => commands::export::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Relevance(args) => commands::relevance::run(args),
         Command::Rules(args) => commands::rules::run(args),
         Command::Classify(args) => commands::classify::run(args),

@@ -1,22 +1,27 @@
 //! Times tandem's CPU f32 matmul (the op's CPU kernel, as the executor calls it) at given
 //! shapes, for `benches/cpu_compare.py`, which times OpenBLAS (numpy) on the same shapes.
 //!
-//! Usage: gemm_timing RUNS M,K,N[,t] ...   (`t`: b stored transposed, [N, K], as weights are)
-//! Prints one JSON object per shape: {"m", "k", "n", "trans_b", "median_ms", "gflops"}.
+//! Usage: gemm_timing RUNS M,K,N[,t|,bf16] ...   (`t`: b stored transposed, [N, K], as weights
+//! are; `bf16`: b stored [N, K] as bf16, multiplied as the CPU backend's default path does it,
+//! in bf16 where the CPU has AVX-512 BF16, else widened to f32)
+//! Prints one JSON object per shape: {"m", "k", "n", "trans_b", "bf16", "median_ms", "gflops"}.
 
 use anyhow::{Context, Result, ensure};
-use tandem_runtime::ops::matmul::{MatMulParams, cpu};
+use tandem_runtime::ops::isa::CpuIsa;
+use tandem_runtime::ops::matmul::{MatMulParams, StoredPath, cpu, cpu_stored};
+use tandem_runtime::tensor::DType;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    ensure!(args.len() >= 3, "usage: gemm_timing RUNS M,K,N[,t] ...");
+    ensure!(args.len() >= 3, "usage: gemm_timing RUNS M,K,N[,t|,bf16] ...");
     let runs: usize = args[1].parse().context("RUNS")?;
     for shape in &args[2..] {
         let parts: Vec<&str> = shape.split(',').collect();
-        ensure!(parts.len() >= 3, "shape {shape}: want M,K,N[,t]");
+        ensure!(parts.len() >= 3, "shape {shape}: want M,K,N[,t|,bf16]");
         let [m, k, n] = [0, 1, 2].map(|i| parts[i].parse::<usize>());
         let (m, k, n) = (m?, k?, n?);
-        let trans_b = parts.get(3) == Some(&"t");
+        let bf16 = parts.get(3) == Some(&"bf16");
+        let trans_b = bf16 || parts.get(3) == Some(&"t");
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut c = vec![0f32; m * n];
@@ -34,16 +39,22 @@ fn main() -> Result<()> {
             lora_scale: 0.0,
             _pad: 0,
         };
-        cpu(&p, &a, &b, None, &mut c); // warm-up
-        let median = tandem_benches::median_ms(runs, || {
-            cpu(&p, &a, &b, None, &mut c);
-            Ok::<(), std::convert::Infallible>(())
-        })
-        .unwrap_or_else(|never| match never {});
+        let b16: Vec<u8> = b.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+        let path = StoredPath::LowPrecision(CpuIsa::active());
+        let mut run = || -> Result<()> {
+            if bf16 {
+                cpu_stored(&p, &a, DType::BF16, &b16, None, &mut c, path)?;
+            } else {
+                cpu(&p, &a, &b, None, &mut c);
+            }
+            Ok(())
+        };
+        run()?; // warm-up
+        let median = tandem_benches::median_ms(runs, &mut run)?;
         let gflops = 2.0 * (m * n * k) as f64 / (median * 1e6);
         println!(
             "{}",
-            serde_json::json!({ "m": m, "k": k, "n": n, "trans_b": trans_b, "median_ms": median, "gflops": gflops })
+            serde_json::json!({ "m": m, "k": k, "n": n, "trans_b": trans_b, "bf16": bf16, "median_ms": median, "gflops": gflops })
         );
     }
     Ok(())

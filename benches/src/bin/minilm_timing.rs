@@ -1,17 +1,19 @@
 //! Times MiniLM's forward pass on given token ids, for `benches/ort_compare.py`, which feeds
 //! ONNX Runtime the very same ids. Tokenization is left out on both sides.
 //!
-//! Usage: minilm_timing MODEL_DIR BATCH.json RUNS [BACKEND]
+//! Usage: minilm_timing MODEL_DIR BATCH.json RUNS [BACKEND [PRECISION]]   (f32 | bf16)
 //! BATCH.json is a list of token-id lists. Prints {"median_ms": .., "tokens": ..} on stdout.
 
 use anyhow::{Context, Result};
-use tandem_models::session::{AnySession, BackendChoice};
+use tandem_models::session::{AnySession, BackendChoice, Precision};
 use tandem_models::tokenizer::{PackedBatch, TokenizedText};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() >= 4, "usage: minilm_timing MODEL_DIR BATCH.json RUNS [cpu|wgpu]");
-    let model = tandem_models::bert::load_dir(args[1].as_ref())?;
+    anyhow::ensure!(args.len() >= 4, "usage: minilm_timing MODEL_DIR BATCH.json RUNS [cpu|wgpu [f32|bf16]]");
+    let mut model = tandem_models::bert::load_dir(args[1].as_ref())?;
+    let precision: Precision = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or_default();
+    precision.apply(&mut model.graph);
     let batch: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&args[2]).context("batch file")?)?;
     let runs: usize = args[3].parse().context("RUNS")?;
     let backend: BackendChoice = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(BackendChoice::Cpu);

@@ -180,4 +180,65 @@ impl Graph {
     pub fn input_named(&self, name: &str) -> Option<ValueId> {
         self.inputs.iter().copied().find(|&i| self.value(i).name == name)
     }
+
+    /// Declares every f32 weight whose only use is as the `[N, K]` weight of a `MatMul` (a
+    /// linear layer's, by f32 activations) as stored in `dtype` (bf16 or f16) instead: loading
+    /// converts it ([`file::load_weights`]), the products read it as stored, and on the CPU a
+    /// bf16 one is multiplied in bf16 where the CPU can. Weights with other uses (a tied
+    /// embedding table, a norm's scale) stay f32. Returns how many weights changed; the types
+    /// of every other value stay as they were (such a product's output is f32).
+    pub fn store_linear_weights_as(&mut self, dtype: DType) -> usize {
+        let mut as_linear_weight = vec![false; self.values.len()];
+        let mut otherwise = vec![false; self.values.len()];
+        for node in &self.nodes {
+            let linear = matches!(&node.op, Op::MatMul(m) if m.trans_b)
+                && node.inputs.len() >= 2
+                && self.value(node.inputs[0]).ty.dtype == DType::F32;
+            for (i, &input) in node.inputs.iter().enumerate() {
+                if linear && i == 1 {
+                    as_linear_weight[input.index()] = true;
+                } else {
+                    otherwise[input.index()] = true;
+                }
+            }
+        }
+        for &output in &self.outputs {
+            otherwise[output.index()] = true;
+        }
+        let mut changed = 0;
+        for &w in &self.weights {
+            let ty = &mut self.values[w.index()].ty;
+            if as_linear_weight[w.index()] && !otherwise[w.index()] && ty.dtype == DType::F32 && ty.rank() == 2 {
+                ty.dtype = dtype;
+                changed += 1;
+            }
+        }
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::matmul::{Activation, MatMul};
+
+    #[test]
+    fn only_weights_used_as_linear_weights_change_dtype() {
+        let mut g = Graph::new("t");
+        let ids = g.input("ids", TensorType::new(DType::U32, vec![Dim::sym("tokens")]));
+        let table = g.weight("table", TensorType::fixed(DType::F32, &[10, 4]));
+        let dense = g.weight("dense", TensorType::fixed(DType::F32, &[4, 4]));
+        let bias = g.weight("bias", TensorType::fixed(DType::F32, &[4]));
+        let x = g.node1("embed", Op::Gather, &[table, ids]).unwrap();
+        let linear = Op::MatMul(MatMul { trans_b: true, activation: Activation::None });
+        let y = g.node1("dense", linear.clone(), &[x, dense, bias]).unwrap();
+        // A tied output layer: the embedding table is a product's weight too, and stays f32.
+        let logits = g.node1("tied", linear, &[y, table]).unwrap();
+        g.output(logits, "logits");
+        assert_eq!(g.store_linear_weights_as(DType::BF16), 1);
+        assert_eq!(g.value(dense).ty.dtype, DType::BF16);
+        assert_eq!(g.value(table).ty.dtype, DType::F32);
+        assert_eq!(g.value(bias).ty.dtype, DType::F32);
+        g.validate().unwrap();
+    }
 }

@@ -1,4 +1,5 @@
-//! `tandem embed [--backend cpu|wgpu|auto] [--model NAME|PATH | --graph FILE] [--query] [TEXT...]`
+//! `tandem embed [--backend cpu|wgpu|auto] [--model NAME|PATH | --graph FILE] [--precision f32|bf16] [--query]
+//! [TEXT...]`
 //!
 //! Without TEXT, reads JSON lines from stdin (each a JSON string or `{"text": ...}`). Prints
 //! one JSON line per input: `{"text": ..., "tokens": n, "embedding": [...]}`. Texts are
@@ -8,7 +9,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{self, BufRead, Read, Write};
 use std::path::PathBuf;
-use tandem_models::{BackendChoice, Embedder, TextRole};
+use tandem_models::{BackendChoice, Embedder, Precision, TextRole};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,6 +25,10 @@ pub struct Args {
     graph: Option<PathBuf>,
     #[command(flatten)]
     adapter: super::AdapterArgs,
+    /// The linear layers' precision: f32 (the reference) or bf16 (half the weight memory; on a
+    /// CPU with AVX-512 BF16 the products run in bf16, about twice as fast).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Embed the texts as search queries rather than as the texts searched (E5 prompts them
     /// "query: " rather than "passage: ").
     #[arg(long)]
@@ -43,11 +48,14 @@ pub fn run(args: Args) -> Result<()> {
     if args.graph.is_some() && args.adapter.adapter.is_some() {
         bail!("--adapter applies to a model folder (--model), not to an exported --graph");
     }
+    if args.graph.is_some() && args.precision != Precision::F32 {
+        bail!("--precision applies to a model folder (--model); an exported --graph runs as it was exported");
+    }
     let embedder = match &args.graph {
         Some(graph) => Embedder::from_graph_file(graph, backend)?,
         None => {
             let dir = super::model_or_default(args.model.as_deref())?;
-            Embedder::load_adapted(&dir, args.adapter.spec().as_ref(), backend)?.0
+            Embedder::load_adapted(&dir, args.adapter.spec().as_ref(), backend, args.precision)?.0
         }
     };
     let role = if args.query { TextRole::Query } else { TextRole::Passage };

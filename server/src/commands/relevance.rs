@@ -15,7 +15,7 @@ use tandem_ebrm::encoder::{CrossEncoder, ModelEncoder};
 use tandem_ebrm::pipeline::Ranking;
 use tandem_ebrm::rules::{annotate, candidates, plugin_query};
 use tandem_models::embed::model_id;
-use tandem_models::{BackendChoice, Embedder};
+use tandem_models::{BackendChoice, Embedder, Precision};
 use tandem_plugins::{Host, Plugin, PluginSpec, RuleReport};
 
 #[derive(clap::Args)]
@@ -40,6 +40,10 @@ pub struct Args {
     backend: BackendChoice,
     #[command(flatten)]
     adapter: super::AdapterArgs,
+    /// The linear layers' precision: f32 (the reference) or bf16 (half the weight memory; on a
+    /// CPU with AVX-512 BF16 the products run in bf16, about twice as fast).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// A cross-encoder folder (BertForSequenceClassification) that scores the query-item
     /// similarity prior, with qe = sigmoid(logit); the constraint checks stay rules.
     #[arg(long, value_name = "DIR")]
@@ -54,10 +58,11 @@ pub fn run(args: Args) -> Result<()> {
     let logic = Logic::from_name(&args.logic)
         .ok_or_else(|| anyhow!("unknown logic '{}' (valid: product, goedel, lukasiewicz)", args.logic))?;
     let model = model_or_default(args.model.as_deref())?;
-    let (embedder, adapter_id) = Embedder::load_adapted(&model, args.adapter.spec().as_ref(), args.backend)?;
+    let (embedder, variant) =
+        Embedder::load_adapted(&model, args.adapter.spec().as_ref(), args.backend, args.precision)?;
     // The id keys the QE cache and the taxonomy embeddings (and picks the calibration): an
     // adapter makes another model.
-    let encoder = ModelEncoder::new(embedder, format!("{}{adapter_id}", model_id(&model)));
+    let encoder = ModelEncoder::new(embedder, format!("{}{variant}", model_id(&model)));
     let cli_args = RelevanceArgs {
         query: args.query,
         items: args.items,

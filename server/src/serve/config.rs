@@ -10,6 +10,7 @@
 //! name = "minilm"          # minilm or multilingual-e5-small, fetched on first use
 //! # path = "/models/minilm" # or a local model folder (or E5S1 file)
 //! backend = "auto"         # auto | cpu | wgpu | cuda
+//! precision = "f32"        # f32 | bf16 (linear layers in bf16: about 2x on CPUs with AVX-512 BF16)
 //!
 //! [batching]
 //! max_batch_tokens = 2048
@@ -124,6 +125,10 @@ pub struct EmbedModelConfig {
     pub adapter: Option<PathBuf>,
     /// Fold the adapter into the weights at load instead of running the fused LoRA op.
     pub merge_adapter: bool,
+    /// f32 | bf16: the linear layers' precision (bf16 halves their memory; on a CPU with
+    /// AVX-512 BF16 the products run in bf16, about twice as fast, embeddings within a cosine
+    /// of about 0.9995 of f32's).
+    pub precision: String,
 }
 
 impl Default for EmbedModelConfig {
@@ -134,6 +139,7 @@ impl Default for EmbedModelConfig {
             backend: "auto".into(),
             adapter: None,
             merge_adapter: false,
+            precision: "f32".into(),
         }
     }
 }

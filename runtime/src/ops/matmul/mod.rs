@@ -8,6 +8,7 @@ use crate::tensor::DType;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub mod bf16_dot;
 mod few_rows;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -169,15 +170,17 @@ pub enum StoredPath {
     /// Panels of the weight dequantized to f32 (exactly as `weights::quant` does) and
     /// multiplied in f32: the reference.
     Dequantized,
-    /// The activations quantized to 8 bits and integer dot products with the weight's blocks
-    /// ([`super::qdot`]), on the [`CpuIsa`](super::isa::CpuIsa) given: llama.cpp's CPU path.
-    IntegerDot(super::isa::CpuIsa),
+    /// The activations rounded to the weight's precision and the dot products taken in it,
+    /// on the [`CpuIsa`](super::isa::CpuIsa) given, where that is faster: GGUF blocks by 8-bit
+    /// activations in integers ([`super::qdot`], llama.cpp's CPU path), bf16 by bf16
+    /// activations with AVX-512 BF16 ([`bf16_dot`]). Other cases take the dequantized path.
+    LowPrecision(super::isa::CpuIsa),
 }
 
 /// CPU matmul with a stored weight b `[N, K]` (f16, bf16 or GGUF blocks, raw bytes), through
 /// `path` for the block types [`super::qdot`] takes where it is the faster one
-/// ([`super::qdot::preferred`]: many rows of a 32-value type on AVX2 go the f32 way); f16 and
-/// bf16 are always dequantized.
+/// ([`super::qdot::preferred`]: many rows of a 32-value type on AVX2 go the f32 way) and for
+/// bf16 where the CPU has bf16 dot products; f16 is always dequantized.
 pub fn cpu_stored(
     p: &MatMulParams,
     a: &[f32],
@@ -189,9 +192,20 @@ pub fn cpu_stored(
 ) -> Result<()> {
     let (m, n, k) = (p.m as usize * p.batch as usize, p.n as usize, p.k as usize);
     match path {
-        StoredPath::IntegerDot(isa) if super::qdot::supports(b_dtype) && super::qdot::preferred(isa, b_dtype, m) => {
+        StoredPath::LowPrecision(isa) if super::qdot::supports(b_dtype) && super::qdot::preferred(isa, b_dtype, m) => {
             let w = super::qdot::BlockMatrix { dtype: b_dtype, bytes: b, rows: n, cols: k };
             super::qdot::matmul(isa, w, &a[..m * k], m, &mut out[..m * n])?
+        }
+        StoredPath::LowPrecision(isa) if b_dtype == DType::BF16 && bf16_dot::available(isa) => {
+            if b.len() < 2 * n * k || a.len() < m * k || out.len() < m * n {
+                return Err(crate::error::Error::input(format!(
+                    "matmul {m}×{k} by bf16 {n}×{k}: {} weight bytes, {} activations, {} outputs",
+                    b.len(),
+                    a.len(),
+                    out.len()
+                )));
+            }
+            bf16_dot::multiply(a, m, k, b, n, out)
         }
         _ => dequantized_panels(m, n, k, a, b_dtype, b, out)?,
     }
