@@ -235,10 +235,19 @@ pub fn run(args: Args) -> Result<()> {
 fn model_info(embedder: &Embedder, dir: &std::path::Path) -> routes::ModelInfo {
     let graph = embedder.graph();
     let meta = |key: &str| graph.metadata.get(key).cloned();
-    let dtype = graph.weights.first().map_or("float32".to_string(), |&id| match graph.value(id).ty.dtype.name() {
-        "f32" => "float32".to_string(),
-        "f16" => "float16".to_string(),
-        other => other.to_string(),
+    // The dtype of the linear layers' weights (bf16 under `--precision bf16`, GGUF blocks for
+    // E5), else of the first weight.
+    let linear_weight = graph.nodes.iter().find_map(|node| match node.op {
+        tandem_runtime::Op::MatMul(_) => node.inputs.get(1).filter(|id| graph.weights.contains(id)).copied(),
+        _ => None,
+    });
+    let dtype = linear_weight.or(graph.weights.first().copied()).map_or("float32".to_string(), |id| {
+        match graph.value(id).ty.dtype.name() {
+            "f32" => "float32".to_string(),
+            "f16" => "float16".to_string(),
+            "bf16" => "bfloat16".to_string(),
+            other => other.to_string(),
+        }
     });
     routes::ModelInfo {
         id: meta(META_MODEL).unwrap_or_else(|| dir.display().to_string()),
