@@ -15,7 +15,6 @@
 //! row's result does not depend on the batch it came in (as with [`crate::ops::qdot`]).
 
 use super::super::isa::CpuIsa;
-use rayon::prelude::*;
 
 /// Whether this CPU runs [`multiply`] at level `isa` (AVX-512 with the BF16 extension; a
 /// `TANDEM_CPU_ISA` cap below AVX-512 turns it off).
@@ -30,15 +29,6 @@ pub fn available(isa: CpuIsa) -> bool {
         false
     }
 }
-
-/// Activation values per `vdpbf16ps` operand (32 bf16 in a 512-bit register).
-const LANES: usize = 32;
-
-/// Activation rows (weight rows) a task takes at most: a task's rows of both stay in L2.
-const TASK_ROWS: usize = 64;
-
-/// Multiply-accumulates below this many run on the calling thread (as `qdot`'s).
-const SERIAL_MACS: usize = 1 << 16;
 
 /// `out[r, c] = Σ_j bf16(a[r, j]) · w[c, j]` for `a` `[m, k]` (f32) and `w` `[n, k]` (bf16
 /// bits, little-endian bytes), `out` `[m, n]`.
@@ -62,8 +52,17 @@ pub fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mut [f3
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::*;
+    use rayon::prelude::*;
     use std::arch::x86_64::*;
+
+    /// Activation values per `vdpbf16ps` operand (32 bf16 in a 512-bit register).
+    const LANES: usize = 32;
+
+    /// Activation rows (weight rows) a task takes at most: a task's rows of both stay in L2.
+    const TASK_ROWS: usize = 64;
+
+    /// Multiply-accumulates below this many run on the calling thread (as `qdot`'s).
+    const SERIAL_MACS: usize = 1 << 16;
 
     thread_local! {
         /// The activations rounded to bf16, reused from one product to the next.
