@@ -27,6 +27,9 @@ struct Args {
     /// cpu, wgpu or auto.
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// The encoder's linear layers in f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    precision: tandem_models::Precision,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -100,8 +103,10 @@ fn encoder(args: &Args) -> Result<Box<dyn TextEncoder>> {
         return Ok(Box::new(NgramEncoder::default()));
     }
     let path = tandem_models::fetch::encoder_path(Some(&args.model))?;
-    let id = tandem_models::embed::model_id(&path);
-    Ok(Box::new(ModelEncoder::load(&path, args.backend.parse()?, id)?))
+    let (embedder, variant) =
+        tandem_models::Embedder::load_adapted(&path, None, args.backend.parse()?, args.precision)?;
+    let id = format!("{}{variant}", tandem_models::embed::model_id(&path));
+    Ok(Box::new(ModelEncoder::new(embedder, id)))
 }
 
 fn print_hand(r: &HandReport) {
