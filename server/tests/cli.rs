@@ -91,6 +91,32 @@ fn embed_reads_json_lines_from_stdin() {
     assert_eq!(from_args, from_stdin);
 }
 
+/// `--precision bf16`: the linear layers in bf16 give embeddings close to f32's (bf16
+/// products where the CPU has AVX-512 BF16, else bf16 weights widened to f32).
+#[test]
+fn embed_in_bf16_stays_close_to_f32() {
+    let t = tiny();
+    let args = ["embed", "--backend", "cpu", "--model", path(&t.model), "red running shoes", "a 32gb phone case"];
+    let f32_lines = embed_lines(&tandem(&args, "", &t.cache));
+    let bf16_lines = embed_lines(&tandem(&[&args[..], &["--precision", "bf16"]].concat(), "", &t.cache));
+    let vector = |v: &serde_json::Value| -> Vec<f64> {
+        v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    for (a, b) in f32_lines.iter().zip(&bf16_lines) {
+        assert_eq!(a["tokens"], b["tokens"]);
+        let (a, b) = (vector(a), vector(b));
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let norms = a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(dot / norms > 0.999, "cosine {}", dot / norms);
+        assert_ne!(a, b, "bf16 weights change the numbers");
+    }
+    let out =
+        tandem(&["embed", "--graph", path(&t.root.join("none.tgraph")), "--precision", "bf16", "x"], "", &t.cache);
+    assert_error(&out, &["--precision applies to a model folder"]);
+    let out = tandem(&["embed", "--model", path(&t.model), "--precision", "fp8", "x"], "", &t.cache);
+    assert!(stderr(&out).contains("unknown precision 'fp8' (valid: f32, bf16)"), "{}", stderr(&out));
+}
+
 #[test]
 fn an_exported_graph_embeds_like_the_model_folder() {
     let t = tiny();

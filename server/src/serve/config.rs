@@ -377,6 +377,7 @@ impl Config {
         if self.models.embed.path.is_none() && self.models.embed.name.is_empty() {
             bail!("models.embed needs a name or a path");
         }
+        self.models.embed.precision.parse::<tandem_models::Precision>().context("models.embed.precision")?;
         let r = &self.relevance;
         if tandem_ebrm::Logic::from_name(&r.logic).is_none() {
             bail!("relevance.logic must be product, goedel or lukasiewicz, not {:?}", r.logic);
@@ -394,6 +395,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precision_is_checked_when_read() {
+        let c = Config::from_toml("[models.embed]\nprecision = \"bf16\"\n").unwrap();
+        assert_eq!(c.models.embed.precision, "bf16");
+        c.validate().unwrap();
+        let err = Config::from_toml("[models.embed]\nprecision = \"int4\"\n").unwrap().validate().unwrap_err();
+        assert!(format!("{err:#}").contains("unknown precision 'int4'"), "{err:#}");
+    }
 
     #[test]
     fn empty_file_means_defaults() {
