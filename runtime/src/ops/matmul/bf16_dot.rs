@@ -74,16 +74,18 @@ mod x86 {
         // whole; the weight's last partial register is read masked.
         let stride = k.next_multiple_of(LANES);
         let mut rounded = ROUNDED.take();
-        rounded.clear();
-        rounded.resize(m * stride, 0);
+        // `round_row` writes every value of its row, padding included: no need to clear.
+        if rounded.len() < m * stride {
+            rounded.resize(m * stride, 0);
+        }
         let round = |(row, dst): (&[f32], &mut [u16])| {
             // SAFETY: `available` was checked by the caller; dst holds `stride` ≥ k values.
             unsafe { round_row(row, dst) }
         };
         if m * k >= 1 << 16 {
-            a[..m * k].par_chunks(k).zip(rounded.par_chunks_mut(stride)).for_each(round);
+            a[..m * k].par_chunks(k).zip(rounded[..m * stride].par_chunks_mut(stride)).for_each(round);
         } else {
-            a[..m * k].chunks(k).zip(rounded.chunks_mut(stride)).for_each(round);
+            a[..m * k].chunks(k).zip(rounded[..m * stride].chunks_mut(stride)).for_each(round);
         }
         // Addresses, so that the tasks may share them; tasks write disjoint blocks of `out`.
         let (a, w, dst) = (rounded.as_ptr() as usize, w.as_ptr() as usize, out.as_mut_ptr() as usize);
