@@ -308,6 +308,22 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
+    /// Whether this CPU lacks the kernel's instructions (said on stderr).
+    fn skipped() -> bool {
+        let skip = !available(CpuIsa::active());
+        if skip {
+            eprintln!("skipped: this CPU has no AVX-512 BF16 (or TANDEM_CPU_ISA caps it off)");
+        }
+        skip
+    }
+
+    /// Activations in [-2, 2] `[m, k]` and a bf16 weight in [-1, 1] `[n, k]`.
+    fn operands(rng: &mut StdRng, m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<half::bf16>) {
+        let a = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let w = (0..n * k).map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0))).collect();
+        (a, w)
+    }
+
     /// The product the kernel computes, in f64: activations rounded to bf16 as it rounds them.
     fn reference(a: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize) -> Vec<f64> {
         let mut out = vec![0.0; m * n];
@@ -323,8 +339,7 @@ mod tests {
 
     #[test]
     fn agrees_with_rounded_activations_at_awkward_shapes() {
-        if !available(CpuIsa::active()) {
-            eprintln!("skipped: this CPU has no AVX-512 BF16 (or TANDEM_CPU_ISA caps it off)");
+        if skipped() {
             return;
         }
         let mut rng = StdRng::seed_from_u64(7);
@@ -341,8 +356,7 @@ mod tests {
             (5, 384, 130),
             (67, 1536, 70),
         ] {
-            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let w: Vec<half::bf16> = (0..n * k).map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0))).collect();
+            let (a, w) = operands(&mut rng, m, k, n);
             let mut out = vec![f32::NAN; m * n];
             multiply(&a, m, k, bytemuck::cast_slice(&w), n, &mut out);
             let want = reference(&a, m, k, &w, n);
@@ -373,14 +387,12 @@ mod tests {
 
     #[test]
     fn rows_come_out_the_same_whatever_the_batch() {
-        if !available(CpuIsa::active()) {
-            eprintln!("skipped: this CPU has no AVX-512 BF16 (or TANDEM_CPU_ISA caps it off)");
+        if skipped() {
             return;
         }
         let mut rng = StdRng::seed_from_u64(11);
         let (m, k, n) = (17, 200, 33);
-        let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
-        let w: Vec<half::bf16> = (0..n * k).map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0))).collect();
+        let (a, w) = operands(&mut rng, m, k, n);
         let w = bytemuck::cast_slice(&w);
         let mut together = vec![0.0; m * n];
         multiply(&a, m, k, w, n, &mut together);
@@ -400,8 +412,7 @@ mod tests {
         use crate::{DType, Graph, HostTensor, Op, Session, TensorData, TensorType};
         let mut rng = StdRng::seed_from_u64(5);
         let (m, n, k) = (7, 129, 65);
-        let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0..2.0)).collect();
-        let w: Vec<half::bf16> = (0..n * k).map(|_| half::bf16::from_f32(rng.random_range(-1.0..1.0))).collect();
+        let (a, w) = operands(&mut rng, m, k, n);
         let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
         let mut g = Graph::new("linear");
         let x = g.input("x", TensorType::fixed(DType::F32, &[m, k]));
@@ -443,8 +454,7 @@ mod tests {
 
     #[test]
     fn rounds_activations_to_nearest_even() {
-        if !available(CpuIsa::active()) {
-            eprintln!("skipped: this CPU has no AVX-512 BF16 (or TANDEM_CPU_ISA caps it off)");
+        if skipped() {
             return;
         }
         // One weight of 1.0 reads each activation back as the kernel rounded it.
