@@ -52,6 +52,7 @@ pub fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mut [f3
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::few_rows::reduce16;
     use rayon::prelude::*;
     use std::arch::x86_64::*;
 
@@ -247,10 +248,10 @@ mod x86 {
         }
         // Every tile sums its lanes in the same order (smaller ones padded with zeros), so that
         // an output does not depend on the tile it fell in: a row gives the same bits alone
-        // or in any batch.
+        // or in any batch. `reduce16` puts accumulator 4c + r at lane 4r + c: row r's four
+        // columns are quarter r.
         let zero = _mm512_setzero_ps();
-        let sums =
-            transpose_sum(std::array::from_fn(|i| if i % 4 < R && i / 4 < C { acc[i % 4][i / 4] } else { zero }));
+        let sums = reduce16(std::array::from_fn(|i| if i % 4 < R && i / 4 < C { acc[i % 4][i / 4] } else { zero }));
         for r in 0..R {
             let row = extract_quarter(sums, r);
             // SAFETY: out row r holds C columns here.
@@ -262,33 +263,6 @@ mod x86 {
                 }
             }
         }
-    }
-
-    /// The lane sums of 16 vectors in one: lane `4i + j` of the result is the sum of `v[4j + i]`
-    /// (with `v[4c + r]` holding output (r, c), lanes 4r..4r+4 are row r's four columns).
-    /// Every vector's lanes are added in the same order, whatever its place.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn transpose_sum(v: [__m512; 16]) -> __m512 {
-        // 16 → 8: each vector's 128-bit quarters folded in pairs (q0+q2, q1+q3) beside its
-        // partner's: z = [x.lo, x.hi, y.lo, y.hi] halves.
-        let z: [__m512; 8] = std::array::from_fn(|p| {
-            let (x, y) = (v[2 * p], v[2 * p + 1]);
-            _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y))
-        });
-        // 8 → 4: each quarter of u holds one vector's four partial sums: u = [v0, v1, v2, v3].
-        let u: [__m512; 4] = std::array::from_fn(|p| {
-            let (x, y) = (z[2 * p], z[2 * p + 1]);
-            _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y))
-        });
-        // 4 → 2 → 1 inside quarters: pairs of lanes, then pairs of pairs.
-        let t: [__m512; 2] = std::array::from_fn(|p| {
-            let (x, y) = (u[2 * p], u[2 * p + 1]);
-            _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
-        });
-        // (The pairs move as 64-bit units; the sums are of f32 lanes.)
-        let (x, y) = (_mm512_castps_pd(t[0]), _mm512_castps_pd(t[1]));
-        _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)))
     }
 
     #[inline]
@@ -366,23 +340,6 @@ mod tests {
                 assert!((f64::from(got) - want).abs() <= bound, "{m}×{k}×{n} at {i}: {got} vs {want}");
             }
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn sixteen_lane_sums_come_out_transposed() {
-        if !available(CpuIsa::detected()) {
-            return;
-        }
-        use std::arch::x86_64::*;
-        let v: [[f32; 16]; 16] = std::array::from_fn(|i| std::array::from_fn(|l| (i * 1000 + l) as f32));
-        // SAFETY: the CPU has AVX-512 (checked above).
-        let got: [f32; 16] = unsafe {
-            let sums = x86::transpose_sum(std::array::from_fn(|i| _mm512_loadu_ps(v[i].as_ptr())));
-            std::mem::transmute(sums)
-        };
-        let want: [f32; 16] = std::array::from_fn(|lane| v[4 * (lane % 4) + lane / 4].iter().sum());
-        assert_eq!(got, want);
     }
 
     #[test]

@@ -209,6 +209,9 @@ unsafe fn columns<T: Tile>(pass: &Pass, cols: Range<usize>) {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use x86::reduce16;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Pass, Rows, Tile};
     use std::arch::x86_64::*;
@@ -443,9 +446,11 @@ mod x86 {
     }
 
     /// Sums each of 16 vectors into one lane of the result (lane of vector t: `ORDER[t]`),
-    /// in 15 shuffle-and-add steps instead of 16 full horizontal sums.
+    /// in 15 shuffle-and-add steps instead of 16 full horizontal sums. Every vector's lanes are
+    /// added in the same order, whatever its place (`bf16_dot` relies on it: a row's result
+    /// does not depend on the tile it fell in).
     #[target_feature(enable = "avx512f")]
-    fn reduce16(v: [__m512; 16]) -> __m512 {
+    pub(in crate::ops::matmul) fn reduce16(v: [__m512; 16]) -> __m512 {
         // Level 1: [X0+X2, X1+X3 | Y0+Y2, Y1+Y3] for pairs (x, y) of 128-bit quarters.
         let l1: [__m512; 8] = std::array::from_fn(|p| {
             let (x, y) = (v[2 * p], v[2 * p + 1]);
