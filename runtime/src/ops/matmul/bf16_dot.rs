@@ -34,8 +34,8 @@ pub fn available(isa: CpuIsa) -> bool {
 /// bits, little-endian bytes), `out` `[m, n]`.
 ///
 /// # Panics
-/// When [`available`] is false for the active level, or the slices are shorter than the
-/// shapes say: the caller (`cpu_stored`) checks both.
+/// When this CPU lacks AVX-512 BF16, or the slices are shorter than the shapes say: the
+/// caller (`cpu_stored`) checks both.
 pub fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mut [f32]) {
     assert!(available(CpuIsa::detected()), "bf16 dot products need AVX-512 BF16");
     assert!(a.len() >= m * k && w.len() >= 2 * n * k && out.len() >= m * n);
@@ -132,10 +132,11 @@ mod x86 {
                 let n = left.saturating_sub(from).min(16);
                 if n == 16 { 0xffff } else { (1u16 << n) - 1 }
             };
-            // SAFETY: masked loads read only the k values; dst holds whole registers.
+            // SAFETY: masked loads read only the k values (the addresses of masked-off lanes,
+            // possibly past the row, are not touched); dst holds whole registers.
             unsafe {
-                let lo = _mm512_maskz_loadu_ps(mask(0), x.add(j));
-                let hi = _mm512_maskz_loadu_ps(mask(16), x.add(j + 16));
+                let lo = _mm512_maskz_loadu_ps(mask(0), x.wrapping_add(j));
+                let hi = _mm512_maskz_loadu_ps(mask(16), x.wrapping_add(j + 16));
                 // The second operand becomes the low half.
                 let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
                 _mm512_storeu_si512(d.add(j).cast(), v);
