@@ -503,6 +503,14 @@ pub fn cases(seed: u64) -> Vec<Case> {
         (2, 3, 2, 129, 3, [3, 3], [1, 1], [1, 1], 3),
         (1, 6, 14, 14, 6, [3, 3], [2, 2], [1, 1], 6),
         (1, 2, 7, 7, 2, [3, 3], [1, 1], [1, 1], 2),
+        // A first layer (3 × 3, padding 1, few input channels) at stride 2, with an output
+        // count that is not a multiple of 8 and a width past two vectors.
+        (1, 3, 9, 33, 19, [3, 3], [2, 2], [1, 1], 1),
+        // 1 × 1 over planes with a column or four past the last whole vector (7 × 7 = 49,
+        // 1 × 129, 11 × 12 = 132).
+        (1, 9, 7, 7, 11, [1, 1], [1, 1], [0, 0], 1),
+        (1, 20, 1, 129, 9, [1, 1], [1, 1], [0, 0], 1),
+        (2, 5, 11, 12, 13, [1, 1], [1, 1], [0, 0], 1),
     ];
     for (i, &(n, c, h, w, o, [kh, kw], stride, padding, groups)) in convs.iter().enumerate() {
         let bias = i % 2 == 0;

@@ -299,19 +299,6 @@ pub(super) struct Gemm {
 }
 
 pub(super) fn gemm_into(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm_threaded(g, a, b, c, true)
-}
-
-/// [`gemm_into`] on the calling thread only, for callers that already run one product per
-/// thread (a convolution's images). Only for `b` stored `[K, N]`: a product by a transposed
-/// weight may take the few-row kernel, which splits its columns among threads.
-pub(super) fn gemm_into_serial(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
-    debug_assert!(!g.trans_b);
-    gemm_threaded(g, a, b, c, false)
-}
-
-/// `threads`: whether a product large enough to share may split across rayon's threads.
-fn gemm_threaded(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32], threads: bool) {
     let Gemm { m, n, k, .. } = g;
     if m == 0 || n == 0 {
         return;
@@ -328,7 +315,7 @@ fn gemm_threaded(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32], threads: bool) {
     // Row-major [K, N] has row stride n, column stride 1; transposed storage [N, K] has row
     // stride 1, column stride k.
     let (b_rs, b_cs) = if g.trans_b { (1, k as isize) } else { (n as isize, 1) };
-    let parallelism = if threads && 2 * m * n * k >= 1 << 20 {
+    let parallelism = if 2 * m * n * k >= 1 << 20 {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None

@@ -8,6 +8,11 @@
 //!
 //! `global_avg_pool`: x `[N, C, H, W]` -> `[N, C]`, the mean over H·W summed in memory order.
 
+mod depthwise;
+mod pointwise;
+mod simd;
+mod stem;
+
 use super::{arity, float, rank_is};
 use crate::graph::{Dim, TensorType};
 use rayon::prelude::*;
@@ -158,7 +163,7 @@ impl Conv2d {
 /// The CPU reference. Threads over (image, output channel) planes; each plane accumulates
 /// one weight times a (strided) input row at a time, so the inner loop runs over contiguous
 /// output and, at stride 1, contiguous input. 1×1 stride-1 unpadded ungrouped convolutions
-/// are a matrix product per image, `y[n] = W · x[n]`, and go through gemm.
+/// are a matrix product per image, `y[n] = W · x[n]` ([`pointwise`]).
 pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let plane = p.oh as usize * p.ow as usize;
     if p.is_empty() || plane == 0 {
@@ -167,12 +172,25 @@ pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &m
     let is_pointwise =
         p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1;
     if is_pointwise {
-        return pointwise(p, x, w, bias, out);
+        return pointwise::run(p, x, w, bias, out);
+    }
+    if depthwise::handles(p) {
+        return depthwise::run(p, x, w, bias, out);
     }
     if is_depthwise_3x3(p) {
         out.par_chunks_mut(plane).enumerate().for_each(|(no, y)| depthwise_plane(p, x, w, bias, no, y));
         return;
     }
+    if stem::handles(p) {
+        return stem::run(p, x, w, bias, out);
+    }
+    general(p, x, w, bias, out)
+}
+
+/// Any convolution, an output plane per task, from every input channel's stride phases
+/// ([`Phases`]).
+fn general(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let plane = p.oh as usize * p.ow as usize;
     // Every input channel's stride phases, made once and read by all the output planes of its
     // group (made per plane, the first layer of MobileNetV2 copied its three 224 × 224
     // channels 32 times).
@@ -182,45 +200,6 @@ pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &m
         .zip(x.par_chunks(h_w(p).max(1)))
         .for_each(|(dst, chan)| fill_phases(p, &phases, chan, dst));
     out.par_chunks_mut(plane).enumerate().for_each(|(no, y)| general_plane(p, &phases, &all, w, bias, no, y));
-}
-
-/// A 1 × 1 convolution (stride 1, no padding or groups): per image the product `y = W · x`
-/// (`[O, C]` by `[C, H·W]`) added to the bias, then the clamp in place (in place, it saves the
-/// separate op's second map). A batch that shares out evenly runs an image per thread: the
-/// products of small planes (7 × 7 in MobileNetV2's last blocks) split poorly (batch 8: 65 →
-/// 54 ms on 2 threads). Tried and not kept: blocks of columns shared by threads, each block's
-/// bias and clamp applied while it was in the cache: slower at batch 1.
-fn pointwise(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-    use super::elementwise::{PAR_MIN, map_chunk};
-    let (c, o, plane) = (p.c as usize, p.o as usize, p.oh as usize * p.ow as usize);
-    let image = |img: usize, y: &mut [f32], threads: bool| {
-        if let Some(bias) = bias {
-            for (row, &b) in y.chunks_exact_mut(plane).zip(bias) {
-                row.fill(b);
-            }
-        }
-        let g = super::matmul::Gemm { m: o, n: plane, k: c, trans_b: false, accumulate: bias.is_some(), scale: 1.0 };
-        let x = &x[img * c * plane..][..c * plane];
-        if threads {
-            super::matmul::gemm_into(g, w, x, y);
-        } else {
-            super::matmul::gemm_into_serial(g, w, x, y);
-        }
-        if let Some((lo, hi)) = p.clamp() {
-            let clamp = |y: &mut [f32]| map_chunk(y, |v| super::elementwise::clamp(v, lo, hi));
-            if threads {
-                y.par_chunks_mut(PAR_MIN).for_each(clamp);
-            } else {
-                clamp(y);
-            }
-        }
-    };
-    let (images, threads) = (p.n as usize, rayon::current_num_threads());
-    if threads > 1 && (images % threads == 0 || images >= 4 * threads) {
-        out.par_chunks_exact_mut(o * plane).enumerate().for_each(|(img, y)| image(img, y, false));
-    } else {
-        out.chunks_exact_mut(o * plane).enumerate().for_each(|(img, y)| image(img, y, true));
-    }
 }
 
 fn h_w(p: &Conv2dParams) -> usize {

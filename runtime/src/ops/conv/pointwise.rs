@@ -1,0 +1,434 @@
+//! 1 × 1 convolutions (stride 1, no padding or groups): per image `y = clamp(bias + W · x)`,
+//! W `[O, C]`, x `[C, H·W]`, y `[O, H·W]`, each output summed from its bias over the input
+//! channels in order, one FMA per channel.
+//!
+//! Why not the `gemm` crate (which these went through before, and still do where the kernel
+//! below does not run): it packs both operands on every call and gives no epilogue, so the
+//! bias was a pass of its own before the product and the clamp another after it, three passes
+//! over maps of up to 4.8 MB (MobileNetV2's 112 × 112 × 96). Here the layout is already the
+//! one a register tile wants: x's rows are contiguous along the plane, so a tile of R output
+//! channels × NV vectors of pixels loads NV vectors and broadcasts R weights per input
+//! channel for R·NV FMAs, and writes each output once, clamped. The pixels a tile reads (C ×
+//! NV vectors) stay in L1 or L2 while every row tile of its column block runs.
+//!
+//! The sum of an output does not depend on the tile, the thread or the batch it ran in.
+
+use super::Conv2dParams;
+use crate::ops::isa::CpuIsa;
+use rayon::prelude::*;
+
+/// `y[n] = clamp(bias + W · x[n])` for a pointwise `p` (see the module doc).
+pub(super) fn run(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let (o, k, plane, images) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize, p.n as usize);
+    assert!(x.len() >= images * k * plane && w.len() >= o * k && out.len() >= images * o * plane);
+    assert!(bias.is_none_or(|b| b.len() >= o));
+    match Kernel::best(CpuIsa::active()) {
+        Some(kernel) => run_on(kernel, p, x, w, bias, out),
+        None => with_gemm(p, x, w, bias, out),
+    }
+}
+
+/// [`run`] with `kernel`, which this CPU must run; the slices are checked by the caller.
+fn run_on(kernel: Kernel, p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let (o, k, plane, images) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize, p.n as usize);
+    // A few columns past the last whole vector (MobileNetV2's 7 × 7 maps: 49 = 3 · 16 + 1)
+    // would cost a vector per (output, input channel) pair, a quarter of the work for a
+    // 49th of the outputs; they are dot products along C instead (`tail_columns`).
+    let tail = match plane % kernel.lanes {
+        t if t <= kernel.lanes / 4 => t,
+        _ => 0,
+    };
+    let cols = plane - tail;
+    let job = Job {
+        x: x.as_ptr(),
+        w: w.as_ptr(),
+        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+        out: out.as_mut_ptr(),
+        o,
+        k,
+        plane,
+        clamp: p.clamp(),
+        cols,
+        blocks: cols.div_ceil(kernel.lanes).div_ceil(kernel.max_vectors),
+        vectors: cols.div_ceil(kernel.lanes),
+    };
+    if cols > 0 {
+        vector_columns(&kernel, &job, images);
+    }
+    if tail > 0 {
+        tail_columns(p, cols, x, w, bias, out);
+    }
+}
+
+/// The job's columns `..cols` of every image, by `kernel`'s tiles, shared among threads.
+fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
+    let (o, k, plane) = (job.o, job.k, job.plane);
+    let threads = rayon::current_num_threads();
+    // Below this many multiply-adds a second thread costs more than it saves.
+    const SERIAL_MACS: usize = 1 << 17;
+    if threads == 1 || images * o * k * plane < SERIAL_MACS {
+        for img in 0..images {
+            // SAFETY: the CPU runs `kernel` (Kernel::best) and the slices hold the shapes
+            // (asserted above); this call alone writes `out`.
+            unsafe { (kernel.rect)(job, img, 0..o, 0..job.blocks) };
+        }
+        return;
+    }
+    // Tasks: (image, a run of column blocks, a range of output channels). Column blocks first
+    // (a block's pixels are then read by one thread); channels are split too when a batch's
+    // blocks are too few to share out (MobileNetV2's 7 × 7 maps have two).
+    let target = 4 * threads;
+    let units = images * job.blocks;
+    let block_run = units.div_ceil(target).min(job.blocks).max(1);
+    let runs_per_image = job.blocks.div_ceil(block_run);
+    let row_groups = target.div_ceil(images * runs_per_image).min(o.div_ceil(kernel.rows)).max(1);
+    let rows_per_group = o.div_ceil(row_groups).next_multiple_of(kernel.rows);
+    let row_groups = o.div_ceil(rows_per_group);
+    (0..images * runs_per_image * row_groups).into_par_iter().for_each(|task| {
+        let (img, rest) = (task / (runs_per_image * row_groups), task % (runs_per_image * row_groups));
+        let (run, group) = (rest / row_groups, rest % row_groups);
+        let blocks = run * block_run..((run + 1) * block_run).min(job.blocks);
+        let rows = group * rows_per_group..((group + 1) * rows_per_group).min(o);
+        // SAFETY: as above; tasks write disjoint rectangles (rows × blocks) of one image.
+        unsafe { (kernel.rect)(job, img, rows, blocks) };
+    });
+}
+
+/// Columns `cols..` of every image (fewer than a vector): per image those columns of x
+/// gathered as rows of C values, multiplied by W as dot products along C (`few_rows`, reading
+/// W once), then the bias added and the clamp applied on the way out.
+fn tail_columns(p: &Conv2dParams, cols: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    use crate::ops::matmul::{Gemm, gemm_into};
+    let (o, k, plane) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize);
+    let tail = plane - cols;
+    let (mut rows, mut products) = (vec![0.0; tail * k], vec![0.0; tail * o]);
+    for (x, y) in x.chunks_exact(k * plane).zip(out.chunks_exact_mut(o * plane)).take(p.n as usize) {
+        for (c, x_row) in x.chunks_exact(plane).enumerate() {
+            for (j, &v) in x_row[cols..].iter().enumerate() {
+                rows[j * k + c] = v;
+            }
+        }
+        gemm_into(Gemm { m: tail, n: o, k, trans_b: true, accumulate: false, scale: 1.0 }, &rows, w, &mut products);
+        for (oc, y_row) in y.chunks_exact_mut(plane).enumerate() {
+            let b = bias.map_or(0.0, |b| b[oc]);
+            for (j, y) in y_row[cols..].iter_mut().enumerate() {
+                let v = b + products[j * o + oc];
+                *y = p.clamp().map_or(v, |(lo, hi)| crate::ops::elementwise::clamp(v, lo, hi));
+            }
+        }
+    }
+}
+
+/// The same through gemm, where no kernel of this module runs (wasm32, CPUs without AVX2): per
+/// image the bias in a pass of its own, the product accumulated onto it, then the clamp.
+fn with_gemm(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    use crate::ops::elementwise::{PAR_MIN, clamp, map_chunk};
+    use crate::ops::matmul::{Gemm, gemm_into};
+    let (c, o, plane) = (p.c as usize, p.o as usize, p.oh as usize * p.ow as usize);
+    for (img, y) in out.chunks_exact_mut(o * plane).enumerate() {
+        if let Some(bias) = bias {
+            for (row, &b) in y.chunks_exact_mut(plane).zip(bias) {
+                row.fill(b);
+            }
+        }
+        let g = Gemm { m: o, n: plane, k: c, trans_b: false, accumulate: bias.is_some(), scale: 1.0 };
+        gemm_into(g, w, &x[img * c * plane..][..c * plane], y);
+        if let Some((lo, hi)) = p.clamp() {
+            y.par_chunks_mut(PAR_MIN).for_each(|y| map_chunk(y, |v| clamp(v, lo, hi)));
+        }
+    }
+}
+
+/// One product's operands as raw pointers, so that tasks may write disjoint rectangles of
+/// `out` in parallel.
+// Read only by the x86-64 kernels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Job {
+    x: *const f32,
+    w: *const f32,
+    /// Null: no bias.
+    bias: *const f32,
+    out: *mut f32,
+    o: usize,
+    k: usize,
+    plane: usize,
+    clamp: Option<(f32, f32)>,
+    /// The columns computed in vectors (`..cols`; those after are `tail_columns`').
+    cols: usize,
+    /// Vectors of pixels per image, and the column blocks they are dealt into (at most
+    /// [`Kernel::max_vectors`] each, sizes differing by at most one).
+    vectors: usize,
+    blocks: usize,
+}
+
+// SAFETY: the pointers come from slices that outlive the job; tasks read the inputs and write
+// disjoint parts of `out`.
+unsafe impl Sync for Job {}
+
+// Read only by the x86-64 kernels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Job {
+    /// Block b's columns: whole vectors, the last block ending at `cols`.
+    fn block_columns(&self, b: usize, lanes: usize) -> (usize, usize) {
+        let (v0, v1) = (b * self.vectors / self.blocks, (b + 1) * self.vectors / self.blocks);
+        (v0 * lanes, (v1 * lanes).min(self.cols))
+    }
+}
+
+/// One instruction set's kernel.
+struct Kernel {
+    lanes: usize,
+    /// Output channels per full tile.
+    rows: usize,
+    /// Vectors of pixels per tile, at most.
+    max_vectors: usize,
+    /// Computes rows × column blocks of image `img`.
+    ///
+    /// Unsafe: the CPU must have the kernel's instructions, the job's pointers must hold its
+    /// shapes, and nothing else may touch that rectangle of `out` meanwhile.
+    rect: unsafe fn(&Job, usize, std::ops::Range<usize>, std::ops::Range<usize>),
+}
+
+impl Kernel {
+    fn best(isa: CpuIsa) -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if isa >= CpuIsa::Avx512 && isa.supported() {
+                use x86::avx512::*;
+                return Some(Kernel { lanes: LANES, rows: ROWS, max_vectors: MAX_VECTORS, rect });
+            }
+            if isa.has_avx2() && isa.supported() {
+                use x86::avx2::*;
+                return Some(Kernel { lanes: LANES, rows: ROWS, max_vectors: MAX_VECTORS, rect });
+            }
+        }
+        let _ = isa;
+        None
+    }
+}
+
+/// The kernel's body, written once and expanded per instruction set inside a module that
+/// defines the vector type `V`, `LANES`, `ROWS`, `MAX_VECTORS` and the helpers it calls (`zero`, `splat`,
+/// `mask`, `load`, `load_part`, `fma`, `clamp`, `store`, `store_part`), all under `$features`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! pointwise_kernel {
+    ($features:literal) => {
+        use super::super::Job;
+        use std::ops::Range;
+
+        #[target_feature(enable = $features)]
+        pub(in crate::ops::conv) unsafe fn rect(job: &Job, img: usize, rows: Range<usize>, blocks: Range<usize>) {
+            for b in blocks {
+                let (c0, c1) = job.block_columns(b, LANES);
+                let vectors = (c1 - c0).div_ceil(LANES);
+                let last = c1 - c0 - (vectors - 1) * LANES;
+                let mut row = rows.start;
+                while row < rows.end {
+                    let left = rows.end - row;
+                    // Full tiles, then tiles of 4, 2 and 1 channels for the remainder.
+                    let r = [ROWS, 4, 2, 1].into_iter().find(|&r| r <= left).unwrap_or(1);
+                    // SAFETY: as `rect`'s; the tile lies inside the rows and the block.
+                    #[allow(unreachable_patterns)] // ROWS may be 4
+                    unsafe {
+                        match (r, vectors) {
+                            (ROWS, 1) => tile::<ROWS, 1>(job, img, row, c0, last),
+                            (ROWS, 2) => tile::<ROWS, 2>(job, img, row, c0, last),
+                            (ROWS, 3) => tile::<ROWS, 3>(job, img, row, c0, last),
+                            (ROWS, _) => tile::<ROWS, MAX_VECTORS>(job, img, row, c0, last),
+                            (4, 1) => tile::<4, 1>(job, img, row, c0, last),
+                            (4, 2) => tile::<4, 2>(job, img, row, c0, last),
+                            (4, 3) => tile::<4, 3>(job, img, row, c0, last),
+                            (4, _) => tile::<4, MAX_VECTORS>(job, img, row, c0, last),
+                            (2, 1) => tile::<2, 1>(job, img, row, c0, last),
+                            (2, 2) => tile::<2, 2>(job, img, row, c0, last),
+                            (2, 3) => tile::<2, 3>(job, img, row, c0, last),
+                            (2, _) => tile::<2, MAX_VECTORS>(job, img, row, c0, last),
+                            (_, 1) => tile::<1, 1>(job, img, row, c0, last),
+                            (_, 2) => tile::<1, 2>(job, img, row, c0, last),
+                            (_, 3) => tile::<1, 3>(job, img, row, c0, last),
+                            (_, _) => tile::<1, MAX_VECTORS>(job, img, row, c0, last),
+                        }
+                    }
+                    row += r;
+                }
+            }
+        }
+
+        /// R output channels from `row` × NV vectors of pixels from column `col`, the last
+        /// vector holding `last` pixels.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn tile<const R: usize, const NV: usize>(job: &Job, img: usize, row: usize, col: usize, last: usize) {
+            let (k, plane) = (job.k, job.plane);
+            let tail = mask(0, last as isize);
+            unsafe {
+                let x = job.x.add(img * k * plane + col);
+                let w = job.w.add(row * k);
+                let mut acc = [[zero(); NV]; R];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let b = if job.bias.is_null() { zero() } else { splat(*job.bias.add(row + r)) };
+                    *acc = [b; NV];
+                }
+                for c in 0..k {
+                    let xc = x.add(c * plane);
+                    let mut xs = [zero(); NV];
+                    for (v, xv) in xs.iter_mut().enumerate() {
+                        *xv = if v + 1 == NV { load_part(xc.add(v * LANES), tail) } else { load(xc.add(v * LANES)) };
+                    }
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let wv = splat(*w.add(r * k + c));
+                        for (a, &xv) in acc.iter_mut().zip(&xs) {
+                            *a = fma(wv, xv, *a);
+                        }
+                    }
+                }
+                let y = job.out.add((img * job.o + row) * plane + col);
+                for (r, acc) in acc.iter().enumerate() {
+                    for (v, &a) in acc.iter().enumerate() {
+                        let a = match job.clamp {
+                            Some((lo, hi)) => clamp(a, lo, hi),
+                            None => a,
+                        };
+                        let at = y.add(r * plane + v * LANES);
+                        if v + 1 == NV { store_part(at, a, tail) } else { store(at, a) }
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    pub(super) mod avx512 {
+        use crate::ops::conv::simd::avx512::*;
+        // 24 accumulators, 4 pixel vectors and a weight of the 32 registers.
+        pub(in crate::ops::conv) const ROWS: usize = 6;
+        pub(in crate::ops::conv) const MAX_VECTORS: usize = 4;
+        pub(in crate::ops::conv) use crate::ops::conv::simd::avx512::LANES;
+        pointwise_kernel!("avx512f,avx2,fma");
+    }
+
+    pub(super) mod avx2 {
+        use crate::ops::conv::simd::avx2::*;
+        // 12 accumulators, 3 pixel vectors and a weight: all 16 registers.
+        pub(in crate::ops::conv) const ROWS: usize = 4;
+        pub(in crate::ops::conv) const MAX_VECTORS: usize = 3;
+        pub(in crate::ops::conv) use crate::ops::conv::simd::avx2::LANES;
+        pointwise_kernel!("avx2,fma");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::Conv2d;
+
+    /// The f64 sum of every output in the documented order, clamped.
+    fn reference(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let (o, k, plane) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize);
+        let mut y = vec![0.0; p.n as usize * o * plane];
+        for n in 0..p.n as usize {
+            for oc in 0..o {
+                for t in 0..plane {
+                    let mut s = bias.map_or(0.0, |b| b[oc] as f64);
+                    for c in 0..k {
+                        s += w[oc * k + c] as f64 * x[(n * k + c) * plane + t] as f64;
+                    }
+                    let v = s as f32;
+                    y[(n * o + oc) * plane + t] = match p.clamp() {
+                        Some((lo, hi)) => crate::ops::elementwise::clamp(v, lo, hi),
+                        None => v,
+                    };
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn params(n: usize, c: usize, o: usize, h: usize, w: usize, clamp: Option<[f32; 2]>, bias: bool) -> Conv2dParams {
+        let conv = Conv2d { stride: [1, 1], padding: [0, 0], groups: 1, clamp };
+        conv.params(&[n, c, h, w], &[o, c, 1, 1], bias)
+    }
+
+    /// Every ISA's kernel (and gemm's fallback) against an f64 sum, at awkward shapes: planes
+    /// of 1, 7, 49 and 129 pixels (tails of every width), channel counts that leave every
+    /// tile remainder, batches of 1 and 3, with and without bias and clamp, NaN inputs kept.
+    #[test]
+    fn pointwise_matches_an_f64_sum_at_awkward_shapes() {
+        let shapes = [
+            (1, 1, 1, 1, 1),
+            (1, 7, 9, 1, 7),
+            (3, 16, 13, 7, 7),
+            (1, 33, 29, 3, 43),
+            (2, 5, 96, 11, 12),
+            (1, 129, 17, 1, 129),
+            (1, 160, 960, 7, 7),
+            (1, 16, 96, 56, 56),
+        ];
+        for (i, &(n, c, o, h, w)) in shapes.iter().enumerate() {
+            for (clamp, with_bias) in [(None, false), (Some([0.0, 0.5]), true), (Some([-0.25, 6.0]), false)] {
+                let p = params(n, c, o, h, w, clamp, with_bias);
+                let mut x = values(n * c * h * w, i as u64 + 1);
+                x[0] = f32::NAN;
+                let wt = values(o * c, i as u64 + 100);
+                let bias = values(o, i as u64 + 200);
+                let bias = with_bias.then_some(&bias[..]);
+                let want = reference(&p, &x, &wt, bias);
+                for isa in CpuIsa::ALL.into_iter().filter(|isa| isa.supported()) {
+                    let mut got = vec![f32::INFINITY; want.len()];
+                    let run_at = |out: &mut [f32]| match Kernel::best(isa) {
+                        Some(_) => run_with_isa(isa, &p, &x, &wt, bias, out),
+                        None => with_gemm(&p, &x, &wt, bias, out),
+                    };
+                    run_at(&mut got);
+                    for (at, (g, e)) in got.iter().zip(&want).enumerate() {
+                        let ok = (g.is_nan() && e.is_nan()) || (g - e).abs() <= 1e-5 * (1.0 + c as f32).sqrt();
+                        assert!(
+                            ok,
+                            "{isa:?} n{n} c{c} o{o} {h}x{w} clamp {clamp:?} bias {with_bias}: at {at} {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// An image's outputs are the same bits alone and in a batch, on one thread or several,
+    /// with and without tail columns (9 × 13 has none, 7 × 7 one).
+    #[test]
+    fn pointwise_is_batch_and_thread_invariant() {
+        for (h, w) in [(9, 13), (7, 7)] {
+            let (c, o) = (24, 40);
+            let p3 = params(3, c, o, h, w, Some([0.0, 6.0]), true);
+            let p1 = params(1, c, o, h, w, Some([0.0, 6.0]), true);
+            let x = values(3 * c * h * w, 7);
+            let (wt, bias) = (values(o * c, 8), values(o, 9));
+            let mut batch = vec![0.0; 3 * o * h * w];
+            run(&p3, &x, &wt, Some(&bias), &mut batch);
+            let serial = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+            for img in 0..3 {
+                let mut alone = vec![0.0; o * h * w];
+                serial.install(|| run(&p1, &x[img * c * h * w..][..c * h * w], &wt, Some(&bias), &mut alone));
+                assert_eq!(alone, batch[img * o * h * w..][..o * h * w], "{h}x{w} image {img}");
+            }
+        }
+    }
+
+    /// `run` with the kernel of `isa` (not the active one), for the tests.
+    fn run_with_isa(isa: CpuIsa, p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        run_on(Kernel::best(isa).expect("a kernel"), p, x, w, bias, out)
+    }
+}
