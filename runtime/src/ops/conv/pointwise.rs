@@ -311,9 +311,9 @@ mod x86 {
 
     pub(super) mod avx2 {
         use crate::ops::conv::simd::avx2::*;
-        // 12 accumulators, 3 pixel vectors and a weight: all 16 registers.
-        pub(in crate::ops::conv) const ROWS: usize = 4;
-        pub(in crate::ops::conv) const MAX_VECTORS: usize = 3;
+        // 12 accumulators, 2 pixel vectors and a weight of the 16 registers.
+        pub(in crate::ops::conv) const ROWS: usize = 6;
+        pub(in crate::ops::conv) const MAX_VECTORS: usize = 2;
         pub(in crate::ops::conv) use crate::ops::conv::simd::avx2::LANES;
         pointwise_kernel!("avx2,fma");
     }
