@@ -196,7 +196,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::Conv2d;
+    use crate::ops::conv::{Conv2d, test_values as values};
 
     /// The f64 sum of every output (bias, then taps in order, padding as zeros), clamped.
     fn reference(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -222,18 +222,6 @@ mod tests {
             }
         }
         y
-    }
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     /// Both ISAs' kernels at both strides against an f64 sum: widths 1 to 129 (every strip

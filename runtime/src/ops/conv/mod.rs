@@ -494,3 +494,11 @@ pub fn global_avg_pool_cpu(p: &GlobalPoolParams, x: &[f32], out: &mut [f32]) {
         *o = acc / cols as f32;
     }
 }
+
+/// `len` values uniform in [-1, 1), the same for the same seed: the conv kernels' test inputs.
+#[cfg(test)]
+fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
