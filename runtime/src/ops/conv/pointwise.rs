@@ -395,6 +395,8 @@ mod tests {
             (1, 129, 17, 1, 129),
             (1, 160, 960, 7, 7),
             (1, 16, 96, 56, 56),
+            // Pixels past 256 KB a task: blocks outermost.
+            (1, 1100, 13, 8, 16),
         ];
         for (i, &(n, c, o, h, w)) in shapes.iter().enumerate() {
             for (clamp, with_bias) in [(None, false), (Some([0.0, 0.5]), true), (Some([-0.25, 6.0]), false)] {
@@ -425,11 +427,12 @@ mod tests {
     }
 
     /// An image's outputs are the same bits alone and in a batch, on one thread or several,
-    /// with and without tail columns (9 × 13 has none, 7 × 7 one).
+    /// with and without tail columns (9 × 13 has none, 7 × 7 one), with channel tiles or
+    /// blocks outermost (1100 inputs).
     #[test]
     fn pointwise_is_batch_and_thread_invariant() {
-        for (h, w) in [(9, 13), (7, 7)] {
-            let (c, o) = (24, 40);
+        for (c, h, w) in [(24, 9, 13), (24, 7, 7), (1100, 8, 16)] {
+            let o = 40;
             let p3 = params(3, c, o, h, w, Some([0.0, 6.0]), true);
             let p1 = params(1, c, o, h, w, Some([0.0, 6.0]), true);
             let x = values(3 * c * h * w, 7);
