@@ -4,7 +4,10 @@
 //! y `[N, O, OH, OW]` with `OH = (H + 2·pad_h − KH) / stride_h + 1` (likewise OW), symmetric
 //! zero padding, and input channel `g·C/groups + ci` feeding output channels of group `g`.
 //! Each output is `bias[o] + Σ_{ci, ky, kx} w[o, ci, ky, kx] · x[n, c, iy, ix]`, summed in
-//! that order (ci, then ky, then kx), then clamped if the op says so ([`Conv2d::clamp`]).
+//! that order (ci, then ky, then kx), then clamped if the op says so ([`Conv2d::clamp`]). (The
+//! x86 kernels fuse each multiply-add, and sum a 1 × 1 convolution's last few columns as dot
+//! products in vector lanes, `pointwise::tail_columns`; there an output's sum depends only on
+//! its position, never on the batch or the threads.)
 //!
 //! `global_avg_pool`: x `[N, C, H, W]` -> `[N, C]`, the mean over H·W summed in memory order.
 
