@@ -9,9 +9,13 @@
 //! one a register tile wants: x's rows are contiguous along the plane, so a tile of R output
 //! channels × NV vectors of pixels loads NV vectors and broadcasts R weights per input
 //! channel for R·NV FMAs, and writes each output once, clamped. The pixels a tile reads (C ×
-//! NV vectors) stay in L1 or L2 while every row tile of its column block runs.
+//! NV vectors) stay in L1 or L2 while every channel tile of its column block runs (or, with
+//! few input channels, each channel tile runs across all of a task's blocks: `rect`). A
+//! plane's last few columns past its whole vectors are dot products instead
+//! (`tail_columns`).
 //!
-//! The sum of an output does not depend on the tile, the thread or the batch it ran in.
+//! The sum of an output depends only on its position (which of the two ways it is summed),
+//! not on the tile, the thread or the batch it ran in.
 
 use super::Conv2dParams;
 use crate::ops::isa::CpuIsa;
