@@ -163,10 +163,10 @@ impl Conv2d {
     }
 }
 
-/// The CPU reference. Threads over (image, output channel) planes; each plane accumulates
-/// one weight times a (strided) input row at a time, so the inner loop runs over contiguous
-/// output and, at stride 1, contiguous input. 1×1 stride-1 unpadded ungrouped convolutions
-/// are a matrix product per image, `y[n] = W · x[n]` ([`pointwise`]).
+/// The CPU reference, by shape: 1 × 1 convolutions (stride 1, no padding or groups) are a
+/// matrix product per image, `y[n] = W · x[n]` ([`pointwise`]); 3 × 3 depthwise ones take
+/// [`depthwise`]'s kernels on AVX2/AVX-512 and [`depthwise_3x3_rows`] elsewhere; a first
+/// layer with few input channels [`stem`] on AVX2/AVX-512; anything else [`general`].
 pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let plane = p.oh as usize * p.ow as usize;
     if p.is_empty() || plane == 0 {
@@ -245,7 +245,8 @@ by_isa!(fn fill_phases => fill_phases_body(p: &Conv2dParams, phases: &Phases, ch
 by_isa!(fn general_plane => conv_plane_rows(p: &Conv2dParams, phases: &Phases, all: &[f32], w: &[f32], bias: Option<&[f32]>, no: usize, y: &mut [f32]));
 
 /// Whether `p` is a 3 × 3 depthwise convolution with padding 1 and stride 1 or 2 (every
-/// depthwise layer of MobileNetV2), which [`depthwise_3x3_rows`] computes.
+/// depthwise layer of MobileNetV2), which [`depthwise`]'s kernels compute on AVX2/AVX-512 and
+/// [`depthwise_3x3_rows`] elsewhere.
 fn is_depthwise_3x3(p: &Conv2dParams) -> bool {
     p.groups == p.c
         && p.o == p.c

@@ -223,12 +223,11 @@ macro_rules! pointwise_kernel {
         #[target_feature(enable = $features)]
         pub(in crate::ops::conv) unsafe fn rect(job: &Job, img: usize, rows: Range<usize>, blocks: Range<usize>) {
             // Channel tiles: full ones, then tiles of 4, 2 and 1 channels for the remainder.
+            let height = |row: usize| [ROWS, 4, 2, 1].into_iter().find(|&r| r <= rows.end - row).unwrap_or(1);
             let tiles = || {
-                std::iter::successors(Some(rows.start), |&row| {
-                    Some(row + [ROWS, 4, 2, 1].into_iter().find(|&r| r <= rows.end - row).unwrap_or(1))
-                })
-                .take_while(|&row| row < rows.end)
-                .map(|row| (row, [ROWS, 4, 2, 1].into_iter().find(|&r| r <= rows.end - row).unwrap_or(1)))
+                std::iter::successors(Some(rows.start), |&row| Some(row + height(row)))
+                    .take_while(|&row| row < rows.end)
+                    .map(|row| (row, height(row)))
             };
             let (c0, _) = job.block_columns(blocks.start, LANES);
             let (_, c1) = job.block_columns(blocks.end.max(1) - 1, LANES);
