@@ -59,6 +59,17 @@ impl Plan {
 /// The smallest buffer any backend is asked for (wgpu cannot bind empty buffers).
 const MIN_BUFFER_BYTES: usize = 16;
 
+/// Set (to anything) to print each step's dispatch time to stderr: `step <µs> <op> <input
+/// shapes>`, one line per node per run. On the CPU that is the op's time; on GPU backends
+/// only the time to record it. `benches/step_times.py` turns the lines into medians per
+/// step. Read once per process.
+pub const STEP_TIMES_ENV: &str = "TANDEM_STEP_TIMES";
+
+fn step_times() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(STEP_TIMES_ENV).is_some())
+}
+
 fn bytes_of(dtype: DType, shape: &[usize]) -> Result<usize> {
     shape
         .iter()
@@ -682,7 +693,14 @@ impl<B: Backend> Session<B> {
                         OutArg { buf, dtype: *dtype, shape }
                     })
                     .collect();
-                self.backend.dispatch(&mut rec, &node.op, &args, &mut outs)
+                let started = step_times().then(std::time::Instant::now);
+                let dispatched = self.backend.dispatch(&mut rec, &node.op, &args, &mut outs);
+                if let Some(started) = started {
+                    let shapes: Vec<_> = node.inputs.iter().map(|i| &plan.shapes[i.index()].1).collect();
+                    let micros = started.elapsed().as_secs_f64() * 1e6;
+                    eprintln!("step {micros:.1} {} {shapes:?}", node.op.kind().name());
+                }
+                dispatched
             };
             for (&l, (capacity, b)) in step.outputs.iter().zip(taken) {
                 match l {
