@@ -262,7 +262,17 @@ pub fn binary_cpu(p: &BinaryParams, a: &[f32], b: &[f32], out: &mut [f32]) {
         })
     };
     if same(&p.a_strides) && same(&p.b_strides) {
-        out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = kind.apply(x, y));
+        let chunk = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = kind.apply(x, y))
+        };
+        // Across threads as `par_map_into`: MobileNetV2's residual adds at batch 1 (24–96
+        // channels of 56² to 14²) took 87–124 µs in all one after another, 67–81 with both
+        // threads (runs alternating, same phase of this VM).
+        if out.len() < PAR_MIN {
+            chunk((out, (a, b)));
+        } else {
+            out.par_chunks_mut(4096).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).for_each(chunk);
+        }
         return;
     }
     for (i, o) in out.iter_mut().enumerate() {
@@ -356,5 +366,25 @@ mod tests {
         assert_eq!(super::exp(0.0), 1.0);
         assert!(super::exp(-1e30) > 0.0 && super::exp(-1e30) < 2e-38);
         assert!(super::exp(f32::NEG_INFINITY) < 2e-38);
+    }
+
+    /// Same-shape operands on both sides of the threads' threshold (the parallel path splits in
+    /// chunks of 4096, so also a length that leaves a short last chunk), each element against
+    /// the op applied to it alone.
+    #[test]
+    fn same_shape_binary_is_elementwise_at_every_length() {
+        use super::{BinaryKind, PAR_MIN, binary_cpu, binary_params};
+        for len in [1, 7, PAR_MIN - 1, PAR_MIN, 3 * 4096 + PAR_MIN + 129] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos() * 3.0 - 1.0).collect();
+            for &kind in BinaryKind::ALL {
+                let shape = [1, len];
+                let mut out = vec![f32::NAN; len];
+                binary_cpu(&binary_params(kind, &shape, &shape, &shape), &a, &b, &mut out);
+                for (i, ((o, &x), &y)) in out.iter().zip(&a).zip(&b).enumerate() {
+                    assert_eq!(o.to_bits(), kind.apply(x, y).to_bits(), "{kind:?} at {i} of {len}");
+                }
+            }
+        }
     }
 }
