@@ -119,6 +119,8 @@ pub fn gelu(x: f32) -> f32 {
 
 /// Below this many elements, threads cost more than they save.
 pub(crate) const PAR_MIN: usize = 1 << 14;
+/// Elements per task of the maps over threads ([`par_map_into`], [`par_zip_into`]).
+const PAR_CHUNK: usize = 4096;
 
 /// `f` applied in place, compiled again for AVX2+FMA and for AVX-512 (picked at run
 /// time) since release builds target baseline x86-64 (the level from [`super::isa::CpuIsa`]).
@@ -262,18 +264,10 @@ pub fn binary_cpu(p: &BinaryParams, a: &[f32], b: &[f32], out: &mut [f32]) {
         })
     };
     if same(&p.a_strides) && same(&p.b_strides) {
-        let chunk = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = kind.apply(x, y))
-        };
-        // Across threads as `par_map_into`: MobileNetV2's residual adds at batch 1 (24–96
-        // channels of 56² to 14²) took 87–124 µs in all one after another, 67–81 with both
-        // threads (runs alternating, same phase of this VM).
-        if out.len() < PAR_MIN {
-            chunk((out, (a, b)));
-        } else {
-            out.par_chunks_mut(4096).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).for_each(chunk);
-        }
-        return;
+        // Across threads: MobileNetV2's residual adds at batch 1 (24–96 channels of 56² to
+        // 14²) took 87–124 µs in all on one thread, 67–81 on both (tandem alone, runs
+        // alternating in the same phase of a 2-core VM).
+        return par_zip_into(out, a, b, |x, y| kind.apply(x, y));
     }
     for (i, o) in out.iter_mut().enumerate() {
         let (mut rem, mut ia, mut ib) = (i, 0usize, 0usize);
@@ -318,7 +312,20 @@ pub(crate) fn par_map_into(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + 
         let n = out.len();
         chunk((out, &x[..n]));
     } else {
-        out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(chunk);
+        out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(chunk);
+    }
+}
+
+/// `out[i] = f(a[i], b[i])` over the shortest of the three, across threads as
+/// [`par_map_into`].
+fn par_zip_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Copy) {
+    let chunk = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = f(x, y))
+    };
+    if out.len() < PAR_MIN {
+        chunk((out, (a, b)));
+    } else {
+        out.par_chunks_mut(PAR_CHUNK).zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK))).for_each(chunk);
     }
 }
 
@@ -369,12 +376,12 @@ mod tests {
     }
 
     /// Same-shape operands on both sides of the threads' threshold (the parallel path splits in
-    /// chunks of 4096, so also a length that leaves a short last chunk), each element against
-    /// the op applied to it alone.
+    /// chunks of `PAR_CHUNK`, so also a length that leaves a short last chunk), each element
+    /// against the op applied to it alone.
     #[test]
     fn same_shape_binary_is_elementwise_at_every_length() {
-        use super::{BinaryKind, PAR_MIN, binary_cpu, binary_params};
-        for len in [1, 7, PAR_MIN - 1, PAR_MIN, 3 * 4096 + PAR_MIN + 129] {
+        use super::{BinaryKind, PAR_CHUNK, PAR_MIN, binary_cpu, binary_params};
+        for len in [1, 7, PAR_MIN - 1, PAR_MIN, 3 * PAR_CHUNK + PAR_MIN + 129] {
             let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
             let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos() * 3.0 - 1.0).collect();
             for &kind in BinaryKind::ALL {
