@@ -1,11 +1,12 @@
 // conv2d: grouped 2-D convolution over NCHW with symmetric zero padding. Twin of
 // shaders/conv.wgsl; params in params.cuh. x [N, C, H, W], w [O, C/groups, KH, KW], optional
-// bias [O] (null when absent) -> y [N, O, OH, OW].
+// bias [O] and residual [N, O, OH, OW] (null when absent) -> y [N, O, OH, OW].
 //
 // A thread per output element, grid-stride; neighbouring threads own neighbouring output
 // columns, so at stride 1 their input reads coalesce. Each output sums its window in the CPU
 // reference's order (input channel, kernel row, kernel column) from zero, adds the bias
-// last, then clamps if the op says so (MobileNetV2's ReLU6). Not tiled: depthwise 3x3 convolutions read 9 inputs per output, where tiling buys
+// and then the residual (MobileNetV2's skip connection), then clamps if the op says so
+// (MobileNetV2's ReLU6). Not tiled: depthwise 3x3 convolutions read 9 inputs per output, where tiling buys
 // little; 1x1 pointwise convolutions would gain from a shared-memory (matmul) tile and do
 // not have one yet.
 #include "params.cuh"
@@ -14,7 +15,7 @@
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv2d(const Conv2dParams p, const float* __restrict__ x, const float* __restrict__ w,
-           const float* __restrict__ bias, float* __restrict__ y) {
+           const float* __restrict__ bias, const float* __restrict__ residual, float* __restrict__ y) {
     const u32 len = p.n * p.o * p.oh * p.ow;
     const u32 cg = p.c / p.groups;
     const u32 og = p.o / p.groups;
@@ -43,6 +44,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
             }
         }
         if (p.has_bias) acc += bias[o];
+        if (p.has_residual) acc += residual[i];
         if (p.has_clamp) acc = clamp_apply(acc, p.clamp_min, p.clamp_max);
         y[i] = acc;
     }

@@ -163,7 +163,8 @@ struct Conv2dParams {
     u32 has_clamp;
     float clamp_min;
     float clamp_max;
-    u32 _pad[2];
+    u32 has_residual;
+    u32 _pad;
 };
 static_assert(sizeof(Conv2dParams) == 80, "Conv2dParams size");
 

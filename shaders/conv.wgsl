@@ -1,11 +1,12 @@
 // conv2d: grouped 2-D convolution over NCHW with symmetric zero padding. x [N, C, H, W],
-// w [O, C/groups, KH, KW], optional bias [O] (bound to x and unread when absent) ->
-// y [N, O, OH, OW].
+// w [O, C/groups, KH, KW], optional bias [O] and residual [N, O, OH, OW] (each bound to x and
+// unread when absent) -> y [N, O, OH, OW].
 //
 // One invocation per output element, 256 per workgroup, on a 2-D grid of workgroups that the
 // kernel flattens back (WebGPU allows 65535 per dimension). Each output sums its window in the
 // CPU reference's order (input channel, then kernel row, then kernel column) from zero, adds
-// the bias last, then clamps if the op says so (MobileNetV2's ReLU6). Not tiled: depthwise
+// the bias and then the residual (MobileNetV2's skip connection), then clamps if the op says
+// so (MobileNetV2's ReLU6). Not tiled: depthwise
 // convolutions (MobileNetV2's 3x3s) read 9 inputs per output, where tiling buys little; 1x1
 // pointwise convolutions would gain from a shared-memory tile (a matmul) and do not have one
 // yet.
@@ -31,8 +32,8 @@ struct Conv2dParams {
     has_clamp: u32,
     clamp_min: f32,
     clamp_max: f32,
-    _pad0: u32,
-    _pad1: u32,
+    has_residual: u32,
+    _pad: u32,
 }
 
 const WG: u32 = 256u;
@@ -41,7 +42,8 @@ const WG: u32 = 256u;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> wt: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(256)
 fn conv2d(
@@ -83,6 +85,9 @@ fn conv2d(
     }
     if p.has_bias != 0u {
         acc += bias[o];
+    }
+    if p.has_residual != 0u {
+        acc += residual[i];
     }
     if p.has_clamp != 0u {
         acc = clamp_nan_kept(acc, p.clamp_min, p.clamp_max);

@@ -239,6 +239,17 @@ fn bad_conv2d_operands_name_the_node() {
         let e = g.node(&format!("conv{i}"), op.clone(), &ins).unwrap_err().to_string();
         assert!(e.contains(&format!("node 'conv{i}' (conv2d)")) && e.contains(what), "case {i}: {e}");
     }
+    // A residual (the fourth input) must be shaped like the output.
+    let mut g = Graph::new("residual");
+    let mut ins = vec![g.input("x", f(&[1, 6, 5, 5])), g.weight("w", f(&[4, 6, 1, 1])), g.weight("b", f(&[4]))];
+    ins.push(g.input("r", f(&[1, 4, 5, 4])));
+    let e = g.node("conv", conv([1, 1], [0, 0], 1), &ins).unwrap_err().to_string();
+    assert!(e.contains("node 'conv' (conv2d)") && e.contains("residual must be the output's f32[1, 4, 5, 5]"), "{e}");
+    ins[3] = g.input("r_fits", f(&[1, 4, 5, 5]));
+    g.node("fits", conv([1, 1], [0, 0], 1), &ins).unwrap();
+    ins.push(ins[3]);
+    let e = g.node("five", conv([1, 1], [0, 0], 1), &ins).unwrap_err().to_string();
+    assert!(e.contains("takes 2 to 4 inputs, got 5"), "{e}");
     let mut g = Graph::new("bad");
     let x = g.input("x", f(&[2, 3, 4]));
     let e = g.node("gap", Op::GlobalAvgPool, &[x]).unwrap_err().to_string();

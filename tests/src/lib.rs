@@ -512,20 +512,39 @@ pub fn cases(seed: u64) -> Vec<Case> {
         (1, 20, 1, 129, 9, [1, 1], [1, 1], [0, 0], 1),
         (2, 5, 11, 12, 13, [1, 1], [1, 1], [0, 0], 1),
     ];
-    for (i, &(n, c, h, w, o, [kh, kw], stride, padding, groups)) in convs.iter().enumerate() {
-        let bias = i % 2 == 0;
+    // With a residual (MobileNetV2's skip connection, added before the clamp): 1 × 1 with
+    // tail columns and a batch of two (the CPU's fused epilogue), depthwise and grouped 3 × 3
+    // (a pass after the kernel).
+    let residuals: &[ConvCase] = &[
+        (1, 9, 7, 7, 11, [1, 1], [1, 1], [0, 0], 1),
+        (2, 5, 11, 12, 13, [1, 1], [1, 1], [0, 0], 1),
+        (1, 20, 1, 129, 9, [1, 1], [1, 1], [0, 0], 1),
+        (2, 7, 9, 9, 7, [3, 3], [1, 1], [1, 1], 7),
+        (1, 6, 9, 5, 4, [3, 3], [1, 1], [1, 1], 2),
+    ];
+    let with_residual = convs.iter().map(|c| (c, false)).chain(residuals.iter().map(|c| (c, true)));
+    for (i, (&(n, c, h, w, o, [kh, kw], stride, padding, groups), residual)) in with_residual.enumerate() {
+        let bias = residual || i % 2 == 0;
         // Two cases in three clamp their output (as MobileNetV2's ReLU6 does, with bounds that
         // both bite at these values), with and without bias, on every kernel path.
         let clamp = (i % 3 > 0).then_some([-1.0, 1.0]);
+        let conv = Conv2d { stride, padding, groups, clamp };
         let mut inputs =
             vec![uniform(rng, &[n, c, h, w], -1.0, 1.0), uniform(rng, &[o, c / groups as usize, kh, kw], -1.0, 1.0)];
         if bias {
             inputs.push(uniform(rng, &[o], -1.0, 1.0));
         }
+        if residual {
+            let p = conv.params(&[n, c, h, w], &[o, c / groups as usize, kh, kw], 2);
+            inputs.push(uniform(rng, &[n, o, p.oh as usize, p.ow as usize], -1.0, 1.0));
+        }
         let clamped = if clamp.is_some() { "_clamp" } else { "" };
+        let added = if residual { "_residual" } else { "" };
         add(
-            format!("conv2d_{n}x{c}x{h}x{w}_o{o}_k{kh}x{kw}_s{stride:?}_p{padding:?}_g{groups}_bias{bias}{clamped}"),
-            Op::Conv2d(Conv2d { stride, padding, groups, clamp }),
+            format!(
+                "conv2d_{n}x{c}x{h}x{w}_o{o}_k{kh}x{kw}_s{stride:?}_p{padding:?}_g{groups}_bias{bias}{clamped}{added}"
+            ),
+            Op::Conv2d(conv),
             inputs,
         );
     }

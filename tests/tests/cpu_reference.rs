@@ -359,6 +359,7 @@ fn gelu_uses_an_accurate_erf() {
 fn naive_conv2d(case: &Case, c2: &tandem_runtime::ops::Conv2d) -> Vec<f32> {
     let (x, w) = (case.inputs[0].to_f32(), case.inputs[1].to_f32());
     let bias = case.inputs.get(2).map(|t| t.to_f32());
+    let residual = case.inputs.get(3).map(|t| t.to_f32());
     let [n, c, h, wd] = [0, 1, 2, 3].map(|i| case.inputs[0].shape[i]);
     let [o, cg, kh, kw] = [0, 1, 2, 3].map(|i| case.inputs[1].shape[i]);
     let [sh, sw] = c2.stride.map(|s| s as usize);
@@ -386,6 +387,9 @@ fn naive_conv2d(case: &Case, c2: &tandem_runtime::ops::Conv2d) -> Vec<f32> {
                                 acc += xv * w[((oc * cg + ci) * kh + ky) * kw + kx] as f64;
                             }
                         }
+                    }
+                    if let Some(r) = &residual {
+                        acc += r[out.len()] as f64;
                     }
                     let v = acc as f32;
                     out.push(c2.clamp.map_or(v, |[lo, hi]| if v.is_nan() { v } else { v.max(lo).min(hi) }));

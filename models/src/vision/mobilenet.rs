@@ -3,7 +3,8 @@
 //! The graph takes `pixels` f32 `[images, 3, 224, 224]` (the ImageNet transform of
 //! [`super::preprocess`]) and outputs `logits` f32 `[images, 1000]`. Batch norms are folded
 //! into the convolutions at load ([`super::load_mobilenet_v2_folded`]), so every block is
-//! convolutions with bias, ReLU6 as the convolution's clamp, and residual adds.
+//! convolutions with bias, ReLU6 as the convolution's clamp, and the residual added by the
+//! projection convolution as it writes its output (its fourth input).
 //!
 //! What the checkpoint does not say, the builder encodes from torchvision's definition: the
 //! stride of each block (the inverted-residual table below), padding `(k − 1) / 2`, ReLU6
@@ -14,7 +15,7 @@ use crate::session::{AnySession, BackendChoice, Device, wait};
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
 use tandem_runtime::graph::Weights;
-use tandem_runtime::ops::{Activation, BinaryKind, Conv2d, MatMul};
+use tandem_runtime::ops::{Activation, Conv2d, MatMul};
 use tandem_runtime::weights::torch::StateDict;
 use tandem_runtime::{DType, Dim, Graph, HostTensor, Op, TensorType, ValueId};
 
@@ -37,7 +38,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// A convolution `{at}.weight` / `{at}.bias` with ReLU6 after it unless `linear`.
+    /// A convolution `{at}.weight` / `{at}.bias` with ReLU6 after it unless `linear`, plus
+    /// `residual` if given (shaped like the output).
     fn conv(
         &mut self,
         x: ValueId,
@@ -45,6 +47,7 @@ impl Builder<'_> {
         in_channels: usize,
         stride: u32,
         linear: bool,
+        residual: Option<ValueId>,
     ) -> Result<(ValueId, usize)> {
         let (shape, _) = self.state.f32(&format!("{at}.weight")).map_err(|e| anyhow!("{at}: {e}"))?;
         let [out, per_group, kh, kw] = shape[..] else {
@@ -59,7 +62,8 @@ impl Builder<'_> {
         // ReLU6 runs inside the convolution, on its output as it is written.
         let clamp = (!linear).then_some([0.0, 6.0]);
         let conv = Conv2d { stride: [stride; 2], padding: [(kh as u32 - 1) / 2, (kw as u32 - 1) / 2], groups, clamp };
-        let y = self.g.node1(at, Op::Conv2d(conv), &[x, weight, bias])?;
+        let inputs: Vec<ValueId> = [x, weight, bias].into_iter().chain(residual).collect();
+        let y = self.g.node1(at, Op::Conv2d(conv), &inputs)?;
         Ok((y, out))
     }
 }
@@ -72,7 +76,7 @@ pub fn features(g: &mut Graph, state: &StateDict) -> Result<(ValueId, usize)> {
     let image = Dim::Fixed(INPUT_SIZE as u64);
     let pixels =
         b.g.input("pixels", TensorType::new(DType::F32, vec![Dim::sym("images"), Dim::Fixed(3), image.clone(), image]));
-    let (mut x, mut channels) = b.conv(pixels, "features.0.0", 3, 2, false)?;
+    let (mut x, mut channels) = b.conv(pixels, "features.0.0", 3, 2, false, None)?;
     for (i, stride) in block_strides().into_iter().enumerate() {
         let block = i + 1;
         let at = |part: &str| format!("features.{block}.conv.{part}");
@@ -80,15 +84,16 @@ pub fn features(g: &mut Graph, state: &StateDict) -> Result<(ValueId, usize)> {
         // Expansion 1 (block 1) has no 1×1 expand convolution: depthwise, then project.
         let (depthwise, project) = if block == 1 { ("0.0", "1") } else { ("1.0", "2") };
         if block != 1 {
-            (x, channels) = b.conv(x, &at("0.0"), channels, 1, false)?;
+            (x, channels) = b.conv(x, &at("0.0"), channels, 1, false, None)?;
         }
-        (x, channels) = b.conv(x, &at(depthwise), channels, stride, false)?;
-        (x, channels) = b.conv(x, &at(project), channels, 1, true)?;
-        if stride == 1 && channels == input.1 {
-            x = b.g.node1(&format!("features.{block}.residual"), Op::Binary(BinaryKind::Add), &[x, input.0])?;
-        }
+        (x, channels) = b.conv(x, &at(depthwise), channels, stride, false, None)?;
+        // The skip connection where the block keeps its size: the projection's own output
+        // channels decide it, so they are read before the convolution is added.
+        let projected = b.state.f32(&format!("{}.weight", at(project))).map(|(shape, _)| shape[0]).ok();
+        let residual = (stride == 1 && projected == Some(input.1)).then_some(input.0);
+        (x, channels) = b.conv(x, &at(project), channels, 1, true, residual)?;
     }
-    b.conv(x, "features.18.0", channels, 1, false)
+    b.conv(x, "features.18.0", channels, 1, false, None)
 }
 
 /// The graph of the folded checkpoint `state`.

@@ -329,6 +329,17 @@ fn par_zip_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f
     }
 }
 
+/// `out[i] = f(out[i], b[i])` over the shorter of the two, across threads as
+/// [`par_map_into`].
+pub(crate) fn par_zip_in_place(out: &mut [f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Copy) {
+    let chunk = |(o, b): (&mut [f32], &[f32])| o.iter_mut().zip(b).for_each(|(o, &y)| *o = f(*o, y));
+    if out.len() < PAR_MIN {
+        chunk((out, b));
+    } else {
+        out.par_chunks_mut(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)).for_each(chunk);
+    }
+}
+
 /// `out[i] = f(x[i])` over the shorter of the two, compiled again for AVX2+FMA and AVX-512
 /// like [`map_chunk`].
 pub(crate) fn map_into_chunk(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32 + Copy) {

@@ -295,9 +295,9 @@ impl Backend for CpuBackend {
                 );
             }
             Op::Conv2d(c) => {
-                let p = c.params(inputs[0].shape, inputs[1].shape, inputs.len() > 2);
-                let bias = (inputs.len() > 2).then(|| f(2));
-                ops::conv::cpu(&p, f(0), f(1), bias, out.buf.f32_mut(n_out));
+                let p = c.params(inputs[0].shape, inputs[1].shape, inputs.len());
+                let (bias, residual) = ((inputs.len() > 2).then(|| f(2)), (inputs.len() > 3).then(|| f(3)));
+                ops::conv::cpu(&p, f(0), f(1), bias, residual, out.buf.f32_mut(n_out));
             }
             Op::Clamp { min, max } => {
                 let p = ops::elementwise::ClampParams { len: n_out as u32, _pad: 0, min: *min, max: *max };

@@ -594,21 +594,20 @@ pub fn plan(op: &Op, inputs: &[Operand<'_>], outputs: &[Operand<'_>]) -> Result<
         Op::Conv2d(c) => {
             all_f32("conv2d")?;
             let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
-                return Err("conv2d takes x, w and an optional bias".into());
+                return Err("conv2d takes x, w, an optional bias and an optional residual".into());
             };
             if x.shape.len() != 4 || w.shape.len() != 4 {
                 return Err("conv2d takes x [N, C, H, W] and w [O, C/groups, KH, KW]".into());
             }
-            let has_bias = inputs.len() > 2;
-            let p = c.params(x.shape, w.shape, has_bias);
+            let p = c.params(x.shape, w.shape, inputs.len());
             if p.groups == 0 || p.len() != out.len() {
                 return Err(format!("conv2d params {p:?} do not give the output shape {:?}", out.shape));
             }
             launch.grid = [blocks(p.len(), CONV_THREADS).min(MAX_STRIDE_BLOCKS), 1, 1];
             launch.block = [CONV_THREADS, 1, 1];
             launch.params = KernelParams::Conv2d(p);
-            let bias = if has_bias { Binding::Input(2) } else { Binding::Null };
-            launch.args = vec![Binding::Input(0), Binding::Input(1), bias, Binding::Output(0)];
+            let optional = |i: usize| if inputs.len() > i { Binding::Input(i) } else { Binding::Null };
+            launch.args = vec![Binding::Input(0), Binding::Input(1), optional(2), optional(3), Binding::Output(0)];
         }
         Op::Clamp { min, max } => {
             all_f32("clamp")?;
@@ -814,9 +813,17 @@ mod tests {
         let bias = [7];
         let ins = [operand(DType::F32, &x), operand(DType::F32, &w), operand(DType::F32, &bias)];
         let l = plan(&dw, &ins, &[operand(DType::F32, &y)]).unwrap();
-        assert_eq!(l.args, [Binding::Input(0), Binding::Input(1), Binding::Input(2), Binding::Output(0)]);
+        assert_eq!(
+            l.args,
+            [Binding::Input(0), Binding::Input(1), Binding::Input(2), Binding::Null, Binding::Output(0)]
+        );
         let KernelParams::Conv2d(p) = l.params else { panic!("conv2d params") };
-        assert_eq!((p.oh, p.ow, p.groups, p.has_bias), (9, 9, 7, 1));
+        assert_eq!((p.oh, p.ow, p.groups, p.has_bias, p.has_residual), (9, 9, 7, 1, 0));
+        let with_residual = [ins[0], ins[1], ins[2], operand(DType::F32, &y)];
+        let l = plan(&dw, &with_residual, &[operand(DType::F32, &y)]).unwrap();
+        assert_eq!(l.args[3], Binding::Input(3));
+        let KernelParams::Conv2d(p) = l.params else { panic!("conv2d params") };
+        assert_eq!(p.has_residual, 1);
         let gap =
             plan(&Op::GlobalAvgPool, &[operand(DType::F32, &[3, 1280, 7, 7])], &[operand(DType::F32, &[3, 1280])])
                 .unwrap();

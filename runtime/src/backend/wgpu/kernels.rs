@@ -153,8 +153,8 @@ pub(super) fn signature(kind: OpKind) -> Signature {
         OpKind::SoftLogic => (2, 1, size_of::<ops::softlogic::SoftLogicParams>()),
         // qe, mask, kind, weight, essential; score, contribution.
         OpKind::Aggregate => (5, 2, size_of::<ops::softlogic::AggregateParams>()),
-        // x, w, bias (bound to x when absent).
-        OpKind::Conv2d => (3, 1, size_of::<ops::conv::Conv2dParams>()),
+        // x, w, bias, residual (each bound to x when absent).
+        OpKind::Conv2d => (4, 1, size_of::<ops::conv::Conv2dParams>()),
         OpKind::Clamp => (1, 1, size_of::<ops::elementwise::ClampParams>()),
         OpKind::GlobalAvgPool => (1, 1, size_of::<ops::conv::GlobalPoolParams>()),
         // logits, params, seen, keys.
@@ -298,7 +298,7 @@ pub(super) fn launch(op: &Op, inputs: &[(DType, &[usize])], output: (DType, &[us
             Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(items)? }
         }
         Op::Conv2d(c) => {
-            let p = c.params(shape(0), shape(1), inputs.len() > 2);
+            let p = c.params(shape(0), shape(1), inputs.len());
             // One invocation per output element.
             Launch { kernel, params: bytemuck::bytes_of(&p).to_vec(), groups: grid_256(n)? }
         }

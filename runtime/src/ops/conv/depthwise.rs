@@ -251,7 +251,7 @@ mod tests {
                 [(None, false, 1), (Some([0.0, 0.5]), true, 2), (Some([-0.25, 6.0]), false, 1), (None, true, 2)]
             {
                 let conv = Conv2d { stride: [stride, stride], padding: [1, 1], groups: c as u32, clamp };
-                let p = conv.params(&[n, c, h, w], &[c, 1, 3, 3], with_bias);
+                let p = conv.params(&[n, c, h, w], &[c, 1, 3, 3], 2 + with_bias as usize);
                 let mut x = values(n * c * h * w, i as u64 + 1);
                 let middle = x.len() / 2;
                 x[middle] = f32::NAN;

@@ -1,10 +1,13 @@
 //! Image ops (MobileNetV2): grouped 2-D convolution over NCHW and global average pooling.
 //!
-//! `conv2d`: x `[N, C, H, W]`, w `[O, C/groups, KH, KW]`, optional bias `[O]` ->
-//! y `[N, O, OH, OW]` with `OH = (H + 2·pad_h − KH) / stride_h + 1` (likewise OW), symmetric
-//! zero padding, and input channel `g·C/groups + ci` feeding output channels of group `g`.
-//! Each output is `bias[o] + Σ_{ci, ky, kx} w[o, ci, ky, kx] · x[n, c, iy, ix]`, summed in
-//! that order (ci, then ky, then kx), then clamped if the op says so ([`Conv2d::clamp`]). (The
+//! `conv2d`: x `[N, C, H, W]`, w `[O, C/groups, KH, KW]`, optional bias `[O]`, optional
+//! residual `[N, O, OH, OW]` (only with a bias) -> y `[N, O, OH, OW]` with
+//! `OH = (H + 2·pad_h − KH) / stride_h + 1` (likewise OW), symmetric zero padding, and input
+//! channel `g·C/groups + ci` feeding output channels of group `g`. Each output is
+//! `bias[o] + Σ_{ci, ky, kx} w[o, ci, ky, kx] · x[n, c, iy, ix]`, summed in that order (ci,
+//! then ky, then kx), then the residual at its position added, then clamped if the op says so
+//! ([`Conv2d::clamp`]). The residual is MobileNetV2's skip connection, added as the output is
+//! written instead of by an add op that reads both maps and writes a third. (The
 //! x86 kernels fuse each multiply-add, and sum a 1 × 1 convolution's last few columns as dot
 //! products in vector lanes, `pointwise::tail_columns`; there an output's sum depends only on
 //! its position, never on the batch or the threads.)
@@ -56,7 +59,9 @@ pub struct Conv2dParams {
     pub has_clamp: u32,
     pub clamp_min: f32,
     pub clamp_max: f32,
-    pub _pad: [u32; 2],
+    /// 1: add the fourth input, shaped like the output, before the clamp.
+    pub has_residual: u32,
+    pub _pad: u32,
 }
 
 impl Conv2dParams {
@@ -89,8 +94,8 @@ pub fn out_size(input: u64, kernel: u64, stride: u64, pad: u64) -> Option<u64> {
 
 impl Conv2d {
     /// Params for concrete shapes x `[N, C, H, W]` and w `[O, C/groups, KH, KW]` (already
-    /// validated by [`Conv2d::infer`]).
-    pub fn params(&self, x: &[usize], w: &[usize], has_bias: bool) -> Conv2dParams {
+    /// validated by [`Conv2d::infer`]) and the number of inputs (2 to 4: bias, residual).
+    pub fn params(&self, x: &[usize], w: &[usize], inputs: usize) -> Conv2dParams {
         let [n, c, h, wd] = [x[0], x[1], x[2], x[3]].map(|d| d as u32);
         let [o, _, kh, kw] = [w[0], w[1], w[2], w[3]].map(|d| d as u32);
         let axis =
@@ -110,16 +115,17 @@ impl Conv2d {
             pad_h: self.padding[0],
             pad_w: self.padding[1],
             groups: self.groups,
-            has_bias: has_bias as u32,
+            has_bias: (inputs > 2) as u32,
             has_clamp: self.clamp.is_some() as u32,
             clamp_min: self.clamp.map_or(0.0, |[lo, _]| lo),
             clamp_max: self.clamp.map_or(0.0, |[_, hi]| hi),
-            _pad: [0; 2],
+            has_residual: (inputs > 3) as u32,
+            _pad: 0,
         }
     }
 
     pub(crate) fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
-        arity(inputs, 2, 3)?;
+        arity(inputs, 2, 4)?;
         let (x, w) = (&inputs[0], &inputs[1]);
         float(x, "x")?;
         float(w, "w")?;
@@ -159,15 +165,23 @@ impl Conv2d {
         };
         let oh = axis("height", h, kh, self.stride[0], self.padding[0])?;
         let ow = axis("width", wd, kw, self.stride[1], self.padding[1])?;
-        Ok(vec![TensorType::new(x.dtype, vec![x.shape[0].clone(), Dim::Fixed(o), Dim::Fixed(oh), Dim::Fixed(ow)])])
+        let y = TensorType::new(x.dtype, vec![x.shape[0].clone(), Dim::Fixed(o), Dim::Fixed(oh), Dim::Fixed(ow)]);
+        if let Some(residual) = inputs.get(3)
+            && residual != &y
+        {
+            return Err(format!("residual must be the output's {y}, is {residual}"));
+        }
+        Ok(vec![y])
     }
 }
 
 /// The CPU reference, by shape: 1 × 1 convolutions (stride 1, no padding or groups) are a
-/// matrix product per image, `y[n] = W · x[n]` ([`pointwise`]); 3 × 3 depthwise ones take
-/// [`depthwise`]'s kernels on AVX2/AVX-512 and [`depthwise_3x3_rows`] elsewhere; a first
-/// layer with few input channels [`stem`] on AVX2/AVX-512; anything else [`general`].
-pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// matrix product per image, `y[n] = W · x[n]` ([`pointwise`], which adds a residual as it
+/// writes); 3 × 3 depthwise ones take [`depthwise`]'s kernels on AVX2/AVX-512 and
+/// [`depthwise_3x3_rows`] elsewhere; a first layer with few input channels [`stem`] on
+/// AVX2/AVX-512; anything else [`general`]. Where the kernel does not take a residual, it is
+/// added (and the clamp applied) in a pass after it.
+pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, out: &mut [f32]) {
     let plane = p.oh as usize * p.ow as usize;
     if p.is_empty() || plane == 0 {
         return;
@@ -175,8 +189,25 @@ pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &m
     let is_pointwise =
         p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1;
     if is_pointwise {
-        return pointwise::run(p, x, w, bias, out);
+        return pointwise::run(p, x, w, bias, residual, out);
     }
+    let Some(residual) = residual else { return spatial(p, x, w, bias, out) };
+    spatial(&Conv2dParams { has_clamp: 0, ..*p }, x, w, bias, out);
+    add_residual(p, residual, out);
+}
+
+/// `out = clamp(out + residual)`, a pass of its own after a kernel that does not add it.
+fn add_residual(p: &Conv2dParams, residual: &[f32], out: &mut [f32]) {
+    let clamp = p.clamp();
+    super::elementwise::par_zip_in_place(out, residual, |y, r| {
+        let v = y + r;
+        clamp.map_or(v, |(lo, hi)| super::elementwise::clamp(v, lo, hi))
+    });
+}
+
+/// [`cpu`] for convolutions other than 1 × 1, without a residual.
+fn spatial(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let plane = p.oh as usize * p.ow as usize;
     if depthwise::handles(p) {
         return depthwise::run(p, x, w, bias, out);
     }

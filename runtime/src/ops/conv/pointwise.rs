@@ -1,6 +1,7 @@
-//! 1 × 1 convolutions (stride 1, no padding or groups): per image `y = clamp(bias + W · x)`,
-//! W `[O, C]`, x `[C, H·W]`, y `[O, H·W]`, each output summed from its bias over the input
-//! channels in order, one FMA per channel.
+//! 1 × 1 convolutions (stride 1, no padding or groups): per image
+//! `y = clamp(bias + W · x + residual)`, W `[O, C]`, x `[C, H·W]`, y and the optional residual
+//! `[O, H·W]`, each output summed from its bias over the input channels in order, one FMA per
+//! channel, then the residual added.
 //!
 //! Why not the `gemm` crate (which these went through before, and still do where the kernel
 //! below does not run): it packs both operands on every call and gives no epilogue, so the
@@ -21,19 +22,34 @@ use super::Conv2dParams;
 use crate::ops::isa::CpuIsa;
 use rayon::prelude::*;
 
-/// `y[n] = clamp(bias + W · x[n])` for a pointwise `p` (see the module doc).
-pub(super) fn run(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// `y[n] = clamp(bias + W · x[n] + residual[n])` for a pointwise `p` (see the module doc).
+pub(super) fn run(
+    p: &Conv2dParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (o, k, plane, images) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize, p.n as usize);
     assert!(x.len() >= images * k * plane && w.len() >= o * k && out.len() >= images * o * plane);
-    assert!(bias.is_none_or(|b| b.len() >= o));
+    assert!(bias.is_none_or(|b| b.len() >= o) && residual.is_none_or(|r| r.len() >= images * o * plane));
     match Kernel::best(CpuIsa::active()) {
-        Some(kernel) => run_on(kernel, p, x, w, bias, out),
-        None => with_gemm(p, x, w, bias, out),
+        Some(kernel) => run_on(kernel, p, x, w, bias, residual, out),
+        None => with_gemm(p, x, w, bias, residual, out),
     }
 }
 
 /// [`run`] with `kernel`, which this CPU must run; the slices are checked by the caller.
-fn run_on(kernel: Kernel, p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+fn run_on(
+    kernel: Kernel,
+    p: &Conv2dParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (o, k, plane, images) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize, p.n as usize);
     // A few columns past the last whole vector (MobileNetV2's 7 × 7 maps: 49 = 3 · 16 + 1)
     // would cost a vector per (output, input channel) pair, a quarter of the work for a
@@ -47,6 +63,7 @@ fn run_on(kernel: Kernel, p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&
         x: x.as_ptr(),
         w: w.as_ptr(),
         bias: bias.map_or(std::ptr::null(), |b| b.as_ptr()),
+        residual: residual.map_or(std::ptr::null(), |r| r.as_ptr()),
         out: out.as_mut_ptr(),
         o,
         k,
@@ -60,7 +77,7 @@ fn run_on(kernel: Kernel, p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&
         vector_columns(&kernel, &job, images);
     }
     if tail > 0 {
-        tail_columns(p, cols, x, w, bias, out);
+        tail_columns(p, cols, x, w, bias, residual, out);
     }
 }
 
@@ -100,13 +117,21 @@ fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
 
 /// Columns `cols..` of every image (fewer than a vector): per image those columns of x
 /// gathered as rows of C values, multiplied by W as dot products along C (`few_rows`, reading
-/// W once), then the bias added and the clamp applied on the way out.
-fn tail_columns(p: &Conv2dParams, cols: usize, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// W once), then the bias and the residual added and the clamp applied on the way out.
+fn tail_columns(
+    p: &Conv2dParams,
+    cols: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
     use crate::ops::matmul::{Gemm, gemm_into};
     let (o, k, plane) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize);
     let tail = plane - cols;
     let (mut rows, mut products) = (vec![0.0; tail * k], vec![0.0; tail * o]);
-    for (x, y) in x.chunks_exact(k * plane).zip(out.chunks_exact_mut(o * plane)).take(p.n as usize) {
+    for (img, (x, y)) in x.chunks_exact(k * plane).zip(out.chunks_exact_mut(o * plane)).take(p.n as usize).enumerate() {
         for (c, x_row) in x.chunks_exact(plane).enumerate() {
             for (j, &v) in x_row[cols..].iter().enumerate() {
                 rows[j * k + c] = v;
@@ -116,7 +141,10 @@ fn tail_columns(p: &Conv2dParams, cols: usize, x: &[f32], w: &[f32], bias: Optio
         for (oc, y_row) in y.chunks_exact_mut(plane).enumerate() {
             let b = bias.map_or(0.0, |b| b[oc]);
             for (j, y) in y_row[cols..].iter_mut().enumerate() {
-                let v = b + products[j * o + oc];
+                let mut v = b + products[j * o + oc];
+                if let Some(r) = residual {
+                    v += r[(img * o + oc) * plane + cols + j];
+                }
                 *y = p.clamp().map_or(v, |(lo, hi)| crate::ops::elementwise::clamp(v, lo, hi));
             }
         }
@@ -124,8 +152,9 @@ fn tail_columns(p: &Conv2dParams, cols: usize, x: &[f32], w: &[f32], bias: Optio
 }
 
 /// The same through gemm, where no kernel of this module runs (wasm32, CPUs without AVX2): per
-/// image the bias in a pass of its own, the product accumulated onto it, then the clamp.
-fn with_gemm(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// image the bias in a pass of its own, the product accumulated onto it, then the residual
+/// and the clamp.
+fn with_gemm(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, out: &mut [f32]) {
     use crate::ops::elementwise::{PAR_MIN, clamp, map_chunk};
     use crate::ops::matmul::{Gemm, gemm_into};
     let (c, o, plane) = (p.c as usize, p.o as usize, p.oh as usize * p.ow as usize);
@@ -137,7 +166,9 @@ fn with_gemm(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: 
         }
         let g = Gemm { m: o, n: plane, k: c, trans_b: false, accumulate: bias.is_some(), scale: 1.0 };
         gemm_into(g, w, &x[img * c * plane..][..c * plane], y);
-        if let Some((lo, hi)) = p.clamp() {
+        if let Some(residual) = residual {
+            super::add_residual(p, &residual[img * o * plane..][..o * plane], y);
+        } else if let Some((lo, hi)) = p.clamp() {
             y.par_chunks_mut(PAR_MIN).for_each(|y| map_chunk(y, |v| clamp(v, lo, hi)));
         }
     }
@@ -152,6 +183,8 @@ struct Job {
     w: *const f32,
     /// Null: no bias.
     bias: *const f32,
+    /// Null: no residual; else shaped like `out`.
+    residual: *const f32,
     out: *mut f32,
     o: usize,
     k: usize,
@@ -213,7 +246,7 @@ impl Kernel {
 
 /// The kernel's body, written once and expanded per instruction set inside a module that
 /// defines the vector type `V`, `LANES`, `ROWS`, `MAX_VECTORS` and the helpers it calls (`zero`, `splat`,
-/// `mask`, `load`, `load_part`, `fma`, `clamp`, `store`, `store_part`), all under `$features`.
+/// `mask`, `load`, `load_part`, `fma`, `add`, `clamp`, `store`, `store_part`), all under `$features`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! pointwise_kernel {
     ($features:literal) => {
@@ -315,9 +348,16 @@ macro_rules! pointwise_kernel {
                         }
                     }
                 }
-                let y = job.out.add((img * job.o + row) * plane + col);
+                let at = (img * job.o + row) * plane + col;
+                let y = job.out.add(at);
                 for (r, acc) in acc.iter().enumerate() {
                     for (v, &a) in acc.iter().enumerate() {
+                        let a = if job.residual.is_null() {
+                            a
+                        } else {
+                            let res = job.residual.add(at + r * plane + v * LANES);
+                            add(a, if v + 1 == NV { load_part(res, tail) } else { load(res) })
+                        };
                         let a = match job.clamp {
                             Some((lo, hi)) => clamp(a, lo, hi),
                             None => a,
@@ -357,19 +397,20 @@ mod tests {
     use super::*;
     use crate::ops::conv::{Conv2d, test_values as values};
 
-    /// The f64 sum of every output in the documented order, clamped.
-    fn reference(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    /// The f64 sum of every output in the documented order, plus the residual, clamped.
+    fn reference(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
         let (o, k, plane) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize);
         let mut y = vec![0.0; p.n as usize * o * plane];
         for n in 0..p.n as usize {
             for oc in 0..o {
                 for t in 0..plane {
+                    let at = (n * o + oc) * plane + t;
                     let mut s = bias.map_or(0.0, |b| b[oc] as f64);
                     for c in 0..k {
                         s += w[oc * k + c] as f64 * x[(n * k + c) * plane + t] as f64;
                     }
-                    let v = s as f32;
-                    y[(n * o + oc) * plane + t] = match p.clamp() {
+                    let v = (s + residual.map_or(0.0, |r| r[at] as f64)) as f32;
+                    y[at] = match p.clamp() {
                         Some((lo, hi)) => crate::ops::elementwise::clamp(v, lo, hi),
                         None => v,
                     };
@@ -379,14 +420,23 @@ mod tests {
         y
     }
 
-    fn params(n: usize, c: usize, o: usize, h: usize, w: usize, clamp: Option<[f32; 2]>, bias: bool) -> Conv2dParams {
+    fn params(
+        n: usize,
+        c: usize,
+        o: usize,
+        h: usize,
+        w: usize,
+        clamp: Option<[f32; 2]>,
+        inputs: usize,
+    ) -> Conv2dParams {
         let conv = Conv2d { stride: [1, 1], padding: [0, 0], groups: 1, clamp };
-        conv.params(&[n, c, h, w], &[o, c, 1, 1], bias)
+        conv.params(&[n, c, h, w], &[o, c, 1, 1], inputs)
     }
 
     /// Every ISA's kernel (and gemm's fallback) against an f64 sum, at awkward shapes: planes
     /// of 1, 7, 49 and 129 pixels (tails of every width), channel counts that leave every
-    /// tile remainder, batches of 1 and 3, with and without bias and clamp, NaN inputs kept.
+    /// tile remainder, batches of 1 and 3, with and without bias, residual and clamp, NaN
+    /// inputs kept.
     #[test]
     fn pointwise_matches_an_f64_sum_at_awkward_shapes() {
         let shapes = [
@@ -402,26 +452,28 @@ mod tests {
             (1, 1100, 13, 8, 16),
         ];
         for (i, &(n, c, o, h, w)) in shapes.iter().enumerate() {
-            for (clamp, with_bias) in [(None, false), (Some([0.0, 0.5]), true), (Some([-0.25, 6.0]), false)] {
-                let p = params(n, c, o, h, w, clamp, with_bias);
+            let configs =
+                [(None, 2), (Some([0.0, 0.5]), 3), (Some([-0.25, 6.0]), 2), (Some([-1.0, 1.0]), 4), (None, 4)];
+            for (clamp, inputs) in configs {
+                let p = params(n, c, o, h, w, clamp, inputs);
                 let mut x = values(n * c * h * w, i as u64 + 1);
                 x[0] = f32::NAN;
                 let wt = values(o * c, i as u64 + 100);
-                let bias = values(o, i as u64 + 200);
-                let bias = with_bias.then_some(&bias[..]);
-                let want = reference(&p, &x, &wt, bias);
+                let (bias, residual) = (values(o, i as u64 + 200), values(n * o * h * w, i as u64 + 300));
+                let (bias, residual) = ((inputs > 2).then_some(&bias[..]), (inputs > 3).then_some(&residual[..]));
+                let want = reference(&p, &x, &wt, bias, residual);
                 for isa in CpuIsa::ALL.into_iter().filter(|isa| isa.supported()) {
                     let mut got = vec![f32::INFINITY; want.len()];
                     let run_at = |out: &mut [f32]| match Kernel::best(isa) {
-                        Some(_) => run_with_isa(isa, &p, &x, &wt, bias, out),
-                        None => with_gemm(&p, &x, &wt, bias, out),
+                        Some(kernel) => run_on(kernel, &p, &x, &wt, bias, residual, out),
+                        None => with_gemm(&p, &x, &wt, bias, residual, out),
                     };
                     run_at(&mut got);
                     for (at, (g, e)) in got.iter().zip(&want).enumerate() {
                         let ok = (g.is_nan() && e.is_nan()) || (g - e).abs() <= 1e-5 * (1.0 + c as f32).sqrt();
                         assert!(
                             ok,
-                            "{isa:?} n{n} c{c} o{o} {h}x{w} clamp {clamp:?} bias {with_bias}: at {at} {g} vs {e}"
+                            "{isa:?} n{n} c{c} o{o} {h}x{w} clamp {clamp:?} inputs {inputs}: at {at} {g} vs {e}"
                         );
                     }
                 }
@@ -436,23 +488,19 @@ mod tests {
     fn pointwise_is_batch_and_thread_invariant() {
         for (c, h, w) in [(24, 9, 13), (24, 7, 7), (1100, 8, 16)] {
             let o = 40;
-            let p3 = params(3, c, o, h, w, Some([0.0, 6.0]), true);
-            let p1 = params(1, c, o, h, w, Some([0.0, 6.0]), true);
+            let p3 = params(3, c, o, h, w, Some([0.0, 6.0]), 4);
+            let p1 = params(1, c, o, h, w, Some([0.0, 6.0]), 4);
             let x = values(3 * c * h * w, 7);
-            let (wt, bias) = (values(o * c, 8), values(o, 9));
+            let (wt, bias, residual) = (values(o * c, 8), values(o, 9), values(3 * o * h * w, 10));
             let mut batch = vec![0.0; 3 * o * h * w];
-            run(&p3, &x, &wt, Some(&bias), &mut batch);
+            run(&p3, &x, &wt, Some(&bias), Some(&residual), &mut batch);
             let serial = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
             for img in 0..3 {
                 let mut alone = vec![0.0; o * h * w];
-                serial.install(|| run(&p1, &x[img * c * h * w..][..c * h * w], &wt, Some(&bias), &mut alone));
+                let (x, residual) = (&x[img * c * h * w..][..c * h * w], &residual[img * o * h * w..][..o * h * w]);
+                serial.install(|| run(&p1, x, &wt, Some(&bias), Some(residual), &mut alone));
                 assert_eq!(alone, batch[img * o * h * w..][..o * h * w], "{h}x{w} image {img}");
             }
         }
-    }
-
-    /// `run` with the kernel of `isa` (not the active one), for the tests.
-    fn run_with_isa(isa: CpuIsa, p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-        run_on(Kernel::best(isa).expect("a kernel"), p, x, w, bias, out)
     }
 }

@@ -85,6 +85,11 @@ pub(super) mod avx512 {
     pub(in crate::ops::conv) fn fma(a: V, b: V, c: V) -> V {
         _mm512_fmadd_ps(a, b, c)
     }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::ops::conv) fn add(a: V, b: V) -> V {
+        _mm512_add_ps(a, b)
+    }
     /// `min(max(v, lo), hi)`, NaN kept: with the bound first, `max`/`min` return the second
     /// operand, v, when it is NaN (as `elementwise::clamp`).
     #[inline]
@@ -157,6 +162,11 @@ pub(super) mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(in crate::ops::conv) fn fma(a: V, b: V, c: V) -> V {
         _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(in crate::ops::conv) fn add(a: V, b: V) -> V {
+        _mm256_add_ps(a, b)
     }
     /// As the AVX-512 clamp: NaN kept.
     #[inline]

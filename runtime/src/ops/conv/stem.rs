@@ -186,7 +186,7 @@ mod tests {
                 [(1, None, true), (2, Some([0.0, 6.0]), true), (2, None, false), (1, Some([-0.5, 0.5]), false)]
             {
                 let conv = Conv2d { stride: [stride, stride], padding: [1, 1], groups: 1, clamp };
-                let p = conv.params(&[n, c, h, w], &[o, c, 3, 3], with_bias);
+                let p = conv.params(&[n, c, h, w], &[o, c, 3, 3], 2 + with_bias as usize);
                 let x: Vec<f32> = (0..n * c * h * w).map(|j| ((j * 37 + i) % 101) as f32 / 50.0 - 1.0).collect();
                 let wt: Vec<f32> = (0..o * c * 9).map(|j| ((j * 13 + 5) % 29) as f32 / 14.0 - 1.0).collect();
                 let bias: Vec<f32> = (0..o).map(|j| j as f32 / 7.0 - 1.0).collect();
