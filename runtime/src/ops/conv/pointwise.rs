@@ -81,6 +81,10 @@ fn run_on(
     }
 }
 
+/// Bytes of pixels (all input channels) a task's blocks may span for its channel tiles to run
+/// outermost (`rect`).
+const SMALL_PIXELS_BYTES: usize = 256 << 10;
+
 /// The job's columns `..cols` of every image, by `kernel`'s tiles, shared among threads.
 fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
     let (o, k, plane) = (job.o, job.k, job.plane);
@@ -100,7 +104,12 @@ fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
     // blocks are too few to share out (MobileNetV2's 7 × 7 maps have two).
     let target = 4 * threads;
     let units = images * job.blocks;
-    let block_run = units.div_ceil(target).min(job.blocks).max(1);
+    // At most as many blocks as keep a task's pixels within SMALL_PIXELS_BYTES, so that its
+    // channel tiles run outermost, each sweeping pixels that stay in L2 (a batch of eight
+    // 112 × 112 maps otherwise gave each task a whole image, streamed block by block from
+    // memory through every channel's row at once).
+    let fitting = SMALL_PIXELS_BYTES / (4 * k * kernel.lanes * kernel.max_vectors).max(1);
+    let block_run = units.div_ceil(target).min(job.blocks).min(fitting).max(1);
     let runs_per_image = job.blocks.div_ceil(block_run);
     let row_groups = target.div_ceil(images * runs_per_image).min(o.div_ceil(kernel.rows)).max(1);
     let rows_per_group = o.div_ceil(row_groups).next_multiple_of(kernel.rows);
@@ -268,7 +277,7 @@ macro_rules! pointwise_kernel {
             // then runs across all blocks and writes its rows front to back (at 16 inputs and
             // 96 outputs over 112 × 112, 96 interleaved runs of 256 bytes per block were the
             // slow part); otherwise a block's pixels stay in L1 while every tile uses them.
-            if job.k * c1.saturating_sub(c0) * 4 <= SMALL_PIXELS_BYTES {
+            if job.k * c1.saturating_sub(c0) * 4 <= super::super::SMALL_PIXELS_BYTES {
                 for (row, r) in tiles() {
                     for b in blocks.clone() {
                         // SAFETY: as `rect`'s; the tile lies inside the rows and the block.
@@ -284,10 +293,6 @@ macro_rules! pointwise_kernel {
                 }
             }
         }
-
-        /// Pixels a task's blocks may span (all input channels) for channel tiles to run
-        /// outermost.
-        const SMALL_PIXELS_BYTES: usize = 256 << 10;
 
         /// The tile of `r` channels from `row` over block `b`.
         #[inline]
