@@ -189,7 +189,7 @@ pub fn cpu(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, residua
     let is_pointwise =
         p.kh == 1 && p.kw == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups == 1;
     if is_pointwise {
-        return pointwise::run(p, x, w, bias, residual, out);
+        return pointwise::run(p, pointwise::Inputs { x, w, bias, residual }, out);
     }
     let Some(residual) = residual else { return spatial(p, x, w, bias, out) };
     spatial(&Conv2dParams { has_clamp: 0, ..*p }, x, w, bias, out);

@@ -22,34 +22,30 @@ use super::Conv2dParams;
 use crate::ops::isa::CpuIsa;
 use rayon::prelude::*;
 
+/// One convolution's inputs: x, w, and the optional bias and residual.
+#[derive(Clone, Copy)]
+pub(super) struct Inputs<'a> {
+    pub x: &'a [f32],
+    pub w: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub residual: Option<&'a [f32]>,
+}
+
 /// `y[n] = clamp(bias + W · x[n] + residual[n])` for a pointwise `p` (see the module doc).
-pub(super) fn run(
-    p: &Conv2dParams,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    out: &mut [f32],
-) {
+pub(super) fn run(p: &Conv2dParams, inputs: Inputs, out: &mut [f32]) {
+    let Inputs { x, w, bias, residual } = inputs;
     let (o, k, plane, images) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize, p.n as usize);
     assert!(x.len() >= images * k * plane && w.len() >= o * k && out.len() >= images * o * plane);
     assert!(bias.is_none_or(|b| b.len() >= o) && residual.is_none_or(|r| r.len() >= images * o * plane));
     match Kernel::best(CpuIsa::active()) {
-        Some(kernel) => run_on(kernel, p, x, w, bias, residual, out),
-        None => with_gemm(p, x, w, bias, residual, out),
+        Some(kernel) => run_on(kernel, p, inputs, out),
+        None => with_gemm(p, inputs, out),
     }
 }
 
 /// [`run`] with `kernel`, which this CPU must run; the slices are checked by the caller.
-fn run_on(
-    kernel: Kernel,
-    p: &Conv2dParams,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    out: &mut [f32],
-) {
+fn run_on(kernel: Kernel, p: &Conv2dParams, inputs: Inputs, out: &mut [f32]) {
+    let Inputs { x, w, bias, residual } = inputs;
     let (o, k, plane, images) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize, p.n as usize);
     // A few columns past the last whole vector (MobileNetV2's 7 × 7 maps: 49 = 3 · 16 + 1)
     // would cost a vector per (output, input channel) pair, a quarter of the work for a
@@ -77,7 +73,7 @@ fn run_on(
         vector_columns(&kernel, &job, images);
     }
     if tail > 0 {
-        tail_columns(p, cols, x, w, bias, residual, out);
+        tail_columns(p, cols, inputs, out);
     }
 }
 
@@ -127,15 +123,8 @@ fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
 /// Columns `cols..` of every image (fewer than a vector): per image those columns of x
 /// gathered as rows of C values, multiplied by W as dot products along C (`few_rows`, reading
 /// W once), then the bias and the residual added and the clamp applied on the way out.
-fn tail_columns(
-    p: &Conv2dParams,
-    cols: usize,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    out: &mut [f32],
-) {
+fn tail_columns(p: &Conv2dParams, cols: usize, inputs: Inputs, out: &mut [f32]) {
+    let Inputs { x, w, bias, residual } = inputs;
     use crate::ops::matmul::{Gemm, gemm_into};
     let (o, k, plane) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize);
     let tail = plane - cols;
@@ -163,7 +152,8 @@ fn tail_columns(
 /// The same through gemm, where no kernel of this module runs (wasm32, CPUs without AVX2): per
 /// image the bias in a pass of its own, the product accumulated onto it, then the residual
 /// and the clamp.
-fn with_gemm(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, out: &mut [f32]) {
+fn with_gemm(p: &Conv2dParams, inputs: Inputs, out: &mut [f32]) {
+    let Inputs { x, w, bias, residual } = inputs;
     use crate::ops::elementwise::{PAR_MIN, clamp, map_chunk};
     use crate::ops::matmul::{Gemm, gemm_into};
     let (c, o, plane) = (p.c as usize, p.o as usize, p.oh as usize * p.ow as usize);
@@ -459,26 +449,27 @@ mod tests {
         for (i, &(n, c, o, h, w)) in shapes.iter().enumerate() {
             let configs =
                 [(None, 2), (Some([0.0, 0.5]), 3), (Some([-0.25, 6.0]), 2), (Some([-1.0, 1.0]), 4), (None, 4)];
-            for (clamp, inputs) in configs {
-                let p = params(n, c, o, h, w, clamp, inputs);
+            for (clamp, count) in configs {
+                let p = params(n, c, o, h, w, clamp, count);
                 let mut x = values(n * c * h * w, i as u64 + 1);
                 x[0] = f32::NAN;
                 let wt = values(o * c, i as u64 + 100);
                 let (bias, residual) = (values(o, i as u64 + 200), values(n * o * h * w, i as u64 + 300));
-                let (bias, residual) = ((inputs > 2).then_some(&bias[..]), (inputs > 3).then_some(&residual[..]));
+                let (bias, residual) = ((count > 2).then_some(&bias[..]), (count > 3).then_some(&residual[..]));
                 let want = reference(&p, &x, &wt, bias, residual);
                 for isa in CpuIsa::ALL.into_iter().filter(|isa| isa.supported()) {
                     let mut got = vec![f32::INFINITY; want.len()];
+                    let inputs = Inputs { x: &x, w: &wt, bias, residual };
                     let run_at = |out: &mut [f32]| match Kernel::best(isa) {
-                        Some(kernel) => run_on(kernel, &p, &x, &wt, bias, residual, out),
-                        None => with_gemm(&p, &x, &wt, bias, residual, out),
+                        Some(kernel) => run_on(kernel, &p, inputs, out),
+                        None => with_gemm(&p, inputs, out),
                     };
                     run_at(&mut got);
                     for (at, (g, e)) in got.iter().zip(&want).enumerate() {
                         let ok = (g.is_nan() && e.is_nan()) || (g - e).abs() <= 1e-5 * (1.0 + c as f32).sqrt();
                         assert!(
                             ok,
-                            "{isa:?} n{n} c{c} o{o} {h}x{w} clamp {clamp:?} inputs {inputs}: at {at} {g} vs {e}"
+                            "{isa:?} n{n} c{c} o{o} {h}x{w} clamp {clamp:?} inputs {count}: at {at} {g} vs {e}"
                         );
                     }
                 }
@@ -498,12 +489,13 @@ mod tests {
             let x = values(3 * c * h * w, 7);
             let (wt, bias, residual) = (values(o * c, 8), values(o, 9), values(3 * o * h * w, 10));
             let mut batch = vec![0.0; 3 * o * h * w];
-            run(&p3, &x, &wt, Some(&bias), Some(&residual), &mut batch);
+            run(&p3, Inputs { x: &x, w: &wt, bias: Some(&bias), residual: Some(&residual) }, &mut batch);
             let serial = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
             for img in 0..3 {
                 let mut alone = vec![0.0; o * h * w];
                 let (x, residual) = (&x[img * c * h * w..][..c * h * w], &residual[img * o * h * w..][..o * h * w]);
-                serial.install(|| run(&p1, x, &wt, Some(&bias), Some(residual), &mut alone));
+                let inputs = Inputs { x, w: &wt, bias: Some(&bias), residual: Some(residual) };
+                serial.install(|| run(&p1, inputs, &mut alone));
                 assert_eq!(alone, batch[img * o * h * w..][..o * h * w], "{h}x{w} image {img}");
             }
         }
