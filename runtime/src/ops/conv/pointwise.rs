@@ -12,8 +12,11 @@
 //! channel for R·NV FMAs, and writes each output once, clamped. The pixels a tile reads (C ×
 //! NV vectors) stay in L1 or L2 while every channel tile of its column block runs (or, with
 //! few input channels, each channel tile runs across all of a task's blocks: `rect`). A
-//! plane's last few columns past its whole vectors are dot products instead
-//! (`tail_columns`).
+//! plane's last few columns past its whole vectors (MobileNetV2's 7 × 7 and 14 × 14 maps: 49 =
+//! 3 · 16 + 1, 196 = 12 · 16 + 4) are dot products along C instead, by the task that owns the
+//! plane's last block, right after its tiles have read the same rows of W (`tail_rows`):
+//! a vector of partial sums (channel c in lane c mod LANES), added up, then the bias, the
+//! residual and the clamp.
 //!
 //! The sum of an output depends only on its position (which of the two ways it is summed),
 //! not on the tile, the thread or the batch it ran in.
@@ -49,12 +52,23 @@ fn run_on(kernel: Kernel, p: &Conv2dParams, inputs: Inputs, out: &mut [f32]) {
     let (o, k, plane, images) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize, p.n as usize);
     // A few columns past the last whole vector (MobileNetV2's 7 × 7 maps: 49 = 3 · 16 + 1)
     // would cost a vector per (output, input channel) pair, a quarter of the work for a
-    // 49th of the outputs; they are dot products along C instead (`tail_columns`).
+    // 49th of the outputs; they are dot products along C instead (`tail_rows`), reading
+    // those columns of x gathered as rows of C values.
     let tail = match plane % kernel.lanes {
         t if t <= kernel.lanes / 4 => t,
         _ => 0,
     };
     let cols = plane - tail;
+    let mut tail_x = vec![0.0; images * tail * k];
+    if tail > 0 {
+        for (img, rows) in tail_x.chunks_exact_mut(tail * k).enumerate() {
+            for (c, x_row) in x[img * k * plane..][..k * plane].chunks_exact(plane).enumerate() {
+                for (j, &v) in x_row[cols..].iter().enumerate() {
+                    rows[j * k + c] = v;
+                }
+            }
+        }
+    }
     let job = Job {
         x: x.as_ptr(),
         w: w.as_ptr(),
@@ -68,20 +82,18 @@ fn run_on(kernel: Kernel, p: &Conv2dParams, inputs: Inputs, out: &mut [f32]) {
         cols,
         blocks: cols.div_ceil(kernel.lanes).div_ceil(kernel.max_vectors),
         vectors: cols.div_ceil(kernel.lanes),
+        tail,
+        tail_x: tail_x.as_ptr(),
     };
-    if cols > 0 {
-        vector_columns(&kernel, &job, images);
-    }
-    if tail > 0 {
-        tail_columns(p, cols, inputs, out);
-    }
+    vector_columns(&kernel, &job, images);
 }
 
 /// Bytes of pixels (all input channels) a task's blocks may span for its channel tiles to run
 /// outermost (`rect`).
 const SMALL_PIXELS_BYTES: usize = 256 << 10;
 
-/// The job's columns `..cols` of every image, by `kernel`'s tiles, shared among threads.
+/// The job's columns of every image, by `kernel`'s tiles and `tail_rows`, shared among
+/// threads.
 fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
     let (o, k, plane) = (job.o, job.k, job.plane);
     let threads = rayon::current_num_threads();
@@ -99,14 +111,16 @@ fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
     // (a block's pixels are then read by one thread); channels are split too when a batch's
     // blocks are too few to share out (MobileNetV2's 7 × 7 maps have two).
     let target = 4 * threads;
-    let units = images * job.blocks;
+    // A plane narrower than a vector has no block, only its tail: one unit per image.
+    let blocks = job.blocks.max(1);
+    let units = images * blocks;
     // At most as many blocks as keep a task's pixels within SMALL_PIXELS_BYTES, so that its
     // channel tiles run outermost, each sweeping pixels that stay in L2 (a batch of eight
     // 112 × 112 maps otherwise gave each task a whole image, streamed block by block from
     // memory through every channel's row at once).
     let fitting = SMALL_PIXELS_BYTES / (4 * k * kernel.lanes * kernel.max_vectors).max(1);
-    let block_run = units.div_ceil(target).min(job.blocks).min(fitting).max(1);
-    let runs_per_image = job.blocks.div_ceil(block_run);
+    let block_run = units.div_ceil(target).min(blocks).min(fitting).max(1);
+    let runs_per_image = blocks.div_ceil(block_run);
     let row_groups = target.div_ceil(images * runs_per_image).min(o.div_ceil(kernel.rows)).max(1);
     let rows_per_group = o.div_ceil(row_groups).next_multiple_of(kernel.rows);
     let row_groups = o.div_ceil(rows_per_group);
@@ -118,35 +132,6 @@ fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
         // SAFETY: as above; tasks write disjoint rectangles (rows × blocks) of one image.
         unsafe { (kernel.rect)(job, img, rows, blocks) };
     });
-}
-
-/// Columns `cols..` of every image (fewer than a vector): per image those columns of x
-/// gathered as rows of C values, multiplied by W as dot products along C (`few_rows`, reading
-/// W once), then the bias and the residual added and the clamp applied on the way out.
-fn tail_columns(p: &Conv2dParams, cols: usize, inputs: Inputs, out: &mut [f32]) {
-    let Inputs { x, w, bias, residual } = inputs;
-    use crate::ops::matmul::{Gemm, gemm_into};
-    let (o, k, plane) = (p.o as usize, p.c as usize, p.oh as usize * p.ow as usize);
-    let tail = plane - cols;
-    let (mut rows, mut products) = (vec![0.0; tail * k], vec![0.0; tail * o]);
-    for (img, (x, y)) in x.chunks_exact(k * plane).zip(out.chunks_exact_mut(o * plane)).take(p.n as usize).enumerate() {
-        for (c, x_row) in x.chunks_exact(plane).enumerate() {
-            for (j, &v) in x_row[cols..].iter().enumerate() {
-                rows[j * k + c] = v;
-            }
-        }
-        gemm_into(Gemm { m: tail, n: o, k, trans_b: true, accumulate: false, scale: 1.0 }, &rows, w, &mut products);
-        for (oc, y_row) in y.chunks_exact_mut(plane).enumerate() {
-            let b = bias.map_or(0.0, |b| b[oc]);
-            for (j, y) in y_row[cols..].iter_mut().enumerate() {
-                let mut v = b + products[j * o + oc];
-                if let Some(r) = residual {
-                    v += r[(img * o + oc) * plane + cols + j];
-                }
-                *y = p.clamp().map_or(v, |(lo, hi)| crate::ops::elementwise::clamp(v, lo, hi));
-            }
-        }
-    }
 }
 
 /// The same through gemm, where no kernel of this module runs (wasm32, CPUs without AVX2): per
@@ -189,12 +174,16 @@ struct Job {
     k: usize,
     plane: usize,
     clamp: Option<(f32, f32)>,
-    /// The columns computed in vectors (`..cols`; those after are `tail_columns`').
+    /// The columns computed in vectors (`..cols`; the `tail` after them by `tail_rows`).
     cols: usize,
     /// Vectors of pixels per image, and the column blocks they are dealt into (at most
     /// [`Kernel::max_vectors`] each, sizes differing by at most one).
     vectors: usize,
     blocks: usize,
+    /// Columns past `cols` (at most a quarter of a vector), and those columns of every image
+    /// as rows of `k` values: `[images][tail][k]`.
+    tail: usize,
+    tail_x: *const f32,
 }
 
 // SAFETY: the pointers come from slices that outlive the job; tasks read the inputs and write
@@ -218,7 +207,8 @@ struct Kernel {
     rows: usize,
     /// Vectors of pixels per tile, at most.
     max_vectors: usize,
-    /// Computes rows × column blocks of image `img`.
+    /// Computes rows × column blocks of image `img`, and the rows' tail columns when the
+    /// blocks end at the plane's last.
     ///
     /// Unsafe: the CPU must have the kernel's instructions, the job's pointers must hold its
     /// shapes, and nothing else may touch that rectangle of `out` meanwhile.
@@ -245,7 +235,7 @@ impl Kernel {
 
 /// The kernel's body, written once and expanded per instruction set inside a module that
 /// defines the vector type `V`, `LANES`, `ROWS`, `MAX_VECTORS` and the helpers it calls (`zero`, `splat`,
-/// `mask`, `load`, `load_part`, `fma`, `add`, `clamp`, `store`, `store_part`), all under `$features`.
+/// `mask`, `load`, `load_part`, `fma`, `add`, `sum`, `clamp`, `store`, `store_part`), all under `$features`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! pointwise_kernel {
     ($features:literal) => {
@@ -261,24 +251,108 @@ macro_rules! pointwise_kernel {
                     .take_while(|&row| row < rows.end)
                     .map(|row| (row, height(row)))
             };
+            // The tail columns go with the plane's last block (the whole plane when it has no
+            // block), each tile's right after its blocks, while its rows of W are in cache.
+            let tail = job.tail > 0 && blocks.end == job.blocks;
+            if blocks.is_empty() {
+                for (row, r) in tiles() {
+                    // SAFETY: as `rect`'s.
+                    unsafe { tail_rows(job, img, row, r) };
+                }
+                return;
+            }
             let (c0, _) = job.block_columns(blocks.start, LANES);
-            let (_, c1) = job.block_columns(blocks.end.max(1) - 1, LANES);
+            let (_, c1) = job.block_columns(blocks.end - 1, LANES);
             // With few input channels the pixels of every block fit in L2: each channel tile
             // then runs across all blocks and writes its rows front to back (at 16 inputs and
             // 96 outputs over 112 × 112, 96 interleaved runs of 256 bytes per block were the
             // slow part); otherwise a block's pixels stay in L1 while every tile uses them.
-            if job.k * c1.saturating_sub(c0) * 4 <= super::super::SMALL_PIXELS_BYTES {
+            if job.k * (c1 - c0) * 4 <= super::super::SMALL_PIXELS_BYTES {
                 for (row, r) in tiles() {
                     for b in blocks.clone() {
                         // SAFETY: as `rect`'s; the tile lies inside the rows and the block.
                         unsafe { tile_at(job, img, row, r, b) };
                     }
+                    if tail {
+                        // SAFETY: as above.
+                        unsafe { tail_rows(job, img, row, r) };
+                    }
                 }
             } else {
                 for b in blocks {
+                    let last = b + 1 == job.blocks;
                     for (row, r) in tiles() {
                         // SAFETY: as above.
                         unsafe { tile_at(job, img, row, r, b) };
+                        if tail && last {
+                            // SAFETY: as above.
+                            unsafe { tail_rows(job, img, row, r) };
+                        }
+                    }
+                }
+            }
+        }
+
+        /// The tail columns of the `r` output channels from `row`, 4 channels at a time.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn tail_rows(job: &Job, img: usize, row: usize, r: usize) {
+            let mut oc = row;
+            while oc < row + r {
+                let n = (row + r - oc).min(4);
+                // SAFETY: the caller's; channels oc..oc + n lie in the job's rows.
+                #[allow(unreachable_patterns)] // the tail is at most 2 wide on AVX2
+                unsafe {
+                    match (n, job.tail) {
+                        (4, 1) => tail_dots::<4, 1>(job, img, oc),
+                        (4, 2) => tail_dots::<4, 2>(job, img, oc),
+                        (4, 3) => tail_dots::<4, 3>(job, img, oc),
+                        (4, _) => tail_dots::<4, 4>(job, img, oc),
+                        (_, 1) => tail_dots::<1, 1>(job, img, oc),
+                        (_, 2) => tail_dots::<1, 2>(job, img, oc),
+                        (_, 3) => tail_dots::<1, 3>(job, img, oc),
+                        (_, _) => tail_dots::<1, 4>(job, img, oc),
+                    }
+                }
+                oc += if n == 4 { 4 } else { 1 };
+            }
+        }
+
+        /// Tail columns `cols..cols + T` of output channels `oc..oc + R`: dot products along
+        /// C of W's rows and the gathered columns (`Job::tail_x`), then the epilogue.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn tail_dots<const R: usize, const T: usize>(job: &Job, img: usize, oc: usize) {
+            let k = job.k;
+            unsafe {
+                let (w, xt) = (job.w.add(oc * k), job.tail_x.add(img * T * k));
+                let mut acc = [[zero(); T]; R];
+                for c in (0..k).step_by(LANES) {
+                    // The last vector of a row is masked where C is not a multiple of LANES.
+                    let m = mask(0, (k - c) as isize);
+                    let mut xs = [zero(); T];
+                    for (j, xv) in xs.iter_mut().enumerate() {
+                        *xv = load_part(xt.add(j * k + c), m);
+                    }
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let wv = load_part(w.add(r * k + c), m);
+                        for (a, &xv) in acc.iter_mut().zip(&xs) {
+                            *a = fma(wv, xv, *a);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    let at = (img * job.o + oc + r) * job.plane + job.cols;
+                    for (j, &a) in acc.iter().enumerate() {
+                        let mut v = sum(a);
+                        if !job.bias.is_null() {
+                            v += *job.bias.add(oc + r);
+                        }
+                        if !job.residual.is_null() {
+                            v += *job.residual.add(at + j);
+                        }
+                        *job.out.add(at + j) =
+                            job.clamp.map_or(v, |(lo, hi)| crate::ops::elementwise::clamp(v, lo, hi));
                     }
                 }
             }
@@ -443,8 +517,16 @@ mod tests {
             (1, 129, 17, 1, 129),
             (1, 160, 960, 7, 7),
             (1, 16, 96, 56, 56),
-            // Pixels past 256 KB a task: blocks outermost.
+            // Tails of 2, 3 and 4 columns (a 14 × 14 map), and planes of 2 and 3 pixels with
+            // no whole vector, shared among threads.
+            (1, 37, 21, 2, 65),
+            (1, 21, 10, 1, 131),
+            (1, 64, 40, 14, 14),
+            (2, 300, 230, 1, 2),
+            (2, 300, 230, 3, 1),
+            // Pixels past 256 KB a task: blocks outermost (with a tail column).
             (1, 1100, 13, 8, 16),
+            (1, 1100, 13, 3, 43),
         ];
         for (i, &(n, c, o, h, w)) in shapes.iter().enumerate() {
             let configs =
@@ -478,11 +560,11 @@ mod tests {
     }
 
     /// An image's outputs are the same bits alone and in a batch, on one thread or several,
-    /// with and without tail columns (9 × 13 has none, 7 × 7 one), with channel tiles or
-    /// blocks outermost (1100 inputs).
+    /// with and without tail columns (9 × 13 has none, 7 × 7 one, 14 × 14 four on AVX-512, a
+    /// 2-pixel plane nothing else), with channel tiles or blocks outermost (1100 inputs).
     #[test]
     fn pointwise_is_batch_and_thread_invariant() {
-        for (c, h, w) in [(24, 9, 13), (24, 7, 7), (1100, 8, 16)] {
+        for (c, h, w) in [(24, 9, 13), (24, 7, 7), (24, 14, 14), (300, 1, 2), (1100, 8, 16), (1100, 3, 43)] {
             let o = 40;
             let p3 = params(3, c, o, h, w, Some([0.0, 6.0]), 4);
             let p1 = params(1, c, o, h, w, Some([0.0, 6.0]), 4);
