@@ -92,6 +92,9 @@ fn run_on(kernel: Kernel, p: &Conv2dParams, inputs: Inputs, out: &mut [f32]) {
 /// outermost (`rect`).
 const SMALL_PIXELS_BYTES: usize = 256 << 10;
 
+/// How many input channels ahead the first tile over a block prefetches its pixels.
+const AHEAD: usize = 12;
+
 /// The job's columns of every image, by `kernel`'s tiles and `tail_rows`, shared among
 /// threads.
 fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
@@ -235,11 +238,11 @@ impl Kernel {
 
 /// The kernel's body, written once and expanded per instruction set inside a module that
 /// defines the vector type `V`, `LANES`, `ROWS`, `MAX_VECTORS` and the helpers it calls (`zero`, `splat`,
-/// `mask`, `load`, `load_part`, `fma`, `add`, `sum`, `clamp`, `store`, `store_part`), all under `$features`.
+/// `mask`, `load`, `load_part`, `prefetch`, `fma`, `add`, `sum`, `clamp`, `store`, `store_part`), all under `$features`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! pointwise_kernel {
     ($features:literal) => {
-        use super::super::Job;
+        use super::super::{AHEAD, Job};
         use std::ops::Range;
 
         #[target_feature(enable = $features)]
@@ -271,7 +274,7 @@ macro_rules! pointwise_kernel {
                 for (row, r) in tiles() {
                     for b in blocks.clone() {
                         // SAFETY: as `rect`'s; the tile lies inside the rows and the block.
-                        unsafe { tile_at(job, img, row, r, b) };
+                        unsafe { tile_at(job, img, row, r, b, row == rows.start) };
                     }
                     if tail {
                         // SAFETY: as above.
@@ -283,7 +286,7 @@ macro_rules! pointwise_kernel {
                     let last = b + 1 == job.blocks;
                     for (row, r) in tiles() {
                         // SAFETY: as above.
-                        unsafe { tile_at(job, img, row, r, b) };
+                        unsafe { tile_at(job, img, row, r, b, row == rows.start) };
                         if tail && last {
                             // SAFETY: as above.
                             unsafe { tail_rows(job, img, row, r) };
@@ -358,10 +361,11 @@ macro_rules! pointwise_kernel {
             }
         }
 
-        /// The tile of `r` channels from `row` over block `b`.
+        /// The tile of `r` channels from `row` over block `b`; `first`: the first tile to read
+        /// the block's pixels (see [`tile`]).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn tile_at(job: &Job, img: usize, row: usize, r: usize, b: usize) {
+        unsafe fn tile_at(job: &Job, img: usize, row: usize, r: usize, b: usize, first: bool) {
             let (c0, c1) = job.block_columns(b, LANES);
             let vectors = (c1 - c0).div_ceil(LANES);
             let last = c1 - c0 - (vectors - 1) * LANES;
@@ -369,31 +373,44 @@ macro_rules! pointwise_kernel {
             #[allow(unreachable_patterns)] // ROWS may be 4
             unsafe {
                 match (r, vectors) {
-                    (ROWS, 1) => tile::<ROWS, 1>(job, img, row, c0, last),
-                    (ROWS, 2) => tile::<ROWS, 2>(job, img, row, c0, last),
-                    (ROWS, 3) => tile::<ROWS, 3>(job, img, row, c0, last),
-                    (ROWS, _) => tile::<ROWS, MAX_VECTORS>(job, img, row, c0, last),
-                    (4, 1) => tile::<4, 1>(job, img, row, c0, last),
-                    (4, 2) => tile::<4, 2>(job, img, row, c0, last),
-                    (4, 3) => tile::<4, 3>(job, img, row, c0, last),
-                    (4, _) => tile::<4, MAX_VECTORS>(job, img, row, c0, last),
-                    (2, 1) => tile::<2, 1>(job, img, row, c0, last),
-                    (2, 2) => tile::<2, 2>(job, img, row, c0, last),
-                    (2, 3) => tile::<2, 3>(job, img, row, c0, last),
-                    (2, _) => tile::<2, MAX_VECTORS>(job, img, row, c0, last),
-                    (_, 1) => tile::<1, 1>(job, img, row, c0, last),
-                    (_, 2) => tile::<1, 2>(job, img, row, c0, last),
-                    (_, 3) => tile::<1, 3>(job, img, row, c0, last),
-                    (_, _) => tile::<1, MAX_VECTORS>(job, img, row, c0, last),
+                    (ROWS, 1) => tile::<ROWS, 1>(job, img, row, c0, last, first),
+                    (ROWS, 2) => tile::<ROWS, 2>(job, img, row, c0, last, first),
+                    (ROWS, 3) => tile::<ROWS, 3>(job, img, row, c0, last, first),
+                    (ROWS, _) => tile::<ROWS, MAX_VECTORS>(job, img, row, c0, last, first),
+                    (4, 1) => tile::<4, 1>(job, img, row, c0, last, first),
+                    (4, 2) => tile::<4, 2>(job, img, row, c0, last, first),
+                    (4, 3) => tile::<4, 3>(job, img, row, c0, last, first),
+                    (4, _) => tile::<4, MAX_VECTORS>(job, img, row, c0, last, first),
+                    (2, 1) => tile::<2, 1>(job, img, row, c0, last, first),
+                    (2, 2) => tile::<2, 2>(job, img, row, c0, last, first),
+                    (2, 3) => tile::<2, 3>(job, img, row, c0, last, first),
+                    (2, _) => tile::<2, MAX_VECTORS>(job, img, row, c0, last, first),
+                    (_, 1) => tile::<1, 1>(job, img, row, c0, last, first),
+                    (_, 2) => tile::<1, 2>(job, img, row, c0, last, first),
+                    (_, 3) => tile::<1, 3>(job, img, row, c0, last, first),
+                    (_, _) => tile::<1, MAX_VECTORS>(job, img, row, c0, last, first),
                 }
             }
         }
 
         /// R output channels from `row` × NV vectors of pixels from column `col`, the last
         /// vector holding `last` pixels.
+        ///
+        /// The `first` tile over a block brings its pixels in from L3 or memory: each input
+        /// channel is a row of its own, a page or more from the last, where the hardware
+        /// prefetchers do not follow, so it asks for the channel [`AHEAD`] rows on itself
+        /// (MobileNetV2 batch 8 1-3% faster, batch 1 under 1%: runs alternating with and without in
+        /// one process, tandem alone).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn tile<const R: usize, const NV: usize>(job: &Job, img: usize, row: usize, col: usize, last: usize) {
+        unsafe fn tile<const R: usize, const NV: usize>(
+            job: &Job,
+            img: usize,
+            row: usize,
+            col: usize,
+            last: usize,
+            first: bool,
+        ) {
             let (k, plane) = (job.k, job.plane);
             let tail = mask(0, last as isize);
             unsafe {
@@ -406,6 +423,11 @@ macro_rules! pointwise_kernel {
                 }
                 for c in 0..k {
                     let xc = x.add(c * plane);
+                    if first && c + AHEAD < k {
+                        for v in 0..NV {
+                            prefetch(xc.add(AHEAD * plane + v * LANES));
+                        }
+                    }
                     let mut xs = [zero(); NV];
                     for (v, xv) in xs.iter_mut().enumerate() {
                         *xv = if v + 1 == NV { load_part(xc.add(v * LANES), tail) } else { load(xc.add(v * LANES)) };

@@ -108,6 +108,12 @@ pub(super) mod avx512 {
     pub(in crate::ops::conv) unsafe fn store_part(p: *mut f32, v: V, m: Mask) {
         unsafe { _mm512_mask_storeu_ps(p, m, v) }
     }
+    /// Asks for the cache line at `p` (no fault, whatever the address).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::ops::conv) fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p.cast())
+    }
     /// The sum of the lanes.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -190,6 +196,12 @@ pub(super) mod avx2 {
     #[target_feature(enable = "avx2")]
     pub(in crate::ops::conv) unsafe fn store_part(p: *mut f32, v: V, m: Mask) {
         unsafe { _mm256_maskstore_ps(p, m, v) }
+    }
+    /// Asks for the cache line at `p` (no fault, whatever the address).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(in crate::ops::conv) fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p.cast())
     }
     /// The sum of the lanes.
     #[inline]
