@@ -14,6 +14,11 @@
 //! At the 7 × 7 and 14 × 14 planes of the last blocks, the row-by-row body this replaces on
 //! x86 (`depthwise_3x3_rows`, still the path elsewhere) spent most of its time on per-row
 //! set-up (a padded copy, nine slice bounds, a copy out); this one has none.
+//!
+//! Output rows at most half a vector wide (7 × 7 maps on AVX-512, ORT's fastest depthwise
+//! layers against tandem's slowest) would leave half of every vector idle: planes go in pairs
+//! instead ([`Pair`]), the first in the low half of each vector and the second in the high
+//! half, each half loaded, weighted and stored as its plane says, in the same order.
 
 use super::Conv2dParams;
 use crate::ops::isa::CpuIsa;
@@ -35,39 +40,79 @@ pub(in crate::ops::conv) struct Plane {
 /// A plane's kernel: x `h × w` to y `oh × ow`.
 type PlaneFn = unsafe fn(&Plane, &[f32], &mut [f32]);
 
+/// Two planes of the same shapes, one per half of a vector: x and y hold both planes, one
+/// after the other (`ow` at most half a vector).
+type PairFn = unsafe fn(&Pair, &[f32], &mut [f32]);
+
+/// Two planes' [`Plane`]s (same sizes and clamp; their own taps and bias).
+pub(in crate::ops::conv) struct Pair {
+    planes: [Plane; 2],
+}
+
+/// One instruction set's kernels at one stride.
+#[derive(Clone, Copy)]
+struct Kernels {
+    plane: PlaneFn,
+    pair: PairFn,
+    /// Output width up to which planes go in pairs: half a vector.
+    pair_width: usize,
+}
+
 /// Whether [`run`] computes `p` on this CPU: `super::is_depthwise_3x3` (padding 1, stride 1
 /// or 2) on AVX2 or AVX-512.
 pub(super) fn handles(p: &Conv2dParams) -> bool {
     super::is_depthwise_3x3(p) && kernel(CpuIsa::active(), p.stride_h).is_some()
 }
 
-/// Computes `p` ([`handles`] must hold): one plane per task.
+/// Computes `p` ([`handles`] must hold): one plane (or pair of planes) per task.
 pub(super) fn run(p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     run_with(kernel(CpuIsa::active(), p.stride_h).expect("depthwise::handles said so"), p, x, w, bias, out)
 }
 
-fn run_with(plane: PlaneFn, p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+fn run_with(kernels: Kernels, p: &Conv2dParams, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let (h, wd, oh, ow, c) = (p.h as usize, p.w as usize, p.oh as usize, p.ow as usize, p.c as usize);
     assert!(x.len() >= p.n as usize * c * h * wd && w.len() >= 9 * c && bias.is_none_or(|b| b.len() >= c));
-    out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * wd)).enumerate().for_each(|(no, (y, x))| {
+    let plane = |no: usize| {
         let ch = no % c;
         let taps = w[ch * 9..][..9].try_into().expect("nine taps");
-        let shape = Plane { h, w: wd, oh, ow, taps, bias: bias.map_or(0.0, |b| b[ch]), clamp: p.clamp() };
-        // SAFETY: `kernel` returned it for this CPU and stride; x and y are whole planes.
-        unsafe { plane(&shape, x, y) }
+        Plane { h, w: wd, oh, ow, taps, bias: bias.map_or(0.0, |b| b[ch]), clamp: p.clamp() }
+    };
+    // Planes (of every image, in order) in pairs where rows are narrow, the last alone if odd.
+    let group = if ow <= kernels.pair_width { 2 } else { 1 };
+    let out = &mut out[..p.n as usize * c * oh * ow];
+    out.par_chunks_mut(group * oh * ow).zip(x.par_chunks(group * h * wd)).enumerate().for_each(|(g, (y, x))| {
+        let first = g * group;
+        // SAFETY: `kernel` returned them for this CPU and stride; x and y are whole planes,
+        // two of them for the pair kernel, whose rows are at most half a vector wide.
+        unsafe {
+            if y.len() == 2 * oh * ow {
+                (kernels.pair)(&Pair { planes: [plane(first), plane(first + 1)] }, x, y)
+            } else {
+                (kernels.plane)(&plane(first), x, y)
+            }
+        }
     });
 }
 
-fn kernel(isa: CpuIsa, stride: u32) -> Option<PlaneFn> {
+fn kernel(isa: CpuIsa, stride: u32) -> Option<Kernels> {
     #[cfg(target_arch = "x86_64")]
     {
+        macro_rules! kernels {
+            ($isa:ident) => {{
+                use x86::$isa::*;
+                let pair_width = crate::ops::conv::simd::$isa::LANES / 2;
+                return match stride {
+                    1 => Some(Kernels { plane: stride1, pair: pair1, pair_width }),
+                    2 => Some(Kernels { plane: stride2, pair: pair2, pair_width }),
+                    _ => None,
+                };
+            }};
+        }
         if isa >= CpuIsa::Avx512 && isa.supported() {
-            use x86::avx512::*;
-            return [None, Some(stride1 as PlaneFn), Some(stride2 as PlaneFn)].get(stride as usize).copied().flatten();
+            kernels!(avx512);
         }
         if isa.has_avx2() && isa.supported() {
-            use x86::avx2::*;
-            return [None, Some(stride1 as PlaneFn), Some(stride2 as PlaneFn)].get(stride as usize).copied().flatten();
+            kernels!(avx2);
         }
     }
     let _ = (isa, stride);
@@ -78,7 +123,7 @@ fn kernel(isa: CpuIsa, stride: u32) -> Option<PlaneFn> {
 #[cfg(target_arch = "x86_64")]
 macro_rules! depthwise_kernels {
     ($features:literal) => {
-        use super::super::Plane;
+        use super::super::{Pair, Plane};
 
         /// Output `sum`, clamped if the plane says so, stored at `dst` (`written` lanes
         /// only unless `whole`).
@@ -177,6 +222,149 @@ macro_rules! depthwise_kernels {
                 }
             }
         }
+
+        /// The pair's taps (or bias) in each plane's half.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn halves(lo: f32, hi: f32) -> V {
+            merge(splat(lo), splat(hi), mask(LANES as isize / 2, LANES as isize))
+        }
+
+        /// Row `iy` of both planes (x holds them one after the other), each in its half:
+        /// lane l of the low half holds column `l + first` of the first plane, and lane
+        /// `half + l` the same column of the second; zero where that column is outside the
+        /// row.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn both_rows(x: *const f32, plane: usize, w: usize, iy: isize, first: isize) -> V {
+            let (wi, half) = (w as isize, LANES as isize / 2);
+            // Columns inside the row for lanes l with 0 <= l + first < w.
+            let (lo, hi) = (-first, wi - first);
+            let at = x.wrapping_offset(iy * wi + first);
+            // SAFETY: only values inside the two planes' rows are read (the masks).
+            unsafe {
+                let a = load_part(at, mask(lo.max(0), hi.min(half)));
+                let b = load_part(
+                    at.wrapping_add(plane).wrapping_offset(-half),
+                    mask(half + lo.max(0), half + hi.min(half)),
+                );
+                merge(a, b, mask(half, 2 * half))
+            }
+        }
+
+        /// Output `sum` of both planes stored at row `oy` of each (clamped as the pair says).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn put_both(p: &Pair, sum: V, y: *mut f32, oy: usize) {
+            let [a, _] = &p.planes;
+            let (ow, half) = (a.ow, LANES / 2);
+            let done = match a.clamp {
+                Some((lo, hi)) => clamp(sum, lo, hi),
+                None => sum,
+            };
+            let at = y.wrapping_add(oy * ow);
+            // SAFETY: the caller's: row oy of both output planes lies in y.
+            unsafe {
+                store_part(at, done, mask(0, ow as isize));
+                store_part(
+                    at.wrapping_add(a.oh * ow).wrapping_sub(half),
+                    done,
+                    mask(half as isize, (half + ow) as isize),
+                );
+            }
+        }
+
+        /// Stride 1 over a pair. Unsafe: the CPU must have `$features`; x and y hold two
+        /// planes each; `ow` is at most half a vector.
+        #[target_feature(enable = $features)]
+        pub(in crate::ops::conv) unsafe fn pair1(p: &Pair, x: &[f32], y: &mut [f32]) {
+            let [a, b] = &p.planes;
+            let (h, w) = (a.h, a.w);
+            assert!(x.len() >= 2 * h * w && y.len() >= 2 * h * w && (a.oh, a.ow) == (h, w) && 2 * w <= LANES);
+            let mut k = [zero(); 9];
+            for (t, kv) in k.iter_mut().enumerate() {
+                *kv = halves(a.taps[t], b.taps[t]);
+            }
+            let bias = halves(a.bias, b.bias);
+            let (x, y) = (x.as_ptr(), y.as_mut_ptr());
+            // As `stride1`, over one strip that holds both planes' rows.
+            let (mut above, mut at) = (zero(), zero());
+            for iy in -1..=h as isize {
+                let mut v = [zero(); 3];
+                if (0..h as isize).contains(&iy) {
+                    for (kx, v) in v.iter_mut().enumerate() {
+                        // SAFETY: rows inside the planes; columns masked.
+                        *v = unsafe { both_rows(x, h * w, w, iy, kx as isize - 1) };
+                    }
+                }
+                let mut below = bias;
+                for kx in 0..3 {
+                    below = fma(k[kx], v[kx], below);
+                    at = fma(k[3 + kx], v[kx], at);
+                    above = fma(k[6 + kx], v[kx], above);
+                }
+                if iy >= 1 {
+                    // SAFETY: row iy − 1 of both planes.
+                    unsafe { put_both(p, above, y, iy as usize - 1) };
+                }
+                (above, at) = (at, below);
+            }
+        }
+
+        /// The three taps of input row `iy` of both planes (one after the other at x) for
+        /// stride 2: the even lanes of each plane's row from column kx − 1 (as `row_taps`),
+        /// the first plane's in the low half, the second's in the high; zero outside.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn pair_taps(x: *const f32, (h, w): (usize, usize), iy: isize) -> [V; 3] {
+            let mut v = [zero(); 3];
+            if !(0..h as isize).contains(&iy) {
+                return v;
+            }
+            for (kx, v) in v.iter_mut().enumerate() {
+                let first = kx as isize - 1;
+                let m = mask(-first, w as isize - first);
+                let at = x.wrapping_offset(iy * w as isize + first);
+                // SAFETY: only values inside the planes' rows are read (the mask).
+                *v = unsafe { evens(load_part(at, m), load_part(at.wrapping_add(h * w), m)) };
+            }
+            v
+        }
+
+        /// Stride 2 over a pair: the even lanes of each plane's row read as `row_taps` does,
+        /// the first plane's in the low half, the second's in the high. Unsafe: as [`pair1`].
+        #[target_feature(enable = $features)]
+        pub(in crate::ops::conv) unsafe fn pair2(p: &Pair, x: &[f32], y: &mut [f32]) {
+            let [a, b] = &p.planes;
+            let (h, w, oh, ow) = (a.h, a.w, a.oh, a.ow);
+            assert!(x.len() >= 2 * h * w && y.len() >= 2 * oh * ow && 2 * ow <= LANES);
+            assert!(2 * (oh - 1) <= h && 2 * (ow - 1) <= w, "stride 2 output larger than its input");
+            let mut k = [zero(); 9];
+            for (t, kv) in k.iter_mut().enumerate() {
+                *kv = halves(a.taps[t], b.taps[t]);
+            }
+            let bias = halves(a.bias, b.bias);
+            let (x, y) = (x.as_ptr(), y.as_mut_ptr());
+            // SAFETY (pair_taps): rows outside the planes are not read.
+            let mut top = unsafe { pair_taps(x, (h, w), -1) };
+            for oy in 0..oh {
+                let iy = 2 * oy as isize;
+                let (mid, bottom) = unsafe { (pair_taps(x, (h, w), iy), pair_taps(x, (h, w), iy + 1)) };
+                let mut sum = bias;
+                for kx in 0..3 {
+                    sum = fma(k[kx], top[kx], sum);
+                }
+                for kx in 0..3 {
+                    sum = fma(k[3 + kx], mid[kx], sum);
+                }
+                for kx in 0..3 {
+                    sum = fma(k[6 + kx], bottom[kx], sum);
+                }
+                // SAFETY: row oy of both planes.
+                unsafe { put_both(p, sum, y, oy) };
+                top = bottom;
+            }
+        }
     };
 }
 
@@ -226,7 +414,8 @@ mod tests {
 
     /// Both ISAs' kernels at both strides against an f64 sum: widths 1 to 129 (every strip
     /// remainder, a width of one vector exactly, odd and even at stride 2), heights 1 to 14,
-    /// batches of 1 and 2, with and without bias and clamp, a NaN kept.
+    /// batches of 1 to 3, planes alone and in pairs, with and without bias and clamp, a NaN
+    /// kept.
     #[test]
     fn depthwise_matches_an_f64_sum_at_awkward_shapes() {
         let shapes = [
@@ -240,6 +429,12 @@ mod tests {
             (1, 2, 6, 33),
             (1, 1, 5, 34),
             (1, 2, 4, 64),
+            // Planes in pairs (rows at most half a vector: 8 lanes on AVX-512, 4 on AVX2),
+            // an odd count leaving the last alone, a batch whose pairs span two images.
+            (1, 3, 4, 4),
+            (1, 5, 6, 3),
+            (3, 3, 8, 8),
+            (2, 7, 7, 7),
         ];
         let isas = [CpuIsa::Avx2, CpuIsa::Avx512];
         if kernel(CpuIsa::Avx2, 1).is_none() {
@@ -258,9 +453,9 @@ mod tests {
                 let (wt, bias) = (values(9 * c, i as u64 + 50), values(c, i as u64 + 90));
                 let bias = with_bias.then_some(&bias[..]);
                 let want = reference(&p, &x, &wt, bias);
-                for (isa, plane) in isas.iter().filter_map(|&i| Some((i, kernel(i, stride)?))) {
+                for (isa, kernels) in isas.iter().filter_map(|&i| Some((i, kernel(i, stride)?))) {
                     let mut got = vec![f32::INFINITY; want.len()];
-                    run_with(plane, &p, &x, &wt, bias, &mut got);
+                    run_with(kernels, &p, &x, &wt, bias, &mut got);
                     for (at, (g, e)) in got.iter().zip(&want).enumerate() {
                         let ok = (g.is_nan() && e.is_nan()) || (g - e).abs() <= 1e-5;
                         assert!(

@@ -120,6 +120,12 @@ pub(super) mod avx512 {
     pub(in crate::ops::conv) fn sum(v: V) -> f32 {
         _mm512_reduce_add_ps(v)
     }
+    /// `b`'s lanes in `m`, `a`'s elsewhere.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::ops::conv) fn merge(a: V, b: V, m: Mask) -> V {
+        _mm512_mask_blend_ps(m, a, b)
+    }
     /// The even lanes of `a` then of `b`: `[a0, a2, …, a14, b0, b2, …, b14]`.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -210,6 +216,12 @@ pub(super) mod avx2 {
         let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
         _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+    }
+    /// `b`'s lanes in `m`, `a`'s elsewhere.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(in crate::ops::conv) fn merge(a: V, b: V, m: Mask) -> V {
+        _mm256_blendv_ps(a, b, _mm256_castsi256_ps(m))
     }
     /// The even lanes of `a` then of `b`: `[a0, a2, a4, a6, b0, b2, b4, b6]`.
     #[inline]
