@@ -138,6 +138,35 @@ macro_rules! depthwise_kernels {
             unsafe { if whole { store(dst, done) } else { store_part(dst, done, written) } }
         }
 
+        /// Stride 1's step: the taps `v` of one input row added to the sums of the output rows
+        /// it is the bottom of (`above`), the middle of (`at`) and the top of (started from
+        /// `b`), each in the documented order; the three sums back.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn feed(k: &[V; 9], v: &[V; 3], b: V, mut above: V, mut at: V) -> [V; 3] {
+            let mut below = b;
+            for kx in 0..3 {
+                below = fma(k[kx], v[kx], below);
+                at = fma(k[3 + kx], v[kx], at);
+                above = fma(k[6 + kx], v[kx], above);
+            }
+            [above, at, below]
+        }
+
+        /// Stride 2's output: `b` plus the taps of its top, middle and bottom input rows, in
+        /// the documented order.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn sum_rows(k: &[V; 9], b: V, rows: [&[V; 3]; 3]) -> V {
+            let mut sum = b;
+            for (ky, row) in rows.iter().enumerate() {
+                for kx in 0..3 {
+                    sum = fma(k[3 * ky + kx], row[kx], sum);
+                }
+            }
+            sum
+        }
+
         /// Stride 1 (oh = h, ow = w). Unsafe: the CPU must have `$features`; x and y hold
         /// the plane's sizes.
         #[target_feature(enable = $features)]
@@ -169,12 +198,8 @@ macro_rules! depthwise_kernels {
                             *v = unsafe { load_part(start.wrapping_add(kx), reads[kx]) };
                         }
                     }
-                    let mut below = b;
-                    for kx in 0..3 {
-                        below = fma(k[kx], v[kx], below);
-                        at = fma(k[3 + kx], v[kx], at);
-                        above = fma(k[6 + kx], v[kx], above);
-                    }
+                    let below;
+                    [above, at, below] = feed(&k, &v, b, above, at);
                     if iy >= 1 {
                         // Row iy − 1 has all its taps. SAFETY: it is a row of y.
                         unsafe { put(p, above, y.wrapping_offset((iy - 1) * wi + c), whole, written) };
@@ -207,16 +232,7 @@ macro_rules! depthwise_kernels {
                 for oy in 0..oh {
                     let iy = 2 * oy as isize;
                     let (mid, bottom) = unsafe { (row_taps(x, plane, 2, iy, c), row_taps(x, plane, 2, iy + 1, c)) };
-                    let mut sum = b;
-                    for kx in 0..3 {
-                        sum = fma(k[kx], top[kx], sum);
-                    }
-                    for kx in 0..3 {
-                        sum = fma(k[3 + kx], mid[kx], sum);
-                    }
-                    for kx in 0..3 {
-                        sum = fma(k[6 + kx], bottom[kx], sum);
-                    }
+                    let sum = sum_rows(&k, b, [&top, &mid, &bottom]);
                     unsafe { put(p, sum, y.add(oy * ow + col), whole, written) };
                     top = bottom;
                 }
@@ -297,12 +313,8 @@ macro_rules! depthwise_kernels {
                         *v = unsafe { both_rows(x, h * w, w, iy, kx as isize - 1) };
                     }
                 }
-                let mut below = bias;
-                for kx in 0..3 {
-                    below = fma(k[kx], v[kx], below);
-                    at = fma(k[3 + kx], v[kx], at);
-                    above = fma(k[6 + kx], v[kx], above);
-                }
+                let below;
+                [above, at, below] = feed(&k, &v, bias, above, at);
                 if iy >= 1 {
                     // SAFETY: row iy − 1 of both planes.
                     unsafe { put_both(p, above, y, iy as usize - 1) };
@@ -350,16 +362,7 @@ macro_rules! depthwise_kernels {
             for oy in 0..oh {
                 let iy = 2 * oy as isize;
                 let (mid, bottom) = unsafe { (pair_taps(x, (h, w), iy), pair_taps(x, (h, w), iy + 1)) };
-                let mut sum = bias;
-                for kx in 0..3 {
-                    sum = fma(k[kx], top[kx], sum);
-                }
-                for kx in 0..3 {
-                    sum = fma(k[3 + kx], mid[kx], sum);
-                }
-                for kx in 0..3 {
-                    sum = fma(k[6 + kx], bottom[kx], sum);
-                }
+                let sum = sum_rows(&k, bias, [&top, &mid, &bottom]);
                 // SAFETY: row oy of both planes.
                 unsafe { put_both(p, sum, y, oy) };
                 top = bottom;
