@@ -338,15 +338,24 @@ fn f16c_available() -> bool {
     false
 }
 
-/// One kv head's keys and values as the fixed-order rows read them; `j` is a kv row of the
-/// tensors. Both sums run in the order of [`fixed_order_dot`] and [`add_scaled`], whatever the
-/// element type and SIMD level.
+/// One kv head's keys and values as the fixed-order rows read them; `js` are kv rows of the
+/// tensors. Every sum runs in the order of [`fixed_order_dot`] and [`add_scaled`] (per key,
+/// per output element), whatever the element type and SIMD level: several keys are only
+/// worked on side by side, each in its own registers, so that one key's chain of dependent
+/// additions does not wait for the last.
 trait KvHead {
-    /// Σ q·k_j.
-    fn dot(&self, q: &[f32], j: usize) -> f32;
-    /// dst += w·v_j.
-    fn add_scaled(&self, w: f32, j: usize, dst: &mut [f32]);
+    /// Pushes `(q·k_j) · scale` for each j of `js` onto `out`, in order.
+    fn scores(&self, q: &[f32], js: Range<usize>, scale: f32, out: &mut Vec<f32>);
+    /// `dst += w_j · v_j` for each j of `js` in order (`weights[i]` is the weight of
+    /// `js.start + i`), as that many [`add_scaled`] calls would.
+    fn weighted_sum(&self, weights: &[f32], js: Range<usize>, dst: &mut [f32]);
 }
+
+/// Keys scored side by side by [`KvHead::scores`].
+const KEYS: usize = 4;
+/// Output elements kept in registers across all keys by [`KvHead::weighted_sum`] (four
+/// vectors of eight).
+const COLUMNS: usize = 32;
 
 /// An f32 head, read in place: row j at `j * stride` of `k` and `v` (which start at the head's
 /// first column).
@@ -357,14 +366,31 @@ struct F32Head<'a> {
     d: usize,
 }
 
+impl F32Head<'_> {
+    #[inline(always)]
+    fn key(&self, j: usize) -> &[f32] {
+        &self.k[j * self.stride..][..self.d]
+    }
+}
+
 impl KvHead for F32Head<'_> {
     #[inline(always)]
-    fn dot(&self, q: &[f32], j: usize) -> f32 {
-        fixed_order_dot(q, &self.k[j * self.stride..][..self.d])
+    fn scores(&self, q: &[f32], js: Range<usize>, scale: f32, out: &mut Vec<f32>) {
+        let mut j = js.start;
+        while j + KEYS <= js.end {
+            let keys = [self.key(j), self.key(j + 1), self.key(j + 2), self.key(j + 3)];
+            for s in fixed_order_dots(q, keys) {
+                out.push(s * scale);
+            }
+            j += KEYS;
+        }
+        for j in j..js.end {
+            out.push(fixed_order_dot(q, self.key(j)) * scale);
+        }
     }
     #[inline(always)]
-    fn add_scaled(&self, w: f32, j: usize, dst: &mut [f32]) {
-        add_scaled(w, &self.v[j * self.stride..][..self.d], dst)
+    fn weighted_sum(&self, weights: &[f32], js: Range<usize>, dst: &mut [f32]) {
+        weighted_sum(weights, js, dst, |j| &self.v[j * self.stride..][..self.d])
     }
 }
 
@@ -378,26 +404,55 @@ struct F16Head<'a> {
     f16c: bool,
 }
 
-impl KvHead for F16Head<'_> {
+impl F16Head<'_> {
     #[inline(always)]
-    fn dot(&self, q: &[f32], j: usize) -> f32 {
-        let k = &self.k[j * self.stride..][..self.d];
-        #[cfg(target_arch = "x86_64")]
-        if self.f16c {
-            // SAFETY: the CPU has AVX2 and F16C (checked when `f16c` was set).
-            return unsafe { f16c::fixed_order_dot(q, k) };
-        }
-        fixed_order_dot(q, k)
+    fn key(&self, j: usize) -> &[f16] {
+        &self.k[j * self.stride..][..self.d]
     }
     #[inline(always)]
-    fn add_scaled(&self, w: f32, j: usize, dst: &mut [f32]) {
-        let v = &self.v[j * self.stride..][..self.d];
+    fn value(&self, j: usize) -> &[f16] {
+        &self.v[j * self.stride..][..self.d]
+    }
+}
+
+impl KvHead for F16Head<'_> {
+    #[inline(always)]
+    fn scores(&self, q: &[f32], js: Range<usize>, scale: f32, out: &mut Vec<f32>) {
+        let mut j = js.start;
+        while j + KEYS <= js.end {
+            let keys = [self.key(j), self.key(j + 1), self.key(j + 2), self.key(j + 3)];
+            #[cfg(target_arch = "x86_64")]
+            let sums = if self.f16c {
+                // SAFETY: the CPU has AVX2 and F16C (checked when `f16c` was set).
+                unsafe { f16c::fixed_order_dots(q, keys) }
+            } else {
+                fixed_order_dots(q, keys)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let sums = fixed_order_dots(q, keys);
+            for s in sums {
+                out.push(s * scale);
+            }
+            j += KEYS;
+        }
+        for j in j..js.end {
+            #[cfg(target_arch = "x86_64")]
+            if self.f16c {
+                // SAFETY: as above.
+                out.push(unsafe { f16c::fixed_order_dot(q, self.key(j)) } * scale);
+                continue;
+            }
+            out.push(fixed_order_dot(q, self.key(j)) * scale);
+        }
+    }
+    #[inline(always)]
+    fn weighted_sum(&self, weights: &[f32], js: Range<usize>, dst: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self.f16c {
-            // SAFETY: as above.
-            return unsafe { f16c::add_scaled(w, v, dst) };
+            // SAFETY: the CPU has AVX2 and F16C; every value row has dst's length.
+            return unsafe { f16c::weighted_sum(weights, js, dst, |j| self.value(j)) };
         }
-        add_scaled(w, v, dst)
+        weighted_sum(weights, js, dst, |j| self.value(j))
     }
 }
 
@@ -459,45 +514,80 @@ unsafe fn fixed_order_rows(p: &AttentionParams, rows: &SeqRows, h: usize, kv: &i
         let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((rows.q.start + i) * qw + h * d), d) };
         let visible = rows.visible(i, p.causal != 0);
         weights.clear();
-        // (Loops, not iterator adapters: a closure would not inherit the AVX2 target feature.)
-        for j in visible.clone() {
-            weights.push(kv.dot(q_row, j) * p.scale);
-        }
+        kv.scores(q_row, visible.clone(), p.scale, &mut weights);
         if weights.is_empty() {
             continue; // sees nothing: zeros, already written
         }
-        let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = max_of(&weights);
+        // (Loops, not iterator adapters: a closure would not inherit the AVX2 target feature.)
         let mut sum = 0.0;
         for w in &mut weights {
             *w = (*w - max).exp();
             sum += *w;
         }
-        for (w, j) in weights.iter().zip(visible) {
-            kv.add_scaled(w / sum, j, dst);
+        for w in &mut weights {
+            *w /= sum;
+        }
+        kv.weighted_sum(&weights, visible, dst);
+    }
+}
+
+/// The largest of `v` that is not NaN (−∞ if none), as `f32::max` folded over it: in eight
+/// lanes, which vectorizes (a maximum does not depend on the order it is taken in; only the
+/// sign of a zero could, and `exp(w − max)` is the same either way).
+#[inline(always)]
+fn max_of(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let mut max = f32::NEG_INFINITY;
+    for &x in chunks.remainder() {
+        max = max.max(x);
+    }
+    for chunk in chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(chunk[l]);
         }
     }
+    for l in lanes {
+        max = max.max(l);
+    }
+    max
 }
 
 /// Σ a·b in eight interleaved partial sums, then those in order: vectorizes, and depends only
 /// on the length.
 #[inline(always)]
 fn fixed_order_dot<T: Copy + Into<f32>>(a: &[f32], b: &[T]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let mut tail = 0.0;
-    for (x, &y) in a8.remainder().iter().zip(b8.remainder()) {
-        tail += x * y.into();
-    }
-    for (x, y) in a8.zip(b8) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l].into();
+    fixed_order_dots(a, [b])[0]
+}
+
+/// [`fixed_order_dot`] of `a` with each of `N` rows (of a's length), side by side: the same
+/// operations per row in the same order, so the same bits.
+#[inline(always)]
+fn fixed_order_dots<T: Copy + Into<f32>, const N: usize>(a: &[f32], b: [&[T]; N]) -> [f32; N] {
+    let whole = a.len() / 8 * 8;
+    let mut acc = [[0.0f32; 8]; N];
+    let mut tail = [0.0f32; N];
+    for i in whole..a.len() {
+        for n in 0..N {
+            tail[n] += a[i] * b[n][i].into();
         }
     }
-    let mut sum = 0.0;
-    for a in acc {
-        sum += a;
+    for i in (0..whole).step_by(8) {
+        for n in 0..N {
+            for l in 0..8 {
+                acc[n][l] += a[i + l] * b[n][i + l].into();
+            }
+        }
     }
-    sum + tail
+    let mut sums = [0.0f32; N];
+    for ((sum, lanes), tail) in sums.iter_mut().zip(acc).zip(tail) {
+        for lane in lanes {
+            *sum += lane;
+        }
+        *sum += tail;
+    }
+    sums
 }
 
 /// dst += w·v, element by element.
@@ -508,58 +598,132 @@ fn add_scaled<T: Copy + Into<f32>>(w: f32, v: &[T], dst: &mut [f32]) {
     }
 }
 
-/// [`fixed_order_dot`] and [`add_scaled`] over f16 rows with F16C's conversions: the same
-/// operations in the same order, so the same bits.
+/// [`KvHead::weighted_sum`] over rows `value(j)`: [`COLUMNS`] outputs at a time stay in
+/// registers while every row adds to them.
+#[inline(always)]
+fn weighted_sum<'v, T: Copy + Into<f32> + 'v>(
+    weights: &[f32],
+    js: Range<usize>,
+    dst: &mut [f32],
+    value: impl Fn(usize) -> &'v [T],
+) {
+    let mut c0 = 0;
+    while c0 < dst.len() {
+        let c1 = (c0 + COLUMNS).min(dst.len());
+        let mut acc = [0.0f32; COLUMNS];
+        acc[..c1 - c0].copy_from_slice(&dst[c0..c1]);
+        for (&w, j) in weights.iter().zip(js.clone()) {
+            add_scaled(w, &value(j)[c0..c1], &mut acc[..c1 - c0]);
+        }
+        dst[c0..c1].copy_from_slice(&acc[..c1 - c0]);
+        c0 = c1;
+    }
+}
+
+/// [`fixed_order_dot`], [`fixed_order_dots`] and [`weighted_sum`] over f16 rows with F16C's
+/// conversions: the same operations in the same order, so the same bits.
 #[cfg(target_arch = "x86_64")]
 mod f16c {
+    use super::COLUMNS;
     use half::f16;
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     /// # Safety
     /// The CPU has AVX2 and F16C; `a` and `b` have the same length.
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
     pub unsafe fn fixed_order_dot(a: &[f32], b: &[f16]) -> f32 {
+        // SAFETY: the caller's contract.
+        let [sum] = unsafe { fixed_order_dots(a, [b]) };
+        sum
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and F16C; every row of `b` has a's length.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    pub unsafe fn fixed_order_dots<const N: usize>(a: &[f32], b: [&[f16]; N]) -> [f32; N] {
         let whole = a.len() / 8 * 8;
-        let mut tail = 0.0f32;
+        let mut tail = [0.0f32; N];
         for i in whole..a.len() {
-            tail += a[i] * f32::from(b[i]);
+            for n in 0..N {
+                tail[n] += a[i] * f32::from(b[n][i]);
+            }
         }
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); N];
         for i in (0..whole).step_by(8) {
-            // SAFETY: i + 8 <= whole <= the length of both.
-            let (x, y) = unsafe {
-                (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i).cast())))
-            };
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+            // SAFETY: i + 8 <= whole <= the length of every row.
+            let x = unsafe { _mm256_loadu_ps(a.as_ptr().add(i)) };
+            for n in 0..N {
+                // SAFETY: as above.
+                let y = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(b[n].as_ptr().add(i).cast())) };
+                acc[n] = _mm256_add_ps(acc[n], _mm256_mul_ps(x, y));
+            }
         }
-        let mut lanes = [0.0f32; 8];
-        // SAFETY: room for 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-        let mut sum = 0.0;
-        for l in lanes {
-            sum += l;
+        let mut sums = [0.0f32; N];
+        for n in 0..N {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: room for 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[n]) };
+            for l in lanes {
+                sums[n] += l;
+            }
+            sums[n] += tail[n];
         }
-        sum + tail
+        sums
     }
 
     /// # Safety
     /// The CPU has AVX2 and F16C; `v` and `dst` have the same length.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn add_scaled(w: f32, v: &[f16], dst: &mut [f32]) {
+        // SAFETY: the caller's contract.
+        unsafe { weighted_sum(&[w], 0..1, dst, |_| v) }
+    }
+
+    /// [`super::weighted_sum`] with F16C: whole vectors of [`COLUMNS`] outputs in registers,
+    /// then the last (fewer than 8) element by element.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; every `value(j)` has dst's length.
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    pub unsafe fn add_scaled(w: f32, v: &[f16], dst: &mut [f32]) {
+    pub unsafe fn weighted_sum<'v>(
+        weights: &[f32],
+        js: Range<usize>,
+        dst: &mut [f32],
+        value: impl Fn(usize) -> &'v [f16],
+    ) {
+        const VECTORS: usize = COLUMNS / 8;
         let whole = dst.len() / 8 * 8;
-        let wv = _mm256_set1_ps(w);
-        for i in (0..whole).step_by(8) {
-            // SAFETY: i + 8 <= whole <= the length of both.
-            unsafe {
-                let y = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i).cast()));
-                let d = _mm256_loadu_ps(dst.as_ptr().add(i));
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_add_ps(d, _mm256_mul_ps(wv, y)));
+        let mut c0 = 0;
+        while c0 < whole {
+            let vectors = ((whole - c0) / 8).min(VECTORS);
+            let mut acc = [_mm256_setzero_ps(); VECTORS];
+            for (t, acc) in acc.iter_mut().enumerate().take(vectors) {
+                // SAFETY: c0 + 8t + 8 <= whole <= dst's length.
+                *acc = unsafe { _mm256_loadu_ps(dst.as_ptr().add(c0 + 8 * t)) };
             }
+            for (&w, j) in weights.iter().zip(js.clone()) {
+                let (wv, v) = (_mm256_set1_ps(w), value(j));
+                for (t, acc) in acc.iter_mut().enumerate().take(vectors) {
+                    // SAFETY: v has dst's length.
+                    let y = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(c0 + 8 * t).cast())) };
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(wv, y));
+                }
+            }
+            for (t, acc) in acc.iter().enumerate().take(vectors) {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(c0 + 8 * t), *acc) };
+            }
+            c0 += 8 * vectors;
         }
-        for i in whole..dst.len() {
-            dst[i] += w * f32::from(v[i]);
+        for (i, d) in dst.iter_mut().enumerate().skip(whole) {
+            for (&w, j) in weights.iter().zip(js.clone()) {
+                *d += w * f32::from(value(j)[i]);
+            }
         }
     }
 }
@@ -740,10 +904,89 @@ mod tests {
             // SAFETY: as above.
             unsafe { f16c::add_scaled(0.37, &b, &mut x) };
             add_scaled(0.37, &b, &mut y);
-            assert_eq!(
-                x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                y.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            );
+            assert_eq!(bits(&x), bits(&y));
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The order every decoder score is summed in, written out plainly: eight partial sums
+    /// over the whole vectors, the leftover elements in a sum of their own, then the eight in
+    /// order and the leftovers last.
+    fn reference_dot(a: &[f32], b: &[f32]) -> f32 {
+        let whole = a.len() / 8 * 8;
+        let mut lanes = [0.0f32; 8];
+        for i in 0..whole {
+            lanes[i % 8] += a[i] * b[i];
+        }
+        let tail = (whole..a.len()).fold(0.0f32, |t, i| t + a[i] * b[i]);
+        lanes.iter().fold(0.0f32, |s, &l| s + l) + tail
+    }
+
+    /// Scoring keys side by side and summing values with the outputs in registers give the
+    /// bits of one key at a time (`reference_dot`, then each row added in turn), for f32 and f16
+    /// heads, with and without F16C, at head sizes that leave tails of the vectors and of the
+    /// register block, and key counts around the side-by-side group.
+    #[test]
+    fn grouped_scores_and_sums_match_one_key_at_a_time() {
+        let f16c = f16c_available();
+        for d in [1, 7, 8, 33, 64, 129] {
+            let keys = 11;
+            let stride = d + 3; // rows of a wider cache: the head starts inside each row
+            let k: Vec<f32> = (0..keys * stride).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+            let v: Vec<f32> = (0..keys * stride).map(|i| ((i * 53 % 31) as f32 - 15.0) / 3.0).collect();
+            let (k16, v16): (Vec<f16>, Vec<f16>) =
+                (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
+            let q: Vec<f32> = (0..d).map(|i| ((i * 29 % 17) as f32 - 8.0) / 5.0).collect();
+            let weights: Vec<f32> = (0..keys).map(|j| 1.0 / (j as f32 + 1.7)).collect();
+            let start: Vec<f32> = (0..d).map(|i| i as f32 / 9.0).collect();
+            for js in [0..0, 2..3, 1..5, 0..keys, 3..keys] {
+                let ws = &weights[..js.len()];
+                let check = |name: &str, head: &dyn Fn(&mut Vec<f32>, &mut [f32]), key: &dyn Fn(usize) -> Vec<f32>| {
+                    let want_scores: Vec<f32> = js.clone().map(|j| reference_dot(&q, &key(j)) * 0.125).collect();
+                    let mut want_sum = start.clone();
+                    for (&w, j) in ws.iter().zip(js.clone()) {
+                        let row: Vec<f32> = (0..d)
+                            .map(|c| {
+                                if name.starts_with("f16") {
+                                    f32::from(v16[j * stride + 1 + c])
+                                } else {
+                                    v[j * stride + 1 + c]
+                                }
+                            })
+                            .collect();
+                        for (d, x) in want_sum.iter_mut().zip(&row) {
+                            *d += w * x;
+                        }
+                    }
+                    let (mut scores, mut sum) = (Vec::new(), start.clone());
+                    head(&mut scores, &mut sum);
+                    assert_eq!(bits(&scores), bits(&want_scores), "{name} scores, d {d}, keys {js:?}");
+                    assert_eq!(bits(&sum), bits(&want_sum), "{name} sums, d {d}, keys {js:?}");
+                };
+                let f32_head = F32Head { k: &k[1..], v: &v[1..], stride, d };
+                check(
+                    "f32",
+                    &|s, dst| {
+                        f32_head.scores(&q, js.clone(), 0.125, s);
+                        f32_head.weighted_sum(ws, js.clone(), dst);
+                    },
+                    &|j| k[j * stride + 1..][..d].to_vec(),
+                );
+                for use_f16c in [false, f16c] {
+                    let head = F16Head { k: &k16[1..], v: &v16[1..], stride, d, f16c: use_f16c };
+                    check(
+                        if use_f16c { "f16 (F16C)" } else { "f16" },
+                        &|s, dst| {
+                            head.scores(&q, js.clone(), 0.125, s);
+                            head.weighted_sum(ws, js.clone(), dst);
+                        },
+                        &|j| k16[j * stride + 1..][..d].iter().map(|&x| f32::from(x)).collect(),
+                    );
+                }
+            }
         }
     }
 }

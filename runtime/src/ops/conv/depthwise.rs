@@ -46,6 +46,8 @@ type PairFn = unsafe fn(&Pair, &[f32], &mut [f32]);
 
 /// Two planes' [`Plane`]s (same sizes and clamp; their own taps and bias).
 pub(in crate::ops::conv) struct Pair {
+    // Read by the x86-64 kernels only.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     planes: [Plane; 2],
 }
 

@@ -93,6 +93,7 @@ fn run_on(kernel: Kernel, p: &Conv2dParams, inputs: Inputs, out: &mut [f32]) {
 const SMALL_PIXELS_BYTES: usize = 256 << 10;
 
 /// How many input channels ahead the first tile over a block prefetches its pixels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AHEAD: usize = 12;
 
 /// The job's columns of every image, by `kernel`'s tiles and `tail_rows`, shared among
