@@ -3,7 +3,8 @@
 //! Release builds target baseline x86-64, so every vectorised CPU kernel is compiled a second
 //! (third) time for AVX2 and AVX-512 and picked here from what the processor reports. The
 //! environment variable `TANDEM_CPU_ISA` (`avx512`, `avx2` or `scalar`; `avx512-novnni` and
-//! `avx2-novnni` leave out the VNNI dot products) caps the choice at a lower level, to compare
+//! `avx2-novnni` leave out the VNNI dot products, `avx512-noamx` AMX's tiles, [`amx_bf16`])
+//! caps the choice at a lower level, to compare
 //! paths or to work around a machine that misreports its features; it cannot raise the level
 //! above what the processor has. It is read once per process.
 
@@ -82,8 +83,8 @@ impl CpuIsa {
                 Some(cap) => Self::best_up_to(cap),
                 None => {
                     eprintln!(
-                        "tandem: ignoring {CPU_ISA_ENV}={value:?} (valid: avx512, avx512-novnni, avx2, \
-                         avx2-novnni, scalar); using {}",
+                        "tandem: ignoring {CPU_ISA_ENV}={value:?} (valid: avx512, avx512-noamx, avx512-novnni, \
+                         avx2, avx2-novnni, scalar); using {}",
                         Self::detected().name()
                     );
                     Self::detected()
@@ -98,7 +99,7 @@ impl CpuIsa {
     /// `avx2-novnni`: the paths of older CPUs, for comparisons).
     pub fn parse_cap(value: &str) -> Option<CpuIsa> {
         match value.trim().to_ascii_lowercase().as_str() {
-            "avx512" | "avx-512" => Some(CpuIsa::Avx512Vnni),
+            "avx512" | "avx-512" | NO_AMX => Some(CpuIsa::Avx512Vnni),
             "avx512-novnni" => Some(CpuIsa::Avx512),
             "avx2" => Some(CpuIsa::AvxVnni),
             "avx2-novnni" => Some(CpuIsa::Avx2),
@@ -111,6 +112,42 @@ impl CpuIsa {
     pub fn has_avx2(self) -> bool {
         self >= CpuIsa::Avx2
     }
+}
+
+/// The `TANDEM_CPU_ISA` value that keeps AVX-512 but leaves AMX's tiles unused.
+pub const NO_AMX: &str = "avx512-noamx";
+
+/// Whether the bf16 products may use AMX tiles (`ops::matmul::amx`): the CPU reports AMX-TILE
+/// and AMX-BF16, Linux grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`:
+/// a CPU flag is not permission, and a VM may not have the state enabled), the active level
+/// is AVX-512 with VNNI and `TANDEM_CPU_ISA` is not [`NO_AMX`]. Asked once per process; a
+/// refusal leaves the AVX-512 BF16 path.
+pub fn amx_bf16() -> bool {
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(|| {
+        let capped = std::env::var(CPU_ISA_ENV).is_ok_and(|v| v.trim().eq_ignore_ascii_case(NO_AMX));
+        !capped && CpuIsa::active() >= CpuIsa::Avx512Vnni && amx_permitted()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_permitted() -> bool {
+    // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID leaf 7 exists on every CPU with AVX-512 (checked by the caller first).
+    let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+    if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a request for a permission; it touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn amx_permitted() -> bool {
+    false
 }
 
 impl std::fmt::Display for CpuIsa {

@@ -106,8 +106,11 @@ impl Backend for CpuBackend {
         let isa = ops::isa::CpuIsa::active();
         let exact = if self.options.quantized_activations { "" } else { ", exact f32 products" };
         // bf16 weights (`--precision bf16`) are multiplied in bf16 only where the CPU can.
-        let bf16 =
-            if self.options.quantized_activations && ops::matmul::bf16_dot::available(isa) { "+bf16" } else { "" };
+        let bf16 = match self.options.quantized_activations && ops::matmul::bf16_dot::available(isa) {
+            true if ops::isa::amx_bf16() => "+bf16+amx",
+            true => "+bf16",
+            false => "",
+        };
         format!("CPU, {} threads, {isa}{bf16}{exact}", rayon::current_num_threads())
     }
 

@@ -30,6 +30,13 @@ pub fn available(isa: CpuIsa) -> bool {
     }
 }
 
+/// Products of at least this many activation rows run on AMX's tiles where the CPU has them
+/// and Linux grants them ([`crate::ops::isa::amx_bf16`]; `super::amx`); fewer rows (a query,
+/// a short batch) take `vdpbf16ps`, which reads the weight as it is stored. Each path sums a
+/// row's outputs in its own fixed order, so a row's bits depend on which side of this
+/// threshold its batch falls, not otherwise on the batch.
+pub const AMX_MIN_ROWS: usize = 32;
+
 /// `out[r, c] = Σ_j bf16(a[r, j]) · w[c, j]` for `a` `[m, k]` (f32) and `w` `[n, k]` (bf16
 /// bits, little-endian bytes), `out` `[m, n]`.
 ///
@@ -74,11 +81,15 @@ mod x86 {
         // Activation rows padded with zeros to whole registers, so that the kernels read them
         // whole; the weight's last partial register is read masked.
         let stride = k.next_multiple_of(LANES);
+        let amx = m >= super::AMX_MIN_ROWS && crate::ops::isa::amx_bf16();
+        // AMX reads whole tiles of 16 rows: the rows past m are zeros.
+        let rows = if amx { m.next_multiple_of(16) } else { m };
         let mut rounded = ROUNDED.take();
         // `round_row` writes every value of its row, padding included: no need to clear.
-        if rounded.len() < m * stride {
-            rounded.resize(m * stride, 0);
+        if rounded.len() < rows * stride {
+            rounded.resize(rows * stride, 0);
         }
+        rounded[m * stride..rows * stride].fill(0);
         let round = |(row, dst): (&[f32], &mut [u16])| {
             // SAFETY: `available` was checked by the caller; dst holds `stride` ≥ k values.
             unsafe { round_row(row, dst) }
@@ -87,6 +98,13 @@ mod x86 {
             a[..m * k].par_chunks(k).zip(rounded[..m * stride].par_chunks_mut(stride)).for_each(round);
         } else {
             a[..m * k].chunks(k).zip(rounded[..m * stride].chunks_mut(stride)).for_each(round);
+        }
+        if amx {
+            // SAFETY: `amx_bf16` holds; `rounded` has `rows` rows of `stride` (a multiple of 32,
+            // ≥ k) values, zeros past k and past m; the caller's slices hold n·k and m·n.
+            unsafe { super::super::amx::multiply(&rounded[..rows * stride], stride, m, k, &w[..2 * n * k], n, out) };
+            ROUNDED.set(rounded);
+            return;
         }
         // Addresses, so that the tasks may share them; tasks write disjoint blocks of `out`.
         let (a, w, dst) = (rounded.as_ptr() as usize, w.as_ptr() as usize, out.as_mut_ptr() as usize);
@@ -330,6 +348,13 @@ mod tests {
             (129, 129, 7),
             (5, 384, 130),
             (67, 1536, 70),
+            // AMX_MIN_ROWS rows and more: AMX's tiles where the CPU has them (16-row tiles
+            // with row, column and K tails).
+            (32, 1, 1),
+            (33, 7, 17),
+            (48, 32, 16),
+            (50, 65, 33),
+            (100, 384, 129),
         ] {
             let (a, w) = operands(&mut rng, m, k, n);
             let mut out = vec![f32::NAN; m * n];
@@ -359,6 +384,29 @@ mod tests {
             multiply(&a[row * k..(row + 1) * k], 1, k, w, n, &mut alone);
             assert_eq!(alone, together[row * n..(row + 1) * n], "row {row} of {m} differs alone");
         }
+    }
+
+    /// On AMX (from `AMX_MIN_ROWS` rows) each row's sums do not depend on the other rows
+    /// either: a row gives the same bits in any product of at least that many rows.
+    #[test]
+    fn amx_rows_come_out_the_same_whatever_the_batch() {
+        if skipped() {
+            return;
+        }
+        if !crate::ops::isa::amx_bf16() {
+            eprintln!("AMX: not on this CPU (or not granted): these rows took vdpbf16ps");
+        }
+        let mut rng = StdRng::seed_from_u64(13);
+        let (m, k, n) = (70, 200, 45);
+        let (a, w) = operands(&mut rng, m, k, n);
+        let w = bytemuck::cast_slice(&w);
+        let mut together = vec![0.0; m * n];
+        multiply(&a, m, k, w, n, &mut together);
+        let start = 20;
+        let fewer = AMX_MIN_ROWS + 1;
+        let mut part = vec![0.0; fewer * n];
+        multiply(&a[start * k..(start + fewer) * k], fewer, k, w, n, &mut part);
+        assert_eq!(part, together[start * n..(start + fewer) * n], "rows {start}.. differ in a smaller batch");
     }
 
     /// Through the CPU backend: the default path takes bf16 products (bias and activation

@@ -8,6 +8,8 @@ use crate::tensor::DType;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod bf16_dot;
 mod few_rows;
 
