@@ -107,11 +107,15 @@ fn check_parity(backend: BackendChoice, precision: Precision, min_cosine: f64) {
     );
     assert!(failures.is_empty(), "below {min_cosine}: {failures:#?}");
 
-    // Packing must not leak between texts: each alone gives what it gave in the batch.
+    // Packing must not leak between texts: each alone gives what it gave in the batch. In
+    // bf16 a text alone (fewer than `AMX_MIN_ROWS` rows) and the batch may take different
+    // kernels (vdpbf16ps, AMX's tiles), whose f32 sums of the same bf16 products run in other
+    // orders: measured 1 - 2.4e-6 on a Sapphire Rapids VM; a leak moves far more.
+    let same = if precision == Precision::F32 { 0.999_999 } else { 0.999_99 };
     for (i, text) in texts.iter().enumerate().step_by(7) {
         let alone = embedder.embed(&[text]).unwrap().remove(0);
         let c = f64::from(cosine(&alone, &got[i].vector));
-        assert!(c > 0.999_999, "{text:?} alone vs in a batch: cosine {c}");
+        assert!(c > same, "{text:?} alone vs in a batch: cosine {c}");
     }
 }
 

@@ -359,6 +359,9 @@ pub fn cases(seed: u64) -> Vec<Case> {
         (&[(0, 5), (9, 3)], 4, 2, 8, true),
         (&[(0, 65), (65, 1), (66, 33)], 3, 1, 7, false),
         (&[(0, 130)], 2, 2, 64, true),
+        // Not causal with GQA; a head size of three 16-lane vectors.
+        (&[(0, 9), (9, 40)], 4, 4, 48, false),
+        (&[(0, 33), (33, 1)], 4, 2, 16, false),
     ];
     for &(spans, heads, kv_heads, d, causal) in attn {
         let tokens = spans.iter().map(|&(s, l)| s + l).max().unwrap() as usize + 1; // +1: a row in no segment

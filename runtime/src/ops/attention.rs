@@ -518,7 +518,7 @@ unsafe fn fixed_order_rows(p: &AttentionParams, rows: &SeqRows, h: usize, kv: &i
         if weights.is_empty() {
             continue; // sees nothing: zeros, already written
         }
-        let max = max_of(&weights);
+        let max = super::elementwise::max_of(&weights);
         // (Loops, not iterator adapters: a closure would not inherit the AVX2 target feature.)
         let mut sum = 0.0;
         for w in &mut weights {
@@ -530,28 +530,6 @@ unsafe fn fixed_order_rows(p: &AttentionParams, rows: &SeqRows, h: usize, kv: &i
         }
         kv.weighted_sum(&weights, visible, dst);
     }
-}
-
-/// The largest of `v` that is not NaN (−∞ if none), as `f32::max` folded over it: in eight
-/// lanes, which vectorizes (a maximum does not depend on the order it is taken in; only the
-/// sign of a zero could, and `exp(w − max)` is the same either way).
-#[inline(always)]
-fn max_of(v: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = v.chunks_exact(8);
-    let mut max = f32::NEG_INFINITY;
-    for &x in chunks.remainder() {
-        max = max.max(x);
-    }
-    for chunk in chunks {
-        for l in 0..8 {
-            lanes[l] = lanes[l].max(chunk[l]);
-        }
-    }
-    for l in lanes {
-        max = max.max(l);
-    }
-    max
 }
 
 /// Σ a·b in eight interleaved partial sums, then those in order: vectorizes, and depends only

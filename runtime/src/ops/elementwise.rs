@@ -94,12 +94,44 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     p = p * r * r + r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * pow2(n)
+}
+
+/// `2^n` for a whole `n` in -126..=127, from n's bits in `n + 1.5·2^23` (exact for |n| <
+/// 2^22): integer operations on the bits, which vectorise, where `n as i32` (a saturating
+/// conversion) left every lane of [`exp`] to a scalar instruction.
+#[inline(always)]
+fn pow2(n: f32) -> f32 {
+    let biased = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127);
+    f32::from_bits(biased << 23)
+}
+
+/// The largest of `v` that is not NaN (−∞ if none), as `f32::max` folded over it: in eight
+/// lanes, which vectorizes (a maximum does not depend on the order it is taken in; only the
+/// sign of a zero could, and `exp(w − max)`, what softmaxes take it for, is the same either
+/// way).
+#[inline(always)]
+pub(crate) fn max_of(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let mut max = f32::NEG_INFINITY;
+    for &x in chunks.remainder() {
+        max = max.max(x);
+    }
+    for chunk in chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(chunk[l]);
+        }
+    }
+    for l in lanes {
+        max = max.max(l);
+    }
+    max
 }
 
 /// `x ← softmax(x)` over a non-empty row, vectorised: [`exp`], and sums in 16 lanes.
 pub fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_of(x);
     map_chunk(x, |v| exp(v - max));
     let mut lanes = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
@@ -381,6 +413,9 @@ mod tests {
             worst = worst.max((got - want).abs() / want);
         }
         assert!(worst < 2e-7, "worst relative error {worst:e}");
+        for n in -126..=127 {
+            assert_eq!(super::pow2(n as f32), 2f32.powi(n), "2^{n}");
+        }
         assert_eq!(super::exp(0.0), 1.0);
         assert!(super::exp(-1e30) > 0.0 && super::exp(-1e30) < 2e-38);
         assert!(super::exp(f32::NEG_INFINITY) < 2e-38);

@@ -82,7 +82,7 @@ pub(super) unsafe fn multiply(a: &[u16], lda: usize, m: usize, k: usize, w: &[u8
     PACKED.set(packed);
 }
 
-/// Repacks `w` `[n, k]` into tiles: tile (t, s) (weight rows 16t.., K values 32s..) at
+/// Repacks `w` `[n, k]` (AVX-512 F: the caller has AMX) into tiles: tile (t, s) (weight rows 16t.., K values 32s..) at
 /// `(t · k_steps + s) · 256` words, its word `16r + c` holding values 32s + 2r and 32s + 2r + 1
 /// of weight row 16t + c (zeros past n and k).
 fn pack(w: &[u8], n: usize, k: usize, n_tiles: usize, k_steps: usize, packed: &mut Vec<u32>) {
@@ -103,8 +103,13 @@ fn pack(w: &[u8], n: usize, k: usize, n_tiles: usize, k_steps: usize, packed: &m
                 0
             }
         };
-        // Written in order, read from 16 rows at once.
         for (s, tile) in tiles.chunks_exact_mut(words).enumerate() {
+            if rows == ROWS && (s + 1) * DEPTH <= k {
+                // SAFETY: AVX-512 (the caller's contract); 16 whole rows of 32 values at 32s.
+                unsafe { gather_tile(&w[t * ROWS * 2 * k..][..ROWS * 2 * k], k, s, tile) };
+                continue;
+            }
+            // A tile with rows or values past the weight's.
             for (r, dst) in tile.chunks_exact_mut(ROWS).enumerate() {
                 for (c, dst) in dst.iter_mut().enumerate().take(rows) {
                     *dst = word(c, s * ROWS + r);
@@ -112,6 +117,30 @@ fn pack(w: &[u8], n: usize, k: usize, n_tiles: usize, k_steps: usize, packed: &m
             }
         }
     });
+}
+
+/// A whole tile: row r of the tile gathers word 16s + r of each of the 16 weight rows of
+/// `w` (k values each).
+///
+/// # Safety
+/// AVX-512 F; `w` holds 16 rows of k bf16 values and 32(s + 1) ≤ k.
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_tile(w: &[u8], k: usize, s: usize, tile: &mut [u32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(w.len() >= ROWS * 2 * k && (s + 1) * DEPTH <= k && tile.len() == TILE_BYTES / 4);
+    // Byte offsets of the 16 rows (16 · 2k < 2^31 for any weight this path sees).
+    let rows = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32((2 * k) as i32),
+    );
+    for r in 0..ROWS {
+        // SAFETY: word 16s + r of each row: bytes 64s + 4r .. + 4 of rows 0..16, inside `w`.
+        unsafe {
+            let base = w.as_ptr().add(s * 2 * DEPTH + 4 * r);
+            let words = _mm512_i32gather_epi32::<1>(rows, base.cast());
+            _mm512_storeu_si512(tile.as_mut_ptr().add(r * ROWS).cast(), words);
+        }
+    }
 }
 
 /// One product's operands as the tasks read them.
