@@ -4,9 +4,9 @@
 //! (third) time for AVX2 and AVX-512 and picked here from what the processor reports. The
 //! environment variable `TANDEM_CPU_ISA` (`avx512`, `avx2` or `scalar`; `avx512-novnni` and
 //! `avx2-novnni` leave out the VNNI dot products, `avx512-noamx` AMX's tiles, [`amx_bf16`])
-//! caps the choice at a lower level, to compare
-//! paths or to work around a machine that misreports its features; it cannot raise the level
-//! above what the processor has. It is read once per process.
+//! caps the choice at a lower level, to compare paths or to work around a machine that
+//! misreports its features; it cannot raise the level above what the processor has. It is
+//! read once per process.
 
 use std::sync::OnceLock;
 

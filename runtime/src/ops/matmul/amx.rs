@@ -82,9 +82,10 @@ pub(super) unsafe fn multiply(a: &[u16], lda: usize, m: usize, k: usize, w: &[u8
     PACKED.set(packed);
 }
 
-/// Repacks `w` `[n, k]` (AVX-512 F: the caller has AMX) into tiles: tile (t, s) (weight rows 16t.., K values 32s..) at
+/// Repacks `w` `[n, k]` into tiles: tile (t, s) (weight rows 16t.., K values 32s..) at
 /// `(t · k_steps + s) · 256` words, its word `16r + c` holding values 32s + 2r and 32s + 2r + 1
-/// of weight row 16t + c (zeros past n and k).
+/// of weight row 16t + c (zeros past n and k). Whole tiles are gathered with AVX-512, which
+/// every CPU with AMX has.
 fn pack(w: &[u8], n: usize, k: usize, n_tiles: usize, k_steps: usize, packed: &mut Vec<u32>) {
     let words = TILE_BYTES / 4;
     packed.clear();
@@ -104,7 +105,8 @@ fn pack(w: &[u8], n: usize, k: usize, n_tiles: usize, k_steps: usize, packed: &m
             }
         };
         for (s, tile) in tiles.chunks_exact_mut(words).enumerate() {
-            if rows == ROWS && (s + 1) * DEPTH <= k {
+            // (The gather's offsets are i32: rows up to 15 · 2k bytes apart.)
+            if rows == ROWS && (s + 1) * DEPTH <= k && 30 * k <= i32::MAX as usize {
                 // SAFETY: AVX-512 (the caller's contract); 16 whole rows of 32 values at 32s.
                 unsafe { gather_tile(&w[t * ROWS * 2 * k..][..ROWS * 2 * k], k, s, tile) };
                 continue;
@@ -123,12 +125,12 @@ fn pack(w: &[u8], n: usize, k: usize, n_tiles: usize, k_steps: usize, packed: &m
 /// `w` (k values each).
 ///
 /// # Safety
-/// AVX-512 F; `w` holds 16 rows of k bf16 values and 32(s + 1) ≤ k.
+/// AVX-512 F; `w` holds 16 rows of k bf16 values, 32(s + 1) ≤ k and 30k ≤ i32::MAX.
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_tile(w: &[u8], k: usize, s: usize, tile: &mut [u32]) {
     use std::arch::x86_64::*;
     debug_assert!(w.len() >= ROWS * 2 * k && (s + 1) * DEPTH <= k && tile.len() == TILE_BYTES / 4);
-    // Byte offsets of the 16 rows (16 · 2k < 2^31 for any weight this path sees).
+    // Byte offsets of the 16 rows (the caller keeps 15 · 2k within i32).
     let rows = _mm512_mullo_epi32(
         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
         _mm512_set1_epi32((2 * k) as i32),
