@@ -383,6 +383,7 @@ fn encoder(g: &mut Graph, w: &WeightChecker, config: &BertConfig) -> Result<(Val
         num_kv_heads: heads,
         scale: 1.0 / ((h / config.num_attention_heads) as f32).sqrt(),
         causal: false,
+        bf16_products: false,
     });
     for layer in 0..config.num_hidden_layers {
         let at = format!("encoder.layer.{layer}");

@@ -207,6 +207,7 @@ pub fn decoder_graph_with(
         num_kv_heads: c.kv_heads as u32,
         scale: 1.0 / (c.head_dim as f32).sqrt(),
         causal: true,
+        bf16_products: false,
     };
     let attention = Op::Attention(attention_params);
     let rms = Op::RmsNorm { eps: c.rms_eps };

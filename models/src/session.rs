@@ -55,8 +55,8 @@ pub enum Precision {
     F32,
     /// The linear layers' weights stored as bf16 (half the memory). On a CPU with AVX-512
     /// BF16 the products run in bf16 too (activations rounded to bf16, f32 sums; MiniLM 1.5–1.9×
-    /// the f32 speed); elsewhere, and on GPUs, the bf16 weights are widened to f32 in the
-    /// kernels, so only the memory halves.
+    /// the f32 speed), and where it has AMX so do the attention's; elsewhere, and on GPUs, the
+    /// bf16 weights are widened to f32 in the kernels, so only the memory halves.
     Bf16,
 }
 
@@ -71,11 +71,15 @@ impl Precision {
     }
 
     /// Declares the graph's linear weights in this precision (see
-    /// [`Graph::store_linear_weights_as`]); how many changed.
+    /// [`Graph::store_linear_weights_as`]) and, for bf16, lets its attention multiply in bf16
+    /// where the CPU has AMX ([`Graph::allow_bf16_attention`]); how many nodes and weights
+    /// changed.
     pub fn apply(self, graph: &mut Graph) -> usize {
         match self {
             Precision::F32 => 0,
-            Precision::Bf16 => graph.store_linear_weights_as(tandem_runtime::DType::BF16),
+            Precision::Bf16 => {
+                graph.store_linear_weights_as(tandem_runtime::DType::BF16) + graph.allow_bf16_attention()
+            }
         }
     }
 }

@@ -99,6 +99,7 @@ pub fn graph(weights: &Weights) -> Graph {
         num_kv_heads: KV_HEADS as u32,
         scale: 1.0 / (HEAD_DIM as f32).sqrt(),
         causal: true,
+        bf16_products: false,
     });
     for l in 0..LAYERS {
         let n = |s: &str| format!("l{l}.{s}");

@@ -87,6 +87,7 @@ pub fn limit_cases(seed: u64) -> Vec<Case> {
             num_kv_heads: *kv_heads,
             scale: 1.0 / (*d as f32).sqrt(),
             causal: *causal,
+            bf16_products: false,
         });
         add(
             format!("attention_{}seqs_h{heads}_kv{kv_heads}_d{d}_causal{causal}", spans.len()),

@@ -371,6 +371,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
             num_kv_heads: kv_heads,
             scale: 1.0 / (d as f32).sqrt(),
             causal,
+            bf16_products: false,
         });
         let inputs = vec![
             uniform(rng, &[tokens, qw], -2.0, 2.0),
@@ -403,6 +404,7 @@ pub fn cases(seed: u64) -> Vec<Case> {
             num_kv_heads: kv_heads,
             scale: 1.0 / (d as f32).sqrt(),
             causal,
+            bf16_products: false,
         });
         let rows = table.len();
         let inputs = vec![

@@ -86,7 +86,8 @@ fn a_head_dim_beyond_the_kernel_is_an_error_not_a_crash() {
     let mut g = Graph::new("wide_heads");
     let q = g.input("q", TensorType::fixed(DType::F32, &[tokens, d]));
     let seg = g.input("segments", TensorType::fixed(DType::U32, &[1, 2]));
-    let op = Op::Attention(Attention { num_heads: 1, num_kv_heads: 1, scale: 0.1, causal: false });
+    let op =
+        Op::Attention(Attention { num_heads: 1, num_kv_heads: 1, scale: 0.1, causal: false, bf16_products: false });
     let out = g.node1("attn", op, &[q, q, q, seg]).unwrap();
     g.output(out, "out");
     let session = Session::new(backend.clone(), g, &[]).unwrap();

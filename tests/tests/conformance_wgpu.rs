@@ -82,7 +82,8 @@ fn encoder_graph(rng: &mut StdRng) -> (Graph, Vec<HostTensor>) {
     let q = g.node1("q", linear.clone(), &[n, wq]).unwrap();
     let k = g.node1("k", linear.clone(), &[n, wk]).unwrap();
     let v = g.node1("v", linear, &[n, wv]).unwrap();
-    let attn = Attention { num_heads: heads, num_kv_heads: heads, scale: 1.0 / 4.0, causal: false };
+    let attn =
+        Attention { num_heads: heads, num_kv_heads: heads, scale: 1.0 / 4.0, causal: false, bf16_products: false };
     let a = g.node1("attention", Op::Attention(attn), &[q, k, v, seg]).unwrap();
     let r = g.node1("residual", Op::Binary(BinaryKind::Add), &[a, n]).unwrap();
     let p = g.node1("pool", Op::Pool(PoolKind::Mean), &[r, seg]).unwrap();
@@ -135,7 +136,7 @@ fn unsupported_shapes_are_errors_not_panics() {
     let mut g = Graph::new("wide heads");
     let q = g.input("q", TensorType::fixed(DType::F32, &[3, d]));
     let seg = g.input("segments", TensorType::fixed(DType::U32, &[1, 2]));
-    let attn = Attention { num_heads: 1, num_kv_heads: 1, scale: 1.0, causal: false };
+    let attn = Attention { num_heads: 1, num_kv_heads: 1, scale: 1.0, causal: false, bf16_products: false };
     let a = g.node1("attention", Op::Attention(attn), &[q, q, q, seg]).unwrap();
     g.output(a, "out");
     let session = Session::new(backend, g, &[]).unwrap();
@@ -184,7 +185,13 @@ fn kernel_edge_cases_match_the_cpu() {
     add("cast_odd_f16_large", Op::Cast(DType::F16), vec![random(rng, &[300_001], 1000.0)]);
 
     let attention = |heads, kv_heads, causal| {
-        Op::Attention(Attention { num_heads: heads, num_kv_heads: kv_heads, scale: 0.125, causal })
+        Op::Attention(Attention {
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            scale: 0.125,
+            causal,
+            bf16_products: false,
+        })
     };
     // Segments of 1-3 tokens, several per block of 8 queries; tokens 9 and 20.. in none.
     let short = HostTensor::u32(vec![6, 2], vec![0, 2, 2, 1, 3, 3, 6, 3, 10, 1, 11, 9]).unwrap();

@@ -50,7 +50,8 @@ pub fn kv_cache_dtype(device: &Device) -> DType {
     if device.cpu_options().is_some_and(|o| !o.quantized_activations) {
         return DType::F32;
     }
-    let attention = Op::Attention(Attention { num_heads: 1, num_kv_heads: 1, scale: 1.0, causal: true });
+    let attention =
+        Op::Attention(Attention { num_heads: 1, num_kv_heads: 1, scale: 1.0, causal: true, bf16_products: false });
     let f16_cache = device.supports_dtypes(&Op::KvWrite(KvWrite), &[DType::F16, DType::F32, DType::U32])
         && device.supports_dtypes(&attention, &[DType::F32, DType::F16, DType::F16, DType::U32]);
     if f16_cache { DType::F16 } else { DType::F32 }

@@ -17,8 +17,10 @@ use std::path::Path;
 
 pub const GRAPH_MAGIC: &[u8; 8] = b"TNDMGRPH";
 /// 2: graphs declare states. 3: conv2d carries its clamp ([`crate::ops::Conv2d::clamp`]).
-pub const GRAPH_FILE_VERSION: u32 = 3;
-/// Version 2 files still load: their conv2d params end before the clamp, read as none.
+/// 4: attention carries `bf16_products` ([`crate::ops::Attention::bf16_products`]).
+pub const GRAPH_FILE_VERSION: u32 = 4;
+/// Version 2 and 3 files still load: their conv2d params (version 2) end before the clamp,
+/// read as none, and their attention params before `bf16_products`, read as false.
 const OLDEST_READABLE_VERSION: u32 = 2;
 /// Graph files hold structure only (weights are elsewhere), so this is generous.
 const MAX_GRAPH_FILE_BYTES: u64 = 64 << 20;
@@ -141,6 +143,11 @@ fn decode_graph(bytes: &[u8]) -> std::result::Result<Graph, String> {
                 // an absent option as one zero byte.
                 params.push(0);
             }
+            if version < 4 && kind == OpKind::Attention {
+                // Versions 2 and 3's attention ended before `bf16_products`, the last field:
+                // bincode writes false as one zero byte.
+                params.push(0);
+            }
             let (op, _): (Op, usize) = bincode::serde::decode_from_slice(&params, bincode_config())
                 .map_err(|e| format!("node '{}': corrupt params for op '{}': {e}", n.name, n.op))?;
             if op.kind() != kind {
@@ -201,7 +208,7 @@ impl TensorType {
 mod tests {
     use super::*;
     use crate::graph::Dim;
-    use crate::ops::Conv2d;
+    use crate::ops::{Attention, Conv2d};
     use crate::tensor::DType;
 
     /// A version 2 file (conv2d without its clamp) reads as the same graph with no clamp.
@@ -223,6 +230,24 @@ mod tests {
         disk.nodes[0].params.pop();
         let err = decode_graph(&with_header(2, &disk).unwrap()).unwrap_err();
         assert!(err.contains("node 'conv': corrupt params"), "{err}");
-        assert!(decode_graph(&with_header(1, &disk).unwrap()).unwrap_err().contains("versions 2 to 3"));
+        assert!(decode_graph(&with_header(1, &disk).unwrap()).unwrap_err().contains("versions 2 to 4"));
+    }
+
+    /// A version 3 file (attention without `bf16_products`) reads as the same graph, f32
+    /// products.
+    #[test]
+    fn a_version_3_attention_reads_with_f32_products() {
+        let mut g = Graph::new("v3");
+        let rows = TensorType::new(DType::F32, vec![Dim::sym("tokens"), Dim::Fixed(8)]);
+        let q = g.input("q", rows);
+        let table = g.input("table", TensorType::new(DType::U32, vec![Dim::sym("seqs"), Dim::Fixed(2)]));
+        let op = Attention { num_heads: 2, num_kv_heads: 2, scale: 0.5, causal: false, bf16_products: false };
+        let y = g.node1("attention", Op::Attention(op), &[q, q, q, table]).unwrap();
+        g.output(y, "y");
+        let current = encode_graph(&g).unwrap();
+        let (mut disk, _): (DiskGraph, usize) =
+            bincode::serde::decode_from_slice(&current[HEADER_BYTES..], bincode_config()).unwrap();
+        assert_eq!(disk.nodes[0].params.pop(), Some(0), "bf16_products' false is the last byte");
+        assert_eq!(decode_graph(&with_header(3, &disk).unwrap()).unwrap(), g);
     }
 }

@@ -215,6 +215,21 @@ impl Graph {
         }
         changed
     }
+
+    /// Lets every attention node multiply in bf16 where the backend can
+    /// ([`crate::ops::Attention::bf16_products`]); how many changed.
+    pub fn allow_bf16_attention(&mut self) -> usize {
+        let mut changed = 0;
+        for node in &mut self.nodes {
+            if let Op::Attention(a) = &mut node.op
+                && !a.bf16_products
+            {
+                a.bf16_products = true;
+                changed += 1;
+            }
+        }
+        changed
+    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,12 @@ pub struct Attention {
     /// Usually `1/√d`.
     pub scale: f32,
     pub causal: bool,
+    /// `--precision bf16`: the CPU may round q, k, v and the softmax weights to bf16 for the
+    /// two products of a whole sequence's attention (AMX tiles, f32 sums; see
+    /// [`super::attention_amx`]). Other backends, decoders' cached attention and CPUs
+    /// without AMX compute in f32 whatever it says.
+    #[serde(default)]
+    pub bf16_products: bool,
 }
 
 /// Kernel params for `attention`, mirrored in `shaders/attention.wgsl` and
@@ -193,8 +199,18 @@ impl<'a> KvRows<'a> {
 
 /// CPU reference: per (sequence, head), S = q·kᵀ·scale and O = softmax(S)·v through `gemm`
 /// on strided views (decoders, with a `[seqs, 4]` table: each query row on its own in a fixed
-/// order, see [`fixed_order_rows_dispatch`]).
-pub fn cpu(p: &AttentionParams, q: &[f32], k: KvRows<'_>, v: KvRows<'_>, table: &[u32], out: &mut [f32]) {
+/// order, see [`fixed_order_rows_dispatch`]). With `bf16_amx` (the op's `bf16_products`, on a
+/// CPU where [`super::isa::amx_bf16`] holds) a `[seqs, 2]` table's f32 heads are multiplied in
+/// bf16 on AMX tiles instead ([`super::attention_amx`]).
+pub fn cpu(
+    p: &AttentionParams,
+    q: &[f32],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
+    table: &[u32],
+    out: &mut [f32],
+    bf16_amx: bool,
+) {
     let (heads, kv_heads, d) = (p.num_heads as usize, p.num_kv_heads as usize, p.head_dim as usize);
     let cols = p.table_cols as usize;
     let (qw, kw) = (heads * d, kv_heads * d);
@@ -219,10 +235,19 @@ pub fn cpu(p: &AttentionParams, q: &[f32], k: KvRows<'_>, v: KvRows<'_>, table: 
     let (k, v) = match (k, v) {
         (KvRows::F32(k), KvRows::F32(v)) => (k, v),
         // f16 keys and values of whole sequences (no decoder builds this): widened whole.
-        (k, v) => return cpu(p, q, KvRows::F32(&k.widened()), KvRows::F32(&v.widened()), table, out),
+        (k, v) => return cpu(p, q, KvRows::F32(&k.widened()), KvRows::F32(&v.widened()), table, out, bf16_amx),
     };
     let group = heads / kv_heads;
     let out_ptr = OutPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if bf16_amx && super::isa::amx_bf16() {
+        return each_sequence_head(p, table, |rows, h| {
+            let out = out_ptr;
+            // SAFETY: AMX is granted (just checked); `rows` are clamped to the tensors and this
+            // task alone writes its sequence's rows, its head's columns.
+            unsafe { super::attention_amx::head(p, rows, h, q, k, v, out.0) }
+        });
+    }
     each_sequence_head(p, table, |rows, h| {
         let (l, n) = (rows.q.len(), rows.kv.len());
         let kvh = h / group;

@@ -11,6 +11,8 @@
 //! mask in a form that computes no padded positions at all.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod attention_amx;
 pub mod conv;
 pub mod elementwise;
 pub mod gather;

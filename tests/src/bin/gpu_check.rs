@@ -298,6 +298,7 @@ fn benchmarks<B: Backend + Clone>(backend: &B, quick: bool, f16: bool) -> Res<Va
                 num_kv_heads: heads as u32,
                 scale: 1.0 / (d as f32).sqrt(),
                 causal,
+                bf16_products: false,
             });
             let segments: Vec<u32> = (0..seqs).flat_map(|s| [(s * len) as u32, len as u32]).collect();
             let qkv = |i| ramp(&[tokens, heads * d], dtype, i);

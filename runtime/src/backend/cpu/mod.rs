@@ -195,7 +195,7 @@ impl Backend for CpuBackend {
                     use ops::attention::KvRows;
                     let p = a.params(inputs[0].shape, inputs[1].shape, inputs[3].shape);
                     let (k, v) = (KvRows::F16(h(1)), KvRows::F16(h(2)));
-                    ops::attention::cpu(&p, f(0), k, v, u(3), out.buf.f32_mut(n_out));
+                    ops::attention::cpu(&p, f(0), k, v, u(3), out.buf.f32_mut(n_out), false);
                 }
                 _ => unreachable!("only kv_write and attention read an f16 cache"),
             }
@@ -251,7 +251,9 @@ impl Backend for CpuBackend {
             Op::Attention(a) => {
                 let p = a.params(inputs[0].shape, inputs[1].shape, inputs[3].shape);
                 use ops::attention::KvRows;
-                ops::attention::cpu(&p, f(0), KvRows::F32(f(1)), KvRows::F32(f(2)), u(3), out.buf.f32_mut(n_out));
+                // bf16 products where the graph allows them, as for a bf16 weight's matmul.
+                let bf16 = a.bf16_products && self.options.quantized_activations;
+                ops::attention::cpu(&p, f(0), KvRows::F32(f(1)), KvRows::F32(f(2)), u(3), out.buf.f32_mut(n_out), bf16);
             }
             Op::KvWrite(_) => {
                 // The cache is the output (written in place); inputs are new rows and table.

@@ -737,7 +737,8 @@ mod tests {
 
     #[test]
     fn attention_zeroes_its_output_and_refuses_wide_heads() {
-        let op = Op::Attention(Attention { num_heads: 2, num_kv_heads: 1, scale: 0.1, causal: false });
+        let op =
+            Op::Attention(Attention { num_heads: 2, num_kv_heads: 1, scale: 0.1, causal: false, bf16_products: false });
         let seg = [3, 2];
         let l = plan(
             &op,
@@ -752,7 +753,8 @@ mod tests {
         .unwrap();
         assert!(l.zero_outputs);
         assert_eq!(l.grid, [3 + 3, 2, 1]);
-        let wide = Op::Attention(Attention { num_heads: 1, num_kv_heads: 1, scale: 0.1, causal: false });
+        let wide =
+            Op::Attention(Attention { num_heads: 1, num_kv_heads: 1, scale: 0.1, causal: false, bf16_products: false });
         let q = [4, 256];
         let err = plan(
             &wide,

@@ -431,7 +431,13 @@ mod tests {
         let c = launch(&Op::Cast(DType::F16), &[(DType::F32, &[513])], (DType::F16, &[513])).unwrap();
         assert_eq!(c.groups, [2, 1, 1], "513 halves are 257 words");
         // An f16 KV cache picks attention.wgsl's f16 build, for attention and kv_write alike.
-        let attention = Op::Attention(ops::Attention { num_heads: 2, num_kv_heads: 1, scale: 0.5, causal: true });
+        let attention = Op::Attention(ops::Attention {
+            num_heads: 2,
+            num_kv_heads: 1,
+            scale: 0.5,
+            causal: true,
+            bf16_products: false,
+        });
         let (q, kv, table): (&[usize], &[usize], &[usize]) = (&[3, 14], &[10, 7], &[1, 4]);
         for cache in [DType::F32, DType::F16] {
             let want = (cache == DType::F16).then_some(DType::F16);

@@ -15,6 +15,7 @@
 //! row's result does not depend on the batch it came in (as with [`crate::ops::qdot`]).
 
 use super::super::isa::CpuIsa;
+use super::Epilogue;
 
 /// Whether this CPU runs [`multiply`] at level `isa` (AVX-512 with the BF16 extension; a
 /// `TANDEM_CPU_ISA` cap below AVX-512 turns it off).
@@ -37,13 +38,13 @@ pub fn available(isa: CpuIsa) -> bool {
 /// threshold its batch falls, not otherwise on the batch.
 pub const AMX_MIN_ROWS: usize = 32;
 
-/// `out[r, c] = Σ_j bf16(a[r, j]) · w[c, j]` for `a` `[m, k]` (f32) and `w` `[n, k]` (bf16
-/// bits, little-endian bytes), `out` `[m, n]`.
+/// `out[r, c] = epilogue(Σ_j bf16(a[r, j]) · w[c, j])` for `a` `[m, k]` (f32) and `w` `[n, k]`
+/// (bf16 bits, little-endian bytes), `out` `[m, n]`.
 ///
 /// # Panics
 /// When this CPU lacks AVX-512 BF16, or the slices are shorter than the shapes say: the
 /// caller (`cpu_stored`) checks both.
-pub fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mut [f32]) {
+pub(crate) fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mut [f32], epilogue: Epilogue) {
     assert!(available(CpuIsa::detected()), "bf16 dot products need AVX-512 BF16");
     assert!(a.len() >= m * k && w.len() >= 2 * n * k && out.len() >= m * n);
     if m == 0 || n == 0 {
@@ -51,11 +52,17 @@ pub fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mut [f3
     }
     if k == 0 {
         out[..m * n].fill(0.0);
-        return;
+    } else {
+        #[cfg(target_arch = "x86_64")]
+        if x86::multiply(a, m, k, w, n, out, epilogue) {
+            return;
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    x86::multiply(a, m, k, w, n, out);
+    super::bias_and_activation(&mut out[..m * n], n, epilogue.bias, epilogue.code);
 }
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{round_row, round_row_spread};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -77,19 +84,29 @@ mod x86 {
         static ROUNDED: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
     }
 
-    pub(super) fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mut [f32]) {
+    /// The product, and whether it applied `epilogue` too (AMX does, per task).
+    pub(super) fn multiply(
+        a: &[f32],
+        m: usize,
+        k: usize,
+        w: &[u8],
+        n: usize,
+        out: &mut [f32],
+        epilogue: super::Epilogue,
+    ) -> bool {
         // Activation rows padded with zeros to whole registers, so that the kernels read them
         // whole; the weight's last partial register is read masked.
+        if m >= super::AMX_MIN_ROWS && crate::ops::isa::amx_bf16() {
+            // SAFETY: `amx_bf16` holds; the caller's slices hold m·k, n·k and m·n.
+            unsafe { super::super::amx::multiply(&a[..m * k], m, k, &w[..2 * n * k], n, out, epilogue) };
+            return true;
+        }
         let stride = k.next_multiple_of(LANES);
-        let amx = m >= super::AMX_MIN_ROWS && crate::ops::isa::amx_bf16();
-        // AMX reads whole tiles of 16 rows: the rows past m are zeros.
-        let rows = if amx { m.next_multiple_of(16) } else { m };
         let mut rounded = ROUNDED.take();
         // `round_row` writes every value of its row, padding included: no need to clear.
-        if rounded.len() < rows * stride {
-            rounded.resize(rows * stride, 0);
+        if rounded.len() < m * stride {
+            rounded.resize(m * stride, 0);
         }
-        rounded[m * stride..rows * stride].fill(0);
         let round = |(row, dst): (&[f32], &mut [u16])| {
             // SAFETY: `available` was checked by the caller; dst holds `stride` ≥ k values.
             unsafe { round_row(row, dst) }
@@ -98,13 +115,6 @@ mod x86 {
             a[..m * k].par_chunks(k).zip(rounded[..m * stride].par_chunks_mut(stride)).for_each(round);
         } else {
             a[..m * k].chunks(k).zip(rounded[..m * stride].chunks_mut(stride)).for_each(round);
-        }
-        if amx {
-            // SAFETY: `amx_bf16` holds; `rounded` has `rows` rows of `stride` (a multiple of 32,
-            // ≥ k) values, zeros past k and past m; the caller's slices hold n·k and m·n.
-            unsafe { super::super::amx::multiply(&rounded[..rows * stride], stride, m, k, &w[..2 * n * k], n, out) };
-            ROUNDED.set(rounded);
-            return;
         }
         // Addresses, so that the tasks may share them; tasks write disjoint blocks of `out`.
         let (a, w, dst) = (rounded.as_ptr() as usize, w.as_ptr() as usize, out.as_mut_ptr() as usize);
@@ -135,31 +145,45 @@ mod x86 {
             blocks.into_par_iter().for_each(task);
         }
         ROUNDED.set(rounded);
+        false
     }
 
-    /// Rounds the k values of `x` to bf16 (nearest even) into `dst`, zeros after them.
+    /// Rounds the k values of `x` to bf16 (nearest even) into `dst`, zeros after them up to
+    /// the next multiple of 32.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 BF16; `dst` holds `x.len().next_multiple_of(32)` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn round_row(x: &[f32], dst: &mut [u16]) {
+    pub(crate) unsafe fn round_row(x: &[f32], dst: &mut [u16]) {
+        debug_assert!(dst.len() >= x.len().next_multiple_of(LANES));
+        // SAFETY: the caller's contract: dst holds the row's whole groups of 32.
+        unsafe { round_row_spread(x, dst.as_mut_ptr(), LANES) }
+    }
+
+    /// [`round_row`] with group g of 32 values (the last one padded with zeros) written at
+    /// `dst + g · step`: `step` 32 writes a row, 512 a row of 32-value tiles.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 BF16; `dst + g · step` holds 32 values for every group g of x.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(crate) unsafe fn round_row_spread(x: &[f32], dst: *mut u16, step: usize) {
         let k = x.len();
-        debug_assert!(dst.len() >= k.next_multiple_of(LANES));
-        let (x, d) = (x.as_ptr(), dst.as_mut_ptr());
-        let mut j = 0;
-        while j < k {
+        let x = x.as_ptr();
+        for (g, j) in (0..k).step_by(LANES).enumerate() {
             let left = k - j;
             let mask = |from: usize| -> __mmask16 {
                 let n = left.saturating_sub(from).min(16);
                 if n == 16 { 0xffff } else { (1u16 << n) - 1 }
             };
             // SAFETY: masked loads read only the k values (the addresses of masked-off lanes,
-            // possibly past the row, are not touched); dst holds whole registers.
+            // possibly past the row, are not touched); the caller's contract for dst.
             unsafe {
                 let lo = _mm512_maskz_loadu_ps(mask(0), x.wrapping_add(j));
                 let hi = _mm512_maskz_loadu_ps(mask(16), x.wrapping_add(j + 16));
                 // The second operand becomes the low half.
                 let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                _mm512_storeu_si512(d.add(j).cast(), v);
+                _mm512_storeu_si512(dst.add(g * step).cast(), v);
             }
-            j += LANES;
         }
     }
 
@@ -298,6 +322,7 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Activation;
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -358,13 +383,34 @@ mod tests {
         ] {
             let (a, w) = operands(&mut rng, m, k, n);
             let mut out = vec![f32::NAN; m * n];
-            multiply(&a, m, k, bytemuck::cast_slice(&w), n, &mut out);
+            multiply(&a, m, k, bytemuck::cast_slice(&w), n, &mut out, Epilogue::NONE);
             let want = reference(&a, m, k, &w, n);
             for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
                 // Only the f32 summation order differs from the f64 sum of the same products.
                 let bound = 1e-6 * k as f64 * 2.0 + 1e-6;
                 assert!((f64::from(got) - want).abs() <= bound, "{m}×{k}×{n} at {i}: {got} vs {want}");
             }
+        }
+    }
+
+    /// A bias and GELU as the bf16 path applies them (on AMX, inside each task, while its
+    /// block is in cache) give the bits of the product followed by the epilogue's own pass.
+    #[test]
+    fn the_epilogue_inside_equals_a_pass_after() {
+        if skipped() {
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(13);
+        for (m, k, n) in [(3, 33, 7), (40, 65, 33), (129, 70, 130), (256, 384, 150)] {
+            let (a, w) = operands(&mut rng, m, k, n);
+            let w = bytemuck::cast_slice(&w);
+            let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut after = vec![0.0; m * n];
+            multiply(&a, m, k, w, n, &mut after, Epilogue::NONE);
+            super::super::bias_and_activation(&mut after, n, Some(&bias), Activation::Gelu.code());
+            let mut inside = vec![0.0; m * n];
+            multiply(&a, m, k, w, n, &mut inside, Epilogue { bias: Some(&bias), code: Activation::Gelu.code() });
+            assert_eq!(inside, after, "{m}×{k}×{n}");
         }
     }
 
@@ -378,10 +424,10 @@ mod tests {
         let (a, w) = operands(&mut rng, m, k, n);
         let w = bytemuck::cast_slice(&w);
         let mut together = vec![0.0; m * n];
-        multiply(&a, m, k, w, n, &mut together);
+        multiply(&a, m, k, w, n, &mut together, Epilogue::NONE);
         for row in [0, 5, 16] {
             let mut alone = vec![0.0; n];
-            multiply(&a[row * k..(row + 1) * k], 1, k, w, n, &mut alone);
+            multiply(&a[row * k..(row + 1) * k], 1, k, w, n, &mut alone, Epilogue::NONE);
             assert_eq!(alone, together[row * n..(row + 1) * n], "row {row} of {m} differs alone");
         }
     }
@@ -401,11 +447,11 @@ mod tests {
         let (a, w) = operands(&mut rng, m, k, n);
         let w = bytemuck::cast_slice(&w);
         let mut together = vec![0.0; m * n];
-        multiply(&a, m, k, w, n, &mut together);
+        multiply(&a, m, k, w, n, &mut together, Epilogue::NONE);
         let start = 20;
         let fewer = AMX_MIN_ROWS + 1;
         let mut part = vec![0.0; fewer * n];
-        multiply(&a[start * k..(start + fewer) * k], fewer, k, w, n, &mut part);
+        multiply(&a[start * k..(start + fewer) * k], fewer, k, w, n, &mut part, Epilogue::NONE);
         assert_eq!(part, together[start * n..(start + fewer) * n], "rows {start}.. differ in a smaller batch");
     }
 
@@ -469,7 +515,7 @@ mod tests {
         let values = [1.0f32, 1.0 + tie, 1.0 + tie + 1e-7, 1.0 + 3.0 * tie, -3.333_333_3, 65504.0, 3.0e38, -7.5e-30];
         for &x in &values {
             let mut out = [0.0f32];
-            multiply(&[x], 1, 1, bytemuck::cast_slice(&[half::bf16::ONE]), 1, &mut out);
+            multiply(&[x], 1, 1, bytemuck::cast_slice(&[half::bf16::ONE]), 1, &mut out, Epilogue::NONE);
             assert_eq!(out[0].to_bits(), half::bf16::from_f32(x).to_f32().to_bits(), "{x}");
         }
     }

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[cfg(target_arch = "x86_64")]
-mod amx;
+pub(crate) mod amx;
 pub mod bf16_dot;
 mod few_rows;
 
@@ -207,7 +207,10 @@ pub fn cpu_stored(
                     out.len()
                 )));
             }
-            bf16_dot::multiply(a, m, k, b, n, out)
+            // The bf16 products apply the epilogue themselves (on AMX, to each task's block
+            // while it is in cache).
+            bf16_dot::multiply(a, m, k, b, n, out, Epilogue { bias, code: p.activation });
+            return Ok(());
         }
         _ => dequantized_panels(m, n, k, a, b_dtype, b, out)?,
     }
@@ -353,25 +356,48 @@ pub(super) fn gemm_into(g: Gemm, a: &[f32], b: &[f32], c: &mut [f32]) {
 /// The epilogue, `c ← act(c + bias)` on rows of n, in one pass: each row gets its bias and
 /// its activation while it is in the L1 cache.
 fn bias_and_activation(c: &mut [f32], n: usize, bias: Option<&[f32]>, code: u32) {
-    if n == 0 || (bias.is_none() && code == 0) {
+    let epilogue = Epilogue { bias, code };
+    if n == 0 || epilogue.is_identity() {
         return;
     }
-    let row = |row: &mut [f32]| {
-        if let Some(bias) = bias {
-            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-        }
-        match code {
-            1 => super::elementwise::map_chunk(row, super::elementwise::gelu),
-            2 => super::elementwise::map_chunk(row, |x| x.max(0.0)),
-            3 => super::elementwise::map_chunk(row, |x| Activation::Silu.apply(x)),
-            _ => {}
-        }
-    };
+    let row = |row: &mut [f32]| epilogue.apply(row, 0);
     let rows_per_task = (super::elementwise::PAR_MIN / n).max(1);
     if c.len() < super::elementwise::PAR_MIN {
         c.chunks_exact_mut(n).for_each(row);
     } else {
         c.par_chunks_mut(rows_per_task * n).for_each(|rows| rows.chunks_exact_mut(n).for_each(row));
+    }
+}
+
+/// A product's bias (`[n]`) and activation ([`Activation::code`]), applied to its outputs.
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub code: u32,
+}
+
+impl Epilogue<'_> {
+    /// No bias, no activation.
+    #[cfg(test)]
+    pub(crate) const NONE: Epilogue<'static> = Epilogue { bias: None, code: 0 };
+
+    /// Nothing to apply.
+    pub(crate) fn is_identity(&self) -> bool {
+        self.bias.is_none() && self.code == 0
+    }
+
+    /// `part ← act(part + bias[first..])` for output columns `first..first + part.len()` of
+    /// one row.
+    pub(crate) fn apply(&self, part: &mut [f32], first: usize) {
+        if let Some(bias) = self.bias {
+            part.iter_mut().zip(&bias[first..]).for_each(|(x, b)| *x += b);
+        }
+        match self.code {
+            1 => super::elementwise::map_chunk(part, super::elementwise::gelu),
+            2 => super::elementwise::map_chunk(part, |x| x.max(0.0)),
+            3 => super::elementwise::map_chunk(part, |x| Activation::Silu.apply(x)),
+            _ => {}
+        }
     }
 }
 
