@@ -107,13 +107,10 @@ fn check_parity(backend: BackendChoice, precision: Precision, min_cosine: f64) {
     );
     assert!(failures.is_empty(), "below {min_cosine}: {failures:#?}");
 
-    // Packing must not leak between texts: each alone gives what it gave in the batch. In
-    // bf16 a text alone (fewer than `AMX_MIN_ROWS` rows) and the batch may take different
-    // kernels (vdpbf16ps, AMX's tiles), whose f32 sums of the same bf16 products run in other
-    // orders, and the attention (bf16 on AMX) rounds q, k, v and its weights again, which
-    // turns those last-bit differences into bf16 ones: measured 1 - 1.0e-5 on a Sapphire
-    // Rapids VM (1 - 2.4e-6 with the attention in f32); a leak moves far more.
-    let same = if precision == Precision::F32 { 0.999_999 } else { 0.999_9 };
+    // Packing must not leak between texts: each alone gives what it gave in the batch (in
+    // bf16 too: with the weights' AMX tiles kept, a text alone takes the tiles as the batch
+    // does, and each row's sums run in one order in any product).
+    let same = 0.999_999;
     for (i, text) in texts.iter().enumerate().step_by(7) {
         let alone = embedder.embed(&[text]).unwrap().remove(0);
         let c = f64::from(cosine(&alone, &got[i].vector));

@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result, ensure};
 use tandem_runtime::ops::isa::CpuIsa;
-use tandem_runtime::ops::matmul::{MatMulParams, StoredPath, cpu, cpu_stored};
+use tandem_runtime::ops::matmul::{MatMulParams, StoredPath, WeightTiles, cpu, cpu_stored};
 use tandem_runtime::tensor::DType;
 
 fn main() -> Result<()> {
@@ -41,9 +41,11 @@ fn main() -> Result<()> {
         };
         let b16: Vec<u8> = b.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
         let path = StoredPath::LowPrecision(CpuIsa::active());
+        // Kept from run to run, as the CPU backend keeps an uploaded weight's tiles.
+        let tiles = WeightTiles::default();
         let mut run = || -> Result<()> {
             if bf16 {
-                cpu_stored(&p, &a, DType::BF16, &b16, None, &mut c, path)?;
+                cpu_stored(&p, &a, DType::BF16, &b16, None, &mut c, path, Some(&tiles))?;
             } else {
                 cpu(&p, &a, &b, None, &mut c);
             }

@@ -159,7 +159,9 @@ fn main() -> Result<()> {
                     let mut base = 0.0;
                     for (name, path) in paths {
                         let secs = time(round, t == 1, || match path {
-                            None => cpu_stored(&p, &a, s.dtype, &w, None, &mut out, StoredPath::Dequantized).unwrap(),
+                            None => {
+                                cpu_stored(&p, &a, s.dtype, &w, None, &mut out, StoredPath::Dequantized, None).unwrap()
+                            }
                             Some(isa) => {
                                 let w = BlockMatrix { dtype: s.dtype, bytes: &w, rows: s.n, cols: s.k };
                                 qdot::matmul(isa, w, &a, m, &mut out).unwrap()

@@ -239,6 +239,8 @@ pub fn cpu(
     };
     let group = heads / kv_heads;
     let out_ptr = OutPtr(out.as_mut_ptr());
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bf16_amx; // AMX is x86-64's
     #[cfg(target_arch = "x86_64")]
     if bf16_amx && super::isa::amx_bf16() {
         return each_sequence_head(p, table, |rows, h| {

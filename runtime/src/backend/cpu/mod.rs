@@ -7,31 +7,40 @@ use crate::ops::{self, Op, OpKind};
 use crate::tensor::{DType, HostTensor, TensorData};
 use half::f16;
 
-/// A CPU buffer: 4-byte words, so f32 and u32 views are always aligned.
+/// A CPU buffer: 4-byte words, so f32 and u32 views are always aligned; and, when it holds a
+/// bf16 weight multiplied on AMX, that weight's tiles, packed on first use and dropped
+/// whenever the words are written (every write goes through `words_mut`).
 #[derive(Debug, Default)]
-pub struct CpuBuffer(Vec<u32>);
+pub struct CpuBuffer {
+    words: Vec<u32>,
+    tiles: ops::matmul::WeightTiles,
+}
 
 impl CpuBuffer {
+    fn words_mut(&mut self) -> &mut Vec<u32> {
+        self.tiles.clear();
+        &mut self.words
+    }
     fn f32(&self, n: usize) -> &[f32] {
-        &bytemuck::cast_slice(&self.0)[..n]
+        &bytemuck::cast_slice(&self.words)[..n]
     }
     fn f32_mut(&mut self, n: usize) -> &mut [f32] {
-        &mut bytemuck::cast_slice_mut(&mut self.0)[..n]
+        &mut bytemuck::cast_slice_mut(self.words_mut())[..n]
     }
     fn u32(&self, n: usize) -> &[u32] {
-        &self.0[..n]
+        &self.words[..n]
     }
     fn u32_mut(&mut self, n: usize) -> &mut [u32] {
-        &mut self.0[..n]
+        &mut self.words_mut()[..n]
     }
     fn f16(&self, n: usize) -> &[f16] {
-        &bytemuck::cast_slice(&self.0)[..n]
+        &bytemuck::cast_slice(&self.words)[..n]
     }
     fn f16_mut(&mut self, n: usize) -> &mut [f16] {
-        &mut bytemuck::cast_slice_mut(&mut self.0)[..n]
+        &mut bytemuck::cast_slice_mut(self.words_mut())[..n]
     }
     fn bytes(&self, n: usize) -> &[u8] {
-        &bytemuck::cast_slice(&self.0)[..n]
+        &bytemuck::cast_slice(&self.words)[..n]
     }
 }
 
@@ -127,7 +136,7 @@ impl Backend for CpuBackend {
         let mut v = Vec::new();
         v.try_reserve_exact(words).map_err(|_| Error::backend("cpu", format!("cannot allocate {bytes} bytes")))?;
         v.resize(words, 0);
-        Ok(CpuBuffer(v))
+        Ok(CpuBuffer { words: v, tiles: Default::default() })
     }
 
     fn upload(&self, tensor: &HostTensor) -> Result<CpuBuffer> {
@@ -142,7 +151,7 @@ impl Backend for CpuBackend {
 
     fn write(&self, _rec: &mut (), buf: &mut CpuBuffer, at: usize, tensor: &HostTensor) -> Result<()> {
         let bytes = tensor.data.as_bytes();
-        let all = bytemuck::cast_slice_mut::<u32, u8>(&mut buf.0);
+        let all = bytemuck::cast_slice_mut::<u32, u8>(buf.words_mut());
         let Some(dst) = at.checked_add(bytes.len()).and_then(|end| all.get_mut(at..end)) else {
             return Err(Error::backend(
                 "cpu",
@@ -154,7 +163,7 @@ impl Backend for CpuBackend {
     }
 
     fn copy_within(&self, buf: &mut CpuBuffer, src: usize, dst: usize, bytes: usize) -> Result<()> {
-        let all = bytemuck::cast_slice_mut::<u32, u8>(&mut buf.0);
+        let all = bytemuck::cast_slice_mut::<u32, u8>(buf.words_mut());
         if src.max(dst).checked_add(bytes).is_none_or(|end| end > all.len()) {
             return Err(Error::backend(
                 "cpu",
@@ -217,7 +226,8 @@ impl Backend for CpuBackend {
                     stored => {
                         let b = stored_bytes(&inputs[1])?;
                         let path = self.stored_path();
-                        ops::matmul::cpu_stored(&p, f(0), stored, b, bias, out.buf.f32_mut(n_out), path)?
+                        let tiles = Some(&inputs[1].buf.tiles);
+                        ops::matmul::cpu_stored(&p, f(0), stored, b, bias, out.buf.f32_mut(n_out), path, tiles)?
                     }
                 }
             }
@@ -377,7 +387,7 @@ impl CpuBackend {
         for (wide, out) in wide_outs.iter().zip(outputs.iter_mut()) {
             let n = count(out.shape);
             if out.dtype == DType::F16 {
-                let halves = &mut bytemuck::cast_slice_mut::<u32, f16>(&mut out.buf.0)[..n];
+                let halves = &mut bytemuck::cast_slice_mut::<u32, f16>(out.buf.words_mut())[..n];
                 halves.iter_mut().zip(wide.f32(n)).for_each(|(h, &x)| *h = f16::from_f32(x));
             } else {
                 out.buf.f32_mut(n).copy_from_slice(wide.f32(n));
@@ -391,7 +401,7 @@ fn cast(input: &Arg<'_, CpuBuffer>, to: DType, out: &mut CpuBuffer, n: usize) {
     match (input.dtype, to) {
         (DType::F32, DType::F16) => {
             let src: Vec<f16> = input.buf.f32(n).iter().map(|&x| f16::from_f32(x)).collect();
-            bytemuck::cast_slice_mut::<u32, f16>(&mut out.0)[..n].copy_from_slice(&src);
+            bytemuck::cast_slice_mut::<u32, f16>(out.words_mut())[..n].copy_from_slice(&src);
         }
         (DType::F16, DType::F32) => {
             let src: Vec<f32> = input.buf.f16(n).iter().map(|x| x.to_f32()).collect();
@@ -404,7 +414,7 @@ fn cast(input: &Arg<'_, CpuBuffer>, to: DType, out: &mut CpuBuffer, n: usize) {
         _ => {
             let bytes = to.bytes_for(n).expect("a same-dtype cast of a planned shape");
             let src = input.buf.bytes(bytes).to_vec();
-            bytemuck::cast_slice_mut::<u32, u8>(&mut out.0)[..bytes].copy_from_slice(&src);
+            bytemuck::cast_slice_mut::<u32, u8>(out.words_mut())[..bytes].copy_from_slice(&src);
         }
     }
 }

@@ -64,11 +64,13 @@ impl Config {
 
 /// `out[r, c] = epilogue(Σ_j bf16(a[r, j]) · w[c, j])` for `a` `[m, k]` (f32 activations,
 /// rounded here as `bf16_dot` rounds them), `w` `[n, k]` bf16 (little-endian bytes) and `out`
-/// `[m, n]`; each task applies the epilogue to its block as soon as it is written.
+/// `[m, n]`; each task applies the epilogue to its block as soon as it is written. The weight
+/// is packed into tiles on every call, or once into `kept` (see [`WeightTiles`]).
 ///
 /// # Safety
 /// [`crate::ops::isa::amx_bf16`] is true (this process holds the tile state); `a` holds
 /// m · k values, `w` 2 · n · k bytes, `out` m · n.
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn multiply(
     a: &[f32],
     m: usize,
@@ -77,6 +79,7 @@ pub(super) unsafe fn multiply(
     n: usize,
     out: &mut [f32],
     epilogue: super::Epilogue,
+    kept: Option<&WeightTiles>,
 ) {
     let (m_tiles, n_tiles, k_steps) = (m.div_ceil(ROWS), n.div_ceil(ROWS), k.div_ceil(DEPTH));
     // The activations rounded into whole tiles, each 1 KiB in one piece (tile (i, s) at
@@ -86,7 +89,7 @@ pub(super) unsafe fn multiply(
     if tiled.len() < m_tiles * row_tile {
         tiled.resize(m_tiles * row_tile, 0);
     }
-    tiled[..m_tiles * row_tile].par_chunks_mut(row_tile).zip(a.par_chunks(ROWS * k)).for_each(|(dst, rows)| {
+    let round = |(dst, rows): (&mut [u16], &[f32])| {
         let count = rows.len() / k;
         for (r, row) in rows.chunks_exact(k).enumerate() {
             // SAFETY: AVX-512 BF16 (every CPU with AMX-BF16 has it); row r's group s lands in
@@ -97,12 +100,20 @@ pub(super) unsafe fn multiply(
         for tile in dst.chunks_exact_mut(TILE_BYTES / 2) {
             tile[count * DEPTH..].fill(0);
         }
-    });
+    };
+    if m_tiles > 1 {
+        tiled[..m_tiles * row_tile].par_chunks_mut(row_tile).zip(a.par_chunks(ROWS * k)).for_each(round);
+    } else {
+        round((&mut tiled[..row_tile], a));
+    }
     let a = &tiled[..m_tiles * row_tile];
-    let mut packed = PACKED.take();
-    packed.clear();
-    packed.resize(n_tiles * k_steps * TILE_BYTES / 4, 0);
-    packed.par_chunks_mut(k_steps * TILE_BYTES / 4).enumerate().for_each(|(t, tiles)| pack_tile_row(w, n, k, t, tiles));
+    let kept = kept.and_then(|kept| kept.get_or_pack(w, n, k));
+    let mut repacked = Vec::new();
+    if kept.is_none() {
+        repacked = PACKED.take();
+        pack_parallel(w, n, k, &mut repacked);
+    }
+    let packed: &[u32] = kept.unwrap_or(&repacked);
     let (a_at, b_at, out_at) = (a.as_ptr() as usize, packed.as_ptr() as usize, out.as_mut_ptr() as usize);
     let task = move |(rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)| {
         let job = Job {
@@ -139,8 +150,44 @@ pub(super) unsafe fn multiply(
         })
         .collect();
     tasks.into_par_iter().for_each(task);
-    PACKED.set(packed);
+    if kept.is_none() {
+        PACKED.set(repacked);
+    }
     TILED.set(tiled);
+}
+
+/// A stored weight's tiles, packed on its first product on AMX and kept with it (the CPU
+/// backend keeps one beside each buffer, cleared whenever the buffer is written): an
+/// uploaded weight is then packed once, not on every product, which is what lets a few rows
+/// (a query at batch 1) take the tiles too. Twice the memory of a bf16 weight while it lives.
+#[derive(Debug, Default)]
+pub struct WeightTiles(std::sync::OnceLock<(usize, usize, Vec<u32>)>);
+
+impl WeightTiles {
+    /// Forgets the tiles (the weight's bytes are about to change).
+    pub fn clear(&mut self) {
+        self.0.take();
+    }
+
+    /// The tiles of `w` `[n, k]`, packed now if this is the first call; `None` when they
+    /// were packed for another shape (a buffer reused for another weight), which the caller
+    /// packs afresh.
+    fn get_or_pack(&self, w: &[u8], n: usize, k: usize) -> Option<&[u32]> {
+        let (tn, tk, tiles) = self.0.get_or_init(|| {
+            let mut tiles = Vec::new();
+            pack_parallel(w, n, k, &mut tiles);
+            (n, k, tiles)
+        });
+        (*tn == n && *tk == k).then_some(tiles.as_slice())
+    }
+}
+
+/// [`pack`] over threads.
+fn pack_parallel(w: &[u8], n: usize, k: usize, packed: &mut Vec<u32>) {
+    let words = k.div_ceil(DEPTH) * TILE_BYTES / 4;
+    packed.clear();
+    packed.resize(n.div_ceil(ROWS) * words, 0);
+    packed.par_chunks_mut(words).enumerate().for_each(|(t, tiles)| pack_tile_row(w, n, k, t, tiles));
 }
 
 /// This thread's tile state, configured (palette 1, all eight tiles 16 rows of 64 bytes) for

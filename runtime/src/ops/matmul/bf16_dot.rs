@@ -16,6 +16,7 @@
 
 use super::super::isa::CpuIsa;
 use super::Epilogue;
+pub use super::WeightTiles;
 
 /// Whether this CPU runs [`multiply`] at level `isa` (AVX-512 with the BF16 extension; a
 /// `TANDEM_CPU_ISA` cap below AVX-512 turns it off).
@@ -33,9 +34,11 @@ pub fn available(isa: CpuIsa) -> bool {
 
 /// Products of at least this many activation rows run on AMX's tiles where the CPU has them
 /// and Linux grants them ([`crate::ops::isa::amx_bf16`]; `super::amx`); fewer rows (a query,
-/// a short batch) take `vdpbf16ps`, which reads the weight as it is stored. Each path sums a
-/// row's outputs in its own fixed order, so a row's bits depend on which side of this
-/// threshold its batch falls, not otherwise on the batch.
+/// a short batch) take `vdpbf16ps`, which reads the weight as it is stored, unless the weight
+/// keeps its tiles ([`WeightTiles`]: every weight the CPU backend holds), which takes away
+/// the repacking that made the tiles slower for a few rows: then every product takes them.
+/// Each path sums a row's outputs in its own fixed order, so a row's bits depend on which
+/// path its product takes, not otherwise on the batch.
 pub const AMX_MIN_ROWS: usize = 32;
 
 /// `out[r, c] = epilogue(Σ_j bf16(a[r, j]) · w[c, j])` for `a` `[m, k]` (f32) and `w` `[n, k]`
@@ -44,7 +47,17 @@ pub const AMX_MIN_ROWS: usize = 32;
 /// # Panics
 /// When this CPU lacks AVX-512 BF16, or the slices are shorter than the shapes say: the
 /// caller (`cpu_stored`) checks both.
-pub(crate) fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &mut [f32], epilogue: Epilogue) {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn multiply(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+    n: usize,
+    out: &mut [f32],
+    epilogue: Epilogue,
+    kept: Option<&WeightTiles>,
+) {
     assert!(available(CpuIsa::detected()), "bf16 dot products need AVX-512 BF16");
     assert!(a.len() >= m * k && w.len() >= 2 * n * k && out.len() >= m * n);
     if m == 0 || n == 0 {
@@ -54,9 +67,11 @@ pub(crate) fn multiply(a: &[f32], m: usize, k: usize, w: &[u8], n: usize, out: &
         out[..m * n].fill(0.0);
     } else {
         #[cfg(target_arch = "x86_64")]
-        if x86::multiply(a, m, k, w, n, out, epilogue) {
+        if x86::multiply(a, m, k, w, n, out, epilogue, kept) {
             return;
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = kept;
     }
     super::bias_and_activation(&mut out[..m * n], n, epilogue.bias, epilogue.code);
 }
@@ -85,6 +100,7 @@ mod x86 {
     }
 
     /// The product, and whether it applied `epilogue` too (AMX does, per task).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn multiply(
         a: &[f32],
         m: usize,
@@ -93,14 +109,15 @@ mod x86 {
         n: usize,
         out: &mut [f32],
         epilogue: super::Epilogue,
+        kept: Option<&super::WeightTiles>,
     ) -> bool {
-        // Activation rows padded with zeros to whole registers, so that the kernels read them
-        // whole; the weight's last partial register is read masked.
-        if m >= super::AMX_MIN_ROWS && crate::ops::isa::amx_bf16() {
+        if (m >= super::AMX_MIN_ROWS || kept.is_some()) && crate::ops::isa::amx_bf16() {
             // SAFETY: `amx_bf16` holds; the caller's slices hold m·k, n·k and m·n.
-            unsafe { super::super::amx::multiply(&a[..m * k], m, k, &w[..2 * n * k], n, out, epilogue) };
+            unsafe { super::super::amx::multiply(&a[..m * k], m, k, &w[..2 * n * k], n, out, epilogue, kept) };
             return true;
         }
+        // Activation rows padded with zeros to whole registers, so that the kernels read them
+        // whole; the weight's last partial register is read masked.
         let stride = k.next_multiple_of(LANES);
         let mut rounded = ROUNDED.take();
         // `round_row` writes every value of its row, padding included: no need to clear.
@@ -383,13 +400,48 @@ mod tests {
         ] {
             let (a, w) = operands(&mut rng, m, k, n);
             let mut out = vec![f32::NAN; m * n];
-            multiply(&a, m, k, bytemuck::cast_slice(&w), n, &mut out, Epilogue::NONE);
+            multiply(&a, m, k, bytemuck::cast_slice(&w), n, &mut out, Epilogue::NONE, None);
             let want = reference(&a, m, k, &w, n);
             for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
                 // Only the f32 summation order differs from the f64 sum of the same products.
                 let bound = 1e-6 * k as f64 * 2.0 + 1e-6;
                 assert!((f64::from(got) - want).abs() <= bound, "{m}×{k}×{n} at {i}: {got} vs {want}");
             }
+        }
+    }
+
+    /// With the weight's tiles kept (as the CPU backend keeps them), a few rows take AMX's
+    /// tiles too and agree with the rounded reference; a row's bits are then those it has in
+    /// any product with tiles, kept or repacked; and tiles kept for another shape are not
+    /// used.
+    #[test]
+    fn kept_tiles_serve_a_few_rows_and_give_the_bits_of_repacked_ones() {
+        if skipped() {
+            return;
+        }
+        if !crate::ops::isa::amx_bf16() {
+            eprintln!("skipped: no AMX-BF16, or Linux did not grant the tile state");
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(17);
+        let (m, k, n) = (40, 130, 35);
+        let (a, w) = operands(&mut rng, m, k, n);
+        let w = bytemuck::cast_slice(&w);
+        let mut repacked = vec![0.0; m * n];
+        multiply(&a, m, k, w, n, &mut repacked, Epilogue::NONE, None);
+        let kept = WeightTiles::default();
+        for rows in [1, 7, 16, 40] {
+            let mut out = vec![f32::NAN; rows * n];
+            multiply(&a[..rows * k], rows, k, w, n, &mut out, Epilogue::NONE, Some(&kept));
+            assert_eq!(out, repacked[..rows * n], "{rows} rows with kept tiles");
+        }
+        // The same WeightTiles asked for another shape packs that one afresh.
+        let (b, w2) = operands(&mut rng, 3, 64, 20);
+        let mut out = vec![f32::NAN; 3 * 20];
+        multiply(&b, 3, 64, bytemuck::cast_slice(&w2), 20, &mut out, Epilogue::NONE, Some(&kept));
+        let want = reference(&b, 3, 64, &w2, 20);
+        for (got, want) in out.iter().zip(&want) {
+            assert!((f64::from(*got) - want).abs() <= 1e-4, "{got} vs {want}");
         }
     }
 
@@ -406,10 +458,10 @@ mod tests {
             let w = bytemuck::cast_slice(&w);
             let bias: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let mut after = vec![0.0; m * n];
-            multiply(&a, m, k, w, n, &mut after, Epilogue::NONE);
+            multiply(&a, m, k, w, n, &mut after, Epilogue::NONE, None);
             super::super::bias_and_activation(&mut after, n, Some(&bias), Activation::Gelu.code());
             let mut inside = vec![0.0; m * n];
-            multiply(&a, m, k, w, n, &mut inside, Epilogue { bias: Some(&bias), code: Activation::Gelu.code() });
+            multiply(&a, m, k, w, n, &mut inside, Epilogue { bias: Some(&bias), code: Activation::Gelu.code() }, None);
             assert_eq!(inside, after, "{m}×{k}×{n}");
         }
     }
@@ -424,10 +476,10 @@ mod tests {
         let (a, w) = operands(&mut rng, m, k, n);
         let w = bytemuck::cast_slice(&w);
         let mut together = vec![0.0; m * n];
-        multiply(&a, m, k, w, n, &mut together, Epilogue::NONE);
+        multiply(&a, m, k, w, n, &mut together, Epilogue::NONE, None);
         for row in [0, 5, 16] {
             let mut alone = vec![0.0; n];
-            multiply(&a[row * k..(row + 1) * k], 1, k, w, n, &mut alone, Epilogue::NONE);
+            multiply(&a[row * k..(row + 1) * k], 1, k, w, n, &mut alone, Epilogue::NONE, None);
             assert_eq!(alone, together[row * n..(row + 1) * n], "row {row} of {m} differs alone");
         }
     }
@@ -447,11 +499,11 @@ mod tests {
         let (a, w) = operands(&mut rng, m, k, n);
         let w = bytemuck::cast_slice(&w);
         let mut together = vec![0.0; m * n];
-        multiply(&a, m, k, w, n, &mut together, Epilogue::NONE);
+        multiply(&a, m, k, w, n, &mut together, Epilogue::NONE, None);
         let start = 20;
         let fewer = AMX_MIN_ROWS + 1;
         let mut part = vec![0.0; fewer * n];
-        multiply(&a[start * k..(start + fewer) * k], fewer, k, w, n, &mut part, Epilogue::NONE);
+        multiply(&a[start * k..(start + fewer) * k], fewer, k, w, n, &mut part, Epilogue::NONE, None);
         assert_eq!(part, together[start * n..(start + fewer) * n], "rows {start}.. differ in a smaller batch");
     }
 
@@ -515,7 +567,7 @@ mod tests {
         let values = [1.0f32, 1.0 + tie, 1.0 + tie + 1e-7, 1.0 + 3.0 * tie, -3.333_333_3, 65504.0, 3.0e38, -7.5e-30];
         for &x in &values {
             let mut out = [0.0f32];
-            multiply(&[x], 1, 1, bytemuck::cast_slice(&[half::bf16::ONE]), 1, &mut out, Epilogue::NONE);
+            multiply(&[x], 1, 1, bytemuck::cast_slice(&[half::bf16::ONE]), 1, &mut out, Epilogue::NONE, None);
             assert_eq!(out[0].to_bits(), half::bf16::from_f32(x).to_f32().to_bits(), "{x}");
         }
     }

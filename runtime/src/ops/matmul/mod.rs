@@ -10,6 +10,16 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
+#[cfg(target_arch = "x86_64")]
+pub use amx::WeightTiles;
+/// Elsewhere nothing is packed for AMX: an empty stand-in.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug, Default)]
+pub struct WeightTiles;
+#[cfg(not(target_arch = "x86_64"))]
+impl WeightTiles {
+    pub fn clear(&mut self) {}
+}
 pub mod bf16_dot;
 mod few_rows;
 
@@ -182,7 +192,9 @@ pub enum StoredPath {
 /// CPU matmul with a stored weight b `[N, K]` (f16, bf16 or GGUF blocks, raw bytes), through
 /// `path` for the block types [`super::qdot`] takes where it is the faster one
 /// ([`super::qdot::preferred`]: many rows of a 32-value type on AVX2 go the f32 way) and for
-/// bf16 where the CPU has bf16 dot products; f16 is always dequantized.
+/// bf16 where the CPU has bf16 dot products (on AMX with `b_tiles`, b's tiles kept from one
+/// call to the next where the caller holds b); f16 is always dequantized.
+#[allow(clippy::too_many_arguments)]
 pub fn cpu_stored(
     p: &MatMulParams,
     a: &[f32],
@@ -191,6 +203,7 @@ pub fn cpu_stored(
     bias: Option<&[f32]>,
     out: &mut [f32],
     path: StoredPath,
+    b_tiles: Option<&WeightTiles>,
 ) -> Result<()> {
     let (m, n, k) = (p.m as usize * p.batch as usize, p.n as usize, p.k as usize);
     match path {
@@ -209,7 +222,7 @@ pub fn cpu_stored(
             }
             // The bf16 products apply the epilogue themselves (on AMX, to each task's block
             // while it is in cache).
-            bf16_dot::multiply(a, m, k, b, n, out, Epilogue { bias, code: p.activation });
+            bf16_dot::multiply(a, m, k, b, n, out, Epilogue { bias, code: p.activation }, b_tiles);
             return Ok(());
         }
         _ => dequantized_panels(m, n, k, a, b_dtype, b, out)?,
