@@ -77,7 +77,7 @@ pub(crate) unsafe fn head(
         unsafe {
             round_rows(q, rows.q.start, qw, h * d, d, l, l16, d32, &mut s.q);
             round_rows(k, rows.kv.start, kw, kv_col, d, n, n16, d32, &mut s.k);
-            amx::pack(bytemuck::cast_slice(&s.k), n16, d32, &mut s.k_tiles);
+            amx::pack(bytemuck::cast_slice(&s.k), n16, d32, &mut s.k_tiles, false);
             // Every score tile is stored whole.
             at_least(&mut s.scores, l16 * n16);
             let tiles = Tiles::configure();

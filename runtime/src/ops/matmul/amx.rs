@@ -111,7 +111,7 @@ pub(super) unsafe fn multiply(
     let mut repacked = Vec::new();
     if kept.is_none() {
         repacked = PACKED.take();
-        pack_parallel(w, n, k, &mut repacked);
+        pack(w, n, k, &mut repacked, true);
     }
     let packed: &[u32] = kept.unwrap_or(&repacked);
     let (a_at, b_at, out_at) = (a.as_ptr() as usize, packed.as_ptr() as usize, out.as_mut_ptr() as usize);
@@ -175,19 +175,11 @@ impl WeightTiles {
     fn get_or_pack(&self, w: &[u8], n: usize, k: usize) -> Option<&[u32]> {
         let (tn, tk, tiles) = self.0.get_or_init(|| {
             let mut tiles = Vec::new();
-            pack_parallel(w, n, k, &mut tiles);
+            pack(w, n, k, &mut tiles, true);
             (n, k, tiles)
         });
         (*tn == n && *tk == k).then_some(tiles.as_slice())
     }
-}
-
-/// [`pack`] over threads.
-fn pack_parallel(w: &[u8], n: usize, k: usize, packed: &mut Vec<u32>) {
-    let words = k.div_ceil(DEPTH) * TILE_BYTES / 4;
-    packed.clear();
-    packed.resize(n.div_ceil(ROWS) * words, 0);
-    packed.par_chunks_mut(words).enumerate().for_each(|(t, tiles)| pack_tile_row(w, n, k, t, tiles));
 }
 
 /// This thread's tile state, configured (palette 1, all eight tiles 16 rows of 64 bytes) for
@@ -214,13 +206,18 @@ impl Drop for Tiles {
 
 /// Tiles of [`TILE_BYTES`] in the layout [`Job`] reads a weight from, for `w` `[n, k]` bf16
 /// (little-endian bytes): tile (t, s) (weight rows 16t.., K values 32s..) at
-/// `(t · k_steps + s) · 256` words (see [`pack_tile_row`]), `k_steps = k.div_ceil(32)`.
-pub(crate) fn pack(w: &[u8], n: usize, k: usize, packed: &mut Vec<u32>) {
+/// `(t · k_steps + s) · 256` words (see [`pack_tile_row`]), `k_steps = k.div_ceil(32)`;
+/// 16 weight rows at a time over threads with `parallel` (a whole weight), else on this one
+/// (an attention head's keys, inside a task of its own).
+pub(crate) fn pack(w: &[u8], n: usize, k: usize, packed: &mut Vec<u32>, parallel: bool) {
     let words = k.div_ceil(DEPTH) * TILE_BYTES / 4;
     packed.clear();
     packed.resize(n.div_ceil(ROWS) * words, 0);
-    for (t, tiles) in packed.chunks_exact_mut(words).enumerate() {
-        pack_tile_row(w, n, k, t, tiles);
+    let row = |(t, tiles): (usize, &mut [u32])| pack_tile_row(w, n, k, t, tiles);
+    if parallel {
+        packed.par_chunks_mut(words).enumerate().for_each(row);
+    } else {
+        packed.chunks_exact_mut(words).enumerate().for_each(row);
     }
 }
 
