@@ -8,17 +8,23 @@ use crate::tensor::{DType, HostTensor, TensorData};
 use half::f16;
 
 /// A CPU buffer: 4-byte words, so f32 and u32 views are always aligned; and, when it holds a
-/// bf16 weight multiplied on AMX, that weight's tiles, packed on first use and dropped
-/// whenever the words are written (every write goes through `words_mut`).
+/// weight (`upload`), that weight packed for its products, on first use, and dropped
+/// whenever the words are written (every write goes through `words_mut`): AMX's tiles of a
+/// bf16 weight, the panels of an f32 one (`ops::matmul::panels`).
 #[derive(Debug, Default)]
 pub struct CpuBuffer {
     words: Vec<u32>,
+    /// Uploaded as a graph weight: its f32 products may keep panels (not worth it for a
+    /// buffer rewritten every run).
+    weight: bool,
     tiles: ops::matmul::WeightTiles,
+    panels: ops::matmul::WeightPanels,
 }
 
 impl CpuBuffer {
     fn words_mut(&mut self) -> &mut Vec<u32> {
         self.tiles.clear();
+        self.panels.clear();
         &mut self.words
     }
     fn f32(&self, n: usize) -> &[f32] {
@@ -136,12 +142,13 @@ impl Backend for CpuBackend {
         let mut v = Vec::new();
         v.try_reserve_exact(words).map_err(|_| Error::backend("cpu", format!("cannot allocate {bytes} bytes")))?;
         v.resize(words, 0);
-        Ok(CpuBuffer { words: v, tiles: Default::default() })
+        Ok(CpuBuffer { words: v, ..Default::default() })
     }
 
     fn upload(&self, tensor: &HostTensor) -> Result<CpuBuffer> {
         let mut buf = self.alloc(tensor.data.as_bytes().len())?;
         self.write(&mut (), &mut buf, 0, tensor)?;
+        buf.weight = true;
         Ok(buf)
     }
 
@@ -222,7 +229,10 @@ impl Backend for CpuBackend {
                 let p = m.params(inputs[0].shape, inputs[1].shape, inputs.len() > 2);
                 let bias = (inputs.len() > 2).then(|| f(2));
                 match inputs[1].dtype {
-                    DType::F32 => ops::matmul::cpu(&p, f(0), f(1), bias, out.buf.f32_mut(n_out)),
+                    DType::F32 => {
+                        let panels = inputs[1].buf.weight.then_some(&inputs[1].buf.panels);
+                        ops::matmul::cpu(&p, f(0), f(1), bias, out.buf.f32_mut(n_out), panels)
+                    }
                     stored => {
                         let b = stored_bytes(&inputs[1])?;
                         let path = self.stored_path();
@@ -416,5 +426,44 @@ fn cast(input: &Arg<'_, CpuBuffer>, to: DType, out: &mut CpuBuffer, n: usize) {
             let src = input.buf.bytes(bytes).to_vec();
             bytemuck::cast_slice_mut::<u32, u8>(out.words_mut())[..bytes].copy_from_slice(&src);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::matmul::{Activation, MatMul};
+
+    /// `a · wᵀ` through the backend's dispatch, w an uploaded weight (so its panels are kept
+    /// where the CPU has AVX2).
+    fn product(backend: &CpuBackend, a: &CpuBuffer, w: &CpuBuffer, (m, n, k): (usize, usize, usize)) -> Vec<f32> {
+        let mut out = backend.alloc(4 * m * n).unwrap();
+        let op = Op::MatMul(MatMul { trans_b: true, activation: Activation::None });
+        let inputs =
+            [Arg { buf: a, dtype: DType::F32, shape: &[m, k] }, Arg { buf: w, dtype: DType::F32, shape: &[n, k] }];
+        let mut outputs = [OutArg { buf: &mut out, dtype: DType::F32, shape: &[m, n] }];
+        backend.dispatch(&mut (), &op, &inputs, &mut outputs).unwrap();
+        out.f32(m * n).to_vec()
+    }
+
+    /// A weight's kept panels give its product, and a write to the weight drops them: the
+    /// next product is by the new values, not by panels of the old ones.
+    #[test]
+    fn a_weights_kept_panels_follow_its_writes() {
+        let backend = CpuBackend::new();
+        let (m, n, k) = (16, 40, 24);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let w1: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 - 2.0).collect();
+        let w2: Vec<f32> = w1.iter().map(|x| 2.0 * x + 1.0).collect();
+        let reference = |w: &[f32]| -> Vec<f32> {
+            (0..m * n).map(|o| (0..k).map(|p| a[o / n * k + p] * w[o % n * k + p]).sum()).collect()
+        };
+        let a_buf = backend.upload(&HostTensor::f32(vec![m, k], a.clone()).unwrap()).unwrap();
+        let mut w_buf = backend.upload(&HostTensor::f32(vec![n, k], w1.clone()).unwrap()).unwrap();
+        // Small integers: every order of summation gives the exact sums.
+        assert_eq!(product(&backend, &a_buf, &w_buf, (m, n, k)), reference(&w1));
+        assert_eq!(product(&backend, &a_buf, &w_buf, (m, n, k)), reference(&w1), "with the kept panels");
+        backend.write(&mut (), &mut w_buf, 0, &HostTensor::f32(vec![n, k], w2.clone()).unwrap()).unwrap();
+        assert_eq!(product(&backend, &a_buf, &w_buf, (m, n, k)), reference(&w2), "after the weight was rewritten");
     }
 }

@@ -22,6 +22,10 @@ impl WeightTiles {
 }
 pub mod bf16_dot;
 mod few_rows;
+// Its kernels are x86-64's; elsewhere `panels::available` is false and the packing unused.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod panels;
+pub use panels::WeightPanels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Activation {
@@ -160,9 +164,27 @@ impl MatMul {
 }
 
 /// CPU reference: one GEMM per batch entry (the `gemm` crate, or [`few_rows`] for a few rows
-/// by a weight), then bias and activation in one pass.
-pub fn cpu(p: &MatMulParams, a: &[f32], b: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// by a weight), then bias and activation in one pass. Where b is a weight `[N, K]` shared by
+/// every row and the caller keeps its panels (`b_panels`: the CPU backend does for every
+/// weight it holds), on AVX2 and AVX-512 products of a few to a few hundred rows multiply
+/// from those panels instead ([`panels`]), the epilogue applied as each block is written.
+pub fn cpu(
+    p: &MatMulParams,
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    b_panels: Option<&WeightPanels>,
+) {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    // The batch entries' rows are consecutive in a and in out: with a shared weight, one
+    // product of all of them.
+    let rows = m * p.batch as usize;
+    let shared_weight = p.trans_b != 0 && (p.batch == 1 || p.stride_b == 0);
+    let use_panels = shared_weight && panels::serves(super::isa::CpuIsa::active(), rows);
+    if let Some(panels) = b_panels.filter(|_| use_panels).and_then(|kept| kept.get_or_pack(b, n, k)) {
+        return panels::multiply(a, rows, panels, out, Epilogue { bias, code: p.activation });
+    }
     for batch in 0..p.batch as usize {
         let a = &a[batch * p.stride_a as usize..][..m * k];
         let b = &b[batch * p.stride_b as usize..][..k * n];
