@@ -167,7 +167,7 @@ impl MatMul {
 /// by a weight), then bias and activation in one pass. Where b is a weight `[N, K]` shared by
 /// every row and the caller keeps its panels (`b_panels`: the CPU backend does for every
 /// weight it holds), on AVX2 and AVX-512 products of a few to a few hundred rows multiply
-/// from those panels instead ([`panels`]), the epilogue applied as each block is written.
+/// from those panels instead ([`panels`]), each task applying the epilogue to its block.
 pub fn cpu(
     p: &MatMulParams,
     a: &[f32],

@@ -8,7 +8,8 @@
 //! k-major (one 64-byte line per k), a product streams each panel front to back; a block of
 //! 12 rows × 2 panels keeps 24 sums in registers (per k, two panel loads and 12 broadcasts
 //! of a for 24 FMAs) and needs no reduction at the end. The rows are copied k-major per block
-//! of K, so that the broadcasts walk one pointer. Every output is one FMA chain over k in
+//! of K (16 rows at a time, a transpose in registers), so that the broadcasts walk one
+//! pointer. Every output is one FMA chain over k in
 //! order (across K blocks through c), so a row's bits do not depend on the rows beside it,
 //! how many there are, how the threads split them, or the instruction set (AVX2 runs the
 //! same chains in 8-wide halves).
@@ -186,11 +187,10 @@ mod x86 {
     use std::ops::Range;
 
     /// Rows `rows` × columns `cols` of c (row stride n), K in blocks of [`K_BLOCK`]: for each,
-    /// the rows are copied k-major in blocks of 12 (one pointer for the kernel's broadcasts:
+    /// the rows are copied k-major in groups of 16 (one pointer for the kernel's broadcasts:
     /// a pointer per row would cost an integer add per broadcast, on the FMA ports), then each
-    /// pair of panels in `cols` (its K block in the L1 cache) multiplies every block of rows
-    /// (from L2). After the last K block, each block's outputs get the epilogue while they
-    /// are in the L1 cache.
+    /// pair of panels in `cols` (its K block in the L1 cache) multiplies every group's blocks
+    /// of rows (from L2). Then the task's block of c gets the epilogue while it is in L2.
     ///
     /// # Safety
     /// The CPU has AVX-512 F (`AVX512`) or AVX2 and FMA; the job's a holds the rows (k values
@@ -207,7 +207,6 @@ mod x86 {
         packed.resize(groups * GROUP * K_BLOCK, 0.0);
         for q0 in (0..k).step_by(K_BLOCK) {
             let depth = K_BLOCK.min(k - q0);
-            let last = q0 + depth == k;
             for (g, group) in packed.chunks_exact_mut(GROUP * K_BLOCK).enumerate() {
                 let first = rows.start + g * GROUP;
                 let height = GROUP.min(rows.end - first);
@@ -239,15 +238,17 @@ mod x86 {
                                 false => by_shape_avx2(height, width > LANES, block),
                             }
                         }
-                        if last {
-                            for i in 0..height {
-                                // SAFETY: as above: row i0 + i, columns j0..j0 + width.
-                                let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * n), width) };
-                                epilogue.apply(out, j0);
-                            }
-                        }
                     }
                 }
+            }
+        }
+        // The task's block of c, in L2 (a block of 16 rows × 768 columns is 48 KiB), gets the
+        // epilogue row by row: long runs for the vectorised activation.
+        if !epilogue.is_identity() {
+            for i in rows {
+                // SAFETY: row i, columns `cols`, are this task's (the caller's contract).
+                let out = unsafe { std::slice::from_raw_parts_mut(c.add(i * n + cols.start), cols.len()) };
+                epilogue.apply(out, cols.start);
             }
         }
         PACKED.set(packed);
