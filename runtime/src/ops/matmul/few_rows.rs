@@ -8,6 +8,10 @@
 //! tile of 4 × 4 dot products runs with 16 vector accumulators (AVX-512; AVX2 does it in two
 //! halves of 8), every load feeding 2 FMAs, and is reduced to the 16 results at the end of
 //! K. Threads split the weight's rows.
+//!
+//! On x86-64 a weight the CPU backend holds multiplies 4 rows or more from its kept panels
+//! instead ([`super::panels`], faster: no reductions, one stream per panel); this path takes
+//! one to three rows, weights the caller does not keep, and wasm.
 
 use super::super::isa::CpuIsa;
 use rayon::prelude::*;
