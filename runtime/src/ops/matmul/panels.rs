@@ -140,10 +140,15 @@ fn multiply_at(isa: CpuIsa, a: &[f32], m: usize, panels: &Panels, c: &mut [f32],
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        // No K blocks to run: every sum is empty.
+        c[..m * n].fill(0.0);
+        return c[..m * n].chunks_exact_mut(n).for_each(|row| epilogue.apply(row, 0));
+    }
     let pairs = n.div_ceil(2 * LANES);
-    // Rows in even shares of at most TASK_ROWS (whole register blocks), so that no task has
-    // much more to do than another.
-    let rows_per_task = m.div_ceil(m.div_ceil(TASK_ROWS)).next_multiple_of(ROWS);
+    // Rows in even shares of at most TASK_ROWS (whole groups), so that no task has much more
+    // to do than another.
+    let rows_per_task = m.div_ceil(m.div_ceil(TASK_ROWS)).next_multiple_of(GROUP);
     let row_tasks = m.div_ceil(rows_per_task);
     let threads = rayon::current_num_threads();
     // A few tasks per thread: where the rows make fewer than that, the panel pairs split too.
@@ -545,7 +550,7 @@ mod tests {
     }
 
     /// Against f64 dot products at shapes that leave partial blocks on every side (rows not a
-    /// multiple of 6 or 12, columns not of 8, 16 or 32, K of 1, odd, and across K blocks), one
+    /// multiple of 6 or 12, columns not of 8, 16 or 32, K of 0, 1, odd, and across K blocks), one
     /// thread's work and split across tasks by rows and by columns; with a bias and GELU, the
     /// bits of the plain product followed by the epilogue; AVX2 and AVX-512 the same bits.
     #[test]
@@ -558,6 +563,7 @@ mod tests {
     fn check(isa: CpuIsa) {
         for &(m, n, k) in &[
             (1, 1, 1),
+            (5, 9, 0),
             (1, 7, 15),
             (3, 16, 16),
             (7, 129, 17),
