@@ -25,6 +25,9 @@ use std::sync::OnceLock;
 /// the CPUs measured, its packing of the weight then a small share of the work (a Sapphire
 /// Rapids-class Xeon, `gemm_timing`: at 256 × 384 × 1536 it ran 306 GFLOP/s against 282 from
 /// the panels, at 128 rows 247 against 282; capped at AVX2, 222 against 165 at 128 rows).
+/// Those figures came from an early build of the panels with these limits raised for the run:
+/// `gemm_timing …,kept` now takes the `gemm` crate above them, so it does not reproduce the
+/// figures past the limits.
 pub fn serves(isa: CpuIsa, rows: usize) -> bool {
     let most = if isa >= CpuIsa::Avx512 { 192 } else { 64 };
     (4..=most).contains(&rows) && available(isa)
