@@ -422,23 +422,46 @@ macro_rules! pointwise_kernel {
                     let b = if job.bias.is_null() { zero() } else { splat(*job.bias.add(row + r)) };
                     *acc = [b; NV];
                 }
-                for c in 0..k {
-                    let xc = x.add(c * plane);
-                    if first && c + AHEAD < k {
-                        for v in 0..NV {
-                            prefetch(xc.add(AHEAD * plane + v * LANES));
-                        }
-                    }
+                // One input channel: NV vectors of its pixels from `xc`, each multiplied by
+                // the R weights at `wc` (k apart) into the sums, in channel order.
+                let step = |acc: &mut [[V; NV]; R], xc: *const f32, wc: *const f32| {
                     let mut xs = [zero(); NV];
                     for (v, xv) in xs.iter_mut().enumerate() {
                         *xv = if v + 1 == NV { load_part(xc.add(v * LANES), tail) } else { load(xc.add(v * LANES)) };
                     }
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let wv = splat(*w.add(r * k + c));
+                        let wv = splat(*wc.add(r * k));
                         for (a, &xv) in acc.iter_mut().zip(&xs) {
                             *a = fma(wv, xv, *a);
                         }
                     }
+                };
+                // Four channels per pass: the pointers move once per four, and the loads of
+                // the four take offsets from them (one pointer update per channel took FMA
+                // ports' slots).
+                let (mut xc, mut wc) = (x, w);
+                let mut c = 0;
+                while c + 4 <= k {
+                    if first && c + AHEAD < k {
+                        for q in 0..4 {
+                            for v in 0..NV {
+                                prefetch(xc.wrapping_add((AHEAD + q) * plane + v * LANES));
+                            }
+                        }
+                    }
+                    step(&mut acc, xc, wc);
+                    step(&mut acc, xc.add(plane), wc.add(1));
+                    step(&mut acc, xc.add(2 * plane), wc.add(2));
+                    step(&mut acc, xc.add(3 * plane), wc.add(3));
+                    xc = xc.add(4 * plane);
+                    wc = wc.add(4);
+                    c += 4;
+                }
+                while c < k {
+                    step(&mut acc, xc, wc);
+                    xc = xc.add(plane);
+                    wc = wc.add(1);
+                    c += 1;
                 }
                 let at = (img * job.o + row) * plane + col;
                 let y = job.out.add(at);
@@ -540,6 +563,8 @@ mod tests {
             (1, 129, 17, 1, 129),
             (1, 160, 960, 7, 7),
             (1, 16, 96, 56, 56),
+            // Input channels past the last run of four (the tile takes four per pass): 2 of 6.
+            (1, 6, 11, 5, 5),
             // Tails of 2, 3 and 4 columns (a 14 × 14 map), and planes of 2 and 3 pixels with
             // no whole vector, shared among threads.
             (1, 37, 21, 2, 65),

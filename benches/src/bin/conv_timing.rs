@@ -1,0 +1,80 @@
+//! Times tandem's CPU 1 × 1 convolution (the op's CPU kernel, as the executor calls it) at
+//! given shapes: bias and ReLU6 always, a residual with `,r`. Threads: rayon's default
+//! (`RAYON_NUM_THREADS`).
+//!
+//! Usage: conv_timing RUNS N,C,H,W,O[,r][,cold] ...   (`cold`: the caches flushed before each run)
+//! Prints one JSON object per shape: {"shape", "median_ms", "gflops"}.
+
+use anyhow::{Context, Result, ensure};
+use rayon::prelude::*;
+use tandem_runtime::ops::conv::{Conv2dParams, cpu};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    ensure!(args.len() >= 3, "usage: conv_timing RUNS N,C,H,W,O[,r] ...");
+    let runs: usize = args[1].parse().context("RUNS")?;
+    let pool = rayon::ThreadPoolBuilder::new().build()?;
+    for shape in &args[2..] {
+        let parts: Vec<&str> = shape.split(',').collect();
+        ensure!(parts.len() >= 5, "shape {shape}: want N,C,H,W,O[,r]");
+        let dims: Vec<usize> = parts[..5].iter().map(|s| s.parse::<usize>()).collect::<Result<_, _>>()?;
+        let (n, c, h, w, o) = (dims[0], dims[1], dims[2], dims[3], dims[4]);
+        let residual = parts[5..].contains(&"r");
+        let cold = parts[5..].contains(&"cold");
+        let value = |i: usize, salt: usize| ((i * 7919 + salt) % 1000) as f32 / 1000.0 - 0.5;
+        let x: Vec<f32> = (0..n * c * h * w).map(|i| value(i, 1)).collect();
+        let wt: Vec<f32> = (0..o * c).map(|i| value(i, 2)).collect();
+        let bias: Vec<f32> = (0..o).map(|i| value(i, 3)).collect();
+        let res: Vec<f32> = (0..n * o * h * w).map(|i| value(i, 4)).collect();
+        let mut out = vec![0f32; n * o * h * w];
+        let p = Conv2dParams {
+            n: n as u32,
+            c: c as u32,
+            h: h as u32,
+            w: w as u32,
+            o: o as u32,
+            kh: 1,
+            kw: 1,
+            oh: h as u32,
+            ow: w as u32,
+            stride_h: 1,
+            stride_w: 1,
+            pad_h: 0,
+            pad_w: 0,
+            groups: 1,
+            has_bias: 1,
+            has_clamp: 1,
+            clamp_min: 0.0,
+            clamp_max: 6.0,
+            has_residual: residual as u32,
+            _pad: 0,
+        };
+        let mut run = || -> Result<()> {
+            cpu(&p, &x, &wt, Some(&bias), residual.then_some(&res[..]), &mut out);
+            Ok(())
+        };
+        // On a thread of the pool, as a session runs its graph (`AnySession::blocking`): each
+        // call's tasks then start without waking the pool from outside.
+        let median = pool.install(|| -> Result<f64> {
+            run()?;
+            if !cold {
+                return tandem_benches::median_ms(runs, &mut run);
+            }
+            // Caches flushed before each run (as in a model, where the weight and often the
+            // input come from the last-level cache or memory): only the run is timed.
+            let mut flush = vec![0u8; 64 << 20];
+            let mut times = Vec::with_capacity(runs);
+            for round in 0..runs {
+                flush.par_chunks_mut(1 << 16).for_each(|c| c.fill(round as u8));
+                let t = std::time::Instant::now();
+                run()?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(times[times.len() / 2])
+        })?;
+        let gflops = 2.0 * (n * c * h * w * o) as f64 / (median * 1e6);
+        println!("{{\"shape\": \"{shape}\", \"median_ms\": {median:.4}, \"gflops\": {gflops:.1}}}");
+    }
+    Ok(())
+}
