@@ -123,7 +123,17 @@ fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
     // 112 × 112 maps otherwise gave each task a whole image, streamed block by block from
     // memory through every channel's row at once).
     let fitting = SMALL_PIXELS_BYTES / (4 * k * kernel.lanes * kernel.max_vectors).max(1);
-    let block_run = units.div_ceil(target).min(blocks).min(fitting).max(1);
+    // Where an output row does not start on a cache line (14 × 14 maps: 784 bytes a row), a
+    // row's last columns share a line with the next row's first: tasks over different blocks
+    // of neighbouring channels would write the same lines at once, and at batch 1 MobileNetV2's
+    // 96 → 576 layers ran at one thread's speed on two. Such planes are split by channels
+    // only, unless there are images enough to share out (the threads then take different
+    // images, tasks being dealt in runs).
+    let lines_shared = (plane * 4) % 64 != 0 && images < target;
+    let block_run = match lines_shared {
+        true => blocks,
+        false => units.div_ceil(target).min(blocks).min(fitting).max(1),
+    };
     let runs_per_image = blocks.div_ceil(block_run);
     let row_groups = target.div_ceil(images * runs_per_image).min(o.div_ceil(kernel.rows)).max(1);
     let rows_per_group = o.div_ceil(row_groups).next_multiple_of(kernel.rows);
