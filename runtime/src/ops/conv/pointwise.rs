@@ -127,8 +127,8 @@ fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
     // row's last columns share a line with the next row's first: tasks over different blocks
     // of neighbouring channels would write the same lines at once, and at batch 1 MobileNetV2's
     // 96 → 576 layers ran at one thread's speed on two. Such planes are split by channels
-    // only, unless there are images enough to share out (the threads then take different
-    // images, tasks being dealt in runs).
+    // only, unless the images are enough to share out: rayon then hands each thread runs of
+    // consecutive tasks, which are different images.
     let lines_shared = (plane * 4) % 64 != 0 && images < target;
     let block_run = match lines_shared {
         true => blocks,
@@ -577,7 +577,7 @@ mod tests {
             (1, 129, 17, 1, 129),
             (1, 160, 960, 7, 7),
             (1, 16, 96, 56, 56),
-            // Input channels past the last run of four (the tile takes four per pass): 2 of 6.
+            // Input channels past the last run of four (the AVX-512 tile takes four a pass): 2 of 6.
             (1, 6, 11, 5, 5),
             // Tails of 2, 3 and 4 columns (a 14 × 14 map), and planes of 2 and 3 pixels with
             // no whole vector, shared among threads.
