@@ -11,12 +11,15 @@ use tandem_runtime::ops::conv::{Conv2dParams, cpu};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    ensure!(args.len() >= 3, "usage: conv_timing RUNS N,C,H,W,O[,r] ...");
+    ensure!(args.len() >= 3, "usage: conv_timing RUNS N,C,H,W,O[,r][,cold] ...");
     let runs: usize = args[1].parse().context("RUNS")?;
     let pool = rayon::ThreadPoolBuilder::new().build()?;
     for shape in &args[2..] {
         let parts: Vec<&str> = shape.split(',').collect();
-        ensure!(parts.len() >= 5, "shape {shape}: want N,C,H,W,O[,r]");
+        ensure!(parts.len() >= 5, "shape {shape}: want N,C,H,W,O[,r][,cold]");
+        if let Some(flag) = parts[5..].iter().find(|f| !["r", "cold"].contains(f)) {
+            anyhow::bail!("shape {shape}: unknown flag {flag:?} (want r or cold)");
+        }
         let dims: Vec<usize> = parts[..5].iter().map(|s| s.parse::<usize>()).collect::<Result<_, _>>()?;
         let (n, c, h, w, o) = (dims[0], dims[1], dims[2], dims[3], dims[4]);
         let residual = parts[5..].contains(&"r");
