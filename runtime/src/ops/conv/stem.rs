@@ -2,11 +2,12 @@
 //! channels (an image's 3) and many outputs (MobileNetV2's 32 at 112 × 112).
 //!
 //! The general body computes it one output plane at a time, reading each of the 27 taps again
-//! for every one of the 32 planes. Here, for each strip of one vector of output columns and
-//! each output row, the taps of every input channel are gathered once (`row_taps`: masked
-//! loads, and at stride 2 the even lanes) into at most [`MAX_TAPS`] vectors, then 8 output
-//! channels at a time sum them from their biases in the documented order (ci, ky, kx), one
-//! FMA per tap, each row stored once, clamped.
+//! for every one of the 32 planes. Here, for each output row and each few strips of one vector
+//! of output columns, the taps of every input channel are gathered once (`row_taps`: masked
+//! loads, and at stride 2 the even lanes) into at most [`MAX_TAPS`] vectors a strip, then a few
+//! output channels × those strips are summed together (3 × 7 on AVX-512, 3 × 3 on AVX2: each
+//! weight broadcast once for all the strips) from their biases in the documented order (ci,
+//! ky, kx), one FMA per tap, each row stored once, clamped.
 
 use super::Conv2dParams;
 use crate::ops::isa::CpuIsa;
@@ -100,52 +101,89 @@ macro_rules! stem_kernel {
     ($features:literal) => {
         use super::super::{Job, MAX_TAPS};
 
-        /// Output channels summed at once.
-        const OUTS: usize = 8;
-
         /// Unsafe: as `RowFn`.
         #[target_feature(enable = $features)]
         pub(in crate::ops::conv) unsafe fn output_row(job: &Job, n: usize, oy: usize) {
-            let taps = job.c * 9;
-            let (plane_in, plane_out) = (job.h * job.wd, job.oh * job.ow);
-            let mut gathered = [zero(); MAX_TAPS];
-            for col in (0..job.ow).step_by(LANES) {
-                let c = col as isize;
-                for ci in 0..job.c {
-                    let x = job.x.wrapping_add((n * job.c + ci) * plane_in);
-                    for ky in 0..3 {
-                        let iy = (job.stride * oy + ky) as isize - 1;
-                        // SAFETY: masked to the plane.
-                        let row = unsafe { row_taps(x, (job.h, job.wd), job.stride, iy, c) };
-                        gathered[(ci * 3 + ky) * 3..][..3].copy_from_slice(&row);
-                    }
-                }
-                let (written, whole) = (mask(0, (job.ow - col) as isize), col + LANES <= job.ow);
-                let mut o0 = 0;
-                while o0 < job.o {
-                    let outs = OUTS.min(job.o - o0);
-                    let mut acc = [zero(); OUTS];
-                    for (r, acc) in acc.iter_mut().enumerate().take(outs) {
-                        // SAFETY: o0 + r < o, and the bias holds o values.
-                        *acc = if job.bias.is_null() { zero() } else { splat(unsafe { *job.bias.add(o0 + r) }) };
-                    }
-                    for (t, &tap) in gathered.iter().enumerate().take(taps) {
-                        for (r, acc) in acc.iter_mut().enumerate().take(outs) {
-                            // SAFETY: w holds o · taps values.
-                            let wv = unsafe { *job.w.add((o0 + r) * taps + t) };
-                            *acc = fma(splat(wv), tap, *acc);
+            let plane_in = job.h * job.wd;
+            // STRIPS strips of output columns at a time: every tap of each gathered once,
+            // then OUTS output channels × STRIPS strips summed together, each weight
+            // broadcast once for all the strips (one strip at a time loaded a tap and a
+            // weight per FMA, twice the loads the FMAs could hide).
+            let mut gathered = [zero(); MAX_TAPS * STRIPS];
+            for first in (0..job.ow).step_by(LANES * STRIPS) {
+                // Strips past the row's end gather zeros (masked loads) and are not stored.
+                for s in 0..STRIPS {
+                    let c = (first + s * LANES) as isize;
+                    for ci in 0..job.c {
+                        let x = job.x.wrapping_add((n * job.c + ci) * plane_in);
+                        for ky in 0..3 {
+                            let iy = (job.stride * oy + ky) as isize - 1;
+                            // SAFETY: masked to the plane.
+                            let row = unsafe { row_taps(x, (job.h, job.wd), job.stride, iy, c) };
+                            gathered[s * MAX_TAPS + (ci * 3 + ky) * 3..][..3].copy_from_slice(&row);
                         }
                     }
-                    for (r, &acc) in acc.iter().enumerate().take(outs) {
-                        let done = match job.clamp {
-                            Some((lo, hi)) => clamp(acc, lo, hi),
-                            None => acc,
-                        };
-                        let dst = job.out.wrapping_add((n * job.o + o0 + r) * plane_out + oy * job.ow + col);
-                        // SAFETY: a row of this task's, columns masked past ow.
-                        unsafe { if whole { store(dst, done) } else { store_part(dst, done, written) } }
+                }
+                let mut o0 = 0;
+                while o0 < job.o {
+                    // SAFETY (both): the caller's; outputs o0.. lie in the job's.
+                    unsafe {
+                        match job.o - o0 {
+                            1 => outputs::<1>(job, n, oy, first, o0, &gathered),
+                            2 => outputs::<2>(job, n, oy, first, o0, &gathered),
+                            _ => outputs::<OUTS>(job, n, oy, first, o0, &gathered),
+                        }
                     }
-                    o0 += outs;
+                    o0 += OUTS.min(job.o - o0);
+                }
+            }
+        }
+
+        /// Output channels `o0..o0 + R` of row `oy` over the STRIPS strips from column
+        /// `first`, from their biases through every tap in order.
+        ///
+        /// Unsafe: as `RowFn`; `o0 + R ≤ o`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn outputs<const R: usize>(
+            job: &Job,
+            n: usize,
+            oy: usize,
+            first: usize,
+            o0: usize,
+            gathered: &[V; MAX_TAPS * STRIPS],
+        ) {
+            let taps = job.c * 9;
+            let plane_out = job.oh * job.ow;
+            let mut acc = [[zero(); STRIPS]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: o0 + r < o, and the bias holds o values.
+                *acc = [if job.bias.is_null() { zero() } else { splat(unsafe { *job.bias.add(o0 + r) }) }; STRIPS];
+            }
+            for t in 0..taps {
+                // SAFETY: w holds o · taps values.
+                let wv: [V; R] = std::array::from_fn(|r| splat(unsafe { *job.w.add((o0 + r) * taps + t) }));
+                for s in 0..STRIPS {
+                    let tap = gathered[s * MAX_TAPS + t];
+                    for r in 0..R {
+                        acc[r][s] = fma(wv[r], tap, acc[r][s]);
+                    }
+                }
+            }
+            for s in 0..STRIPS {
+                let col = first + s * LANES;
+                if col >= job.ow {
+                    break;
+                }
+                let (written, whole) = (mask(0, (job.ow - col) as isize), col + LANES <= job.ow);
+                for (r, acc) in acc.iter().enumerate() {
+                    let done = match job.clamp {
+                        Some((lo, hi)) => clamp(acc[s], lo, hi),
+                        None => acc[s],
+                    };
+                    let dst = job.out.wrapping_add((n * job.o + o0 + r) * plane_out + oy * job.ow + col);
+                    // SAFETY: a row of this task's, columns masked past ow.
+                    unsafe { if whole { store(dst, done) } else { store_part(dst, done, written) } }
                 }
             }
         }
@@ -156,11 +194,18 @@ macro_rules! stem_kernel {
 mod x86 {
     pub(super) mod avx512 {
         use crate::ops::conv::simd::avx512::*;
+        // 3 × 7 sums, 3 weights and a tap of the 32 registers: a 112-wide row (MobileNetV2's)
+        // is 7 strips of 16.
+        const OUTS: usize = 3;
+        const STRIPS: usize = 7;
         stem_kernel!("avx512f,avx2,fma");
     }
 
     pub(super) mod avx2 {
         use crate::ops::conv::simd::avx2::*;
+        // 3 × 3 sums, 3 weights and a tap of the 16 registers.
+        const OUTS: usize = 3;
+        const STRIPS: usize = 3;
         stem_kernel!("avx2,fma");
     }
 }
