@@ -101,6 +101,9 @@ macro_rules! stem_kernel {
     ($features:literal) => {
         use super::super::{Job, MAX_TAPS};
 
+        // `output_row` has arms for the remainders 1 and 2 only.
+        const _: () = assert!(OUTS <= 3, "stem: a remainder of OUTS needs its own arm");
+
         /// Unsafe: as `RowFn`.
         #[target_feature(enable = $features)]
         pub(in crate::ops::conv) unsafe fn output_row(job: &Job, n: usize, oy: usize) {
@@ -128,7 +131,7 @@ macro_rules! stem_kernel {
                 while o0 < job.o {
                     // SAFETY (both): the caller's; outputs o0.. lie in the job's.
                     unsafe {
-                        match job.o - o0 {
+                        match (job.o - o0).min(OUTS) {
                             1 => outputs::<1>(job, n, oy, first, o0, &gathered),
                             2 => outputs::<2>(job, n, oy, first, o0, &gathered),
                             _ => outputs::<OUTS>(job, n, oy, first, o0, &gathered),
