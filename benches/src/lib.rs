@@ -24,9 +24,19 @@ pub fn ramp(shape: &[usize]) -> HostTensor {
 
 /// The median wall time of `runs` calls of `f` (at least one), in milliseconds. Warm-up is the
 /// caller's: the first call here is timed like the others.
-pub fn median_ms<E>(runs: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
+pub fn median_ms<E>(runs: usize, f: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
+    median_ms_after(runs, || {}, f)
+}
+
+/// [`median_ms`] with `before` run, untimed, ahead of each call (to flush the caches, say).
+pub fn median_ms_after<E>(
+    runs: usize,
+    mut before: impl FnMut(),
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<f64, E> {
     let mut times = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
+        before();
         let t = std::time::Instant::now();
         f()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);

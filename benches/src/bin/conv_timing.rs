@@ -66,15 +66,12 @@ fn main() -> Result<()> {
             // Caches flushed before each run (as in a model, where the weight and often the
             // input come from the last-level cache or memory): only the run is timed.
             let mut flush = vec![0u8; 64 << 20];
-            let mut times = Vec::with_capacity(runs);
-            for round in 0..runs {
-                flush.par_chunks_mut(1 << 16).for_each(|c| c.fill(round as u8));
-                let t = std::time::Instant::now();
-                run()?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            times.sort_by(f64::total_cmp);
-            Ok(times[times.len() / 2])
+            let mut round = 0u8;
+            let flush_caches = || {
+                round = round.wrapping_add(1);
+                flush.par_chunks_mut(1 << 16).for_each(|c| c.fill(round));
+            };
+            tandem_benches::median_ms_after(runs, flush_caches, &mut run)
         })?;
         let gflops = 2.0 * (n * c * h * w * o) as f64 / (median * 1e6);
         println!("{{\"shape\": \"{shape}\", \"median_ms\": {median:.4}, \"gflops\": {gflops:.1}}}");
