@@ -324,19 +324,28 @@ pub fn cpu(
 /// the sequences' query rows are ordered and apart (each task writes only its sequence's rows
 /// and its head's columns), else one after another.
 fn each_sequence_head(p: &AttentionParams, table: &[u32], task: impl Fn(&SeqRows, usize) + Sync) {
-    let (tokens, kv_tokens, cols) = (p.tokens as usize, p.kv_tokens as usize, p.table_cols as usize);
-    let seqs: Vec<SeqRows> = (0..p.num_seqs as usize).map(|s| SeqRows::of(table, cols, s, tokens, kv_tokens)).collect();
-    let tasks: Vec<(usize, usize)> = (0..seqs.len())
-        .filter(|&s| !seqs[s].q.is_empty())
-        .flat_map(|s| (0..p.num_heads as usize).map(move |h| (s, h)))
-        .collect();
-    let run = |&(s, h): &(usize, usize)| task(&seqs[s], h);
+    each_sequence_unit(p, table, p.num_heads as usize, task)
+}
+
+/// Runs `task(rows, u)` for every sequence with query rows and every u in `0..units`, as
+/// [`each_sequence_head`] (each unit writes its own columns).
+fn each_sequence_unit(p: &AttentionParams, table: &[u32], units: usize, task: impl Fn(&SeqRows, usize) + Sync) {
+    let seqs = sequences(p, table);
+    let tasks: Vec<(usize, usize)> =
+        (0..seqs.len()).filter(|&s| !seqs[s].q.is_empty()).flat_map(|s| (0..units).map(move |u| (s, u))).collect();
+    let run = |&(s, u): &(usize, usize)| task(&seqs[s], u);
     let disjoint = seqs.windows(2).all(|w| w[0].q.end <= w[1].q.start);
     if tasks.len() > 1 && disjoint {
         tasks.par_iter().for_each(run);
     } else {
         tasks.iter().for_each(run);
     }
+}
+
+/// Every row of the table.
+fn sequences(p: &AttentionParams, table: &[u32]) -> Vec<SeqRows> {
+    let (tokens, kv_tokens, cols) = (p.tokens as usize, p.kv_tokens as usize, p.table_cols as usize);
+    (0..p.num_seqs as usize).map(|s| SeqRows::of(table, cols, s, tokens, kv_tokens)).collect()
 }
 
 /// A decoder's attention (a `[seqs, 4]` table) through [`fixed_order_rows_dispatch`], kv head
@@ -349,13 +358,30 @@ fn fixed_order<H: KvHead>(
     out: &mut [f32],
     head: impl Fn(usize) -> H + Sync,
 ) {
-    let group = (p.num_heads / p.num_kv_heads) as usize;
+    let (kv_heads, group) = (p.num_kv_heads as usize, (p.num_heads / p.num_kv_heads) as usize);
+    // The query heads of a kv head go together, so that its keys and values are read from
+    // memory once for all of them (at 2,000 tokens of context a decode step's attention was
+    // half of the step, reading each kv head's rows once per query head). A prompt's query
+    // rows are dealt out in blocks; where that leaves too few tasks to keep the threads busy
+    // (decoding one or two sequences), a group's heads are cut into parts instead.
+    let seqs = sequences(p, table);
+    let row_blocks = seqs.iter().map(|rows| rows.q.len()).max().unwrap_or(0).div_ceil(ROW_BLOCK).max(1);
+    let busy: usize = seqs.iter().map(|rows| rows.q.len().div_ceil(ROW_BLOCK)).sum::<usize>() * kv_heads;
+    let parts = (2 * rayon::current_num_threads()).div_ceil(busy.max(1)).clamp(1, group.max(1));
     let out_ptr = OutPtr(out.as_mut_ptr());
-    each_sequence_head(p, table, |rows, h| {
-        // SAFETY: `rows` are clamped to the tensors; this task owns its rows and head's columns.
-        unsafe { fixed_order_rows_dispatch(p, rows, h, &head(h / group), q, out_ptr) };
+    each_sequence_unit(p, table, kv_heads * parts * row_blocks, |rows, unit| {
+        let (kvh, part, block) = (unit / (parts * row_blocks), unit / row_blocks % parts, unit % row_blocks);
+        let heads = kvh * group + part * group / parts..kvh * group + (part + 1) * group / parts;
+        let first = (block * ROW_BLOCK).min(rows.q.len());
+        let query_rows = first..(first + ROW_BLOCK).min(rows.q.len());
+        // SAFETY: `rows` are clamped to the tensors; this task owns these rows' columns of
+        // these heads.
+        unsafe { fixed_order_rows_dispatch(p, rows, query_rows, heads, &head(kvh), q, out_ptr) };
     });
 }
+
+/// Query rows of a sequence per task of [`fixed_order`].
+const ROW_BLOCK: usize = 16;
 
 /// AVX2 and F16C (every AVX2 processor has both).
 fn f16c_available() -> bool {
@@ -491,13 +517,17 @@ impl KvHead for F16Head<'_> {
 /// kernel, and so its summation order, by the number of rows. Encoders (`[seqs, 2]` tables)
 /// keep the GEMM: they always run whole sequences.
 ///
+/// This call computes query rows `query_rows` of the sequence (indices within `rows.q`) for the
+/// query `heads`, all of one kv head (`kv`).
+///
 /// # Safety
-/// `rows` lie inside q, k and v as `cpu` checks them, and the output rows of this sequence and
-/// columns of head `h` are written by this call only.
+/// `rows` lie inside q, k and v as `cpu` checks them, and those query rows' columns of those
+/// heads are written by this call only.
 unsafe fn fixed_order_rows_dispatch(
     p: &AttentionParams,
     rows: &SeqRows,
-    h: usize,
+    query_rows: Range<usize>,
+    heads: Range<usize>,
     kv: &impl KvHead,
     q: &[f32],
     out: OutPtr,
@@ -507,10 +537,10 @@ unsafe fn fixed_order_rows_dispatch(
     #[cfg(target_arch = "x86_64")]
     if f16c_available() {
         // SAFETY: the CPU has AVX2 and F16C; the rest is the caller's contract.
-        return unsafe { fixed_order_rows_avx2(p, rows, h, kv, q, out) };
+        return unsafe { fixed_order_rows_avx2(p, rows, query_rows, heads, kv, q, out) };
     }
     // SAFETY: the caller's contract.
-    unsafe { fixed_order_rows(p, rows, h, kv, q, out) }
+    unsafe { fixed_order_rows(p, rows, query_rows, heads, kv, q, out) }
 }
 
 /// # Safety
@@ -520,44 +550,72 @@ unsafe fn fixed_order_rows_dispatch(
 unsafe fn fixed_order_rows_avx2(
     p: &AttentionParams,
     rows: &SeqRows,
-    h: usize,
+    query_rows: Range<usize>,
+    heads: Range<usize>,
     kv: &impl KvHead,
     q: &[f32],
     out: OutPtr,
 ) {
     // SAFETY: the caller's contract.
-    unsafe { fixed_order_rows(p, rows, h, kv, q, out) }
+    unsafe { fixed_order_rows(p, rows, query_rows, heads, kv, q, out) }
 }
 
 /// # Safety
 /// As [`fixed_order_rows_dispatch`].
 #[inline(always)]
-unsafe fn fixed_order_rows(p: &AttentionParams, rows: &SeqRows, h: usize, kv: &impl KvHead, q: &[f32], out: OutPtr) {
+unsafe fn fixed_order_rows(
+    p: &AttentionParams,
+    rows: &SeqRows,
+    query_rows: Range<usize>,
+    heads: Range<usize>,
+    kv: &impl KvHead,
+    q: &[f32],
+    out: OutPtr,
+) {
     let (d, qw) = (p.head_dim as usize, (p.num_heads * p.head_dim) as usize);
-    let mut weights = Vec::with_capacity(rows.kv.len());
-    for i in 0..rows.q.len() {
-        let q_row = &q[(rows.q.start + i) * qw + h * d..][..d];
-        // SAFETY: the caller's contract: this row and head's d outputs are ours.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((rows.q.start + i) * qw + h * d), d) };
+    let mut weights: Vec<Vec<f32>> = heads.clone().map(|_| Vec::with_capacity(rows.kv.len())).collect();
+    for i in query_rows {
+        let q_row = |h: usize| &q[(rows.q.start + i) * qw + h * d..][..d];
         let visible = rows.visible(i, p.causal != 0);
-        weights.clear();
-        kv.scores(q_row, visible.clone(), p.scale, &mut weights);
-        if weights.is_empty() {
+        if visible.is_empty() {
             continue; // sees nothing: zeros, already written
         }
-        let max = super::elementwise::max_of(&weights);
-        // (Loops, not iterator adapters: a closure would not inherit the AVX2 target feature.)
-        let mut sum = 0.0;
-        for w in &mut weights {
-            *w = (*w - max).exp();
-            sum += *w;
+        // Blocks of keys that stay in L1 while every head of the group scores them (or adds
+        // their values); each head's sums still run over the keys in order, so its bits do not
+        // depend on the block or on the heads beside it.
+        let blocks = || (visible.start..visible.end).step_by(KV_BLOCK).map(|j| j..(j + KV_BLOCK).min(visible.end));
+        weights.iter_mut().for_each(Vec::clear);
+        for block in blocks() {
+            for (h, weights) in heads.clone().zip(&mut weights) {
+                kv.scores(q_row(h), block.clone(), p.scale, weights);
+            }
         }
-        for w in &mut weights {
-            *w /= sum;
+        for weights in &mut weights {
+            let max = super::elementwise::max_of(weights);
+            // (Loops, not iterator adapters: a closure would not inherit the AVX2 target feature.)
+            let mut sum = 0.0;
+            for w in weights.iter_mut() {
+                *w = (*w - max).exp();
+                sum += *w;
+            }
+            for w in weights.iter_mut() {
+                *w /= sum;
+            }
         }
-        kv.weighted_sum(&weights, visible, dst);
+        for block in blocks() {
+            let first = block.start - visible.start;
+            for (h, weights) in heads.clone().zip(&weights) {
+                // SAFETY: the caller's contract: this row and head's d outputs are ours.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add((rows.q.start + i) * qw + h * d), d) };
+                kv.weighted_sum(&weights[first..first + block.len()], block.clone(), dst);
+            }
+        }
     }
 }
+
+/// Keys per block of [`fixed_order_rows`]: 128 of a head of 64 f16 values are 16 KiB of keys
+/// and as many of values.
+const KV_BLOCK: usize = 128;
 
 /// Σ a·b in eight interleaved partial sums, then those in order: vectorizes, and depends only
 /// on the length.
