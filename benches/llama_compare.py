@@ -79,8 +79,11 @@ def worker(args):
 
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Python + numpy + llama_cpp, no model
     spec = json.loads(Path(args.worker).read_text())
-    llm = llama_cpp.Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
-                          n_threads_batch=spec["threads"], logits_all=False, verbose=True)
+    # n_batch as large as the context: llama-cpp-python keeps the logits of one batch only, so
+    # a prompt longer than n_batch (512 by default) would have no last-position logits.
+    llm = llama_cpp.Llama(model_path=spec["model"], n_ctx=spec["n_ctx"], n_batch=spec["n_ctx"],
+                          n_threads=spec["threads"], n_threads_batch=spec["threads"], logits_all=False,
+                          verbose=True)
     meta = llm.metadata
     add_bos = str(meta.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
     ids = llm.tokenize(spec["text"].encode("utf-8"), add_bos=add_bos, special=False)
@@ -186,7 +189,8 @@ def tandem_run(binary, model, text, a):
 
 
 def prompt_text(model, n):
-    """A prefix of LISTING that llama.cpp's tokenizer for `model` turns into exactly n tokens."""
+    """A prefix of LISTING (repeated as often as n needs) that llama.cpp's tokenizer for `model`
+    turns into exactly n tokens."""
     import llama_cpp
 
     # A vocabulary-only load; its context still warns about n_ctx_train (0) on stderr, so hush fd 2.
@@ -203,9 +207,12 @@ def prompt_text(model, n):
     def tok(s):
         return llm.tokenize(s.encode("utf-8"), add_bos=add_bos, special=False)
 
-    ids = tok(LISTING)
-    if len(ids) < n + 8:
-        raise SystemExit(f"the listing text is only {len(ids)} tokens for {model}")
+    # Long prompts (a long-context run, `--prefill 2000`) repeat the listing, as a page of
+    # several listings would.
+    listing = LISTING
+    while len(tok(listing)) < n + 8:
+        listing += "\n\n" + LISTING
+    ids = tok(listing)
     for k in [n + d for d in (0, -1, 1, -2, 2, -3, 3, -4, 4)]:
         cut = ids[1:k] if add_bos else ids[:k]  # n counts a BOS when the GGUF adds one
         text = llm.detokenize(cut).decode("utf-8", "replace")
