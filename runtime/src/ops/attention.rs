@@ -404,11 +404,12 @@ trait KvHead {
     fn weighted_sum(&self, weights: &[f32], js: Range<usize>, dst: &mut [f32]);
 }
 
-/// Keys scored side by side by [`KvHead::scores`].
-const KEYS: usize = 4;
-/// Output elements kept in registers across all keys by [`KvHead::weighted_sum`] (four
-/// vectors of eight).
-const COLUMNS: usize = 32;
+/// Keys scored side by side by [`KvHead::scores`]: eight chains of additions in flight (four
+/// left the adders waiting on their latency).
+const KEYS: usize = 8;
+/// Output elements kept in registers across all keys by [`KvHead::weighted_sum`] (eight
+/// vectors of eight: a head of 64 in one pass).
+const COLUMNS: usize = 64;
 
 /// An f32 head, read in place: row j at `j * stride` of `k` and `v` (which start at the head's
 /// first column).
@@ -431,7 +432,7 @@ impl KvHead for F32Head<'_> {
     fn scores(&self, q: &[f32], js: Range<usize>, scale: f32, out: &mut Vec<f32>) {
         let mut j = js.start;
         while j + KEYS <= js.end {
-            let keys = [self.key(j), self.key(j + 1), self.key(j + 2), self.key(j + 3)];
+            let keys: [&[_]; KEYS] = std::array::from_fn(|t| self.key(j + t));
             for s in fixed_order_dots(q, keys) {
                 out.push(s * scale);
             }
@@ -473,7 +474,7 @@ impl KvHead for F16Head<'_> {
     fn scores(&self, q: &[f32], js: Range<usize>, scale: f32, out: &mut Vec<f32>) {
         let mut j = js.start;
         while j + KEYS <= js.end {
-            let keys = [self.key(j), self.key(j + 1), self.key(j + 2), self.key(j + 3)];
+            let keys: [&[_]; KEYS] = std::array::from_fn(|t| self.key(j + t));
             #[cfg(target_arch = "x86_64")]
             let sums = if self.f16c {
                 // SAFETY: the CPU has AVX2 and F16C (checked when `f16c` was set).
