@@ -289,7 +289,8 @@ struct Agreement {
 
 impl Agreement {
     /// `ids(s)`: prompt s's continuation; `logit(s, id)`: its first-position logit of `id`, if
-    /// known (llama.cpp's references keep its own top 10 only).
+    /// known (llama.cpp's references keep its own top 20, which in the stored references hold
+    /// every id of the f32 model's top 10).
     fn with_f32<'a>(
         cases: &'a [Case],
         ids: impl Fn(usize) -> &'a Vec<u32>,

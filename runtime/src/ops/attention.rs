@@ -324,13 +324,12 @@ pub fn cpu(
 /// the sequences' query rows are ordered and apart (each task writes only its sequence's rows
 /// and its head's columns), else one after another.
 fn each_sequence_head(p: &AttentionParams, table: &[u32], task: impl Fn(&SeqRows, usize) + Sync) {
-    each_sequence_unit(p, table, p.num_heads as usize, task)
+    each_sequence_unit(&sequences(p, table), p.num_heads as usize, task)
 }
 
-/// Runs `task(rows, u)` for every sequence with query rows and every u in `0..units`, as
-/// [`each_sequence_head`] (each unit writes its own columns).
-fn each_sequence_unit(p: &AttentionParams, table: &[u32], units: usize, task: impl Fn(&SeqRows, usize) + Sync) {
-    let seqs = sequences(p, table);
+/// Runs `task(rows, u)` for every sequence of `seqs` with query rows and every u in
+/// `0..units`, as [`each_sequence_head`] (each unit writes its own columns).
+fn each_sequence_unit(seqs: &[SeqRows], units: usize, task: impl Fn(&SeqRows, usize) + Sync) {
     let tasks: Vec<(usize, usize)> =
         (0..seqs.len()).filter(|&s| !seqs[s].q.is_empty()).flat_map(|s| (0..units).map(move |u| (s, u))).collect();
     let run = |&(s, u): &(usize, usize)| task(&seqs[s], u);
@@ -369,7 +368,7 @@ fn fixed_order<H: KvHead>(
     let busy: usize = seqs.iter().map(|rows| rows.q.len().div_ceil(ROW_BLOCK)).sum::<usize>() * kv_heads;
     let parts = (2 * rayon::current_num_threads()).div_ceil(busy.max(1)).clamp(1, group.max(1));
     let out_ptr = OutPtr(out.as_mut_ptr());
-    each_sequence_unit(p, table, kv_heads * parts * row_blocks, |rows, unit| {
+    each_sequence_unit(&seqs, kv_heads * parts * row_blocks, |rows, unit| {
         let (kvh, part, block) = (unit / (parts * row_blocks), unit / row_blocks % parts, unit % row_blocks);
         let heads = kvh * group + part * group / parts..kvh * group + (part + 1) * group / parts;
         let first = (block * ROW_BLOCK).min(rows.q.len());
