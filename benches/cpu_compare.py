@@ -23,11 +23,17 @@ Usage: cpu_compare.py MODEL_DIR [--threads 2] [--rounds 5] [--isa avx2] [--tande
   --bf16        also times tandem with its linear layers in bf16 (`--precision bf16`: bf16
                 products where the CPU has AVX-512 BF16) and PyTorch under bf16 autocast, and
                 reports tandem bf16 / tandem f32
-  --isa avx2    caps tandem at AVX2 (TANDEM_CPU_ISA=avx2), PyTorch (ATEN_CPU_CAPABILITY=avx2,
-                MKL_ENABLE_INSTRUCTIONS=AVX2) and numpy's OpenBLAS (OPENBLAS_CORETYPE=Haswell); ONNX Runtime has no such
-                switch, so its figures stay those of its best path (the table says so). The
-                `gemm` crate's f32 kernels pick AVX-512 by themselves: build tandem's timing
-                binaries without its `x86-v4` feature for a whole-AVX2 run and pass --tandem-bin.
+  --isa avx2    runs every runtime as on an AVX2 CPU (Haswell to Zen 3: AVX2 and FMA, no
+                AVX-512, AMX or AVX-VNNI): where the kernel can fault on CPUID (`cpuid_fault` in
+                /proc/cpuinfo) the script builds benches/cpuid_avx2.c and runs itself and
+                tandem with it preloaded, which hides those features from CPUID, so ONNX
+                Runtime (which has no switch), PyTorch, OpenBLAS, the `gemm` crate and tandem
+                all pick their AVX2 kernels at run time. Also sets tandem's own switch
+                (TANDEM_CPU_ISA=avx2), PyTorch's (ATEN_CPU_CAPABILITY=avx2,
+                MKL_ENABLE_INSTRUCTIONS=AVX2) and OpenBLAS's (OPENBLAS_CORETYPE=Haswell). Without
+                CPUID faulting only those switches apply: ORT then stays at its best path (the
+                table says so), and the `gemm` crate's f32 kernels too unless --tandem-bin is a
+                build without its `x86-v4` feature.
   --readme      also writes the tables between the cpu_compare markers of benches/README.md
 Needs: torch, transformers, onnxruntime, numpy (pip), and `cargo` to build tandem's timing
 binaries (benches/src/bin/minilm_timing.rs and gemm_timing.rs).
@@ -164,8 +170,28 @@ def load():
 
 
 def build(binaries):
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     subprocess.run(["cargo", "build", "-q", "--release", "-p", "tandem-benches"] + [x for b in binaries for x in ("--bin", b)],
-                   cwd=REPO, check=True)
+                   cwd=REPO, check=True, env=env)
+
+
+def cpuid_avx2_shim():
+    """benches/cpuid_avx2.c built into benches/out (see --isa avx2), or None where this kernel
+    and CPU cannot fault on CPUID."""
+    flags = next((l.split(":", 1)[1].split() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                  if l.startswith("flags")), [])
+    if "cpuid_fault" not in flags:
+        print("no cpuid_fault: ONNX Runtime and the gemm crate keep their best ISA", file=sys.stderr)
+        return None
+    out = REPO / "benches" / "out" / "cpuid_avx2.so"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(out), str(HERE / "cpuid_avx2.c")], check=True)
+    return out
+
+
+def cpuid_capped():
+    """Whether this process runs with cpuid_avx2.so preloaded (every runtime sees an AVX2 CPU)."""
+    return "cpuid_avx2.so" in os.environ.get("LD_PRELOAD", "")
 
 
 GEMM_SHAPES = [(2048, 2048, 2048, False), (4096, 384, 384, True), (4096, 384, 1536, True), (4096, 1536, 384, True),
@@ -253,9 +279,13 @@ def main():
     ap.add_argument("--mobilenet", type=Path, help="a fetched mobilenetv2 folder: time MobileNetV2 too")
     args = ap.parse_args()
     if args.isa == "avx2" and os.environ.get("OPENBLAS_CORETYPE") != "Haswell":
-        # numpy's OpenBLAS reads its kernel choice when it loads (at import, above): start
-        # again with it capped at AVX2 (Haswell's kernels), like the other runtimes.
-        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, OPENBLAS_CORETYPE="Haswell"))
+        # The peers in this process read the CPU when they load (numpy's OpenBLAS at import,
+        # above): start again with them capped, CPUID itself too where it can be.
+        capped = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
+        shim = cpuid_avx2_shim()
+        if shim:
+            capped["LD_PRELOAD"] = " ".join(filter(None, [str(shim), os.environ.get("LD_PRELOAD")]))
+        os.execve(sys.executable, [sys.executable] + sys.argv, capped)
     threads = str(args.threads)
     env = dict(os.environ, RAYON_NUM_THREADS=threads, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
                MKL_NUM_THREADS=threads)
@@ -314,7 +344,8 @@ def main():
     names = list(peers) + (["PyTorch"] if torch_model else []) + ["tandem"]
     if args.bf16:
         names += (["PyTorch bf16"] if torch_model else []) + ["tandem bf16"]
-    print(f"{model}; {cpus} CPUs; SIMD {' '.join(simd)}; load before {' '.join(load_before)}")
+    print(f"{model}; {cpus} CPUs; SIMD {' '.join(simd)}; load before {' '.join(load_before)}"
+          + ("; CPUID capped at AVX2 (cpuid_avx2.so)" if cpuid_capped() else ""))
     print(f"onnxruntime {ort.__version__}" + (f", torch {torch_version}" if torch_model else "") +
           f"; {args.threads} threads each; isa {args.isa}; tandem {tandem_bin}")
     results = []
@@ -345,13 +376,17 @@ def main():
     load_after = load()
     print(f"load after {' '.join(load_after)}")
 
+    isa_note = ""
+    if args.isa == "avx2":
+        isa_note = (" (every runtime with CPUID capped at AVX2 by benches/cpuid_avx2.c)" if cpuid_capped()
+                    else " (ORT at its own best ISA: it has no switch)")
     blas_name = "numpy's BLAS"
     try:
         blas_name = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
     except Exception:
         pass
     lines = [f"{time.strftime('%Y-%m-%d')}, {model} ({cpus} CPUs; {' '.join(simd)}), {args.threads} threads each, "
-             f"isa {args.isa}{' (ORT at its own best ISA: it has no switch)' if args.isa == 'avx2' else ''}, "
+             f"isa {args.isa}{isa_note}, "
              f"{args.rounds} alternating rounds; onnxruntime {ort.__version__}"
              + (f", torch {torch_version}" if torch_model else "") + f"; load average before {' '.join(load_before)}, "
              f"after {' '.join(load_after)}. Command: `{' '.join(['python3', 'benches/cpu_compare.py'] + sys.argv[1:])}`",
