@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+import cpuid_avx2
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -175,25 +177,6 @@ def build(binaries):
                    cwd=REPO, check=True, env=env)
 
 
-def cpuid_avx2_shim():
-    """benches/cpuid_avx2.c built into benches/out (see --isa avx2), or None where this kernel
-    and CPU cannot fault on CPUID."""
-    flags = next((l.split(":", 1)[1].split() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                  if l.startswith("flags")), [])
-    if "cpuid_fault" not in flags:
-        print("no cpuid_fault: ONNX Runtime and the gemm crate keep their best ISA", file=sys.stderr)
-        return None
-    out = REPO / "benches" / "out" / "cpuid_avx2.so"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(out), str(HERE / "cpuid_avx2.c")], check=True)
-    return out
-
-
-def cpuid_capped():
-    """Whether this process runs with cpuid_avx2.so preloaded (every runtime sees an AVX2 CPU)."""
-    return "cpuid_avx2.so" in os.environ.get("LD_PRELOAD", "")
-
-
 GEMM_SHAPES = [(2048, 2048, 2048, False), (4096, 384, 384, True), (4096, 384, 1536, True), (4096, 1536, 384, True),
                (16, 384, 384, True), (16, 384, 1536, True), (16, 1536, 384, True), (1, 384, 384, True)]
 
@@ -282,9 +265,9 @@ def main():
         # The peers in this process read the CPU when they load (numpy's OpenBLAS at import,
         # above): start again with them capped, CPUID itself too where it can be.
         capped = dict(os.environ, OPENBLAS_CORETYPE="Haswell")
-        shim = cpuid_avx2_shim()
+        shim = cpuid_avx2.shim()
         if shim:
-            capped["LD_PRELOAD"] = " ".join(filter(None, [str(shim), os.environ.get("LD_PRELOAD")]))
+            capped = cpuid_avx2.preloaded(capped, shim)
         os.execve(sys.executable, [sys.executable] + sys.argv, capped)
     threads = str(args.threads)
     env = dict(os.environ, RAYON_NUM_THREADS=threads, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
@@ -345,7 +328,7 @@ def main():
     if args.bf16:
         names += (["PyTorch bf16"] if torch_model else []) + ["tandem bf16"]
     print(f"{model}; {cpus} CPUs; SIMD {' '.join(simd)}; load before {' '.join(load_before)}"
-          + ("; CPUID capped at AVX2 (cpuid_avx2.so)" if cpuid_capped() else ""))
+          + ("; CPUID capped at AVX2 (cpuid_avx2.so)" if cpuid_avx2.capped() else ""))
     print(f"onnxruntime {ort.__version__}" + (f", torch {torch_version}" if torch_model else "") +
           f"; {args.threads} threads each; isa {args.isa}; tandem {tandem_bin}")
     results = []
@@ -378,7 +361,7 @@ def main():
 
     isa_note = ""
     if args.isa == "avx2":
-        isa_note = (" (every runtime with CPUID capped at AVX2 by benches/cpuid_avx2.c)" if cpuid_capped()
+        isa_note = (" (every runtime with CPUID capped at AVX2 by benches/cpuid_avx2.c)" if cpuid_avx2.capped()
                     else " (ORT at its own best ISA: it has no switch)")
     blas_name = "numpy's BLAS"
     try:

@@ -29,7 +29,14 @@ benches/out/llama_compare.json.
 Usage (the Python running it needs llama-cpp-python and numpy):
     /work/venv-peers/bin/python benches/llama_compare.py [--tandem target/release/tandem]
         [--model NAME=FILE ...] [--rounds 5] [--prefill 128] [--decode 64] [--threads 2]
-        [--n-ctx 512] [--avx2-venv /work/venv-peers-avx2] [--out FILE]
+        [--n-ctx 512] [--avx2-venv /work/venv-peers-avx2] [--isa avx2] [--out FILE]
+
+--isa avx2 runs tandem as on an AVX2 CPU without AVX-VNNI (Haswell to Zen 3):
+TANDEM_CPU_ISA=avx2-novnni, and CPUID itself capped by benches/cpuid_avx2.c where the kernel
+can fault on it, so that nothing in tandem (the `gemm` crate included) finds AVX-512. llama.cpp
+picks its kernels when it is built, not at run time: compare against a build for AVX2 alone
+(run this script with that venv's Python, or give it as --avx2-venv); with --isa avx2 a
+llama.cpp whose system info reports AVX512 is refused.
 """
 import argparse
 import json
@@ -41,6 +48,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import cpuid_avx2
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -165,6 +174,10 @@ def llama_run(python, model, text, a, label):
 
 def tandem_run(binary, model, text, a):
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+    if a.isa == "avx2":
+        env["TANDEM_CPU_ISA"] = "avx2-novnni"
+        if a.cpuid_shim:
+            env = cpuid_avx2.preloaded(env, a.cpuid_shim)
     cmd = [str(binary), "generate", "--model", model, "--raw", "--max-tokens", str(a.decode), "--ignore-eos",
            "--json", text]
     rc, out, err, rss, wall = run_child(cmd, env)
@@ -283,6 +296,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-ctx", type=int, default=512, help="llama.cpp context (KV cache cells)")
     ap.add_argument("--avx2-venv", type=Path, help="a venv whose llama-cpp-python is built for AVX2 only")
+    ap.add_argument("--isa", choices=["best", "avx2"], default="best", help="tandem's ISA (see above)")
     ap.add_argument("--out", type=Path, default=REPO / "benches" / "out" / "llama_compare.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -290,6 +304,7 @@ def main():
         return worker(a)
 
     models = [m.split("=", 1) for m in (a.model or DEFAULT_MODELS)]
+    a.cpuid_shim = cpuid_avx2.shim() if a.isa == "avx2" else None
     peers = [("llama.cpp", sys.executable)]
     if a.avx2_venv:
         py = a.avx2_venv / "bin" / "python"
@@ -303,7 +318,8 @@ def main():
 
     report = {"machine": machine(), "load_before": uptime(), "settings": {
         "prefill_tokens": a.prefill, "decode_tokens": a.decode, "threads": a.threads, "rounds": a.rounds,
-        "llama_n_ctx": a.n_ctx}, "tandem": tandem_version(a.tandem) if have_tandem else None, "models": []}
+        "llama_n_ctx": a.n_ctx, "tandem_isa": a.isa,
+        "tandem_cpuid_capped": a.cpuid_shim is not None}, "tandem": tandem_version(a.tandem) if have_tandem else None, "models": []}
     print(f"{report['machine'].get('cpu')} ({report['machine'].get('nproc')} cpus; "
           f"{' '.join(report['machine'].get('isa', []))})")
     print(f"load before: {report['load_before']}")
@@ -325,6 +341,9 @@ def main():
                 else:
                     label, py = peer
                     res = llama_run(py, path, text, a, label)
+                    if a.isa == "avx2" and re.search(r"AVX512[A-Z0-9_]* = 1", res["system_info"]):
+                        raise SystemExit(f"--isa avx2: {label} ({py}) is built with AVX-512: "
+                                         f"{res['system_info']}")
                     runs[label].append(res)
                     res = dict(res, **{k: res["first"][k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s")})
                     runs[label][-1] = res
@@ -387,7 +406,7 @@ def main():
               f"{report['models'][0]['tools'][label]['system_info']}")
     if have_tandem:
         print(f"tandem: {report['tandem']}")
-    print(f"\n{a.prefill}-token prefill and {a.decode}-token decode, {a.threads} threads, median of {a.rounds} "
+    print(f"\n{a.prefill}-token prefill and {a.decode}-token decode, tandem ISA {a.isa}, {a.threads} threads, median of {a.rounds} "
           f"rounds (tokens/s; time ratio tandem/llama.cpp, above 1 = tandem slower)")
     print(f"{'model':20s} {'tool':15s} {'prefill':>9s} {'decode':>8s} {'peak RSS':>9s} {'KV/1000 tok':>12s}"
           "  (llama.cpp's RSS includes its Python interpreter, numpy and bindings: see rss_before_model_mib)")
