@@ -135,10 +135,10 @@ fn vector_columns(kernel: &Kernel, job: &Job, images: usize) {
         false => units.div_ceil(target).min(blocks).min(fitting).max(1),
     };
     let runs_per_image = blocks.div_ceil(block_run);
-    // A plane split by channels alone is shared out in twice as many tasks: each is then
-    // large (960 → 160 at 7 × 7: four tasks of about 50 µs on AVX2), and a thread that joins
-    // a task late left the other up to one task more to do (that layer took 1.3× its
-    // one-thread time on two threads with four tasks, 0.55× with sixteen).
+    // A plane split by channels alone is shared out in twice as many tasks: they are few
+    // and large otherwise (960 → 160 at 7 × 7: seven of about 27 µs on AVX2), and a thread
+    // that joins late leaves the other up to a task more to do (that layer took 0.76 of its
+    // one-thread time on two threads with seven tasks, 0.55 with fourteen).
     let row_target = if runs_per_image == 1 && images < target { 2 * target } else { target };
     let row_groups = row_target.div_ceil(images * runs_per_image).min(o.div_ceil(kernel.rows)).max(1);
     let rows_per_group = o.div_ceil(row_groups).next_multiple_of(kernel.rows);
