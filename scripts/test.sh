@@ -64,9 +64,9 @@ step "the CPU parity suites again as on an AVX2 CPU (AVX-512, AMX and AVX-VNNI h
 if grep -qw avx512f /proc/cpuinfo && grep -qw cpuid_fault /proc/cpuinfo; then
   cc -O2 -shared -fPIC -o target/cpuid_avx2.so benches/cpuid_avx2.c
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env LD_PRELOAD=$PWD/target/cpuid_avx2.so TANDEM_CPU_ISA=avx2" \
-    cargo test --workspace --no-fail-fast --features tandem-tests/cuda "$@" \
+    cargo test --workspace --no-fail-fast --features tandem-tests/cuda \
     --test parity --test mobilenet_parity --test cross_encoder --test lora --test e5_reference \
-    --test gguf_parity --test decoder_parity --test batch_invariance || failed+=("the AVX2 pass")
+    --test gguf_parity --test decoder_parity --test batch_invariance "$@" || failed+=("the AVX2 pass")
 else
   echo "skipped: this CPU has no AVX-512 (the suites above ran its AVX2 path) or Linux cannot fault on its CPUID"
 fi
