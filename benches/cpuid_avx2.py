@@ -29,6 +29,6 @@ def preloaded(env, library):
     return dict(env, LD_PRELOAD=" ".join(filter(None, [str(library), env.get("LD_PRELOAD")])))
 
 
-def capped(env=os.environ):
-    """Whether a process with `env` runs with the library preloaded."""
-    return "cpuid_avx2.so" in env.get("LD_PRELOAD", "")
+def capped():
+    """Whether this process runs with the library preloaded."""
+    return "cpuid_avx2.so" in os.environ.get("LD_PRELOAD", "")
