@@ -127,17 +127,17 @@ macro_rules! depthwise_kernels {
     ($features:literal) => {
         use super::super::{Pair, Plane};
 
-        /// Output `sum`, clamped if the plane says so, stored at `dst` (`written` lanes
-        /// only unless `whole`).
+        /// Output `sum`, clamped if the plane says so, stored at `dst` (its first `written`
+        /// lanes only).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn put(p: &Plane, sum: V, dst: *mut f32, whole: bool, written: Mask) {
+        unsafe fn put(p: &Plane, sum: V, dst: *mut f32, written: usize) {
             let done = match p.clamp {
                 Some((lo, hi)) => clamp(sum, lo, hi),
                 None => sum,
             };
             // SAFETY: the caller's: dst's lanes in `written` lie in the output.
-            unsafe { if whole { store(dst, done) } else { store_part(dst, done, written) } }
+            unsafe { if written >= LANES { store(dst, done) } else { store_first(dst, done, written) } }
         }
 
         /// Stride 1's step: the taps `v` of one input row added to the sums of the output rows
@@ -179,35 +179,61 @@ macro_rules! depthwise_kernels {
             for (kv, &t) in k.iter_mut().zip(&p.taps) {
                 *kv = splat(t);
             }
-            let (b, wi) = (splat(p.bias), w as isize);
+            let b = splat(p.bias);
             let (x, y) = (x.as_ptr(), y.as_mut_ptr());
             for col in (0..w).step_by(LANES) {
-                let c = col as isize;
-                // Tap kx of lane l reads input column c + l + kx − 1, inside the row for
-                // l in [1 − kx − c, w + 1 − kx − c).
-                let reads = [mask(1 - c, wi + 1 - c), mask(-c, wi - c), mask(-1 - c, wi - 1 - c)];
-                let (written, whole) = (mask(0, wi - c), col + LANES <= w);
-                // Sums of the output rows above and at the input row being read.
-                let (mut above, mut at) = (zero(), zero());
-                for iy in -1..=h as isize {
-                    let mut v = [zero(); 3];
-                    if (0..h as isize).contains(&iy) {
-                        // Column c − 1 of the row: lane 0 of tap 0, masked off (never read)
-                        // when c is 0.
-                        let start = x.wrapping_offset(iy * wi + c - 1);
-                        for (kx, v) in v.iter_mut().enumerate() {
-                            // SAFETY: only lanes inside the row are read (the masks).
-                            *v = unsafe { load_part(start.wrapping_add(kx), reads[kx]) };
-                        }
+                // SAFETY: the caller's; strip_inside says whether the masks are needed.
+                unsafe {
+                    match strip_inside(w, 1, col) {
+                        true => strip1::<true>(p, &k, b, x, y, col),
+                        false => strip1::<false>(p, &k, b, x, y, col),
                     }
-                    let below;
-                    [above, at, below] = feed(&k, &v, b, above, at);
-                    if iy >= 1 {
-                        // Row iy − 1 has all its taps. SAFETY: it is a row of y.
-                        unsafe { put(p, above, y.wrapping_offset((iy - 1) * wi + c), whole, written) };
-                    }
-                    (above, at) = (at, below);
                 }
+            }
+        }
+
+        /// Stride 1's strip of output columns from `col`, down the plane. `INSIDE`: every
+        /// column its taps read lies in the row (plain loads, no masks).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn strip1<const INSIDE: bool>(p: &Plane, k: &[V; 9], b: V, x: *const f32, y: *mut f32, col: usize) {
+            let (h, w) = (p.h, p.w);
+            let (c, wi) = (col as isize, w as isize);
+            // Tap kx of lane l reads input column c + l + kx − 1, inside the row for
+            // l in [1 − kx − c, w + 1 − kx − c).
+            let reads = [mask(1 - c, wi + 1 - c), mask(-c, wi - c), mask(-1 - c, wi - 1 - c)];
+            let written = w - col;
+            // Sums of the output rows above and at the input row being read.
+            let (mut above, mut at) = (zero(), zero());
+            for iy in -1..=h as isize {
+                let mut v = [zero(); 3];
+                if (0..h as isize).contains(&iy) {
+                    // Column c − 1 of the row: lane 0 of tap 0, masked off (never read)
+                    // when c is 0.
+                    let from = iy * wi + c - 1;
+                    let start = x.wrapping_offset(from);
+                    // Whether the LANES + 2 values from `start` all lie in the plane: then whole
+                    // vectors are loaded and the lanes outside the row zeroed (`load_and`).
+                    let in_plane = from >= 0 && from + LANES as isize + 2 <= (h * w) as isize;
+                    for (kx, v) in v.iter_mut().enumerate() {
+                        // SAFETY: only lanes inside the row are read (the masks, or INSIDE),
+                        // or inside the plane with the rest zeroed.
+                        *v = unsafe {
+                            match (INSIDE, in_plane) {
+                                (true, _) => load(start.wrapping_add(kx)),
+                                (false, true) => load_and(start.wrapping_add(kx), reads[kx]),
+                                (false, false) => load_part(start.wrapping_add(kx), reads[kx]),
+                            }
+                        };
+                    }
+                }
+                let below;
+                [above, at, below] = feed(k, &v, b, above, at);
+                if iy >= 1 {
+                    // Row iy − 1 has all its taps. SAFETY: it is a row of y.
+                    unsafe { put(p, above, y.wrapping_offset((iy - 1) * wi + c), written) };
+                }
+                (above, at) = (at, below);
             }
         }
 
@@ -224,20 +250,38 @@ macro_rules! depthwise_kernels {
             let b = splat(p.bias);
             let (x, y) = (x.as_ptr(), y.as_mut_ptr());
             for col in (0..ow).step_by(LANES) {
-                let c = col as isize;
-                let (written, whole) = (mask(0, (ow - col) as isize), col + LANES <= ow);
-                // Output row oy reads input rows 2oy − 1, 2oy and 2oy + 1; the last is the
-                // next row's first.
-                // SAFETY (row_taps, put): rows and columns outside the plane are masked.
-                let plane = (p.h, p.w);
-                let mut top = unsafe { row_taps(x, plane, 2, -1, c) };
-                for oy in 0..oh {
-                    let iy = 2 * oy as isize;
-                    let (mid, bottom) = unsafe { (row_taps(x, plane, 2, iy, c), row_taps(x, plane, 2, iy + 1, c)) };
-                    let sum = sum_rows(&k, b, [&top, &mid, &bottom]);
-                    unsafe { put(p, sum, y.add(oy * ow + col), whole, written) };
-                    top = bottom;
+                // SAFETY: the caller's; strip_inside says whether the masks are needed.
+                unsafe {
+                    match strip_inside(p.w, 2, col) {
+                        true => strip2::<true>(p, &k, b, x, y, col),
+                        false => strip2::<false>(p, &k, b, x, y, col),
+                    }
                 }
+            }
+        }
+
+        /// Stride 2's strip of output columns from `col`; `INSIDE` as [`strip1`]'s.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn strip2<const INSIDE: bool>(p: &Plane, k: &[V; 9], b: V, x: *const f32, y: *mut f32, col: usize) {
+            let (oh, ow) = (p.oh, p.ow);
+            let c = col as isize;
+            let written = ow - col;
+            // Output row oy reads input rows 2oy − 1, 2oy and 2oy + 1; the last is the
+            // next row's first.
+            // SAFETY (row_taps, put): rows and columns outside the plane are masked, or
+            // the strip lies inside the rows (INSIDE).
+            let plane = (p.h, p.w);
+            let mut top = unsafe { row_taps::<INSIDE, false>(x, plane, 2, -1, c) };
+            for oy in 0..oh {
+                let iy = 2 * oy as isize;
+                let (mid, bottom) = unsafe {
+                    (row_taps::<INSIDE, false>(x, plane, 2, iy, c), row_taps::<INSIDE, false>(x, plane, 2, iy + 1, c))
+                };
+                // The taps' lanes are in `evens_unordered`'s order, and so is the sum.
+                let sum = in_order(sum_rows(k, b, [&top, &mid, &bottom]));
+                unsafe { put(p, sum, y.add(oy * ow + col), written) };
+                top = bottom;
             }
         }
 

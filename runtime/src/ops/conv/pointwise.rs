@@ -254,7 +254,7 @@ impl Kernel {
 
 /// The kernel's body, written once and expanded per instruction set inside a module that
 /// defines the vector type `V`, `LANES`, `ROWS`, `MAX_VECTORS`, `UNROLL` and the helpers it calls (`zero`, `splat`,
-/// `mask`, `load`, `load_part`, `prefetch`, `fma`, `add`, `sum`, `clamp`, `store`, `store_part`), all under `$features`.
+/// `mask`, `load`, `load_part`, `load_and`, `prefetch`, `fma`, `add`, `sum`, `clamp`, `store`, `store_first`), all under `$features`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! pointwise_kernel {
     ($features:literal) => {
@@ -347,14 +347,16 @@ macro_rules! pointwise_kernel {
                 let (w, xt) = (job.w.add(oc * k), job.tail_x.add(img * T * k));
                 let mut acc = [[zero(); T]; R];
                 for c in (0..k).step_by(LANES) {
-                    // The last vector of a row is masked where C is not a multiple of LANES.
+                    // The last vector of a row is masked where C is not a multiple of LANES
+                    // (only that one: masked loads cost more than plain ones, see `tile_of`).
                     let m = mask(0, (k - c) as isize);
+                    let part = |at: *const f32| if c + LANES <= k { load(at) } else { load_part(at, m) };
                     let mut xs = [zero(); T];
                     for (j, xv) in xs.iter_mut().enumerate() {
-                        *xv = load_part(xt.add(j * k + c), m);
+                        *xv = part(xt.add(j * k + c));
                     }
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let wv = load_part(w.add(r * k + c), m);
+                        let wv = part(w.add(r * k + c));
                         for (a, &xv) in acc.iter_mut().zip(&xs) {
                             *a = fma(wv, xv, *a);
                         }
@@ -388,29 +390,48 @@ macro_rules! pointwise_kernel {
             // SAFETY: the caller's.
             #[allow(unreachable_patterns)] // ROWS may be 4
             unsafe {
-                match (r, vectors) {
-                    (ROWS, 1) => tile::<ROWS, 1>(job, img, row, c0, last, first),
-                    (ROWS, 2) => tile::<ROWS, 2>(job, img, row, c0, last, first),
-                    (ROWS, 3) => tile::<ROWS, 3>(job, img, row, c0, last, first),
-                    (ROWS, _) => tile::<ROWS, MAX_VECTORS>(job, img, row, c0, last, first),
-                    (4, 1) => tile::<4, 1>(job, img, row, c0, last, first),
-                    (4, 2) => tile::<4, 2>(job, img, row, c0, last, first),
-                    (4, 3) => tile::<4, 3>(job, img, row, c0, last, first),
-                    (4, _) => tile::<4, MAX_VECTORS>(job, img, row, c0, last, first),
-                    (2, 1) => tile::<2, 1>(job, img, row, c0, last, first),
-                    (2, 2) => tile::<2, 2>(job, img, row, c0, last, first),
-                    (2, 3) => tile::<2, 3>(job, img, row, c0, last, first),
-                    (2, _) => tile::<2, MAX_VECTORS>(job, img, row, c0, last, first),
-                    (_, 1) => tile::<1, 1>(job, img, row, c0, last, first),
-                    (_, 2) => tile::<1, 2>(job, img, row, c0, last, first),
-                    (_, 3) => tile::<1, 3>(job, img, row, c0, last, first),
-                    (_, _) => tile::<1, MAX_VECTORS>(job, img, row, c0, last, first),
+                match r {
+                    ROWS => tile_of::<ROWS>(job, img, row, c0, vectors, last, first),
+                    4 => tile_of::<4>(job, img, row, c0, vectors, last, first),
+                    2 => tile_of::<2>(job, img, row, c0, vectors, last, first),
+                    _ => tile_of::<1>(job, img, row, c0, vectors, last, first),
+                }
+            }
+        }
+
+        /// [`tile`] for R channels over `vectors` vectors, the last holding `last` pixels.
+        /// Whether that vector is whole is a constant of the tile: AVX2's masked loads and
+        /// stores (`vmaskmovps`) cost more than plain ones (on Zen 1 a masked load per input
+        /// channel halved the tile's speed), so only a block that ends inside a vector pays
+        /// for them.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn tile_of<const R: usize>(
+            job: &Job,
+            img: usize,
+            row: usize,
+            c0: usize,
+            vectors: usize,
+            last: usize,
+            first: bool,
+        ) {
+            // SAFETY: the caller's.
+            unsafe {
+                match (vectors, last == LANES) {
+                    (1, true) => tile::<R, 1, true>(job, img, row, c0, last, first),
+                    (1, false) => tile::<R, 1, false>(job, img, row, c0, last, first),
+                    (2, true) => tile::<R, 2, true>(job, img, row, c0, last, first),
+                    (2, false) => tile::<R, 2, false>(job, img, row, c0, last, first),
+                    (3, true) => tile::<R, 3, true>(job, img, row, c0, last, first),
+                    (3, false) => tile::<R, 3, false>(job, img, row, c0, last, first),
+                    (_, true) => tile::<R, MAX_VECTORS, true>(job, img, row, c0, last, first),
+                    (_, false) => tile::<R, MAX_VECTORS, false>(job, img, row, c0, last, first),
                 }
             }
         }
 
         /// R output channels from `row` × NV vectors of pixels from column `col`, the last
-        /// vector holding `last` pixels.
+        /// vector holding `last` pixels (all of them when `WHOLE`).
         ///
         /// The `first` tile over a block brings its pixels in from L3 or memory: each input
         /// channel is a row of its own, a page or more from the last, where the hardware
@@ -419,7 +440,7 @@ macro_rules! pointwise_kernel {
         /// one process, tandem alone).
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn tile<const R: usize, const NV: usize>(
+        unsafe fn tile<const R: usize, const NV: usize, const WHOLE: bool>(
             job: &Job,
             img: usize,
             row: usize,
@@ -438,11 +459,18 @@ macro_rules! pointwise_kernel {
                     *acc = [b; NV];
                 }
                 // One input channel: NV vectors of its pixels from `xc`, each multiplied by
-                // the R weights at `wc` (k apart) into the sums, in channel order.
-                let step = |acc: &mut [[V; NV]; R], xc: *const f32, wc: *const f32| {
+                // the R weights at `wc` (k apart) into the sums, in channel order. A last
+                // vector that ends inside the row is read whole where the next channel's row
+                // follows (`load_and`), masked only in the last channel's.
+                let step = |acc: &mut [[V; NV]; R], xc: *const f32, wc: *const f32, followed: bool| {
                     let mut xs = [zero(); NV];
                     for (v, xv) in xs.iter_mut().enumerate() {
-                        *xv = if v + 1 == NV { load_part(xc.add(v * LANES), tail) } else { load(xc.add(v * LANES)) };
+                        let at = xc.add(v * LANES);
+                        *xv = match v + 1 == NV && !WHOLE {
+                            false => load(at),
+                            true if followed => load_and(at, tail),
+                            true => load_part(at, tail),
+                        };
                     }
                     for (r, acc) in acc.iter_mut().enumerate() {
                         let wv = splat(*wc.add(r * k));
@@ -465,14 +493,14 @@ macro_rules! pointwise_kernel {
                         }
                     }
                     for q in 0..UNROLL {
-                        step(&mut acc, xc.add(q * plane), wc.add(q));
+                        step(&mut acc, xc.add(q * plane), wc.add(q), c + q + 1 < k);
                     }
                     xc = xc.add(UNROLL * plane);
                     wc = wc.add(UNROLL);
                     c += UNROLL;
                 }
                 while c < k {
-                    step(&mut acc, xc, wc);
+                    step(&mut acc, xc, wc, c + 1 < k);
                     xc = xc.add(plane);
                     wc = wc.add(1);
                     c += 1;
@@ -485,14 +513,14 @@ macro_rules! pointwise_kernel {
                             a
                         } else {
                             let res = job.residual.add(at + r * plane + v * LANES);
-                            add(a, if v + 1 == NV { load_part(res, tail) } else { load(res) })
+                            add(a, if v + 1 == NV && !WHOLE { load_part(res, tail) } else { load(res) })
                         };
                         let a = match job.clamp {
                             Some((lo, hi)) => clamp(a, lo, hi),
                             None => a,
                         };
                         let at = y.add(r * plane + v * LANES);
-                        if v + 1 == NV { store_part(at, a, tail) } else { store(at, a) }
+                        if v + 1 == NV && !WHOLE { store_first(at, a, last) } else { store(at, a) }
                     }
                 }
             }

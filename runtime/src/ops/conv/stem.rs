@@ -117,12 +117,19 @@ macro_rules! stem_kernel {
                 // Strips past the row's end gather zeros (masked loads) and are not stored.
                 for s in 0..STRIPS {
                     let c = (first + s * LANES) as isize;
+                    let inside = strip_inside(job.wd, job.stride, c as usize);
                     for ci in 0..job.c {
                         let x = job.x.wrapping_add((n * job.c + ci) * plane_in);
                         for ky in 0..3 {
                             let iy = (job.stride * oy + ky) as isize - 1;
-                            // SAFETY: masked to the plane.
-                            let row = unsafe { row_taps(x, (job.h, job.wd), job.stride, iy, c) };
+                            // SAFETY: masked to the plane, or inside it.
+                            let plane = (job.h, job.wd);
+                            let row = unsafe {
+                                match inside {
+                                    true => row_taps::<true, true>(x, plane, job.stride, iy, c),
+                                    false => row_taps::<false, true>(x, plane, job.stride, iy, c),
+                                }
+                            };
                             gathered[s * MAX_TAPS + (ci * 3 + ky) * 3..][..3].copy_from_slice(&row);
                         }
                     }
@@ -178,7 +185,7 @@ macro_rules! stem_kernel {
                 if col >= job.ow {
                     break;
                 }
-                let (written, whole) = (mask(0, (job.ow - col) as isize), col + LANES <= job.ow);
+                let written = job.ow - col;
                 for (r, acc) in acc.iter().enumerate() {
                     let done = match job.clamp {
                         Some((lo, hi)) => clamp(acc[s], lo, hi),
@@ -186,7 +193,7 @@ macro_rules! stem_kernel {
                     };
                     let dst = job.out.wrapping_add((n * job.o + o0 + r) * plane_out + oy * job.ow + col);
                     // SAFETY: a row of this task's, columns masked past ow.
-                    unsafe { if whole { store(dst, done) } else { store_part(dst, done, written) } }
+                    unsafe { if written >= LANES { store(dst, done) } else { store_first(dst, done, written) } }
                 }
             }
         }
