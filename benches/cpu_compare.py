@@ -19,7 +19,7 @@ Before and after, it records the CPU model, its SIMD flags, the thread counts an
 load: figures taken on a busy machine are not figures.
 
 Usage: cpu_compare.py MODEL_DIR [--threads 2] [--rounds 5] [--isa avx2] [--tandem-bin PATH]
-                                 [--no-torch] [--bf16] [--readme]
+                                 [--no-torch] [--bf16] [--mobilenet DIR [--no-minilm]] [--readme]
   --bf16        also times tandem with its linear layers in bf16 (`--precision bf16`: bf16
                 products where the CPU has AVX-512 BF16) and PyTorch under bf16 autocast, and
                 reports tandem bf16 / tandem f32
@@ -34,6 +34,8 @@ Usage: cpu_compare.py MODEL_DIR [--threads 2] [--rounds 5] [--isa avx2] [--tande
                 CPUID faulting only those switches apply: ORT then stays at its best path (the
                 table says so), and the `gemm` crate's f32 kernels too unless --tandem-bin is a
                 build without its `x86-v4` feature.
+  --mobilenet DIR  also times MobileNetV2 (a fetched mobilenetv2 folder) at batch 1 and 8;
+                with --no-minilm (and --no-gemm) MobileNetV2 alone
   --readme      also writes the tables between the cpu_compare markers of benches/README.md
 Needs: torch, transformers, onnxruntime, numpy (pip), and `cargo` to build tandem's timing
 binaries (benches/src/bin/minilm_timing.rs and gemm_timing.rs).
@@ -258,6 +260,7 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="also tandem --precision bf16 and PyTorch bf16 autocast")
     ap.add_argument("--no-gemm", action="store_true")
+    ap.add_argument("--no-minilm", action="store_true", help="skip the MiniLM workloads (with --mobilenet: MobileNetV2 alone)")
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--mobilenet", type=Path, help="a fetched mobilenetv2 folder: time MobileNetV2 too")
     args = ap.parse_args()
@@ -324,6 +327,8 @@ def main():
     one = [tokenize(args.model_dir, [TITLES[0]], 512)[0][:16]]
     mix = tokenize(args.model_dir, QUERIES + TITLES, 256)
     workloads = [("padded 32 × 128", full, 3), ("1 × 16 (batch 1)", one, 200), ("16 queries + 16 titles", mix, 10)]
+    if args.no_minilm:
+        workloads = []
     names = list(peers) + (["PyTorch"] if torch_model else []) + ["tandem"]
     if args.bf16:
         names += (["PyTorch bf16"] if torch_model else []) + ["tandem bf16"]

@@ -52,6 +52,13 @@ const K_BLOCK: usize = 128;
 /// (about 1 KiB: the hardware prefetcher alone left MiniLM's batch-1 products 1 to 5% slower).
 const PREFETCH_LINES: usize = 16;
 
+/// The same for AVX2's kernel, which goes through a panel's lines twice as fast (12 FMAs of 8
+/// lanes a line, against 24 of 16 over two panels): 16 lines ahead were fetched too late
+/// when the panels stream from memory. 64 (4 KiB) ran MiniLM 1 × 16 at 0.84 of the time of
+/// 16 on a Zen 4 capped at AVX2 (48 and 96 about the same; `minilm_timing`, six alternating
+/// rounds, tandem alone); on AVX-512 there, 48 instead of 16 gave 0.97, within the noise.
+const PREFETCH_LINES_AVX2: usize = 64;
+
 /// Rows of a per parallel task when a product has many (its copied rows, 48 KiB per K
 /// block, stay in L2 while the panels go past).
 const TASK_ROWS: usize = 96;
@@ -190,7 +197,7 @@ unsafe impl Sync for Job<'_> {}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{CpuIsa, GROUP, Job, K_BLOCK, LANES, PREFETCH_LINES, ROWS};
+    use super::{CpuIsa, GROUP, Job, K_BLOCK, LANES, PREFETCH_LINES, PREFETCH_LINES_AVX2, ROWS};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -509,8 +516,8 @@ mod x86 {
         }
         for q in 0..depth {
             // As `kernel`'s (on Zen 1, where the panels stream from memory at batch 1, MiniLM
-            // 1 × 16 went from 6.6 to 6.3 ms).
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((q + PREFETCH_LINES) * LANES) as *const i8);
+            // 1 × 16 went from 6.6 to 6.3 ms at 16 lines ahead).
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((q + PREFETCH_LINES_AVX2) * LANES) as *const i8);
             // SAFETY: line q of the panel, 64-byte aligned.
             let v: [__m256; 2] = std::array::from_fn(|h| unsafe { _mm256_load_ps(w.add(q * LANES + 8 * h)) });
             for (i, acc) in acc.iter_mut().enumerate() {
