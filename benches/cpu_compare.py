@@ -264,6 +264,8 @@ def main():
     ap.add_argument("--readme", action="store_true")
     ap.add_argument("--mobilenet", type=Path, help="a fetched mobilenetv2 folder: time MobileNetV2 too")
     args = ap.parse_args()
+    if args.no_minilm and args.readme:
+        ap.error("--readme writes the MiniLM tables: not with --no-minilm")
     if args.isa == "avx2" and os.environ.get("OPENBLAS_CORETYPE") != "Haswell":
         # The peers in this process read the CPU when they load (numpy's OpenBLAS at import,
         # above): start again with them capped, CPUID itself too where it can be.
