@@ -141,7 +141,9 @@ fn check(model: &str, file_name: &str, llama_cpp_same: usize) {
     // How far llama.cpp's own first-position logits move under its other settings: where its
     // top two are closer than this, its own choice is a coin toss of the arithmetic.
     let llama_cpp_noise = llama_self.variants.values().map(|v| v.max_top10_logit_diff).fold(0.0, f32::max);
-    let exact = Llm::load(&path, &Device::cpu_with(CpuOptions { quantized_activations: false })).unwrap();
+    let exact =
+        Llm::load(&path, &Device::cpu_with(CpuOptions { quantized_activations: false, ..CpuOptions::default() }))
+            .unwrap();
     let fast = Llm::load(&path, &Device::open_blocking(BackendChoice::Cpu).unwrap()).unwrap();
     assert_eq!(fast.kv_cache_dtype(), DType::F16, "the default CPU path keeps an f16 KV cache");
     assert_eq!(exact.kv_cache_dtype(), DType::F32, "the exact path keeps an f32 KV cache");

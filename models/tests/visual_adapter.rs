@@ -79,7 +79,7 @@ fn base_and_encoder() -> Option<(PathBuf, StateDict)> {
 }
 
 fn exact_cpu() -> Device {
-    Device::cpu_with(CpuOptions { quantized_activations: false })
+    Device::cpu_with(CpuOptions { quantized_activations: false, ..CpuOptions::default() })
 }
 
 fn photo(case: &Case) -> Vec<u8> {

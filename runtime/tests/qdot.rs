@@ -213,7 +213,7 @@ fn the_cpu_backend_runs_either_path() {
         };
         let fast = run(CpuBackend::new());
         let exact = run(CpuBackend::exact());
-        assert_eq!(CpuBackend::new().options(), CpuOptions { quantized_activations: true });
+        assert_eq!(CpuBackend::new().options(), CpuOptions { quantized_activations: true, huge_pages: true });
         let mut worst_fast = 0.0f64;
         for r in 0..m {
             for c in 0..n {

@@ -201,7 +201,7 @@ impl Llm {
         let visual = visual.as_ref().map(|(adapter, encoder)| (adapter, encoder));
         let path = Self::resolve(model)?;
         let device = Device::open_blocking(backend)?;
-        let cpu_device = || Device::cpu_with(CpuOptions { quantized_activations: !exact });
+        let cpu_device = || Device::cpu_with(CpuOptions { quantized_activations: !exact, ..CpuOptions::default() });
         let device = if device.backend_name() == "cpu" { cpu_device() } else { device };
         match Llm::load_with_adapter(&path, &device, visual) {
             Err(e) if backend == BackendChoice::Auto && device.backend_name() != "cpu" => {

@@ -6,14 +6,18 @@ use crate::error::{Error, Result};
 use crate::ops::{self, Op, OpKind};
 use crate::tensor::{DType, HostTensor, TensorData};
 use half::f16;
+use words::Words;
 
-/// A CPU buffer: 4-byte words, so f32 and u32 views are always aligned; and, when it holds a
+pub mod words;
+
+/// A CPU buffer: 4-byte words (`words.rs`: a large working buffer on huge pages), so f32 and
+/// u32 views are always aligned; and, when it holds a
 /// weight (`upload`), that weight packed for its products, on first use, and dropped
 /// whenever the words are written (every write goes through `words_mut`): AMX's tiles of a
 /// bf16 weight, the panels of an f32 one (`ops::matmul::panels`).
 #[derive(Debug, Default)]
 pub struct CpuBuffer {
-    words: Vec<u32>,
+    words: Words,
     /// Uploaded as a graph weight: its f32 products may keep panels (not worth it for a
     /// buffer rewritten every run).
     weight: bool,
@@ -22,7 +26,7 @@ pub struct CpuBuffer {
 }
 
 impl CpuBuffer {
-    fn words_mut(&mut self) -> &mut Vec<u32> {
+    fn words_mut(&mut self) -> &mut [u32] {
         self.tiles.clear();
         self.panels.clear();
         &mut self.words
@@ -62,11 +66,16 @@ pub struct CpuOptions {
     /// exact to f32 rounding: the reference the other backends are tested against. On by
     /// default.
     pub quantized_activations: bool,
+    /// Working buffers (a run's values and states) of 1 MiB and more are mapped on 2 MiB
+    /// transparent huge pages where Linux gives them (`words.rs`): fewer TLB misses for
+    /// kernels that read many rows of a large map at once. Weights stay on the heap. On by
+    /// default; off for a side-by-side measurement.
+    pub huge_pages: bool,
 }
 
 impl Default for CpuOptions {
     fn default() -> Self {
-        CpuOptions { quantized_activations: true }
+        CpuOptions { quantized_activations: true, huge_pages: true }
     }
 }
 
@@ -89,11 +98,18 @@ impl CpuBackend {
 
     /// The reference: every product in f32 (quantized weights dequantized exactly).
     pub fn exact() -> Self {
-        Self::with_options(CpuOptions { quantized_activations: false })
+        Self::with_options(CpuOptions { quantized_activations: false, ..CpuOptions::default() })
     }
 
     pub fn options(&self) -> CpuOptions {
         self.options
+    }
+
+    /// A zeroed buffer of `bytes`, on huge pages if `huge` allows (`words.rs`).
+    fn alloc_words(&self, bytes: usize, huge: bool) -> Result<CpuBuffer> {
+        let words = Words::zeroed(bytes.div_ceil(4), huge)
+            .ok_or_else(|| Error::backend("cpu", format!("cannot allocate {bytes} bytes")))?;
+        Ok(CpuBuffer { words, ..Default::default() })
     }
 
     fn stored_path(&self) -> ops::matmul::StoredPath {
@@ -138,15 +154,13 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, bytes: usize) -> Result<CpuBuffer> {
-        let words = bytes.div_ceil(4);
-        let mut v = Vec::new();
-        v.try_reserve_exact(words).map_err(|_| Error::backend("cpu", format!("cannot allocate {bytes} bytes")))?;
-        v.resize(words, 0);
-        Ok(CpuBuffer { words: v, ..Default::default() })
+        self.alloc_words(bytes, self.options.huge_pages)
     }
 
     fn upload(&self, tensor: &HostTensor) -> Result<CpuBuffer> {
-        let mut buf = self.alloc(tensor.data.as_bytes().len())?;
+        // A weight's products read it in tiles or kept panels, not many rows at once; and
+        // rounding every large weight up to whole huge pages would cost a model's memory.
+        let mut buf = self.alloc_words(tensor.data.as_bytes().len(), false)?;
         self.write(&mut (), &mut buf, 0, tensor)?;
         buf.weight = true;
         Ok(buf)
