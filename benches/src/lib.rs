@@ -28,6 +28,46 @@ pub fn median_ms<E>(runs: usize, f: impl FnMut() -> Result<(), E>) -> Result<f64
     median_ms_after(runs, || {}, f)
 }
 
+/// `a` and `b` called in turn `runs` times after a call of each to warm up, which goes first
+/// alternating from pair to pair: each one's median in milliseconds, and the quartiles of the
+/// per-pair ratio b / a. For A/B figures on a machine whose speed drifts by the minute: both
+/// calls of a pair see the same minute.
+pub fn paired<E>(
+    runs: usize,
+    mut a: impl FnMut() -> Result<(), E>,
+    mut b: impl FnMut() -> Result<(), E>,
+) -> Result<serde_json::Value, E> {
+    a()?;
+    b()?;
+    let time = |f: &mut dyn FnMut() -> Result<(), E>| -> Result<f64, E> {
+        let t = std::time::Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    let (mut times_a, mut times_b) = (Vec::new(), Vec::new());
+    for round in 0..runs.max(1) {
+        if round % 2 == 0 {
+            times_a.push(time(&mut a)?);
+            times_b.push(time(&mut b)?);
+        } else {
+            times_b.push(time(&mut b)?);
+            times_a.push(time(&mut a)?);
+        }
+    }
+    let mut ratios: Vec<f64> = times_a.iter().zip(&times_b).map(|(a, b)| b / a).collect();
+    let quantile = |sorted: &mut Vec<f64>, q: f64| {
+        sorted.sort_by(f64::total_cmp);
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    };
+    Ok(serde_json::json!({
+        "a_ms": quantile(&mut times_a, 0.5),
+        "b_ms": quantile(&mut times_b, 0.5),
+        "ratio_q25": quantile(&mut ratios, 0.25),
+        "ratio_median": quantile(&mut ratios, 0.5),
+        "ratio_q75": quantile(&mut ratios, 0.75),
+    }))
+}
+
 /// [`median_ms`] with `before` run, untimed, ahead of each call (to flush the caches, say).
 pub fn median_ms_after<E>(
     runs: usize,

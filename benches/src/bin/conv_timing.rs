@@ -3,28 +3,34 @@
 //! depthwise convolution (padding 1, stride 1 or 2; O must equal C) instead. Threads: rayon's
 //! default (`RAYON_NUM_THREADS`).
 //!
-//! Usage: conv_timing RUNS N,C,H,W,O[,r][,dw1|,dw2][,cold] ...   (`cold`: the caches flushed before each run)
-//! Prints one JSON object per shape: {"shape", "median_ms", "gflops"}.
+//! Usage: conv_timing RUNS N,C,H,W,O[,r][,dw1|,dw2][,cold|,pair] ...
+//! (`cold`: the caches flushed before each run). Prints one JSON object per shape:
+//! {"shape", "median_ms", "gflops"}; with `pair`, {"shape", "plain_vs_huge_pages"}: the
+//! layer on heap buffers (a) and on huge pages (b, `CpuOptions::huge_pages`) in turn
+//! (`tandem_benches::paired`).
 
 use anyhow::{Context, Result, ensure};
 use rayon::prelude::*;
+use tandem_runtime::backend::cpu::words::Words;
 use tandem_runtime::ops::conv::{Conv2dParams, cpu};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    ensure!(args.len() >= 3, "usage: conv_timing RUNS N,C,H,W,O[,r][,dw1|,dw2][,cold] ...");
+    ensure!(args.len() >= 3, "usage: conv_timing RUNS N,C,H,W,O[,r][,dw1|,dw2][,cold|,pair] ...");
     let runs: usize = args[1].parse().context("RUNS")?;
     let pool = rayon::ThreadPoolBuilder::new().build()?;
     for shape in &args[2..] {
         let parts: Vec<&str> = shape.split(',').collect();
-        ensure!(parts.len() >= 5, "shape {shape}: want N,C,H,W,O[,r][,dw1|,dw2][,cold]");
-        if let Some(flag) = parts[5..].iter().find(|f| !["r", "cold", "dw1", "dw2"].contains(f)) {
-            anyhow::bail!("shape {shape}: unknown flag {flag:?} (want r, dw1, dw2 or cold)");
+        ensure!(parts.len() >= 5, "shape {shape}: want N,C,H,W,O[,r][,dw1|,dw2][,cold|,pair]");
+        if let Some(flag) = parts[5..].iter().find(|f| !["r", "cold", "dw1", "dw2", "pair"].contains(f)) {
+            anyhow::bail!("shape {shape}: unknown flag {flag:?} (want r, dw1, dw2, cold or pair)");
         }
         let dims: Vec<usize> = parts[..5].iter().map(|s| s.parse::<usize>()).collect::<Result<_, _>>()?;
         let (n, c, h, w, o) = (dims[0], dims[1], dims[2], dims[3], dims[4]);
         let residual = parts[5..].contains(&"r");
         let cold = parts[5..].contains(&"cold");
+        let pair = parts[5..].contains(&"pair");
+        ensure!(!(cold && pair), "shape {shape}: cold and pair do not go together");
         // Depthwise: its stride (0 for the 1 × 1 convolution).
         let depthwise_stride = [("dw1", 1), ("dw2", 2)].iter().find(|(f, _)| parts[5..].contains(f)).map_or(0, |f| f.1);
         ensure!(depthwise_stride == 0 || (o == c && !residual), "shape {shape}: depthwise wants O = C and no residual");
@@ -61,6 +67,29 @@ fn main() -> Result<()> {
             has_residual: residual as u32,
             _pad: 0,
         };
+        if pair {
+            // The same inputs and output again, on huge pages (`CpuOptions::huge_pages`).
+            let on_huge = |v: &[f32]| -> Result<Words> {
+                let mut words = Words::zeroed(v.len(), true).context("cannot allocate")?;
+                words.copy_from_slice(bytemuck::cast_slice(v));
+                Ok(words)
+            };
+            let (hx, hres, mut hout) = (on_huge(&x)?, on_huge(&res)?, on_huge(&out)?);
+            let figures = pool.install(|| {
+                let plain = || -> Result<()> {
+                    cpu(&p, &x, &wt, Some(&bias), residual.then_some(&res[..]), &mut out);
+                    Ok(())
+                };
+                let huge = || -> Result<()> {
+                    let (x, res) = (bytemuck::cast_slice(&hx), bytemuck::cast_slice(&hres));
+                    cpu(&p, x, &wt, Some(&bias), residual.then_some(res), bytemuck::cast_slice_mut(&mut hout));
+                    Ok(())
+                };
+                tandem_benches::paired(runs, plain, huge)
+            })?;
+            println!("{{\"shape\": \"{shape}\", \"plain_vs_huge_pages\": {figures}}}");
+            continue;
+        }
         let mut run = || -> Result<()> {
             cpu(&p, &x, &wt, Some(&bias), residual.then_some(&res[..]), &mut out);
             Ok(())

@@ -1,16 +1,27 @@
 //! Times MiniLM's forward pass on given token ids, for `benches/ort_compare.py`, which feeds
 //! ONNX Runtime the very same ids. Tokenization is left out on both sides.
 //!
-//! Usage: minilm_timing MODEL_DIR BATCH.json RUNS [BACKEND [PRECISION]]   (f32 | bf16)
-//! BATCH.json is a list of token-id lists. Prints {"median_ms": .., "tokens": ..} on stdout.
+//! Usage: minilm_timing MODEL_DIR BATCH.json RUNS [BACKEND [PRECISION]] [--pair-huge-pages]
+//! (PRECISION: f32 | bf16). BATCH.json is a list of token-id lists. Prints
+//! {"median_ms": .., "tokens": ..} on stdout.
+//!
+//! `--pair-huge-pages` (the CPU backend): two sessions, a without huge pages and b with them
+//! (`CpuOptions::huge_pages`), called in turn (`tandem_benches::paired`); prints each one's
+//! median and the quartiles of the per-pair ratio b / a.
 
 use anyhow::{Context, Result};
-use tandem_models::session::{AnySession, BackendChoice, Precision};
+use tandem_models::session::{AnySession, BackendChoice, Device, Precision};
 use tandem_models::tokenizer::{PackedBatch, TokenizedText};
+use tandem_runtime::backend::cpu::CpuOptions;
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() >= 4, "usage: minilm_timing MODEL_DIR BATCH.json RUNS [cpu|wgpu [f32|bf16]]");
+    let mut args: Vec<String> = std::env::args().collect();
+    let pair = args.last().is_some_and(|a| a == "--pair-huge-pages");
+    args.truncate(args.len() - pair as usize);
+    anyhow::ensure!(
+        args.len() >= 4,
+        "usage: minilm_timing MODEL_DIR BATCH.json RUNS [cpu|wgpu [f32|bf16]] [--pair-huge-pages]"
+    );
     let mut model = tandem_models::bert::load_dir(args[1].as_ref())?;
     let precision: Precision = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or_default();
     precision.apply(&mut model.graph);
@@ -20,6 +31,17 @@ fn main() -> Result<()> {
     let texts: Vec<TokenizedText> =
         batch.into_iter().map(|ids| TokenizedText { type_ids: vec![0; ids.len()], ids }).collect();
     let packed = PackedBatch::pack(&texts);
+    if pair {
+        anyhow::ensure!(backend == BackendChoice::Cpu, "--pair-huge-pages times the CPU backend");
+        let on = |huge_pages| Device::cpu_with(CpuOptions { huge_pages, ..CpuOptions::default() });
+        let plain = AnySession::on(&on(false), model.graph.clone(), &model.weights)?;
+        let huge = AnySession::on(&on(true), model.graph, &model.weights)?;
+        let inputs: Vec<_> =
+            plain.graph().inputs.iter().map(|&id| packed.input(&plain.graph().value(id).name).unwrap()).collect();
+        let run = |session: &AnySession| session.run_blocking(&inputs).map(drop);
+        println!("{}", tandem_benches::paired(runs, || run(&plain), || run(&huge))?);
+        return Ok(());
+    }
     let session = AnySession::new(backend, model.graph, &model.weights)?;
     let inputs: Vec<_> =
         session.graph().inputs.iter().map(|&id| packed.input(&session.graph().value(id).name).unwrap()).collect();
