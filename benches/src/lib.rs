@@ -28,6 +28,13 @@ pub fn median_ms<E>(runs: usize, f: impl FnMut() -> Result<(), E>) -> Result<f64
     median_ms_after(runs, || {}, f)
 }
 
+/// The CPU backend with its default options, its working buffers on huge pages or not
+/// (`CpuOptions::huge_pages`): the two sides of the `--pair-huge-pages` timings.
+pub fn cpu_device(huge_pages: bool) -> tandem_models::session::Device {
+    use tandem_runtime::backend::cpu::CpuOptions;
+    tandem_models::session::Device::cpu_with(CpuOptions { huge_pages, ..CpuOptions::default() })
+}
+
 /// `a` and `b` called in turn `runs` times after a call of each to warm up, which goes first
 /// alternating from pair to pair: each one's median in milliseconds, and the quartiles of the
 /// per-pair ratio b / a. For A/B figures on a machine whose speed drifts by the minute: both

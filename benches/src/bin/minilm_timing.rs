@@ -10,9 +10,8 @@
 //! median and the quartiles of the per-pair ratio b / a.
 
 use anyhow::{Context, Result};
-use tandem_models::session::{AnySession, BackendChoice, Device, Precision};
+use tandem_models::session::{AnySession, BackendChoice, Precision};
 use tandem_models::tokenizer::{PackedBatch, TokenizedText};
-use tandem_runtime::backend::cpu::CpuOptions;
 
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().collect();
@@ -33,9 +32,8 @@ fn main() -> Result<()> {
     let packed = PackedBatch::pack(&texts);
     if pair {
         anyhow::ensure!(backend == BackendChoice::Cpu, "--pair-huge-pages times the CPU backend");
-        let on = |huge_pages| Device::cpu_with(CpuOptions { huge_pages, ..CpuOptions::default() });
-        let plain = AnySession::on(&on(false), model.graph.clone(), &model.weights)?;
-        let huge = AnySession::on(&on(true), model.graph, &model.weights)?;
+        let plain = AnySession::on(&tandem_benches::cpu_device(false), model.graph.clone(), &model.weights)?;
+        let huge = AnySession::on(&tandem_benches::cpu_device(true), model.graph, &model.weights)?;
         let inputs: Vec<_> =
             plain.graph().inputs.iter().map(|&id| packed.input(&plain.graph().value(id).name).unwrap()).collect();
         let run = |session: &AnySession| session.run_blocking(&inputs).map(drop);

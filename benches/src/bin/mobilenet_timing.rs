@@ -17,10 +17,9 @@
 
 use anyhow::{Context, Result, ensure};
 use std::path::Path;
-use tandem_models::session::{AnySession, BackendChoice, Device};
+use tandem_models::session::{AnySession, BackendChoice};
 use tandem_models::vision::{self, mobilenet};
 use tandem_runtime::HostTensor;
-use tandem_runtime::backend::cpu::CpuOptions;
 use tandem_runtime::graph::Weights;
 
 fn main() -> Result<()> {
@@ -42,9 +41,8 @@ fn main() -> Result<()> {
     let weights = Weights::from_tensors(&dir.join(vision::MOBILENET_V2_WEIGHTS_FILE), &vision::host_tensors(&state)?)?;
     let input = [HostTensor::f32(vec![batch, 3, size, size], pixels)?];
     if flag == Some("--pair-huge-pages") {
-        let on = |huge_pages| Device::cpu_with(CpuOptions { huge_pages, ..CpuOptions::default() });
-        let plain = AnySession::on(&on(false), graph.clone(), &weights)?;
-        let huge = AnySession::on(&on(true), graph, &weights)?;
+        let plain = AnySession::on(&tandem_benches::cpu_device(false), graph.clone(), &weights)?;
+        let huge = AnySession::on(&tandem_benches::cpu_device(true), graph, &weights)?;
         let run = |session: &AnySession| session.run_blocking(&input).map(drop);
         println!("{}", tandem_benches::paired(runs, || run(&plain), || run(&huge))?);
         return Ok(());

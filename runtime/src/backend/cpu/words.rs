@@ -26,11 +26,12 @@ const HUGE_PAGE: usize = 2 << 20;
 
 /// Buffers from this size on are mapped on huge pages (when asked for): a mapping rounded up
 /// to whole 2 MiB pages then holds at most twice the buffer. (Smaller maps gain too, alone:
-/// a 1 × 1 layer from MobileNetV2's 28 × 28 × 192, 588 KiB, took 0.90 of its time on AVX2;
-/// but the whole model at batch 1 took 0.97 of its time with the bar at 128 KiB, 512 KiB and
-/// 1 MiB alike.)
+/// a 1 × 1 layer from MobileNetV2's 28 × 28 × 192, 588 KiB, took 0.90 of its time on AVX2,
+/// measured with every buffer on huge pages; but the whole model at batch 1 took 0.97 of its
+/// time with this bar at 128 KiB, 512 KiB and 1 MiB alike: benches/README.md.)
 pub const HUGE_MIN_BYTES: usize = 1 << 20;
 
+/// Zeroed words that deref to `[u32]`, wherever they live (see the module doc).
 pub struct Words {
     storage: Storage,
 }
