@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result, ensure};
 use rayon::prelude::*;
-use tandem_runtime::backend::cpu::words::Words;
+use tandem_runtime::backend::cpu::words::{Placement, Words};
 use tandem_runtime::ops::conv::{Conv2dParams, cpu};
 
 fn main() -> Result<()> {
@@ -70,7 +70,7 @@ fn main() -> Result<()> {
         if pair {
             // The same inputs and output again, on huge pages (`CpuOptions::huge_pages`).
             let on_huge = |v: &[f32]| -> Result<Words> {
-                let mut words = Words::zeroed(v.len(), true).context("cannot allocate")?;
+                let mut words = Words::zeroed(v.len(), Placement::Working).context("cannot allocate")?;
                 words.copy_from_slice(bytemuck::cast_slice(v));
                 Ok(words)
             };

@@ -3,11 +3,17 @@
 //! each (tg), one sequence.
 //!
 //! Usage: decoder_timing FILE.gguf [--prompt P] [--steps S] [--exact] [--f32-cache] [--threads T]
+//!        decoder_timing FILE.gguf --pair-huge-pages [--prompt P] [--steps S] [--threads T]
 //! `--exact` runs the f32 reference path instead of the integer-dot one; the KV cache is f16
 //! as `tandem generate` keeps it on the CPU, or f32 with `--f32-cache` (or `--exact`). Prints tokens per
 //! second for prefill and decode (the best of `--rounds` rounds, default 3) as JSON, and the
 //! process's CPU time for each (all threads; rayon's waiting threads spin a little, so on two
 //! threads this is an upper bound of the work).
+//!
+//! `--pair-huge-pages`: two sessions, one without huge pages and one with them
+//! (`CpuOptions::huge_pages`), each prefilled with the prompt, then decode steps of the two in
+//! alternate calls (`tandem_benches::paired`); prints each one's median step and the quartiles
+//! of the per-step ratio (huge pages / heap), and the time each session took to load.
 
 use anyhow::{Context, Result};
 use std::time::Instant;
@@ -42,8 +48,13 @@ fn main() -> Result<()> {
     let file = Gguf::open(path.as_ref())?;
     let kv_cache = if exact || args.iter().any(|a| a == "--f32-cache") { DType::F32 } else { DType::F16 };
     let (config, graph, weights) = decoder_graph_with(&file, None, kv_cache)?;
-    let backend = if exact { CpuBackend::exact() } else { CpuBackend::new() };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    // Token ids spread over the vocabulary (no tokenizer involved).
+    let ids: Vec<u32> = (0..prompt).map(|i| ((i * 7919 + 13) % config.vocab) as u32).collect();
+    if args.iter().any(|a| a == "--pair-huge-pages") {
+        return pool.install(|| pair_huge_pages(graph, &weights, ids, steps));
+    }
+    let backend = if exact { CpuBackend::exact() } else { CpuBackend::new() };
     let session = Session::new(backend, graph, &weights)?;
     let (mut best_pp, mut best_tg) = (0.0f64, 0.0f64);
     let (mut cpu_pp, mut cpu_tg) = (f64::INFINITY, f64::INFINITY);
@@ -57,10 +68,8 @@ fn main() -> Result<()> {
                 let inputs = batch.tensors()?;
                 Ok(session.run_with_blocking(&inputs, Some(state), Outputs::Named(&["logits"]))?.remove(0).to_f32())
             };
-            // Token ids spread over the vocabulary (no tokenizer involved).
-            let ids: Vec<u32> = (0..prompt).map(|i| ((i * 7919 + 13) % config.vocab) as u32).collect();
             let (t, c) = (Instant::now(), process_cpu_seconds());
-            let mut logits = run(&mut state, ids, 0)?;
+            let mut logits = run(&mut state, ids.clone(), 0)?;
             best_pp = best_pp.max(prompt as f64 / t.elapsed().as_secs_f64());
             cpu_pp = cpu_pp.min((process_cpu_seconds() - c) * 1e3);
             let (t, c) = (Instant::now(), process_cpu_seconds());
@@ -86,5 +95,45 @@ fn main() -> Result<()> {
             "first_tokens": &tokens[..tokens.len().min(8)],
         })
     );
+    Ok(())
+}
+
+/// The `--pair-huge-pages` timing (see the module doc): decode steps of the same token at the
+/// same positions in two sessions, alternating.
+fn pair_huge_pages(
+    graph: tandem_runtime::Graph,
+    weights: &[tandem_runtime::HostTensor],
+    ids: Vec<u32>,
+    steps: usize,
+) -> Result<()> {
+    use tandem_runtime::backend::cpu::CpuOptions;
+    let prompt = ids.len();
+    let side = |huge_pages: bool| -> Result<_> {
+        let backend = CpuBackend::with_options(CpuOptions { huge_pages, ..CpuOptions::default() });
+        let session = Session::new(backend, graph.clone(), weights)?;
+        // Room for the prompt, the two warm-up steps and every timed one.
+        let state = session.new_state(&[("kv_rows", prompt + steps + 2)])?;
+        Ok((session, state, 0))
+    };
+    let step = |(session, state, at): &mut (Session<CpuBackend>, _, usize), ids: &[u32]| -> Result<()> {
+        let mut batch = DecoderBatch::default();
+        batch.push(0, *at, ids, SampleRow::greedy());
+        session.run_with_blocking(&batch.tensors()?, Some(state), Outputs::Named(&["logits"]))?;
+        *at += ids.len();
+        Ok(())
+    };
+    let loaded_in_ms = |huge_pages: bool| -> Result<_> {
+        let t = Instant::now();
+        let side = side(huge_pages)?;
+        Ok((side, t.elapsed().as_secs_f64() * 1e3))
+    };
+    let ((mut heap, heap_load_ms), (mut huge, huge_load_ms)) = (loaded_in_ms(false)?, loaded_in_ms(true)?);
+    step(&mut heap, &ids)?;
+    step(&mut huge, &ids)?;
+    let token = [ids[0]];
+    let mut figures = tandem_benches::paired(steps, || step(&mut heap, &token), || step(&mut huge, &token))?;
+    // Loading (the weights copied into the backend's buffers) once each, heap side first.
+    figures["load_ms"] = serde_json::json!({ "heap": heap_load_ms.round(), "huge_pages": huge_load_ms.round() });
+    println!("{figures}");
     Ok(())
 }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::ops::{self, Op, OpKind};
 use crate::tensor::{DType, HostTensor, TensorData};
 use half::f16;
-use words::Words;
+use words::{Placement, Words};
 
 pub mod words;
 
@@ -68,7 +68,8 @@ pub struct CpuOptions {
     pub quantized_activations: bool,
     /// Working buffers (a run's values and states) of 1 MiB and more are mapped on 2 MiB
     /// transparent huge pages where Linux gives them (`words.rs`): fewer TLB misses for
-    /// kernels that read many rows of a large map at once. Weights stay on the heap. On by
+    /// kernels that read many rows of a large map at once; and so are weights of 2 MiB and
+    /// more, and their kept panels, in their whole 2 MiB ranges (no memory added). On by
     /// default; off for a side-by-side measurement.
     pub huge_pages: bool,
 }
@@ -105,11 +106,13 @@ impl CpuBackend {
         self.options
     }
 
-    /// A zeroed buffer of `bytes`, on huge pages if `huge` allows (`words.rs`).
-    fn alloc_words(&self, bytes: usize, huge: bool) -> Result<CpuBuffer> {
-        let words = Words::zeroed(bytes.div_ceil(4), huge)
+    /// A zeroed buffer of `bytes`, placed as `placement` says unless huge pages are off.
+    fn alloc_words(&self, bytes: usize, placement: Placement) -> Result<CpuBuffer> {
+        let placement = if self.options.huge_pages { placement } else { Placement::Heap };
+        let words = Words::zeroed(bytes.div_ceil(4), placement)
             .ok_or_else(|| Error::backend("cpu", format!("cannot allocate {bytes} bytes")))?;
-        Ok(CpuBuffer { words, ..Default::default() })
+        let panels = ops::matmul::WeightPanels::new(placement);
+        Ok(CpuBuffer { words, panels, ..Default::default() })
     }
 
     fn stored_path(&self) -> ops::matmul::StoredPath {
@@ -154,13 +157,11 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, bytes: usize) -> Result<CpuBuffer> {
-        self.alloc_words(bytes, self.options.huge_pages)
+        self.alloc_words(bytes, Placement::Working)
     }
 
     fn upload(&self, tensor: &HostTensor) -> Result<CpuBuffer> {
-        // A weight's products read it in tiles or kept panels, not many rows at once; and
-        // rounding every large weight up to whole huge pages would cost a model's memory.
-        let mut buf = self.alloc_words(tensor.data.as_bytes().len(), false)?;
+        let mut buf = self.alloc_words(tensor.data.as_bytes().len(), Placement::Weight)?;
         self.write(&mut (), &mut buf, 0, tensor)?;
         buf.weight = true;
         Ok(buf)

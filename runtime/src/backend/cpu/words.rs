@@ -1,5 +1,6 @@
-//! A CPU buffer's storage: zeroed 4-byte words, on the heap or, for a large working buffer on
-//! Linux, in a mapping of its own on huge pages.
+//! A CPU buffer's storage: zeroed 4-byte words (or other plain values: a weight's panels), on
+//! the heap or, for a large working buffer or weight on Linux, in a mapping of its own on huge
+//! pages.
 //!
 //! Why huge pages: a convolution over NCHW reads one row of pixels per input channel, each
 //! in its own 4 KiB page once a plane is larger than a page (56 × 56 floats are 12.5 KiB),
@@ -12,17 +13,24 @@
 //! several channels, nothing changed. The whole model (`mobilenet_timing … --pair-huge-pages`):
 //! 0.97 at batch 1, 0.91–0.94 at batch 8.
 //!
+//! Weights too: a decoder's decode step streams every weight from memory once (a 4-bit Qwen2.5
+//! 0.5B holds 490 MB), a TLB miss per 4 KiB on ordinary pages. With its weights on huge pages
+//! a decode step took 0.98 of its time (Qwen2.5 0.5B) and 0.96 (SmolLM2 135M) on Zen 4
+//! (`decoder_timing … --pair-huge-pages`); MiniLM at batch 1, whose 42 MB of kept panels
+//! stream from the last-level cache and memory, 0.96–1.02, no clear change.
+//!
 //! Linux gives huge pages to a mapping that asks (`madvise(MADV_HUGEPAGE)`, honoured unless
 //! transparent huge pages are off) where a whole 2 MiB-aligned range lies inside it, so the
-//! mapping starts on a 2 MiB boundary and its length is rounded up to whole huge pages. A
-//! buffer under [`HUGE_MIN_BYTES`] stays on the heap: rounding it up would waste more than
-//! half of its memory. Where the kernel refuses, the pages are ordinary ones.
+//! mapping starts on a 2 MiB boundary. A working buffer's length is rounded up to whole huge
+//! pages, and one under [`HUGE_MIN_BYTES`] stays on the heap: rounding it up would waste more
+//! than half of its memory. A weight ([`Placement::Weight`]) is not rounded up: its whole
+//! 2 MiB ranges are on huge pages, its tail on ordinary ones, so a model takes no more memory.
+//! Where the kernel refuses, the pages are ordinary ones.
 
 use std::ops::{Deref, DerefMut};
 
 /// The size of an x86-64 and aarch64 (4 KiB granule) transparent huge page.
-#[cfg(target_os = "linux")]
-const HUGE_PAGE: usize = 2 << 20;
+pub const HUGE_PAGE: usize = 2 << 20;
 
 /// Buffers from this size on are mapped on huge pages (when asked for): a mapping rounded up
 /// to whole 2 MiB pages then holds at most twice the buffer. (Smaller maps gain too, alone:
@@ -31,51 +39,77 @@ const HUGE_PAGE: usize = 2 << 20;
 /// time with this bar at 128 KiB, 512 KiB and 1 MiB alike: benches/README.md.)
 pub const HUGE_MIN_BYTES: usize = 1 << 20;
 
-/// Zeroed words that deref to `[u32]`, wherever they live (see the module doc).
-pub struct Words {
-    storage: Storage,
+/// Where a buffer's memory comes from (on Linux; elsewhere always the heap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    #[default]
+    Heap,
+    /// A working buffer: from [`HUGE_MIN_BYTES`] on, a mapping rounded up to whole huge pages.
+    Working,
+    /// A weight, read on every run: from one huge page on, a mapping rounded up to 4 KiB only,
+    /// its whole 2 MiB ranges on huge pages.
+    Weight,
 }
 
-enum Storage {
-    Heap(Vec<u32>),
-    /// `len` words at `ptr`, the start of a private anonymous mapping of `mapped` bytes.
+/// Zeroed values (4-byte words unless said otherwise) that deref to `[T]`, wherever they live
+/// (see the module doc).
+pub struct Words<T = u32> {
+    storage: Storage<T>,
+}
+
+enum Storage<T> {
+    Heap(Vec<T>),
+    /// `len` values at `ptr`, the start of a private anonymous mapping of `mapped` bytes.
     #[cfg(target_os = "linux")]
     Mapped {
-        ptr: std::ptr::NonNull<u32>,
+        ptr: std::ptr::NonNull<T>,
         len: usize,
         mapped: usize,
     },
 }
 
 // SAFETY: a mapping is owned by its `Words` alone, like a Vec's memory.
-unsafe impl Send for Words {}
-unsafe impl Sync for Words {}
+unsafe impl<T: Send> Send for Words<T> {}
+unsafe impl<T: Sync> Sync for Words<T> {}
 
-impl Words {
-    /// `len` zeroed words; on huge pages when `huge` and the buffer is at least
-    /// [`HUGE_MIN_BYTES`] (on Linux). None when the memory cannot be had.
-    pub fn zeroed(len: usize, huge: bool) -> Option<Words> {
+impl<T: bytemuck::Zeroable + Copy> Words<T> {
+    /// `len` zeroed values, where `placement` puts them (see [`Placement`]). None when the
+    /// memory cannot be had.
+    pub fn zeroed(len: usize, placement: Placement) -> Option<Words<T>> {
+        let bytes = len.checked_mul(size_of::<T>())?;
         #[cfg(target_os = "linux")]
-        if huge && len.checked_mul(4)? >= HUGE_MIN_BYTES {
-            return map_huge(len);
+        match placement {
+            Placement::Working if bytes >= HUGE_MIN_BYTES => {
+                return map_huge(len, bytes.checked_next_multiple_of(HUGE_PAGE)?);
+            }
+            Placement::Weight if bytes >= HUGE_PAGE => {
+                return map_huge(len, bytes.checked_next_multiple_of(SMALL_PAGE)?);
+            }
+            _ => {}
         }
-        let _ = huge;
-        let mut words = Vec::new();
-        words.try_reserve_exact(len).ok()?;
-        words.resize(len, 0);
-        Some(Words { storage: Storage::Heap(words) })
+        let _ = (placement, bytes);
+        let mut values = Vec::new();
+        values.try_reserve_exact(len).ok()?;
+        values.resize(len, T::zeroed());
+        Some(Words { storage: Storage::Heap(values) })
     }
+}
 
+impl<T> Words<T> {
     /// Whether this buffer is a mapping that asked for huge pages.
     pub fn on_huge_pages(&self) -> bool {
         !matches!(self.storage, Storage::Heap(_))
     }
 }
 
-/// `len` words in a new mapping aligned to, and a whole number of, huge pages.
+/// The size of an ordinary page, which a mapping's length is a multiple of.
 #[cfg(target_os = "linux")]
-fn map_huge(len: usize) -> Option<Words> {
-    let mapped = len.checked_mul(4)?.checked_next_multiple_of(HUGE_PAGE)?;
+const SMALL_PAGE: usize = 4 << 10;
+
+/// `len` values in a new mapping of `mapped` bytes (a whole number of pages, at least the
+/// values' size) that starts on a huge-page boundary.
+#[cfg(target_os = "linux")]
+fn map_huge<T>(len: usize, mapped: usize) -> Option<Words<T>> {
     // Reserve a huge page more than needed, then unmap what lies before the first boundary
     // and after the mapping's end: mmap itself aligns only to 4 KiB.
     let reserved = mapped.checked_add(HUGE_PAGE)?;
@@ -103,31 +137,33 @@ fn map_huge(len: usize) -> Option<Words> {
         }
         // A refusal (transparent huge pages absent or off) leaves ordinary pages: still correct.
         libc::madvise(start as *mut libc::c_void, mapped, libc::MADV_HUGEPAGE);
-        let ptr = std::ptr::NonNull::new(start as *mut u32)?;
+        // The mapping's zero bytes are `len` zeroed values (`T: Zeroable` at the caller), and
+        // its start, a huge-page boundary, is aligned for any `T`.
+        let ptr = std::ptr::NonNull::new(start as *mut T)?;
         Some(Words { storage: Storage::Mapped { ptr, len, mapped } })
     }
 }
 
-impl Default for Words {
+impl<T> Default for Words<T> {
     fn default() -> Self {
         Words { storage: Storage::Heap(Vec::new()) }
     }
 }
 
-impl Deref for Words {
-    type Target = [u32];
-    fn deref(&self) -> &[u32] {
+impl<T> Deref for Words<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         match &self.storage {
             Storage::Heap(words) => words,
-            // SAFETY: `len` words of a live mapping owned by this value, zeroed at creation.
+            // SAFETY: `len` values of a live mapping owned by this value, zeroed at creation.
             #[cfg(target_os = "linux")]
             Storage::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
         }
     }
 }
 
-impl DerefMut for Words {
-    fn deref_mut(&mut self) -> &mut [u32] {
+impl<T> DerefMut for Words<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         match &mut self.storage {
             Storage::Heap(words) => words,
             // SAFETY: as in `deref`, and `&mut self` makes this the only reference.
@@ -137,7 +173,7 @@ impl DerefMut for Words {
     }
 }
 
-impl Drop for Words {
+impl<T> Drop for Words<T> {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
         if let Storage::Mapped { ptr, mapped, .. } = self.storage {
@@ -147,9 +183,9 @@ impl Drop for Words {
     }
 }
 
-impl std::fmt::Debug for Words {
+impl<T> std::fmt::Debug for Words<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Words({} words{})", self.len(), if self.on_huge_pages() { ", huge pages" } else { "" })
+        write!(f, "Words({} values{})", self.len(), if self.on_huge_pages() { ", huge pages" } else { "" })
     }
 }
 
@@ -158,20 +194,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_are_zeroed_writable_and_sized_on_either_storage() {
-        for (len, huge) in [
-            (0, true),
-            (7, true),
-            (HUGE_MIN_BYTES / 4 - 1, true),
-            (HUGE_MIN_BYTES / 4, true),
-            (1 << 20, true),
-            (1 << 20, false),
+    fn words_are_zeroed_writable_and_sized_in_every_placement() {
+        let big = HUGE_PAGE / 4 + 1000;
+        for (len, placement) in [
+            (0, Placement::Working),
+            (7, Placement::Working),
+            (HUGE_MIN_BYTES / 4 - 1, Placement::Working),
+            (HUGE_MIN_BYTES / 4, Placement::Working),
+            (1 << 20, Placement::Working),
+            (1 << 20, Placement::Heap),
+            (HUGE_MIN_BYTES / 4, Placement::Weight),
+            (big, Placement::Weight),
+            (big, Placement::Heap),
         ] {
-            let mut words = Words::zeroed(len, huge).unwrap();
+            let mut words = Words::<u32>::zeroed(len, placement).unwrap();
             assert_eq!(words.len(), len);
             assert!(words.iter().all(|&w| w == 0), "{len} words not zeroed");
-            let expect_mapped = cfg!(target_os = "linux") && huge && len * 4 >= HUGE_MIN_BYTES;
-            assert_eq!(words.on_huge_pages(), expect_mapped, "{len} words, huge {huge}");
+            let expect_mapped = cfg!(target_os = "linux")
+                && match placement {
+                    Placement::Heap => false,
+                    Placement::Working => len * 4 >= HUGE_MIN_BYTES,
+                    Placement::Weight => len * 4 >= HUGE_PAGE,
+                };
+            assert_eq!(words.on_huge_pages(), expect_mapped, "{len} words, {placement:?}");
             for (i, w) in words.iter_mut().enumerate() {
                 *w = i as u32;
             }
@@ -179,13 +224,32 @@ mod tests {
             #[cfg(target_os = "linux")]
             if expect_mapped {
                 assert_eq!(words.as_ptr() as usize % HUGE_PAGE, 0, "mapping not on a huge-page boundary");
+                let Storage::Mapped { mapped, .. } = words.storage else { unreachable!() };
+                let page = if placement == Placement::Weight { SMALL_PAGE } else { HUGE_PAGE };
+                assert_eq!(mapped, (len * 4).next_multiple_of(page), "{placement:?} mapping rounded to {mapped} bytes");
             }
         }
     }
 
     #[test]
+    fn wider_values_are_aligned_in_either_storage() {
+        #[derive(Clone, Copy)]
+        #[repr(C, align(64))]
+        struct Line([f32; 16]);
+        // SAFETY: sixteen f32s, no padding.
+        unsafe impl bytemuck::Zeroable for Line {}
+        for len in [3, HUGE_PAGE / 64 + 5] {
+            let lines = Words::<Line>::zeroed(len, Placement::Weight).unwrap();
+            assert_eq!(lines.len(), len);
+            assert_eq!(lines.as_ptr() as usize % 64, 0);
+            assert!(lines.iter().all(|l| l.0 == [0.0; 16]));
+        }
+    }
+
+    #[test]
     fn an_impossible_size_is_refused_not_a_panic() {
-        assert!(Words::zeroed(usize::MAX / 2, true).is_none());
-        assert!(Words::zeroed(usize::MAX / 8, false).is_none());
+        assert!(Words::<u32>::zeroed(usize::MAX / 2, Placement::Working).is_none());
+        assert!(Words::<u32>::zeroed(usize::MAX / 8, Placement::Heap).is_none());
+        assert!(Words::<u32>::zeroed(usize::MAX / 8, Placement::Weight).is_none());
     }
 }

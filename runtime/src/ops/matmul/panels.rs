@@ -16,6 +16,7 @@
 
 use super::super::isa::CpuIsa;
 use super::Epilogue;
+use crate::backend::cpu::words::{Placement, Words};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -68,22 +69,23 @@ const TASK_ROWS: usize = 96;
 #[repr(C, align(64))]
 pub(crate) struct Line([f32; LANES]);
 
+// SAFETY: sixteen f32s and no padding; all zero bits are a line of zeros.
+unsafe impl bytemuck::Zeroable for Line {}
+
 /// A weight `[n, k]` as `n.div_ceil(16)` panels of `k` lines: line q of panel p holds
 /// `w[16p + j][q]` at j (0 past row n - 1).
 pub(crate) struct Panels {
     n: usize,
     k: usize,
-    lines: Vec<Line>,
+    lines: Words<Line>,
 }
 
 impl Panels {
-    /// Packs `w` `[n, k]`; `None` when the memory cannot be had (the caller then multiplies
-    /// from `w` as it is).
-    fn pack(w: &[f32], n: usize, k: usize) -> Option<Panels> {
+    /// Packs `w` `[n, k]` into lines placed as `placement` says; `None` when the memory cannot
+    /// be had (the caller then multiplies from `w` as it is).
+    fn pack(w: &[f32], n: usize, k: usize, placement: Placement) -> Option<Panels> {
         let count = n.div_ceil(LANES).checked_mul(k)?;
-        let mut lines = Vec::new();
-        lines.try_reserve_exact(count).ok()?;
-        lines.resize(count, Line::default());
+        let mut lines: Words<Line> = Words::zeroed(count, placement)?;
         if k > 0 {
             lines.par_chunks_mut(k).enumerate().for_each(|(p, panel)| {
                 for j in 0..LANES.min(n - p * LANES) {
@@ -103,13 +105,18 @@ impl Panels {
 }
 
 /// An f32 weight's panels, packed on its first product and kept until its bytes change
-/// (the CPU backend clears them on every write, as it does AMX's tiles).
+/// (the CPU backend clears them on every write, as it does AMX's tiles); on huge pages where
+/// the weight is (`words.rs`): a product streams them from memory when a model's weights
+/// outgrow the last-level cache (MiniLM's 42 MB at batch 1).
 #[derive(Default)]
-pub struct WeightPanels(OnceLock<Option<Panels>>);
+pub struct WeightPanels {
+    panels: OnceLock<Option<Panels>>,
+    placement: Placement,
+}
 
 impl std::fmt::Debug for WeightPanels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.get() {
+        match self.panels.get() {
             Some(Some(p)) => write!(f, "WeightPanels({} × {})", p.n, p.k),
             _ => write!(f, "WeightPanels(none)"),
         }
@@ -117,15 +124,20 @@ impl std::fmt::Debug for WeightPanels {
 }
 
 impl WeightPanels {
+    /// None yet; packed into memory placed as their weight's (`placement`).
+    pub fn new(placement: Placement) -> WeightPanels {
+        WeightPanels { panels: OnceLock::new(), placement }
+    }
+
     /// Forgets the panels (the weight's bytes are about to change).
     pub fn clear(&mut self) {
-        self.0.take();
+        self.panels.take();
     }
 
     /// The panels of `w` `[n, k]`, packed now if this is the first call; `None` when they
     /// were packed for another shape, or could not be allocated.
     pub(crate) fn get_or_pack(&self, w: &[f32], n: usize, k: usize) -> Option<&Panels> {
-        let panels = self.0.get_or_init(|| Panels::pack(&w[..n * k], n, k)).as_ref()?;
+        let panels = self.panels.get_or_init(|| Panels::pack(&w[..n * k], n, k, self.placement)).as_ref()?;
         (panels.n == n && panels.k == k).then_some(panels)
     }
 }
