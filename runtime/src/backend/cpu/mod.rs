@@ -481,4 +481,32 @@ mod tests {
         backend.write(&mut (), &mut w_buf, 0, &HostTensor::f32(vec![n, k], w2.clone()).unwrap()).unwrap();
         assert_eq!(product(&backend, &a_buf, &w_buf, (m, n, k)), reference(&w2), "after the weight was rewritten");
     }
+
+    /// Where buffers go: a weight of a huge page or more and its panels on huge pages (Linux),
+    /// smaller weights on the heap, a large working buffer on huge pages; none of them with
+    /// `huge_pages` off. The product is the same either way.
+    #[test]
+    fn large_weights_their_panels_and_working_buffers_go_on_huge_pages_unless_turned_off() {
+        let (m, n, k) = (16, 1536, 384); // MiniLM's 2.36 MB feed-forward weight
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut products = Vec::new();
+        for huge_pages in [true, false] {
+            let backend = CpuBackend::with_options(CpuOptions { huge_pages, ..CpuOptions::default() });
+            let expect = cfg!(target_os = "linux") && huge_pages;
+            let a_buf = backend.upload(&HostTensor::f32(vec![m, k], a.clone()).unwrap()).unwrap();
+            let w_buf = backend.upload(&HostTensor::f32(vec![n, k], w.clone()).unwrap()).unwrap();
+            assert!(!a_buf.words.on_huge_pages(), "a weight of {} bytes", 4 * m * k);
+            assert_eq!(w_buf.words.on_huge_pages(), expect, "a weight of {} bytes, huge_pages {huge_pages}", 4 * n * k);
+            assert_eq!(backend.alloc(2 << 20).unwrap().words.on_huge_pages(), expect, "a working buffer of 2 MiB");
+            products.push(product(&backend, &a_buf, &w_buf, (m, n, k)));
+            // 16 rows take the panels wherever they run: x86-64 with AVX2.
+            if cfg!(target_arch = "x86_64") && ops::isa::CpuIsa::active().has_avx2() {
+                assert_eq!(w_buf.panels.packed_on_huge_pages(), Some(expect), "the weight's panels");
+            } else {
+                println!("panels not checked: the active ISA level has no AVX2 (the CPU, or TANDEM_CPU_ISA)");
+            }
+        }
+        assert_eq!(products[0], products[1]);
+    }
 }

@@ -134,6 +134,12 @@ impl WeightPanels {
         self.panels.take();
     }
 
+    /// Whether the panels are packed, and if so on huge pages (a mapping that asked for them).
+    #[cfg(test)]
+    pub(crate) fn packed_on_huge_pages(&self) -> Option<bool> {
+        self.panels.get()?.as_ref().map(|p| p.lines.on_huge_pages())
+    }
+
     /// The panels of `w` `[n, k]`, packed now if this is the first call; `None` when they
     /// were packed for another shape, or could not be allocated.
     pub(crate) fn get_or_pack(&self, w: &[f32], n: usize, k: usize) -> Option<&Panels> {
