@@ -105,9 +105,9 @@ impl Panels {
 }
 
 /// An f32 weight's panels, packed on its first product and kept until its bytes change
-/// (the CPU backend clears them on every write, as it does AMX's tiles); on huge pages where
-/// the weight is (`words.rs`): a product streams them from memory when a model's weights
-/// outgrow the last-level cache (MiniLM's 42 MB at batch 1).
+/// (the CPU backend clears them on every write, as it does AMX's tiles); placed as their
+/// weight is (`words.rs`), so on huge pages from 2 MiB. (MiniLM at batch 1, whose 42 MB of
+/// panels stream from memory, showed no measurable change from that: benches/README.md.)
 #[derive(Default)]
 pub struct WeightPanels {
     panels: OnceLock<Option<Panels>>,
