@@ -180,7 +180,7 @@ impl Backend for CpuBackend {
                 format!("writing {} bytes at {at} into a buffer of {}", bytes.len(), all.len()),
             ));
         };
-        dst.copy_from_slice(bytes);
+        copy_bytes(dst, bytes);
         Ok(())
     }
 
@@ -444,6 +444,23 @@ fn cast(input: &Arg<'_, CpuBuffer>, to: DType, out: &mut CpuBuffer, n: usize) {
     }
 }
 
+/// Copies `src` into `dst` (the same length), in parallel from [`PARALLEL_COPY_BYTES`]: a
+/// weight's first write is also the first touch of its pages, so the page faults (and the
+/// kernel's zeroing of each page) are shared among the threads too.
+fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+    use rayon::prelude::*;
+    if src.len() < PARALLEL_COPY_BYTES {
+        return dst.copy_from_slice(src);
+    }
+    dst.par_chunks_mut(COPY_CHUNK).zip(src.par_chunks(COPY_CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// Writes from this size on are copied by the pool's threads ([`copy_bytes`]).
+const PARALLEL_COPY_BYTES: usize = 1 << 20;
+
+/// Bytes per parallel copy task.
+const COPY_CHUNK: usize = 256 << 10;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +497,27 @@ mod tests {
         assert_eq!(product(&backend, &a_buf, &w_buf, (m, n, k)), reference(&w1), "with the kept panels");
         backend.write(&mut (), &mut w_buf, 0, &HostTensor::f32(vec![n, k], w2.clone()).unwrap()).unwrap();
         assert_eq!(product(&backend, &a_buf, &w_buf, (m, n, k)), reference(&w2), "after the weight was rewritten");
+    }
+
+    /// Writes large enough to be copied in parallel ([`copy_bytes`]) land byte for byte, at
+    /// an offset that is no multiple of a copy task's chunk, on huge pages and on the heap.
+    #[test]
+    fn large_writes_land_byte_for_byte() {
+        let words = (3 << 20) / 4 + 3; // past PARALLEL_COPY_BYTES, chunks and a partial one
+        let first: Vec<f32> = (0..words).map(|i| i as f32).collect();
+        let second: Vec<f32> = (0..words / 2 + 1).map(|i| -(i as f32) - 0.5).collect();
+        for huge_pages in [true, false] {
+            let backend = CpuBackend::with_options(CpuOptions { huge_pages, ..CpuOptions::default() });
+            let mut buf = backend.upload(&HostTensor::f32(vec![words], first.clone()).unwrap()).unwrap();
+            let at = 3; // in values
+            backend
+                .write(&mut (), &mut buf, 4 * at, &HostTensor::f32(vec![second.len()], second.clone()).unwrap())
+                .unwrap();
+            let mut expected = first.clone();
+            expected[at..at + second.len()].copy_from_slice(&second);
+            let held: &[f32] = bytemuck::cast_slice(&buf.words[..words]);
+            assert!(held == expected.as_slice(), "huge_pages {huge_pages}: the buffer differs from what was written");
+        }
     }
 
     /// Where buffers go: a weight of a huge page or more and its panels on huge pages (Linux),

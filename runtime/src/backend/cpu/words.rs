@@ -88,9 +88,9 @@ impl<T: bytemuck::Zeroable + Copy> Words<T> {
             _ => {}
         }
         let _ = (placement, bytes);
-        let mut values = Vec::new();
-        values.try_reserve_exact(len).ok()?;
-        values.resize(len, T::zeroed());
+        // Zeroed by the allocator: a large allocation is fresh pages, already zero, so the
+        // first write (a weight's upload, shared among threads) is also the first touch.
+        let values = bytemuck::allocation::try_zeroed_vec(len).ok()?;
         Some(Words { storage: Storage::Heap(values) })
     }
 }
