@@ -105,7 +105,7 @@ impl Embedder {
     /// The logits of each (query, document) pair through a cross-encoder graph (see
     /// [`Embedder::load_cross_encoder`]), the pairs packed in as few runs as fit.
     pub fn score_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<Vec<f32>>> {
-        wait(self.score_pairs_async(pairs))
+        self.session.blocking(|| wait(self.score_pairs_async(pairs)))
     }
 
     /// [`Embedder::score_pairs`], awaiting the device instead of blocking.
@@ -185,7 +185,7 @@ impl Embedder {
     /// One L2-normalized (when the model says so) vector per text, in order; the texts are
     /// read as passages (see [`Embedder::embed_queries`]).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        wait(self.embed_async(texts))
+        self.session.blocking(|| wait(self.embed_async(texts)))
     }
 
     /// [`Embedder::embed`], awaiting the device instead of blocking (the browser's way).
@@ -195,7 +195,7 @@ impl Embedder {
 
     /// `embed`, with the number of tokens the model saw for each text.
     pub fn embed_with_counts(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
-        wait(self.embed_with_counts_async(texts))
+        self.session.blocking(|| wait(self.embed_with_counts_async(texts)))
     }
 
     /// [`Embedder::embed_with_counts`], awaiting the device instead of blocking.
@@ -212,7 +212,7 @@ impl Embedder {
     /// `embed_with_counts` for texts of `role`: the model's prompt for it goes first, and
     /// counts among the tokens.
     pub fn embed_with_counts_as(&self, texts: &[&str], role: TextRole) -> Result<Vec<Embedding>> {
-        wait(self.embed_with_counts_as_async(texts, role))
+        self.session.blocking(|| wait(self.embed_with_counts_as_async(texts, role)))
     }
 
     /// [`Embedder::embed_with_counts_as`], awaiting the device instead of blocking.
@@ -241,7 +241,7 @@ impl Embedder {
 
     /// One vector per text already tokenized (see [`Embedder::tokenize_counted`]), in order.
     pub fn embed_tokenized(&self, texts: &[&TokenizedText]) -> Result<Vec<Vec<f32>>> {
-        wait(self.embed_tokenized_async(texts))
+        self.session.blocking(|| wait(self.embed_tokenized_async(texts)))
     }
 
     async fn embed_tokenized_async(&self, texts: &[&TokenizedText]) -> Result<Vec<Vec<f32>>> {

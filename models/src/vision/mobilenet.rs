@@ -166,7 +166,7 @@ impl ImageClassifier {
     /// All 1000 logits of an encoded photo (PNG or JPEG). A photo that does not decode is an
     /// error whose source is the [`DecodeError`](super::decode::DecodeError) (`downcast_ref` tells it apart).
     pub fn logits(&self, image: &[u8]) -> Result<Vec<f32>> {
-        wait(self.logits_async(image))
+        self.session.blocking(|| wait(self.logits_async(image)))
     }
 
     /// [`ImageClassifier::logits`], awaiting the device instead of blocking.
@@ -189,7 +189,7 @@ impl ImageClassifier {
 
     /// The `k` most likely classes, best first.
     pub fn top(&self, image: &[u8], k: usize) -> Result<Vec<ClassScore>> {
-        wait(self.top_async(image, k))
+        self.session.blocking(|| wait(self.top_async(image, k)))
     }
 
     /// [`ImageClassifier::top`], awaiting the device instead of blocking.
