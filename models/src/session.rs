@@ -385,8 +385,9 @@ impl AnySession {
         self.blocking(|| wait(self.run(inputs)))
     }
 
-    /// Runs blocking `work` that runs this session (through [`wait`]) on a thread of the CPU
-    /// backend's thread pool when this is a CPU session (natively), so that the run's many
+    /// Runs blocking `work` that runs this session (through [`wait`]) on a thread of rayon's
+    /// global pool, the CPU backend's threads, when this is a CPU session (natively; a caller
+    /// already on a pool thread runs it where it is), so that the run's many
     /// parallel ops start without waking a pool from outside and putting the caller to sleep
     /// each time: at a decoder step of a few milliseconds, those wake-ups cost a third of the
     /// time; and with the pool's other threads kept awake until the run ends.
@@ -398,10 +399,11 @@ impl AnySession {
             // The other threads of the pool stay awake for the run ([`keep_awake`]): an op
             // every few tens of microseconds (a query at batch 1) would otherwise find them
             // asleep each time, and waking them cost a quarter of MiniLM's batch-1 time.
-            let pool = rayon_pool();
+            // Called from outside any pool, `rayon::scope` runs in rayon's global pool, the one
+            // every other parallel call from outside (a weight's upload) uses too.
             let busy = std::sync::atomic::AtomicBool::new(true);
-            return pool.scope(|scope| {
-                for _ in 1..pool.current_num_threads() {
+            return rayon::scope(|scope| {
+                for _ in 1..rayon::current_num_threads() {
                     scope.spawn(|_| keep_awake(&busy));
                 }
                 let out = work();
@@ -506,14 +508,6 @@ fn keep_awake(busy: &std::sync::atomic::AtomicBool) {
             std::hint::spin_loop();
         }
     }
-}
-
-/// The pool CPU runs execute in: rayon's default size (`RAYON_NUM_THREADS`, else one thread
-/// per core), made on first use.
-#[cfg(not(target_arch = "wasm32"))]
-fn rayon_pool() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().build().expect("the CPU thread pool starts"))
 }
 
 /// A state ([`tandem_runtime::State`]) of an [`AnySession`], on its backend.
