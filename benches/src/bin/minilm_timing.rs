@@ -10,9 +10,10 @@
 //! median and the quartiles of the per-pair ratio b / a.
 //!
 //! `--pair-outside-pool` (the CPU backend): one session run in turn a from this thread, so that
-//! every parallel op hands its work to a sleeping pool (how the embedder's blocking calls ran
-//! until they went through `AnySession::blocking`), and b through `run_blocking` (on the pool,
-//! its other threads kept awake); prints the same figures.
+//! every parallel op hands its work to the pool from outside and waits (how the embedder's
+//! blocking calls ran until they went through `AnySession::blocking`; the pool's threads may
+//! still be awake from the b call before), and b through `run_blocking` (on the pool, its
+//! other threads kept awake); prints the same figures.
 
 use anyhow::{Context, Result};
 use tandem_models::session::{AnySession, BackendChoice, Precision};

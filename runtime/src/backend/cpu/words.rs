@@ -88,8 +88,9 @@ impl<T: bytemuck::Zeroable + Copy> Words<T> {
             _ => {}
         }
         let _ = (placement, bytes);
-        // Zeroed by the allocator: a large allocation is fresh pages, already zero, so the
-        // first write (a weight's upload, shared among threads) is also the first touch.
+        // Zeroed by the allocator: a large allocation is usually fresh pages, already zero
+        // (calloc skips the pass), so the first write (a weight's upload, shared among
+        // threads) is also the first touch.
         let values = bytemuck::allocation::try_zeroed_vec(len).ok()?;
         Some(Words { storage: Storage::Heap(values) })
     }
